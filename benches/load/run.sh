@@ -1,0 +1,663 @@
+#!/usr/bin/env bash
+# tollgate load harness: tollgate vs nginx vs hitting the upstream directly.
+#
+#   benches/load/run.sh                      # full run (CONNS="32 256", 5 x 10s each)
+#   DURATION=2s REPS=1 SKIP_TOLLGATE=1 benches/load/run.sh
+#
+# Layout of the two cores (why: a proxy benchmark on a small box is only
+# meaningful if the proxy under test has a core to itself and everything else —
+# load generator and upstream — stays off it):
+#   core LOADGEN_CPU (0): wrk + the upstream nginx (fixed 64-byte answer)
+#   core PROXY_CPU   (1): the proxy under test: nginx (1 worker) or tollgate (threads: 1)
+# Both proxies run the whole time, but only one is driven at a time, and the
+# targets alternate within each repetition so drift (thermal, noisy neighbours)
+# hits all of them alike. Results are medians over REPS runs.
+#
+# See benches/load/README.md for the knobs and how to read the table.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+# nginx lives in /usr/sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+# ---------------------------------------------------------------- knobs ----
+NCPU=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+CONNS=${CONNS:-"32 256"}          # wrk connection counts, one table block each
+DURATION=${DURATION:-10s}         # one measured wrk run
+WARMUP=${WARMUP:-2s}              # one unmeasured run per target and conns first
+REPS=${REPS:-5}                   # measured runs per (target, conns); medians reported
+SAVE=${SAVE:-0}                   # 1: also write the table to benches/load/results.md
+FORCE=${FORCE:-0}                 # 1: measure even if the machine looks busy
+SKIP_TOLLGATE=${SKIP_TOLLGATE:-0} # 1: no build, no tollgate rows (harness development)
+TOLLGATE_BIN=${TOLLGATE_BIN:-}    # use this binary instead of building
+LOADGEN_CPU=${LOADGEN_CPU:-0}     # core for wrk and the upstream
+PROXY_CPU=${PROXY_CPU:-1}         # core for the proxy under test
+MAX_LOAD=${MAX_LOAD:-$(awk -v n="$NCPU" 'BEGIN { print n / 2 }')}  # busy if 1-min load above
+MIN_IDLE=${MIN_IDLE:-90}          # busy if less idle CPU (%) over a 1 s sample
+NGINX_KEEPALIVE=${NGINX_KEEPALIVE:-64}  # nginx upstream keepalive pool (idle conns)
+READY_TIMEOUT=${READY_TIMEOUT:-30}      # seconds a service gets to answer
+KEEP_TMP=${KEEP_TMP:-0}           # 1: keep the temp dir (configs, logs, wrk output)
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+export CARGO_TARGET_DIR
+
+# The upstream's answer: exactly 64 bytes, so every target moves the same bytes.
+BODY="tollgate-bench:0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLM"
+
+# ---------------------------------------------------------------- utils ----
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { printf '[load] ERROR: %s\n' "$*" >&2; exit 1; }
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+# Fill @KEY@ placeholders of a template: render TEMPLATE OUT KEY=VALUE...
+render() {
+    local name=$1 out=$2 text kv
+    shift 2
+    text=$(<"$HERE/$name")
+    for kv in "$@"; do
+        # Quoted replacement: bash 5.2's patsub_replacement would expand '&'.
+        text=${text//"@${kv%%=*}@"/"${kv#*=}"}
+    done
+    if [[ $text =~ @[A-Z_]+@ ]]; then
+        die "template $name: no value for ${BASH_REMATCH[0]}"
+    fi
+    printf '%s\n' "$text" >"$out"
+}
+
+# Field N (1-based, as in proc(5)) of /proc/PID/stat. The command name (field 2)
+# may hold spaces, so split after its closing parenthesis.
+proc_stat_field() {
+    local pid=$1 n=$2 line rest
+    read -r line 2>/dev/null <"/proc/$pid/stat" || return 1
+    rest=${line##*) }
+    local -a f
+    read -r -a f <<<"$rest"
+    printf '%s\n' "${f[n - 3]}"
+}
+
+# Children of PID (scans /proc: no dependency on procps).
+children_of() {
+    local parent=$1 f pid line rest
+    local -a fields
+    for f in /proc/[0-9]*/stat; do
+        read -r line 2>/dev/null <"$f" || continue
+        rest=${line##*) }
+        read -r -a fields <<<"$rest"
+        if [[ ${fields[1]} == "$parent" ]]; then
+            pid=${f#/proc/}
+            printf '%s\n' "${pid%/stat}"
+        fi
+    done
+}
+
+# Sum of utime+stime (clock ticks) over PIDs; includes all their threads.
+cpu_ticks() {
+    local pid total=0 u s
+    for pid in "$@"; do
+        u=$(proc_stat_field "$pid" 14) || die "process $pid vanished"
+        s=$(proc_stat_field "$pid" 15) || die "process $pid vanished"
+        total=$((total + u + s))
+    done
+    printf '%s\n' "$total"
+}
+
+# Sum of VmRSS (KiB) over PIDs.
+rss_kib() {
+    local pid total=0 k v
+    for pid in "$@"; do
+        while read -r k v _; do
+            if [[ $k == VmRSS: ]]; then total=$((total + v)); fi
+        done <"/proc/$pid/status"
+    done
+    printf '%s\n' "$total"
+}
+
+median() {
+    printf '%s\n' "$@" | sort -g | awk '
+        { a[NR] = $1 }
+        END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# ------------------------------------------------------ tools and knobs ----
+# shellcheck disable=SC2015 # "A && B || die": die if either fails, on purpose
+check_knobs() {
+    is_uint "$REPS" && ((REPS > 0)) || die "REPS must be a positive integer (got '$REPS')"
+    local c
+    for c in $CONNS; do
+        is_uint "$c" && ((c > 0)) || die "CONNS must be positive integers (got '$CONNS')"
+    done
+    [[ -n ${CONNS// /} ]] || die "CONNS is empty"
+    [[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "DURATION must look like 10s (got '$DURATION')"
+    [[ $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 2s (got '$WARMUP')"
+    is_uint "$LOADGEN_CPU" && is_uint "$PROXY_CPU" || die "LOADGEN_CPU/PROXY_CPU must be CPU numbers"
+    ((LOADGEN_CPU < NCPU && PROXY_CPU < NCPU)) ||
+        die "need CPUs $LOADGEN_CPU and $PROXY_CPU, this machine has $NCPU online"
+    ((LOADGEN_CPU != PROXY_CPU)) ||
+        die "LOADGEN_CPU and PROXY_CPU are the same core: the proxy would compete with wrk"
+}
+
+# Install what is missing (Debian), or say what to install.
+ensure_tools() {
+    local -A pkg_of=([nginx]=nginx-light [wrk]=wrk [curl]=curl [taskset]=util-linux
+        [python3]=python3 [awk]=mawk [sort]=coreutils)
+    local tool missing=()
+    for tool in "${!pkg_of[@]}"; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg_of[$tool]}")
+    done
+    if ((${#missing[@]})); then
+        if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+            log "installing missing packages: ${missing[*]}"
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+        else
+            die "missing packages: ${missing[*]} (install them, e.g. apt-get install -y ${missing[*]})"
+        fi
+    fi
+    for tool in "${!pkg_of[@]}"; do
+        command -v "$tool" >/dev/null 2>&1 || die "$tool still missing after install"
+    done
+    if [[ $SKIP_TOLLGATE != 1 && -z $TOLLGATE_BIN ]]; then
+        command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust, or set TOLLGATE_BIN or SKIP_TOLLGATE=1)"
+    fi
+}
+
+# ------------------------------------------------------------ busy box ----
+# Percentage of idle CPU (idle + iowait) over all cores during a 1 s sample.
+idle_pct() {
+    local -a a b
+    read -r -a a </proc/stat
+    sleep 1
+    read -r -a b </proc/stat
+    # cpu user nice system idle iowait irq softirq steal (guest is inside user)
+    local i t0=0 t1=0
+    for i in 1 2 3 4 5 6 7 8; do
+        t0=$((t0 + a[i])) t1=$((t1 + b[i]))
+    done
+    local idle=$((b[4] + b[5] - a[4] - a[5])) total=$((t1 - t0))
+    ((total > 0)) || total=1
+    printf '%s\n' $((100 * idle / total))
+}
+
+# check_quiet WHEN [load]: refuse to measure if something else is using the CPU.
+# The load average lags by a minute, so after our own build only the idle
+# sample is checked.
+check_quiet() {
+    local when=$1 use_load=${2:-} load1 idle
+    if [[ $FORCE == 1 ]]; then
+        log "FORCE=1: not checking whether the machine is idle ($when)"
+        return
+    fi
+    idle=$(idle_pct)
+    read -r load1 _ </proc/loadavg
+    local why=""
+    if [[ $use_load == load ]] && awk -v l="$load1" -v m="$MAX_LOAD" 'BEGIN { exit !(l > m) }'; then
+        why="1-minute load average is $load1 (limit MAX_LOAD=$MAX_LOAD)"
+    fi
+    if ((idle < MIN_IDLE)); then
+        why="${why:+$why; }only ${idle}% of the CPU was idle over 1 s (limit MIN_IDLE=$MIN_IDLE)"
+    fi
+    if [[ -n $why ]]; then
+        log "machine is busy $when: $why"
+        if command -v ps >/dev/null 2>&1; then
+            log "busiest processes:"
+            ps -eo pid,pcpu,etime,comm --sort=-pcpu | head -6 >&2 || true
+        fi
+        die "refusing to measure on a busy machine: numbers would be noise. Wait until it is idle, or set FORCE=1."
+    fi
+    log "machine is quiet $when (load $load1, ${idle}% idle)"
+}
+
+# --------------------------------------------------------------- build ----
+build_tollgate() {
+    if [[ -n $TOLLGATE_BIN ]]; then
+        [[ -x $TOLLGATE_BIN ]] || die "TOLLGATE_BIN=$TOLLGATE_BIN is not an executable"
+        TG_BIN=$(cd "$(dirname "$TOLLGATE_BIN")" && pwd)/$(basename "$TOLLGATE_BIN")
+        log "using prebuilt tollgate: $TG_BIN"
+        return
+    fi
+    log "building tollgate (release) in $REPO, CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+    (cd "$REPO" && cargo build --release --bin tollgate) >&2 ||
+        die "cargo build --release --bin tollgate failed"
+    local dir=$CARGO_TARGET_DIR
+    [[ $dir == /* ]] || dir=$REPO/$dir # relative to the repo root, as cargo sees it
+    TG_BIN=$dir/release/tollgate
+    [[ -x $TG_BIN ]] || die "build succeeded but $TG_BIN is missing"
+}
+
+# ---------------------------------------------------- processes we own ----
+TMP=""
+STARTED=()           # pids started by this script, in start order
+declare -A START_OF  # pid -> start time (proc(5) field 22), guards against pid reuse
+declare -A STOP_SIG  # pid -> signal for a quick stop
+
+CHILDREN=()          # pids forked by what we started (nginx workers): killed if
+                     # still there once their master is gone
+
+remember() { # remember PID SIGNAL — a process we started and stop with SIGNAL
+    local st
+    st=$(proc_stat_field "$1" 22) || st=""
+    STARTED+=("$1")
+    START_OF[$1]=$st
+    STOP_SIG[$1]=$2
+}
+
+# remember_children PID — note PID's children (not in a subshell: it sets
+# globals); they are also left in the array NEW_CHILDREN.
+remember_children() {
+    local c st
+    NEW_CHILDREN=()
+    for c in $(children_of "$1"); do
+        st=$(proc_stat_field "$c" 22) || continue
+        CHILDREN+=("$c")
+        NEW_CHILDREN+=("$c")
+        START_OF[$c]=$st
+    done
+}
+
+# Still the process we started (same pid *and* same start time)?
+ours_alive() {
+    local st
+    st=$(proc_stat_field "$1" 22 2>/dev/null) || return 1
+    [[ $st == "${START_OF[$1]:-}" ]]
+}
+
+# start_bg NAME CPU SIGNAL CMD... — run CMD pinned to CPU, output to $TMP/NAME.out.
+# taskset execs CMD, so $! is CMD's own pid.
+start_bg() {
+    local name=$1 cpu=$2 sig=$3
+    shift 3
+    taskset -c "$cpu" "$@" >"$TMP/$name.out" 2>&1 &
+    local pid=$!
+    remember "$pid" "$sig"
+    LAST_PID=$pid
+}
+
+stop_all() {
+    local i pid deadline
+    # Newest first: proxies before the upstream they talk to.
+    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+        pid=${STARTED[i]}
+        ours_alive "$pid" || continue
+        kill -s "${STOP_SIG[$pid]}" "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + 5))
+        while ours_alive "$pid" && ((SECONDS < deadline)); do
+            # Reap it if it is our child, so it does not linger as a zombie.
+            [[ $(proc_stat_field "$pid" 3 2>/dev/null) == Z ]] && break
+            sleep 0.05
+        done
+        if ours_alive "$pid" && [[ $(proc_stat_field "$pid" 3 2>/dev/null) != Z ]]; then
+            log "pid $pid did not stop on ${STOP_SIG[$pid]}, killing it"
+            kill -s KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    # A master stopped cleanly takes its workers along; one that had to be
+    # killed leaves them orphaned, so make sure.
+    for pid in "${CHILDREN[@]}"; do
+        ours_alive "$pid" && kill -s KILL "$pid" 2>/dev/null
+    done
+    wait 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    stop_all
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ $rc != 0 || $KEEP_TMP == 1 ]]; then
+            log "configs, logs and wrk output kept in $TMP"
+        else
+            rm -rf -- "$TMP"
+        fi
+    fi
+    exit "$rc"
+}
+
+# Show why a service failed: its output and, for nginx, its error log.
+show_logs() {
+    local f
+    for f in "$@"; do
+        [[ -s $f ]] || continue
+        log "---- last lines of $f"
+        tail -n 20 "$f" >&2
+    done
+}
+
+# wait_http NAME PID URL LOG... — poll URL until it answers 200, with a deadline.
+wait_http() {
+    local name=$1 pid=$2 url=$3 code=000
+    shift 3
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    while :; do
+        if ! ours_alive "$pid" || [[ $(proc_stat_field "$pid" 3) == Z ]]; then
+            local status=0
+            wait "$pid" 2>/dev/null || status=$?
+            show_logs "$@"
+            die "$name exited while starting (exit status $status; output in $1)"
+        fi
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null) || true
+        [[ $code == 200 ]] && return 0
+        if ((SECONDS >= deadline)); then
+            show_logs "$@"
+            die "$name not ready: $url still answers '$code' after ${READY_TIMEOUT}s"
+        fi
+        sleep 0.05 # poll interval, not a synchronisation
+    done
+}
+
+free_ports() { # free_ports N — N distinct ports the kernel considers free now
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)  # keep all open so the ports are distinct
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# ------------------------------------------------------------ services ----
+declare -A PIDS_ON_PORT # port -> pids whose CPU and RSS stand for that target
+
+start_upstream() {
+    mkdir -p "$TMP/upstream_tmp"
+    render upstream.nginx.conf "$TMP/upstream.conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" BODY="$BODY" \
+        WORKER_CONNECTIONS="$WORKER_CONNECTIONS"
+    nginx -t -q -p "$TMP" -e "$TMP/upstream.error.log" -c "$TMP/upstream.conf" ||
+        die "upstream nginx config rejected (see above; $TMP/upstream.conf)"
+    start_bg upstream "$LOADGEN_CPU" TERM nginx -p "$TMP" -e "$TMP/upstream.error.log" -c "$TMP/upstream.conf"
+    UPSTREAM_PID=$LAST_PID
+    wait_http "upstream nginx" "$UPSTREAM_PID" "http://127.0.0.1:$UPSTREAM_PORT/bench" \
+        "$TMP/upstream.out" "$TMP/upstream.error.log"
+    remember_children "$UPSTREAM_PID"
+    log "upstream nginx ready on :$UPSTREAM_PORT (pid $UPSTREAM_PID, cpu $LOADGEN_CPU)"
+}
+
+start_nginx_proxy() {
+    mkdir -p "$TMP/nginx_tmp"
+    render proxy.nginx.conf "$TMP/nginx.conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
+        NGINX_PORT="$NGINX_PORT" NGINX_KEEPALIVE="$NGINX_KEEPALIVE" WORKER_CONNECTIONS="$WORKER_CONNECTIONS"
+    nginx -t -q -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf" ||
+        die "proxy nginx config rejected (see above; $TMP/nginx.conf)"
+    start_bg nginx "$PROXY_CPU" TERM nginx -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf"
+    NGINX_PID=$LAST_PID
+    wait_http "nginx proxy" "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/bench" \
+        "$TMP/nginx.out" "$TMP/nginx.error.log"
+    # The master only supervises; the worker does the proxying, so its CPU and
+    # RSS are what compares with tollgate's single process.
+    remember_children "$NGINX_PID"
+    ((${#NEW_CHILDREN[@]})) || die "nginx proxy (pid $NGINX_PID) has no worker process"
+    local workers="${NEW_CHILDREN[*]}"
+    PIDS_ON_PORT[$NGINX_PORT]=$workers
+    log "nginx proxy ready on :$NGINX_PORT (master $NGINX_PID, worker $workers, cpu $PROXY_CPU)"
+}
+
+start_tollgate() {
+    render tollgate.yaml "$TMP/tollgate.yaml" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
+        TOLLGATE_PORT="$TOLLGATE_PORT" TOLLGATE_ADMIN_PORT="$TOLLGATE_ADMIN_PORT"
+    # SIGINT is Pingora's fast shutdown; SIGTERM would wait out the grace period.
+    start_bg tollgate "$PROXY_CPU" INT env RUST_LOG=error "$TG_BIN" -c "$TMP/tollgate.yaml"
+    TOLLGATE_PID=$LAST_PID
+    wait_http "tollgate" "$TOLLGATE_PID" "http://127.0.0.1:$TOLLGATE_ADMIN_PORT/health" "$TMP/tollgate.out"
+    PIDS_ON_PORT[$TOLLGATE_PORT]=$TOLLGATE_PID
+    log "tollgate ready on :$TOLLGATE_PORT, admin :$TOLLGATE_ADMIN_PORT (pid $TOLLGATE_PID, cpu $PROXY_CPU)"
+}
+
+# ----------------------------------------------------------- scenarios ----
+# A scenario is one target wrk drives: a name, a port, and extra wrk arguments
+# (e.g. -H 'X-Api-Key: k'). Later scenarios — tollgate with API-key auth, JWT or
+# a rate limit; nginx with a map-based key check or limit_req — are one more
+# `scenario` line each, after starting (or configuring) what serves their port.
+#
+#   scenario [--vs BASELINE] NAME PORT [WRK_ARGS...]
+#
+# BASELINE (default: nginx) is the scenario its "vs nginx" ratio divides by, so
+# e.g. `scenario --vs nginx-limit tollgate-limit ...` compares like with like.
+# Every ratio also divides by the scenario "direct" (the upstream alone).
+SCENARIOS=()
+declare -A SC_PORT SC_ARGS SC_VS SC_PIDS
+
+scenario() {
+    local vs=nginx
+    if [[ ${1:-} == --vs ]]; then
+        vs=$2
+        shift 2
+    fi
+    local name=$1 port=$2
+    shift 2
+    SCENARIOS+=("$name")
+    SC_PORT[$name]=$port
+    SC_VS[$name]=$vs
+    SC_PIDS[$name]=${PIDS_ON_PORT[$port]:-} # empty: no proxy to measure (direct)
+    SC_ARGS[$name]=""
+    if (($#)); then SC_ARGS[$name]=$(printf '%q ' "$@"); fi
+}
+
+scenario_args() { # scenario_args NAME — sets the array ARGS
+    ARGS=()
+    eval "ARGS=(${SC_ARGS[$1]})"
+}
+
+# Before measuring anything: one request per scenario must be a 200 with the
+# upstream's exact body, so a gateway answering 404s fast is caught here.
+smoke() {
+    local name=$1 url="http://127.0.0.1:${SC_PORT[$1]}/bench" curl_args=() i code body
+    scenario_args "$name"
+    for ((i = 0; i < ${#ARGS[@]}; i++)); do # pass wrk's -H headers on to curl
+        if [[ ${ARGS[i]} == -H || ${ARGS[i]} == --header ]]; then
+            curl_args+=(-H "${ARGS[i + 1]}")
+        fi
+    done
+    code=$(curl -s -o "$TMP/smoke.body" -w '%{http_code}' --max-time 5 "${curl_args[@]}" "$url") || true
+    body=$(<"$TMP/smoke.body")
+    if [[ $code != 200 || $body != "$BODY" ]]; then
+        log "$name: GET $url answered $code with body: ${body:0:300}"
+        die "$name does not proxy correctly; not measuring it"
+    fi
+}
+
+# run_wrk NAME CONNS DURATION OUT — one wrk run, pinned to the load generator's core.
+run_wrk() {
+    local name=$1 conns=$2 dur=$3 out=$4
+    scenario_args "$name"
+    if ! taskset -c "$LOADGEN_CPU" wrk -t1 -c"$conns" -d"$dur" --latency "${ARGS[@]}" \
+        "http://127.0.0.1:${SC_PORT[$name]}/bench" >"$out" 2>&1; then
+        cat "$out" >&2
+        die "wrk failed against $name"
+    fi
+}
+
+# parse_wrk FILE — prints: req/s requests p50_us p99_us socket_errors non_2xx
+parse_wrk() {
+    awk '
+        function us(v,   n, u) {
+            n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+            if (u == "us") return n
+            if (u == "ms") return n * 1000
+            if (u == "s")  return n * 1000000
+            if (u == "m")  return n * 60000000
+            if (u == "h")  return n * 3600000000
+            return -1
+        }
+        /^[ \t]+50%/               { p50 = us($2) }
+        /^[ \t]+99%/               { p99 = us($2) }
+        / requests in /            { reqs = $1 }
+        /^Requests\/sec:/          { rps = $2 }
+        /Socket errors:/           { s = $0; gsub(/[^0-9]+/, " ", s); n = split(s, a, " ")
+                                     for (i = 1; i <= n; i++) serr += a[i] }
+        /Non-2xx or 3xx responses:/ { bad = $NF }
+        END {
+            if (rps == "" || reqs == "" || p50 == "" || p99 == "" || p50 < 0 || p99 < 0) exit 1
+            printf "%s %s %.1f %.1f %d %d\n", rps, reqs, p50, p99, serr, bad
+        }' "$1"
+}
+
+# check_run NAME CONNS OUT — parse a wrk run into PARSED; die on any error, so
+# a broken target is never reported as a fast one.
+check_run() {
+    local name=$1 conns=$2 out=$3 serr bad reqs
+    PARSED=$(parse_wrk "$out") || { cat "$out" >&2; die "could not parse wrk output for $name"; }
+    read -r _ reqs _ _ serr bad <<<"$PARSED"
+    if ((serr > 0 || bad > 0 || reqs == 0)); then
+        cat "$out" >&2
+        die "$name (c=$conns): $bad non-2xx/3xx responses, $serr socket errors, $reqs requests — a failing target is not a fast one"
+    fi
+}
+
+declare -A R_RPS R_P50 R_P99 R_CPU R_RSS # "name|conns" -> space-separated per-run values
+
+# measure NAME CONNS REP — one measured run, with the proxy's CPU and RSS.
+measure() {
+    local name=$1 conns=$2 rep=$3 key="$1|$2" out="$TMP/wrk.$1.c$2.r$3.txt"
+    local pids=${SC_PIDS[$name]} t0=0 t1=0 pid
+    # shellcheck disable=SC2086 # pids is a word list on purpose
+    [[ -z $pids ]] || t0=$(cpu_ticks $pids)
+    run_wrk "$name" "$conns" "$DURATION" "$out"
+    # shellcheck disable=SC2086
+    [[ -z $pids ]] || t1=$(cpu_ticks $pids)
+
+    local rps reqs p50 p99
+    check_run "$name" "$conns" "$out"
+    read -r rps reqs p50 p99 _ <<<"$PARSED"
+    for pid in $pids; do
+        ours_alive "$pid" || die "$name: process $pid died during the run"
+    done
+
+    R_RPS[$key]+="$rps "
+    R_P50[$key]+="$p50 "
+    R_P99[$key]+="$p99 "
+    local cpu="-" rss="-"
+    if [[ -n $pids ]]; then
+        cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+        # shellcheck disable=SC2086
+        rss=$(rss_kib $pids)
+        R_CPU[$key]+="$cpu "
+        R_RSS[$key]+="$rss "
+    fi
+    log "$(printf 'rep %d/%d c=%-4s %-12s %10s req/s  p50 %8s us  p99 %8s us  cpu %6s us/req  rss %s KiB' \
+        "$rep" "$REPS" "$conns" "$name" "$rps" "$p50" "$p99" "$cpu" "$rss")"
+}
+
+# --------------------------------------------------------------- table ----
+ratio() { # ratio A B — A/B to 2 places, or - when either is missing
+    if [[ -z $1 || -z $2 ]]; then
+        echo "-"
+    else
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'
+    fi
+}
+
+print_table() {
+    local conns name key
+    local -A med_rps
+    # shellcheck disable=SC2086 # the R_* values are word lists
+    for key in "${!R_RPS[@]}"; do med_rps[$key]=$(median ${R_RPS[$key]}); done
+
+    echo "| scenario | conns | req/s | p50 µs | p99 µs | req/s vs nginx | req/s vs direct | proxy CPU µs/req | proxy RSS MiB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for conns in $CONNS; do
+        for name in "${SCENARIOS[@]}"; do
+            key="$name|$conns"
+            local p50 p99 cpu="-" rss="-"
+            # shellcheck disable=SC2086
+            p50=$(median ${R_P50[$key]})
+            # shellcheck disable=SC2086
+            p99=$(median ${R_P99[$key]})
+            if [[ -n ${R_CPU[$key]:-} ]]; then
+                # shellcheck disable=SC2086
+                cpu=$(printf '%.2f' "$(median ${R_CPU[$key]})")
+                # RSS: the largest seen after any run (memory only grows under load).
+                # shellcheck disable=SC2086
+                rss=$(printf '%s\n' ${R_RSS[$key]} | sort -n | tail -n 1 |
+                    awk '{ printf "%.1f", $1 / 1024 }')
+            fi
+            printf '| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s |\n' \
+                "$name" "$conns" "${med_rps[$key]}" "$p50" "$p99" \
+                "$(ratio "${med_rps[$key]}" "${med_rps[${SC_VS[$name]}|$conns]:-}")" \
+                "$(ratio "${med_rps[$key]}" "${med_rps[direct|$conns]:-}")" \
+                "$cpu" "$rss"
+        done
+    done
+}
+
+print_context() {
+    local cpu_model nginx_version
+    cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+    nginx_version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+    echo "tollgate load test, $(date -u '+%Y-%m-%d %H:%M UTC'): $NCPU CPUs (${cpu_model:-unknown}), Linux $(uname -r), $nginx_version, $(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }')."
+    echo "wrk -t1 and the upstream on CPU $LOADGEN_CPU; the proxy under test on CPU $PROXY_CPU (nginx: 1 worker, keepalive $NGINX_KEEPALIVE; tollgate: threads 1)."
+    echo "Medians of $REPS x $DURATION runs per row (after a $WARMUP warm-up); 64-byte responses; CPU and RSS are the nginx worker's / tollgate process's."
+}
+
+# ---------------------------------------------------------------- main ----
+main() {
+    check_knobs
+    ensure_tools
+    CLK_TCK=$(getconf CLK_TCK)
+    check_quiet "before the build" load
+
+    if [[ $SKIP_TOLLGATE == 1 ]]; then
+        log "SKIP_TOLLGATE=1: no build, no tollgate scenario"
+    else
+        build_tollgate
+    fi
+
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-load.XXXXXX")
+    # nginx workers drop to an unprivileged user when run as root; let them in.
+    chmod 0755 "$TMP"
+    ulimit -n 65536 2>/dev/null || true # 256 client + 256 upstream sockets per proxy
+    ((${#BODY} == 64)) || die "BODY must be 64 bytes (is ${#BODY})"
+
+    # nginx connection table: the most concurrent connections any nginx here
+    # sees is wrk's plus two proxies' upstream pools, so 4x the largest CONNS.
+    local c max_conns=0
+    for c in $CONNS; do if ((c > max_conns)); then max_conns=$c; fi; done
+    WORKER_CONNECTIONS=$((4 * max_conns > 1024 ? 4 * max_conns : 1024))
+
+    local ports
+    ports=$(free_ports 4)
+    read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT <<<"$ports"
+
+    start_upstream
+    start_nginx_proxy
+    [[ $SKIP_TOLLGATE == 1 ]] || start_tollgate
+
+    # The targets, in the order they alternate within each repetition.
+    scenario direct "$UPSTREAM_PORT"
+    scenario nginx "$NGINX_PORT"
+    [[ $SKIP_TOLLGATE == 1 ]] || scenario tollgate "$TOLLGATE_PORT"
+    # Later, e.g.:
+    #   scenario --vs nginx-apikey tollgate-apikey "$TOLLGATE_PORT" -H 'X-Api-Key: k'
+
+    local name conns rep
+    for name in "${SCENARIOS[@]}"; do smoke "$name"; done
+    check_quiet "before measuring"
+
+    for conns in $CONNS; do
+        for name in "${SCENARIOS[@]}"; do
+            log "warm-up c=$conns $name ($WARMUP)"
+            run_wrk "$name" "$conns" "$WARMUP" "$TMP/wrk.$name.c$conns.warmup.txt"
+            check_run "$name" "$conns" "$TMP/wrk.$name.c$conns.warmup.txt"
+        done
+        for ((rep = 1; rep <= REPS; rep++)); do
+            for name in "${SCENARIOS[@]}"; do
+                measure "$name" "$conns" "$rep"
+            done
+        done
+    done
+
+    local table
+    table="$(print_context)"$'\n\n'"$(print_table)"
+    printf '\n%s\n' "$table"
+    if [[ $SAVE == 1 ]]; then
+        printf '# tollgate load test results\n\n%s\n' "$table" >"$HERE/results.md"
+        log "table written to $HERE/results.md"
+    fi
+}
+
+main "$@"

@@ -1,0 +1,84 @@
+//! The admin listener: `/health` (and, later, `/metrics`), a separate Pingora service so that
+//! data-plane load never hides the gateway's own health.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::config::Gateway;
+
+pub struct Admin {
+    started: Instant,
+    gw: Arc<Gateway>,
+}
+
+impl Admin {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Admin {
+            started: Instant::now(),
+            gw,
+        }
+    }
+
+    fn health(&self) -> (u16, serde_json::Value) {
+        let upstreams: serde_json::Map<_, _> = self
+            .gw
+            .upstreams
+            .iter()
+            .map(|u| {
+                let backends: Vec<_> = u
+                    .targets
+                    .iter()
+                    .map(|(a, w)| serde_json::json!({"address": a.to_string(), "weight": w}))
+                    .collect();
+                (
+                    u.name.to_string(),
+                    serde_json::json!({ "backends": backends }),
+                )
+            })
+            .collect();
+        (
+            200,
+            serde_json::json!({
+                "status": "ok",
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "routes": self.gw.router.routes().len(),
+                "upstreams": upstreams,
+            }),
+        )
+    }
+}
+
+fn json(status: u16, v: &serde_json::Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .header("x-gateway", "tollgate")
+        .header("cache-control", "no-store")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/health" => {
+                let (status, v) = self.health();
+                json(status, &v)
+            }
+            _ => json(
+                404,
+                &serde_json::json!({"error": "no_route", "message": "admin endpoints: /health", "request_id": ""}),
+            ),
+        }
+    }
+}

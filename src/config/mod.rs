@@ -1,0 +1,239 @@
+//! Loading the one YAML file: Pingora's `ServerConf` keys and tollgate's sections side by side.
+//!
+//! Two layers, one conversion: `file` says what the YAML says, `compile` turns it into the
+//! runtime `Gateway` and owns every error message. Loading never stops at the first problem:
+//! every error is collected with the path of the offending key, so a user fixes a file in one
+//! pass and nothing is served from a config that is not entirely valid.
+
+pub mod compile;
+pub mod file;
+
+use std::fmt;
+
+use pingora::server::configuration::ServerConf;
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+
+pub use compile::Gateway;
+use file::{FileConfig, TOLLGATE_KEYS};
+
+/// One problem in the config, at a key path such as `routes[1].upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file, in file order.
+#[derive(Debug, Default)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "invalid config: {n} error{}",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A fully validated config: what Pingora needs and what tollgate runs.
+pub struct Loaded {
+    pub server: ServerConf,
+    pub gateway: Gateway,
+}
+
+/// Defaults tollgate sets where the file is silent, because Pingora's are wrong for a gateway
+/// under systemd (a 300 s grace period outlives any sane `TimeoutStopSec`).
+const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 10;
+const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
+
+/// Read and validate a config file.
+pub fn load_file(path: &str) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut errs = ConfigErrors::default();
+        errs.push("", format!("cannot read config file {path}: {e}"));
+        errs
+    })?;
+    load_str(&text)
+}
+
+/// Parse and validate config text.
+pub fn load_str(text: &str) -> Result<Loaded, ConfigErrors> {
+    let mut errs = ConfigErrors::default();
+    let root = match serde_yaml::from_str::<Value>(text) {
+        Ok(Value::Mapping(m)) => m,
+        Ok(Value::Null) => Mapping::new(),
+        Ok(_) => {
+            errs.push("", "the config must be a YAML mapping of keys to values");
+            return Err(errs);
+        }
+        Err(e) => {
+            errs.push("", format!("not valid YAML: {e}"));
+            return Err(errs);
+        }
+    };
+
+    let pingora_keys = pingora_keys();
+    let mut pingora_part = Mapping::new();
+    let mut file = FileConfig::default();
+    for (k, v) in root {
+        let Some(key) = k.as_str().map(str::to_owned) else {
+            errs.push("", format!("top-level keys must be strings, found {k:?}"));
+            continue;
+        };
+        if pingora_keys.iter().any(|p| p == &key) {
+            pingora_part.insert(k, v);
+            continue;
+        }
+        read_section(&mut file, &key, v, &mut errs);
+    }
+
+    let server = server_conf(pingora_part, &mut errs);
+    let gateway = compile::compile(file, &mut errs);
+    match (server, gateway) {
+        (Some(server), Some(gateway)) if errs.is_empty() => Ok(Loaded { server, gateway }),
+        _ => Err(errs),
+    }
+}
+
+/// Deserialize one tollgate section into `file`, recording errors under its key path.
+fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErrors) {
+    match key {
+        "listen" => file.listen = parse(key, v, errs),
+        "admin" => file.admin = parse(key, v, errs),
+        "trusted_proxies" => file.trusted_proxies = parse(key, v, errs).unwrap_or_default(),
+        "upstreams" => match v {
+            Value::Mapping(m) => {
+                for (name, u) in m {
+                    let name = yaml_key(&name);
+                    if let Some(u) = parse(&format!("upstreams.{name}"), u, errs) {
+                        file.upstreams.push((name, u));
+                    }
+                }
+            }
+            Value::Null => {}
+            _ => errs.push(
+                key,
+                "must be a mapping of upstream name to {targets: [...]}",
+            ),
+        },
+        "routes" => match v {
+            Value::Sequence(items) => {
+                for (i, r) in items.into_iter().enumerate() {
+                    file.routes.push(parse(&format!("routes[{i}]"), r, errs));
+                }
+            }
+            Value::Null => {}
+            _ => errs.push(key, "must be a list of routes"),
+        },
+        "consumers" => file.consumers = Some(v),
+        "auth" => file.auth = Some(v),
+        "rate_limits" => file.rate_limits = Some(v),
+        "redis" => file.redis = Some(v),
+        _ => errs.push(
+            key,
+            format!(
+                "unknown key (tollgate keys: {}; Pingora keys are also accepted)",
+                TOLLGATE_KEYS.join(", ")
+            ),
+        ),
+    }
+}
+
+fn yaml_key(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    }
+}
+
+/// Deserialize `v` as `T`, reporting a failure at `base` + the path inside `v`.
+fn parse<T: DeserializeOwned>(base: &str, v: Value, errs: &mut ConfigErrors) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." || inner.is_empty() {
+                base.to_owned()
+            } else if inner.starts_with('[') {
+                format!("{base}{inner}")
+            } else {
+                format!("{base}.{inner}")
+            };
+            errs.push(path, e.into_inner().to_string());
+            None
+        }
+    }
+}
+
+/// The keys Pingora's `ServerConf` understands, read from its own serialization so that a
+/// Pingora upgrade that adds keys needs no change here.
+fn pingora_keys() -> Vec<String> {
+    match serde_yaml::to_value(ServerConf::default()) {
+        Ok(Value::Mapping(m)) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn server_conf(part: Mapping, errs: &mut ConfigErrors) -> Option<ServerConf> {
+    let has = |k: &str| part.contains_key(k);
+    let (grace, shutdown) = (
+        has("grace_period_seconds"),
+        has("graceful_shutdown_timeout_seconds"),
+    );
+    let mut conf: ServerConf = parse("", Value::Mapping(part), errs)?;
+    if !grace {
+        conf.grace_period_seconds = Some(DEFAULT_GRACE_PERIOD_SECONDS);
+    }
+    if !shutdown {
+        conf.graceful_shutdown_timeout_seconds = Some(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS);
+    }
+    if conf.threads == 0 {
+        errs.push("threads", "must be at least 1");
+    }
+    match conf.validate() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            errs.push("", format!("Pingora server settings: {e}"));
+            None
+        }
+    }
+}

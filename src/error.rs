@@ -1,0 +1,165 @@
+//! The error contract: every answer tollgate makes itself is
+//! `{"error": code, "message": text, "request_id": id}` as `application/json`.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
+
+/// What went wrong, with its status and stable code. The code is the contract clients key on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NoRoute,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UriTooLong,
+    HeadersTooLarge,
+    RateLimited,
+    Internal,
+    BadGateway,
+    Unavailable,
+    GatewayTimeout,
+}
+
+impl Reject {
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::BadRequest => 400,
+            Reject::Unauthorized => 401,
+            Reject::Forbidden => 403,
+            Reject::NoRoute => 404,
+            Reject::MethodNotAllowed => 405,
+            Reject::PayloadTooLarge => 413,
+            Reject::UriTooLong => 414,
+            Reject::HeadersTooLarge => 431,
+            Reject::RateLimited => 429,
+            Reject::Internal => 500,
+            Reject::BadGateway => 502,
+            Reject::Unavailable => 503,
+            Reject::GatewayTimeout => 504,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reject::BadRequest => "bad_request",
+            Reject::Unauthorized => "unauthorized",
+            Reject::Forbidden => "forbidden",
+            Reject::NoRoute => "no_route",
+            Reject::MethodNotAllowed => "method_not_allowed",
+            Reject::PayloadTooLarge => "payload_too_large",
+            Reject::UriTooLong => "uri_too_long",
+            Reject::HeadersTooLarge => "headers_too_large",
+            Reject::RateLimited => "rate_limited",
+            Reject::Internal => "internal_error",
+            Reject::BadGateway => "bad_gateway",
+            Reject::Unavailable => "unavailable",
+            Reject::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
+    /// The answer for a proxying error Pingora reports, by its type and where it came from.
+    /// `None`: the client is gone, nothing to answer.
+    pub fn from_proxy_error(e: &Error) -> Option<Reject> {
+        use ErrorType::*;
+        Some(match e.etype() {
+            HTTPStatus(400) => Reject::BadRequest,
+            HTTPStatus(413) => Reject::PayloadTooLarge,
+            HTTPStatus(414) => Reject::UriTooLong,
+            HTTPStatus(431) => Reject::HeadersTooLarge,
+            HTTPStatus(503) => Reject::Unavailable,
+            HTTPStatus(504) => Reject::GatewayTimeout,
+            HTTPStatus(s) if *s >= 500 => Reject::BadGateway,
+            HTTPStatus(_) => Reject::BadRequest,
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
+                if e.esource() == &ErrorSource::Upstream
+                    || matches!(e.etype(), ConnectTimedout) =>
+            {
+                Reject::GatewayTimeout
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => Reject::BadGateway,
+                ErrorSource::Downstream => match e.etype() {
+                    ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => {
+                        return None
+                    }
+                    _ => Reject::BadRequest,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                    InvalidHTTPHeader => Reject::BadRequest,
+                    _ => Reject::Internal,
+                },
+            },
+        })
+    }
+}
+
+static X_GATEWAY: HeaderName = HeaderName::from_static("x-gateway");
+pub static GATEWAY_NAME: HeaderValue = HeaderValue::from_static("tollgate");
+
+/// The JSON body, with the message and request id escaped as JSON strings.
+pub fn body(reject: Reject, message: &str, request_id: &str) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: &'a str,
+        message: &'a str,
+        request_id: &'a str,
+    }
+    let body = Body {
+        error: reject.code(),
+        message,
+        request_id,
+    };
+    let mut v = serde_json::to_vec(&body).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// Build the response head of a local error answer.
+pub fn head(
+    reject: Reject,
+    len: usize,
+    request_id: Option<&HeaderValue>,
+    extra: &[(HeaderName, HeaderValue)],
+) -> pingora::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(reject.status(), Some(4 + extra.len()))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CONTENT_LENGTH, len)?;
+    h.insert_header(X_GATEWAY.clone(), GATEWAY_NAME.clone())?;
+    if let Some(id) = request_id {
+        h.insert_header(crate::client::X_REQUEST_ID.clone(), id.clone())?;
+    }
+    for (k, v) in extra {
+        h.append_header(k.clone(), v.clone())?;
+    }
+    Ok(h)
+}
+
+/// Write a local JSON error answer. The connection is not kept alive when a request body may
+/// be left unread, so it can never be parsed as the next request.
+pub async fn respond(
+    session: &mut Session,
+    reject: Reject,
+    message: &str,
+    request_id: Option<&HeaderValue>,
+    extra: &[(HeaderName, HeaderValue)],
+) -> pingora::Result<()> {
+    let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+    let body = body(reject, message, id);
+    let head = head(reject, body.len(), request_id, extra)?;
+    if !session.is_body_empty() {
+        session.set_keepalive(None);
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(head), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}

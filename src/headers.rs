@@ -1,0 +1,175 @@
+//! The headers tollgate sets on the way up and on the way down.
+//!
+//! Upstream: the path the route resolved to, `X-Forwarded-*`, `X-Real-IP`, `X-Request-Id`.
+//! Pingora 0.9 already strips the standard hop-by-hop request headers and the ones `Connection`
+//! names (`HttpUpstreamRequestPolicy::standard`), so this module does not do it twice.
+//! Downstream: Pingora writes its own `Connection`; this module removes the upstream's other
+//! hop-by-hop headers and adds the gateway's.
+
+use std::net::IpAddr;
+
+use http::{HeaderName, HeaderValue, Uri};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::Result;
+
+use crate::client::{X_FORWARDED_FOR, X_REQUEST_ID};
+use crate::router::Route;
+
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_GATEWAY: HeaderName = HeaderName::from_static("x-gateway");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// The request target the upstream receives: the normalised path, minus the route prefix when
+/// `strip_prefix` is on, plus the original query. `None` when the target is unchanged.
+pub fn upstream_target(
+    route: &Route,
+    path: &str,
+    query: Option<&str>,
+    changed: bool,
+) -> Option<String> {
+    let strip = route.strip_prefix && route.prefix != "/";
+    if !strip && !changed {
+        return None;
+    }
+    let rest = if strip {
+        &path[route.prefix.len().min(path.len())..]
+    } else {
+        path
+    };
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let mut t = String::with_capacity(rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    if !rest.starts_with('/') {
+        t.push('/');
+    }
+    t.push_str(rest);
+    if let Some(q) = query {
+        t.push('?');
+        t.push_str(q);
+    }
+    Some(t)
+}
+
+/// Set the upstream request's target, forwarding and identity headers.
+pub fn upstream_request(
+    req: &mut RequestHeader,
+    target: Option<&str>,
+    peer_ip: Option<IpAddr>,
+    client_ip: Option<IpAddr>,
+    request_id: &HeaderValue,
+) -> Result<()> {
+    if let Some(t) = target {
+        let uri = Uri::try_from(t).map_err(|e| {
+            pingora::Error::because(
+                pingora::ErrorType::InvalidHTTPHeader,
+                "rewriting the request target",
+                e,
+            )
+        })?;
+        req.set_uri(uri);
+    }
+
+    if let Some(peer) = peer_ip {
+        // Append the socket peer to whatever chain the client sent, as nginx's
+        // $proxy_add_x_forwarded_for does; several header lines are folded into one.
+        let mut xff = String::new();
+        for v in req.headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(s) = v.to_str() {
+                xff.push_str(s.trim());
+                xff.push_str(", ");
+            }
+        }
+        use std::fmt::Write;
+        let _ = write!(xff, "{peer}");
+        req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+    }
+    if let Some(ip) = client_ip {
+        req.insert_header(X_REAL_IP.clone(), ip.to_string())?;
+    }
+    req.insert_header(X_FORWARDED_PROTO.clone(), HTTP.clone())?;
+    if let Some(host) = req.headers.get(http::header::HOST).cloned() {
+        req.insert_header(X_FORWARDED_HOST.clone(), host)?;
+    } else {
+        req.remove_header(&X_FORWARDED_HOST);
+    }
+    req.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
+    Ok(())
+}
+
+/// Remove the upstream's hop-by-hop headers (except `Connection`, which Pingora rewrites, and
+/// the framing headers it manages) and add the gateway's own.
+pub fn downstream_response(
+    resp: &mut ResponseHeader,
+    request_id: &HeaderValue,
+    route: Option<&Route>,
+) -> Result<()> {
+    if let Some(conn) = resp.headers.get(http::header::CONNECTION).cloned() {
+        if let Ok(s) = conn.to_str() {
+            for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let n = name.to_ascii_lowercase();
+                if !matches!(
+                    n.as_str(),
+                    "close" | "keep-alive" | "upgrade" | "transfer-encoding" | "content-length"
+                ) {
+                    resp.remove_header(n.as_str());
+                }
+            }
+        }
+    }
+    resp.remove_header(&KEEP_ALIVE);
+    resp.remove_header(&PROXY_CONNECTION);
+    if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.remove_header(&http::header::UPGRADE);
+    }
+    resp.insert_header(X_GATEWAY.clone(), crate::error::GATEWAY_NAME.clone())?;
+    resp.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
+    if let Some(route) = route {
+        for (k, v) in &route.response_headers {
+            resp.insert_header(k.clone(), v.clone())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::normalise_prefix;
+    use std::sync::Arc;
+
+    fn route(prefix: &str, strip: bool) -> Route {
+        Route {
+            id: 0,
+            name: Arc::from("r"),
+            host: None,
+            prefix: normalise_prefix(prefix),
+            methods: None,
+            strip_prefix: strip,
+            upstream: 0,
+            response_headers: vec![],
+        }
+    }
+
+    #[test]
+    fn targets() {
+        let r = route("/private", true);
+        assert_eq!(
+            upstream_target(&r, "/private/data", Some("a=1"), false).unwrap(),
+            "/data?a=1"
+        );
+        assert_eq!(upstream_target(&r, "/private", None, false).unwrap(), "/");
+        assert_eq!(upstream_target(&r, "/private/", None, false).unwrap(), "/");
+        assert_eq!(upstream_target(&route("/", true), "/x", None, false), None);
+        assert_eq!(
+            upstream_target(&route("/p", false), "/p/x", None, false),
+            None
+        );
+        assert_eq!(
+            upstream_target(&route("/p", false), "/p/x", Some("q"), true).unwrap(),
+            "/p/x?q"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! tollgate: an API gateway on Cloudflare's Pingora.
+//!
+//! The request's walk is told in [`proxy`]; every step lives in its own module. The config is
+//! loaded and compiled once by [`config`]; [`server`] assembles the Pingora services.
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod headers;
+pub mod observe;
+pub mod path;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod upstream;

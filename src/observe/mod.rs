@@ -1,0 +1,3 @@
+//! What tollgate tells operators about each request.
+
+pub mod access_log;

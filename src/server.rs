@@ -1,0 +1,41 @@
+//! Assemble the Pingora server: the data-plane proxy service and the admin service.
+
+use std::sync::Arc;
+
+use pingora::server::configuration::Opt;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::Loaded;
+use crate::proxy::Tollgate;
+
+/// Build a ready-to-run server from a validated config and Pingora's command-line options
+/// (`-u` upgrade, `-d` daemonize).
+pub fn build(loaded: Loaded, opt: Opt) -> Server {
+    let Loaded {
+        server: conf,
+        gateway,
+    } = loaded;
+    let gw = Arc::new(gateway);
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Tollgate::new(gw.clone()),
+        "tollgate",
+    );
+    for addr in &gw.listen {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = &gw.admin {
+        let mut admin = Service::new("tollgate admin".to_owned(), Admin::new(gw.clone()));
+        admin.threads = Some(1);
+        admin.add_tcp(addr);
+        server.add_service(admin);
+    }
+    server
+}
