@@ -107,3 +107,27 @@ fn no_route_is_404_json() {
         assert_eq!(r.header("x-gateway"), Some("tollgate"));
     }
 }
+
+#[test]
+fn the_path_is_normalised_once_and_the_upstream_gets_exactly_the_routed_path() {
+    let gw = gateway();
+    // Dot segments (raw and encoded) and doubled slashes resolve before routing.
+    let r = gw.get("/keep/../api/./users//7");
+    assert_eq!(service(&r), "b");
+    assert_eq!(r.json()["path"], "/7");
+    let r = gw.get("/keep/%2e%2E/api/users/%7e8");
+    assert_eq!(service(&r), "b");
+    assert_eq!(r.json()["path"], "/~8");
+    // Shapes an upstream could read differently are refused.
+    for bad in [
+        "/api/users%2f7",
+        "/api/..%5cusers",
+        "/../api",
+        "/keep/..;/api/users",
+        "/api/%zz",
+    ] {
+        let r = gw.get(bad);
+        assert_eq!(r.status, 400, "{bad}: {r:?}");
+        assert_eq!(r.error_code(), "bad_request");
+    }
+}

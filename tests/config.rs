@@ -1,0 +1,211 @@
+//! Bad configs are refused before anything is served, with every error and its key path;
+//! `-t` says so with its exit code.
+
+mod support;
+use support::*;
+
+const BASE: &str = r#"
+upstreams:
+  public: {targets: ["127.0.0.1:8081"]}
+  private: {targets: ["127.0.0.1:8082"]}
+routes:
+  - {name: public, path_prefix: /public, upstream: public}
+"#;
+
+/// `-t` on `yaml` fails and its output has `needle` (the key path and the reason).
+fn rejects(yaml: &str, needles: &[&str]) {
+    let (code, out) = check_config(yaml);
+    assert_eq!(code, 1, "expected exit 1 for:\n{yaml}\noutput:\n{out}");
+    for n in needles {
+        assert!(out.contains(n), "expected {n:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn valid_config_passes_with_exit_0() {
+    let (code, out) = check_config(BASE);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("valid"), "{out}");
+}
+
+#[test]
+fn the_demo_config_is_valid() {
+    let (code, out) = check_config(include_str!("../conf/tollgate.yaml"));
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn unknown_upstream_names_the_route_and_the_known_ones() {
+    rejects(
+        &format!("{BASE}  - {{name: p, path_prefix: /p, upstream: privat}}\n"),
+        &["routes[1].upstream: unknown upstream \"privat\" (known: public, private)"],
+    );
+}
+
+#[test]
+fn unknown_keys_at_every_level() {
+    rejects(&format!("{BASE}rouets: []\n"), &["rouets: unknown key"]);
+    rejects(
+        "upstreams: {u: {targets: [\"127.0.0.1:1\"], tiemouts: {}}}\n",
+        &["upstreams.u.tiemouts: unknown field `tiemouts`, expected one of `targets`"],
+    );
+    rejects(
+        "upstreams: {u: {targets: [\"127.0.0.1:1\"]}}\nroutes: [{name: a, path_prefix: /, upstream: u, hsot: x}]\n",
+        &["routes[0].hsot: unknown field `hsot`"],
+    );
+}
+
+#[test]
+fn duplicate_route_names() {
+    rejects(
+        &format!("{BASE}  - {{name: public, path_prefix: /other, upstream: public}}\n"),
+        &["routes[1].name: duplicate route name \"public\" (also routes[0])"],
+    );
+}
+
+#[test]
+fn bad_cidr() {
+    rejects(
+        &format!("{BASE}trusted_proxies: [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n"),
+        &["trusted_proxies[1]: \"10.0.0.0/33\" is not a CIDR"],
+    );
+}
+
+#[test]
+fn bad_addresses() {
+    rejects(
+        &format!("{BASE}listen: [\"0.0.0.0\"]\n"),
+        &["listen[0]: \"0.0.0.0\" is not an IP:port"],
+    );
+    rejects(
+        &format!("{BASE}admin: \"localhost\"\n"),
+        &["admin: \"localhost\" is not an IP:port"],
+    );
+    rejects(
+        "upstreams: {u: {targets: [\"127.0.0.1\"]}}\nroutes: []\n",
+        &["upstreams.u.targets[0]: \"127.0.0.1\" needs a port"],
+    );
+}
+
+#[test]
+fn empty_targets() {
+    rejects(
+        "upstreams: {u: {targets: []}}\n",
+        &["upstreams.u.targets: needs at least one target"],
+    );
+}
+
+#[test]
+fn bad_durations() {
+    rejects(
+        "upstreams: {u: {targets: [\"127.0.0.1:1\"], timeouts: {read: 30}}}\n",
+        &["upstreams.u.timeouts.read: bad duration 30: durations need a unit"],
+    );
+    rejects(
+        "upstreams: {u: {targets: [\"127.0.0.1:1\"], timeouts: {connect: soon}}}\n",
+        &["upstreams.u.timeouts.connect: bad duration \"soon\""],
+    );
+}
+
+#[test]
+fn prefix_must_start_with_slash_and_be_normal() {
+    rejects(
+        &format!("{BASE}  - {{name: p, path_prefix: api, upstream: public}}\n"),
+        &["routes[1].path_prefix: \"api\" must start with /"],
+    );
+    rejects(
+        &format!("{BASE}  - {{name: p, path_prefix: /a/../b, upstream: public}}\n"),
+        &["routes[1].path_prefix: \"/a/../b\" is not in normal form"],
+    );
+}
+
+#[test]
+fn bad_methods_hosts_weights_and_headers() {
+    rejects(
+        &format!(
+            "{BASE}  - {{name: p, path_prefix: /p, upstream: public, methods: [GET, FETCH]}}\n"
+        ),
+        &["routes[1].methods[1]: unknown method \"FETCH\""],
+    );
+    rejects(
+        &format!("{BASE}  - {{name: p, path_prefix: /p, upstream: public, host: \"a b\"}}\n"),
+        &["routes[1].host: \"a b\" is not a host name"],
+    );
+    rejects(
+        "upstreams: {u: {targets: [{address: \"127.0.0.1:1\", weight: 0}]}}\n",
+        &["upstreams.u.targets[0].weight: must be between 1 and 1000"],
+    );
+    rejects(
+        &format!("{BASE}  - {{name: p, path_prefix: /p, upstream: public, response_headers: {{X-Gateway: me}}}}\n"),
+        &["routes[1].response_headers.X-Gateway: is set by tollgate itself"],
+    );
+}
+
+#[test]
+fn conflicting_routes() {
+    rejects(
+        &format!("{BASE}  - {{name: p, path_prefix: /public/, upstream: private}}\n"),
+        &["routes[1]: same host, path_prefix and overlapping methods as routes[0]"],
+    );
+}
+
+#[test]
+fn later_sections_are_rejected_until_supported_never_ignored() {
+    rejects(
+        &format!("{BASE}redis: {{url: \"redis://127.0.0.1\"}}\n"),
+        &["redis: "],
+    );
+    rejects(
+        "upstreams: {u: {targets: [\"127.0.0.1:1\"], balance: fastest}}\n",
+        &["upstreams.u.balance: unknown balancing \"fastest\""],
+    );
+}
+
+#[test]
+fn every_error_is_listed_at_once() {
+    let (code, out) = check_config(
+        "listen: [\"nope\"]\ntrusted_proxies: [\"x\"]\nupstreams: {u: {targets: []}}\n\
+         routes: [{name: a, path_prefix: a, upstream: v}]\nbogus: 1\n",
+    );
+    assert_eq!(code, 1);
+    for n in [
+        "listen[0]",
+        "trusted_proxies[0]",
+        "upstreams.u.targets",
+        "routes[0].path_prefix",
+        "routes[0].upstream",
+        "bogus",
+    ] {
+        assert!(out.contains(n), "{n} missing from:\n{out}");
+    }
+    assert!(out.contains("6 errors"), "{out}");
+}
+
+#[test]
+fn pingora_keys_are_typed_too() {
+    rejects(
+        &format!("{BASE}threads: many\n"),
+        &["threads: invalid type"],
+    );
+}
+
+#[test]
+fn bad_config_serves_nothing() {
+    // Not just -t: running it exits 1 without binding anything.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.yaml");
+    let port = free_port();
+    std::fs::write(
+        &conf,
+        format!("listen: [\"127.0.0.1:{port}\"]\nroutes: [{{name: a}}]\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0]: missing field `path_prefix`"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
