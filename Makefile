@@ -1,0 +1,27 @@
+# The two commands of the README's quick start, and a few more.
+.PHONY: deps demo test check bench load
+
+deps:
+	./scripts/install-deps.sh
+
+# Run the gateway on its embedded demo config with two sample upstreams.
+demo: deps
+	cargo run --release -- --demo
+
+# Everything CI runs: unit, integration (real gateway, real upstreams, real Redis) and doc tests.
+test: deps
+	cargo test
+
+# Lints as CI enforces them.
+check:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+# Criterion micro-benches of the hot path.
+bench: deps
+	cargo bench
+
+# The load harness: tollgate vs nginx, pinned, with wrk.
+load:
+	./scripts/install-deps.sh --bench
+	benches/load/run.sh

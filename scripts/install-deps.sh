@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the system packages tollgate's build and tests need, only when missing.
+#   cmake        Pingora's zlib-ng build
+#   redis-server the Redis rate-limit tests start their own server
+#   nginx, wrk   the load harness in benches/load (only with --bench)
+set -euo pipefail
+
+want=(cmake:cmake redis-server:redis-server)
+if [[ "${1:-}" == "--bench" ]]; then
+  want+=(nginx:nginx-light wrk:wrk)
+fi
+
+missing=()
+for pair in "${want[@]}"; do
+  cmd=${pair%%:*} pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [[ -x "/usr/sbin/$cmd" ]] || missing+=("$pkg")
+done
+((${#missing[@]} == 0)) && exit 0
+
+sudo=""
+[[ $(id -u) -ne 0 ]] && sudo="sudo"
+echo "installing: ${missing[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
