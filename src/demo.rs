@@ -20,6 +20,7 @@ pub async fn serve(listener: TcpListener, name: &'static str) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let _ = connection(stream, name).await;
         });
@@ -161,10 +162,12 @@ async fn connection(mut s: TcpStream, name: &str) -> std::io::Result<()> {
             if method == "HEAD" { 0 } else { out.len() },
             if close { "connection: close\r\n" } else { "" },
         );
-        s.write_all(head.as_bytes()).await?;
+        // One write: a head and a body in two small segments would meet Nagle + delayed ACK.
+        let mut msg = head.into_bytes();
         if method != "HEAD" {
-            s.write_all(&out).await?;
+            msg.extend_from_slice(&out);
         }
+        s.write_all(&msg).await?;
         if close {
             return Ok(());
         }
