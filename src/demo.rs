@@ -63,7 +63,9 @@ pub fn start_background(upstreams: Vec<(SocketAddr, &'static str)>) -> std::io::
 
 async fn connection(mut s: TcpStream, name: &str) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
+    let mut served = 0u64;
     loop {
+        served += 1;
         // Read one request head.
         let head_end = loop {
             if let Some(i) = find(&buf, b"\r\n\r\n") {
@@ -149,6 +151,8 @@ async fn connection(mut s: TcpStream, name: &str) -> std::io::Result<()> {
             "query": query,
             "headers": headers,
             "body_bytes": body.len(),
+            // 1 on a fresh connection; higher when the caller reuses its connections.
+            "connection_requests": served,
             "body": String::from_utf8_lossy(&body[..body.len().min(4096)]),
         });
         let mut out = serde_json::to_vec_pretty(&reply).unwrap_or_default();

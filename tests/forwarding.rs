@@ -193,3 +193,19 @@ fn request_body_is_forwarded() {
     assert_eq!(r.json()["body"], "hello");
     assert_eq!(r.json()["method"], "POST");
 }
+
+#[test]
+fn upstream_connections_are_reused() {
+    let gw = gateway("");
+    let seen: Vec<u64> = (0..5)
+        .map(|_| {
+            gw.get("/api/x").json()["connection_requests"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        seen.iter().any(|&n| n > 1),
+        "sequential requests should ride pooled connections: {seen:?}"
+    );
+}
