@@ -107,8 +107,22 @@ impl ProxyHttp for Tollgate {
         Ok(())
     }
 
-    /// Normalise the path once, then route. Everything after this sees one path.
+    /// Refuse ambiguous framing, normalise the path once, then route. Everything after this
+    /// sees one unambiguous request.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let raw = session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+            .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
+            .flatten();
+        if let Err(why) = crate::guard::check_framing(session.req_header(), raw.as_deref()) {
+            // The body's extent is unknown: never read what follows as another request.
+            session.set_keepalive(None);
+            return self
+                .reject(session, ctx, Reject::BadRequest, why, &[])
+                .await;
+        }
         let req = session.req_header();
         let host = req
             .headers
@@ -157,6 +171,13 @@ impl ProxyHttp for Tollgate {
         })?;
         let upstream = &self.gw.upstreams[route.upstream];
         let Some(addr) = upstream.select(&ctx.tried) else {
+            if !ctx.tried.is_empty() {
+                // Retries used up every backend: the failure the client sees is the upstream's.
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    format!("every backend of upstream {} failed", upstream.name),
+                );
+            }
             return Error::e_explain(
                 ErrorType::HTTPStatus(503),
                 format!("no backend available in upstream {}", upstream.name),

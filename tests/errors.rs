@@ -100,3 +100,23 @@ fn weighted_round_robin_splits_traffic_by_weight() {
         "weight 3 of 4 should get ~75%, got {share}"
     );
 }
+
+#[test]
+fn upstream_closing_without_answer_is_502_even_after_retries() {
+    // Accepts, reads the request, closes without a response.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+        }
+    });
+    let gw = Gateway::start(&format!(
+        "upstreams: {{u: {{targets: [\"{up}\"], retries: 2}}}}\nroutes: [{{name: r, path_prefix: /, upstream: u}}]"
+    ));
+    let r = gw.get("/x");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.error_code(), "bad_gateway");
+}

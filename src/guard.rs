@@ -1,0 +1,98 @@
+//! Request shapes that two HTTP parsers could read differently are refused before routing.
+//!
+//! Pingora 0.9's parser already refuses most ambiguous framing (conflicting `Content-Length`,
+//! signs and hex in it, unknown transfer codings, `Transfer-Encoding` on HTTP/1.0, bad chunk
+//! sizes). What it lets through, and nginx refuses, is checked here: `Content-Length` together
+//! with `Transfer-Encoding` (Pingora issue 945), repeated or list-valued `Content-Length`, a
+//! `Transfer-Encoding` other than a single `chunked`, and an HTTP/1.1 request without `Host`.
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::Version;
+use pingora::http::RequestHeader;
+
+/// Why the request head is refused (400, and the connection is closed). `raw` is the head as
+/// received: Pingora drops `Content-Length` from the parsed header when `Transfer-Encoding`
+/// is present, so only the raw bytes still show the conflict.
+pub fn check_framing(req: &RequestHeader, raw: Option<&[u8]>) -> Result<(), &'static str> {
+    let h = &req.headers;
+    let mut cl = h.get_all(CONTENT_LENGTH).iter();
+    let first_cl = cl.next();
+    if cl.next().is_some() {
+        return Err("more than one Content-Length header");
+    }
+    if let Some(v) = first_cl {
+        if v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit) {
+            return Err("Content-Length must be a single decimal number");
+        }
+    }
+    let mut te = h.get_all(TRANSFER_ENCODING).iter();
+    if let Some(v) = te.next() {
+        if first_cl.is_some() || raw.is_some_and(|r| raw_has_header(r, b"content-length")) {
+            return Err("Content-Length and Transfer-Encoding together are ambiguous");
+        }
+        if req.version != Version::HTTP_11 {
+            return Err("Transfer-Encoding is only valid on HTTP/1.1");
+        }
+        if te.next().is_some() || !v.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err("Transfer-Encoding must be exactly \"chunked\"");
+        }
+    }
+    if req.version == Version::HTTP_11 && !h.contains_key(HOST) && req.uri.authority().is_none() {
+        return Err("an HTTP/1.1 request needs a Host header");
+    }
+    Ok(())
+}
+
+/// Whether the raw request head has a header line named `name` (lower-case).
+fn raw_has_header(raw: &[u8], name: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n').skip(1).any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && line[name.len()..]
+                .iter()
+                .find(|b| !matches!(b, b' ' | b'\t'))
+                .is_some_and(|&b| b == b':')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/x", None).unwrap();
+        r.set_version(version);
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn shapes() {
+        let host = ("Host", "a");
+        let ok = |h: &[(&str, &str)]| check_framing(&req(Version::HTTP_11, h), None);
+        assert!(ok(&[host, ("Content-Length", "5")]).is_ok());
+        assert!(ok(&[host, ("Transfer-Encoding", "Chunked")]).is_ok());
+        assert!(ok(&[host, ("Content-Length", "5"), ("Content-Length", "5")]).is_err());
+        assert!(ok(&[host, ("Content-Length", "5, 5")]).is_err());
+        assert!(ok(&[host, ("Transfer-Encoding", "gzip, chunked")]).is_err());
+        assert!(ok(&[
+            host,
+            ("Transfer-Encoding", "chunked"),
+            ("Transfer-Encoding", "chunked")
+        ])
+        .is_err());
+        assert!(
+            ok(&[("Content-Length", "0")]).is_err(),
+            "HTTP/1.1 without Host"
+        );
+        let r10 = req(Version::HTTP_10, &[("Transfer-Encoding", "chunked")]);
+        assert!(check_framing(&r10, None).is_err());
+        let te = req(Version::HTTP_11, &[host, ("Transfer-Encoding", "chunked")]);
+        let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length : 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(check_framing(&te, Some(raw)).is_err());
+        let raw_ok = b"POST /x HTTP/1.1\r\nHost: a\r\nX-Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(check_framing(&te, Some(raw_ok)).is_ok());
+    }
+}

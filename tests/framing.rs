@@ -1,0 +1,81 @@
+//! Ambiguous framing is refused with 400 and the connection closed, so nothing after it can
+//! be read as a second (smuggled) request.
+
+mod support;
+use support::*;
+
+fn gateway() -> Gateway {
+    let up = echo("up");
+    Gateway::start(&format!(
+        "upstreams: {{up: {{targets: [\"{up}\"]}}}}\nroutes: [{{name: r, path_prefix: /, upstream: up}}]"
+    ))
+}
+
+const SMUGGLED: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+
+/// Send `head` followed by a pipelined request; return every status line seen and the bytes.
+fn statuses(gw: &Gateway, head: &[u8]) -> (Vec<u16>, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(&[head, SMUGGLED].concat()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let codes = text
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("HTTP/1.1 "))
+        .filter_map(|l| l.get(..3)?.parse().ok())
+        .collect();
+    (codes, text)
+}
+
+#[test]
+fn ambiguous_shapes_get_400_and_close() {
+    let gw = gateway();
+    let shapes: &[(&str, &[u8])] = &[
+        ("CL+TE", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("duplicate CL", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nA"),
+        ("conflicting CL", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nAB"),
+        ("CL list", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\nA"),
+        ("CL +5", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\nA"),
+        ("CL -0", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: -0\r\n\r\n"),
+        ("CL hex", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0x1\r\n\r\nA"),
+        ("CL 1_0", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1_0\r\n\r\nAAAAAAAAAA"),
+        ("CL empty", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n"),
+        ("TE gzip, chunked", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        ("TE twice", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("TE identity", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n"),
+        ("TE on HTTP/1.0", b"POST /x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("bad chunk size", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nA\r\n0\r\n\r\n"),
+        ("chunk size +1", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n+1\r\nA\r\n0\r\n\r\n"),
+        ("no Host on 1.1", b"GET /x HTTP/1.1\r\n\r\n"),
+        ("two Hosts", b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+    ];
+    for (name, head) in shapes {
+        let (codes, text) = statuses(&gw, head);
+        assert_eq!(codes, vec![400], "{name}: {text}");
+        assert!(
+            !text.contains("/smuggled"),
+            "{name}: the pipelined request reached the upstream"
+        );
+    }
+}
+
+#[test]
+fn well_framed_requests_still_pass() {
+    let gw = gateway();
+    let ok: &[&[u8]] = &[
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        b"GET /x HTTP/1.0\r\n\r\n",
+    ];
+    for head in ok {
+        let r = gw.raw(head);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(head));
+    }
+    let r = gw.raw(ok[1]);
+    assert_eq!(r.json()["body"], "hello");
+}
