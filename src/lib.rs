@@ -13,6 +13,7 @@ pub mod headers;
 pub mod observe;
 pub mod path;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod upstream;

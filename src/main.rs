@@ -1,6 +1,6 @@
 //! The tollgate binary: parse the command line, load and validate the config, run.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
 
 use tollgate::config;
@@ -10,8 +10,15 @@ const DEMO_CONFIG: &str = include_str!("../conf/tollgate.yaml");
 
 /// An API gateway on Pingora. Pingora's own flags (-c, -t, -d, -u) keep their meaning.
 #[derive(Parser, Debug)]
-#[command(name = "tollgate", version, about)]
+#[command(
+    name = "tollgate",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// The YAML config file (Pingora's server keys and tollgate's sections side by side).
     #[arg(short, long)]
     conf: Option<String>,
@@ -31,9 +38,25 @@ struct Cli {
     nocapture: bool,
 }
 
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Zero-downtime reload: validate FILE, start `tollgate -u -d -c FILE`, then SIGQUIT the
+    /// running instance. A bad config is refused and the running instance is left alone.
+    Reload {
+        #[arg(short, long)]
+        conf: String,
+        /// The running instance (default: read from the config's pid_file).
+        #[arg(long)]
+        pid: Option<i32>,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(cmd) = cli.command {
+        run_command(cmd);
+    }
 
     let (loaded, source) = match (&cli.conf, cli.demo) {
         (Some(path), _) => (config::load_file(path), path.clone()),
@@ -84,6 +107,21 @@ fn main() {
         conf: None,
     };
     tollgate::server::build(loaded, opt).run_forever();
+}
+
+fn run_command(cmd: Cmd) -> ! {
+    match cmd {
+        Cmd::Reload { conf, pid } => match tollgate::reload::reload(&conf, pid) {
+            Ok(old) => {
+                println!("tollgate: reloading with {conf}: the new process took over from pid {old}, which is draining");
+                std::process::exit(0)
+            }
+            Err(e) => {
+                eprintln!("tollgate: reload refused: {e}");
+                std::process::exit(1)
+            }
+        },
+    }
 }
 
 fn print_demo_help(gw: &tollgate::config::Gateway) {

@@ -80,14 +80,9 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let yaml = format!(
-            "version: 1\nthreads: 2\npid_file: {d}/tollgate.pid\nupgrade_sock: {d}/upgrade.sock\n\
-             listen: [\"{addr}\"]\nadmin: \"{admin}\"\n{body}\n",
-            d = dir.path().display()
-        );
-        let conf = dir.path().join("tollgate.yaml");
-        std::fs::write(&conf, yaml).unwrap();
         let log = dir.path().join("stderr.log");
+        let conf = dir.path().join("tollgate.yaml");
+        std::fs::write(&conf, gateway_yaml(dir.path(), addr, admin, body)).unwrap();
         let child = Command::new(bin())
             .arg("-c")
             .arg(&conf)
@@ -295,4 +290,170 @@ pub fn check_config(yaml: &str) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// The YAML the harness runs: `body` plus listen/admin/pid/upgrade paths and short grace
+/// periods (a test reload should not wait Pingora's defaults).
+pub fn gateway_yaml(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    body: &str,
+) -> String {
+    format!(
+        "version: 1\nthreads: 2\npid_file: {d}/tollgate.pid\nupgrade_sock: {d}/upgrade.sock\n\
+         grace_period_seconds: 3\ngraceful_shutdown_timeout_seconds: 1\n\
+         listen: [\"{addr}\"]\nadmin: \"{admin}\"\n{body}\n",
+        d = dir.display()
+    )
+}
+
+/// A keep-alive HTTP/1.1 client on one connection, as a pooled client would use it: it
+/// honours `Connection: close`, and retries an idempotent request once on a fresh connection
+/// when a reused connection was closed before any response byte (RFC 9112 §9.3.1).
+pub struct KeepAlive {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> Self {
+        KeepAlive {
+            addr,
+            stream: None,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn get(&mut self, path: &str) -> std::io::Result<Resp> {
+        let reused = self.stream.is_some();
+        match self.try_get(path) {
+            Err(e) if reused && e.kind() != std::io::ErrorKind::TimedOut => {
+                self.stream = None;
+                self.try_get(path)
+            }
+            other => other,
+        }
+    }
+
+    fn try_get(&mut self, path: &str) -> std::io::Result<Resp> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect(self.addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            self.stream = Some(s);
+            self.buf.clear();
+        }
+        let s = self.stream.as_mut().unwrap();
+        let sent = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes());
+        if let Err(e) = sent {
+            self.stream = None;
+            return Err(e);
+        }
+        loop {
+            if let Some((resp, used)) = parse_one(&self.buf)? {
+                self.buf.drain(..used);
+                if resp
+                    .header("connection")
+                    .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+                {
+                    self.stream = None;
+                }
+                return Ok(resp);
+            }
+            let mut chunk = [0u8; 16384];
+            let n = match self.stream.as_mut().unwrap().read(&mut chunk) {
+                Ok(0) => {
+                    self.stream = None;
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "closed before a response",
+                    ));
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    self.stream = None;
+                    return Err(e);
+                }
+            };
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// One complete response with a Content-Length body, and how many bytes it used.
+fn parse_one(buf: &[u8]) -> std::io::Result<Option<(Resp, usize)>> {
+    let mut hdrs = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut hdrs);
+    let n = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    let len = r
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    if buf.len() < n + len {
+        return Ok(None);
+    }
+    let resp = parse_response(&buf[..n + len])?;
+    Ok(Some((resp, n + len)))
+}
+
+impl Gateway {
+    /// The config file the gateway runs.
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.path().join("tollgate.yaml")
+    }
+
+    /// The full YAML for `body` on this gateway's ports and paths.
+    pub fn yaml_for(&self, body: &str) -> String {
+        gateway_yaml(self.dir.path(), self.addr, self.admin, body)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Graceful upgrade: start `tollgate -u` with `body` on the same ports, wait until it
+    /// listens on the upgrade socket, then SIGQUIT this process. Returns the new process; this
+    /// one keeps draining until it exits on its own.
+    pub fn upgrade(&self, body: &str) -> Child {
+        let conf = self.dir.path().join("tollgate-next.yaml");
+        std::fs::write(&conf, self.yaml_for(body)).unwrap();
+        let sock = self.dir.path().join("upgrade.sock");
+        let log = std::fs::File::create(self.dir.path().join("next-stderr.log")).unwrap();
+        let child = Command::new(bin())
+            .arg("-u")
+            .arg("-c")
+            .arg(&conf)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tollgate -u");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !tollgate::reload::unix_socket_listening(&sock) {
+            assert!(
+                Instant::now() < deadline,
+                "the new process never listened on {sock:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ok = Command::new("kill")
+            .arg("-QUIT")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        child
+    }
 }

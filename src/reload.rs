@@ -1,0 +1,111 @@
+//! `tollgate reload`: a zero-downtime config reload that cannot take a working gateway down.
+//!
+//! The new config is validated in this process first; a bad one is refused and the running
+//! instance is never signalled. Then the dance of DESIGN §4: start `tollgate -u -d -c FILE`,
+//! wait until it listens on the upgrade socket, and only then SIGQUIT the old process, which
+//! hands its listening sockets over and drains.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::config;
+
+/// How long the new process may take to be ready for the sockets.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a reload did not happen; the old instance is untouched in every case.
+#[derive(Debug)]
+pub struct ReloadError(pub String);
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Reload the instance `pid` (or the one in the config's `pid_file`) with the config `conf`.
+/// Returns the pid that was signalled.
+pub fn reload(conf: &str, pid: Option<i32>) -> Result<i32, ReloadError> {
+    let conf_path = std::fs::canonicalize(conf)
+        .map_err(|e| ReloadError(format!("cannot read config file {conf}: {e}")))?;
+    let loaded = config::load_file(&conf_path.to_string_lossy()).map_err(|errs| {
+        ReloadError(format!(
+            "{conf}: {errs}refusing to reload: the running instance keeps serving"
+        ))
+    })?;
+    let old = match pid {
+        Some(p) => p,
+        None => read_pid(Path::new(&loaded.server.pid_file))?,
+    };
+    if !alive(old) {
+        return Err(ReloadError(format!("no running tollgate with pid {old}")));
+    }
+    let sock = PathBuf::from(&loaded.server.upgrade_sock);
+    let exe =
+        std::env::current_exe().map_err(|e| ReloadError(format!("cannot find own binary: {e}")))?;
+    let mut child = Command::new(exe)
+        .arg("-u")
+        .arg("-d")
+        .arg("-c")
+        .arg(&conf_path)
+        // The daemon keeps stderr for its logs (journald under systemd) unless `error_log` is
+        // set; it must not hold a caller's stdout open.
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| ReloadError(format!("cannot start the new process: {e}")))?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !unix_socket_listening(&sock) {
+        if let Ok(Some(status)) = child.try_wait() {
+            if !status.success() {
+                return Err(ReloadError(format!(
+                    "the new process exited with {status} before taking over; the old one keeps serving"
+                )));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ReloadError(format!(
+                "the new process did not listen on {} within {READY_TIMEOUT:?}; the old one keeps serving",
+                sock.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
+    if unsafe { libc::kill(old, libc::SIGQUIT) } != 0 {
+        return Err(ReloadError(format!(
+            "cannot signal pid {old}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let _ = child.wait();
+    Ok(old)
+}
+
+fn read_pid(path: &Path) -> Result<i32, ReloadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ReloadError(format!(
+            "cannot read pid file {}: {e} (pass --pid)",
+            path.display()
+        ))
+    })?;
+    text.trim()
+        .parse()
+        .map_err(|_| ReloadError(format!("pid file {} does not hold a pid", path.display())))
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// Whether a Unix socket at `path` is listening, read from /proc/net/unix: connecting to it
+/// would steal the accept meant for the old process.
+pub fn unix_socket_listening(path: &Path) -> bool {
+    let p = path.to_string_lossy();
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.ends_with(&*p) && l.split_whitespace().nth(5) == Some("01"))
+}

@@ -1,0 +1,198 @@
+//! Zero-downtime reload: `tollgate -u` beside a running instance, then SIGQUIT to the old one.
+//! Under load, no request fails, in-flight slow requests finish, and the new config is live.
+
+mod support;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn body(up: std::net::SocketAddr, extra_route: &str) -> String {
+    format!(
+        "upstreams: {{up: {{targets: [\"{up}\"]}}}}\nroutes:\n  - {{name: api, path_prefix: /api, upstream: up}}\n{extra_route}"
+    )
+}
+
+#[test]
+fn upgrade_under_load_drops_nothing_and_serves_the_new_config() {
+    let up = echo("up");
+    let mut gw = Gateway::start(&body(up, ""));
+    assert_eq!(gw.get("/new/x").status, 404);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+
+    // Keep-alive clients hammering the gateway.
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), gw.addr);
+        workers.push(std::thread::spawn(move || {
+            let mut c = KeepAlive::new(addr);
+            while !stop.load(Ordering::Relaxed) {
+                match c.get("/api/x") {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {}", r.status)),
+                    Err(e) => failures.lock().unwrap().push(format!("error {e}")),
+                }
+            }
+        }));
+    }
+    // Slow requests in flight across the switch.
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = gw.addr;
+            std::thread::spawn(move || {
+                request(
+                    addr,
+                    "GET /api/slow?delay_ms=2000 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+                )
+            })
+        })
+        .collect();
+
+    let before = Instant::now();
+    while ok.load(Ordering::Relaxed) < 200 {
+        assert!(
+            before.elapsed() < Duration::from_secs(20),
+            "load never got going"
+        );
+        std::thread::yield_now();
+    }
+
+    let mut next = gw.upgrade(&body(
+        up,
+        "  - {name: new, path_prefix: /new, upstream: up}\n",
+    ));
+
+    // The new route answers once the new process has taken over.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if gw.get("/new/x").status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new config never went live");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Keep the load on while the old process closes its listeners and drains.
+    let served_at_switch = ok.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(6));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    for s in slow {
+        let r = s.join().unwrap().expect("slow request completed");
+        assert_eq!(r.status, 200, "in-flight slow request: {r:?}");
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > served_at_switch + 100,
+        "load continued after the switch"
+    );
+    // The old process finishes draining and exits on its own (5 s hand-over + grace 3 s + 1 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gw.exited() {
+        assert!(Instant::now() < deadline, "the old process never exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gw.get("/new/x").status, 200, "the new process serves alone");
+    let _ = next.kill();
+    let _ = next.wait();
+}
+
+/// Run `tollgate reload`; its output goes to a file, since the daemon it starts inherits
+/// stderr and a pipe would stay open as long as the daemon lives.
+fn reload_cmd(conf: &std::path::Path, pid: u32) -> (i32, String) {
+    let out = conf.with_extension("out");
+    let status = std::process::Command::new(bin())
+        .args(["reload", "-c"])
+        .arg(conf)
+        .args(["--pid", &pid.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&out).unwrap())
+        .status()
+        .unwrap();
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(&out).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn reload_command_refuses_a_bad_config_and_the_old_instance_keeps_serving() {
+    let up = echo("up");
+    let mut gw = Gateway::start(&body(up, ""));
+    let bad = gw.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        gw.yaml_for(&body(
+            up,
+            "  - {name: x, path_prefix: /x, upstream: nope}\n",
+        )),
+    )
+    .unwrap();
+    let (code, out) = reload_cmd(&bad, gw.pid());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("routes[1].upstream: unknown upstream \"nope\""),
+        "{out}"
+    );
+    assert!(out.contains("keeps serving"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!gw.exited(), "the old instance must not be signalled");
+    assert_eq!(gw.get("/api/x").status, 200);
+}
+
+#[test]
+fn reload_command_hands_over_to_a_daemonized_new_process() {
+    let up = echo("up");
+    let mut gw = Gateway::start(&body(up, ""));
+    let next = gw.dir.path().join("next.yaml");
+    std::fs::write(
+        &next,
+        gw.yaml_for(&body(
+            up,
+            "  - {name: new, path_prefix: /new, upstream: up}\n",
+        )),
+    )
+    .unwrap();
+    let (code, out) = reload_cmd(&next, gw.pid());
+    // Whatever happens, stop the daemon at the end.
+    struct KillPidFile(std::path::PathBuf);
+    impl Drop for KillPidFile {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = std::process::Command::new("kill")
+                    .arg("-9")
+                    .arg(pid.trim())
+                    .status();
+            }
+        }
+    }
+    let _daemon = KillPidFile(gw.dir.path().join("tollgate.pid"));
+    assert_eq!(code, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gw.get("/new/x").status != 200 {
+        assert!(Instant::now() < deadline, "new config never went live");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gw.exited() {
+        assert!(Instant::now() < deadline, "the old process never exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gw.get("/api/x").status, 200);
+}
