@@ -10,18 +10,41 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::config::Gateway;
+use crate::observe::Observe;
 
 pub struct Admin {
     started: Instant,
     gw: Arc<Gateway>,
+    obs: Arc<Observe>,
 }
 
 impl Admin {
-    pub fn new(gw: Arc<Gateway>) -> Self {
+    pub fn new(gw: Arc<Gateway>, obs: Arc<Observe>) -> Self {
         Admin {
             started: Instant::now(),
             gw,
+            obs,
         }
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        let dropped = self.obs.access_log.dropped();
+        let body = self
+            .obs
+            .metrics
+            .render(&|o: &mut String| {
+                o.push_str("# HELP tollgate_access_log_dropped_total Access-log lines dropped because the writer fell behind.\n");
+                o.push_str("# TYPE tollgate_access_log_dropped_total counter\n");
+                o.push_str(&format!("tollgate_access_log_dropped_total {dropped}\n"));
+            })
+            .into_bytes();
+        Response::builder()
+            .status(200)
+            .header("content-type", "text/plain; version=0.0.4")
+            .header("content-length", body.len())
+            .header("x-gateway", "tollgate")
+            .body(body)
+            .expect("static response parts are valid")
     }
 
     fn health(&self) -> (u16, serde_json::Value) {
@@ -75,9 +98,10 @@ impl ServeHttp for Admin {
                 let (status, v) = self.health();
                 json(status, &v)
             }
+            "/metrics" => self.metrics(),
             _ => json(
                 404,
-                &serde_json::json!({"error": "no_route", "message": "admin endpoints: /health", "request_id": ""}),
+                &serde_json::json!({"error": "no_route", "message": "admin endpoints: /health, /metrics", "request_id": ""}),
             ),
         }
     }

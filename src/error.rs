@@ -26,6 +26,22 @@ pub enum Reject {
 }
 
 impl Reject {
+    pub const ALL: [Reject; 13] = [
+        Reject::BadRequest,
+        Reject::Unauthorized,
+        Reject::Forbidden,
+        Reject::NoRoute,
+        Reject::MethodNotAllowed,
+        Reject::PayloadTooLarge,
+        Reject::UriTooLong,
+        Reject::HeadersTooLarge,
+        Reject::RateLimited,
+        Reject::Internal,
+        Reject::BadGateway,
+        Reject::Unavailable,
+        Reject::GatewayTimeout,
+    ];
+
     pub fn status(self) -> u16 {
         match self {
             Reject::BadRequest => 400,

@@ -16,17 +16,18 @@ use crate::client::{self, X_REQUEST_ID};
 use crate::config::Gateway;
 use crate::error::{self, Reject};
 use crate::headers;
-use crate::observe::access_log;
+use crate::observe::Observe;
 use crate::router::{Match, Route};
 
 /// The gateway's `ProxyHttp`: a compiled config, read-only on the hot path.
 pub struct Tollgate {
     gw: Arc<Gateway>,
+    obs: Arc<Observe>,
 }
 
 impl Tollgate {
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        Tollgate { gw }
+    pub fn new(gw: Arc<Gateway>, obs: Arc<Observe>) -> Self {
+        Tollgate { gw, obs }
     }
 
     fn route(&self, ctx: &Ctx) -> Option<&Route> {
@@ -47,8 +48,13 @@ pub struct Ctx {
     /// Backends this request already tried (failed), so a retry goes elsewhere.
     pub tried: Vec<SocketAddr>,
     pub backend: Option<SocketAddr>,
+    /// When the first backend was picked, and when a response head came back.
+    pub upstream_started: Option<Instant>,
+    pub upstream_answered: Option<Instant>,
     /// Set when tollgate answered itself.
     pub local_status: Option<u16>,
+    /// Whether this request was counted in flight.
+    pub counted: bool,
 }
 
 static ALLOW: HeaderName = http::header::ALLOW;
@@ -64,6 +70,7 @@ impl Tollgate {
         extra: &[(HeaderName, HeaderValue)],
     ) -> Result<bool> {
         ctx.local_status = Some(reject.status());
+        self.obs.metrics.rejected(reject.code());
         error::respond(session, reject, message, Some(&ctx.request_id), extra).await?;
         Ok(true)
     }
@@ -83,13 +90,18 @@ impl ProxyHttp for Tollgate {
             target: None,
             tried: Vec::new(),
             backend: None,
+            upstream_started: None,
+            upstream_answered: None,
             local_status: None,
+            counted: false,
         }
     }
 
     /// Who is calling: the client IP and the request id, before anything else looks.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.started = Instant::now();
+        self.obs.metrics.request_started();
+        ctx.counted = true;
         let req = session.req_header();
         ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
             Some(v) if client::accept_request_id(v) => v.clone(),
@@ -184,6 +196,7 @@ impl ProxyHttp for Tollgate {
             );
         };
         ctx.backend = Some(addr);
+        ctx.upstream_started.get_or_insert_with(Instant::now);
         Ok(Box::new(upstream.peer(addr)))
     }
 
@@ -210,6 +223,7 @@ impl ProxyHttp for Tollgate {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.upstream_answered = Some(Instant::now());
         headers::downstream_response(resp, &ctx.request_id, self.route(ctx))
     }
 
@@ -270,6 +284,7 @@ impl ProxyHttp for Tollgate {
                     .map(|r| &*self.gw.upstreams[r.upstream].name);
                 let msg = proxy_error_message(reject, upstream);
                 ctx.local_status = Some(code);
+                self.obs.metrics.rejected(reject.code());
                 let _ = error::respond(session, reject, &msg, Some(&ctx.request_id), &[]).await;
             }
         }
@@ -280,7 +295,7 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        access_log::log(session, e, ctx, self.route(ctx));
+        self.obs.finish(session, e, ctx, self.route(ctx));
     }
 }
 

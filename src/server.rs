@@ -8,6 +8,9 @@ use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::Loaded;
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Metrics;
+use crate::observe::Observe;
 use crate::proxy::Tollgate;
 
 /// Build a ready-to-run server from a validated config and Pingora's command-line options
@@ -18,12 +21,17 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         gateway,
     } = loaded;
     let gw = Arc::new(gateway);
+    let route_names = gw.router.routes().iter().map(|r| r.name.clone()).collect();
+    let obs = Arc::new(Observe {
+        metrics: Metrics::new(route_names),
+        access_log: AccessLog::new(gw.access_log.clone()),
+    });
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Tollgate::new(gw.clone()),
+        Tollgate::new(gw.clone(), obs.clone()),
         "tollgate",
     );
     for addr in &gw.listen {
@@ -32,7 +40,7 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
     server.add_service(proxy);
 
     if let Some(addr) = &gw.admin {
-        let mut admin = Service::new("tollgate admin".to_owned(), Admin::new(gw.clone()));
+        let mut admin = Service::new("tollgate admin".to_owned(), Admin::new(gw.clone(), obs));
         admin.threads = Some(1);
         admin.add_tcp(addr);
         server.add_service(admin);

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use super::file::{FileConfig, RouteFile, TimeoutsFile, UpstreamFile};
 use super::ConfigErrors;
 use crate::client::TrustedProxies;
+use crate::observe::access_log::{AccessLog, AccessLogFile};
 use crate::router::{normalise_prefix, HostPattern, MethodSet, Route, Router};
 use crate::upstream::{Timeouts, Upstream};
 
@@ -22,6 +23,7 @@ pub struct Gateway {
     pub trusted_proxies: TrustedProxies,
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
+    pub access_log: AccessLogFile,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -48,6 +50,13 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
         }
     }
     let trusted_proxies = trusted(&file.trusted_proxies, errs);
+    let access_log = file.access_log.unwrap_or_default();
+    if let Err(e) = AccessLog::check(&access_log) {
+        errs.push(
+            "access_log.path",
+            format!("cannot open {:?} for appending: {e}", access_log.path),
+        );
+    }
     not_yet(&file.consumers, "consumers", "API-key consumers", errs);
     not_yet(&file.auth, "auth", "authentication", errs);
     not_yet(&file.rate_limits, "rate_limits", "rate limiting", errs);
@@ -89,6 +98,7 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
         trusted_proxies,
         router,
         upstreams,
+        access_log,
     })
 }
 

@@ -66,6 +66,7 @@ pub struct FileConfig {
     /// Owned by the rate-limiting issue.
     pub rate_limits: Option<serde_yaml::Value>,
     pub redis: Option<serde_yaml::Value>,
+    pub access_log: Option<crate::observe::access_log::AccessLogFile>,
 }
 
 /// The top-level keys tollgate owns, in the order the docs list them.
@@ -79,6 +80,7 @@ pub const TOLLGATE_KEYS: &[&str] = &[
     "rate_limits",
     "redis",
     "routes",
+    "access_log",
 ];
 
 #[derive(Debug, Deserialize)]

@@ -1,37 +1,300 @@
-//! One line per request on the `access` log target.
+//! One access-log line per request, written off the hot path.
 //!
-//! The query string is never logged: it may carry credentials.
+//! The request's task only formats its line and hands it to a bounded channel; a dedicated
+//! thread writes through a buffer and flushes at least every 200 ms. When the disk is slower
+//! than the traffic the channel fills, and further lines are dropped and counted instead of
+//! stalling requests. The query string is never logged: it may carry credentials.
 
-use pingora::proxy::Session;
-use pingora::Error;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
-use crate::proxy::Ctx;
-use crate::router::Route;
+use serde::Deserialize;
 
-pub const TARGET: &str = "access";
+/// How many lines may wait for the writer before new ones are dropped.
+const QUEUE: usize = 64 * 1024;
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
-pub fn log(session: &Session, e: Option<&Error>, ctx: &Ctx, route: Option<&Route>) {
-    if !log::log_enabled!(target: TARGET, log::Level::Info) {
-        return;
+/// `access_log:` in the config.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    #[serde(default)]
+    pub format: Format,
+    /// A file path (appended to), or `stderr`.
+    #[serde(default = "stderr")]
+    pub path: String,
+    /// `false` turns the access log off.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn stderr() -> String {
+    "stderr".to_owned()
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for AccessLogFile {
+    fn default() -> Self {
+        AccessLogFile {
+            format: Format::Combined,
+            path: stderr(),
+            enabled: true,
+        }
     }
-    let req = session.req_header();
-    let status = session
-        .response_written()
-        .map(|r| r.status.as_u16())
-        .or(ctx.local_status)
-        .unwrap_or(0);
-    let client = ctx.client_ip.map(|ip| ip.to_string());
-    let backend = ctx.backend.map(|b| b.to_string());
-    log::info!(
-        target: TARGET,
-        "{client} \"{method} {path}\" {status} route={route} upstream={backend} duration_ms={ms:.3} request_id={id}{err}",
-        client = client.as_deref().unwrap_or("-"),
-        method = req.method,
-        path = req.uri.path(),
-        route = route.map_or("-", |r| &r.name),
-        backend = backend.as_deref().unwrap_or("-"),
-        ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-        id = ctx.request_id.to_str().unwrap_or("-"),
-        err = e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// nginx's `combined`, followed by tollgate's fields as `key=value`.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything one line says.
+pub struct Entry<'a> {
+    pub time: SystemTime,
+    pub request_id: &'a str,
+    pub client_ip: Option<IpAddr>,
+    pub consumer: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub version: &'a str,
+    pub route: Option<&'a str>,
+    pub status: u16,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    pub upstream: Option<std::net::SocketAddr>,
+    pub upstream_ms: Option<f64>,
+    pub total_ms: f64,
+    pub rate_limit: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub referer: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+/// The sending side, shared by every request. The writer thread starts on first use, so that
+/// it is born after Pingora daemonizes (threads do not survive the fork).
+pub struct AccessLog {
+    conf: AccessLogFile,
+    tx: OnceLock<Option<SyncSender<Vec<u8>>>>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    pub fn new(conf: AccessLogFile) -> Self {
+        AccessLog {
+            conf,
+            tx: OnceLock::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Check at load that the destination can be opened for appending.
+    pub fn check(conf: &AccessLogFile) -> std::io::Result<()> {
+        if conf.enabled && conf.path != "stderr" {
+            open(&conf.path)?;
+        }
+        Ok(())
+    }
+
+    fn sender(&self) -> Option<&SyncSender<Vec<u8>>> {
+        self.tx
+            .get_or_init(|| match start(&self.conf) {
+                Ok(tx) => tx,
+                Err(e) => {
+                    log::error!("access log {} cannot be written: {e}", self.conf.path);
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.conf.enabled
+    }
+
+    /// Lines dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn write(&self, e: &Entry) {
+        if !self.conf.enabled {
+            return;
+        }
+        let Some(tx) = self.sender() else { return };
+        let line = match self.conf.format {
+            Format::Combined => combined(e),
+            Format::Json => json(e),
+        };
+        if let Err(TrySendError::Full(_)) = tx.try_send(line) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn open(path: &str) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Open the destination and start the writer thread.
+fn start(conf: &AccessLogFile) -> std::io::Result<Option<SyncSender<Vec<u8>>>> {
+    if !conf.enabled {
+        return Ok(None);
+    }
+    let out: Box<dyn Write + Send> = if conf.path == "stderr" {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(open(&conf.path)?)
+    };
+    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || {
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
+            loop {
+                match rx.recv_timeout(FLUSH_EVERY) {
+                    Ok(line) => {
+                        let _ = w.write_all(&line);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        let _ = w.flush();
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        let _ = w.flush();
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(Some(tx))
+}
+
+fn dash<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// Quote a value for the combined format (escape `"` and `\` and control bytes like nginx).
+fn quoted(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                o.push('\\');
+                o.push(c);
+            }
+            c if c.is_control() => o.push_str(&format!("\\x{:02X}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn combined(e: &Entry) -> Vec<u8> {
+    let line = format!(
+        "{ip} - {consumer} [{time}] \"{method} {path} {version}\" {status} {out} \"{referer}\" \"{ua}\" \
+         request_id={rid} route={route} upstream={up} upstream_ms={ums} total_ms={tms:.3} bytes_in={bin} rate_limit={rl}{err}\n",
+        ip = dash(e.client_ip),
+        consumer = e.consumer.unwrap_or("-"),
+        time = humantime::format_rfc3339_millis(e.time),
+        method = e.method,
+        path = quoted(e.path),
+        version = e.version,
+        status = e.status,
+        out = e.bytes_out,
+        referer = quoted(e.referer.unwrap_or("-")),
+        ua = quoted(e.user_agent.unwrap_or("-")),
+        rid = e.request_id,
+        route = e.route.unwrap_or("-"),
+        up = dash(e.upstream),
+        ums = e.upstream_ms.map_or_else(|| "-".to_owned(), |m| format!("{m:.3}")),
+        tms = e.total_ms,
+        bin = e.bytes_in,
+        rl = e.rate_limit.unwrap_or("-"),
+        err = e.error.map(|x| format!(" error={x}")).unwrap_or_default(),
     );
+    line.into_bytes()
+}
+
+fn json(e: &Entry) -> Vec<u8> {
+    let v = serde_json::json!({
+        "time": humantime::format_rfc3339_millis(e.time).to_string(),
+        "request_id": e.request_id,
+        "client_ip": e.client_ip.map(|i| i.to_string()),
+        "consumer": e.consumer,
+        "method": e.method,
+        "path": e.path,
+        "protocol": e.version,
+        "route": e.route,
+        "status": e.status,
+        "bytes_in": e.bytes_in,
+        "bytes_out": e.bytes_out,
+        "upstream": e.upstream.map(|u| u.to_string()),
+        "upstream_ms": e.upstream_ms,
+        "total_ms": e.total_ms,
+        "rate_limit": e.rate_limit,
+        "user_agent": e.user_agent,
+        "error": e.error,
+    });
+    let mut out = serde_json::to_vec(&v).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            time: SystemTime::UNIX_EPOCH,
+            request_id: "rid",
+            client_ip: Some("10.0.0.1".parse().unwrap()),
+            consumer: None,
+            method: "GET",
+            path: "/a\"b",
+            version: "HTTP/1.1",
+            route: Some("api"),
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 12,
+            upstream: None,
+            upstream_ms: Some(1.5),
+            total_ms: 2.25,
+            rate_limit: None,
+            user_agent: Some("curl"),
+            referer: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn combined_line() {
+        let l = String::from_utf8(combined(&entry())).unwrap();
+        assert_eq!(
+            l,
+            "10.0.0.1 - - [1970-01-01T00:00:00.000Z] \"GET /a\\\"b HTTP/1.1\" 200 12 \"-\" \"curl\" \
+             request_id=rid route=api upstream=- upstream_ms=1.500 total_ms=2.250 bytes_in=0 rate_limit=-\n"
+        );
+    }
+
+    #[test]
+    fn json_line() {
+        let v: serde_json::Value = serde_json::from_slice(&json(&entry())).unwrap();
+        assert_eq!(v["path"], "/a\"b");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["consumer"], serde_json::Value::Null);
+    }
 }

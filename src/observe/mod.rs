@@ -1,3 +1,71 @@
-//! What tollgate tells operators about each request.
+//! What tollgate tells operators: one access-log line and the metrics of every request.
 
 pub mod access_log;
+pub mod metrics;
+
+use std::time::{Instant, SystemTime};
+
+use pingora::proxy::Session;
+use pingora::Error;
+
+use crate::proxy::Ctx;
+use crate::router::Route;
+use access_log::{AccessLog, Entry};
+use metrics::Metrics;
+
+/// The observers the proxy reports to.
+pub struct Observe {
+    pub metrics: Metrics,
+    pub access_log: AccessLog,
+}
+
+impl Observe {
+    /// Called once per request, from `logging`, whatever happened.
+    pub fn finish(&self, session: &Session, e: Option<&Error>, ctx: &Ctx, route: Option<&Route>) {
+        let req = session.req_header();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.local_status)
+            .unwrap_or(0);
+        let total = ctx.started.elapsed();
+        let upstream = ctx
+            .upstream_started
+            .zip(ctx.upstream_answered)
+            .map(|(a, b): (Instant, Instant)| b.saturating_duration_since(a));
+        if ctx.counted {
+            self.metrics.request_done();
+        }
+        self.metrics
+            .request_finished(ctx.route, &req.method, status, total, upstream);
+        if !self.access_log.enabled() {
+            return;
+        }
+        let header =
+            |name: http::header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+        self.access_log.write(&Entry {
+            time: SystemTime::now(),
+            request_id: ctx.request_id.to_str().unwrap_or("-"),
+            client_ip: ctx.client_ip,
+            consumer: None,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            version: match req.version {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                _ => "HTTP/1.1",
+            },
+            route: route.map(|r| &*r.name),
+            status,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            upstream: ctx.backend,
+            upstream_ms: upstream.map(|d| d.as_secs_f64() * 1000.0),
+            total_ms: total.as_secs_f64() * 1000.0,
+            rate_limit: None,
+            user_agent: header(http::header::USER_AGENT),
+            referer: header(http::header::REFERER),
+            error: e.map(|e| e.etype().as_str()),
+        });
+    }
+}

@@ -1,0 +1,253 @@
+//! Prometheus metrics, lock-free on the hot path.
+//!
+//! Every series is created at load: counters and histogram buckets are plain atomics indexed by
+//! (route, method, status class), so recording a request is a handful of relaxed atomic adds,
+//! with no map lookup and no lock. Labels are route and upstream names from the config, never
+//! raw paths, so cardinality is bounded by the config. `/metrics` renders the text format,
+//! leaving out request series that never moved.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+/// Upper bounds in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn method_slot(m: &Method) -> usize {
+    METHODS[..7]
+        .iter()
+        .position(|x| *x == m.as_str())
+        .unwrap_or(7)
+}
+
+fn class_slot(status: u16) -> usize {
+    match status {
+        100..=599 => (status / 100 - 1) as usize,
+        _ => 5,
+    }
+}
+
+#[derive(Default)]
+struct Histogram {
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cum = 0u64;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cum += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
+        }
+        cum += self.buckets[BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cum}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cum}");
+    }
+}
+
+/// The gateway's metrics. Route slot `routes.len()` is "no route matched" (label `-`).
+pub struct Metrics {
+    routes: Vec<Arc<str>>,
+    requests: Box<[AtomicU64]>,
+    duration: Box<[Histogram]>,
+    upstream_duration: Box<[Histogram]>,
+    in_flight: AtomicI64,
+    /// Local answers by error code (the JSON contract's `error`).
+    rejects: Box<[(&'static str, AtomicU64)]>,
+}
+
+impl Metrics {
+    pub fn new(routes: Vec<Arc<str>>) -> Self {
+        let slots = routes.len() + 1;
+        let codes = crate::error::Reject::ALL
+            .iter()
+            .map(|r| (r.code(), AtomicU64::new(0)));
+        Metrics {
+            requests: (0..slots * METHODS.len() * CLASSES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            duration: (0..slots).map(|_| Histogram::default()).collect(),
+            upstream_duration: (0..slots).map(|_| Histogram::default()).collect(),
+            in_flight: AtomicI64::new(0),
+            rejects: codes.collect(),
+            routes,
+        }
+    }
+
+    fn slot(&self, route: Option<usize>) -> usize {
+        route
+            .filter(|r| *r < self.routes.len())
+            .unwrap_or(self.routes.len())
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// Pairs with `request_started`.
+    pub fn request_done(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// Record a finished request (called once, from `logging`).
+    pub fn request_finished(
+        &self,
+        route: Option<usize>,
+        method: &Method,
+        status: u16,
+        total: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let slot = self.slot(route);
+        let i = (slot * METHODS.len() + method_slot(method)) * CLASSES.len() + class_slot(status);
+        self.requests[i].fetch_add(1, Relaxed);
+        self.duration[slot].observe(total);
+        if let Some(u) = upstream {
+            self.upstream_duration[slot].observe(u);
+        }
+    }
+
+    pub fn rejected(&self, code: &str) {
+        if let Some((_, c)) = self.rejects.iter().find(|(k, _)| *k == code) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition; `extra` appends other modules' series.
+    pub fn render(&self, extra: &dyn Fn(&mut String)) -> String {
+        let mut o = String::with_capacity(4096);
+        o.push_str("# HELP tollgate_requests_total Requests by route, method and status class.\n");
+        o.push_str("# TYPE tollgate_requests_total counter\n");
+        let name = |slot: usize| self.routes.get(slot).map_or("-", |r| &**r);
+        for slot in 0..=self.routes.len() {
+            for (m, method) in METHODS.iter().enumerate() {
+                for (c, class) in CLASSES.iter().enumerate() {
+                    let v =
+                        self.requests[(slot * METHODS.len() + m) * CLASSES.len() + c].load(Relaxed);
+                    if v > 0 {
+                        let _ = writeln!(
+                            o,
+                            "tollgate_requests_total{{route=\"{}\",method=\"{method}\",status=\"{class}\"}} {v}",
+                            name(slot)
+                        );
+                    }
+                }
+            }
+        }
+        for (metric, help, hs) in [
+            (
+                "tollgate_request_duration_seconds",
+                "Time from request head to the end of the response, by route.",
+                &self.duration,
+            ),
+            (
+                "tollgate_upstream_duration_seconds",
+                "Time from picking a backend to its response head, by route.",
+                &self.upstream_duration,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} histogram");
+            for (slot, h) in hs.iter().enumerate() {
+                if h.buckets.iter().any(|b| b.load(Relaxed) > 0) {
+                    h.render(&mut o, metric, &format!("route=\"{}\"", name(slot)));
+                }
+            }
+        }
+        o.push_str("# HELP tollgate_in_flight_requests Requests being handled now.\n");
+        o.push_str("# TYPE tollgate_in_flight_requests gauge\n");
+        let _ = writeln!(
+            o,
+            "tollgate_in_flight_requests {}",
+            self.in_flight.load(Relaxed).max(0)
+        );
+        o.push_str(
+            "# HELP tollgate_local_answers_total Answers the gateway made itself, by error code.\n",
+        );
+        o.push_str("# TYPE tollgate_local_answers_total counter\n");
+        for (code, c) in self.rejects.iter() {
+            let _ = writeln!(
+                o,
+                "tollgate_local_answers_total{{error=\"{code}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        extra(&mut o);
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_renders() {
+        let m = Metrics::new(vec!["api".into()]);
+        m.request_started();
+        m.request_finished(
+            Some(0),
+            &Method::GET,
+            200,
+            Duration::from_millis(3),
+            Some(Duration::from_millis(2)),
+        );
+        m.request_done();
+        m.request_finished(
+            None,
+            &Method::from_bytes(b"PURGE").unwrap(),
+            404,
+            Duration::from_micros(100),
+            None,
+        );
+        m.rejected("no_route");
+        let t = m.render(&|_| {});
+        assert!(
+            t.contains("tollgate_requests_total{route=\"api\",method=\"GET\",status=\"2xx\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("tollgate_requests_total{route=\"-\",method=\"OTHER\",status=\"4xx\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("tollgate_request_duration_seconds_bucket{route=\"api\",le=\"0.0025\"} 0"),
+            "{t}"
+        );
+        assert!(
+            t.contains("tollgate_request_duration_seconds_bucket{route=\"api\",le=\"0.005\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("tollgate_upstream_duration_seconds_count{route=\"api\"} 1"),
+            "{t}"
+        );
+        assert!(t.contains("tollgate_in_flight_requests 0"), "{t}");
+        assert!(
+            t.contains("tollgate_local_answers_total{error=\"no_route\"} 1"),
+            "{t}"
+        );
+    }
+}
