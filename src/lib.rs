@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod guard;
 pub mod headers;
 pub mod observe;

@@ -49,6 +49,17 @@ enum Cmd {
         #[arg(long)]
         pid: Option<i32>,
     },
+    /// Show what the gateway would do with a request, without sending anything:
+    /// `tollgate explain -c FILE GET http://host/path -H 'X-Api-Key: ...'`.
+    Explain {
+        #[arg(short, long)]
+        conf: String,
+        method: String,
+        url: String,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
 }
 
 fn main() {
@@ -111,6 +122,27 @@ fn main() {
 
 fn run_command(cmd: Cmd) -> ! {
     match cmd {
+        Cmd::Explain {
+            conf,
+            method,
+            url,
+            headers,
+        } => {
+            let loaded = config::load_file(&conf).unwrap_or_else(|errs| {
+                eprint!("tollgate: {conf}: {errs}");
+                std::process::exit(1)
+            });
+            match tollgate::explain::Request::parse(&method, &url, &headers) {
+                Ok(req) => {
+                    print!("{}", tollgate::explain::explain(&loaded.gateway, &req));
+                    std::process::exit(0)
+                }
+                Err(e) => {
+                    eprintln!("tollgate explain: {e}");
+                    std::process::exit(2)
+                }
+            }
+        }
         Cmd::Reload { conf, pid } => match tollgate::reload::reload(&conf, pid) {
             Ok(old) => {
                 println!("tollgate: reloading with {conf}: the new process took over from pid {old}, which is draining");

@@ -273,6 +273,29 @@ impl Router {
     }
 }
 
+impl Route {
+    /// Whether this route's host rule admits `host` (same rules as the table; for `explain`).
+    pub fn admits_host(&self, host: Option<&[u8]>) -> bool {
+        let Some(pattern) = &self.host else {
+            return true;
+        };
+        let mut buf = [0u8; 253];
+        match (pattern, host.and_then(|h| host_key(h, &mut buf))) {
+            (HostPattern::Exact(e), Some(h)) => h == e,
+            (HostPattern::Wildcard(s), Some(h)) => h.len() > s.len() && h.ends_with(s.as_str()),
+            (_, None) => false,
+        }
+    }
+
+    /// Whether the normalised `path` is under this route's prefix on a segment boundary.
+    pub fn admits_path(&self, path: &str) -> bool {
+        self.prefix == "/"
+            || path
+                .strip_prefix(self.prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+}
+
 /// The host without port, lower-cased into `buf` only when it has upper-case letters.
 fn host_key<'b>(raw: &'b [u8], buf: &'b mut [u8; 253]) -> Option<&'b str> {
     let raw = raw.trim_ascii();

@@ -30,9 +30,24 @@ fn metrics_count_requests_by_route_method_and_status_class() {
     assert_eq!(gw.get("/nope").status, 404);
     assert_eq!(scrape(&gw, ok), 3);
     assert_eq!(scrape(&gw, missing), 1);
-    assert_eq!(scrape(&gw, "tollgate_local_answers_total{error=\"no_route\"}"), 1);
-    assert_eq!(scrape(&gw, "tollgate_request_duration_seconds_count{route=\"api\"}"), 3);
-    assert_eq!(scrape(&gw, "tollgate_upstream_duration_seconds_count{route=\"api\"}"), 3);
+    assert_eq!(
+        scrape(&gw, "tollgate_local_answers_total{error=\"no_route\"}"),
+        1
+    );
+    assert_eq!(
+        scrape(
+            &gw,
+            "tollgate_request_duration_seconds_count{route=\"api\"}"
+        ),
+        3
+    );
+    assert_eq!(
+        scrape(
+            &gw,
+            "tollgate_upstream_duration_seconds_count{route=\"api\"}"
+        ),
+        3
+    );
     assert_eq!(scrape(&gw, "tollgate_in_flight_requests"), 0);
     let text = gw.admin_get("/metrics").body;
     assert!(!text.contains("/api/x"), "raw paths never become labels");
@@ -59,12 +74,24 @@ fn json_access_log_has_the_fields_and_no_query() {
         if text.lines().count() >= 3 {
             break text;
         }
-        assert!(Instant::now() < deadline, "access log not written: {text:?}");
+        assert!(
+            Instant::now() < deadline,
+            "access log not written: {text:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(!lines.contains("supersecret") && !lines.contains("hunter2"), "query strings leak: {lines}");
-    let entries: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let e = entries.iter().find(|e| e["request_id"] == "rid-2").expect("rid-2 logged");
+    assert!(
+        !lines.contains("supersecret") && !lines.contains("hunter2"),
+        "query strings leak: {lines}"
+    );
+    let entries: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let e = entries
+        .iter()
+        .find(|e| e["request_id"] == "rid-2")
+        .expect("rid-2 logged");
     assert_eq!(e["method"], "POST");
     assert_eq!(e["path"], "/api/y");
     assert_eq!(e["route"], "api");
@@ -80,7 +107,10 @@ fn json_access_log_has_the_fields_and_no_query() {
     for key in ["consumer", "rate_limit"] {
         assert!(e.get(key).is_some(), "{key} field present");
     }
-    let miss = entries.iter().find(|e| e["status"] == 404).expect("404 logged");
+    let miss = entries
+        .iter()
+        .find(|e| e["status"] == 404)
+        .expect("404 logged");
     assert_eq!(miss["route"], serde_json::Value::Null);
     assert_eq!(miss["upstream"], serde_json::Value::Null);
 }

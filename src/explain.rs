@@ -1,0 +1,155 @@
+//! `tollgate explain`: what the gateway would do with a request, without sending anything.
+//!
+//! The verdict comes from the same compiled structures the proxy runs (the path normaliser,
+//! the router, the upstreams); the per-route reasons only annotate it.
+
+use std::fmt::Write;
+
+use http::Method;
+
+use crate::config::Gateway;
+use crate::router::Match;
+
+/// A request to explain: method, URL (`http://host/path?query` or `/path`), headers.
+pub struct Request {
+    pub method: Method,
+    pub host: Option<String>,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn parse(method: &str, url: &str, headers: &[String]) -> Result<Request, String> {
+        let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("bad method {method:?}"))?;
+        let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
+        let mut hdrs = Vec::new();
+        for h in headers {
+            let (k, v) = h
+                .split_once(':')
+                .ok_or_else(|| format!("bad header {h:?}: write 'Name: value'"))?;
+            hdrs.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        let host = hdrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.clone())
+            .or_else(|| uri.authority().map(|a| a.to_string()));
+        Ok(Request {
+            method,
+            host,
+            path_and_query: uri
+                .path_and_query()
+                .map_or("/".to_owned(), |p| p.to_string()),
+            headers: hdrs,
+        })
+    }
+}
+
+/// The explanation, as text for a terminal.
+pub fn explain(gw: &Gateway, req: &Request) -> String {
+    let mut o = String::new();
+    let (raw_path, query) = match req.path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (req.path_and_query.as_str(), None),
+    };
+    let _ = writeln!(
+        o,
+        "request:  {} {}{}",
+        req.method,
+        req.host.as_deref().unwrap_or("(no host)"),
+        req.path_and_query
+    );
+    let path = match crate::path::normalise(raw_path) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(o, "answer:   400 bad_request: {}", e.message());
+            return o;
+        }
+    };
+    if path != raw_path {
+        let _ = writeln!(o, "path:     normalised to {path}");
+    }
+    let host = req.host.as_deref().map(str::as_bytes);
+    let verdict = gw.router.find(host, &path, &req.method);
+    let chosen = match &verdict {
+        Match::Route(r) => Some(r.id),
+        _ => None,
+    };
+    o.push_str("routes:\n");
+    for r in gw.router.routes() {
+        let why = if Some(r.id) == chosen {
+            "MATCH".to_owned()
+        } else if !r.admits_host(host) {
+            format!("host is not {}", describe_host(r))
+        } else if !r.admits_path(&path) {
+            format!("path is not under {}", r.prefix)
+        } else if r.methods.is_some_and(|m| !m.contains(&req.method)) {
+            format!(
+                "method {} not in [{}]",
+                req.method,
+                r.methods.map(|m| m.allow_header()).unwrap_or_default()
+            )
+        } else {
+            "a more specific route (host or longer prefix) wins".to_owned()
+        };
+        let _ = writeln!(
+            o,
+            "  {:<20} {} {:<24} {}",
+            r.name,
+            describe_host(r),
+            r.prefix,
+            why
+        );
+    }
+    match verdict {
+        Match::NotFound => {
+            let _ = writeln!(o, "answer:   404 no_route");
+        }
+        Match::MethodNotAllowed(allow) => {
+            let _ = writeln!(
+                o,
+                "answer:   405 method_not_allowed (Allow: {})",
+                allow.to_str().unwrap_or("")
+            );
+        }
+        Match::Route(r) => {
+            let target = crate::headers::upstream_target(r, &path, query, path != raw_path)
+                .unwrap_or_else(|| req.path_and_query.clone());
+            let up = &gw.upstreams[r.upstream];
+            let _ = writeln!(o, "route:    {} -> upstream {}", r.name, up.name);
+            let _ = writeln!(o, "forward:  {} {target}", req.method);
+            o.push_str("auth:     none (public route)\n");
+            o.push_str("limits:   none\n");
+            let _ = writeln!(
+                o,
+                "backends: {} (round robin; connect {:?}, read {:?}, retries {})",
+                up.targets
+                    .iter()
+                    .map(|(a, w)| format!("{a} w{w}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                up.timeouts.connect,
+                up.timeouts.read,
+                up.retries
+            );
+            if !r.response_headers.is_empty() {
+                let hs: Vec<_> = r
+                    .response_headers
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("")))
+                    .collect();
+                let _ = writeln!(o, "response: + {}", hs.join(", "));
+            }
+        }
+    }
+    o
+}
+
+fn describe_host(r: &crate::router::Route) -> String {
+    match &r.host {
+        None => "*".to_owned(),
+        Some(crate::router::HostPattern::Exact(h)) => h.clone(),
+        Some(crate::router::HostPattern::Wildcard(s)) => format!("*{s}"),
+    }
+}
