@@ -21,6 +21,8 @@ fn table(n: usize) -> Router {
                 strip_prefix: true,
                 upstream: 0,
                 response_headers: vec![],
+                max_body: 1 << 20,
+                ip_rules: None,
             }
         })
         .collect();

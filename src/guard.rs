@@ -96,3 +96,114 @@ mod tests {
         assert!(check_framing(&te, Some(raw_ok)).is_ok());
     }
 }
+
+/// What a client may send before tollgate refuses it. Defaults follow nginx's and Envoy's
+/// edge guidance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_uri_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// The default for routes that do not set `max_body`.
+    pub max_body: u64,
+    pub body_idle_timeout: std::time::Duration,
+    pub keepalive_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_body: 10 * 1024 * 1024,
+            body_idle_timeout: std::time::Duration::from_secs(30),
+            keepalive_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// A limit the request head broke: 414 or 431.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadTooLarge {
+    Uri,
+    Headers,
+}
+
+impl Limits {
+    pub fn check_head(&self, req: &RequestHeader) -> Result<(), (HeadTooLarge, &'static str)> {
+        if req.raw_path().len() > self.max_uri_bytes {
+            return Err((
+                HeadTooLarge::Uri,
+                "the request target is longer than the gateway accepts",
+            ));
+        }
+        if req.headers.len() > self.max_headers {
+            return Err((
+                HeadTooLarge::Headers,
+                "the request has more headers than the gateway accepts",
+            ));
+        }
+        let bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if bytes > self.max_header_bytes {
+            return Err((
+                HeadTooLarge::Headers,
+                "the request headers are larger than the gateway accepts",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A route's `ip_allow` / `ip_deny`: deny wins; a non-empty allow list admits only its members.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpRules {
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+impl IpRules {
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        let ip = crate::client::canonical(ip);
+        !self.deny.iter().any(|n| n.contains(&ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn ip_rules() {
+        let r = IpRules {
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            deny: vec!["10.0.0.66/32".parse().unwrap()],
+        };
+        assert!(r.admits("10.1.2.3".parse().unwrap()));
+        assert!(r.admits("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!r.admits("10.0.0.66".parse().unwrap()));
+        assert!(!r.admits("192.0.2.1".parse().unwrap()));
+        assert!(IpRules::default().admits("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn head_limits() {
+        let l = Limits {
+            max_headers: 2,
+            max_uri_bytes: 10,
+            ..Limits::default()
+        };
+        let mut r = RequestHeader::build("GET", b"/0123456789", None).unwrap();
+        assert_eq!(l.check_head(&r).unwrap_err().0, HeadTooLarge::Uri);
+        r.set_uri(http::Uri::from_static("/x"));
+        for h in ["a", "b", "c"] {
+            r.append_header(h, "1").unwrap();
+        }
+        assert_eq!(l.check_head(&r).unwrap_err().0, HeadTooLarge::Headers);
+    }
+}

@@ -150,6 +150,8 @@ mod tests {
             strip_prefix: strip,
             upstream: 0,
             response_headers: vec![],
+            max_body: 0,
+            ip_rules: None,
         }
     }
 

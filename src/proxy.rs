@@ -15,6 +15,7 @@ use pingora::{Error, ErrorType, Result};
 use crate::client::{self, X_REQUEST_ID};
 use crate::config::Gateway;
 use crate::error::{self, Reject};
+use crate::guard::HeadTooLarge;
 use crate::headers;
 use crate::observe::Observe;
 use crate::router::{Match, Route};
@@ -55,6 +56,8 @@ pub struct Ctx {
     pub local_status: Option<u16>,
     /// Whether this request was counted in flight.
     pub counted: bool,
+    /// Request body bytes seen so far.
+    pub body_bytes: u64,
 }
 
 static ALLOW: HeaderName = http::header::ALLOW;
@@ -94,6 +97,7 @@ impl ProxyHttp for Tollgate {
             upstream_answered: None,
             local_status: None,
             counted: false,
+            body_bytes: 0,
         }
     }
 
@@ -135,6 +139,20 @@ impl ProxyHttp for Tollgate {
                 .reject(session, ctx, Reject::BadRequest, why, &[])
                 .await;
         }
+        let limits = &self.gw.limits;
+        if let Err((kind, why)) = limits.check_head(session.req_header()) {
+            let reject = match kind {
+                HeadTooLarge::Uri => Reject::UriTooLong,
+                HeadTooLarge::Headers => Reject::HeadersTooLarge,
+            };
+            session.set_keepalive(None);
+            return self.reject(session, ctx, reject, why, &[]).await;
+        }
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
+        }
+        session.set_read_timeout(Some(limits.body_idle_timeout));
+
         let req = session.req_header();
         let host = req
             .headers
@@ -170,10 +188,43 @@ impl ProxyHttp for Tollgate {
                     .await;
             }
         };
+        if let (Some(rules), Some(ip)) = (&route.ip_rules, ctx.client_ip) {
+            if !rules.admits(ip) {
+                let msg = "this route does not accept requests from your address";
+                return self.reject(session, ctx, Reject::Forbidden, msg, &[]).await;
+            }
+        }
+        if declared_body(req).is_some_and(|len| len > route.max_body) {
+            // Refused before reading: the body is never read, so the connection closes.
+            let msg = "the request body is larger than this route accepts";
+            return self
+                .reject(session, ctx, Reject::PayloadTooLarge, msg, &[])
+                .await;
+        }
         let changed = matches!(path, std::borrow::Cow::Owned(_));
         ctx.target = headers::upstream_target(route, &path, req.uri.query(), changed);
         ctx.route = Some(route.id);
         Ok(false)
+    }
+
+    /// Enforce the route's `max_body` on bodies whose length was not declared up front.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if self.route(ctx).is_some_and(|r| ctx.body_bytes > r.max_body) {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "the request body is larger than this route accepts",
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Pick a backend of the route's upstream that this request has not already failed on.
@@ -299,6 +350,14 @@ impl ProxyHttp for Tollgate {
     }
 }
 
+/// The body length the client declared, if any.
+fn declared_body(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 fn proxy_error_message(reject: Reject, upstream: Option<&str>) -> String {
     let up = upstream.unwrap_or("?");
     match reject {
@@ -308,6 +367,7 @@ fn proxy_error_message(reject: Reject, upstream: Option<&str>) -> String {
         Reject::GatewayTimeout => format!("upstream {up} did not answer in time"),
         Reject::Unavailable => format!("no backend of upstream {up} is available"),
         Reject::BadRequest => "the request is malformed".to_owned(),
+        Reject::PayloadTooLarge => "the request body is larger than this route accepts".to_owned(),
         _ => "the gateway could not complete the request".to_owned(),
     }
 }

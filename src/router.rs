@@ -25,6 +25,9 @@ pub struct Route {
     pub strip_prefix: bool,
     pub upstream: UpstreamId,
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub max_body: u64,
+    /// `ip_allow` / `ip_deny`, when the route has any.
+    pub ip_rules: Option<crate::guard::IpRules>,
 }
 
 /// `example.com` (exact) or `*.example.com` (any subdomain, at any depth; not the apex).
@@ -353,6 +356,8 @@ mod tests {
             strip_prefix: true,
             upstream: 0,
             response_headers: vec![],
+            max_body: 0,
+            ip_rules: None,
         }
     }
 

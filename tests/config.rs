@@ -209,3 +209,21 @@ fn bad_config_serves_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0]: missing field `path_prefix`"));
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn bad_limits_and_ip_rules() {
+    rejects(
+        &format!("{BASE}limits: {{max_body: lots}}\n"),
+        &["limits.max_body: bad size \"lots\""],
+    );
+    rejects(
+        &format!("{BASE}limits: {{max_headers: 0}}\n"),
+        &["limits.max_headers: must be between 1 and 250"],
+    );
+    rejects(
+        &format!(
+            "{BASE}  - {{name: p, path_prefix: /p, upstream: public, ip_deny: [\"1.2.3.4/40\"]}}\n"
+        ),
+        &["routes[1].ip_deny[0]: \"1.2.3.4/40\" is not a CIDR"],
+    );
+}

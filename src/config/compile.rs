@@ -8,9 +8,10 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use super::file::{FileConfig, RouteFile, TimeoutsFile, UpstreamFile};
+use super::file::{FileConfig, LimitsFile, RouteFile, TimeoutsFile, UpstreamFile};
 use super::ConfigErrors;
 use crate::client::TrustedProxies;
+use crate::guard::{IpRules, Limits};
 use crate::observe::access_log::{AccessLog, AccessLogFile};
 use crate::router::{normalise_prefix, HostPattern, MethodSet, Route, Router};
 use crate::upstream::{Timeouts, Upstream};
@@ -24,6 +25,7 @@ pub struct Gateway {
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
     pub access_log: AccessLogFile,
+    pub limits: Limits,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -70,7 +72,8 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
             upstreams.push(Arc::new(up));
         }
     }
-    let routes = routes(file.routes, &names, errs);
+    let limits = limits(file.limits.unwrap_or_default(), errs);
+    let routes = routes(file.routes, &names, &limits, errs);
     if errs.0.len() > before {
         return None;
     }
@@ -99,7 +102,79 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
         router,
         upstreams,
         access_log,
+        limits,
     })
+}
+
+fn limits(l: LimitsFile, errs: &mut ConfigErrors) -> Limits {
+    let d = Limits::default();
+    let mut size = |key: &str, v: Option<super::file::Size>, default: u64| match v {
+        Some(s) if s.0 == 0 => {
+            errs.push(format!("limits.{key}"), "must be greater than 0");
+            default
+        }
+        Some(s) => s.0,
+        None => default,
+    };
+    let max_uri_bytes = size("max_uri_bytes", l.max_uri_bytes, d.max_uri_bytes as u64) as usize;
+    let max_header_bytes = size(
+        "max_header_bytes",
+        l.max_header_bytes,
+        d.max_header_bytes as u64,
+    ) as usize;
+    let max_body = size("max_body", l.max_body, d.max_body);
+    let max_headers = match l.max_headers {
+        Some(n) if n == 0 || n > 250 => {
+            errs.push(
+                "limits.max_headers",
+                "must be between 1 and 250 (Pingora refuses more than 256)",
+            );
+            d.max_headers
+        }
+        Some(n) => n,
+        None => d.max_headers,
+    };
+    let mut dur = |key: &str, v: Option<super::file::Dur>, default| match v {
+        Some(v) if v.0.is_zero() => {
+            errs.push(format!("limits.{key}"), "must be greater than 0");
+            default
+        }
+        Some(v) => v.0,
+        None => default,
+    };
+    Limits {
+        max_uri_bytes,
+        max_header_bytes,
+        max_headers,
+        max_body,
+        body_idle_timeout: dur(
+            "body_idle_timeout",
+            l.body_idle_timeout,
+            d.body_idle_timeout,
+        ),
+        keepalive_timeout: dur(
+            "keepalive_timeout",
+            l.keepalive_timeout,
+            d.keepalive_timeout,
+        ),
+    }
+}
+
+fn cidrs(path: &str, list: &[String], errs: &mut ConfigErrors) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        let parsed = c
+            .parse::<IpNet>()
+            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(n) => nets.push(n.trunc()),
+            Err(_) => errs.push(
+                format!("{path}[{i}]"),
+                format!("{c:?} is not a CIDR or IP (e.g. \"10.0.0.0/8\", \"::1\")"),
+            ),
+        }
+    }
+    nets
 }
 
 fn not_yet(v: &Option<serde_yaml::Value>, path: &str, what: &str, errs: &mut ConfigErrors) {
@@ -142,21 +217,8 @@ fn check_socket_addr(path: &str, a: &str, errs: &mut ConfigErrors) -> bool {
     }
 }
 
-fn trusted(cidrs: &[String], errs: &mut ConfigErrors) -> TrustedProxies {
-    let mut nets = Vec::new();
-    for (i, c) in cidrs.iter().enumerate() {
-        let parsed = c
-            .parse::<IpNet>()
-            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from));
-        match parsed {
-            Ok(n) => nets.push(n.trunc()),
-            Err(_) => errs.push(
-                format!("trusted_proxies[{i}]"),
-                format!("{c:?} is not a CIDR or IP (e.g. \"10.0.0.0/8\", \"::1\")"),
-            ),
-        }
-    }
-    TrustedProxies::new(nets)
+fn trusted(list: &[String], errs: &mut ConfigErrors) -> TrustedProxies {
+    TrustedProxies::new(cidrs("trusted_proxies", list, errs))
 }
 
 fn upstream(name: &str, u: UpstreamFile, errs: &mut ConfigErrors) -> Option<Upstream> {
@@ -270,6 +332,7 @@ fn timeouts(base: &str, t: TimeoutsFile, errs: &mut ConfigErrors) -> Timeouts {
 fn routes(
     files: Vec<Option<RouteFile>>,
     upstreams: &[String],
+    limits: &Limits,
     errs: &mut ConfigErrors,
 ) -> Vec<Route> {
     let mut out = Vec::new();
@@ -343,6 +406,26 @@ fn routes(
             );
         }
         let response_headers = response_headers(&base, &r.response_headers, errs);
+        let max_body = match r.max_body {
+            Some(s) if s.0 == 0 => {
+                errs.push(format!("{base}.max_body"), "must be greater than 0");
+                0
+            }
+            Some(s) => s.0,
+            None => limits.max_body,
+        };
+        let ip_rules = (r.ip_allow.is_some() || r.ip_deny.is_some()).then(|| IpRules {
+            allow: cidrs(
+                &format!("{base}.ip_allow"),
+                r.ip_allow.as_deref().unwrap_or_default(),
+                errs,
+            ),
+            deny: cidrs(
+                &format!("{base}.ip_deny"),
+                r.ip_deny.as_deref().unwrap_or_default(),
+                errs,
+            ),
+        });
         for (key, what) in [
             (r.auth.is_some(), "auth"),
             (r.consumers.is_some(), "consumers"),
@@ -366,6 +449,8 @@ fn routes(
                 strip_prefix: r.strip_prefix.unwrap_or(true),
                 upstream: upstream.unwrap_or_default(),
                 response_headers,
+                max_body,
+                ip_rules,
             });
         }
     }

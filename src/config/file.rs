@@ -48,6 +48,52 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A size written as a number of bytes or a string with a unit (`64KiB`, `10MB`), parsed with
+/// `bytesize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::Number(n) => n
+                .as_u64()
+                .map(Size)
+                .ok_or_else(|| de::Error::custom(format!("bad size {n}: a whole number of bytes"))),
+            serde_yaml::Value::String(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| Size(b.as_u64()))
+                .map_err(|e| {
+                    de::Error::custom(format!(
+                        "bad size {s:?}: {e} (write e.g. 8192, \"64KiB\", \"10MB\")"
+                    ))
+                }),
+            _ => Err(de::Error::custom(
+                "a size is a number of bytes or a string like \"64KiB\"",
+            )),
+        }
+    }
+}
+
+/// `limits:`: what a client may send before tollgate refuses it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    #[serde(default)]
+    pub max_uri_bytes: Option<Size>,
+    #[serde(default)]
+    pub max_header_bytes: Option<Size>,
+    #[serde(default)]
+    pub max_headers: Option<usize>,
+    #[serde(default)]
+    pub max_body: Option<Size>,
+    #[serde(default)]
+    pub body_idle_timeout: Option<Dur>,
+    #[serde(default)]
+    pub keepalive_timeout: Option<Dur>,
+}
+
 /// tollgate's own top-level sections. Pingora's `ServerConf` keys sit beside them in the same
 /// file and are split off first; each section here is deserialized on its own (see
 /// `config::load`) so that one bad section does not hide the errors of the others.
@@ -67,6 +113,7 @@ pub struct FileConfig {
     pub rate_limits: Option<serde_yaml::Value>,
     pub redis: Option<serde_yaml::Value>,
     pub access_log: Option<crate::observe::access_log::AccessLogFile>,
+    pub limits: Option<LimitsFile>,
 }
 
 /// The top-level keys tollgate owns, in the order the docs list them.
@@ -81,6 +128,7 @@ pub const TOLLGATE_KEYS: &[&str] = &[
     "redis",
     "routes",
     "access_log",
+    "limits",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +212,12 @@ pub struct RouteFile {
     pub upstream: String,
     #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub max_body: Option<Size>,
+    #[serde(default)]
+    pub ip_allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub ip_deny: Option<Vec<String>>,
     /// Owned by the authentication issue.
     #[serde(default)]
     pub auth: Option<serde_yaml::Value>,

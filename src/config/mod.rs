@@ -163,6 +163,7 @@ fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErr
         "rate_limits" => file.rate_limits = Some(v),
         "redis" => file.redis = Some(v),
         "access_log" => file.access_log = parse(key, v, errs),
+        "limits" => file.limits = parse(key, v, errs),
         _ => errs.push(
             key,
             format!(
