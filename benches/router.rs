@@ -23,6 +23,7 @@ fn table(n: usize) -> Router {
                 response_headers: vec![],
                 max_body: 1 << 20,
                 ip_rules: None,
+                cors: None,
             }
         })
         .collect();

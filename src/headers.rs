@@ -152,6 +152,7 @@ mod tests {
             response_headers: vec![],
             max_body: 0,
             ip_rules: None,
+            cors: None,
         }
     }
 

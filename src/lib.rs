@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod explain;

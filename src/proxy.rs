@@ -14,6 +14,7 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::client::{self, X_REQUEST_ID};
 use crate::config::Gateway;
+use crate::cors::{self, Cors};
 use crate::error::{self, Reject};
 use crate::guard::HeadTooLarge;
 use crate::headers;
@@ -75,6 +76,30 @@ impl Tollgate {
         ctx.local_status = Some(reject.status());
         self.obs.metrics.rejected(reject.code());
         error::respond(session, reject, message, Some(&ctx.request_id), extra).await?;
+        Ok(true)
+    }
+}
+
+impl Tollgate {
+    /// A local answer without a body (a CORS preflight), with the gateway's headers.
+    async fn answer_empty(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<bool> {
+        ctx.local_status = Some(status);
+        let mut h = ResponseHeader::build(status, Some(extra.len() + 3))?;
+        for (k, v) in extra {
+            h.insert_header(k.clone(), v.clone())?;
+        }
+        h.insert_header(http::header::CONTENT_LENGTH, 0)?;
+        headers::downstream_response(&mut h, &ctx.request_id, None)?;
+        if !session.is_body_empty() {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(h), true).await?;
         Ok(true)
     }
 }
@@ -167,6 +192,21 @@ impl ProxyHttp for Tollgate {
                     .await
             }
         };
+        if let Some(wanted) = Cors::preflight_method(req) {
+            let origin = req.headers.get(&cors::ORIGIN).cloned();
+            if let Match::Route(r) = self.gw.router.find(host, &path, &wanted) {
+                if let (Some(policy), Some(origin)) = (&r.cors, origin) {
+                    ctx.route = Some(r.id);
+                    return match policy.preflight(&origin, &wanted) {
+                        Some(headers) => self.answer_empty(session, ctx, 204, &headers).await,
+                        None => {
+                            let msg = "CORS preflight refused for this origin or method";
+                            self.reject(session, ctx, Reject::Forbidden, msg, &[]).await
+                        }
+                    };
+                }
+            }
+        }
         let route = match self.gw.router.find(host, &path, &req.method) {
             Match::Route(r) => r,
             Match::NotFound => {
@@ -270,12 +310,16 @@ impl ProxyHttp for Tollgate {
     /// Gateway headers on every proxied response.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_answered = Some(Instant::now());
-        headers::downstream_response(resp, &ctx.request_id, self.route(ctx))
+        let route = self.route(ctx);
+        if let Some(policy) = route.and_then(|r| r.cors.as_ref()) {
+            policy.decorate(resp, session.req_header().headers.get(&cors::ORIGIN))?;
+        }
+        headers::downstream_response(resp, &ctx.request_id, route)
     }
 
     /// Nothing reached the backend: try another one, within the upstream's retry budget.

@@ -28,6 +28,7 @@ pub struct Route {
     pub max_body: u64,
     /// `ip_allow` / `ip_deny`, when the route has any.
     pub ip_rules: Option<crate::guard::IpRules>,
+    pub cors: Option<crate::cors::Cors>,
 }
 
 /// `example.com` (exact) or `*.example.com` (any subdomain, at any depth; not the apex).
@@ -358,6 +359,7 @@ mod tests {
             response_headers: vec![],
             max_body: 0,
             ip_rules: None,
+            cors: None,
         }
     }
 

@@ -414,6 +414,9 @@ fn routes(
             Some(s) => s.0,
             None => limits.max_body,
         };
+        let cors = r
+            .cors
+            .and_then(|c| crate::cors::Cors::compile(&format!("{base}.cors"), c, errs));
         let ip_rules = (r.ip_allow.is_some() || r.ip_deny.is_some()).then(|| IpRules {
             allow: cidrs(
                 &format!("{base}.ip_allow"),
@@ -451,6 +454,7 @@ fn routes(
                 response_headers,
                 max_body,
                 ip_rules,
+                cors,
             });
         }
     }

@@ -218,6 +218,8 @@ pub struct RouteFile {
     pub ip_allow: Option<Vec<String>>,
     #[serde(default)]
     pub ip_deny: Option<Vec<String>>,
+    #[serde(default)]
+    pub cors: Option<crate::cors::CorsFile>,
     /// Owned by the authentication issue.
     #[serde(default)]
     pub auth: Option<serde_yaml::Value>,
