@@ -140,6 +140,23 @@ fn normalise_slow(b: &[u8]) -> Result<String, PathError> {
     Ok(s)
 }
 
+/// The path with `;parameters` removed from every segment (`/private;x/a` → `/private/a`),
+/// as servlet containers read it; borrowed when there are none. The gateway refuses a request
+/// whose two readings would route differently.
+pub fn without_params(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(seg.split(';').next().unwrap_or(""));
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +202,13 @@ mod tests {
             Err(PathError::DotSegmentWithParams)
         );
         assert_eq!(n("a"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn params_removed_for_the_second_reading() {
+        assert_eq!(without_params("/private;x/a"), "/private/a");
+        assert_eq!(without_params("/a;b=c;d/e;f"), "/a/e");
+        assert!(matches!(without_params("/plain"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -207,7 +207,15 @@ impl ProxyHttp for Tollgate {
                 }
             }
         }
-        let route = match self.gw.router.find(host, &path, &req.method) {
+        let verdict = self.gw.router.find(host, &path, &req.method);
+        let bare = crate::path::without_params(&path);
+        if bare != path && !same_verdict(&verdict, &self.gw.router.find(host, &bare, &req.method)) {
+            let msg = "the request path has ';' parameters that would change which route it takes";
+            return self
+                .reject(session, ctx, Reject::BadRequest, msg, &[])
+                .await;
+        }
+        let route = match verdict {
             Match::Route(r) => r,
             Match::NotFound => {
                 return self
@@ -391,6 +399,16 @@ impl ProxyHttp for Tollgate {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         self.obs.finish(session, e, ctx, self.route(ctx));
+    }
+}
+
+/// Whether two router verdicts send the request the same way.
+fn same_verdict(a: &Match, b: &Match) -> bool {
+    match (a, b) {
+        (Match::Route(x), Match::Route(y)) => x.id == y.id,
+        (Match::NotFound, Match::NotFound) => true,
+        (Match::MethodNotAllowed(_), Match::MethodNotAllowed(_)) => true,
+        _ => false,
     }
 }
 
