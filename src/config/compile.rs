@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
@@ -134,14 +135,7 @@ fn limits(l: LimitsFile, errs: &mut ConfigErrors) -> Limits {
         Some(n) => n,
         None => d.max_headers,
     };
-    let mut dur = |key: &str, v: Option<super::file::Dur>, default| match v {
-        Some(v) if v.0.is_zero() => {
-            errs.push(format!("limits.{key}"), "must be greater than 0");
-            default
-        }
-        Some(v) => v.0,
-        None => default,
-    };
+    let mut dur = |key: &str, v, default| positive(format!("limits.{key}"), v, default, errs);
     Limits {
         max_uri_bytes,
         max_header_bytes,
@@ -311,16 +305,27 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
     }
 }
 
-fn timeouts(base: &str, t: TimeoutsFile, errs: &mut ConfigErrors) -> Timeouts {
-    let d = Timeouts::default();
-    let mut check = |key: &str, v: Option<super::file::Dur>, default| match v {
+/// A configured duration that must be positive, or the default when absent.
+fn positive(
+    path: String,
+    v: Option<super::file::Dur>,
+    default: Duration,
+    errs: &mut ConfigErrors,
+) -> Duration {
+    match v {
         Some(v) if v.0.is_zero() => {
-            errs.push(format!("{base}.timeouts.{key}"), "must be greater than 0");
+            errs.push(path, "must be greater than 0");
             default
         }
         Some(v) => v.0,
         None => default,
-    };
+    }
+}
+
+fn timeouts(base: &str, t: TimeoutsFile, errs: &mut ConfigErrors) -> Timeouts {
+    let d = Timeouts::default();
+    let mut check =
+        |key: &str, v, default| positive(format!("{base}.timeouts.{key}"), v, default, errs);
     Timeouts {
         connect: check("connect", t.connect, d.connect),
         read: check("read", t.read, d.read),
