@@ -18,6 +18,14 @@ use crate::error::{self, Reject};
 use crate::headers;
 use crate::observe::access_log;
 use crate::router::{Match, Route};
+use crate::upstream;
+
+impl Ctx {
+    /// The authenticated consumer, once authentication sets it.
+    pub fn consumer(&self) -> Option<&str> {
+        None
+    }
+}
 
 /// The gateway's `ProxyHttp`: a compiled config, read-only on the hot path.
 pub struct Tollgate {
@@ -47,6 +55,8 @@ pub struct Ctx {
     /// Backends this request already tried (failed), so a retry goes elsewhere.
     pub tried: Vec<SocketAddr>,
     pub backend: Option<SocketAddr>,
+    /// The current attempt: counted in flight, its outcome feeds the circuit breaker.
+    pub attempt: Option<upstream::Attempt>,
     /// Set when tollgate answered itself.
     pub local_status: Option<u16>,
 }
@@ -83,6 +93,7 @@ impl ProxyHttp for Tollgate {
             target: None,
             tried: Vec::new(),
             backend: None,
+            attempt: None,
             local_status: None,
         }
     }
@@ -150,20 +161,25 @@ impl ProxyHttp for Tollgate {
         Ok(false)
     }
 
-    /// Pick a backend of the route's upstream that this request has not already failed on.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    /// Pick a backend of the route's upstream that is healthy, whose circuit lets requests
+    /// through and that this request has not already failed on.
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = self.route(ctx).ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "upstream_peer without a route")
         })?;
-        let upstream = &self.gw.upstreams[route.upstream];
-        let Some(addr) = upstream.select(&ctx.tried) else {
+        let up = &self.gw.upstreams[route.upstream];
+        ctx.attempt = None;
+        let key = upstream::hash_key(up, session.req_header(), ctx.consumer(), ctx.client_ip);
+        let Some(attempt) = up.select(&key, &ctx.tried) else {
             return Error::e_explain(
                 ErrorType::HTTPStatus(503),
-                format!("no backend available in upstream {}", upstream.name),
+                format!("no backend available in upstream {}", up.name),
             );
         };
-        ctx.backend = Some(addr);
-        Ok(Box::new(upstream.peer(addr)))
+        ctx.backend = Some(attempt.addr());
+        let peer = attempt.peer();
+        ctx.attempt = Some(attempt);
+        Ok(Box::new(peer))
     }
 
     /// Rewrite the target and set the forwarding headers.
@@ -189,6 +205,13 @@ impl ProxyHttp for Tollgate {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(a) = ctx.attempt.as_mut() {
+            if a.upstream().is_failure_status(resp.status.as_u16()) {
+                a.failure();
+            } else {
+                a.success();
+            }
+        }
         headers::downstream_response(resp, &ctx.request_id, self.route(ctx))
     }
 
@@ -200,6 +223,9 @@ impl ProxyHttp for Tollgate {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(mut a) = ctx.attempt.take() {
+            a.failure();
+        }
         if let Some(b) = ctx.backend {
             ctx.tried.push(b);
         }
@@ -221,6 +247,9 @@ impl ProxyHttp for Tollgate {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("upstream peer {peer}"));
+        if let Some(mut a) = ctx.attempt.take() {
+            a.failure();
+        }
         if let Some(b) = ctx.backend {
             ctx.tried.push(b);
         }
@@ -228,10 +257,15 @@ impl ProxyHttp for Tollgate {
             .route(ctx)
             .map_or(0, |r| self.gw.upstreams[r.upstream].retries as usize);
         if !session.req_header().method.is_idempotent()
+            || session.response_written().is_some()
             || session.as_ref().retry_buffer_truncated()
             || ctx.tried.len() > budget
         {
             e.set_retry(false);
+        } else if e.esource() == &pingora::ErrorSource::Upstream {
+            // The backend failed (reset, timeout, stale pooled connection) before any response
+            // reached the client, and the request can be replayed: try another backend.
+            e.set_retry(true);
         } else {
             e.retry.decide_reuse(client_reused);
         }
@@ -249,7 +283,14 @@ impl ProxyHttp for Tollgate {
                     .map(|r| &*self.gw.upstreams[r.upstream].name);
                 let msg = proxy_error_message(reject, upstream);
                 ctx.local_status = Some(code);
-                let _ = error::respond(session, reject, &msg, Some(&ctx.request_id), &[]).await;
+                let mut extra = Vec::new();
+                if reject == Reject::Unavailable {
+                    let secs = self
+                        .route(ctx)
+                        .map_or(1, |r| self.gw.upstreams[r.upstream].retry_after());
+                    extra.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
+                }
+                let _ = error::respond(session, reject, &msg, Some(&ctx.request_id), &extra).await;
             }
         }
         FailToProxy {
@@ -259,6 +300,15 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(mut a) = ctx.attempt.take() {
+            // The response headers already decided success; an error here (say a reset
+            // mid-body) is the backend's failure unless it was the client's doing.
+            if e.is_some_and(|e| e.esource() == &pingora::ErrorSource::Upstream) {
+                a.failure();
+            } else {
+                a.success();
+            }
+        }
         access_log::log(session, e, ctx, self.route(ctx));
     }
 }
