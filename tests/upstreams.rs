@@ -52,6 +52,13 @@ fn killed_backend_is_hidden_by_retry_then_taken_out_then_returns() {
     assert!(eventually(Duration::from_secs(5), || {
         backend_health(&gw, b.addr)["healthy"] == false
     }));
+    let logs = gw.logs();
+    assert_eq!(
+        logs.matches(&format!("backend {} becomes unhealthy", b.addr))
+            .count(),
+        1,
+        "the state change is logged once:\n{logs}"
+    );
     let before = a.count();
     for _ in 0..10 {
         assert_eq!(gw.get("/r/x").status, 200);

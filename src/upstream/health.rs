@@ -45,7 +45,7 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
-    pub(super) fn build(&self, host: &str) -> Box<dyn HealthCheck + Send + Sync> {
+    pub(super) fn build(&self, upstream: &str, host: &str) -> Box<dyn HealthCheck + Send + Sync> {
         match &self.kind {
             CheckKind::Tcp => {
                 let mut hc = TcpHealthCheck::new();
@@ -68,6 +68,8 @@ impl HealthConfig {
                     let _ = req.append_header("User-Agent", "tollgate-health-check");
                     hc.req = req;
                 }
+                let name = upstream.to_owned();
+                hc.set_backend_summary(move |b| format!("upstream {name} backend {}", b.addr));
                 let want = *status;
                 hc.validator = Some(Box::new(move |resp| {
                     if resp.status.as_u16() == want {

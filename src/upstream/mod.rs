@@ -52,6 +52,17 @@ pub enum Balance {
     LeastConn,
 }
 
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::Random => "random",
+            Balance::ConsistentHash => "consistent_hash",
+            Balance::LeastConn => "least_conn",
+        }
+    }
+}
+
 /// What `consistent_hash` hashes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum HashKey {
@@ -126,14 +137,19 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-fn make_lb<S>(set: BTreeSet<Backend>, health: Option<&HealthConfig>, host: &str) -> LoadBalancer<S>
+fn make_lb<S>(
+    set: BTreeSet<Backend>,
+    health: Option<&HealthConfig>,
+    name: &str,
+    host: &str,
+) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
     let mut lb = LoadBalancer::<S>::from_backends(Backends::new(discovery::Static::new(set)));
     if let Some(h) = health {
-        lb.set_health_check(h.build(host));
+        lb.set_health_check(h.build(name, host));
     }
     // Static discovery never blocks nor fails.
     let _ = lb.update().now_or_never();
@@ -165,9 +181,11 @@ impl Upstream {
             .unwrap_or_default();
         let h = spec.health.as_ref();
         let lb = match spec.balance {
-            Balance::RoundRobin | Balance::LeastConn => Lb::RoundRobin(make_lb(set, h, &host)),
-            Balance::Random => Lb::Random(make_lb(set, h, &host)),
-            Balance::ConsistentHash => Lb::Hash(make_lb(set, h, &host)),
+            Balance::RoundRobin | Balance::LeastConn => {
+                Lb::RoundRobin(make_lb(set, h, name, &host))
+            }
+            Balance::Random => Lb::Random(make_lb(set, h, name, &host)),
+            Balance::ConsistentHash => Lb::Hash(make_lb(set, h, name, &host)),
         };
         Upstream {
             name: name.into(),
@@ -389,7 +407,7 @@ pub fn health_json(u: &Upstream) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({
-        "balance": format!("{:?}", u.balance),
+        "balance": u.balance.as_str(),
         "available": u.available(),
         "backends": backends,
     })
