@@ -248,7 +248,10 @@ impl ProxyHttp for Tollgate {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("upstream peer {peer}"));
         if let Some(mut a) = ctx.attempt.take() {
-            a.failure();
+            // A client that went away is not the backend's failure.
+            if e.esource() == &pingora::ErrorSource::Upstream {
+                a.failure();
+            }
         }
         if let Some(b) = ctx.backend {
             ctx.tried.push(b);

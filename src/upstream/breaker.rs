@@ -85,14 +85,16 @@ impl Breaker {
         }
     }
 
-    /// Take the right to send a request (a probe slot when half-open).
-    pub fn admit(&self, cfg: &BreakerConfig) -> bool {
+    /// Take the right to send a request: `None` = refused, `Some(true)` = a half-open probe
+    /// slot was taken (give it back with [`Breaker::release_probe`] if the attempt ends
+    /// without an outcome), `Some(false)` = closed circuit.
+    pub fn admit(&self, cfg: &BreakerConfig) -> Option<bool> {
         loop {
             match self.state.load(Acquire) {
-                CLOSED => return true,
+                CLOSED => return Some(false),
                 OPEN => {
                     if self.state(cfg) != State::HalfOpen {
-                        return false;
+                        return None;
                     }
                     if self
                         .state
@@ -100,18 +102,26 @@ impl Breaker {
                         .is_ok()
                     {
                         self.probes.store(0, Release);
-                        log::warn!("circuit half-open: letting probes through");
                     }
                 }
                 _ => {
                     let n = self.probes.fetch_add(1, AcqRel);
                     if n < cfg.half_open_requests {
-                        return true;
+                        return Some(true);
                     }
                     self.probes.fetch_sub(1, AcqRel);
-                    return false;
+                    return None;
                 }
             }
+        }
+    }
+
+    /// A probe ended without telling success from failure (say the client went away).
+    pub fn release_probe(&self) {
+        if self.state.load(Acquire) == HALF_OPEN {
+            let _ = self
+                .probes
+                .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
         }
     }
 
@@ -172,11 +182,18 @@ mod tests {
         assert!(!b.failure(&cfg));
         assert!(b.failure(&cfg));
         assert_eq!(b.state(&cfg), State::HalfOpen); // open_for 0 expires at once
-        assert!(b.admit(&cfg));
-        assert!(!b.admit(&cfg), "one probe only");
+        assert_eq!(b.admit(&cfg), Some(true));
+        assert_eq!(b.admit(&cfg), None, "one probe only");
+        b.release_probe();
+        assert_eq!(
+            b.admit(&cfg),
+            Some(true),
+            "a probe without outcome is given back"
+        );
         assert!(b.failure(&cfg), "a failed probe reopens");
-        assert!(b.admit(&cfg));
+        assert_eq!(b.admit(&cfg), Some(true));
         assert!(b.success());
+        assert_eq!(b.admit(&cfg), Some(false));
         assert_eq!(b.state(&cfg), State::Closed);
     }
 
@@ -190,7 +207,7 @@ mod tests {
         let b = Breaker::default();
         assert!(b.failure(&cfg));
         assert!(!b.usable(&cfg));
-        assert!(!b.admit(&cfg));
+        assert_eq!(b.admit(&cfg), None);
         assert_eq!(b.state(&cfg), State::Open);
     }
 }

@@ -232,8 +232,36 @@ impl Upstream {
     /// Pick a backend, skipping unusable ones and those already tried for this request, and
     /// count it in flight. `key` feeds `consistent_hash`.
     pub fn select(self: &Arc<Self>, key: &[u8], tried: &[SocketAddr]) -> Option<Attempt> {
-        let ok = |i: usize| !tried.contains(&self.backends[i].addr) && self.usable(i);
-        let idx = match self.balance {
+        let mut refused: Vec<usize> = Vec::new();
+        loop {
+            let idx = self.pick(key, tried, &refused)?;
+            let st = &self.backends[idx];
+            let probe = match &self.breaker {
+                None => false,
+                Some(c) => match st.breaker.admit(c) {
+                    Some(probe) => probe,
+                    // Lost a race for the last probe slot: try the others.
+                    None => {
+                        refused.push(idx);
+                        continue;
+                    }
+                },
+            };
+            st.inflight.fetch_add(1, Relaxed);
+            return Some(Attempt {
+                up: self.clone(),
+                idx,
+                probe,
+                done: false,
+            });
+        }
+    }
+
+    fn pick(&self, key: &[u8], tried: &[SocketAddr], refused: &[usize]) -> Option<usize> {
+        let ok = |i: usize| {
+            !refused.contains(&i) && !tried.contains(&self.backends[i].addr) && self.usable(i)
+        };
+        match self.balance {
             Balance::LeastConn => {
                 let n = self.backends.len();
                 let start = self.rr.fetch_add(1, Relaxed);
@@ -253,19 +281,7 @@ impl Upstream {
                 }))
                 .and_then(|b| self.index(&b))
             }
-        }?;
-        let st = &self.backends[idx];
-        if let Some(c) = &self.breaker {
-            if !st.breaker.admit(c) {
-                return None;
-            }
         }
-        st.inflight.fetch_add(1, Relaxed);
-        Some(Attempt {
-            up: self.clone(),
-            idx,
-            done: false,
-        })
     }
 
     /// Seconds a client should wait before retrying when nothing is usable.
@@ -334,6 +350,8 @@ pub fn hash_key(
 pub struct Attempt {
     up: Arc<Upstream>,
     idx: usize,
+    /// Holds a half-open probe slot.
+    probe: bool,
     done: bool,
 }
 
@@ -381,7 +399,11 @@ impl Attempt {
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        self.up.backends[self.idx].inflight.fetch_sub(1, Relaxed);
+        let b = &self.up.backends[self.idx];
+        if self.probe && !self.done {
+            b.breaker.release_probe();
+        }
+        b.inflight.fetch_sub(1, Relaxed);
     }
 }
 
