@@ -247,6 +247,16 @@ impl ProxyHttp for Tollgate {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("upstream peer {peer}"));
+        let replayable = session.req_header().method.is_idempotent()
+            && session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated();
+        // A pooled connection the backend had already closed: not the backend's failure, and
+        // retried on a fresh connection outside the retry budget.
+        if client_reused && replayable && matches!(e.retry, pingora::RetryType::ReusedOnly) {
+            ctx.attempt = None;
+            e.retry.decide_reuse(true);
+            return e;
+        }
         if let Some(mut a) = ctx.attempt.take() {
             // A client that went away is not the backend's failure.
             if e.esource() == &pingora::ErrorSource::Upstream {
@@ -259,15 +269,11 @@ impl ProxyHttp for Tollgate {
         let budget = self
             .route(ctx)
             .map_or(0, |r| self.gw.upstreams[r.upstream].retries as usize);
-        if !session.req_header().method.is_idempotent()
-            || session.response_written().is_some()
-            || session.as_ref().retry_buffer_truncated()
-            || ctx.tried.len() > budget
-        {
+        if !replayable || ctx.tried.len() > budget {
             e.set_retry(false);
         } else if e.esource() == &pingora::ErrorSource::Upstream {
-            // The backend failed (reset, timeout, stale pooled connection) before any response
-            // reached the client, and the request can be replayed: try another backend.
+            // The backend failed (reset, timeout) before any response reached the client, and
+            // the request can be replayed: try another backend.
             e.set_retry(true);
         } else {
             e.retry.decide_reuse(client_reused);

@@ -354,3 +354,13 @@ fn unknown_health_check_key_is_an_error() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("upstreams.u.health_check.bogus"), "{out}");
 }
+
+#[test]
+fn stale_pooled_connection_is_retried_transparently() {
+    let b = Backend::start("b");
+    let gw = gw_with(&format!("    targets: [\"{}\"]\n    retries: 0", b.addr));
+    for i in 0..20 {
+        let r = gw.get("/r/x?close");
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+}

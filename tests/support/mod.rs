@@ -464,6 +464,11 @@ async fn backend_conn(
         if s.write_all(resp.as_bytes()).await.is_err() {
             return;
         }
+        // `?close`: drop the connection after answering, without saying so (a stale
+        // keep-alive connection for whoever pooled it).
+        if query.split('&').any(|kv| kv == "close") {
+            return;
+        }
     }
 }
 
