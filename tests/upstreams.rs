@@ -59,6 +59,10 @@ fn killed_backend_is_hidden_by_retry_then_taken_out_then_returns() {
         1,
         "the state change is logged once:\n{logs}"
     );
+    assert_eq!(
+        gw.admin_get("/health").json()["upstreams"]["u"]["health_changes"],
+        1
+    );
     let before = a.count();
     for _ in 0..10 {
         assert_eq!(gw.get("/r/x").status, 200);

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
-use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::Backend;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
@@ -45,7 +48,14 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
-    pub(super) fn build(&self, upstream: &str, host: &str) -> Box<dyn HealthCheck + Send + Sync> {
+    /// `changes` counts health state changes (exposed on `/health`).
+    pub(super) fn build(
+        &self,
+        upstream: &str,
+        host: &str,
+        changes: Arc<AtomicU64>,
+    ) -> Box<dyn HealthCheck + Send + Sync> {
+        let counter = Box::new(Counter(changes));
         match &self.kind {
             CheckKind::Tcp => {
                 let mut hc = TcpHealthCheck::new();
@@ -53,6 +63,7 @@ impl HealthConfig {
                 hc.consecutive_failure = self.unhealthy;
                 hc.peer_template.options.connection_timeout = Some(self.timeout);
                 hc.peer_template.options.total_connection_timeout = Some(self.timeout);
+                hc.health_changed_callback = Some(counter);
                 hc
             }
             CheckKind::Http { path, status } => {
@@ -68,6 +79,7 @@ impl HealthConfig {
                     let _ = req.append_header("User-Agent", "tollgate-health-check");
                     hc.req = req;
                 }
+                hc.health_changed_callback = Some(counter);
                 let name = upstream.to_owned();
                 hc.set_backend_summary(move |b| format!("upstream {name} backend {}", b.addr));
                 let want = *status;
@@ -84,6 +96,15 @@ impl HealthConfig {
                 Box::new(hc)
             }
         }
+    }
+}
+
+struct Counter(Arc<AtomicU64>);
+
+#[async_trait]
+impl HealthObserve for Counter {
+    async fn observe(&self, _target: &Backend, _healthy: bool) {
+        self.0.fetch_add(1, Relaxed);
     }
 }
 

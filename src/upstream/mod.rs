@@ -123,6 +123,8 @@ pub struct Upstream {
     pub health: Option<HealthConfig>,
     pub breaker: Option<BreakerConfig>,
     rr: AtomicUsize,
+    /// Health state changes seen by the active checks.
+    pub health_changes: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -142,6 +144,7 @@ fn make_lb<S>(
     health: Option<&HealthConfig>,
     name: &str,
     host: &str,
+    changes: &Arc<std::sync::atomic::AtomicU64>,
 ) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
@@ -149,7 +152,7 @@ where
 {
     let mut lb = LoadBalancer::<S>::from_backends(Backends::new(discovery::Static::new(set)));
     if let Some(h) = health {
-        lb.set_health_check(h.build(name, host));
+        lb.set_health_check(h.build(name, host, changes.clone()));
     }
     // Static discovery never blocks nor fails.
     let _ = lb.update().now_or_never();
@@ -180,12 +183,13 @@ impl Upstream {
             .map(|(a, _)| a.to_string())
             .unwrap_or_default();
         let h = spec.health.as_ref();
+        let changes = Arc::new(AtomicU64::new(0));
         let lb = match spec.balance {
             Balance::RoundRobin | Balance::LeastConn => {
-                Lb::RoundRobin(make_lb(set, h, name, &host))
+                Lb::RoundRobin(make_lb(set, h, name, &host, &changes))
             }
-            Balance::Random => Lb::Random(make_lb(set, h, name, &host)),
-            Balance::ConsistentHash => Lb::Hash(make_lb(set, h, name, &host)),
+            Balance::Random => Lb::Random(make_lb(set, h, name, &host, &changes)),
+            Balance::ConsistentHash => Lb::Hash(make_lb(set, h, name, &host, &changes)),
         };
         Upstream {
             name: name.into(),
@@ -198,6 +202,7 @@ impl Upstream {
             health: spec.health,
             breaker: spec.breaker,
             rr: AtomicUsize::new(0),
+            health_changes: changes,
         }
     }
 
@@ -431,6 +436,7 @@ pub fn health_json(u: &Upstream) -> serde_json::Value {
     serde_json::json!({
         "balance": u.balance.as_str(),
         "available": u.available(),
+        "health_changes": u.health_changes.load(Relaxed),
         "backends": backends,
     })
 }
