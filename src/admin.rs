@@ -52,25 +52,26 @@ impl Admin {
             .gw
             .upstreams
             .iter()
-            .map(|u| {
-                let backends: Vec<_> = u
-                    .targets
-                    .iter()
-                    .map(|(a, w)| serde_json::json!({"address": a.to_string(), "weight": w}))
-                    .collect();
-                (
-                    u.name.to_string(),
-                    serde_json::json!({ "backends": backends }),
-                )
-            })
+            .map(|u| (u.name.to_string(), crate::upstream::health_json(u)))
             .collect();
+        // 503 when some route has no usable backend, so an L4 balancer can use it.
+        let down: Vec<&str> = self
+            .gw
+            .router
+            .routes()
+            .iter()
+            .filter(|r| !self.gw.upstreams[r.upstream].available())
+            .map(|r| &*r.name)
+            .collect();
+        let status = if down.is_empty() { 200 } else { 503 };
         (
-            200,
+            status,
             serde_json::json!({
-                "status": "ok",
+                "status": if down.is_empty() { "ok" } else { "degraded" },
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_seconds": self.started.elapsed().as_secs(),
                 "routes": self.gw.router.routes().len(),
+                "routes_down": down,
                 "upstreams": upstreams,
             }),
         )

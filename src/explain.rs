@@ -123,12 +123,13 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
             o.push_str("limits:   none\n");
             let _ = writeln!(
                 o,
-                "backends: {} (round robin; connect {:?}, read {:?}, retries {})",
-                up.targets
+                "backends: {} ({}; connect {:?}, read {:?}, retries {})",
+                up.backends
                     .iter()
-                    .map(|(a, w)| format!("{a} w{w}"))
+                    .map(|b| format!("{} w{}", b.addr, b.weight))
                     .collect::<Vec<_>>()
                     .join(", "),
+                up.balance.as_str(),
                 up.timeouts.connect,
                 up.timeouts.read,
                 up.retries

@@ -20,6 +20,14 @@ use crate::guard::HeadTooLarge;
 use crate::headers;
 use crate::observe::Observe;
 use crate::router::{Match, Route};
+use crate::upstream;
+
+impl Ctx {
+    /// The authenticated consumer, once authentication sets it.
+    pub fn consumer(&self) -> Option<&str> {
+        None
+    }
+}
 
 /// The gateway's `ProxyHttp`: a compiled config, read-only on the hot path.
 pub struct Tollgate {
@@ -53,12 +61,16 @@ pub struct Ctx {
     /// When the first backend was picked, and when a response head came back.
     pub upstream_started: Option<Instant>,
     pub upstream_answered: Option<Instant>,
+    /// The current attempt: counted in flight, its outcome feeds the circuit breaker.
+    pub attempt: Option<upstream::Attempt>,
     /// Set when tollgate answered itself.
     pub local_status: Option<u16>,
     /// Whether this request was counted in flight.
     pub counted: bool,
     /// Request body bytes seen so far.
     pub body_bytes: u64,
+    /// How the last attempt on a backend failed, for the answer when no backend is left.
+    pub last_failure: Option<Reject>,
 }
 
 static ALLOW: HeaderName = http::header::ALLOW;
@@ -120,9 +132,11 @@ impl ProxyHttp for Tollgate {
             backend: None,
             upstream_started: None,
             upstream_answered: None,
+            attempt: None,
             local_status: None,
             counted: false,
             body_bytes: 0,
+            last_failure: None,
         }
     }
 
@@ -275,28 +289,35 @@ impl ProxyHttp for Tollgate {
         Ok(())
     }
 
-    /// Pick a backend of the route's upstream that this request has not already failed on.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    /// Pick a backend of the route's upstream that is healthy, whose circuit lets requests
+    /// through and that this request has not already failed on.
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = self.route(ctx).ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "upstream_peer without a route")
         })?;
-        let upstream = &self.gw.upstreams[route.upstream];
-        let Some(addr) = upstream.select(&ctx.tried) else {
+        let up = &self.gw.upstreams[route.upstream];
+        ctx.attempt = None;
+        let key = upstream::hash_key(up, session.req_header(), ctx.consumer(), ctx.client_ip);
+        let Some(attempt) = up.select(&key, &ctx.tried) else {
             if !ctx.tried.is_empty() {
-                // Retries used up every backend: the failure the client sees is the upstream's.
+                // Retries used up every usable backend: the client sees the last failure
+                // (504 for a timeout, 502 otherwise), not "unavailable".
+                let status = ctx.last_failure.map_or(502, Reject::status);
                 return Error::e_explain(
-                    ErrorType::HTTPStatus(502),
-                    format!("every backend of upstream {} failed", upstream.name),
+                    ErrorType::HTTPStatus(status),
+                    format!("every backend of upstream {} failed", up.name),
                 );
             }
             return Error::e_explain(
                 ErrorType::HTTPStatus(503),
-                format!("no backend available in upstream {}", upstream.name),
+                format!("no backend available in upstream {}", up.name),
             );
         };
-        ctx.backend = Some(addr);
+        ctx.backend = Some(attempt.addr());
         ctx.upstream_started.get_or_insert_with(Instant::now);
-        Ok(Box::new(upstream.peer(addr)))
+        let peer = attempt.peer();
+        ctx.attempt = Some(attempt);
+        Ok(Box::new(peer))
     }
 
     /// Rewrite the target and set the forwarding headers.
@@ -323,6 +344,13 @@ impl ProxyHttp for Tollgate {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_answered = Some(Instant::now());
+        if let Some(a) = ctx.attempt.as_mut() {
+            if a.upstream().is_failure_status(resp.status.as_u16()) {
+                a.failure();
+            } else {
+                a.success();
+            }
+        }
         let route = self.route(ctx);
         if let Some(policy) = route.and_then(|r| r.cors.as_ref()) {
             policy.decorate(resp, session.req_header().headers.get(&cors::ORIGIN))?;
@@ -338,6 +366,10 @@ impl ProxyHttp for Tollgate {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(mut a) = ctx.attempt.take() {
+            a.failure();
+        }
+        ctx.last_failure = Reject::from_proxy_error(&e);
         if let Some(b) = ctx.backend {
             ctx.tried.push(b);
         }
@@ -359,17 +391,35 @@ impl ProxyHttp for Tollgate {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("upstream peer {peer}"));
+        let replayable = session.req_header().method.is_idempotent()
+            && session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated();
+        // A pooled connection the backend had already closed: not the backend's failure, and
+        // retried on a fresh connection outside the retry budget.
+        if client_reused && replayable && matches!(e.retry, pingora::RetryType::ReusedOnly) {
+            ctx.attempt = None;
+            e.retry.decide_reuse(true);
+            return e;
+        }
+        if let Some(mut a) = ctx.attempt.take() {
+            // A client that went away is not the backend's failure.
+            if e.esource() == &pingora::ErrorSource::Upstream {
+                a.failure();
+            }
+        }
+        ctx.last_failure = Reject::from_proxy_error(&e);
         if let Some(b) = ctx.backend {
             ctx.tried.push(b);
         }
         let budget = self
             .route(ctx)
             .map_or(0, |r| self.gw.upstreams[r.upstream].retries as usize);
-        if !session.req_header().method.is_idempotent()
-            || session.as_ref().retry_buffer_truncated()
-            || ctx.tried.len() > budget
-        {
+        if !replayable || ctx.tried.len() > budget {
             e.set_retry(false);
+        } else if e.esource() == &pingora::ErrorSource::Upstream {
+            // The backend failed (reset, timeout) before any response reached the client, and
+            // the request can be replayed: try another backend.
+            e.set_retry(true);
         } else {
             e.retry.decide_reuse(client_reused);
         }
@@ -388,7 +438,14 @@ impl ProxyHttp for Tollgate {
                 let msg = proxy_error_message(reject, upstream);
                 ctx.local_status = Some(code);
                 self.obs.metrics.rejected(reject.code());
-                let _ = error::respond(session, reject, &msg, Some(&ctx.request_id), &[]).await;
+                let mut extra = Vec::new();
+                if reject == Reject::Unavailable {
+                    let secs = self
+                        .route(ctx)
+                        .map_or(1, |r| self.gw.upstreams[r.upstream].retry_after());
+                    extra.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
+                }
+                let _ = error::respond(session, reject, &msg, Some(&ctx.request_id), &extra).await;
             }
         }
         FailToProxy {
@@ -398,6 +455,15 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(mut a) = ctx.attempt.take() {
+            // The response headers already decided success; an error here (say a reset
+            // mid-body) is the backend's failure unless it was the client's doing.
+            if e.is_some_and(|e| e.esource() == &pingora::ErrorSource::Upstream) {
+                a.failure();
+            } else {
+                a.success();
+            }
+        }
         self.obs.finish(session, e, ctx, self.route(ctx));
     }
 }

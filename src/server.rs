@@ -39,6 +39,21 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
     }
     server.add_service(proxy);
 
+    // Active health checks: one background service probing every upstream that has them.
+    let checked: Vec<_> = gw
+        .upstreams
+        .iter()
+        .filter(|u| u.health.is_some())
+        .cloned()
+        .collect();
+    if !checked.is_empty() {
+        let hc = crate::upstream::health::HealthService { upstreams: checked };
+        server.add_service(pingora::services::background::background_service(
+            "health checks",
+            hc,
+        ));
+    }
+
     if let Some(addr) = &gw.admin {
         let mut admin = Service::new("tollgate admin".to_owned(), Admin::new(gw.clone(), obs));
         admin.threads = Some(1);

@@ -243,41 +243,31 @@ fn upstream(name: &str, u: UpstreamFile, errs: &mut ConfigErrors) -> Option<Upst
             Err(m) => errs.push(path, m),
         }
     }
-    match u.balance.as_deref() {
-        None | Some("round_robin") => {}
-        Some(b @ ("random" | "consistent_hash" | "least_conn")) => errs.push(
-            format!("{base}.balance"),
-            format!("{b} is not supported yet in this version of tollgate (supported: round_robin)"),
-        ),
-        Some(other) => errs.push(
-            format!("{base}.balance"),
-            format!("unknown balancing {other:?} (one of: round_robin, random, consistent_hash, least_conn)"),
-        ),
-    }
-    if u.hash_key.is_some() {
-        errs.push(
-            format!("{base}.hash_key"),
-            "only applies to balance: consistent_hash",
-        );
-    }
-    if u.health_check.is_some() {
-        errs.push(
-            format!("{base}.health_check"),
-            "active health checks are not supported yet in this version of tollgate",
-        );
-    }
-    if u.circuit_breaker.is_some() {
-        errs.push(
-            format!("{base}.circuit_breaker"),
-            "the circuit breaker is not supported yet in this version of tollgate",
-        );
-    }
+    let (balance, hash_key) =
+        crate::upstream::config::balance(&base, u.balance.as_deref(), u.hash_key.as_deref(), errs);
+    let health = u
+        .health_check
+        .map(|h| crate::upstream::config::health(&base, h, errs));
+    let breaker = u
+        .circuit_breaker
+        .map(|c| crate::upstream::config::breaker(&base, c, errs));
     let timeouts = timeouts(&base, u.timeouts.unwrap_or_default(), errs);
     let retries = u.retries.unwrap_or(1);
     if retries > 10 {
         errs.push(format!("{base}.retries"), "must be between 0 and 10");
     }
-    (errs.0.len() == before).then(|| Upstream::new(name, targets, timeouts, retries))
+    (errs.0.len() == before).then(|| {
+        let spec = crate::upstream::Spec {
+            targets,
+            timeouts,
+            retries,
+            balance,
+            hash_key,
+            health,
+            breaker,
+        };
+        Upstream::new(name, spec)
+    })
 }
 
 /// Resolve `host:port` once, at load. A name that does not resolve is a config error, never

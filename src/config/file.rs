@@ -143,11 +143,46 @@ pub struct UpstreamFile {
     pub timeouts: Option<TimeoutsFile>,
     #[serde(default)]
     pub retries: Option<u32>,
-    /// Owned by the upstreams issue.
     #[serde(default)]
-    pub health_check: Option<serde_yaml::Value>,
+    pub health_check: Option<HealthCheckFile>,
     #[serde(default)]
-    pub circuit_breaker: Option<serde_yaml::Value>,
+    pub circuit_breaker: Option<CircuitBreakerFile>,
+}
+
+/// `health_check: {type: http, path: /health, status: 200, interval: 2s, timeout: 500ms,
+/// healthy: 2, unhealthy: 3}`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub healthy: Option<u32>,
+    #[serde(default)]
+    pub unhealthy: Option<u32>,
+}
+
+/// `circuit_breaker: {failures: 5, open_for: 10s, half_open_requests: 1,
+/// failure_statuses: [502, 503, 504]}`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerFile {
+    #[serde(default)]
+    pub failures: Option<u32>,
+    #[serde(default)]
+    pub open_for: Option<Dur>,
+    #[serde(default)]
+    pub half_open_requests: Option<u32>,
+    #[serde(default)]
+    pub failure_statuses: Option<Vec<u16>>,
 }
 
 /// A backend: `"10.0.0.1:8080"` or `{address: "10.0.0.1:8080", weight: 2}`.

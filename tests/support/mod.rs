@@ -457,3 +457,202 @@ impl Gateway {
         child
     }
 }
+
+/// A test backend the test controls: it can be killed (listener and every open connection
+/// closed) and restored on the same address, and it counts connections and requests.
+/// Answers `{"service": name}`; `?delay_ms=N` waits, `?status=N` answers N, `?reset` sends
+/// half the promised body and then resets the connection.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Backend {
+    pub fn start(name: &'static str) -> Backend {
+        let l = runtime()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let b = Backend {
+            addr: l.local_addr().unwrap(),
+            name,
+            connections: Default::default(),
+            requests: Default::default(),
+            tasks: Default::default(),
+        };
+        b.run(l);
+        b
+    }
+
+    /// Requests received so far (request lines).
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    /// Requests whose request line contains `needle` (to leave health probes out of a count).
+    pub fn count_of(&self, needle: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn conns(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stop listening and cut every open connection.
+    pub fn kill(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        // Wait until the port really refuses.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(self.addr).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Listen again on the same address.
+    pub fn restore(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let l = loop {
+            match runtime().block_on(tokio::net::TcpListener::bind(self.addr)) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() > deadline => panic!("rebind {}: {e}", self.addr),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        self.run(l);
+    }
+
+    fn run(&self, l: tokio::net::TcpListener) {
+        let (name, conns, reqs, tasks) = (
+            self.name,
+            self.connections.clone(),
+            self.requests.clone(),
+            self.tasks.clone(),
+        );
+        let tasks2 = tasks.clone();
+        let h = runtime().spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let reqs = reqs.clone();
+                let h = tokio::spawn(backend_conn(s, name, reqs));
+                tasks2.lock().unwrap().push(h.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(h.abort_handle());
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn backend_conn(
+    mut s: tokio::net::TcpStream,
+    name: &'static str,
+    reqs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    loop {
+        // read one request head
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < end + len {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..end + len);
+        let line = head.lines().next().unwrap_or("").to_string();
+        reqs.lock().unwrap().push(line.clone());
+        let target = line.split(' ').nth(1).unwrap_or("/");
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        let param = |k: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let Some(ms) = param("delay_ms") {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let status = param("status").unwrap_or(200);
+        let body = format!(
+            "{{\"service\":\"{name}\",\"padding\":\"{}\"}}",
+            "x".repeat(64)
+        );
+        if query.split('&').any(|kv| kv == "reset") {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&body.as_bytes()[..body.len() / 2]).await;
+            let _ = s.flush().await;
+            // Reset rather than close: SO_LINGER 0, then drop (drop does not block with 0).
+            #[allow(deprecated)]
+            let _ = s.set_linger(Some(Duration::ZERO));
+            return;
+        }
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+        // `?close`: drop the connection after answering, without saying so (a stale
+        // keep-alive connection for whoever pooled it).
+        if query.split('&').any(|kv| kv == "close") {
+            return;
+        }
+    }
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

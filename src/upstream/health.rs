@@ -1,0 +1,138 @@
+//! Active health checks (`http` or `tcp`), run as one Pingora background service that probes
+//! every upstream at its own interval. Pingora's health registry applies the consecutive
+//! thresholds and logs each state change once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::Backend;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::Upstream;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    Http { path: String, status: u16 },
+    Tcp,
+}
+
+/// The compiled `health_check` section. Defaults do not flap on one lost probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy: usize,
+    pub unhealthy: usize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            kind: CheckKind::Http {
+                path: "/".into(),
+                status: 200,
+            },
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy: 2,
+            unhealthy: 3,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// `changes` counts health state changes (exposed on `/health`).
+    pub(super) fn build(
+        &self,
+        upstream: &str,
+        host: &str,
+        changes: Arc<AtomicU64>,
+    ) -> Box<dyn HealthCheck + Send + Sync> {
+        let counter = Box::new(Counter(changes));
+        match &self.kind {
+            CheckKind::Tcp => {
+                let mut hc = TcpHealthCheck::new();
+                hc.consecutive_success = self.healthy;
+                hc.consecutive_failure = self.unhealthy;
+                hc.peer_template.options.connection_timeout = Some(self.timeout);
+                hc.peer_template.options.total_connection_timeout = Some(self.timeout);
+                hc.health_changed_callback = Some(counter);
+                hc
+            }
+            CheckKind::Http { path, status } => {
+                let mut hc = HttpHealthCheck::new(host, false);
+                hc.consecutive_success = self.healthy;
+                hc.consecutive_failure = self.unhealthy;
+                let o = &mut hc.peer_template.options;
+                o.connection_timeout = Some(self.timeout);
+                o.total_connection_timeout = Some(self.timeout);
+                o.read_timeout = Some(self.timeout);
+                if let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), None) {
+                    let _ = req.append_header("Host", host);
+                    let _ = req.append_header("User-Agent", "tollgate-health-check");
+                    hc.req = req;
+                }
+                hc.health_changed_callback = Some(counter);
+                let name = upstream.to_owned();
+                hc.set_backend_summary(move |b| format!("upstream {name} backend {}", b.addr));
+                let want = *status;
+                hc.validator = Some(Box::new(move |resp| {
+                    if resp.status.as_u16() == want {
+                        Ok(())
+                    } else {
+                        pingora::Error::e_explain(
+                            pingora::ErrorType::HTTPStatus(resp.status.as_u16()),
+                            format!("health check expected status {want}"),
+                        )
+                    }
+                }));
+                Box::new(hc)
+            }
+        }
+    }
+}
+
+struct Counter(Arc<AtomicU64>);
+
+#[async_trait]
+impl HealthObserve for Counter {
+    async fn observe(&self, _target: &Backend, _healthy: bool) {
+        self.0.fetch_add(1, Relaxed);
+    }
+}
+
+/// One background service probing all upstreams that have a `health_check`.
+pub struct HealthService {
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let loops = self.upstreams.iter().filter_map(|u| {
+            let interval = u.health.as_ref()?.interval;
+            let mut shutdown = shutdown.clone();
+            let u = u.clone();
+            Some(async move {
+                loop {
+                    tokio::select! {
+                        _ = u.run_health_check() => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            })
+        });
+        futures::future::join_all(loops).await;
+    }
+}
