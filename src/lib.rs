@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod limit;
 pub mod observe;
 pub mod path;
 pub mod proxy;

@@ -49,6 +49,22 @@ pub struct Ctx {
     pub backend: Option<SocketAddr>,
     /// Set when tollgate answered itself.
     pub local_status: Option<u16>,
+    /// The rate-limit decision of a limited route, for the response's RateLimit headers.
+    pub limit: Option<crate::limit::Decision>,
+}
+
+impl Ctx {
+    /// The authenticated identity (consumer name) rate limits key on with `key: consumer`.
+    /// Authentication fills it; until then it is `None` and such limits key on the client IP.
+    pub fn identity_key(&self) -> Option<&str> {
+        None
+    }
+
+    /// A verified JWT claim, for `key: claim:NAME`. Authentication fills it; until then
+    /// `None`, and such limits key on the client IP.
+    pub fn claim(&self, _name: &str) -> Option<&str> {
+        None
+    }
 }
 
 static ALLOW: HeaderName = http::header::ALLOW;
@@ -84,6 +100,7 @@ impl ProxyHttp for Tollgate {
             tried: Vec::new(),
             backend: None,
             local_status: None,
+            limit: None,
         }
     }
 
@@ -147,6 +164,19 @@ impl ProxyHttp for Tollgate {
         let changed = matches!(path, std::borrow::Cow::Owned(_));
         ctx.target = headers::upstream_target(route, &path, req.uri.query(), changed);
         ctx.route = Some(route.id);
+        if !route.limits.is_empty() {
+            ctx.limit = self
+                .gw
+                .limits
+                .check(&route.limits, route.id, ctx, &req.headers);
+            if let Some(d) = ctx.limit.filter(|d| !d.allowed) {
+                let extra = self.gw.limits.headers(&d);
+                let msg = "rate limit exceeded: retry after the time in Retry-After";
+                return self
+                    .reject(session, ctx, Reject::RateLimited, msg, &extra)
+                    .await;
+            }
+        }
         Ok(false)
     }
 
@@ -189,6 +219,9 @@ impl ProxyHttp for Tollgate {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(d) = &ctx.limit {
+            self.gw.limits.apply(d, resp)?;
+        }
         headers::downstream_response(resp, &ctx.request_id, self.route(ctx))
     }
 

@@ -22,6 +22,7 @@ pub struct Gateway {
     pub trusted_proxies: TrustedProxies,
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
+    pub limits: crate::limit::Limits,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -50,8 +51,12 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
     let trusted_proxies = trusted(&file.trusted_proxies, errs);
     not_yet(&file.consumers, "consumers", "API-key consumers", errs);
     not_yet(&file.auth, "auth", "authentication", errs);
-    not_yet(&file.rate_limits, "rate_limits", "rate limiting", errs);
-    not_yet(&file.redis, "redis", "the Redis store", errs);
+    let limit_names: Vec<String> = file
+        .rate_limits
+        .iter()
+        .flat_map(|m| m.keys().cloned())
+        .collect();
+    let limits = crate::limit::config::compile(file.rate_limits, file.redis, errs);
 
     let mut names = Vec::new();
     let mut upstreams = Vec::new();
@@ -61,7 +66,7 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
             upstreams.push(Arc::new(up));
         }
     }
-    let routes = routes(file.routes, &names, errs);
+    let routes = routes(file.routes, &names, (&limits, &limit_names), errs);
     if errs.0.len() > before {
         return None;
     }
@@ -89,6 +94,7 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
         trusted_proxies,
         router,
         upstreams,
+        limits,
     })
 }
 
@@ -260,6 +266,7 @@ fn timeouts(base: &str, t: TimeoutsFile, errs: &mut ConfigErrors) -> Timeouts {
 fn routes(
     files: Vec<Option<RouteFile>>,
     upstreams: &[String],
+    (limits, limit_names): (&crate::limit::Limits, &[String]),
     errs: &mut ConfigErrors,
 ) -> Vec<Route> {
     let mut out = Vec::new();
@@ -337,7 +344,6 @@ fn routes(
             (r.auth.is_some(), "auth"),
             (r.consumers.is_some(), "consumers"),
             (r.claims.is_some(), "claims"),
-            (r.rate_limit.is_some(), "rate_limit"),
         ] {
             if key {
                 errs.push(
@@ -346,6 +352,13 @@ fn routes(
                 );
             }
         }
+        let limits = crate::limit::config::route_limits(
+            &base,
+            r.rate_limit.as_ref(),
+            limits,
+            limit_names,
+            errs,
+        );
         if errs.0.len() == before {
             out.push(Route {
                 id: 0,
@@ -356,6 +369,7 @@ fn routes(
                 strip_prefix: r.strip_prefix.unwrap_or(true),
                 upstream: upstream.unwrap_or_default(),
                 response_headers,
+                limits,
             });
         }
     }

@@ -160,8 +160,8 @@ fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErr
         },
         "consumers" => file.consumers = Some(v),
         "auth" => file.auth = Some(v),
-        "rate_limits" => file.rate_limits = Some(v),
-        "redis" => file.redis = Some(v),
+        "rate_limits" => file.rate_limits = parse(key, v, errs),
+        "redis" => file.redis = parse(key, v, errs),
         _ => errs.push(
             key,
             format!(
