@@ -165,10 +165,19 @@ impl ProxyHttp for Tollgate {
         ctx.target = headers::upstream_target(route, &path, req.uri.query(), changed);
         ctx.route = Some(route.id);
         if !route.limits.is_empty() {
-            ctx.limit = self
-                .gw
-                .limits
-                .check(&route.limits, route.id, ctx, &req.headers);
+            let limits = &self.gw.limits;
+            ctx.limit = match limits
+                .check(&route.limits, route.id, ctx, &req.headers)
+                .await
+            {
+                Ok(d) => d,
+                Err(crate::limit::StoreUnavailable) => {
+                    let msg = "the rate limit store is unavailable";
+                    return self
+                        .reject(session, ctx, Reject::Unavailable, msg, &[])
+                        .await;
+                }
+            };
             if let Some(d) = ctx.limit.filter(|d| !d.allowed) {
                 let extra = self.gw.limits.headers(&d);
                 let msg = "rate limit exceeded: retry after the time in Retry-After";

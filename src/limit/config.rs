@@ -2,6 +2,7 @@
 //! the one conversion into runtime [`Limits`](super::Limits), owning every error message.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use http::HeaderName;
 use serde::Deserialize;
@@ -69,6 +70,15 @@ pub fn compile(
 ) -> Limits {
     let mut limits = Limits::default();
     if let Some(r) = &redis {
+        let timeout = r.timeout.map_or(Duration::from_millis(50), |d| d.0);
+        if timeout.is_zero() {
+            errs.push("redis.timeout", "must be greater than 0, e.g. \"50ms\"");
+        }
+        match super::redis::RedisStore::new(&r.url, timeout, r.on_error.as_deref() == Some("deny"))
+        {
+            Ok(s) => limits.redis = Some(s),
+            Err(e) => errs.push("redis.url", e),
+        }
         if !r.url.starts_with("redis://") && !r.url.starts_with("rediss://") {
             errs.push("redis.url", format!("{:?} is not a redis:// URL", r.url));
         }
@@ -130,11 +140,6 @@ pub fn compile(
                     errs.push(
                         format!("{base}.store"),
                         "store: redis needs a top-level redis section, e.g. redis: {url: \"redis://127.0.0.1:6379\"}",
-                    );
-                } else {
-                    errs.push(
-                        format!("{base}.store"),
-                        "the Redis store is not supported yet in this version of tollgate (use store: local)",
                     );
                 }
                 Store::Redis

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod local;
+pub mod redis;
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
@@ -93,7 +94,13 @@ impl Policy {
 pub struct Limits {
     pub policies: Vec<Policy>,
     local: LocalStore,
+    /// The shared store of `store: redis` policies (when a `redis` section exists).
+    pub redis: Option<redis::RedisStore>,
 }
+
+/// Redis failed and `on_error: deny`: answer 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUnavailable;
 
 /// The outcome of one policy for one request, kept in `Ctx` for the response headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,27 +212,38 @@ impl Limits {
     ///
     /// Policies are checked in order and a request denied by a later one has already been
     /// counted by the earlier ones (as with any chain of independent limiters).
-    pub fn check(
+    ///
+    /// A `store: redis` policy whose call fails is skipped (`on_error: allow`) or answers
+    /// `Err(StoreUnavailable)` (`on_error: deny`).
+    pub async fn check(
         &self,
         ids: &[PolicyId],
         route: usize,
         ctx: &Ctx,
         headers: &HeaderMap,
-    ) -> Option<Decision> {
+    ) -> Result<Option<Decision>, StoreUnavailable> {
         let now = local::now_nanos();
         let mut best: Option<Decision> = None;
         for &id in ids {
             let key = self.key_hash(id, route, ctx, headers);
-            let v = self.local.check(&self.policies[id].gcra, key, now);
+            let p = &self.policies[id];
+            let v = match (p.store, &self.redis) {
+                (Store::Redis, Some(r)) => match r.check(&p.gcra, key).await {
+                    Ok(v) => v,
+                    Err(_) if r.deny_on_error => return Err(StoreUnavailable),
+                    Err(_) => continue,
+                },
+                _ => self.local.check(&p.gcra, key, now),
+            };
             let d = Decision::from_verdict(id, v);
             if !d.allowed {
-                return Some(d);
+                return Ok(Some(d));
             }
             if best.is_none_or(|b| d.remaining < b.remaining) {
                 best = Some(d);
             }
         }
-        best
+        Ok(best)
     }
 
     /// The RateLimit headers of a decision (for a local answer), plus `Retry-After` on a
