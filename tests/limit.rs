@@ -19,6 +19,7 @@ rate_limits:
   by-key: {{requests: 1, per: 10s, burst: 2, key: "header:X-Api-Key"}}
   shared: {{requests: 1, per: 10s, burst: 2, key: route}}
   wide: {{requests: 100, per: 1s}}
+  exact6: {{requests: 1, per: 10s, burst: 1, ipv6_prefix: 128}}
 routes:
   - {{name: slow, path_prefix: /slow, upstream: a, rate_limit: slow}}
   - {{name: slow2, path_prefix: /slow2, upstream: a, rate_limit: slow}}
@@ -26,6 +27,7 @@ routes:
   - {{name: shared, path_prefix: /shared, upstream: a, rate_limit: shared}}
   - {{name: both, path_prefix: /both, upstream: a, rate_limit: [wide, slow]}}
   - {{name: free, path_prefix: /free, upstream: a}}
+  - {{name: exact6, path_prefix: /exact6, upstream: a, rate_limit: exact6}}
 "#
     ))
 }
@@ -178,6 +180,9 @@ fn trusted_proxy_forwarded_for_is_the_key() {
     assert_eq!(statuses(&gw, "/slow/x", &v6a, 3), [200, 200, 200]);
     assert_eq!(statuses(&gw, "/slow/x", &v6b, 1), [429]);
     assert_eq!(statuses(&gw, "/slow/x", &v6c, 1), [200]);
+    // ipv6_prefix: 128 keys each address on its own.
+    assert_eq!(statuses(&gw, "/exact6", &v6a, 2), [200, 429]);
+    assert_eq!(statuses(&gw, "/exact6", &v6b, 1), [200]);
 }
 
 #[test]
