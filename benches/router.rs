@@ -24,6 +24,7 @@ fn table(n: usize) -> Router {
                 max_body: 1 << 20,
                 ip_rules: None,
                 cors: None,
+                rate_limits: vec![],
             }
         })
         .collect();

@@ -153,6 +153,7 @@ mod tests {
             max_body: 0,
             ip_rules: None,
             cors: None,
+            rate_limits: vec![],
         }
     }
 

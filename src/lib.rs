@@ -12,6 +12,7 @@ pub mod error;
 pub mod explain;
 pub mod guard;
 pub mod headers;
+pub mod limit;
 pub mod observe;
 pub mod path;
 pub mod proxy;

@@ -71,6 +71,22 @@ pub struct Ctx {
     pub body_bytes: u64,
     /// How the last attempt on a backend failed, for the answer when no backend is left.
     pub last_failure: Option<Reject>,
+    /// The rate-limit decision of a limited route, for the response's RateLimit headers.
+    pub limit: Option<crate::limit::Decision>,
+}
+
+impl Ctx {
+    /// The authenticated identity (consumer name) rate limits key on with `key: consumer`.
+    /// Authentication fills it; until then it is `None` and such limits key on the client IP.
+    pub fn identity_key(&self) -> Option<&str> {
+        None
+    }
+
+    /// A verified JWT claim, for `key: claim:NAME`. Authentication fills it; until then
+    /// `None`, and such limits key on the client IP.
+    pub fn claim(&self, _name: &str) -> Option<&str> {
+        None
+    }
 }
 
 static ALLOW: HeaderName = http::header::ALLOW;
@@ -137,6 +153,7 @@ impl ProxyHttp for Tollgate {
             counted: false,
             body_bytes: 0,
             last_failure: None,
+            limit: None,
         }
     }
 
@@ -266,6 +283,29 @@ impl ProxyHttp for Tollgate {
         let changed = matches!(path, std::borrow::Cow::Owned(_));
         ctx.target = headers::upstream_target(route, &path, req.uri.query(), changed);
         ctx.route = Some(route.id);
+        if !route.rate_limits.is_empty() {
+            ctx.limit = match self
+                .gw
+                .rate_limits
+                .check(&route.rate_limits, route.id, ctx, &req.headers)
+                .await
+            {
+                Ok(d) => d,
+                Err(crate::limit::StoreUnavailable) => {
+                    let msg = "the rate limit store is unavailable";
+                    return self
+                        .reject(session, ctx, Reject::Unavailable, msg, &[])
+                        .await;
+                }
+            };
+            if let Some(d) = ctx.limit.filter(|d| !d.allowed) {
+                let extra = self.gw.rate_limits.headers(&d);
+                let msg = "rate limit exceeded: retry after the time in Retry-After";
+                return self
+                    .reject(session, ctx, Reject::RateLimited, msg, &extra)
+                    .await;
+            }
+        }
         Ok(false)
     }
 
@@ -354,6 +394,9 @@ impl ProxyHttp for Tollgate {
         let route = self.route(ctx);
         if let Some(policy) = route.and_then(|r| r.cors.as_ref()) {
             policy.decorate(resp, session.req_header().headers.get(&cors::ORIGIN))?;
+        }
+        if let Some(d) = &ctx.limit {
+            self.gw.rate_limits.apply(d, resp)?;
         }
         headers::downstream_response(resp, &ctx.request_id, route)
     }

@@ -29,6 +29,8 @@ pub struct Route {
     /// `ip_allow` / `ip_deny`, when the route has any.
     pub ip_rules: Option<crate::guard::IpRules>,
     pub cors: Option<crate::cors::Cors>,
+    /// Rate-limit policies of the route (all must pass).
+    pub rate_limits: Vec<crate::limit::PolicyId>,
 }
 
 /// `example.com` (exact) or `*.example.com` (any subdomain, at any depth; not the apex).
@@ -360,6 +362,7 @@ mod tests {
             max_body: 0,
             ip_rules: None,
             cors: None,
+            rate_limits: vec![],
         }
     }
 

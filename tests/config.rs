@@ -150,10 +150,14 @@ fn conflicting_routes() {
 }
 
 #[test]
-fn later_sections_are_rejected_until_supported_never_ignored() {
+fn rate_limit_and_redis_sections_are_validated() {
     rejects(
-        &format!("{BASE}redis: {{url: \"redis://127.0.0.1\"}}\n"),
-        &["redis: "],
+        &format!("{BASE}redis: {{url: \"http://127.0.0.1\", on_error: maybe}}\n"),
+        &["redis.url: ", "redis.on_error: unknown value \"maybe\""],
+    );
+    rejects(
+        &format!("{BASE}rate_limits: {{rl: {{requests: 5, per: 1s, store: redis}}}}\n"),
+        &["rate_limits.rl.store: store: redis needs a top-level redis section"],
     );
     rejects(
         "upstreams: {u: {targets: [\"127.0.0.1:1\"], balance: fastest}}\n",

@@ -27,6 +27,7 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<Upstream>>,
     pub access_log: AccessLogFile,
     pub limits: Limits,
+    pub rate_limits: crate::limit::Limits,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -62,8 +63,12 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
     }
     not_yet(&file.consumers, "consumers", "API-key consumers", errs);
     not_yet(&file.auth, "auth", "authentication", errs);
-    not_yet(&file.rate_limits, "rate_limits", "rate limiting", errs);
-    not_yet(&file.redis, "redis", "the Redis store", errs);
+    let limit_names: Vec<String> = file
+        .rate_limits
+        .iter()
+        .flat_map(|m| m.keys().cloned())
+        .collect();
+    let rate_limits = crate::limit::config::compile(file.rate_limits, file.redis, errs);
 
     let mut names = Vec::new();
     let mut upstreams = Vec::new();
@@ -74,7 +79,13 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
         }
     }
     let limits = limits(file.limits.unwrap_or_default(), errs);
-    let routes = routes(file.routes, &names, &limits, errs);
+    let routes = routes(
+        file.routes,
+        &names,
+        &limits,
+        (&rate_limits, &limit_names),
+        errs,
+    );
     if errs.0.len() > before {
         return None;
     }
@@ -104,6 +115,7 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
         upstreams,
         access_log,
         limits,
+        rate_limits,
     })
 }
 
@@ -328,6 +340,7 @@ fn routes(
     files: Vec<Option<RouteFile>>,
     upstreams: &[String],
     limits: &Limits,
+    (rate_limits, limit_names): (&crate::limit::Limits, &[String]),
     errs: &mut ConfigErrors,
 ) -> Vec<Route> {
     let mut out = Vec::new();
@@ -428,7 +441,6 @@ fn routes(
             (r.auth.is_some(), "auth"),
             (r.consumers.is_some(), "consumers"),
             (r.claims.is_some(), "claims"),
-            (r.rate_limit.is_some(), "rate_limit"),
         ] {
             if key {
                 errs.push(
@@ -437,6 +449,13 @@ fn routes(
                 );
             }
         }
+        let route_rate_limits = crate::limit::config::route_limits(
+            &base,
+            r.rate_limit.as_ref(),
+            rate_limits,
+            limit_names,
+            errs,
+        );
         if errs.0.len() == before {
             out.push(Route {
                 id: 0,
@@ -450,6 +469,7 @@ fn routes(
                 max_body,
                 ip_rules,
                 cors,
+                rate_limits: route_rate_limits,
             });
         }
     }

@@ -109,11 +109,11 @@ pub struct FileConfig {
     /// Owned by the authentication issue: kept as raw YAML and rejected until supported.
     pub consumers: Option<serde_yaml::Value>,
     pub auth: Option<serde_yaml::Value>,
-    /// Owned by the rate-limiting issue.
-    pub rate_limits: Option<serde_yaml::Value>,
-    pub redis: Option<serde_yaml::Value>,
     pub access_log: Option<crate::observe::access_log::AccessLogFile>,
     pub limits: Option<LimitsFile>,
+    /// Rate limiting (`crate::limit::config`).
+    pub rate_limits: Option<crate::limit::config::RateLimitsFile>,
+    pub redis: Option<crate::limit::config::RedisFile>,
 }
 
 /// The top-level keys tollgate owns, in the order the docs list them.
@@ -262,7 +262,7 @@ pub struct RouteFile {
     pub consumers: Option<serde_yaml::Value>,
     #[serde(default)]
     pub claims: Option<serde_yaml::Value>,
-    /// Owned by the rate-limiting issue.
+    /// A rate limit name or a list of names (all must pass).
     #[serde(default)]
-    pub rate_limit: Option<serde_yaml::Value>,
+    pub rate_limit: Option<crate::limit::config::RateLimitRef>,
 }

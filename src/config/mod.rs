@@ -162,10 +162,10 @@ fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErr
         },
         "consumers" => file.consumers = Some(v),
         "auth" => file.auth = Some(v),
-        "rate_limits" => file.rate_limits = Some(v),
-        "redis" => file.redis = Some(v),
         "access_log" => file.access_log = parse(key, v, errs),
         "limits" => file.limits = parse(key, v, errs),
+        "rate_limits" => file.rate_limits = parse(key, v, errs),
+        "redis" => file.redis = parse(key, v, errs),
         _ => errs.push(
             key,
             format!(

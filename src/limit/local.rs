@@ -1,0 +1,243 @@
+//! The local store: exact GCRA state per key, sharded so no request takes a global lock.
+//!
+//! Each key is one `u64` hash (policy + key bytes, fixed seeds) mapped to its theoretical
+//! arrival time (TAT, nanoseconds on the process's monotonic clock). A key whose TAT is in the
+//! past is indistinguishable from a key never seen, so it can be dropped at any time: that is
+//! the idle eviction. Memory is bounded by `max_keys` (a shard that is full after sweeping its
+//! idle keys admits a new key without storing it, so a flood can never produce a false 429 for
+//! anybody else; it only means the flood itself is briefly not limited).
+//!
+//! Why not pingora-limits' `Rate` for the decision: it is a count-min sketch whose collisions
+//! only over-count, so under a million active keys a quiet client would share slots with busy
+//! ones and get false 429s. Exact state costs about 16 bytes of payload per key (plus the
+//! hash table's slack, measured by `benches/limit.rs`).
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+/// Number of shards (a power of two). 64 mutexes: contention is negligible with a few threads.
+const SHARDS: usize = 64;
+
+/// The default bound on stored keys across all local policies (~40 MB at 1M keys measured).
+pub const DEFAULT_MAX_KEYS: usize = 4 << 20;
+
+/// The key is already a good hash; do not hash it again.
+#[derive(Default, Clone, Copy)]
+pub struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Map = HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>;
+
+/// Nanoseconds since the first call, monotonic.
+pub fn now_nanos() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A GCRA verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// Requests that could still pass right now.
+    pub remaining: u64,
+    /// Nanoseconds until the bucket is full again (the `RateLimit` reset).
+    pub reset_nanos: u64,
+    /// When denied: nanoseconds until one request would pass.
+    pub retry_after_nanos: u64,
+}
+
+/// GCRA parameters of one policy: one request every `interval`, up to `burst` at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Gcra {
+    pub interval: u64,
+    pub burst: u64,
+}
+
+impl Gcra {
+    /// `requests` per `per` with bursts up to `burst`.
+    pub fn new(requests: u64, per_nanos: u64, burst: u64) -> Gcra {
+        Gcra {
+            interval: (per_nanos / requests.max(1)).max(1),
+            burst: burst.max(1),
+        }
+    }
+
+    fn tolerance(&self) -> u64 {
+        self.interval * self.burst
+    }
+
+    /// Decide for a key whose stored TAT is `tat` (0 = unknown) at `now`; returns the verdict
+    /// and the TAT to store when admitted.
+    pub fn decide(&self, tat: u64, now: u64) -> (Verdict, u64) {
+        let tat = tat.max(now);
+        let new_tat = tat + self.interval;
+        let tol = self.tolerance();
+        if new_tat - now <= tol {
+            let used = new_tat - now;
+            (
+                Verdict {
+                    allowed: true,
+                    remaining: (tol - used) / self.interval,
+                    reset_nanos: used,
+                    retry_after_nanos: 0,
+                },
+                new_tat,
+            )
+        } else {
+            (
+                Verdict {
+                    allowed: false,
+                    remaining: 0,
+                    reset_nanos: tat - now,
+                    retry_after_nanos: new_tat - now - tol,
+                },
+                tat,
+            )
+        }
+    }
+}
+
+/// Sharded exact per-key state.
+pub struct LocalStore {
+    shards: Box<[Mutex<Map>]>,
+    per_shard_cap: usize,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("per_shard_cap", &self.per_shard_cap)
+            .finish()
+    }
+}
+
+impl Default for LocalStore {
+    fn default() -> Self {
+        LocalStore::new(DEFAULT_MAX_KEYS)
+    }
+}
+
+impl LocalStore {
+    pub fn new(max_keys: usize) -> LocalStore {
+        LocalStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
+            per_shard_cap: (max_keys / SHARDS).max(1),
+        }
+    }
+
+    /// Check and, when admitted, record one request for `key` (a hash) under `gcra`.
+    pub fn check(&self, gcra: &Gcra, key: u64, now: u64) -> Verdict {
+        // High bits pick the shard; the map uses the full hash.
+        let shard = &self.shards[(key >> 58) as usize % SHARDS];
+        let mut map = shard.lock();
+        if let Some(tat) = map.get_mut(&key) {
+            let (v, new) = gcra.decide(*tat, now);
+            *tat = new;
+            return v;
+        }
+        let (v, new) = gcra.decide(0, now);
+        if v.allowed {
+            if map.len() >= self.per_shard_cap {
+                // Sweep idle keys (TAT in the past = a full bucket, same as unknown).
+                map.retain(|_, tat| *tat > now);
+            }
+            if map.len() < self.per_shard_cap {
+                map.insert(key, new);
+            }
+        }
+        v
+    }
+
+    /// Keys currently stored (for tests and benches).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn burst_then_sustained_rate() {
+        // 10/s, burst 5: five at once, then one every 100 ms.
+        let g = Gcra::new(10, S, 5);
+        let store = LocalStore::new(1024);
+        let admitted = (0..20).filter(|_| store.check(&g, 1, 0).allowed).count();
+        assert_eq!(admitted, 5);
+        // Over the next second, exactly 10 more (one per 100 ms).
+        let mut more = 0;
+        for ms in 1..=1000u64 {
+            if store.check(&g, 1, ms * 1_000_000).allowed {
+                more += 1;
+            }
+        }
+        assert_eq!(more, 10);
+    }
+
+    #[test]
+    fn remaining_and_retry_after() {
+        let g = Gcra::new(10, S, 5);
+        let store = LocalStore::new(1024);
+        let v = store.check(&g, 7, 0);
+        assert_eq!((v.allowed, v.remaining, v.reset_nanos), (true, 4, S / 10));
+        for _ in 0..4 {
+            store.check(&g, 7, 0);
+        }
+        let v = store.check(&g, 7, 0);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after_nanos, S / 10);
+        assert_eq!(v.reset_nanos, S / 2);
+        assert!(store.check(&g, 7, S / 10).allowed);
+    }
+
+    #[test]
+    fn million_key_flood_never_denies_a_quiet_client_and_stays_bounded() {
+        // In-process (1M over HTTP is too slow for a test): 1M distinct keys, each spending
+        // its whole budget, while a quiet client makes 10 requests within its 10/min budget.
+        let g = Gcra::new(10, 60 * S, 10);
+        let store = LocalStore::new(1 << 20);
+        let quiet = u64::MAX / 3;
+        for k in 0..1_000_000u64 {
+            let key = k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            assert!(store.check(&g, key, k * 1000).allowed);
+            if k % 100_000 == 0 {
+                assert!(store.check(&g, quiet, k * 1000).allowed, "false 429 at {k}");
+            }
+        }
+        assert!(store.len() <= 1 << 20);
+    }
+
+    #[test]
+    fn idle_keys_are_evicted_when_a_shard_is_full() {
+        let g = Gcra::new(1, S, 1);
+        let store = LocalStore::new(SHARDS * 4);
+        for k in 0..10_000u64 {
+            store.check(&g, k.wrapping_mul(0x9E37_79B9_7F4A_7C15), k * S);
+        }
+        assert!(store.len() <= SHARDS * 4);
+    }
+}

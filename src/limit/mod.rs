@@ -1,0 +1,299 @@
+//! Rate limiting: compiled policies, the key a request is counted under, the check in
+//! `request_filter`, and the RateLimit headers on every response of a limited route.
+//!
+//! Semantics (see `docs/rate-limiting.md`): GCRA, i.e. a token bucket of `burst` tokens
+//! refilled at `requests / per`. A route may name several policies; all must pass.
+
+pub mod config;
+pub mod local;
+pub mod redis;
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::HeaderMap;
+use http::{HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+
+use crate::proxy::Ctx;
+use local::{Gcra, LocalStore, Verdict};
+
+/// Index of a policy in [`Limits::policies`].
+pub type PolicyId = usize;
+
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+pub static RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
+
+/// What a request is counted under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// The resolved client IP (IPv6 per `ipv6_prefix`, default /64).
+    ClientIp,
+    /// One budget shared by every client of the route.
+    Route,
+    /// The value of a request header; a request without it is keyed by client IP.
+    Header(HeaderName),
+    /// The authenticated consumer ([`Ctx::identity_key`]); falls back to client IP.
+    Consumer,
+    /// A JWT claim ([`Ctx::claim`]); falls back to client IP.
+    Claim(Box<str>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Local,
+    Redis,
+}
+
+/// One compiled policy. Header values that never change are formatted here, at load.
+#[derive(Debug)]
+pub struct Policy {
+    pub name: Box<str>,
+    pub gcra: Gcra,
+    pub key: KeyKind,
+    pub store: Store,
+    pub ipv6_prefix: u8,
+    /// `"name";q=REQUESTS;w=SECONDS`
+    policy_header: HeaderValue,
+    /// `REQUESTS`
+    limit_header: HeaderValue,
+}
+
+impl Policy {
+    pub fn new(
+        name: &str,
+        requests: u64,
+        per: Duration,
+        burst: u64,
+        key: KeyKind,
+        store: Store,
+        ipv6_prefix: u8,
+    ) -> Policy {
+        let w = per.as_secs().max(1);
+        let policy_header = HeaderValue::try_from(format!("\"{name}\";q={requests};w={w}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"policy\""));
+        Policy {
+            name: name.into(),
+            gcra: Gcra::new(requests, per.as_nanos() as u64, burst),
+            key,
+            store,
+            ipv6_prefix,
+            policy_header,
+            limit_header: HeaderValue::from(requests),
+        }
+    }
+}
+
+/// All compiled policies plus the local store they share.
+#[derive(Debug, Default)]
+pub struct Limits {
+    pub policies: Vec<Policy>,
+    local: LocalStore,
+    /// The shared store of `store: redis` policies (when a `redis` section exists).
+    pub redis: Option<redis::RedisStore>,
+}
+
+/// Redis failed and `on_error: deny`: answer 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUnavailable;
+
+/// The outcome of one policy for one request, kept in `Ctx` for the response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub policy: PolicyId,
+    pub allowed: bool,
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub reset: u64,
+    /// Seconds to wait before retrying (0 when allowed).
+    pub retry_after: u64,
+}
+
+impl Decision {
+    fn from_verdict(policy: PolicyId, v: Verdict) -> Decision {
+        Decision {
+            policy,
+            allowed: v.allowed,
+            remaining: v.remaining,
+            reset: ceil_secs(v.reset_nanos),
+            retry_after: if v.allowed {
+                0
+            } else {
+                ceil_secs(v.retry_after_nanos).max(1)
+            },
+        }
+    }
+}
+
+fn ceil_secs(n: u64) -> u64 {
+    n.div_ceil(1_000_000_000)
+}
+
+/// Fixed seeds: the same key hashes the same in every worker (and across reloads).
+const SEEDS: (u64, u64, u64, u64) = (
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d0,
+    0x082e_fa98_ec4e_6c89,
+);
+
+/// The client IP as keyed: IPv6 truncated to `prefix` bits.
+pub fn ip_key(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if prefix < 128 => {
+            let bits = u128::from(v6);
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
+            IpAddr::V6((bits & mask).into())
+        }
+        other => other,
+    }
+}
+
+impl Limits {
+    pub fn find(&self, name: &str) -> Option<PolicyId> {
+        self.policies.iter().position(|p| &*p.name == name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// The 64-bit key of a request under policy `id` (no allocation).
+    pub fn key_hash(&self, id: PolicyId, route: usize, ctx: &Ctx, headers: &HeaderMap) -> u64 {
+        let p = &self.policies[id];
+        let mut h =
+            ahash::RandomState::with_seeds(SEEDS.0, SEEDS.1, SEEDS.2, SEEDS.3).build_hasher();
+        // Every budget is per route: a policy named by two routes limits each separately.
+        (id, route).hash(&mut h);
+        let ip = |h: &mut ahash::AHasher| {
+            0u8.hash(h);
+            ctx.client_ip.map(|ip| ip_key(ip, p.ipv6_prefix)).hash(h);
+        };
+        match &p.key {
+            KeyKind::ClientIp => ip(&mut h),
+            KeyKind::Route => 1u8.hash(&mut h),
+            KeyKind::Header(name) => match headers.get(name) {
+                Some(v) => {
+                    2u8.hash(&mut h);
+                    v.as_bytes().hash(&mut h);
+                }
+                None => ip(&mut h),
+            },
+            KeyKind::Consumer => match ctx.identity_key() {
+                Some(c) => {
+                    3u8.hash(&mut h);
+                    c.hash(&mut h);
+                }
+                None => ip(&mut h),
+            },
+            KeyKind::Claim(name) => match ctx.claim(name) {
+                Some(c) => {
+                    4u8.hash(&mut h);
+                    c.hash(&mut h);
+                }
+                None => ip(&mut h),
+            },
+        }
+        h.finish()
+    }
+
+    /// Check every policy of a route (all must pass). Returns the decision to report: the
+    /// denying policy, or else the one with the fewest remaining requests. `None` when the
+    /// route has no limits.
+    ///
+    /// Policies are checked in order and a request denied by a later one has already been
+    /// counted by the earlier ones (as with any chain of independent limiters).
+    ///
+    /// A `store: redis` policy whose call fails is skipped (`on_error: allow`) or answers
+    /// `Err(StoreUnavailable)` (`on_error: deny`).
+    pub async fn check(
+        &self,
+        ids: &[PolicyId],
+        route: usize,
+        ctx: &Ctx,
+        headers: &HeaderMap,
+    ) -> Result<Option<Decision>, StoreUnavailable> {
+        let now = local::now_nanos();
+        let mut best: Option<Decision> = None;
+        for &id in ids {
+            let key = self.key_hash(id, route, ctx, headers);
+            let p = &self.policies[id];
+            let v = match (p.store, &self.redis) {
+                (Store::Redis, Some(r)) => match r.check(&p.gcra, key).await {
+                    Ok(v) => v,
+                    Err(_) if r.deny_on_error => return Err(StoreUnavailable),
+                    Err(_) => continue,
+                },
+                _ => self.local.check(&p.gcra, key, now),
+            };
+            let d = Decision::from_verdict(id, v);
+            if !d.allowed {
+                return Ok(Some(d));
+            }
+            if best.is_none_or(|b| d.remaining < b.remaining) {
+                best = Some(d);
+            }
+        }
+        Ok(best)
+    }
+
+    /// The RateLimit headers of a decision (for a local answer), plus `Retry-After` on a
+    /// denial.
+    pub fn headers(&self, d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
+        let p = &self.policies[d.policy];
+        let mut v = vec![
+            (RATELIMIT_POLICY.clone(), p.policy_header.clone()),
+            (RATELIMIT.clone(), ratelimit_value(p, d)),
+            (X_RATELIMIT_LIMIT.clone(), p.limit_header.clone()),
+            (
+                X_RATELIMIT_REMAINING.clone(),
+                HeaderValue::from(d.remaining),
+            ),
+            (X_RATELIMIT_RESET.clone(), HeaderValue::from(d.reset)),
+        ];
+        if !d.allowed {
+            v.push((RETRY_AFTER.clone(), HeaderValue::from(d.retry_after)));
+        }
+        v
+    }
+
+    /// Add the RateLimit headers to a proxied response.
+    pub fn apply(&self, d: &Decision, resp: &mut ResponseHeader) -> pingora::Result<()> {
+        for (k, v) in self.headers(d) {
+            resp.insert_header(k, v)?;
+        }
+        Ok(())
+    }
+}
+
+fn ratelimit_value(p: &Policy, d: &Decision) -> HeaderValue {
+    HeaderValue::try_from(format!("\"{}\";r={};t={}", p.name, d.remaining, d.reset))
+        .unwrap_or_else(|_| HeaderValue::from(d.remaining))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_is_keyed_per_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a, 64), ip_key(b, 64));
+        assert_ne!(ip_key(a, 64), ip_key(c, 64));
+        assert_ne!(ip_key(a, 128), ip_key(b, 128));
+        assert_eq!(ip_key(a, 48), ip_key(c, 48));
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(ip_key(v4, 64), v4);
+    }
+}

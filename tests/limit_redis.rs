@@ -1,0 +1,149 @@
+//! The Redis store: instances share one budget; Redis down → the configured `on_error` within
+//! one request; limits resume when Redis is back. Each test starts its own `redis-server`.
+
+mod support;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let r = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !r.pong() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server never answered PING"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r
+    }
+
+    fn pong(&self) -> bool {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn gateway(port: u16, on_error: &str, upstream: SocketAddr) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+upstreams:
+  a: {{targets: ["{upstream}"]}}
+redis: {{url: "redis://127.0.0.1:{port}", on_error: {on_error}, timeout: 50ms}}
+rate_limits:
+  shared: {{requests: 20, per: 60s, key: client_ip, store: redis}}
+  roomy: {{requests: 1000, per: 1s, store: redis}}
+routes:
+  - {{name: shared, path_prefix: /shared, upstream: a, rate_limit: shared}}
+  - {{name: roomy, path_prefix: /roomy, upstream: a, rate_limit: roomy}}
+"#
+    ))
+}
+
+#[test]
+fn two_instances_share_one_budget() {
+    let redis = Redis::start_on(free_port());
+    let up = echo("a");
+    let g1 = gateway(redis.port, "allow", up);
+    let g2 = gateway(redis.port, "allow", up);
+    let mut admitted = 0;
+    for i in 0..60 {
+        let gw = if i % 2 == 0 { &g1 } else { &g2 };
+        let r = gw.get("/shared/x");
+        match r.status {
+            200 => admitted += 1,
+            429 => {
+                assert_eq!(r.error_code(), "rate_limited");
+                assert!(r.header("retry-after").is_some());
+            }
+            s => panic!("unexpected {s}: {r:?}"),
+        }
+    }
+    // 20 per minute shared: within ±5% (one refill may land during the test).
+    assert!((19..=21).contains(&admitted), "admitted {admitted}");
+    let r = g1.get("/roomy/x");
+    assert_eq!(r.header("ratelimit-policy"), Some("\"roomy\";q=1000;w=1"));
+}
+
+#[test]
+fn redis_down_applies_on_error_and_limits_resume() {
+    let port = free_port();
+    let mut redis = Redis::start_on(port);
+    let up = echo("a");
+    let open = gateway(port, "allow", up);
+    let closed = gateway(port, "deny", up);
+    assert_eq!(open.get("/roomy/x").status, 200);
+    assert_eq!(closed.get("/roomy/x").status, 200);
+
+    redis.kill();
+    // The very next request gets the configured behaviour.
+    let r = closed.get("/roomy/x");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.error_code(), "unavailable");
+    let r = open.get("/roomy/x");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("ratelimit"), None, "no decision without the store");
+    for _ in 0..20 {
+        assert_eq!(closed.get("/roomy/x").status, 503);
+    }
+    // Logged once per interval, not once per request.
+    let warns = closed
+        .logs()
+        .matches("rate limit store Redis failed")
+        .count();
+    assert_eq!(warns, 1, "{}", closed.logs());
+
+    let _redis = Redis::start_on(port);
+    // The connection manager reconnects by itself.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = closed.get("/roomy/x");
+        if r.status == 200 {
+            assert!(r.header("ratelimit").is_some());
+            break;
+        }
+        assert!(Instant::now() < deadline, "limits never resumed: {r:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And they limit again.
+    let s: Vec<u16> = (0..25).map(|_| open.get("/shared/x").status).collect();
+    assert_eq!(s.iter().filter(|&&c| c == 200).count(), 20, "{s:?}");
+}
