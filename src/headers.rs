@@ -150,6 +150,7 @@ mod tests {
             strip_prefix: strip,
             upstream: 0,
             response_headers: vec![],
+            auth: None,
         }
     }
 

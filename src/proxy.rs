@@ -49,6 +49,8 @@ pub struct Ctx {
     pub backend: Option<SocketAddr>,
     /// Set when tollgate answered itself.
     pub local_status: Option<u16>,
+    /// The authenticated caller, forwarded upstream.
+    pub identity: Option<crate::auth::Identity>,
 }
 
 static ALLOW: HeaderName = http::header::ALLOW;
@@ -84,6 +86,7 @@ impl ProxyHttp for Tollgate {
             tried: Vec::new(),
             backend: None,
             local_status: None,
+            identity: None,
         }
     }
 
@@ -147,6 +150,19 @@ impl ProxyHttp for Tollgate {
         let changed = matches!(path, std::borrow::Cow::Owned(_));
         ctx.target = headers::upstream_target(route, &path, req.uri.query(), changed);
         ctx.route = Some(route.id);
+        if let Some(ra) = &route.auth {
+            match self.gw.auth.check(ra, req) {
+                Ok(id) => ctx.identity = Some(id),
+                Err(f) => {
+                    let extra: Vec<_> = f
+                        .www
+                        .into_iter()
+                        .map(|v| (http::header::WWW_AUTHENTICATE, v))
+                        .collect();
+                    return self.reject(session, ctx, f.reject, f.message, &extra).await;
+                }
+            }
+        }
         Ok(false)
     }
 
@@ -179,7 +195,8 @@ impl ProxyHttp for Tollgate {
             ctx.peer_ip,
             ctx.client_ip,
             &ctx.request_id,
-        )
+        )?;
+        crate::auth::forward(&self.gw.auth, ctx.identity.as_ref(), req)
     }
 
     /// Gateway headers on every proxied response.

@@ -25,6 +25,8 @@ pub struct Route {
     pub strip_prefix: bool,
     pub upstream: UpstreamId,
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `None`: a public route.
+    pub auth: Option<crate::auth::RouteAuth>,
 }
 
 /// `example.com` (exact) or `*.example.com` (any subdomain, at any depth; not the apex).
@@ -330,6 +332,7 @@ mod tests {
             strip_prefix: true,
             upstream: 0,
             response_headers: vec![],
+            auth: None,
         }
     }
 

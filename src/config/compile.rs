@@ -22,6 +22,7 @@ pub struct Gateway {
     pub trusted_proxies: TrustedProxies,
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
+    pub auth: crate::auth::Auth,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -48,8 +49,7 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
         }
     }
     let trusted_proxies = trusted(&file.trusted_proxies, errs);
-    not_yet(&file.consumers, "consumers", "API-key consumers", errs);
-    not_yet(&file.auth, "auth", "authentication", errs);
+    let auth = crate::auth::config::compile(file.consumers, file.auth, errs);
     not_yet(&file.rate_limits, "rate_limits", "rate limiting", errs);
     not_yet(&file.redis, "redis", "the Redis store", errs);
 
@@ -61,7 +61,7 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
             upstreams.push(Arc::new(up));
         }
     }
-    let routes = routes(file.routes, &names, errs);
+    let routes = routes(file.routes, &names, &auth, errs);
     if errs.0.len() > before {
         return None;
     }
@@ -89,6 +89,7 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
         trusted_proxies,
         router,
         upstreams,
+        auth,
     })
 }
 
@@ -260,6 +261,7 @@ fn timeouts(base: &str, t: TimeoutsFile, errs: &mut ConfigErrors) -> Timeouts {
 fn routes(
     files: Vec<Option<RouteFile>>,
     upstreams: &[String],
+    auth: &crate::auth::Auth,
     errs: &mut ConfigErrors,
 ) -> Vec<Route> {
     let mut out = Vec::new();
@@ -333,12 +335,15 @@ fn routes(
             );
         }
         let response_headers = response_headers(&base, &r.response_headers, errs);
-        for (key, what) in [
-            (r.auth.is_some(), "auth"),
-            (r.consumers.is_some(), "consumers"),
-            (r.claims.is_some(), "claims"),
-            (r.rate_limit.is_some(), "rate_limit"),
-        ] {
+        let route_auth = crate::auth::config::route(
+            &base,
+            auth,
+            r.auth.as_ref(),
+            r.consumers.as_ref(),
+            r.claims.as_ref(),
+            errs,
+        );
+        for (key, what) in [(r.rate_limit.is_some(), "rate_limit")] {
             if key {
                 errs.push(
                     format!("{base}.{what}"),
@@ -356,6 +361,7 @@ fn routes(
                 strip_prefix: r.strip_prefix.unwrap_or(true),
                 upstream: upstream.unwrap_or_default(),
                 response_headers,
+                auth: route_auth,
             });
         }
     }

@@ -60,9 +60,9 @@ pub struct FileConfig {
     pub upstreams: Vec<(String, UpstreamFile)>,
     /// `None` where an entry failed to parse, so indexes stay those of the file.
     pub routes: Vec<Option<RouteFile>>,
-    /// Owned by the authentication issue: kept as raw YAML and rejected until supported.
-    pub consumers: Option<serde_yaml::Value>,
-    pub auth: Option<serde_yaml::Value>,
+    /// Authentication: consumers and providers, in file order.
+    pub consumers: Vec<(String, crate::auth::config::ConsumerFile)>,
+    pub auth: Vec<(String, crate::auth::config::AuthFile)>,
     /// Owned by the rate-limiting issue.
     pub rate_limits: Option<serde_yaml::Value>,
     pub redis: Option<serde_yaml::Value>,
@@ -162,13 +162,13 @@ pub struct RouteFile {
     pub upstream: String,
     #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
-    /// Owned by the authentication issue.
+    /// Authentication: providers (any one admits), allowed consumers, required claims.
     #[serde(default)]
-    pub auth: Option<serde_yaml::Value>,
+    pub auth: Option<Vec<String>>,
     #[serde(default)]
-    pub consumers: Option<serde_yaml::Value>,
+    pub consumers: Option<Vec<String>>,
     #[serde(default)]
-    pub claims: Option<serde_yaml::Value>,
+    pub claims: Option<BTreeMap<String, Vec<String>>>,
     /// Owned by the rate-limiting issue.
     #[serde(default)]
     pub rate_limit: Option<serde_yaml::Value>,
