@@ -345,3 +345,40 @@ routes:
         "{out}"
     );
 }
+
+#[test]
+fn jwks_picks_the_key_by_kid_and_an_unknown_kid_is_401() {
+    let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks.json");
+    let priv_pem = include_bytes!("fixtures/rsa_private.pem");
+    let up = echo("up");
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams: {{u: {{targets: ["{up}"]}}}}
+auth:
+  set: {{type: jwt, algorithms: [RS256], jwks: {{file: "{jwks}"}}}}
+routes:
+  - {{name: t, path_prefix: /t, upstream: u, auth: [set]}}
+"#
+    ));
+    let claims = json!({"sub": "carol", "exp": now() + 300});
+    let signed = |kid: Option<&str>| {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = kid.map(str::to_owned);
+        encode(&h, &claims, &EncodingKey::from_rsa_pem(priv_pem).unwrap()).unwrap()
+    };
+    let r = gw.send(
+        "GET",
+        "/t/x",
+        &[("Authorization", &bearer(&signed(Some("k1"))))],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.upstream_header("x-consumer").as_deref(), Some("carol"));
+    let r = gw.send(
+        "GET",
+        "/t/x",
+        &[("Authorization", &bearer(&signed(Some("k9"))))],
+    );
+    assert_401(&r, "unknown key");
+    let r = gw.send("GET", "/t/x", &[("Authorization", &bearer(&signed(None)))]);
+    assert_401(&r, "unknown key");
+}

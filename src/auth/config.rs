@@ -82,6 +82,8 @@ pub enum AuthFile {
         #[serde(default)]
         public_key: Option<SecretFile>,
         #[serde(default)]
+        jwks: Option<SecretFile>,
+        #[serde(default)]
         issuer: Option<String>,
         #[serde(default)]
         audience: Option<String>,
@@ -148,6 +150,7 @@ pub fn compile(
                 algorithms,
                 secret,
                 public_key,
+                jwks,
                 issuer,
                 audience,
                 leeway,
@@ -174,6 +177,7 @@ pub fn compile(
                     &algorithms,
                     secret.as_ref(),
                     public_key.as_ref(),
+                    jwks.as_ref(),
                     issuer,
                     audience,
                     leeway.map(|d| d.0.as_secs()).unwrap_or(0),

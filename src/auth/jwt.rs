@@ -9,8 +9,14 @@ use serde_json::{Map, Value};
 use super::config::SecretFile;
 use crate::config::ConfigErrors;
 
+/// The verification key: one, or a JWKS chosen by `kid`.
+enum Keys {
+    One(DecodingKey),
+    Set(ahash::AHashMap<String, DecodingKey>),
+}
+
 pub struct Jwt {
-    key: DecodingKey,
+    key: Keys,
     validation: Validation,
     pub forward: Vec<(String, HeaderName)>,
     pub consumer_claim: String,
@@ -34,6 +40,7 @@ impl Jwt {
         algorithms: &[String],
         secret: Option<&SecretFile>,
         public_key: Option<&SecretFile>,
+        jwks: Option<&SecretFile>,
         issuer: Option<String>,
         audience: Option<String>,
         leeway: u64,
@@ -69,6 +76,43 @@ impl Jwt {
                 format!("{base}.algorithms"),
                 "do not mix HMAC (HS*) and public-key algorithms in one provider",
             );
+        }
+        if let Some(j) = jwks {
+            if secret.is_some() || public_key.is_some() {
+                errs.push(base, "give one of secret, public_key or jwks");
+                return None;
+            }
+            let text = j.load(&format!("{base}.jwks"), errs)?;
+            let set: jsonwebtoken::jwk::JwkSet = match serde_json::from_slice(&text) {
+                Ok(s) => s,
+                Err(e) => {
+                    errs.push(format!("{base}.jwks"), format!("not a JWKS document: {e}"));
+                    return None;
+                }
+            };
+            let mut map = ahash::AHashMap::new();
+            for (i, k) in set.keys.iter().enumerate() {
+                let Some(kid) = k.common.key_id.clone() else {
+                    errs.push(format!("{base}.jwks"), format!("key {i} has no kid"));
+                    continue;
+                };
+                match DecodingKey::from_jwk(k) {
+                    Ok(d) => {
+                        map.insert(kid, d);
+                    }
+                    Err(e) => errs.push(format!("{base}.jwks"), format!("key {kid:?}: {e}")),
+                }
+            }
+            let v = validation(algs, leeway, issuer, audience);
+            if errs.0.len() > before {
+                return None;
+            }
+            return Some(Jwt {
+                key: Keys::Set(map),
+                validation: v,
+                forward,
+                consumer_claim,
+            });
         }
         let key = match (secret, public_key) {
             (Some(s), None) if hmac => s
@@ -115,25 +159,12 @@ impl Jwt {
                 None
             }
         };
-        let mut v = Validation::new(algs.first().copied().unwrap_or(Algorithm::HS256));
-        v.algorithms = algs;
-        v.leeway = leeway;
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
-        match issuer {
-            Some(i) => v.set_issuer(&[i]),
-            None => v.iss = None,
-        }
-        match audience {
-            Some(a) => v.set_audience(&[a]),
-            None => v.validate_aud = false,
-        }
+        let v = validation(algs, leeway, issuer, audience);
         if errs.0.len() > before {
             return None;
         }
         Some(Jwt {
-            key: key?,
+            key: Keys::One(key?),
             validation: v,
             forward,
             consumer_claim,
@@ -154,7 +185,14 @@ impl Jwt {
         if header.crit.as_ref().is_some_and(|c| !c.is_empty()) {
             return Err("token has critical header parameters tollgate does not understand");
         }
-        match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
+        let key = match &self.key {
+            Keys::One(k) => k,
+            Keys::Set(m) => match header.kid.as_deref().and_then(|kid| m.get(kid)) {
+                Some(k) => k,
+                None => return Err("unknown key: the token's kid is not in the key set"),
+            },
+        };
+        match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
             Ok(d) => Ok(d.claims),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => "token expired",
@@ -181,4 +219,27 @@ pub fn claim_value(v: &Value) -> Option<HeaderValue> {
         Value::Number(n) => HeaderValue::from_str(&n.to_string()).ok(),
         other => HeaderValue::from_str(&other.to_string()).ok(),
     }
+}
+
+fn validation(
+    algs: Vec<Algorithm>,
+    leeway: u64,
+    issuer: Option<String>,
+    audience: Option<String>,
+) -> Validation {
+    let mut v = Validation::new(algs.first().copied().unwrap_or(Algorithm::HS256));
+    v.algorithms = algs;
+    v.leeway = leeway;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.set_required_spec_claims(&["exp"]);
+    match issuer {
+        Some(i) => v.set_issuer(&[i]),
+        None => v.iss = None,
+    }
+    match audience {
+        Some(a) => v.set_audience(&[a]),
+        None => v.validate_aud = false,
+    }
+    v
 }
