@@ -382,3 +382,49 @@ routes:
     let r = gw.send("GET", "/t/x", &[("Authorization", &bearer(&signed(None)))]);
     assert_401(&r, "unknown key");
 }
+
+#[test]
+fn token_subcommand_mints_a_token_the_gateway_accepts() {
+    let up = echo("up");
+    let pem = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rsa_public.pem");
+    let body = format!(
+        r#"
+upstreams: {{u: {{targets: ["{up}"]}}}}
+auth:
+  tokens: {{type: jwt, algorithms: [HS256], secret: "an-inline-demo-secret-123", issuer: me, audience: api,
+           forward_claims: {{role: X-User-Role}}}}
+  rs: {{type: jwt, algorithms: [RS256], public_key: {{file: "{pem}"}}}}
+routes:
+  - {{name: t, path_prefix: /t, upstream: u, auth: [tokens]}}
+"#
+    );
+    let gw = Gateway::start(&body);
+    let conf = gw.dir.path().join("tollgate.yaml");
+    let mint = |auth: &str| {
+        std::process::Command::new(bin())
+            .args(["token", "--config"])
+            .arg(&conf)
+            .args([
+                "--auth",
+                auth,
+                "--sub",
+                "alice",
+                "--claim",
+                "role=admin",
+                "--ttl",
+                "1h",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = mint("tokens");
+    assert!(out.status.success(), "{out:?}");
+    let t = String::from_utf8(out.stdout).unwrap();
+    let r = gw.send("GET", "/t/x", &[("Authorization", &bearer(t.trim()))]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.upstream_header("x-consumer").as_deref(), Some("alice"));
+    assert_eq!(r.upstream_header("x-user-role").as_deref(), Some("admin"));
+    let out = mint("rs");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("private key"));
+}

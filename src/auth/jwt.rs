@@ -171,6 +171,30 @@ impl Jwt {
         })
     }
 
+    /// Mint a token with this provider's HMAC secret (`tollgate token`), adding `iss`/`aud`
+    /// when configured. Refuses public-key providers: tollgate holds no private key.
+    pub fn mint(&self, mut claims: Claims) -> Result<String, String> {
+        let Keys::One(key) = &self.key else {
+            return Err("this provider verifies with a JWKS: tollgate cannot sign for it".into());
+        };
+        let secret = key.try_get_hmac_secret().map_err(|_| {
+            "this provider uses a public key: tollgate has no private key to sign with".to_owned()
+        })?;
+        if let Some(iss) = self.validation.iss.as_ref().and_then(|s| s.iter().next()) {
+            claims.entry("iss").or_insert(Value::String(iss.clone()));
+        }
+        if let Some(aud) = self.validation.aud.as_ref().and_then(|s| s.iter().next()) {
+            claims.entry("aud").or_insert(Value::String(aud.clone()));
+        }
+        let alg = self.validation.algorithms[0];
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .map_err(|e| format!("cannot sign: {e}"))
+    }
+
     /// Verify a token; the error is the message a client may read.
     pub fn verify(&self, token: &str) -> Result<Claims, &'static str> {
         if token.split('.').count() != 3 {

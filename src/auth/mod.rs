@@ -94,6 +94,22 @@ fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 impl Auth {
+    /// Mint a token with the HMAC provider `name` (`tollgate token`).
+    pub fn mint(&self, name: &str, claims: jwt::Claims) -> Result<String, String> {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => match &self.providers[i] {
+                Provider::Jwt(j) => j.mint(claims),
+                Provider::ApiKey(_) => {
+                    Err(format!("auth {name:?} is an api_key provider, not jwt"))
+                }
+            },
+            None => Err(format!(
+                "unknown auth {name:?} (known: {})",
+                self.names.join(", ")
+            )),
+        }
+    }
+
     /// Authenticate and authorize a request for `route`.
     pub fn check(&self, route: &RouteAuth, req: &RequestHeader) -> Result<Identity, Failure> {
         let mut first_err: Option<Failure> = None;
