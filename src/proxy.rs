@@ -152,7 +152,16 @@ impl ProxyHttp for Tollgate {
         ctx.route = Some(route.id);
         if let Some(ra) = &route.auth {
             match self.gw.auth.check(ra, req) {
-                Ok(id) => ctx.identity = Some(id),
+                Ok(id) => {
+                    if let Some(q) = &id.credential_query {
+                        let query = req
+                            .uri
+                            .query()
+                            .and_then(|s| crate::auth::strip_query_param(s, q));
+                        ctx.target = headers::upstream_target(route, &path, query.as_deref(), true);
+                    }
+                    ctx.identity = Some(id)
+                }
                 Err(f) => {
                     let extra: Vec<_> = f
                         .www

@@ -428,3 +428,26 @@ routes:
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("private key"));
 }
+
+#[test]
+fn api_key_in_a_query_parameter_is_removed_before_forwarding() {
+    let up = echo("up");
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams: {{u: {{targets: ["{up}"]}}}}
+consumers:
+  alice: {{api_keys: ["supersecretapikey"]}}
+auth:
+  q: {{type: api_key, query: api_key}}
+routes:
+  - {{name: q, path_prefix: /q, upstream: u, auth: [q]}}
+"#
+    ));
+    let r = gw.get("/q/x?a=1&api_key=supersecretapikey&b=2");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.upstream_header("x-consumer").as_deref(), Some("alice"));
+    let seen = r.json().to_string();
+    assert!(!seen.contains("supersecretapikey"), "{seen}");
+    assert!(seen.contains("a=1&b=2"), "{seen}");
+    assert_eq!(gw.get("/q/x?api_key=nope-nope-nope").status, 401);
+}

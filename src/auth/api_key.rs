@@ -50,7 +50,7 @@ impl KeyTable {
 #[derive(Debug)]
 pub struct ApiKey {
     pub header: Option<HeaderName>,
-    pub query: Option<String>,
+    pub query: Option<Arc<str>>,
     pub table: Arc<KeyTable>,
 }
 

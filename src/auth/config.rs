@@ -142,7 +142,7 @@ pub fn compile(
                 };
                 Provider::ApiKey(ApiKey {
                     header,
-                    query,
+                    query: query.map(std::sync::Arc::from),
                     table: table.clone(),
                 })
             }

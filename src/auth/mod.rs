@@ -49,6 +49,17 @@ pub struct Identity {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The credential header to remove before forwarding.
     pub credential: Option<HeaderName>,
+    /// The query parameter that carried the key, removed from the upstream target.
+    pub credential_query: Option<std::sync::Arc<str>>,
+}
+
+/// `query` without the parameter `name` (`None` when nothing is left).
+pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name)
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
 }
 
 /// Why a request is refused: status, message, `WWW-Authenticate`.
@@ -151,14 +162,18 @@ impl Auth {
         k: &api_key::ApiKey,
         req: &RequestHeader,
     ) -> Result<Option<(Identity, Option<jwt::Claims>)>, Failure> {
-        let (value, credential) = match &k.header {
+        let (value, credential, credential_query) = match &k.header {
             Some(h) => match single(req, h) {
-                Ok(Some(v)) => (v, Some(h.clone())),
+                Ok(Some(v)) => (v, Some(h.clone()), None),
                 Ok(None) => return Ok(None),
                 Err(m) => return Err(fail(m, WWW_KEY.clone())),
             },
-            None => match k.query.as_deref().and_then(|q| query_param(req, q)) {
-                Some(v) => (v.as_bytes(), None),
+            None => match k
+                .query
+                .as_ref()
+                .and_then(|q| Some((q, query_param(req, q)?)))
+            {
+                Some((q, v)) => (v.as_bytes(), None, Some(q.clone())),
                 None => return Ok(None),
             },
         };
@@ -168,6 +183,7 @@ impl Auth {
                     consumer: Some(self.consumers[c].clone()),
                     headers: Vec::new(),
                     credential,
+                    credential_query,
                 },
                 None,
             ))),
@@ -244,6 +260,7 @@ fn check_jwt(
             consumer,
             headers,
             credential: Some(AUTHORIZATION.clone()),
+            credential_query: None,
         },
         Some(claims),
     )))
