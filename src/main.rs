@@ -146,6 +146,10 @@ Try:
   curl -i http://127.0.0.1:{port}/private/data            # another upstream, Cache-Control added
   curl -i 'http://127.0.0.1:{port}/slow/x?delay_ms=3000'  # 504 gateway_timeout after 1s
   curl -i http://{admin}/health                          # admin endpoint
+  curl -i -H 'X-Api-Key: supersecretapikey' http://127.0.0.1:{port}/keys/x   # API key: X-Consumer: alice upstream
+  curl -i http://127.0.0.1:{port}/keys/x                  # 401 unauthorized
+  curl -i -H "Authorization: Bearer $(tollgate token --config conf/tollgate.yaml --auth tokens --sub alice --claim role=admin --ttl 1h)" \
+       http://127.0.0.1:{port}/tokens/x                   # JWT: X-User-ID / X-User-Role upstream
 "#
     );
 }
