@@ -451,3 +451,22 @@ routes:
     assert!(seen.contains("a=1&b=2"), "{seen}");
     assert_eq!(gw.get("/q/x?api_key=nope-nope-nope").status, 401);
 }
+
+#[test]
+fn a_token_with_a_critical_header_is_401() {
+    let gw = gateway("");
+    let mut h = Header::new(Algorithm::HS256);
+    h.crit = Some(vec!["exp".to_owned()]);
+    let t = encode(
+        &h,
+        &good_claims(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let r = gw.send("GET", "/tokens/x", &[("Authorization", &bearer(&t))]);
+    assert_401(&r, "critical");
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Bearer error=\"invalid_token\""));
+}
