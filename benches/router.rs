@@ -25,6 +25,7 @@ fn table(n: usize) -> Router {
                 ip_rules: None,
                 cors: None,
                 rate_limits: vec![],
+                auth: None,
             }
         })
         .collect();

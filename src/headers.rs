@@ -154,6 +154,7 @@ mod tests {
             ip_rules: None,
             cors: None,
             rate_limits: vec![],
+            auth: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! loaded and compiled once by [`config`]; [`server`] assembles the Pingora services.
 
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod cors;

@@ -22,13 +22,6 @@ use crate::observe::Observe;
 use crate::router::{Match, Route};
 use crate::upstream;
 
-impl Ctx {
-    /// The authenticated consumer, once authentication sets it.
-    pub fn consumer(&self) -> Option<&str> {
-        None
-    }
-}
-
 /// The gateway's `ProxyHttp`: a compiled config, read-only on the hot path.
 pub struct Tollgate {
     gw: Arc<Gateway>,
@@ -73,19 +66,21 @@ pub struct Ctx {
     pub last_failure: Option<Reject>,
     /// The rate-limit decision of a limited route, for the response's RateLimit headers.
     pub limit: Option<crate::limit::Decision>,
+    /// The authenticated caller, forwarded upstream.
+    pub identity: Option<crate::auth::Identity>,
 }
 
 impl Ctx {
-    /// The authenticated identity (consumer name) rate limits key on with `key: consumer`.
-    /// Authentication fills it; until then it is `None` and such limits key on the client IP.
-    pub fn identity_key(&self) -> Option<&str> {
-        None
+    /// The authenticated caller's name: an API key's consumer, or a JWT's `sub` (or
+    /// `consumer_claim`). Keys `key: consumer` limits and `hash_key: consumer` balancing.
+    pub fn consumer(&self) -> Option<&str> {
+        let c = self.identity.as_ref()?.consumer.as_ref()?;
+        c.to_str().ok()
     }
 
-    /// A verified JWT claim, for `key: claim:NAME`. Authentication fills it; until then
-    /// `None`, and such limits key on the client IP.
-    pub fn claim(&self, _name: &str) -> Option<&str> {
-        None
+    /// A verified JWT claim, for `key: claim:NAME` limits.
+    pub fn claim(&self, name: &str) -> Option<&serde_json::Value> {
+        self.identity.as_ref()?.claims.as_ref()?.get(name)
     }
 }
 
@@ -154,6 +149,7 @@ impl ProxyHttp for Tollgate {
             body_bytes: 0,
             last_failure: None,
             limit: None,
+            identity: None,
         }
     }
 
@@ -283,6 +279,25 @@ impl ProxyHttp for Tollgate {
         let changed = matches!(path, std::borrow::Cow::Owned(_));
         ctx.target = headers::upstream_target(route, &path, req.uri.query(), changed);
         ctx.route = Some(route.id);
+        if let Some(ra) = &route.auth {
+            match self.gw.auth.check(ra, req) {
+                Ok(id) => {
+                    if let Some(q) = &id.credential_query {
+                        let query = req
+                            .uri
+                            .query()
+                            .and_then(|s| crate::auth::strip_query_param(s, q));
+                        ctx.target = headers::upstream_target(route, &path, query.as_deref(), true);
+                    }
+                    ctx.identity = Some(id)
+                }
+                Err(f) => {
+                    let www = f.www.map(|v| (http::header::WWW_AUTHENTICATE, v));
+                    let extra = www.as_slice();
+                    return self.reject(session, ctx, f.reject, f.message, extra).await;
+                }
+            }
+        }
         if !route.rate_limits.is_empty() {
             ctx.limit = match self
                 .gw
@@ -373,7 +388,8 @@ impl ProxyHttp for Tollgate {
             ctx.peer_ip,
             ctx.client_ip,
             &ctx.request_id,
-        )
+        )?;
+        crate::auth::forward(&self.gw.auth, ctx.identity.as_ref(), req)
     }
 
     /// Gateway headers on every proxied response.

@@ -31,6 +31,8 @@ pub struct Route {
     pub cors: Option<crate::cors::Cors>,
     /// Rate-limit policies of the route (all must pass).
     pub rate_limits: Vec<crate::limit::PolicyId>,
+    /// `None`: a public route.
+    pub auth: Option<crate::auth::RouteAuth>,
 }
 
 /// `example.com` (exact) or `*.example.com` (any subdomain, at any depth; not the apex).
@@ -363,6 +365,7 @@ mod tests {
             ip_rules: None,
             cors: None,
             rate_limits: vec![],
+            auth: None,
         }
     }
 

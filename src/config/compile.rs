@@ -28,6 +28,7 @@ pub struct Gateway {
     pub access_log: AccessLogFile,
     pub limits: Limits,
     pub rate_limits: crate::limit::Limits,
+    pub auth: crate::auth::Auth,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -61,8 +62,7 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
             format!("cannot open {:?} for appending: {e}", access_log.path),
         );
     }
-    not_yet(&file.consumers, "consumers", "API-key consumers", errs);
-    not_yet(&file.auth, "auth", "authentication", errs);
+    let auth = crate::auth::config::compile(file.consumers, file.auth, errs);
     let limit_names: Vec<String> = file
         .rate_limits
         .iter()
@@ -84,6 +84,7 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
         &names,
         &limits,
         (&rate_limits, &limit_names),
+        &auth,
         errs,
     );
     if errs.0.len() > before {
@@ -116,6 +117,7 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
         access_log,
         limits,
         rate_limits,
+        auth,
     })
 }
 
@@ -181,15 +183,6 @@ fn cidrs(path: &str, list: &[String], errs: &mut ConfigErrors) -> Vec<IpNet> {
         }
     }
     nets
-}
-
-fn not_yet(v: &Option<serde_yaml::Value>, path: &str, what: &str, errs: &mut ConfigErrors) {
-    if v.is_some() {
-        errs.push(
-            path,
-            format!("{what} is not supported yet in this version of tollgate; remove this section"),
-        );
-    }
 }
 
 fn listen(l: Option<Vec<String>>, errs: &mut ConfigErrors) -> Vec<String> {
@@ -341,6 +334,7 @@ fn routes(
     upstreams: &[String],
     limits: &Limits,
     (rate_limits, limit_names): (&crate::limit::Limits, &[String]),
+    auth: &crate::auth::Auth,
     errs: &mut ConfigErrors,
 ) -> Vec<Route> {
     let mut out = Vec::new();
@@ -437,18 +431,14 @@ fn routes(
                 errs,
             ),
         });
-        for (key, what) in [
-            (r.auth.is_some(), "auth"),
-            (r.consumers.is_some(), "consumers"),
-            (r.claims.is_some(), "claims"),
-        ] {
-            if key {
-                errs.push(
-                    format!("{base}.{what}"),
-                    "is not supported yet in this version of tollgate",
-                );
-            }
-        }
+        let route_auth = crate::auth::config::route(
+            &base,
+            auth,
+            r.auth.as_ref(),
+            r.consumers.as_ref(),
+            r.claims.as_ref(),
+            errs,
+        );
         let route_rate_limits = crate::limit::config::route_limits(
             &base,
             r.rate_limit.as_ref(),
@@ -470,6 +460,7 @@ fn routes(
                 ip_rules,
                 cors,
                 rate_limits: route_rate_limits,
+                auth: route_auth,
             });
         }
     }

@@ -106,9 +106,9 @@ pub struct FileConfig {
     pub upstreams: Vec<(String, UpstreamFile)>,
     /// `None` where an entry failed to parse, so indexes stay those of the file.
     pub routes: Vec<Option<RouteFile>>,
-    /// Owned by the authentication issue: kept as raw YAML and rejected until supported.
-    pub consumers: Option<serde_yaml::Value>,
-    pub auth: Option<serde_yaml::Value>,
+    /// Authentication: consumers and providers, in file order.
+    pub consumers: Vec<(String, crate::auth::config::ConsumerFile)>,
+    pub auth: Vec<(String, crate::auth::config::AuthFile)>,
     pub access_log: Option<crate::observe::access_log::AccessLogFile>,
     pub limits: Option<LimitsFile>,
     /// Rate limiting (`crate::limit::config`).
@@ -255,13 +255,13 @@ pub struct RouteFile {
     pub ip_deny: Option<Vec<String>>,
     #[serde(default)]
     pub cors: Option<crate::cors::CorsFile>,
-    /// Owned by the authentication issue.
+    /// Authentication: providers (any one admits), allowed consumers, required claims.
     #[serde(default)]
-    pub auth: Option<serde_yaml::Value>,
+    pub auth: Option<Vec<String>>,
     #[serde(default)]
-    pub consumers: Option<serde_yaml::Value>,
+    pub consumers: Option<Vec<String>>,
     #[serde(default)]
-    pub claims: Option<serde_yaml::Value>,
+    pub claims: Option<BTreeMap<String, Vec<String>>>,
     /// A rate limit name or a list of names (all must pass).
     #[serde(default)]
     pub rate_limit: Option<crate::limit::config::RateLimitRef>,

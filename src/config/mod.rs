@@ -160,8 +160,23 @@ fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErr
             Value::Null => {}
             _ => errs.push(key, "must be a list of routes"),
         },
-        "consumers" => file.consumers = Some(v),
-        "auth" => file.auth = Some(v),
+        "consumers" | "auth" => match v {
+            Value::Mapping(m) => {
+                for (name, x) in m {
+                    let name = yaml_key(&name);
+                    let path = format!("{key}.{name}");
+                    if key == "consumers" {
+                        if let Some(c) = parse(&path, x, errs) {
+                            file.consumers.push((name, c));
+                        }
+                    } else if let Some(a) = parse(&path, x, errs) {
+                        file.auth.push((name, a));
+                    }
+                }
+            }
+            Value::Null => {}
+            _ => errs.push(key, "must be a mapping of names to settings"),
+        },
         "access_log" => file.access_log = parse(key, v, errs),
         "limits" => file.limits = parse(key, v, errs),
         "rate_limits" => file.rate_limits = parse(key, v, errs),

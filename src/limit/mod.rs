@@ -38,7 +38,7 @@ pub enum KeyKind {
     Route,
     /// The value of a request header; a request without it is keyed by client IP.
     Header(HeaderName),
-    /// The authenticated consumer ([`Ctx::identity_key`]); falls back to client IP.
+    /// The authenticated consumer ([`Ctx::consumer`]); falls back to client IP.
     Consumer,
     /// A JWT claim ([`Ctx::claim`]); falls back to client IP.
     Claim(Box<str>),
@@ -188,7 +188,7 @@ impl Limits {
                 }
                 None => ip(&mut h),
             },
-            KeyKind::Consumer => match ctx.identity_key() {
+            KeyKind::Consumer => match ctx.consumer() {
                 Some(c) => {
                     3u8.hash(&mut h);
                     c.hash(&mut h);
@@ -196,9 +196,13 @@ impl Limits {
                 None => ip(&mut h),
             },
             KeyKind::Claim(name) => match ctx.claim(name) {
-                Some(c) => {
+                Some(serde_json::Value::String(c)) => {
                     4u8.hash(&mut h);
                     c.hash(&mut h);
+                }
+                Some(other) => {
+                    4u8.hash(&mut h);
+                    other.to_string().hash(&mut h);
                 }
                 None => ip(&mut h),
             },

@@ -77,6 +77,11 @@ impl Gateway {
     /// Start the real binary with `body` (tollgate sections; the harness adds listen, admin,
     /// pid/upgrade paths and threads) and wait until it serves.
     pub fn start(body: &str) -> Gateway {
+        Gateway::start_with_env(body, &[])
+    }
+
+    /// As `start`, with extra environment variables for the gateway process.
+    pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -87,6 +92,7 @@ impl Gateway {
             .arg("-c")
             .arg(&conf)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -1,0 +1,267 @@
+//! What the file says about `consumers`, `auth` and a route's `auth`/`consumers`/`claims`,
+//! and the one conversion into the runtime verifiers (owning every error message).
+
+use std::collections::BTreeMap;
+
+use http::HeaderName;
+use serde::Deserialize;
+
+use super::api_key::{ApiKey, KeyTable};
+use super::jwt::Jwt;
+use super::{Auth, Provider, RouteAuth};
+use crate::config::file::Dur;
+use crate::config::ConfigErrors;
+
+/// A secret: inline, `{env: NAME}` or `{file: path}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretFile {
+    Inline(String),
+    Env { env: String },
+    File { file: String },
+}
+
+impl SecretFile {
+    /// The secret's bytes; the error names the source, never the secret.
+    pub fn load(&self, path: &str, errs: &mut ConfigErrors) -> Option<Vec<u8>> {
+        match self {
+            SecretFile::Inline(s) => Some(s.as_bytes().to_vec()),
+            SecretFile::Env { env } => match std::env::var(env) {
+                Ok(v) if !v.is_empty() => Some(v.into_bytes()),
+                Ok(_) => {
+                    errs.push(
+                        format!("{path}.env"),
+                        format!("environment variable {env} is empty"),
+                    );
+                    None
+                }
+                Err(_) => {
+                    errs.push(
+                        format!("{path}.env"),
+                        format!("environment variable {env} is not set"),
+                    );
+                    None
+                }
+            },
+            SecretFile::File { file } => match std::fs::read(file) {
+                Ok(mut v) => {
+                    while v.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                        v.pop();
+                    }
+                    Some(v)
+                }
+                Err(e) => {
+                    errs.push(format!("{path}.file"), format!("cannot read {file}: {e}"));
+                    None
+                }
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerFile {
+    #[serde(default)]
+    pub api_keys: Vec<SecretFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthFile {
+    ApiKey {
+        #[serde(default)]
+        header: Option<String>,
+        #[serde(default)]
+        query: Option<String>,
+    },
+    Jwt {
+        algorithms: Vec<String>,
+        #[serde(default)]
+        secret: Option<SecretFile>,
+        #[serde(default)]
+        public_key: Option<SecretFile>,
+        #[serde(default)]
+        jwks: Option<SecretFile>,
+        #[serde(default)]
+        issuer: Option<String>,
+        #[serde(default)]
+        audience: Option<String>,
+        #[serde(default)]
+        leeway: Option<Dur>,
+        #[serde(default)]
+        forward_claims: BTreeMap<String, String>,
+        #[serde(default)]
+        consumer_claim: Option<String>,
+    },
+}
+
+pub fn compile(
+    consumers: Vec<(String, ConsumerFile)>,
+    auth: Vec<(String, AuthFile)>,
+    errs: &mut ConfigErrors,
+) -> Auth {
+    let mut names = Vec::new();
+    let mut table = KeyTable::default();
+    for (i, (name, c)) in consumers.iter().enumerate() {
+        names.push(name.clone());
+        for (j, k) in c.api_keys.iter().enumerate() {
+            let path = format!("consumers.{name}.api_keys[{j}]");
+            let Some(bytes) = k.load(&path, errs) else {
+                continue;
+            };
+            if let Err(m) = table.insert(&bytes, i, matches!(k, SecretFile::Inline(_))) {
+                errs.push(path, m);
+            }
+        }
+    }
+    let table = std::sync::Arc::new(table);
+    let mut out = Auth {
+        consumers: names
+            .iter()
+            .map(|n| http::HeaderValue::from_str(n).unwrap_or(http::HeaderValue::from_static("")))
+            .collect(),
+        consumer_names: names,
+        ..Auth::default()
+    };
+    out.identity_headers.push(super::X_CONSUMER.clone());
+    for (name, a) in auth {
+        let base = format!("auth.{name}");
+        let p = match a {
+            AuthFile::ApiKey { header, query } => {
+                let header = match (&header, &query) {
+                    (Some(h), _) => match HeaderName::from_bytes(h.as_bytes()) {
+                        Ok(h) => Some(h),
+                        Err(_) => {
+                            errs.push(format!("{base}.header"), "is not a valid header name");
+                            None
+                        }
+                    },
+                    (None, Some(_)) => None,
+                    (None, None) => Some(HeaderName::from_static("x-api-key")),
+                };
+                Provider::ApiKey(ApiKey {
+                    header,
+                    query: query.map(std::sync::Arc::from),
+                    table: table.clone(),
+                })
+            }
+            AuthFile::Jwt {
+                algorithms,
+                secret,
+                public_key,
+                jwks,
+                issuer,
+                audience,
+                leeway,
+                forward_claims,
+                consumer_claim,
+            } => {
+                let mut fwd = Vec::new();
+                for (claim, h) in forward_claims {
+                    match HeaderName::from_bytes(h.as_bytes()) {
+                        Ok(h) => {
+                            if !out.identity_headers.contains(&h) {
+                                out.identity_headers.push(h.clone());
+                            }
+                            fwd.push((claim, h));
+                        }
+                        Err(_) => errs.push(
+                            format!("{base}.forward_claims.{claim}"),
+                            format!("{h:?} is not a valid header name"),
+                        ),
+                    }
+                }
+                match Jwt::compile(
+                    &base,
+                    &algorithms,
+                    secret.as_ref(),
+                    public_key.as_ref(),
+                    jwks.as_ref(),
+                    issuer,
+                    audience,
+                    leeway.map(|d| d.0.as_secs()).unwrap_or(0),
+                    fwd,
+                    consumer_claim.unwrap_or_else(|| "sub".to_owned()),
+                    errs,
+                ) {
+                    Some(j) => Provider::Jwt(Box::new(j)),
+                    None => continue,
+                }
+            }
+        };
+        out.names.push(name);
+        out.providers.push(p);
+    }
+    out
+}
+
+/// A route's `auth: [names]`, `consumers: [names]`, `claims: {claim: [values]}`.
+pub fn route(
+    base: &str,
+    auth: &Auth,
+    names: Option<&Vec<String>>,
+    consumers: Option<&Vec<String>>,
+    claims: Option<&BTreeMap<String, Vec<String>>>,
+    errs: &mut ConfigErrors,
+) -> Option<RouteAuth> {
+    let Some(names) = names else {
+        if consumers.is_some() {
+            errs.push(
+                format!("{base}.consumers"),
+                "needs auth: [...] on this route",
+            );
+        }
+        if claims.is_some() {
+            errs.push(format!("{base}.claims"), "needs auth: [...] on this route");
+        }
+        return None;
+    };
+    let known = if auth.names.is_empty() {
+        "none defined".to_owned()
+    } else {
+        auth.names.join(", ")
+    };
+    let mut providers = Vec::new();
+    if names.is_empty() {
+        errs.push(
+            format!("{base}.auth"),
+            "must name at least one auth provider, or be left out for a public route",
+        );
+    }
+    for (i, n) in names.iter().enumerate() {
+        match auth.names.iter().position(|x| x == n) {
+            Some(p) => providers.push(p),
+            None => errs.push(
+                format!("{base}.auth[{i}]"),
+                format!("unknown auth {n:?} (known: {known})"),
+            ),
+        }
+    }
+    let consumers = consumers.map(|cs| {
+        for (i, c) in cs.iter().enumerate() {
+            let known_key = auth.consumer_names.iter().any(|x| x == c);
+            let has_jwt = providers
+                .iter()
+                .any(|p| matches!(auth.providers[*p], Provider::Jwt(_)));
+            if !known_key && !has_jwt {
+                errs.push(
+                    format!("{base}.consumers[{i}]"),
+                    format!(
+                        "unknown consumer {c:?} (known: {})",
+                        auth.consumer_names.join(", ")
+                    ),
+                );
+            }
+        }
+        cs.clone()
+    });
+    let claims = claims
+        .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    Some(RouteAuth {
+        providers,
+        consumers,
+        claims,
+    })
+}

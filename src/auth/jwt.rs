@@ -1,0 +1,269 @@
+//! JWT bearer tokens, verified with `jsonwebtoken`. The algorithms and the key come from the
+//! config, decoded once at load; the token's header only has to agree with them.
+
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::config::SecretFile;
+use crate::config::ConfigErrors;
+
+/// The verification key: one, or a JWKS chosen by `kid`.
+enum Keys {
+    One(DecodingKey),
+    Set(ahash::AHashMap<String, DecodingKey>),
+}
+
+pub struct Jwt {
+    key: Keys,
+    validation: Validation,
+    pub forward: Vec<(String, HeaderName)>,
+    pub consumer_claim: String,
+}
+
+impl std::fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("Jwt")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A verified token's claims.
+pub type Claims = Map<String, Value>;
+
+impl Jwt {
+    #[allow(clippy::too_many_arguments)]
+    pub fn compile(
+        base: &str,
+        algorithms: &[String],
+        secret: Option<&SecretFile>,
+        public_key: Option<&SecretFile>,
+        jwks: Option<&SecretFile>,
+        issuer: Option<String>,
+        audience: Option<String>,
+        leeway: u64,
+        forward: Vec<(String, HeaderName)>,
+        consumer_claim: String,
+        errs: &mut ConfigErrors,
+    ) -> Option<Jwt> {
+        let before = errs.0.len();
+        let mut algs = Vec::new();
+        if algorithms.is_empty() {
+            errs.push(
+                format!("{base}.algorithms"),
+                "must list at least one algorithm",
+            );
+        }
+        for (i, a) in algorithms.iter().enumerate() {
+            match a.parse::<Algorithm>() {
+                Ok(al) => algs.push(al),
+                Err(_) => errs.push(
+                    format!("{base}.algorithms[{i}]"),
+                    format!("unknown algorithm {a:?} (HS256/384/512, RS*, PS*, ES256/384, EdDSA; never none)"),
+                ),
+            }
+        }
+        let hmac = algs
+            .iter()
+            .all(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        let asym = algs
+            .iter()
+            .all(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        if !hmac && !asym {
+            errs.push(
+                format!("{base}.algorithms"),
+                "do not mix HMAC (HS*) and public-key algorithms in one provider",
+            );
+        }
+        if let Some(j) = jwks {
+            if secret.is_some() || public_key.is_some() {
+                errs.push(base, "give one of secret, public_key or jwks");
+                return None;
+            }
+            let text = j.load(&format!("{base}.jwks"), errs)?;
+            let set: jsonwebtoken::jwk::JwkSet = match serde_json::from_slice(&text) {
+                Ok(s) => s,
+                Err(e) => {
+                    errs.push(format!("{base}.jwks"), format!("not a JWKS document: {e}"));
+                    return None;
+                }
+            };
+            let mut map = ahash::AHashMap::new();
+            for (i, k) in set.keys.iter().enumerate() {
+                let Some(kid) = k.common.key_id.clone() else {
+                    errs.push(format!("{base}.jwks"), format!("key {i} has no kid"));
+                    continue;
+                };
+                match DecodingKey::from_jwk(k) {
+                    Ok(d) => {
+                        map.insert(kid, d);
+                    }
+                    Err(e) => errs.push(format!("{base}.jwks"), format!("key {kid:?}: {e}")),
+                }
+            }
+            let v = validation(algs, leeway, issuer, audience);
+            if errs.0.len() > before {
+                return None;
+            }
+            return Some(Jwt {
+                key: Keys::Set(map),
+                validation: v,
+                forward,
+                consumer_claim,
+            });
+        }
+        let key = match (secret, public_key) {
+            (Some(s), None) if hmac => s
+                .load(&format!("{base}.secret"), errs)
+                .map(|b| DecodingKey::from_secret(&b)),
+            (Some(_), None) => {
+                errs.push(
+                    format!("{base}.secret"),
+                    "a secret only applies to HS* algorithms; use public_key for these",
+                );
+                None
+            }
+            (None, Some(p)) if asym && !algs.is_empty() => {
+                let pem = p.load(&format!("{base}.public_key"), errs)?;
+                let r = match algs[0] {
+                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                    _ => DecodingKey::from_rsa_pem(&pem),
+                };
+                match r {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        errs.push(
+                            format!("{base}.public_key"),
+                            format!("not a PEM public key for {:?}: {e}", algs[0]),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, Some(_)) => {
+                errs.push(
+                    format!("{base}.public_key"),
+                    "a public key only applies to RS*, PS*, ES*, EdDSA algorithms",
+                );
+                None
+            }
+            (None, None) => {
+                errs.push(base, "needs secret (HS*) or public_key");
+                None
+            }
+            (Some(_), Some(_)) => {
+                errs.push(base, "give either secret or public_key, not both");
+                None
+            }
+        };
+        let v = validation(algs, leeway, issuer, audience);
+        if errs.0.len() > before {
+            return None;
+        }
+        Some(Jwt {
+            key: Keys::One(key?),
+            validation: v,
+            forward,
+            consumer_claim,
+        })
+    }
+
+    /// Mint a token with this provider's HMAC secret (`tollgate token`), adding `iss`/`aud`
+    /// when configured. Refuses public-key providers: tollgate holds no private key.
+    pub fn mint(&self, mut claims: Claims) -> Result<String, String> {
+        let Keys::One(key) = &self.key else {
+            return Err("this provider verifies with a JWKS: tollgate cannot sign for it".into());
+        };
+        let secret = key.try_get_hmac_secret().map_err(|_| {
+            "this provider uses a public key: tollgate has no private key to sign with".to_owned()
+        })?;
+        if let Some(iss) = self.validation.iss.as_ref().and_then(|s| s.iter().next()) {
+            claims.entry("iss").or_insert(Value::String(iss.clone()));
+        }
+        if let Some(aud) = self.validation.aud.as_ref().and_then(|s| s.iter().next()) {
+            claims.entry("aud").or_insert(Value::String(aud.clone()));
+        }
+        let alg = self.validation.algorithms[0];
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .map_err(|e| format!("cannot sign: {e}"))
+    }
+
+    /// Verify a token; the error is the message a client may read.
+    pub fn verify(&self, token: &str) -> Result<Claims, &'static str> {
+        if token.split('.').count() != 3 {
+            return Err("malformed token: a JWT has three dot-separated parts");
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
+                "token algorithm is not accepted"
+            }
+            _ => "malformed token header",
+        })?;
+        if header.crit.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err("token has critical header parameters tollgate does not understand");
+        }
+        let key = match &self.key {
+            Keys::One(k) => k,
+            Keys::Set(m) => match header.kid.as_deref().and_then(|kid| m.get(kid)) {
+                Some(k) => k,
+                None => return Err("unknown key: the token's kid is not in the key set"),
+            },
+        };
+        match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+            Ok(d) => Ok(d.claims),
+            Err(e) => Err(match e.kind() {
+                ErrorKind::ExpiredSignature => "token expired",
+                ErrorKind::ImmatureSignature => "token not yet valid (nbf)",
+                ErrorKind::InvalidSignature => "bad token signature",
+                ErrorKind::InvalidIssuer => "wrong token issuer",
+                ErrorKind::InvalidAudience => "wrong token audience",
+                ErrorKind::MissingRequiredClaim(_) => "token has no exp claim",
+                ErrorKind::InvalidAlgorithm => "token algorithm is not accepted",
+                ErrorKind::InvalidClaimFormat(_) => "token claims have the wrong type",
+                ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                    "malformed token: bad base64 or JSON"
+                }
+                _ => "invalid token",
+            }),
+        }
+    }
+}
+
+/// A claim as a header value: strings and numbers as-is, other JSON compact.
+pub fn claim_value(v: &Value) -> Option<HeaderValue> {
+    match v {
+        Value::String(s) => HeaderValue::from_str(s).ok(),
+        Value::Number(n) => HeaderValue::from_str(&n.to_string()).ok(),
+        other => HeaderValue::from_str(&other.to_string()).ok(),
+    }
+}
+
+fn validation(
+    algs: Vec<Algorithm>,
+    leeway: u64,
+    issuer: Option<String>,
+    audience: Option<String>,
+) -> Validation {
+    let mut v = Validation::new(algs.first().copied().unwrap_or(Algorithm::HS256));
+    v.algorithms = algs;
+    v.leeway = leeway;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.set_required_spec_claims(&["exp"]);
+    match issuer {
+        Some(i) => v.set_issuer(&[i]),
+        None => v.iss = None,
+    }
+    match audience {
+        Some(a) => v.set_audience(&[a]),
+        None => v.validate_aud = false,
+    }
+    v
+}

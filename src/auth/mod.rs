@@ -1,0 +1,291 @@
+//! Authentication per route (API keys, JWT), authorization (consumers / claims), and the
+//! identity tollgate forwards upstream.
+
+pub mod api_key;
+pub mod config;
+pub mod jwt;
+
+use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
+
+use crate::error::Reject;
+
+pub static X_CONSUMER: HeaderName = HeaderName::from_static("x-consumer");
+/// A credential header larger than this is refused before any verification.
+pub const MAX_CREDENTIAL: usize = 8 * 1024;
+
+static WWW_KEY: HeaderValue = HeaderValue::from_static("ApiKey");
+
+#[derive(Debug)]
+pub enum Provider {
+    ApiKey(api_key::ApiKey),
+    Jwt(Box<jwt::Jwt>),
+}
+
+/// Every provider and consumer, compiled.
+#[derive(Debug, Default)]
+pub struct Auth {
+    pub names: Vec<String>,
+    pub providers: Vec<Provider>,
+    pub consumer_names: Vec<String>,
+    /// `X-Consumer` for each consumer, precomputed.
+    pub consumers: Vec<HeaderValue>,
+    /// Headers tollgate sets itself: client copies are removed on every route.
+    pub identity_headers: Vec<HeaderName>,
+}
+
+/// A route's requirement.
+#[derive(Debug, Clone)]
+pub struct RouteAuth {
+    pub providers: Vec<usize>,
+    pub consumers: Option<Vec<String>>,
+    pub claims: Vec<(String, Vec<String>)>,
+}
+
+/// Who the caller is, and what goes upstream.
+#[derive(Debug, Default)]
+pub struct Identity {
+    pub consumer: Option<HeaderValue>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The credential header to remove before forwarding.
+    pub credential: Option<HeaderName>,
+    /// The query parameter that carried the key, removed from the upstream target.
+    pub credential_query: Option<std::sync::Arc<str>>,
+    /// A JWT caller's verified claims, for `claim:NAME` rate-limit keys.
+    pub claims: Option<Box<jwt::Claims>>,
+}
+
+/// `query` without the parameter `name` (`None` when nothing is left).
+pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name)
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// Why a request is refused: status, message, `WWW-Authenticate`.
+pub struct Failure {
+    pub reject: Reject,
+    pub message: &'static str,
+    pub www: Option<HeaderValue>,
+}
+
+fn fail(message: &'static str, www: HeaderValue) -> Failure {
+    Failure {
+        reject: Reject::Unauthorized,
+        message,
+        www: Some(www),
+    }
+}
+
+fn bearer_www(message: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "Bearer error=\"invalid_token\", error_description=\"{message}\""
+    ))
+    .unwrap_or(HeaderValue::from_static("Bearer"))
+}
+
+/// The one credential value of `name`: `Ok(None)` if absent, an error if repeated or too big.
+fn single<'a>(req: &'a RequestHeader, name: &HeaderName) -> Result<Option<&'a [u8]>, &'static str> {
+    let mut it = req.headers.get_all(name).iter();
+    let Some(v) = it.next() else { return Ok(None) };
+    if it.next().is_some() {
+        return Err("the credential header is given more than once");
+    }
+    if v.len() > MAX_CREDENTIAL {
+        return Err("the credential is too large");
+    }
+    Ok(Some(v.as_bytes()))
+}
+
+fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+impl Auth {
+    /// Mint a token with the HMAC provider `name` (`tollgate token`).
+    pub fn mint(&self, name: &str, claims: jwt::Claims) -> Result<String, String> {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => match &self.providers[i] {
+                Provider::Jwt(j) => j.mint(claims),
+                Provider::ApiKey(_) => {
+                    Err(format!("auth {name:?} is an api_key provider, not jwt"))
+                }
+            },
+            None => Err(format!(
+                "unknown auth {name:?} (known: {})",
+                self.names.join(", ")
+            )),
+        }
+    }
+
+    /// Authenticate and authorize a request for `route`.
+    pub fn check(&self, route: &RouteAuth, req: &RequestHeader) -> Result<Identity, Failure> {
+        let mut first_err: Option<Failure> = None;
+        let mut seen = false;
+        for &p in &route.providers {
+            let r = match &self.providers[p] {
+                Provider::ApiKey(k) => self.check_key(k, req),
+                Provider::Jwt(j) => check_jwt(j, req),
+            };
+            match r {
+                Ok(None) => {}
+                Ok(Some(id)) => return self.authorize(route, id),
+                Err(f) => {
+                    seen = true;
+                    if first_err.is_none() {
+                        first_err = Some(f);
+                    }
+                }
+            }
+        }
+        Err(first_err.filter(|_| seen).unwrap_or_else(|| {
+            let jwt = route
+                .providers
+                .iter()
+                .any(|p| matches!(self.providers[*p], Provider::Jwt(_)));
+            fail(
+                "missing credential: send an API key or an Authorization: Bearer token",
+                if jwt {
+                    HeaderValue::from_static("Bearer")
+                } else {
+                    WWW_KEY.clone()
+                },
+            )
+        }))
+    }
+
+    fn check_key(
+        &self,
+        k: &api_key::ApiKey,
+        req: &RequestHeader,
+    ) -> Result<Option<(Identity, Option<jwt::Claims>)>, Failure> {
+        let (value, credential, credential_query) = match &k.header {
+            Some(h) => match single(req, h) {
+                Ok(Some(v)) => (v, Some(h.clone()), None),
+                Ok(None) => return Ok(None),
+                Err(m) => return Err(fail(m, WWW_KEY.clone())),
+            },
+            None => match k
+                .query
+                .as_ref()
+                .and_then(|q| Some((q, query_param(req, q)?)))
+            {
+                Some((q, v)) => (v.as_bytes(), None, Some(q.clone())),
+                None => return Ok(None),
+            },
+        };
+        match k.table.lookup(value) {
+            Some(c) => Ok(Some((
+                Identity {
+                    consumer: Some(self.consumers[c].clone()),
+                    headers: Vec::new(),
+                    credential,
+                    credential_query,
+                    claims: None,
+                },
+                None,
+            ))),
+            None => Err(fail("invalid API key", WWW_KEY.clone())),
+        }
+    }
+
+    fn authorize(
+        &self,
+        route: &RouteAuth,
+        (mut id, claims): (Identity, Option<jwt::Claims>),
+    ) -> Result<Identity, Failure> {
+        let forbidden = Failure {
+            reject: Reject::Forbidden,
+            message: "this caller is not allowed on this route",
+            www: None,
+        };
+        if let Some(allowed) = &route.consumers {
+            let name = id.consumer.as_ref().map(|c| c.as_bytes()).unwrap_or(b"");
+            if !allowed.iter().any(|a| a.as_bytes() == name) {
+                return Err(forbidden);
+            }
+        }
+        for (claim, values) in &route.claims {
+            let ok = claims
+                .as_ref()
+                .and_then(|c| c.get(claim))
+                .is_some_and(|v| match v {
+                    serde_json::Value::String(s) => values.contains(s),
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .any(|x| x.as_str().is_some_and(|s| values.iter().any(|v| v == s))),
+                    other => values.contains(&other.to_string()),
+                });
+            if !ok {
+                return Err(forbidden);
+            }
+        }
+        id.claims = claims.map(Box::new);
+        Ok(id)
+    }
+}
+
+static AUTHORIZATION: HeaderName = http::header::AUTHORIZATION;
+
+fn check_jwt(
+    j: &jwt::Jwt,
+    req: &RequestHeader,
+) -> Result<Option<(Identity, Option<jwt::Claims>)>, Failure> {
+    let value = match single(req, &AUTHORIZATION) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(None),
+        Err(m) => return Err(fail(m, bearer_www(m))),
+    };
+    let token = match std::str::from_utf8(value).ok().and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    }) {
+        Some(t) => t.trim(),
+        None => {
+            let m = "malformed Authorization header: expected Bearer <token>";
+            return Err(fail(m, bearer_www(m)));
+        }
+    };
+    let claims = j.verify(token).map_err(|m| fail(m, bearer_www(m)))?;
+    let mut headers = Vec::with_capacity(j.forward.len());
+    for (claim, h) in &j.forward {
+        if let Some(v) = claims.get(claim).and_then(jwt::claim_value) {
+            headers.push((h.clone(), v));
+        }
+    }
+    let consumer = claims.get(&j.consumer_claim).and_then(jwt::claim_value);
+    Ok(Some((
+        Identity {
+            consumer,
+            headers,
+            credential: Some(AUTHORIZATION.clone()),
+            credential_query: None,
+            claims: None,
+        },
+        Some(claims),
+    )))
+}
+
+/// Remove client copies of identity headers (every route), then set tollgate's own.
+pub fn forward(auth: &Auth, id: Option<&Identity>, req: &mut RequestHeader) -> pingora::Result<()> {
+    for h in &auth.identity_headers {
+        req.remove_header(h);
+    }
+    if let Some(id) = id {
+        if let Some(c) = &id.credential {
+            req.remove_header(c);
+        }
+        if let Some(c) = &id.consumer {
+            req.insert_header(X_CONSUMER.clone(), c.clone())?;
+        }
+        for (h, v) in &id.headers {
+            req.insert_header(h.clone(), v.clone())?;
+        }
+    }
+    Ok(())
+}
