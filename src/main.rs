@@ -212,9 +212,12 @@ Try:
   curl -i http://127.0.0.1:{port}/private/data            # another upstream, Cache-Control added
   curl -i 'http://127.0.0.1:{port}/slow/x?delay_ms=3000'  # 504 gateway_timeout after 1s
   curl -i http://{admin}/health                          # admin endpoint
-  curl -i -H 'X-Api-Key: supersecretapikey' http://127.0.0.1:{port}/keys/x   # API key: X-Consumer: alice upstream
-  curl -i http://127.0.0.1:{port}/keys/x                  # 401 unauthorized
-  curl -i -H "Authorization: Bearer $(tollgate token --config conf/tollgate.yaml --auth tokens --sub alice --claim role=admin --ttl 1h)" \
+  curl -i http://{admin}/metrics                         # Prometheus metrics
+  curl -i -H 'X-Api-Key: supersecretapikey' http://127.0.0.1:{port}/keys/x   # API key: X-Consumer: alice upstream, RateLimit headers
+  curl -i http://127.0.0.1:{port}/keys/x                  # 401 unauthorized, WWW-Authenticate
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'X-Api-Key: supersecretapikey' http://127.0.0.1:{port}/keys/x; done
+                                                           # 200 x5, then 429 rate_limited (5 per 10 s per consumer)
+  curl -i -H "Authorization: Bearer $(target/release/tollgate token -c conf/tollgate.yaml --auth tokens --sub alice --claim role=admin)" \
        http://127.0.0.1:{port}/tokens/x                   # JWT: X-User-ID / X-User-Role upstream
 "#
     );
