@@ -108,6 +108,9 @@ pub struct Limits {
     pub max_body: u64,
     pub body_idle_timeout: std::time::Duration,
     pub keepalive_timeout: std::time::Duration,
+    /// Total time from the first byte of a request head to its end (slowloris guard).
+    pub head_timeout: std::time::Duration,
+    pub max_connections_per_ip: Option<u32>,
 }
 
 impl Default for Limits {
@@ -119,6 +122,8 @@ impl Default for Limits {
             max_body: 10 * 1024 * 1024,
             body_idle_timeout: std::time::Duration::from_secs(30),
             keepalive_timeout: std::time::Duration::from_secs(60),
+            head_timeout: std::time::Duration::from_secs(10),
+            max_connections_per_ip: None,
         }
     }
 }

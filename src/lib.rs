@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod cors;
 pub mod demo;
 pub mod error;

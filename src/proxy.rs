@@ -524,6 +524,7 @@ impl ProxyHttp for Tollgate {
             }
         }
         self.obs.finish(session, e, ctx, self.route(ctx));
+        crate::conn::rearm(session.as_downstream().stream());
     }
 }
 

@@ -8,6 +8,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::Loaded;
+use crate::conn::{ConnLimits, Gate};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::Observe;
@@ -29,11 +30,16 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    // Pingora's HTTP app behind the connection guards (head deadline, per-IP cap).
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
         Tollgate::new(gw.clone(), obs.clone()),
-        "tollgate",
     );
+    let limits = ConnLimits {
+        head_timeout: gw.limits.head_timeout,
+        max_connections_per_ip: gw.limits.max_connections_per_ip,
+    };
+    let mut proxy = Service::new("tollgate".to_owned(), Gate::new(app, limits));
     for addr in &gw.listen {
         proxy.add_tcp(addr);
     }

@@ -150,6 +150,17 @@ fn conflicting_routes() {
 }
 
 #[test]
+fn connection_limits_are_validated() {
+    rejects(
+        &format!("{BASE}limits: {{max_connections_per_ip: 0, head_timeout: 0s}}\n"),
+        &[
+            "limits.max_connections_per_ip: must be at least 1",
+            "limits.head_timeout: ",
+        ],
+    );
+}
+
+#[test]
 fn rate_limit_and_redis_sections_are_validated() {
     rejects(
         &format!("{BASE}redis: {{url: \"http://127.0.0.1\", on_error: maybe}}\n"),

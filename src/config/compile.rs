@@ -149,6 +149,16 @@ fn limits(l: LimitsFile, errs: &mut ConfigErrors) -> Limits {
         Some(n) => n,
         None => d.max_headers,
     };
+    let max_connections_per_ip = match l.max_connections_per_ip {
+        Some(0) => {
+            errs.push(
+                "limits.max_connections_per_ip",
+                "must be at least 1 (or left out: no cap)",
+            );
+            None
+        }
+        n => n,
+    };
     let mut dur = |key: &str, v, default| positive(format!("limits.{key}"), v, default, errs);
     Limits {
         max_uri_bytes,
@@ -165,6 +175,8 @@ fn limits(l: LimitsFile, errs: &mut ConfigErrors) -> Limits {
             l.keepalive_timeout,
             d.keepalive_timeout,
         ),
+        head_timeout: dur("head_timeout", l.head_timeout, d.head_timeout),
+        max_connections_per_ip,
     }
 }
 

@@ -92,6 +92,10 @@ pub struct LimitsFile {
     pub body_idle_timeout: Option<Dur>,
     #[serde(default)]
     pub keepalive_timeout: Option<Dur>,
+    #[serde(default)]
+    pub head_timeout: Option<Dur>,
+    #[serde(default)]
+    pub max_connections_per_ip: Option<u32>,
 }
 
 /// tollgate's own top-level sections. Pingora's `ServerConf` keys sit beside them in the same

@@ -388,7 +388,7 @@ impl KeepAlive {
 }
 
 /// One complete response with a Content-Length body, and how many bytes it used.
-fn parse_one(buf: &[u8]) -> std::io::Result<Option<(Resp, usize)>> {
+pub fn parse_one(buf: &[u8]) -> std::io::Result<Option<(Resp, usize)>> {
     let mut hdrs = [httparse::EMPTY_HEADER; 64];
     let mut r = httparse::Response::new(&mut hdrs);
     let n = match r.parse(buf) {

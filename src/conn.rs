@@ -1,0 +1,410 @@
+//! Connection-level guards that Pingora's hooks cannot express, because they act before a
+//! request exists: a total deadline for receiving each request head, and a cap on the open
+//! connections of one client IP.
+//!
+//! Pingora times a request head per read (cloudflare/pingora#447), so a client trickling one
+//! byte just inside the read timeout holds a connection forever (slowloris). [`Guarded`] wraps
+//! the accepted stream: from the first byte of a head it allows `head_timeout` until the blank
+//! line that ends the head, then stands aside for the body and the response. The proxy re-arms
+//! it when a request finishes ([`rearm`]), so every request on a keep-alive connection gets the
+//! same deadline. The scan runs only while a head is being received, over the bytes just read.
+//!
+//! [`Gate`] is the `ServerApp` in front of Pingora's HTTP app: it counts connections per
+//! client IP (sharded counters touched on accept and close, never per request) and wraps
+//! every stream in [`Guarded`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+const SHARDS: usize = 64;
+
+/// Open connections per client IP, in shards so accepts on different threads rarely meet.
+struct PerIp {
+    max: u32,
+    shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
+    hasher: ahash::RandomState,
+}
+
+impl PerIp {
+    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
+        let mut h = self.hasher.build_hasher();
+        ip.hash(&mut h);
+        &self.shards[std::hash::Hasher::finish(&h) as usize % SHARDS]
+    }
+
+    /// Take a slot for `ip`, or `None` when it already holds `max` connections.
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut m = self.shard(&ip).lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A held connection slot, given back when the connection's stream is dropped.
+struct Slot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self
+            .table
+            .shard(&self.ip)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("Slot").field("ip", &self.ip).finish()
+    }
+}
+
+/// The connection guards' settings (from the config's `limits` section).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub head_timeout: Duration,
+    pub max_connections_per_ip: Option<u32>,
+}
+
+/// Pingora's HTTP app behind the connection guards.
+pub struct Gate<A> {
+    inner: Arc<A>,
+    head_timeout: Duration,
+    per_ip: Option<Arc<PerIp>>,
+}
+
+impl<A> Gate<A> {
+    pub fn new(inner: A, limits: ConnLimits) -> Self {
+        Gate {
+            inner: Arc::new(inner),
+            head_timeout: limits.head_timeout,
+            per_ip: limits.max_connections_per_ip.map(|max| {
+                Arc::new(PerIp {
+                    max,
+                    shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                    hasher: ahash::RandomState::new(),
+                })
+            }),
+        }
+    }
+}
+
+/// The answer to a client over its connection cap: it has sent nothing we read yet, so the
+/// connection is closed right after.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 89\r\nConnection: close\r\nRetry-After: 1\r\nX-Gateway: tollgate\r\n\r\n\
+{\"error\":\"unavailable\",\"message\":\"too many open connections from your address\"}\n    ";
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let slot = match &self.per_ip {
+            Some(table) => {
+                let ip = stream
+                    .get_socket_digest()
+                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+                match ip {
+                    Some(ip) => match table.acquire(ip) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            let _ = stream.write_all(TOO_MANY).await;
+                            let _ = stream.flush().await;
+                            Shutdown::shutdown(&mut *stream).await;
+                            return None;
+                        }
+                    },
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let guarded = Guarded::new(stream, self.head_timeout, slot);
+        self.inner.process_new(Box::new(guarded), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// Where a [`Guarded`] stream is in receiving a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// Waiting for the first byte of a head: no deadline (the keep-alive timeout applies).
+    Awaiting,
+    /// Receiving a head, looking for the empty line that ends it.
+    Receiving(EndOfHead),
+    /// The head is complete: bodies and responses are not timed here.
+    Done,
+}
+
+/// Finds the empty line that ends a head, across reads: a line feed right after a line
+/// feed, with an optional carriage return between (`\r\n\r\n`, or the bare `\n\n` that
+/// httparse also accepts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndOfHead {
+    /// 0: inside a line; 1: just after a line feed; 2: after a line feed and a CR.
+    state: u8,
+}
+
+impl EndOfHead {
+    /// Feed the next bytes; `true` once the head's end is among them.
+    pub fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            self.state = match (self.state, b) {
+                (1 | 2, b'\n') => return true,
+                (_, b'\n') => 1,
+                (1, b'\r') => 2,
+                _ => 0,
+            };
+        }
+        false
+    }
+}
+
+/// An accepted stream with a total deadline on each request head.
+#[derive(Debug)]
+pub struct Guarded {
+    inner: Stream,
+    head: Head,
+    /// Set by [`rearm`] when a request finished, read by the next `poll_read`.
+    rearm: AtomicBool,
+    timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+    _slot: Option<Slot>,
+}
+
+impl Guarded {
+    fn new(inner: Stream, timeout: Duration, slot: Option<Slot>) -> Self {
+        Guarded {
+            inner,
+            head: Head::Awaiting,
+            rearm: AtomicBool::new(false),
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            _slot: slot,
+        }
+    }
+
+    /// Advance the head scan over freshly read bytes.
+    fn scan(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut end = match self.head {
+            Head::Done => return,
+            Head::Awaiting => {
+                let deadline = Instant::now() + self.timeout;
+                self.deadline.as_mut().reset(deadline);
+                EndOfHead::default()
+            }
+            Head::Receiving(end) => end,
+        };
+        self.head = if end.feed(bytes) {
+            Head::Done
+        } else {
+            Head::Receiving(end)
+        };
+    }
+}
+
+/// After a request on this connection finished: time the next head again.
+pub fn rearm(stream: Option<&Stream>) {
+    if let Some(g) = stream.and_then(|s| s.as_any().downcast_ref::<Guarded>()) {
+        g.rearm.store(true, Ordering::Relaxed);
+    }
+}
+
+fn head_timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "request head not received within limits.head_timeout",
+    )
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.rearm.swap(false, Ordering::Relaxed) {
+            this.head = Head::Awaiting;
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.scan(&buf.filled()[before..]);
+                if matches!(this.head, Head::Receiving(_)) && this.deadline.is_elapsed() {
+                    return Poll::Ready(Err(head_timed_out()));
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if matches!(this.head, Head::Receiving(_))
+                    && this.deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(head_timed_out()));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, d: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(d)
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, d: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(d)
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EndOfHead;
+
+    fn ends(chunks: &[&[u8]]) -> Option<usize> {
+        let mut e = EndOfHead::default();
+        chunks.iter().position(|c| e.feed(c))
+    }
+
+    #[test]
+    fn finds_the_empty_line_across_reads() {
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]), Some(0));
+        assert_eq!(
+            ends(&[b"GET / HTTP/1.1\r\nHost: a\r", b"\n", b"\r", b"\n"]),
+            Some(3)
+        );
+        assert_eq!(ends(&[b"GET / HTTP/1.1\nHost: a\n\n"]), Some(0));
+        assert_eq!(
+            ends(&[b"GET / HTTP/1.1\r\n", b"Host: a\r\n", b"X: y\r\n"]),
+            None
+        );
+        // A CR inside a line, or a lone CR line, is not the end.
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nX: a\rb\r\n\rX: c\r\n"]), None);
+    }
+}

@@ -1,0 +1,120 @@
+//! Connection guards: a client trickling its request head is cut at `limits.head_timeout`
+//! however often it sends a byte; a client holding too many connections gets 503 on the next.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn gateway(limits: &str) -> Gateway {
+    let up = echo("up");
+    Gateway::start(&format!(
+        "limits: {{{limits}}}\nupstreams: {{u: {{targets: [\"{up}\"]}}}}\n\
+         routes: [{{name: r, path_prefix: /, upstream: u}}]"
+    ))
+}
+
+/// Send `head` one byte every 100 ms; returns how long until the gateway closed the
+/// connection (EOF, reset, or an answer), or `None` if it was still open after `give_up`.
+fn trickle(gw: &Gateway, head: &[u8], give_up: Duration) -> Option<Duration> {
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    // The trickle itself is the behaviour under test: a byte, then a 100 ms pause (the read).
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    for b in head.iter().cycle() {
+        if start.elapsed() > give_up {
+            return None;
+        }
+        if s.write_all(&[*b]).is_err() {
+            return Some(start.elapsed());
+        }
+        match s.read(&mut buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            _ => return Some(start.elapsed()),
+        }
+    }
+    unreachable!()
+}
+
+/// One request on an open connection; the whole response.
+fn exchange(s: &mut TcpStream, path: &str) -> Resp {
+    s.write_all(format!("GET {path} HTTP/1.1\r\n").as_bytes())
+        .unwrap();
+    finish(s)
+}
+
+/// Send the rest of a head begun with a request line; the whole response.
+fn finish(s: &mut TcpStream) -> Resp {
+    s.write_all(b"Host: gw\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some((r, _)) = parse_one(&buf).unwrap() {
+            return r;
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "the gateway closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn a_trickled_request_head_is_cut_at_head_timeout() {
+    let gw = gateway("head_timeout: 1s");
+    // Endless header lines, one byte per 100 ms: each read is quick, the head never ends.
+    let took = trickle(
+        &gw,
+        b"GET / HTTP/1.1\r\nHost: gw\r\nX-Slow: aaaaaaaa\r\n",
+        Duration::from_secs(8),
+    )
+    .expect("the gateway never cut a head trickled for 8 s");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "cut after {took:?}, expected about 1 s"
+    );
+    // The gateway still serves others.
+    assert_eq!(gw.get("/x").status, 200);
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_not_cut_by_the_head_timeout() {
+    let gw = gateway("head_timeout: 1s");
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(exchange(&mut s, "/a").status, 200);
+    // Idle between requests is the keep-alive timeout's business, not the head deadline's:
+    // the idle time is what is under test here.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        exchange(&mut s, "/b").status,
+        200,
+        "same connection, second request"
+    );
+    // And the deadline is re-armed for the next head: a slow but in-time one passes.
+    s.write_all(b"GET /c HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(finish(&mut s).status, 200);
+}
+
+#[test]
+fn connections_over_the_per_ip_cap_get_503() {
+    let gw = gateway("max_connections_per_ip: 2");
+    let mut a = KeepAlive::new(gw.addr);
+    let mut b = KeepAlive::new(gw.addr);
+    assert_eq!(a.get("/a").unwrap().status, 200);
+    assert_eq!(b.get("/b").unwrap().status, 200);
+    let r = gw.get("/c");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.error_code(), "unavailable");
+    // Closing one gives its slot back.
+    drop(a);
+    assert!(
+        eventually(Duration::from_secs(5), || gw.get("/d").status == 200),
+        "the slot of a closed connection was never given back"
+    );
+    assert_eq!(b.get("/e").unwrap().status, 200);
+}
