@@ -23,6 +23,9 @@ use pingora::services::background::BackgroundService;
 
 use super::Upstream;
 
+/// How long one background lookup may take before it counts as failed.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Answers "which IP addresses does this host name have?". Blocking: the background service
 /// calls it on Tokio's blocking pool, and config loading calls it directly.
 pub trait Resolver: Send + Sync + 'static {
@@ -180,9 +183,16 @@ impl Discovery {
                 Entry::Fixed(..) => None,
                 Entry::Named(n) => {
                     let (r, host, port) = (self.resolver.clone(), n.host.clone(), n.port);
-                    let res = tokio::task::spawn_blocking(move || resolve(&*r, &host, port))
-                        .await
-                        .unwrap_or_else(|e| Err(format!("lookup task failed: {e}")));
+                    let lookup = tokio::task::spawn_blocking(move || resolve(&*r, &host, port));
+                    // A hung resolver must not stall the loop: give up, keep the last answer.
+                    let res = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+                        Ok(Ok(res)) => res,
+                        Ok(Err(e)) => Err(format!("lookup task failed: {e}")),
+                        Err(_) => Err(format!(
+                            "cannot resolve {:?}: no answer within {LOOKUP_TIMEOUT:?}",
+                            n.host
+                        )),
+                    };
                     Some(res)
                 }
             });
@@ -332,6 +342,64 @@ mod tests {
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             }
         }
+    }
+
+    /// Captures this module's log lines (the unit-test binary's one global logger).
+    struct Capture;
+    static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record) {
+            if r.target().ends_with("discovery") {
+                LINES.lock().push(r.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn failures_and_changes_are_logged_once_per_change() {
+        let _ = log::set_logger(&Capture);
+        log::set_max_level(log::LevelFilter::Info);
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let named = NamedTarget {
+            host: "logged.test".into(),
+            port: 80,
+            weight: 1,
+        };
+        let d = Discovery::new(
+            Duration::from_secs(1),
+            Arc::new(SystemResolver),
+            vec![Compiled::Named(named, vec![a])],
+        );
+        let ours = || -> Vec<String> {
+            LINES
+                .lock()
+                .iter()
+                .filter(|l| l.contains("logged.test"))
+                .cloned()
+                .collect()
+        };
+        for _ in 0..3 {
+            d.merge(
+                "u",
+                vec![Some(Err("cannot resolve \"logged.test\": x".into()))],
+            );
+        }
+        for _ in 0..3 {
+            d.merge("u", vec![Some(Ok(vec![b]))]);
+        }
+        assert_eq!(
+            ours(),
+            [
+                "upstream u target logged.test:80: cannot resolve \"logged.test\": x; keeping [10.0.0.1:80]",
+                "upstream u target logged.test:80 resolves again",
+                "upstream u target logged.test:80 now resolves to [10.0.0.2:80]",
+            ]
+        );
     }
 
     #[test]
