@@ -124,7 +124,7 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
             let _ = writeln!(
                 o,
                 "backends: {} ({}; connect {:?}, read {:?}, retries {})",
-                up.backends
+                up.backends()
                     .iter()
                     .map(|b| format!("{} w{}", b.addr, b.weight))
                     .collect::<Vec<_>>()

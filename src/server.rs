@@ -60,6 +60,23 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         ));
     }
 
+    // Re-resolution of host-name targets (`resolve_every`): DNS off the request path.
+    let resolved: Vec<_> = gw
+        .upstreams
+        .iter()
+        .filter(|u| u.discovery.is_some())
+        .cloned()
+        .collect();
+    if !resolved.is_empty() {
+        let rs = crate::upstream::discovery::ResolveService {
+            upstreams: resolved,
+        };
+        server.add_service(pingora::services::background::background_service(
+            "dns discovery",
+            rs,
+        ));
+    }
+
     if let Some(addr) = &gw.admin {
         let mut admin = Service::new("tollgate admin".to_owned(), Admin::new(gw.clone(), obs));
         admin.threads = Some(1);

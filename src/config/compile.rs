@@ -2,7 +2,7 @@
 //! error message: each names the key path and, where it can, says what would be valid.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use crate::client::TrustedProxies;
 use crate::guard::{IpRules, Limits};
 use crate::observe::access_log::{AccessLog, AccessLogFile};
 use crate::router::{normalise_prefix, HostPattern, MethodSet, Route, Router};
+use crate::upstream::discovery::{self, Compiled, Discovery, NamedTarget, Resolver, TargetAddr};
 use crate::upstream::{Timeouts, Upstream};
 
 /// Everything the proxy runs, compiled and validated. The hot path only reads it.
@@ -42,7 +43,11 @@ const RESERVED_RESPONSE_HEADERS: &[&str] = &[
     "connection",
 ];
 
-pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
+pub fn compile(
+    file: FileConfig,
+    resolver: &Arc<dyn Resolver>,
+    errs: &mut ConfigErrors,
+) -> Option<Gateway> {
     let before = errs.0.len();
     let listen = listen(file.listen, errs);
     let admin = file.admin.filter(|a| check_socket_addr("admin", a, errs));
@@ -73,7 +78,7 @@ pub fn compile(file: FileConfig, errs: &mut ConfigErrors) -> Option<Gateway> {
     let mut names = Vec::new();
     let mut upstreams = Vec::new();
     for (name, u) in file.upstreams {
-        if let Some(up) = upstream(&name, u, errs) {
+        if let Some(up) = upstream(&name, u, resolver, errs) {
             names.push(name);
             upstreams.push(Arc::new(up));
         }
@@ -232,7 +237,12 @@ fn trusted(list: &[String], errs: &mut ConfigErrors) -> TrustedProxies {
     TrustedProxies::new(cidrs("trusted_proxies", list, errs))
 }
 
-fn upstream(name: &str, u: UpstreamFile, errs: &mut ConfigErrors) -> Option<Upstream> {
+fn upstream(
+    name: &str,
+    u: UpstreamFile,
+    resolver: &Arc<dyn Resolver>,
+    errs: &mut ConfigErrors,
+) -> Option<Upstream> {
     let base = format!("upstreams.{name}");
     let before = errs.0.len();
     if u.targets.is_empty() {
@@ -242,24 +252,60 @@ fn upstream(name: &str, u: UpstreamFile, errs: &mut ConfigErrors) -> Option<Upst
         );
     }
     let mut targets = Vec::new();
+    let mut compiled = Vec::new();
     for (i, t) in u.targets.iter().enumerate() {
         let path = format!("{base}.targets[{i}]");
         if t.weight == 0 || t.weight > 1000 {
             errs.push(format!("{path}.weight"), "must be between 1 and 1000");
         }
-        match resolve(&t.address) {
-            Ok(addrs) => {
-                for a in addrs {
-                    if targets.iter().any(|(x, _)| *x == a) {
-                        errs.push(&*path, format!("{a} is listed twice"));
-                    } else {
-                        targets.push((a, t.weight as usize));
+        let weight = t.weight as usize;
+        let addrs = match discovery::parse_target(&t.address) {
+            Ok(TargetAddr::Ip(a)) => {
+                compiled.push(Compiled::Fixed(a, weight));
+                vec![a]
+            }
+            Ok(TargetAddr::Name(host, port)) => {
+                match discovery::resolve(&**resolver, &host, port) {
+                    Ok(addrs) => {
+                        let n = NamedTarget { host, port, weight };
+                        compiled.push(Compiled::Named(n, addrs.clone()));
+                        addrs
+                    }
+                    Err(m) => {
+                        errs.push(path, m);
+                        continue;
                     }
                 }
             }
-            Err(m) => errs.push(path, m),
+            Err(m) => {
+                errs.push(path, m);
+                continue;
+            }
+        };
+        for a in addrs {
+            if targets.iter().any(|(x, _)| *x == a) {
+                errs.push(&*path, format!("{a} is listed twice"));
+            } else {
+                targets.push((a, weight));
+            }
         }
     }
+    let discovery = u.resolve_every.and_then(|every| {
+        let path = format!("{base}.resolve_every");
+        let every = every.0;
+        if every < Duration::from_millis(100) || every > Duration::from_secs(86400) {
+            errs.push(path, "must be between 100ms and 24h (e.g. \"30s\")");
+            return None;
+        }
+        if !compiled.iter().any(|c| matches!(c, Compiled::Named(..))) {
+            errs.push(
+                path,
+                "no target is a host name: IP addresses never need re-resolving",
+            );
+            return None;
+        }
+        Some(Discovery::new(every, resolver.clone(), compiled))
+    });
     let (balance, hash_key) =
         crate::upstream::config::balance(&base, u.balance.as_deref(), u.hash_key.as_deref(), errs);
     let health = u
@@ -276,6 +322,7 @@ fn upstream(name: &str, u: UpstreamFile, errs: &mut ConfigErrors) -> Option<Upst
     (errs.0.len() == before).then(|| {
         let spec = crate::upstream::Spec {
             targets,
+            discovery,
             timeouts,
             retries,
             balance,
@@ -285,31 +332,6 @@ fn upstream(name: &str, u: UpstreamFile, errs: &mut ConfigErrors) -> Option<Upst
         };
         Upstream::new(name, spec)
     })
-}
-
-/// Resolve `host:port` once, at load. A name that does not resolve is a config error, never
-/// a panic at request time.
-fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(vec![a]);
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("{addr:?} needs a port, e.g. \"{addr}:80\""));
-    };
-    if port.parse::<u16>().is_err() || host.is_empty() {
-        return Err(format!("{addr:?} is not host:port"));
-    }
-    match addr.to_socket_addrs() {
-        Ok(it) => {
-            let v: Vec<_> = it.collect();
-            if v.is_empty() {
-                Err(format!("{host:?} resolved to no address"))
-            } else {
-                Ok(v)
-            }
-        }
-        Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
-    }
 }
 
 /// A configured duration that must be positive, or the default when absent.

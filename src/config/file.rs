@@ -151,6 +151,8 @@ pub struct UpstreamFile {
     pub health_check: Option<HealthCheckFile>,
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreakerFile>,
+    #[serde(default)]
+    pub resolve_every: Option<Dur>,
 }
 
 /// `health_check: {type: http, path: /health, status: 200, interval: 2s, timeout: 500ms,

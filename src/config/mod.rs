@@ -9,11 +9,13 @@ pub mod compile;
 pub mod file;
 
 use std::fmt;
+use std::sync::Arc;
 
 use pingora::server::configuration::ServerConf;
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
+use crate::upstream::discovery::{Resolver, SystemResolver};
 pub use compile::Gateway;
 use file::{FileConfig, TOLLGATE_KEYS};
 
@@ -93,6 +95,12 @@ pub fn load_file(path: &str) -> Result<Loaded, ConfigErrors> {
 
 /// Parse and validate config text.
 pub fn load_str(text: &str) -> Result<Loaded, ConfigErrors> {
+    load_str_with(text, std::sync::Arc::new(SystemResolver))
+}
+
+/// Parse and validate config text, resolving host-name targets (at load and every
+/// `resolve_every`) with `resolver` instead of the system's: the seam tests use to drive DNS.
+pub fn load_str_with(text: &str, resolver: Arc<dyn Resolver>) -> Result<Loaded, ConfigErrors> {
     let mut errs = ConfigErrors::default();
     let root = match serde_yaml::from_str::<Value>(text) {
         Ok(Value::Mapping(m)) => m,
@@ -123,7 +131,7 @@ pub fn load_str(text: &str) -> Result<Loaded, ConfigErrors> {
     }
 
     let server = server_conf(pingora_part, &mut errs);
-    let gateway = compile::compile(file, &mut errs);
+    let gateway = compile::compile(file, &resolver, &mut errs);
     match (server, gateway) {
         (Some(server), Some(gateway)) if errs.is_empty() => Ok(Loaded { server, gateway }),
         _ => Err(errs),

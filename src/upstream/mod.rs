@@ -3,6 +3,7 @@
 
 pub mod breaker;
 pub mod config;
+pub mod discovery;
 pub mod health;
 
 use std::collections::BTreeSet;
@@ -12,9 +13,10 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
+use arc_swap::ArcSwap;
 use futures::FutureExt;
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
-use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
+use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora::upstreams::peer::HttpPeer;
 
@@ -73,9 +75,12 @@ pub enum HashKey {
 }
 
 /// Everything the config says about one upstream, compiled.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Spec {
+    /// The addresses at load (host names already expanded), with weights.
     pub targets: Vec<(SocketAddr, usize)>,
+    /// Re-resolution of host-name targets (`resolve_every`), if configured.
+    pub discovery: Option<discovery::Discovery>,
     pub timeouts: Timeouts,
     pub retries: u32,
     pub balance: Balance,
@@ -84,7 +89,8 @@ pub struct Spec {
     pub breaker: Option<BreakerConfig>,
 }
 
-/// One backend's live state.
+/// One backend's live state. Shared (`Arc`) between membership snapshots, so an address that
+/// stays across a re-resolution keeps its breaker and in-flight count.
 #[derive(Debug)]
 pub struct BackendState {
     pub addr: SocketAddr,
@@ -110,10 +116,30 @@ macro_rules! with_lb {
     };
 }
 
+/// The backend set Pingora's load balancer discovers: whatever tollgate's discovery last
+/// stored. Never blocks, never fails; the DNS work happens before, in `discovery`.
+struct SharedSet(Arc<ArcSwap<BTreeSet<Backend>>>);
+
+#[async_trait::async_trait]
+impl pingora::lb::discovery::ServiceDiscovery for SharedSet {
+    async fn discover(
+        &self,
+    ) -> pingora::Result<(BTreeSet<Backend>, std::collections::HashMap<u64, bool>)> {
+        Ok((BTreeSet::clone(&self.0.load()), Default::default()))
+    }
+}
+
+/// A membership snapshot: the current backends, read lock-free on the request path.
+pub type Members = Vec<Arc<BackendState>>;
+
 /// A compiled upstream.
 pub struct Upstream {
     pub name: Arc<str>,
-    pub backends: Vec<BackendState>,
+    members: ArcSwap<Members>,
+    /// What the load balancer's discovery returns; written only by `apply`.
+    set: Arc<ArcSwap<BTreeSet<Backend>>>,
+    /// Re-resolution of host-name targets, when `resolve_every` is set.
+    pub discovery: Option<discovery::Discovery>,
     lb: Lb,
     pub timeouts: Timeouts,
     /// How many other backends a failed attempt may be retried on.
@@ -131,7 +157,7 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("name", &self.name)
-            .field("backends", &self.backends)
+            .field("backends", &self.backends())
             .field("timeouts", &self.timeouts)
             .field("retries", &self.retries)
             .field("balance", &self.balance)
@@ -140,7 +166,7 @@ impl std::fmt::Debug for Upstream {
 }
 
 fn make_lb<S>(
-    set: BTreeSet<Backend>,
+    set: &Arc<ArcSwap<BTreeSet<Backend>>>,
     health: Option<&HealthConfig>,
     name: &str,
     host: &str,
@@ -150,33 +176,23 @@ where
     S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
-    let mut lb = LoadBalancer::<S>::from_backends(Backends::new(discovery::Static::new(set)));
+    let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Box::new(SharedSet(set.clone()))));
     if let Some(h) = health {
         lb.set_health_check(h.build(name, host, changes.clone()));
     }
-    // Static discovery never blocks nor fails.
+    // The shared set never blocks nor fails.
     let _ = lb.update().now_or_never();
     lb
 }
 
 impl Upstream {
     pub fn new(name: &str, spec: Spec) -> Upstream {
-        let backends: Vec<BackendState> = spec
+        let backends: Members = spec
             .targets
             .iter()
-            .map(|(addr, weight)| BackendState {
-                addr: *addr,
-                weight: *weight,
-                backend: Backend {
-                    addr: PSocketAddr::Inet(*addr),
-                    weight: *weight,
-                    ext: Default::default(),
-                },
-                breaker: Breaker::default(),
-                inflight: AtomicU64::new(0),
-            })
+            .map(|(addr, weight)| Arc::new(BackendState::new(*addr, *weight)))
             .collect();
-        let set: BTreeSet<Backend> = backends.iter().map(|b| b.backend.clone()).collect();
+        let set = Arc::new(ArcSwap::from_pointee(backend_set(&backends)));
         let host = spec
             .targets
             .first()
@@ -186,14 +202,16 @@ impl Upstream {
         let changes = Arc::new(AtomicU64::new(0));
         let lb = match spec.balance {
             Balance::RoundRobin | Balance::LeastConn => {
-                Lb::RoundRobin(make_lb(set, h, name, &host, &changes))
+                Lb::RoundRobin(make_lb(&set, h, name, &host, &changes))
             }
-            Balance::Random => Lb::Random(make_lb(set, h, name, &host, &changes)),
-            Balance::ConsistentHash => Lb::Hash(make_lb(set, h, name, &host, &changes)),
+            Balance::Random => Lb::Random(make_lb(&set, h, name, &host, &changes)),
+            Balance::ConsistentHash => Lb::Hash(make_lb(&set, h, name, &host, &changes)),
         };
         Upstream {
             name: name.into(),
-            backends,
+            members: ArcSwap::from_pointee(backends),
+            set,
+            discovery: spec.discovery,
             lb,
             timeouts: spec.timeouts,
             retries: spec.retries,
@@ -206,41 +224,75 @@ impl Upstream {
         }
     }
 
-    fn index(&self, b: &Backend) -> Option<usize> {
-        let a = b.addr.as_inet()?;
-        self.backends.iter().position(|s| s.addr == *a)
+    /// The current backends (a lock-free snapshot; re-resolution replaces it).
+    pub fn backends(&self) -> arc_swap::Guard<Arc<Members>> {
+        self.members.load()
     }
 
     /// Healthy by the active checks (always true without them).
-    pub fn healthy(&self, i: usize) -> bool {
-        with_lb!(&self.lb, lb => lb.backends().ready(&self.backends[i].backend))
+    pub fn healthy(&self, b: &BackendState) -> bool {
+        with_lb!(&self.lb, lb => lb.backends().ready(&b.backend))
     }
 
     /// Healthy and its circuit lets requests through.
-    pub fn usable(&self, i: usize) -> bool {
-        self.healthy(i)
-            && self
-                .breaker
-                .as_ref()
-                .is_none_or(|c| self.backends[i].breaker.usable(c))
+    pub fn usable(&self, b: &BackendState) -> bool {
+        self.healthy(b) && self.breaker.as_ref().is_none_or(|c| b.breaker.usable(c))
     }
 
     /// Does this upstream have at least one usable backend?
     pub fn available(&self) -> bool {
-        (0..self.backends.len()).any(|i| self.usable(i))
+        self.backends().iter().any(|b| self.usable(b))
     }
 
     pub(crate) async fn run_health_check(&self) {
         with_lb!(&self.lb, lb => lb.backends().run_health_check(true).await)
     }
 
+    /// Replace the backend set with `targets` (address, weight) after a re-resolution.
+    /// Addresses that stay keep their `BackendState` (breaker, in-flight count) and, because
+    /// Pingora's health registry keys health by address and weight, their active-health
+    /// state; new ones start as new backends do at load (healthy until the checks say
+    /// otherwise); removed ones leave the balancer before the snapshot changes, so they get
+    /// no new request (requests in flight finish on them). Returns whether anything changed.
+    ///
+    /// Only the discovery background task calls this, so updates never overlap.
+    pub async fn apply(&self, targets: &[(SocketAddr, usize)]) -> bool {
+        let old = self.members.load_full();
+        let same = old.len() == targets.len()
+            && old
+                .iter()
+                .zip(targets)
+                .all(|(b, (a, w))| b.addr == *a && b.weight == *w);
+        if same || targets.is_empty() {
+            return false;
+        }
+        let new: Members = targets
+            .iter()
+            .map(|(a, w)| {
+                old.iter()
+                    .find(|b| b.addr == *a && b.weight == *w)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(BackendState::new(*a, *w)))
+            })
+            .collect();
+        // Balancer first: between the two stores a removed backend is already not ready
+        // there, and a new one is skipped until it is in the snapshot.
+        self.set.store(Arc::new(backend_set(&new)));
+        if let Err(e) = with_lb!(&self.lb, lb => lb.update().await) {
+            log::warn!("upstream {}: cannot update the balancer: {e}", self.name);
+        }
+        self.members.store(Arc::new(new));
+        true
+    }
+
     /// Pick a backend, skipping unusable ones and those already tried for this request, and
     /// count it in flight. `key` feeds `consistent_hash`.
     pub fn select(self: &Arc<Self>, key: &[u8], tried: &[SocketAddr]) -> Option<Attempt> {
+        let members = self.members.load();
         let mut refused: Vec<usize> = Vec::new();
         loop {
-            let idx = self.pick(key, tried, &refused)?;
-            let st = &self.backends[idx];
+            let idx = self.pick(&members, key, tried, &refused)?;
+            let st = &members[idx];
             let probe = match &self.breaker {
                 None => false,
                 Some(c) => match st.breaker.admit(c) {
@@ -255,36 +307,46 @@ impl Upstream {
             st.inflight.fetch_add(1, Relaxed);
             return Some(Attempt {
                 up: self.clone(),
-                idx,
+                backend: st.clone(),
                 probe,
                 done: false,
             });
         }
     }
 
-    fn pick(&self, key: &[u8], tried: &[SocketAddr], refused: &[usize]) -> Option<usize> {
+    fn pick(
+        &self,
+        members: &Members,
+        key: &[u8],
+        tried: &[SocketAddr],
+        refused: &[usize],
+    ) -> Option<usize> {
         let ok = |i: usize| {
-            !refused.contains(&i) && !tried.contains(&self.backends[i].addr) && self.usable(i)
+            !refused.contains(&i) && !tried.contains(&members[i].addr) && self.usable(&members[i])
         };
         match self.balance {
             Balance::LeastConn => {
-                let n = self.backends.len();
+                let n = members.len();
                 let start = self.rr.fetch_add(1, Relaxed);
                 (0..n)
                     .map(|k| (start + k) % n)
                     .filter(|&i| ok(i))
                     .min_by_key(|&i| {
-                        let b = &self.backends[i];
+                        let b = &members[i];
                         // weighted: in-flight per unit of weight, scaled to stay integral
                         b.inflight.load(Relaxed) * 1000 / b.weight.max(1) as u64
                     })
             }
             _ => {
-                let max = self.backends.len() * 8 + 8;
+                let index = |b: &Backend| {
+                    let a = b.addr.as_inet()?;
+                    members.iter().position(|s| s.addr == *a)
+                };
+                let max = members.len() * 8 + 8;
                 with_lb!(&self.lb, lb => lb.select_with(key, max, |b, healthy| {
-                    healthy && self.index(b).is_some_and(ok)
+                    healthy && index(b).is_some_and(ok)
                 }))
-                .and_then(|b| self.index(&b))
+                .and_then(|b| index(&b))
             }
         }
     }
@@ -292,7 +354,7 @@ impl Upstream {
     /// Seconds a client should wait before retrying when nothing is usable.
     pub fn retry_after(&self) -> u64 {
         let open = self.breaker.as_ref().and_then(|c| {
-            self.backends
+            self.backends()
                 .iter()
                 .filter_map(|b| b.breaker.remaining(c))
                 .min()
@@ -354,7 +416,8 @@ pub fn hash_key(
 #[derive(Debug)]
 pub struct Attempt {
     up: Arc<Upstream>,
-    idx: usize,
+    /// Held even if a re-resolution removes the address meanwhile.
+    backend: Arc<BackendState>,
     /// Holds a half-open probe slot.
     probe: bool,
     done: bool,
@@ -362,7 +425,7 @@ pub struct Attempt {
 
 impl Attempt {
     pub fn addr(&self) -> SocketAddr {
-        self.up.backends[self.idx].addr
+        self.backend.addr
     }
 
     pub fn peer(&self) -> HttpPeer {
@@ -378,7 +441,7 @@ impl Attempt {
             return;
         }
         if let Some(c) = &self.up.breaker {
-            if self.up.backends[self.idx].breaker.failure(c) {
+            if self.backend.breaker.failure(c) {
                 log::warn!(
                     "upstream {} backend {}: circuit open",
                     self.up.name,
@@ -392,7 +455,7 @@ impl Attempt {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        if self.up.breaker.is_some() && self.up.backends[self.idx].breaker.success() {
+        if self.up.breaker.is_some() && self.backend.breaker.success() {
             log::warn!(
                 "upstream {} backend {}: circuit closed",
                 self.up.name,
@@ -404,7 +467,7 @@ impl Attempt {
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        let b = &self.up.backends[self.idx];
+        let b = &self.backend;
         if self.probe && !self.done {
             b.breaker.release_probe();
         }
@@ -415,10 +478,9 @@ impl Drop for Attempt {
 /// The `/health` view of one upstream: each backend's health, breaker state, in-flight count.
 pub fn health_json(u: &Upstream) -> serde_json::Value {
     let backends: Vec<_> = u
-        .backends
+        .backends()
         .iter()
-        .enumerate()
-        .map(|(i, b)| {
+        .map(|b| {
             let breaker = u
                 .breaker
                 .as_ref()
@@ -426,9 +488,9 @@ pub fn health_json(u: &Upstream) -> serde_json::Value {
             serde_json::json!({
                 "address": b.addr.to_string(),
                 "weight": b.weight,
-                "healthy": u.healthy(i),
+                "healthy": u.healthy(b),
                 "circuit": breaker,
-                "usable": u.usable(i),
+                "usable": u.usable(b),
                 "in_flight": b.inflight.load(Relaxed),
             })
         })
@@ -437,6 +499,82 @@ pub fn health_json(u: &Upstream) -> serde_json::Value {
         "balance": u.balance.as_str(),
         "available": u.available(),
         "health_changes": u.health_changes.load(Relaxed),
+        "discovery": u.discovery.as_ref().map(|d| serde_json::json!({
+            "resolve_every": humantime::format_duration(d.every).to_string(),
+            "failing_targets": d.failing.load(Relaxed),
+        })),
         "backends": backends,
     })
+}
+
+impl BackendState {
+    fn new(addr: SocketAddr, weight: usize) -> Self {
+        BackendState {
+            addr,
+            weight,
+            backend: Backend {
+                addr: PSocketAddr::Inet(addr),
+                weight,
+                ext: Default::default(),
+            },
+            breaker: Breaker::default(),
+            inflight: AtomicU64::new(0),
+        }
+    }
+}
+
+fn backend_set(members: &Members) -> BTreeSet<Backend> {
+    members.iter().map(|b| b.backend.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn apply_keeps_state_of_addresses_that_stay() {
+        let (a, b, c) = (
+            addr("10.0.0.1:80"),
+            addr("10.0.0.2:80"),
+            addr("10.0.0.3:80"),
+        );
+        let cfg = BreakerConfig {
+            failures: 1,
+            ..Default::default()
+        };
+        let up = Arc::new(Upstream::new(
+            "u",
+            Spec {
+                targets: vec![(a, 1), (b, 1)],
+                breaker: Some(cfg),
+                ..Default::default()
+            },
+        ));
+        // `a` has a request in flight and an open circuit.
+        let mut held = up.select(b"", &[b]).unwrap();
+        assert_eq!(held.addr(), a);
+        held.failure();
+        let before = up.backends()[0].clone();
+        assert_eq!(before.inflight.load(Relaxed), 1);
+
+        assert!(up.apply(&[(a, 1), (c, 1)]).await);
+        assert!(!up.apply(&[(a, 1), (c, 1)]).await, "same set: no change");
+        let now = up.backends();
+        assert!(Arc::ptr_eq(&now[0], &before), "a keeps its state");
+        assert_eq!(now[0].inflight.load(Relaxed), 1);
+        assert!(!up.usable(&now[0]), "a's circuit is still open");
+        assert_eq!(now[1].addr, c);
+        // b is gone, c is new and gets the traffic.
+        for _ in 0..4 {
+            assert_eq!(up.select(b"", &[]).unwrap().addr(), c);
+        }
+        drop(held);
+        assert_eq!(before.inflight.load(Relaxed), 0);
+        assert!(!up.apply(&[]).await, "an empty set is never applied");
+        assert_eq!(up.backends().len(), 2);
+    }
 }

@@ -15,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod in_process;
+
 /// The runtime the test upstreams live on (one per test binary).
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -478,9 +480,12 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &'static str) -> Backend {
-        let l = runtime()
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
+        Backend::start_at(name, "127.0.0.1:0".parse().unwrap()).expect("bind a test backend")
+    }
+
+    /// A backend on a given address (`127.0.0.2:0` for another loopback IP).
+    pub fn start_at(name: &'static str, addr: SocketAddr) -> std::io::Result<Backend> {
+        let l = runtime().block_on(tokio::net::TcpListener::bind(addr))?;
         let b = Backend {
             addr: l.local_addr().unwrap(),
             name,
@@ -489,7 +494,25 @@ impl Backend {
             tasks: Default::default(),
         };
         b.run(l);
-        b
+        Ok(b)
+    }
+
+    /// Backends on `127.0.0.1`, `127.0.0.2`, ... sharing one port, as the addresses of one
+    /// DNS name behind a `name:port` target would.
+    pub fn same_port(names: &[&'static str]) -> Vec<Backend> {
+        'port: for _ in 0..50 {
+            let mut out = Vec::new();
+            let port = free_port();
+            for (i, name) in names.iter().enumerate() {
+                let addr = SocketAddr::from(([127, 0, 0, i as u8 + 1], port));
+                match Backend::start_at(name, addr) {
+                    Ok(b) => out.push(b),
+                    Err(_) => continue 'port,
+                }
+            }
+            return out;
+        }
+        panic!("no port free on every loopback address");
     }
 
     /// Requests received so far (request lines).
