@@ -187,6 +187,30 @@ fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 impl Auth {
+    /// Provider `p` as `tollgate explain` shows it (no secret, ever).
+    pub fn describe(&self, p: usize) -> String {
+        let name = &self.names[p];
+        match &self.providers[p] {
+            Provider::ApiKey(k) => match (&k.header, &k.query) {
+                (Some(h), _) => format!("{name} (api_key in header {h})"),
+                (None, Some(q)) => format!("{name} (api_key in query parameter {q})"),
+                (None, None) => format!("{name} (api_key)"),
+            },
+            Provider::Jwt(j) => {
+                let (iss, aud) = j.issuer_audience();
+                let mut d = format!("{name} (jwt {}", j.algorithms().join("/"));
+                if let Some(i) = iss {
+                    d.push_str(&format!(", issuer {i}"));
+                }
+                if let Some(a) = aud {
+                    d.push_str(&format!(", audience {a}"));
+                }
+                d.push(')');
+                d
+            }
+        }
+    }
+
     /// Mint a token with the HMAC provider `name` (`tollgate token`).
     pub fn mint(&self, name: &str, claims: jwt::Claims) -> Result<String, String> {
         match self.names.iter().position(|n| n == name) {
