@@ -114,12 +114,20 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
             );
         }
         Match::Route(r) => {
-            let target = crate::headers::upstream_target(r, &path, query, path != raw_path)
+            let mut auth = String::new();
+            // As the proxy does: a key carried in the query is not forwarded.
+            let query = match explain_auth(&mut auth, gw, r, req) {
+                Some(q) => query.and_then(|s| crate::auth::strip_query_param(s, &q)),
+                None => query.map(str::to_owned),
+            };
+            let changed = path != raw_path
+                || query.as_deref() != req.path_and_query.split_once('?').map(|(_, q)| q);
+            let target = crate::headers::upstream_target(r, &path, query.as_deref(), changed)
                 .unwrap_or_else(|| req.path_and_query.clone());
             let up = &gw.upstreams[r.upstream];
             let _ = writeln!(o, "route:    {} -> upstream {}", r.name, up.name);
             let _ = writeln!(o, "forward:  {} {target}", req.method);
-            explain_auth(&mut o, gw, r, req);
+            o.push_str(&auth);
             explain_limits(&mut o, gw, r);
             let _ = writeln!(
                 o,
@@ -149,11 +157,17 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
 
 /// Which providers the route requires, its consumers/claims constraints, and whether the
 /// given headers pass: the compiled verifiers run offline (keys are hashed, tokens checked
-/// with the configured keys; nothing is fetched).
-fn explain_auth(o: &mut String, gw: &Gateway, r: &crate::router::Route, req: &Request) {
+/// with the configured keys; nothing is fetched). Returns the query parameter that carried
+/// an accepted key (removed before forwarding).
+fn explain_auth(
+    o: &mut String,
+    gw: &Gateway,
+    r: &crate::router::Route,
+    req: &Request,
+) -> Option<std::sync::Arc<str>> {
     let Some(ra) = &r.auth else {
         o.push_str("auth:     none (public route)\n");
-        return;
+        return None;
     };
     let providers: Vec<String> = ra.providers.iter().map(|p| gw.auth.describe(*p)).collect();
     let _ = writeln!(o, "auth:     one of {}", providers.join(", "));
@@ -167,7 +181,7 @@ fn explain_auth(o: &mut String, gw: &Gateway, r: &crate::router::Route, req: &Re
         Ok(h) => h,
         Err(e) => {
             let _ = writeln!(o, "          cannot check the headers: {e}");
-            return;
+            return None;
         }
     };
     match gw.auth.check(ra, &head) {
@@ -178,6 +192,7 @@ fn explain_auth(o: &mut String, gw: &Gateway, r: &crate::router::Route, req: &Re
                 .and_then(|c| c.to_str().ok())
                 .unwrap_or("(no consumer)");
             let _ = writeln!(o, "          passes: caller {who}");
+            id.credential_query
         }
         Err(f) => {
             let _ = writeln!(
@@ -188,6 +203,7 @@ fn explain_auth(o: &mut String, gw: &Gateway, r: &crate::router::Route, req: &Re
                 f.reason.as_str(),
                 f.message
             );
+            None
         }
     }
 }

@@ -77,6 +77,7 @@ consumers:
   bob: {api_keys: ["bobsecretapikey1"]}
 auth:
   keys: {type: api_key, header: X-Api-Key}
+  qkeys: {type: api_key, query: api_key}
   tokens: {type: jwt, algorithms: [HS256], secret: "explain-test-secret", issuer: iss.example, audience: api}
 rate_limits:
   per-consumer: {requests: 5, per: 1m, burst: 2, key: consumer}
@@ -84,6 +85,7 @@ rate_limits:
 routes:
   - {name: team, path_prefix: /team, upstream: u, auth: [keys, tokens], consumers: [alice], rate_limit: [per-consumer, per-ip]}
   - {name: admins, path_prefix: /admin, upstream: u, auth: [tokens], claims: {role: [admin]}}
+  - {name: q, path_prefix: /q, upstream: u, auth: [qkeys]}
 "#;
 
 #[test]

@@ -427,4 +427,42 @@ mod tests {
             "{t}"
         );
     }
+
+    #[test]
+    fn auth_and_limit_series_exist_from_load_for_configured_routes_only() {
+        let m = Metrics::with_layout(Layout {
+            routes: vec!["open".into(), "we\"ird".into()],
+            auth: vec![false, true],
+            policies: vec!["p0".into(), "p1".into()],
+            limits: vec![vec![], vec![1]],
+        });
+        let t = m.render(&|_| {});
+        assert!(
+            t.contains("tollgate_auth_failures_total{route=\"we\\\"ird\",reason=\"expired\"} 0"),
+            "{t}"
+        );
+        assert!(!t.contains("route=\"open\",reason"), "{t}");
+        assert!(
+            t.contains("tollgate_rate_limited_total{route=\"we\\\"ird\",policy=\"p1\"} 0"),
+            "{t}"
+        );
+        assert!(!t.contains("policy=\"p0\""), "{t}");
+        m.auth_failed(1, Reason::Expired);
+        m.auth_failed(1, Reason::Forbidden);
+        m.rate_limited(1, 1);
+        m.rate_limited(7, 9);
+        let t = m.render(&|_| {});
+        assert!(
+            t.contains("tollgate_auth_failures_total{route=\"we\\\"ird\",reason=\"expired\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("tollgate_auth_failures_total{route=\"we\\\"ird\",reason=\"forbidden\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("tollgate_rate_limited_total{route=\"we\\\"ird\",policy=\"p1\"} 1"),
+            "{t}"
+        );
+    }
 }
