@@ -210,7 +210,7 @@ fn combined_access_log_names_the_consumer_never_the_query_key() {
     let r = gw.send(
         "GET",
         "/api/x?api_key=querysecretkey42",
-        &[("Referer", "http://gw/")],
+        &[("Referer", "http://app/page?api_key=querysecretkey42")],
     );
     assert_eq!(r.status, 200);
     let line = log_lines(&path, 1);
@@ -218,6 +218,10 @@ fn combined_access_log_names_the_consumer_never_the_query_key() {
     assert!(line.starts_with("127.0.0.1 - ci-bot ["), "{line}");
     assert!(line.contains(" rate_limit=allowed:99"), "{line}");
     assert!(line.contains("\"GET /api/x HTTP/1.1\" 200"), "{line}");
+    assert!(
+        line.contains("\"http://app/page\""),
+        "referer without its query: {line}"
+    );
 }
 
 #[test]

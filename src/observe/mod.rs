@@ -94,7 +94,9 @@ impl Observe {
                 remaining: d.remaining,
             }),
             user_agent: header(http::header::USER_AGENT),
-            referer: header(http::header::REFERER),
+            // Like the request's own, the referring URL's query may carry a credential.
+            referer: header(http::header::REFERER)
+                .map(|r| r.split(['?', '#']).next().unwrap_or("")),
             error: e.map(|e| e.etype().as_str()),
         });
     }
