@@ -1,4 +1,4 @@
-//! The admin listener: `/health` (and, later, `/metrics`), a separate Pingora service so that
+//! The admin listener: `/health` and `/metrics`, a separate Pingora service so that
 //! data-plane load never hides the gateway's own health.
 
 use std::sync::Arc;
@@ -28,16 +28,7 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
-        let dropped = self.obs.access_log.dropped();
-        let body = self
-            .obs
-            .metrics
-            .render(&|o: &mut String| {
-                o.push_str("# HELP tollgate_access_log_dropped_total Access-log lines dropped because the writer fell behind.\n");
-                o.push_str("# TYPE tollgate_access_log_dropped_total counter\n");
-                o.push_str(&format!("tollgate_access_log_dropped_total {dropped}\n"));
-            })
-            .into_bytes();
+        let body = self.obs.render(&self.gw).into_bytes();
         Response::builder()
             .status(200)
             .header("content-type", "text/plain; version=0.0.4")

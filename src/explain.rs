@@ -114,13 +114,21 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
             );
         }
         Match::Route(r) => {
-            let target = crate::headers::upstream_target(r, &path, query, path != raw_path)
+            let mut auth = String::new();
+            // As the proxy does: a key carried in the query is not forwarded.
+            let query = match explain_auth(&mut auth, gw, r, req) {
+                Some(q) => query.and_then(|s| crate::auth::strip_query_param(s, &q)),
+                None => query.map(str::to_owned),
+            };
+            let changed = path != raw_path
+                || query.as_deref() != req.path_and_query.split_once('?').map(|(_, q)| q);
+            let target = crate::headers::upstream_target(r, &path, query.as_deref(), changed)
                 .unwrap_or_else(|| req.path_and_query.clone());
             let up = &gw.upstreams[r.upstream];
             let _ = writeln!(o, "route:    {} -> upstream {}", r.name, up.name);
             let _ = writeln!(o, "forward:  {} {target}", req.method);
-            o.push_str("auth:     none (public route)\n");
-            o.push_str("limits:   none\n");
+            o.push_str(&auth);
+            explain_limits(&mut o, gw, r);
             let _ = writeln!(
                 o,
                 "backends: {} ({}; connect {:?}, read {:?}, retries {})",
@@ -145,6 +153,93 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
         }
     }
     o
+}
+
+/// Which providers the route requires, its consumers/claims constraints, and whether the
+/// given headers pass: the compiled verifiers run offline (keys are hashed, tokens checked
+/// with the configured keys; nothing is fetched). Returns the query parameter that carried
+/// an accepted key (removed before forwarding).
+fn explain_auth(
+    o: &mut String,
+    gw: &Gateway,
+    r: &crate::router::Route,
+    req: &Request,
+) -> Option<std::sync::Arc<str>> {
+    let Some(ra) = &r.auth else {
+        o.push_str("auth:     none (public route)\n");
+        return None;
+    };
+    let providers: Vec<String> = ra.providers.iter().map(|p| gw.auth.describe(*p)).collect();
+    let _ = writeln!(o, "auth:     one of {}", providers.join(", "));
+    if let Some(c) = &ra.consumers {
+        let _ = writeln!(o, "          consumers: {}", c.join(", "));
+    }
+    for (claim, values) in &ra.claims {
+        let _ = writeln!(o, "          claim {claim} in [{}]", values.join(", "));
+    }
+    let head = match request_header(req) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = writeln!(o, "          cannot check the headers: {e}");
+            return None;
+        }
+    };
+    match gw.auth.check(ra, &head) {
+        Ok(id) => {
+            let who = id
+                .consumer
+                .as_ref()
+                .and_then(|c| c.to_str().ok())
+                .unwrap_or("(no consumer)");
+            let _ = writeln!(o, "          passes: caller {who}");
+            id.credential_query
+        }
+        Err(f) => {
+            let _ = writeln!(
+                o,
+                "answer:   {} {} ({}): {}",
+                f.reject.status(),
+                f.reject.code(),
+                f.reason.as_str(),
+                f.message
+            );
+            None
+        }
+    }
+}
+
+/// The route's rate-limit policies, described; no budget is consumed.
+fn explain_limits(o: &mut String, gw: &Gateway, r: &crate::router::Route) {
+    if r.rate_limits.is_empty() {
+        o.push_str("limits:   none\n");
+        return;
+    }
+    for (i, p) in r.rate_limits.iter().enumerate() {
+        let lead = if i == 0 { "limits:  " } else { "         " };
+        let _ = writeln!(
+            o,
+            "{lead} {} (not consumed)",
+            gw.rate_limits.policies[*p].describe()
+        );
+    }
+}
+
+/// The request as the proxy would see its head.
+fn request_header(req: &Request) -> Result<pingora::http::RequestHeader, String> {
+    let mut h = pingora::http::RequestHeader::build(
+        req.method.clone(),
+        req.path_and_query.as_bytes(),
+        Some(req.headers.len()),
+    )
+    .map_err(|e| e.to_string())?;
+    for (k, v) in &req.headers {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("bad header name {k:?}"))?;
+        let value =
+            http::HeaderValue::from_str(v).map_err(|_| format!("bad value for header {k}"))?;
+        h.append_header(name, value).map_err(|e| e.to_string())?;
+    }
+    Ok(h)
 }
 
 fn describe_host(r: &crate::router::Route) -> String {

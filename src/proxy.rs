@@ -292,6 +292,7 @@ impl ProxyHttp for Tollgate {
                     ctx.identity = Some(id)
                 }
                 Err(f) => {
+                    self.obs.auth_failed(route.id, &f);
                     let www = f.www.map(|v| (http::header::WWW_AUTHENTICATE, v));
                     let extra = www.as_slice();
                     return self.reject(session, ctx, f.reject, f.message, extra).await;
@@ -314,6 +315,7 @@ impl ProxyHttp for Tollgate {
                 }
             };
             if let Some(d) = ctx.limit.filter(|d| !d.allowed) {
+                self.obs.rate_limited(route.id, &d);
                 let extra = self.gw.rate_limits.headers(&d);
                 let msg = "rate limit exceeded: retry after the time in Retry-After";
                 return self

@@ -22,9 +22,9 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         gateway,
     } = loaded;
     let gw = Arc::new(gateway);
-    let route_names = gw.router.routes().iter().map(|r| r.name.clone()).collect();
+    let layout = crate::observe::metrics::Layout::of(&gw);
     let obs = Arc::new(Observe {
-        metrics: Metrics::new(route_names),
+        metrics: Metrics::with_layout(layout),
         access_log: AccessLog::new(gw.access_log.clone()),
     });
     let mut server = Server::new_with_opt_and_conf(opt, conf);

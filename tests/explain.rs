@@ -51,3 +51,137 @@ fn explains_405_404_and_400() {
     let (_, out) = explain(&["GET", "/public/%2fetc"]);
     assert!(out.contains("answer:   400 bad_request"), "{out}");
 }
+
+/// `tollgate explain` (or `token`) with `conf` written to a temp file.
+fn run_with(conf: &str, args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(&path, conf).unwrap();
+    let out = std::process::Command::new(support::bin())
+        .arg(args[0])
+        .arg("-c")
+        .arg(&path)
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+const AUTHED: &str = r#"
+upstreams: {u: {targets: ["127.0.0.1:9"]}}
+consumers:
+  alice: {api_keys: ["supersecretapikey"]}
+  bob: {api_keys: ["bobsecretapikey1"]}
+auth:
+  keys: {type: api_key, header: X-Api-Key}
+  qkeys: {type: api_key, query: api_key}
+  tokens: {type: jwt, algorithms: [HS256], secret: "explain-test-secret", issuer: iss.example, audience: api}
+rate_limits:
+  per-consumer: {requests: 5, per: 1m, burst: 2, key: consumer}
+  per-ip: {requests: 100, per: 1s, key: client_ip}
+routes:
+  - {name: team, path_prefix: /team, upstream: u, auth: [keys, tokens], consumers: [alice], rate_limit: [per-consumer, per-ip]}
+  - {name: admins, path_prefix: /admin, upstream: u, auth: [tokens], claims: {role: [admin]}}
+  - {name: q, path_prefix: /q, upstream: u, auth: [qkeys]}
+"#;
+
+#[test]
+fn explains_auth_requirements_verdicts_and_limits_of_an_authenticated_route() {
+    let (code, out) = run_with(
+        AUTHED,
+        &[
+            "explain",
+            "GET",
+            "/team/x",
+            "-H",
+            "X-Api-Key: supersecretapikey",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("auth:     one of keys (api_key in header x-api-key), tokens (jwt HS256, issuer iss.example, audience api)"),
+        "{out}"
+    );
+    assert!(out.contains("consumers: alice"), "{out}");
+    assert!(out.contains("passes: caller alice"), "{out}");
+    assert!(
+        out.contains("limits:   per-consumer: 5 requests per 1m, burst 2, key consumer, store local (not consumed)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("per-ip: 100 requests per 1s, burst 100, key client_ip, store local"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("supersecretapikey"),
+        "the key is never echoed: {out}"
+    );
+
+    let (_, out) = run_with(
+        AUTHED,
+        &[
+            "explain",
+            "GET",
+            "/team/x",
+            "-H",
+            "X-Api-Key: bobsecretapikey1",
+        ],
+    );
+    assert!(out.contains("answer:   403 forbidden (forbidden)"), "{out}");
+    let (_, out) = run_with(
+        AUTHED,
+        &[
+            "explain",
+            "GET",
+            "/team/x",
+            "-H",
+            "X-Api-Key: not-a-key-at-all",
+        ],
+    );
+    assert!(
+        out.contains("answer:   401 unauthorized (invalid_key)"),
+        "{out}"
+    );
+    let (_, out) = run_with(AUTHED, &["explain", "GET", "/team/x"]);
+    assert!(
+        out.contains("answer:   401 unauthorized (missing)"),
+        "{out}"
+    );
+
+    // A token minted for the route's provider is verified offline, claims included.
+    let (code, token) = run_with(
+        AUTHED,
+        &[
+            "token",
+            "--auth",
+            "tokens",
+            "--sub",
+            "carol",
+            "--claim",
+            "role=admin",
+        ],
+    );
+    assert_eq!(code, 0, "{token}");
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let (_, out) = run_with(AUTHED, &["explain", "GET", "/admin/x", "-H", &bearer]);
+    assert!(out.contains("claim role in [admin]"), "{out}");
+    assert!(out.contains("passes: caller carol"), "{out}");
+    assert!(out.contains("limits:   none"), "{out}");
+    let (_, out) = run_with(
+        AUTHED,
+        &[
+            "explain",
+            "GET",
+            "/admin/x",
+            "-H",
+            "Authorization: Bearer a.b.c",
+        ],
+    );
+    assert!(
+        out.contains("answer:   401 unauthorized (malformed)"),
+        "{out}"
+    );
+}

@@ -114,3 +114,173 @@ fn json_access_log_has_the_fields_and_no_query() {
     assert_eq!(miss["route"], serde_json::Value::Null);
     assert_eq!(miss["upstream"], serde_json::Value::Null);
 }
+
+/// Wait until the access log at `path` holds at least `n` lines.
+fn log_lines(path: &std::path::Path, n: usize) -> String {
+    let mut text = String::new();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            text = std::fs::read_to_string(path).unwrap_or_default();
+            text.lines().count() >= n
+        }),
+        "access log has fewer than {n} lines: {text:?}"
+    );
+    text
+}
+
+#[test]
+fn auth_failures_and_429s_are_counted_by_route_reason_and_policy() {
+    let up = echo("up");
+    let logs = tempfile::tempdir().unwrap();
+    let path = logs.path().join("access.log");
+    let gw = Gateway::start(&format!(
+        "upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
+         consumers: {{alice: {{api_keys: [\"supersecretapikey\"]}}}}\n\
+         auth: {{keys: {{type: api_key, header: X-Api-Key}}}}\n\
+         rate_limits: {{tight: {{requests: 2, per: 1m, burst: 2, key: consumer}}}}\n\
+         routes: [{{name: api, path_prefix: /api, upstream: up, auth: [keys], rate_limit: tight}},\n\
+                  {{name: open, path_prefix: /open, upstream: up}}]\n\
+         access_log: {{format: json, path: \"{}\"}}",
+        path.display()
+    ));
+    let missing = "tollgate_auth_failures_total{route=\"api\",reason=\"missing\"}";
+    let invalid = "tollgate_auth_failures_total{route=\"api\",reason=\"invalid_key\"}";
+    let limited = "tollgate_rate_limited_total{route=\"api\",policy=\"tight\"}";
+    let text = gw.admin_get("/metrics").body;
+    for series in [missing, invalid, limited] {
+        assert!(
+            text.lines().any(|l| l == format!("{series} 0")),
+            "{series} exists from the start:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("route=\"open\",reason="),
+        "public routes have no auth series"
+    );
+
+    assert_eq!(gw.get("/api/x").status, 401);
+    let wrong = [("X-Api-Key", "wrongwrongwrong")];
+    assert_eq!(gw.send("GET", "/api/x", &wrong).status, 401);
+    assert_eq!(gw.send("GET", "/api/x", &wrong).status, 401);
+    let key = [("X-Api-Key", "supersecretapikey")];
+    assert_eq!(gw.send("GET", "/api/x", &key).status, 200);
+    assert_eq!(gw.send("GET", "/api/x", &key).status, 200);
+    assert_eq!(gw.send("GET", "/api/x", &key).status, 429);
+    assert_eq!(scrape(&gw, missing), 1);
+    assert_eq!(scrape(&gw, invalid), 2);
+    assert_eq!(scrape(&gw, limited), 1);
+
+    let lines = log_lines(&path, 6);
+    assert!(
+        !lines.contains("supersecretapikey") && !lines.contains("wrongwrongwrong"),
+        "credentials leak into the access log: {lines}"
+    );
+    let entries: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ok: Vec<_> = entries.iter().filter(|e| e["status"] == 200).collect();
+    assert_eq!(ok.len(), 2, "{lines}");
+    assert!(ok.iter().all(|e| e["consumer"] == "alice"), "{lines}");
+    assert_eq!(ok[0]["rate_limit"]["outcome"], "allowed", "{lines}");
+    assert_eq!(ok[0]["rate_limit"]["remaining"], 1, "{lines}");
+    let denied = entries.iter().find(|e| e["status"] == 429).unwrap();
+    assert_eq!(denied["consumer"], "alice");
+    assert_eq!(denied["rate_limit"]["outcome"], "limited");
+    assert_eq!(denied["rate_limit"]["remaining"], 0);
+    let refused = entries.iter().find(|e| e["status"] == 401).unwrap();
+    assert_eq!(refused["consumer"], serde_json::Value::Null);
+    assert_eq!(refused["rate_limit"], serde_json::Value::Null);
+}
+
+#[test]
+fn combined_access_log_names_the_consumer_never_the_query_key() {
+    let up = echo("up");
+    let logs = tempfile::tempdir().unwrap();
+    let path = logs.path().join("access.log");
+    let gw = Gateway::start(&format!(
+        "upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
+         consumers: {{ci-bot: {{api_keys: [\"querysecretkey42\"]}}}}\n\
+         auth: {{qkeys: {{type: api_key, query: api_key}}}}\n\
+         rate_limits: {{roomy: {{requests: 100, per: 1m, key: consumer}}}}\n\
+         routes: [{{name: api, path_prefix: /api, upstream: up, auth: [qkeys], rate_limit: roomy}}]\n\
+         access_log: {{format: combined, path: \"{}\"}}",
+        path.display()
+    ));
+    let r = gw.send(
+        "GET",
+        "/api/x?api_key=querysecretkey42",
+        &[("Referer", "http://app/page?api_key=querysecretkey42")],
+    );
+    assert_eq!(r.status, 200);
+    let line = log_lines(&path, 1);
+    assert!(!line.contains("querysecretkey42"), "{line}");
+    assert!(line.starts_with("127.0.0.1 - ci-bot ["), "{line}");
+    assert!(line.contains(" rate_limit=allowed:99"), "{line}");
+    assert!(line.contains("\"GET /api/x HTTP/1.1\" 200"), "{line}");
+    assert!(
+        line.contains("\"http://app/page\""),
+        "referer without its query: {line}"
+    );
+}
+
+#[test]
+fn backend_health_breaker_and_in_flight_are_gauges_read_at_scrape_time() {
+    let checked = Backend::start("checked");
+    let guarded = Backend::start("guarded");
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  checked:\n    targets: [\"{}\"]\n    health_check: {{type: tcp, interval: 100ms, timeout: 200ms, healthy: 1, unhealthy: 1}}\n\
+         \x20 guarded:\n    targets: [\"{}\"]\n    circuit_breaker: {{failures: 1, open_for: 1m}}\n\
+         routes: [{{name: c, path_prefix: /c, upstream: checked}}, {{name: g, path_prefix: /g, upstream: guarded}}]\n\
+         access_log: {{enabled: false}}",
+        checked.addr, guarded.addr
+    ));
+    let healthy = format!(
+        "tollgate_backend_healthy{{upstream=\"checked\",backend=\"{}\"}}",
+        checked.addr
+    );
+    let breaker = format!(
+        "tollgate_backend_breaker_state{{upstream=\"guarded\",backend=\"{}\"}}",
+        guarded.addr
+    );
+    let in_flight = format!(
+        "tollgate_backend_in_flight{{upstream=\"guarded\",backend=\"{}\"}}",
+        guarded.addr
+    );
+    let changes = "tollgate_backend_health_changes_total{upstream=\"checked\"}";
+    assert_eq!(scrape(&gw, &healthy), 1);
+    assert_eq!(scrape(&gw, &breaker), 0);
+    assert_eq!(scrape(&gw, &in_flight), 0);
+    let before = scrape(&gw, changes);
+
+    checked.kill();
+    assert!(
+        eventually(Duration::from_secs(5), || scrape(&gw, &healthy) == 0),
+        "a dead backend is reported unhealthy:\n{}",
+        gw.admin_get("/metrics").body
+    );
+    assert!(scrape(&gw, changes) > before);
+
+    guarded.kill();
+    assert_eq!(gw.get("/g/x").status, 502);
+    assert_eq!(scrape(&gw, &breaker), 1, "one failure opens the circuit");
+    assert_eq!(gw.get("/g/x").status, 503);
+    assert_eq!(scrape(&gw, &in_flight), 0);
+}
+
+#[test]
+fn redis_store_failures_are_counted() {
+    let up = echo("up");
+    let redis = closed_port();
+    let gw = Gateway::start(&format!(
+        "upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
+         redis: {{url: \"redis://{redis}\", on_error: allow, timeout: 50ms}}\n\
+         rate_limits: {{shared: {{requests: 10, per: 1m, store: redis}}}}\n\
+         routes: [{{name: api, path_prefix: /api, upstream: up, rate_limit: shared}}]\n\
+         access_log: {{enabled: false}}"
+    ));
+    assert_eq!(scrape(&gw, "tollgate_redis_errors_total"), 0);
+    assert_eq!(gw.get("/api/x").status, 200);
+    assert_eq!(gw.get("/api/x").status, 200);
+    assert!(scrape(&gw, "tollgate_redis_errors_total") >= 2);
+}

@@ -7,6 +7,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use super::config::SecretFile;
+use super::Reason;
 use crate::config::ConfigErrors;
 
 /// The verification key: one, or a JWKS chosen by `kid`.
@@ -195,44 +196,81 @@ impl Jwt {
         .map_err(|e| format!("cannot sign: {e}"))
     }
 
-    /// Verify a token; the error is the message a client may read.
-    pub fn verify(&self, token: &str) -> Result<Claims, &'static str> {
+    /// Verify a token; the error is the refusal's reason and the message a client may read.
+    pub fn verify(&self, token: &str) -> Result<Claims, (Reason, &'static str)> {
         if token.split('.').count() != 3 {
-            return Err("malformed token: a JWT has three dot-separated parts");
+            return Err((
+                Reason::Malformed,
+                "malformed token: a JWT has three dot-separated parts",
+            ));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
-                "token algorithm is not accepted"
+                (Reason::BadAlgorithm, "token algorithm is not accepted")
             }
-            _ => "malformed token header",
+            _ => (Reason::Malformed, "malformed token header"),
         })?;
         if header.crit.as_ref().is_some_and(|c| !c.is_empty()) {
-            return Err("token has critical header parameters tollgate does not understand");
+            return Err((
+                Reason::InvalidToken,
+                "token has critical header parameters tollgate does not understand",
+            ));
         }
         let key = match &self.key {
             Keys::One(k) => k,
             Keys::Set(m) => match header.kid.as_deref().and_then(|kid| m.get(kid)) {
                 Some(k) => k,
-                None => return Err("unknown key: the token's kid is not in the key set"),
+                None => {
+                    return Err((
+                        Reason::UnknownKid,
+                        "unknown key: the token's kid is not in the key set",
+                    ))
+                }
             },
         };
         match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
             Ok(d) => Ok(d.claims),
             Err(e) => Err(match e.kind() {
-                ErrorKind::ExpiredSignature => "token expired",
-                ErrorKind::ImmatureSignature => "token not yet valid (nbf)",
-                ErrorKind::InvalidSignature => "bad token signature",
-                ErrorKind::InvalidIssuer => "wrong token issuer",
-                ErrorKind::InvalidAudience => "wrong token audience",
-                ErrorKind::MissingRequiredClaim(_) => "token has no exp claim",
-                ErrorKind::InvalidAlgorithm => "token algorithm is not accepted",
-                ErrorKind::InvalidClaimFormat(_) => "token claims have the wrong type",
-                ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-                    "malformed token: bad base64 or JSON"
+                ErrorKind::ExpiredSignature => (Reason::Expired, "token expired"),
+                ErrorKind::ImmatureSignature => (Reason::NotYetValid, "token not yet valid (nbf)"),
+                ErrorKind::InvalidSignature => (Reason::BadSignature, "bad token signature"),
+                ErrorKind::InvalidIssuer => (Reason::WrongIssuer, "wrong token issuer"),
+                ErrorKind::InvalidAudience => (Reason::WrongAudience, "wrong token audience"),
+                ErrorKind::MissingRequiredClaim(_) => {
+                    (Reason::InvalidToken, "token has no exp claim")
                 }
-                _ => "invalid token",
+                ErrorKind::InvalidAlgorithm => {
+                    (Reason::BadAlgorithm, "token algorithm is not accepted")
+                }
+                ErrorKind::InvalidClaimFormat(_) => {
+                    (Reason::Malformed, "token claims have the wrong type")
+                }
+                ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                    (Reason::Malformed, "malformed token: bad base64 or JSON")
+                }
+                _ => (Reason::InvalidToken, "invalid token"),
             }),
         }
+    }
+
+    /// The accepted algorithms, for `tollgate explain`.
+    pub fn algorithms(&self) -> Vec<String> {
+        self.validation
+            .algorithms
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect()
+    }
+
+    /// The required issuer and audience, for `tollgate explain`.
+    pub fn issuer_audience(&self) -> (Option<String>, Option<String>) {
+        let first = |s: Option<&std::collections::HashSet<String>>| {
+            s.and_then(|s| s.iter().next().cloned())
+        };
+        (
+            first(self.validation.iss.as_ref()),
+            first(self.validation.aud.as_ref()),
+        )
     }
 }
 

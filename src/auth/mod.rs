@@ -64,16 +64,90 @@ pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
-/// Why a request is refused: status, message, `WWW-Authenticate`.
+/// Why a credential was refused, as a small fixed set (the `reason` label of
+/// `tollgate_auth_failures_total`). Never derived from client data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No credential any of the route's providers looks for.
+    Missing,
+    /// The credential header is given more than once.
+    Duplicate,
+    /// The credential is larger than [`MAX_CREDENTIAL`].
+    TooLarge,
+    /// Not `Bearer <token>`, not three parts, bad base64 or JSON, claims of the wrong type.
+    Malformed,
+    /// The token's algorithm is not one the provider accepts.
+    BadAlgorithm,
+    /// An API key no consumer owns.
+    InvalidKey,
+    Expired,
+    NotYetValid,
+    BadSignature,
+    WrongIssuer,
+    WrongAudience,
+    /// The token's `kid` is not in the JWKS.
+    UnknownKid,
+    /// Any other token refusal (no `exp`, critical header parameters...).
+    InvalidToken,
+    /// Authenticated, but not among the route's consumers or claims (403).
+    Forbidden,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 14] = [
+        Reason::Missing,
+        Reason::Duplicate,
+        Reason::TooLarge,
+        Reason::Malformed,
+        Reason::BadAlgorithm,
+        Reason::InvalidKey,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::BadSignature,
+        Reason::WrongIssuer,
+        Reason::WrongAudience,
+        Reason::UnknownKid,
+        Reason::InvalidToken,
+        Reason::Forbidden,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Duplicate => "duplicate",
+            Reason::TooLarge => "too_large",
+            Reason::Malformed => "malformed",
+            Reason::BadAlgorithm => "bad_algorithm",
+            Reason::InvalidKey => "invalid_key",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::BadSignature => "bad_signature",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::UnknownKid => "unknown_kid",
+            Reason::InvalidToken => "invalid_token",
+            Reason::Forbidden => "forbidden",
+        }
+    }
+
+    /// Position in [`Reason::ALL`] (a metrics slot).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a request is refused: status, reason, message, `WWW-Authenticate`.
 pub struct Failure {
     pub reject: Reject,
+    pub reason: Reason,
     pub message: &'static str,
     pub www: Option<HeaderValue>,
 }
 
-fn fail(message: &'static str, www: HeaderValue) -> Failure {
+fn fail((reason, message): (Reason, &'static str), www: HeaderValue) -> Failure {
     Failure {
         reject: Reject::Unauthorized,
+        reason,
         message,
         www: Some(www),
     }
@@ -87,14 +161,20 @@ fn bearer_www(message: &str) -> HeaderValue {
 }
 
 /// The one credential value of `name`: `Ok(None)` if absent, an error if repeated or too big.
-fn single<'a>(req: &'a RequestHeader, name: &HeaderName) -> Result<Option<&'a [u8]>, &'static str> {
+fn single<'a>(
+    req: &'a RequestHeader,
+    name: &HeaderName,
+) -> Result<Option<&'a [u8]>, (Reason, &'static str)> {
     let mut it = req.headers.get_all(name).iter();
     let Some(v) = it.next() else { return Ok(None) };
     if it.next().is_some() {
-        return Err("the credential header is given more than once");
+        return Err((
+            Reason::Duplicate,
+            "the credential header is given more than once",
+        ));
     }
     if v.len() > MAX_CREDENTIAL {
-        return Err("the credential is too large");
+        return Err((Reason::TooLarge, "the credential is too large"));
     }
     Ok(Some(v.as_bytes()))
 }
@@ -107,6 +187,30 @@ fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 impl Auth {
+    /// Provider `p` as `tollgate explain` shows it (no secret, ever).
+    pub fn describe(&self, p: usize) -> String {
+        let name = &self.names[p];
+        match &self.providers[p] {
+            Provider::ApiKey(k) => match (&k.header, &k.query) {
+                (Some(h), _) => format!("{name} (api_key in header {h})"),
+                (None, Some(q)) => format!("{name} (api_key in query parameter {q})"),
+                (None, None) => format!("{name} (api_key)"),
+            },
+            Provider::Jwt(j) => {
+                let (iss, aud) = j.issuer_audience();
+                let mut d = format!("{name} (jwt {}", j.algorithms().join("/"));
+                if let Some(i) = iss {
+                    d.push_str(&format!(", issuer {i}"));
+                }
+                if let Some(a) = aud {
+                    d.push_str(&format!(", audience {a}"));
+                }
+                d.push(')');
+                d
+            }
+        }
+    }
+
     /// Mint a token with the HMAC provider `name` (`tollgate token`).
     pub fn mint(&self, name: &str, claims: jwt::Claims) -> Result<String, String> {
         match self.names.iter().position(|n| n == name) {
@@ -149,7 +253,10 @@ impl Auth {
                 .iter()
                 .any(|p| matches!(self.providers[*p], Provider::Jwt(_)));
             fail(
-                "missing credential: send an API key or an Authorization: Bearer token",
+                (
+                    Reason::Missing,
+                    "missing credential: send an API key or an Authorization: Bearer token",
+                ),
                 if jwt {
                     HeaderValue::from_static("Bearer")
                 } else {
@@ -190,7 +297,10 @@ impl Auth {
                 },
                 None,
             ))),
-            None => Err(fail("invalid API key", WWW_KEY.clone())),
+            None => Err(fail(
+                (Reason::InvalidKey, "invalid API key"),
+                WWW_KEY.clone(),
+            )),
         }
     }
 
@@ -201,6 +311,7 @@ impl Auth {
     ) -> Result<Identity, Failure> {
         let forbidden = Failure {
             reject: Reject::Forbidden,
+            reason: Reason::Forbidden,
             message: "this caller is not allowed on this route",
             www: None,
         };
@@ -239,7 +350,7 @@ fn check_jwt(
     let value = match single(req, &AUTHORIZATION) {
         Ok(Some(v)) => v,
         Ok(None) => return Ok(None),
-        Err(m) => return Err(fail(m, bearer_www(m))),
+        Err(m) => return Err(fail(m, bearer_www(m.1))),
     };
     let token = match std::str::from_utf8(value).ok().and_then(|v| {
         v.strip_prefix("Bearer ")
@@ -248,10 +359,10 @@ fn check_jwt(
         Some(t) => t.trim(),
         None => {
             let m = "malformed Authorization header: expected Bearer <token>";
-            return Err(fail(m, bearer_www(m)));
+            return Err(fail((Reason::Malformed, m), bearer_www(m)));
         }
     };
-    let claims = j.verify(token).map_err(|m| fail(m, bearer_www(m)))?;
+    let claims = j.verify(token).map_err(|m| fail(m, bearer_www(m.1)))?;
     let mut headers = Vec::with_capacity(j.forward.len());
     for (claim, h) in &j.forward {
         if let Some(v) = claims.get(claim).and_then(jwt::claim_value) {

@@ -54,6 +54,10 @@ pub enum Store {
 #[derive(Debug)]
 pub struct Policy {
     pub name: Box<str>,
+    /// As configured: `requests` per `per`, bursts up to `burst`.
+    pub requests: u64,
+    pub per: Duration,
+    pub burst: u64,
     pub gcra: Gcra,
     pub key: KeyKind,
     pub store: Store,
@@ -64,7 +68,36 @@ pub struct Policy {
     limit_header: HeaderValue,
 }
 
+impl KeyKind {
+    /// As the config writes it.
+    pub fn describe(&self) -> String {
+        match self {
+            KeyKind::ClientIp => "client_ip".to_owned(),
+            KeyKind::Route => "route".to_owned(),
+            KeyKind::Header(h) => format!("header:{h}"),
+            KeyKind::Consumer => "consumer".to_owned(),
+            KeyKind::Claim(c) => format!("claim:{c}"),
+        }
+    }
+}
+
 impl Policy {
+    /// One line for `tollgate explain`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: {} requests per {}, burst {}, key {}, store {}",
+            self.name,
+            self.requests,
+            humantime::format_duration(self.per),
+            self.burst,
+            self.key.describe(),
+            match self.store {
+                Store::Local => "local",
+                Store::Redis => "redis",
+            }
+        )
+    }
+
     pub fn new(
         name: &str,
         requests: u64,
@@ -79,6 +112,9 @@ impl Policy {
             .unwrap_or_else(|_| HeaderValue::from_static("\"policy\""));
         Policy {
             name: name.into(),
+            requests,
+            per,
+            burst,
             gcra: Gcra::new(requests, per.as_nanos() as u64, burst),
             key,
             store,

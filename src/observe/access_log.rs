@@ -3,7 +3,8 @@
 //! The request's task only formats its line and hands it to a bounded channel; a dedicated
 //! thread writes through a buffer and flushes at least every 200 ms. When the disk is slower
 //! than the traffic the channel fills, and further lines are dropped and counted instead of
-//! stalling requests. The query string is never logged: it may carry credentials.
+//! stalling requests. The query string is never logged: it may carry credentials. Nor is
+//! any credential header: the caller appears only as its consumer name.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -59,6 +60,24 @@ pub enum Format {
     Json,
 }
 
+/// The rate-limit decision of a limited route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitEntry {
+    pub allowed: bool,
+    /// Requests left in the reported policy's bucket.
+    pub remaining: u64,
+}
+
+impl RateLimitEntry {
+    fn outcome(self) -> &'static str {
+        if self.allowed {
+            "allowed"
+        } else {
+            "limited"
+        }
+    }
+}
+
 /// Everything one line says.
 pub struct Entry<'a> {
     pub time: SystemTime,
@@ -75,7 +94,7 @@ pub struct Entry<'a> {
     pub upstream: Option<std::net::SocketAddr>,
     pub upstream_ms: Option<f64>,
     pub total_ms: f64,
-    pub rate_limit: Option<&'a str>,
+    pub rate_limit: Option<RateLimitEntry>,
     pub user_agent: Option<&'a str>,
     pub referer: Option<&'a str>,
     pub error: Option<&'a str>,
@@ -186,6 +205,25 @@ fn dash<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
+/// An unquoted combined-format field: spaces, quotes and control bytes escaped, `-` if empty.
+fn bare(s: &str) -> String {
+    if s.is_empty() {
+        return "-".to_owned();
+    }
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                o.push('\\');
+                o.push(c);
+            }
+            c if c.is_control() || c == ' ' => o.push_str(&format!("\\x{:02X}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
 /// Quote a value for the combined format (escape `"` and `\` and control bytes like nginx).
 fn quoted(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -207,7 +245,7 @@ fn combined(e: &Entry) -> Vec<u8> {
         "{ip} - {consumer} [{time}] \"{method} {path} {version}\" {status} {out} \"{referer}\" \"{ua}\" \
          request_id={rid} route={route} upstream={up} upstream_ms={ums} total_ms={tms:.3} bytes_in={bin} rate_limit={rl}{err}\n",
         ip = dash(e.client_ip),
-        consumer = e.consumer.unwrap_or("-"),
+        consumer = e.consumer.map_or_else(|| "-".to_owned(), bare),
         time = humantime::format_rfc3339_millis(e.time),
         method = e.method,
         path = quoted(e.path),
@@ -222,7 +260,9 @@ fn combined(e: &Entry) -> Vec<u8> {
         ums = e.upstream_ms.map_or_else(|| "-".to_owned(), |m| format!("{m:.3}")),
         tms = e.total_ms,
         bin = e.bytes_in,
-        rl = e.rate_limit.unwrap_or("-"),
+        rl = e
+            .rate_limit
+            .map_or_else(|| "-".to_owned(), |r| format!("{}:{}", r.outcome(), r.remaining)),
         err = e.error.map(|x| format!(" error={x}")).unwrap_or_default(),
     );
     line.into_bytes()
@@ -244,7 +284,10 @@ fn json(e: &Entry) -> Vec<u8> {
         "upstream": e.upstream.map(|u| u.to_string()),
         "upstream_ms": e.upstream_ms,
         "total_ms": e.total_ms,
-        "rate_limit": e.rate_limit,
+        "rate_limit": e.rate_limit.map(|r| serde_json::json!({
+            "outcome": r.outcome(),
+            "remaining": r.remaining,
+        })),
         "user_agent": e.user_agent,
         "error": e.error,
     });
@@ -296,5 +339,27 @@ mod tests {
         assert_eq!(v["path"], "/a\"b");
         assert_eq!(v["status"], 200);
         assert_eq!(v["consumer"], serde_json::Value::Null);
+        assert_eq!(v["rate_limit"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn consumer_and_rate_limit_in_both_formats() {
+        let mut e = entry();
+        e.consumer = Some("ci bot");
+        e.rate_limit = Some(RateLimitEntry {
+            allowed: false,
+            remaining: 0,
+        });
+        let l = String::from_utf8(combined(&e)).unwrap();
+        assert!(l.starts_with("10.0.0.1 - ci\\x20bot ["), "{l}");
+        assert!(l.contains(" rate_limit=limited:0"), "{l}");
+        e.rate_limit = Some(RateLimitEntry {
+            allowed: true,
+            remaining: 7,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&json(&e)).unwrap();
+        assert_eq!(v["consumer"], "ci bot");
+        assert_eq!(v["rate_limit"]["outcome"], "allowed");
+        assert_eq!(v["rate_limit"]["remaining"], 7);
     }
 }

@@ -5,6 +5,11 @@
 //! with no map lookup and no lock. Labels are route and upstream names from the config, never
 //! raw paths, so cardinality is bounded by the config. `/metrics` renders the text format,
 //! leaving out request series that never moved.
+//!
+//! Auth failures (by route and [`Reason`]) and 429s (by route and policy) are counted the
+//! same way, in slots laid out at load for the routes that authenticate or limit. Backend
+//! health, circuit state and in-flight counts are not recorded here at all: [`render_upstreams`]
+//! reads them at scrape time from the same state `/health` shows.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -12,6 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
+
+use crate::auth::Reason;
+use crate::upstream::Upstream;
 
 const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
@@ -68,9 +76,53 @@ impl Histogram {
     }
 }
 
+/// A Prometheus label value: `\`, `"` and newlines escaped.
+fn label(s: &str) -> Arc<str> {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
+/// What the metrics need to know about the config, to lay out every series at load.
+#[derive(Debug, Default, Clone)]
+pub struct Layout {
+    /// Route names, by route id.
+    pub routes: Vec<Arc<str>>,
+    /// Whether each route authenticates.
+    pub auth: Vec<bool>,
+    /// Rate-limit policy names, by policy id.
+    pub policies: Vec<Arc<str>>,
+    /// The policies of each route.
+    pub limits: Vec<Vec<usize>>,
+}
+
+impl Layout {
+    pub fn of(gw: &crate::config::Gateway) -> Layout {
+        let routes = gw.router.routes();
+        Layout {
+            routes: routes.iter().map(|r| r.name.clone()).collect(),
+            auth: routes.iter().map(|r| r.auth.is_some()).collect(),
+            policies: gw
+                .rate_limits
+                .policies
+                .iter()
+                .map(|p| Arc::from(&*p.name))
+                .collect(),
+            limits: routes.iter().map(|r| r.rate_limits.clone()).collect(),
+        }
+    }
+}
+
 /// The gateway's metrics. Route slot `routes.len()` is "no route matched" (label `-`).
 pub struct Metrics {
+    /// Route names as label values.
     routes: Vec<Arc<str>>,
+    layout: Layout,
+    /// Route × [`Reason`].
+    auth_failures: Box<[AtomicU64]>,
+    /// Route × policy.
+    rate_limited: Box<[AtomicU64]>,
     requests: Box<[AtomicU64]>,
     duration: Box<[Histogram]>,
     upstream_duration: Box<[Histogram]>,
@@ -80,7 +132,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Metrics for routes without auth or limits.
     pub fn new(routes: Vec<Arc<str>>) -> Self {
+        let n = routes.len();
+        Metrics::with_layout(Layout {
+            routes,
+            auth: vec![false; n],
+            policies: Vec::new(),
+            limits: vec![Vec::new(); n],
+        })
+    }
+
+    pub fn with_layout(layout: Layout) -> Self {
+        let routes: Vec<Arc<str>> = layout.routes.iter().map(|r| label(r)).collect();
         let slots = routes.len() + 1;
         let codes = crate::error::Reject::ALL
             .iter()
@@ -93,7 +157,34 @@ impl Metrics {
             upstream_duration: (0..slots).map(|_| Histogram::default()).collect(),
             in_flight: AtomicI64::new(0),
             rejects: codes.collect(),
+            auth_failures: (0..routes.len() * Reason::ALL.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            rate_limited: (0..routes.len() * layout.policies.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             routes,
+            layout,
+        }
+    }
+
+    /// A credential was refused on `route` (401, or 403 by consumers/claims).
+    pub fn auth_failed(&self, route: usize, reason: Reason) {
+        if let Some(c) = self
+            .auth_failures
+            .get(route * Reason::ALL.len() + reason.index())
+        {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A request on `route` was refused (429) by `policy`.
+    pub fn rate_limited(&self, route: usize, policy: usize) {
+        let n = self.layout.policies.len();
+        if policy < n {
+            if let Some(c) = self.rate_limited.get(route * n + policy) {
+                c.fetch_add(1, Relaxed);
+            }
         }
     }
 
@@ -194,8 +285,94 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
+        o.push_str("# HELP tollgate_auth_failures_total Requests refused by authentication or authorization, by route and reason.\n");
+        o.push_str("# TYPE tollgate_auth_failures_total counter\n");
+        for (slot, _) in self.layout.auth.iter().enumerate().filter(|(_, a)| **a) {
+            for r in Reason::ALL {
+                let v = self.auth_failures[slot * Reason::ALL.len() + r.index()].load(Relaxed);
+                let _ = writeln!(
+                    o,
+                    "tollgate_auth_failures_total{{route=\"{}\",reason=\"{}\"}} {v}",
+                    name(slot),
+                    r.as_str()
+                );
+            }
+        }
+        o.push_str(
+            "# HELP tollgate_rate_limited_total Requests refused with 429, by route and policy.\n",
+        );
+        o.push_str("# TYPE tollgate_rate_limited_total counter\n");
+        let n = self.layout.policies.len();
+        for (slot, ids) in self.layout.limits.iter().enumerate() {
+            for &p in ids.iter().filter(|p| **p < n) {
+                let v = self.rate_limited[slot * n + p].load(Relaxed);
+                let _ = writeln!(
+                    o,
+                    "tollgate_rate_limited_total{{route=\"{}\",policy=\"{}\"}} {v}",
+                    name(slot),
+                    label(&self.layout.policies[p])
+                );
+            }
+        }
         extra(&mut o);
         o
+    }
+}
+
+/// Backend health, circuit state and in-flight requests, read at scrape time from the same
+/// state `/health` shows (nothing is recorded on the request path for them).
+pub fn render_upstreams(o: &mut String, upstreams: &[Arc<Upstream>]) {
+    use crate::upstream::breaker::State;
+    let gauges: [(&str, &str, &str); 3] = [
+        (
+            "tollgate_backend_healthy",
+            "gauge",
+            "1 when the backend passes its active health checks (always 1 without them).",
+        ),
+        (
+            "tollgate_backend_breaker_state",
+            "gauge",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+        ),
+        (
+            "tollgate_backend_in_flight",
+            "gauge",
+            "Requests being sent to or answered by the backend now.",
+        ),
+    ];
+    for (metric, kind, help) in gauges {
+        let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for u in upstreams {
+            let up = label(&u.name);
+            for b in u.backends().iter() {
+                let v = match metric {
+                    "tollgate_backend_healthy" => u64::from(u.healthy(b)),
+                    "tollgate_backend_breaker_state" => {
+                        match u.breaker.as_ref().map(|c| b.breaker.state(c)) {
+                            None | Some(State::Closed) => 0,
+                            Some(State::Open) => 1,
+                            Some(State::HalfOpen) => 2,
+                        }
+                    }
+                    _ => b.inflight.load(Relaxed),
+                };
+                let _ = writeln!(
+                    o,
+                    "{metric}{{upstream=\"{up}\",backend=\"{}\"}} {v}",
+                    b.addr
+                );
+            }
+        }
+    }
+    o.push_str("# HELP tollgate_backend_health_changes_total Backend health state changes seen by the active checks, by upstream.\n");
+    o.push_str("# TYPE tollgate_backend_health_changes_total counter\n");
+    for u in upstreams {
+        let _ = writeln!(
+            o,
+            "tollgate_backend_health_changes_total{{upstream=\"{}\"}} {}",
+            label(&u.name),
+            u.health_changes.load(Relaxed)
+        );
     }
 }
 
@@ -247,6 +424,44 @@ mod tests {
         assert!(t.contains("tollgate_in_flight_requests 0"), "{t}");
         assert!(
             t.contains("tollgate_local_answers_total{error=\"no_route\"} 1"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn auth_and_limit_series_exist_from_load_for_configured_routes_only() {
+        let m = Metrics::with_layout(Layout {
+            routes: vec!["open".into(), "we\"ird".into()],
+            auth: vec![false, true],
+            policies: vec!["p0".into(), "p1".into()],
+            limits: vec![vec![], vec![1]],
+        });
+        let t = m.render(&|_| {});
+        assert!(
+            t.contains("tollgate_auth_failures_total{route=\"we\\\"ird\",reason=\"expired\"} 0"),
+            "{t}"
+        );
+        assert!(!t.contains("route=\"open\",reason"), "{t}");
+        assert!(
+            t.contains("tollgate_rate_limited_total{route=\"we\\\"ird\",policy=\"p1\"} 0"),
+            "{t}"
+        );
+        assert!(!t.contains("policy=\"p0\""), "{t}");
+        m.auth_failed(1, Reason::Expired);
+        m.auth_failed(1, Reason::Forbidden);
+        m.rate_limited(1, 1);
+        m.rate_limited(7, 9);
+        let t = m.render(&|_| {});
+        assert!(
+            t.contains("tollgate_auth_failures_total{route=\"we\\\"ird\",reason=\"expired\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("tollgate_auth_failures_total{route=\"we\\\"ird\",reason=\"forbidden\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("tollgate_rate_limited_total{route=\"we\\\"ird\",policy=\"p1\"} 1"),
             "{t}"
         );
     }

@@ -8,9 +8,10 @@ use std::time::{Instant, SystemTime};
 use pingora::proxy::Session;
 use pingora::Error;
 
+use crate::config::Gateway;
 use crate::proxy::Ctx;
 use crate::router::Route;
-use access_log::{AccessLog, Entry};
+use access_log::{AccessLog, Entry, RateLimitEntry};
 use metrics::Metrics;
 
 /// The observers the proxy reports to.
@@ -20,6 +21,32 @@ pub struct Observe {
 }
 
 impl Observe {
+    /// A credential was refused on `route`.
+    pub fn auth_failed(&self, route: usize, f: &crate::auth::Failure) {
+        self.metrics.auth_failed(route, f.reason);
+    }
+
+    /// A request on `route` was answered 429 after `d`.
+    pub fn rate_limited(&self, route: usize, d: &crate::limit::Decision) {
+        self.metrics.rate_limited(route, d.policy);
+    }
+
+    /// The `/metrics` page: the request series, then what other modules count (the access
+    /// log's drops, the Redis store's failures) and the backends' state, read now.
+    pub fn render(&self, gw: &Gateway) -> String {
+        let dropped = self.access_log.dropped();
+        let redis = gw.rate_limits.redis.as_ref().map_or(0, |r| r.failures());
+        self.metrics.render(&|o: &mut String| {
+            o.push_str("# HELP tollgate_access_log_dropped_total Access-log lines dropped because the writer fell behind.\n");
+            o.push_str("# TYPE tollgate_access_log_dropped_total counter\n");
+            o.push_str(&format!("tollgate_access_log_dropped_total {dropped}\n"));
+            o.push_str("# HELP tollgate_redis_errors_total Rate-limit store calls to Redis that failed or timed out.\n");
+            o.push_str("# TYPE tollgate_redis_errors_total counter\n");
+            o.push_str(&format!("tollgate_redis_errors_total {redis}\n"));
+            metrics::render_upstreams(o, &gw.upstreams);
+        })
+    }
+
     /// Called once per request, from `logging`, whatever happened.
     pub fn finish(&self, session: &Session, e: Option<&Error>, ctx: &Ctx, route: Option<&Route>) {
         let req = session.req_header();
@@ -47,7 +74,7 @@ impl Observe {
             time: SystemTime::now(),
             request_id: ctx.request_id.to_str().unwrap_or("-"),
             client_ip: ctx.client_ip,
-            consumer: None,
+            consumer: ctx.consumer(),
             method: req.method.as_str(),
             path: req.uri.path(),
             version: match req.version {
@@ -62,9 +89,14 @@ impl Observe {
             upstream: ctx.backend,
             upstream_ms: upstream.map(|d| d.as_secs_f64() * 1000.0),
             total_ms: total.as_secs_f64() * 1000.0,
-            rate_limit: None,
+            rate_limit: ctx.limit.map(|d| RateLimitEntry {
+                allowed: d.allowed,
+                remaining: d.remaining,
+            }),
             user_agent: header(http::header::USER_AGENT),
-            referer: header(http::header::REFERER),
+            // Like the request's own, the referring URL's query may carry a credential.
+            referer: header(http::header::REFERER)
+                .map(|r| r.split(['?', '#']).next().unwrap_or("")),
             error: e.map(|e| e.etype().as_str()),
         });
     }
