@@ -6,12 +6,14 @@
 pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod guard;
+pub mod handover;
 pub mod headers;
 pub mod limit;
 pub mod observe;

@@ -26,8 +26,16 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         metrics: Metrics::new(route_names),
         access_log: AccessLog::new(gw.access_log.clone()),
     });
+    let state_sock = crate::handover::state_sock_path(&conf.upgrade_sock);
+    let upgrading = opt.upgrade;
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With `-u`, this returns once the old process has handed its listening sockets over; it
+    // still serves (and keeps its state) for about 5 s more. Take that state now, before this
+    // process serves anything.
     server.bootstrap();
+    if upgrading {
+        crate::handover::take_over(&gw, &state_sock);
+    }
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -53,6 +61,16 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
             hc,
         ));
     }
+
+    // Serve this process's state to its successor (a background service: it must start after
+    // daemonizing, which forks).
+    server.add_service(pingora::services::background::background_service(
+        "state handover",
+        crate::handover::StateServer {
+            gw: gw.clone(),
+            path: state_sock,
+        },
+    ));
 
     if let Some(addr) = &gw.admin {
         let mut admin = Service::new("tollgate admin".to_owned(), Admin::new(gw.clone(), obs));
