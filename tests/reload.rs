@@ -1,5 +1,6 @@
 //! Zero-downtime reload: `tollgate -u` beside a running instance, then SIGQUIT to the old one.
 //! Under load, no request fails, in-flight slow requests finish, and the new config is live.
+//! Local rate-limit buckets and circuit breakers are handed over to the new process.
 
 mod support;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -328,4 +329,44 @@ fn reload_carries_limits_by_name_and_drops_state_of_a_renamed_policy() {
         200,
         "a renamed policy starts fresh"
     );
+}
+
+#[test]
+fn an_open_circuit_stays_open_across_an_upgrade() {
+    let b = Backend::start("b");
+    let conf = format!(
+        "upstreams:\n  u:\n    targets: [\"{}\"]\n    circuit_breaker: {{failures: 2, open_for: 10m, failure_statuses: [500]}}\n\
+         routes:\n  - {{name: r, path_prefix: /r, upstream: u}}\n",
+        b.addr
+    );
+    let circuit = |gw: &Gateway| {
+        gw.admin_get("/health").json()["upstreams"]["u"]["backends"][0]["circuit"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let mut gw = Gateway::start(&conf);
+    assert_eq!(gw.get("/r/x?status=500").status, 500);
+    assert_eq!(gw.get("/r/x?status=500").status, 500);
+    assert_eq!(circuit(&gw), "open");
+    let sent = b.count();
+
+    let mut next = gw.upgrade(&conf);
+    wait_exit(&mut gw);
+    assert_eq!(
+        health_pid(&gw),
+        u64::from(next.id()),
+        "the new process answers"
+    );
+    assert_eq!(circuit(&gw), "open");
+    let r = gw.get("/r/x");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.error_code(), "unavailable");
+    assert_eq!(
+        b.count(),
+        sent,
+        "the backend gets nothing while its circuit is open"
+    );
+    let _ = next.kill();
+    let _ = next.wait();
 }
