@@ -320,6 +320,31 @@ mod tests {
     }
 
     #[test]
+    fn fetch_reads_a_served_snapshot_and_refuses_absent_or_garbage_ones() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("up.sock.state");
+        assert!(
+            fetch(&path, FETCH_TIMEOUT).is_err(),
+            "no socket: start empty"
+        );
+        for (payload, ok) in [(sample().encode(), true), (b"garbage".to_vec(), false)] {
+            let _ = std::fs::remove_file(&path);
+            let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            let t = std::thread::spawn(move || {
+                let (mut c, _) = l.accept().unwrap();
+                c.write_all(&payload).unwrap();
+            });
+            let got = fetch(&path, FETCH_TIMEOUT);
+            t.join().unwrap();
+            assert_eq!(got.is_ok(), ok, "{got:?}");
+            if ok {
+                assert_eq!(got.unwrap(), sample());
+            }
+        }
+    }
+
+    #[test]
     fn rejects_malformed_snapshots_without_panicking() {
         let good = sample().encode();
         for n in 0..good.len() {
