@@ -60,6 +60,8 @@ impl Admin {
             serde_json::json!({
                 "status": if down.is_empty() { "ok" } else { "degraded" },
                 "version": env!("CARGO_PKG_VERSION"),
+                // Which process answers: tells the two apart during a graceful upgrade.
+                "pid": std::process::id(),
                 "uptime_seconds": self.started.elapsed().as_secs(),
                 "routes": self.gw.router.routes().len(),
                 "routes_down": down,

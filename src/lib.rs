@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod cors;
@@ -13,6 +14,7 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod guard;
+pub mod handover;
 pub mod headers;
 pub mod limit;
 pub mod observe;

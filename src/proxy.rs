@@ -303,7 +303,7 @@ impl ProxyHttp for Tollgate {
             ctx.limit = match self
                 .gw
                 .rate_limits
-                .check(&route.rate_limits, route.id, ctx, &req.headers)
+                .check(&route.rate_limits, &route.name, ctx, &req.headers)
                 .await
             {
                 Ok(d) => d,

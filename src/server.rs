@@ -27,8 +27,16 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         metrics: Metrics::with_layout(layout),
         access_log: AccessLog::new(gw.access_log.clone()),
     });
+    let state_sock = crate::handover::state_sock_path(&conf.upgrade_sock);
+    let upgrading = opt.upgrade;
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With `-u`, this returns once the old process has handed its listening sockets over; it
+    // still serves (and keeps its state) for about 5 s more. Take that state now, before this
+    // process serves anything.
     server.bootstrap();
+    if upgrading {
+        crate::handover::take_over(&gw, &state_sock);
+    }
 
     // Pingora's HTTP app behind the connection guards (head deadline, per-IP cap).
     let app = pingora::proxy::http_proxy(
@@ -76,6 +84,16 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
             rs,
         ));
     }
+
+    // Serve this process's state to its successor (a background service: it must start after
+    // daemonizing, which forks).
+    server.add_service(pingora::services::background::background_service(
+        "state handover",
+        crate::handover::StateServer {
+            gw: gw.clone(),
+            path: state_sock,
+        },
+    ));
 
     if let Some(addr) = &gw.admin {
         let mut admin = Service::new("tollgate admin".to_owned(), Admin::new(gw.clone(), obs));

@@ -1,5 +1,6 @@
 //! Zero-downtime reload: `tollgate -u` beside a running instance, then SIGQUIT to the old one.
 //! Under load, no request fails, in-flight slow requests finish, and the new config is live.
+//! Local rate-limit buckets and circuit breakers are handed over to the new process.
 
 mod support;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -200,4 +201,172 @@ fn reload_command_hands_over_to_a_daemonized_new_process() {
     }
     wait_exit(&mut gw);
     assert_eq!(gw.get("/api/x").status, 200);
+}
+
+/// Routes keyed per `X-Client`, so one test can tell a limited client from a fresh one.
+fn limited_body(up: std::net::SocketAddr, policies: &str, routes: &str) -> String {
+    format!("upstreams: {{up: {{targets: [\"{up}\"]}}}}\nrate_limits:\n{policies}routes:\n{routes}")
+}
+
+fn as_client(gw: &Gateway, path: &str, client: &str) -> u16 {
+    gw.send("GET", path, &[("X-Client", client)]).status
+}
+
+/// The pid that answers the admin `/health`.
+fn health_pid(gw: &Gateway) -> u64 {
+    gw.admin_get("/health").json()["pid"].as_u64().unwrap()
+}
+
+#[test]
+fn a_client_at_its_limit_stays_limited_across_an_upgrade() {
+    let up = echo("up");
+    // 3 per 10 minutes: no token comes back during the test.
+    let conf = limited_body(
+        up,
+        "  strict: {requests: 3, per: 10m, key: \"header:X-Client\"}\n",
+        "  - {name: api, path_prefix: /api, upstream: up, rate_limit: strict}\n",
+    );
+    let mut gw = Gateway::start(&conf);
+    for _ in 0..3 {
+        assert_eq!(as_client(&gw, "/api/x", "alice"), 200);
+    }
+    assert_eq!(as_client(&gw, "/api/x", "alice"), 429);
+    assert_eq!(as_client(&gw, "/api/x", "bob"), 200);
+
+    let mut next = gw.upgrade(&conf);
+    // Until the old process is gone, it may still accept; afterwards only the new one serves.
+    wait_exit(&mut gw);
+    assert_eq!(
+        health_pid(&gw),
+        u64::from(next.id()),
+        "the new process answers"
+    );
+    let r = gw.send("GET", "/api/x", &[("X-Client", "alice")]);
+    assert_eq!(r.status, 429, "alice is still limited: {r:?}");
+    assert!(r.header("retry-after").is_some());
+    // bob had used one of three: two left, then limited.
+    assert_eq!(as_client(&gw, "/api/x", "bob"), 200);
+    assert_eq!(as_client(&gw, "/api/x", "bob"), 200);
+    assert_eq!(as_client(&gw, "/api/x", "bob"), 429);
+    assert_eq!(
+        as_client(&gw, "/api/x", "carol"),
+        200,
+        "a new client is not"
+    );
+    let log = std::fs::read_to_string(gw.dir.path().join("next-stderr.log")).unwrap();
+    assert!(
+        log.contains("took over state from the previous process: 2 rate-limit keys"),
+        "{log}"
+    );
+    let _ = next.kill();
+    let _ = next.wait();
+}
+
+#[test]
+fn reload_carries_limits_by_name_and_drops_state_of_a_renamed_policy() {
+    let up = echo("up");
+    let routes = "  - {name: api, path_prefix: /api, upstream: up, rate_limit: strict}\n  \
+                  - {name: other, path_prefix: /other, upstream: up, rate_limit: POLICY}\n";
+    let policies = "  strict: {requests: 2, per: 10m, key: \"header:X-Client\"}\n  \
+                    POLICY: {requests: 2, per: 10m, key: \"header:X-Client\"}\n";
+    let with = |name: &str| {
+        limited_body(
+            up,
+            &policies.replace("POLICY", name),
+            &routes.replace("POLICY", name),
+        )
+    };
+    let mut gw = Gateway::start(&with("old"));
+    for path in ["/api/x", "/other/x"] {
+        assert_eq!(as_client(&gw, path, "alice"), 200);
+        assert_eq!(as_client(&gw, path, "alice"), 200);
+        assert_eq!(as_client(&gw, path, "alice"), 429);
+    }
+    // The new config lists its routes in another order and renames one policy.
+    let next = gw.dir.path().join("next.yaml");
+    let reordered = limited_body(
+        up,
+        &policies.replace("POLICY", "renamed"),
+        "  - {name: other, path_prefix: /other, upstream: up, rate_limit: renamed}\n  \
+         - {name: api, path_prefix: /api, upstream: up, rate_limit: strict}\n",
+    );
+    std::fs::write(&next, gw.yaml_for(&reordered)).unwrap();
+    let (code, out) = reload_cmd(&next, gw.pid());
+    let pid_file = gw.dir.path().join("tollgate.pid");
+    let daemon_pid = || -> u64 {
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    struct KillPidFile(std::path::PathBuf);
+    impl Drop for KillPidFile {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = std::process::Command::new("kill")
+                    .arg("-9")
+                    .arg(pid.trim())
+                    .status();
+            }
+        }
+    }
+    let _daemon = KillPidFile(pid_file.clone());
+    assert_eq!(code, 0, "{out}");
+    wait_exit(&mut gw);
+    assert_eq!(
+        health_pid(&gw),
+        daemon_pid(),
+        "the daemonized new process answers"
+    );
+    assert_eq!(
+        as_client(&gw, "/api/x", "alice"),
+        429,
+        "same policy, same route: still limited"
+    );
+    assert_eq!(
+        as_client(&gw, "/other/x", "alice"),
+        200,
+        "a renamed policy starts fresh"
+    );
+}
+
+#[test]
+fn an_open_circuit_stays_open_across_an_upgrade() {
+    let b = Backend::start("b");
+    let conf = format!(
+        "upstreams:\n  u:\n    targets: [\"{}\"]\n    circuit_breaker: {{failures: 2, open_for: 10m, failure_statuses: [500]}}\n\
+         routes:\n  - {{name: r, path_prefix: /r, upstream: u}}\n",
+        b.addr
+    );
+    let circuit = |gw: &Gateway| {
+        gw.admin_get("/health").json()["upstreams"]["u"]["backends"][0]["circuit"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let mut gw = Gateway::start(&conf);
+    assert_eq!(gw.get("/r/x?status=500").status, 500);
+    assert_eq!(gw.get("/r/x?status=500").status, 500);
+    assert_eq!(circuit(&gw), "open");
+    let sent = b.count();
+
+    let mut next = gw.upgrade(&conf);
+    wait_exit(&mut gw);
+    assert_eq!(
+        health_pid(&gw),
+        u64::from(next.id()),
+        "the new process answers"
+    );
+    assert_eq!(circuit(&gw), "open");
+    let r = gw.get("/r/x");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.error_code(), "unavailable");
+    assert_eq!(
+        b.count(),
+        sent,
+        "the backend gets nothing while its circuit is open"
+    );
+    let _ = next.kill();
+    let _ = next.wait();
 }

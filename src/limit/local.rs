@@ -1,7 +1,7 @@
 //! The local store: exact GCRA state per key, sharded so no request takes a global lock.
 //!
 //! Each key is one `u64` hash (policy + key bytes, fixed seeds) mapped to its theoretical
-//! arrival time (TAT, nanoseconds on the process's monotonic clock). A key whose TAT is in the
+//! arrival time (TAT, nanoseconds on the system's monotonic clock). A key whose TAT is in the
 //! past is indistinguishable from a key never seen, so it can be dropped at any time: that is
 //! the idle eviction. Memory is bounded by `max_keys` (a shard that is full after sweeping its
 //! idle keys admits a new key without storing it, so a flood can never produce a false 429 for
@@ -14,8 +14,6 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -45,10 +43,10 @@ impl std::hash::Hasher for IdentityHasher {
 
 type Map = HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>;
 
-/// Nanoseconds since the first call, monotonic.
+/// Nanoseconds on the system-wide monotonic clock ([`crate::clock`]): a TAT stored by one
+/// process means the same instant to its successor after a graceful upgrade.
 pub fn now_nanos() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    crate::clock::mono_nanos()
 }
 
 /// A GCRA verdict.
@@ -79,7 +77,8 @@ impl Gcra {
         }
     }
 
-    fn tolerance(&self) -> u64 {
+    /// How far ahead of now a TAT of this policy can ever be.
+    pub fn tolerance(&self) -> u64 {
         self.interval * self.burst
     }
 
@@ -165,6 +164,45 @@ impl LocalStore {
         v
     }
 
+    /// Every key whose bucket is not full at `now`, with its TAT (keys with a TAT in the past
+    /// hold no information). Takes each shard's lock once, for the copy only.
+    pub fn export(&self, now: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(
+                shard
+                    .lock()
+                    .iter()
+                    .filter(|(_, t)| **t > now)
+                    .map(|(k, t)| (*k, *t)),
+            );
+        }
+        out
+    }
+
+    /// Take over keys exported by another process on the same clock. A TAT is capped at
+    /// `now + max_ahead` (no bucket of the current config can owe more), so a corrupt or
+    /// stale entry can never lock a client out for longer than the strictest policy would.
+    /// Keeps the per-shard bound; a key already present keeps the later TAT. Returns how
+    /// many keys were stored.
+    pub fn import(&self, entries: &[(u64, u64)], now: u64, max_ahead: u64) -> usize {
+        let cap = now.saturating_add(max_ahead);
+        let mut stored = 0;
+        for &(key, tat) in entries {
+            if tat <= now {
+                continue;
+            }
+            let mut map = self.shards[(key >> 58) as usize % SHARDS].lock();
+            if map.len() >= self.per_shard_cap && !map.contains_key(&key) {
+                continue;
+            }
+            let t = map.entry(key).or_insert(0);
+            *t = (*t).max(tat.min(cap));
+            stored += 1;
+        }
+        stored
+    }
+
     /// Keys currently stored (for tests and benches).
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
@@ -229,6 +267,34 @@ mod tests {
             }
         }
         assert!(store.len() <= 1 << 20);
+    }
+
+    #[test]
+    fn export_then_import_keeps_a_limited_client_limited() {
+        let g = Gcra::new(3, 60 * S, 3);
+        let old = LocalStore::new(1024);
+        for _ in 0..3 {
+            assert!(old.check(&g, 42, 10 * S).allowed);
+        }
+        assert!(!old.check(&g, 42, 10 * S).allowed);
+        old.check(&g, 7, 0); // one token, back at 20 s: full again, not exported
+        let snap = old.export(25 * S);
+        assert_eq!(snap.len(), 1);
+        let new = LocalStore::new(1024);
+        assert_eq!(new.import(&snap, 26 * S, g.tolerance()), 1);
+        assert!(!new.check(&g, 42, 26 * S).allowed, "still limited");
+        assert!(new.check(&g, 43, 26 * S).allowed, "others unaffected");
+    }
+
+    #[test]
+    fn import_caps_a_tat_from_the_far_future() {
+        let g = Gcra::new(1, S, 1);
+        let new = LocalStore::new(1024);
+        new.import(&[(5, u64::MAX)], 100 * S, g.tolerance());
+        assert!(
+            new.check(&g, 5, 101 * S).allowed,
+            "at most one tolerance ahead"
+        );
     }
 
     #[test]

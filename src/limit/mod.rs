@@ -62,6 +62,10 @@ pub struct Policy {
     pub key: KeyKind,
     pub store: Store,
     pub ipv6_prefix: u8,
+    /// What identifies this policy's buckets across processes and config reloads: its name
+    /// and what it keys on (not its index, which moves when the config is reordered, and not
+    /// its rate: a changed rate applies to the state a client has built up, as with Redis).
+    scope: u64,
     /// `"name";q=REQUESTS;w=SECONDS`
     policy_header: HeaderValue,
     /// `REQUESTS`
@@ -110,12 +114,23 @@ impl Policy {
         let w = per.as_secs().max(1);
         let policy_header = HeaderValue::try_from(format!("\"{name}\";q={requests};w={w}"))
             .unwrap_or_else(|_| HeaderValue::from_static("\"policy\""));
+        let mut h = seeded();
+        name.hash(&mut h);
+        match &key {
+            KeyKind::ClientIp => 0u8.hash(&mut h),
+            KeyKind::Route => 1u8.hash(&mut h),
+            KeyKind::Header(n) => (2u8, n.as_str()).hash(&mut h),
+            KeyKind::Consumer => 3u8.hash(&mut h),
+            KeyKind::Claim(c) => (4u8, &**c).hash(&mut h),
+        }
+        ipv6_prefix.hash(&mut h);
         Policy {
             name: name.into(),
             requests,
             per,
             burst,
             gcra: Gcra::new(requests, per.as_nanos() as u64, burst),
+            scope: h.finish(),
             key,
             store,
             ipv6_prefix,
@@ -178,6 +193,10 @@ const SEEDS: (u64, u64, u64, u64) = (
     0x082e_fa98_ec4e_6c89,
 );
 
+fn seeded() -> ahash::AHasher {
+    ahash::RandomState::with_seeds(SEEDS.0, SEEDS.1, SEEDS.2, SEEDS.3).build_hasher()
+}
+
 /// The client IP as keyed: IPv6 truncated to `prefix` bits.
 pub fn ip_key(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
@@ -203,13 +222,15 @@ impl Limits {
         self.policies.is_empty()
     }
 
-    /// The 64-bit key of a request under policy `id` (no allocation).
-    pub fn key_hash(&self, id: PolicyId, route: usize, ctx: &Ctx, headers: &HeaderMap) -> u64 {
+    /// The 64-bit key of a request under policy `id` on the route named `route` (no
+    /// allocation). It depends only on names and the request, never on positions in the
+    /// config: the same client has the same key in the next process after a reload, which is
+    /// what lets [`crate::handover`] carry the local state over as it is.
+    pub fn key_hash(&self, id: PolicyId, route: &str, ctx: &Ctx, headers: &HeaderMap) -> u64 {
         let p = &self.policies[id];
-        let mut h =
-            ahash::RandomState::with_seeds(SEEDS.0, SEEDS.1, SEEDS.2, SEEDS.3).build_hasher();
+        let mut h = seeded();
         // Every budget is per route: a policy named by two routes limits each separately.
-        (id, route).hash(&mut h);
+        (p.scope, route).hash(&mut h);
         let ip = |h: &mut ahash::AHasher| {
             0u8.hash(h);
             ctx.client_ip.map(|ip| ip_key(ip, p.ipv6_prefix)).hash(h);
@@ -246,6 +267,28 @@ impl Limits {
         h.finish()
     }
 
+    /// The local store's live keys (see [`LocalStore::export`]), for a graceful upgrade.
+    pub fn export_local(&self, now: u64) -> Vec<(u64, u64)> {
+        self.local.export(now)
+    }
+
+    /// Take over another process's live keys. Nothing is imported when no `store: local`
+    /// policy remains; otherwise each TAT is capped at the largest tolerance of a local policy.
+    /// Keys of policies or routes that no longer exist are never looked up again and age out
+    /// as idle keys. Returns how many keys were stored.
+    pub fn import_local(&self, entries: &[(u64, u64)], now: u64) -> usize {
+        let max_ahead = self
+            .policies
+            .iter()
+            .filter(|p| p.store == Store::Local || self.redis.is_none())
+            .map(|p| p.gcra.tolerance())
+            .max();
+        match max_ahead {
+            Some(m) => self.local.import(entries, now, m),
+            None => 0,
+        }
+    }
+
     /// Check every policy of a route (all must pass). Returns the decision to report: the
     /// denying policy, or else the one with the fewest remaining requests. `None` when the
     /// route has no limits.
@@ -258,7 +301,7 @@ impl Limits {
     pub async fn check(
         &self,
         ids: &[PolicyId],
-        route: usize,
+        route: &str,
         ctx: &Ctx,
         headers: &HeaderMap,
     ) -> Result<Option<Decision>, StoreUnavailable> {

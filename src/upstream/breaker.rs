@@ -3,8 +3,7 @@
 //! failure. All state is in atomics: no lock on the hot path.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::*};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The compiled `circuit_breaker` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +47,10 @@ impl State {
     }
 }
 
+/// The system-wide monotonic clock ([`crate::clock`]), so `opened_at` can be handed to the
+/// next process on a graceful upgrade as it is.
 fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    crate::clock::mono_millis()
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +166,48 @@ impl Breaker {
     }
 }
 
+/// A breaker's state as handed to the next process on a graceful upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    pub state: State,
+    /// Consecutive failures while closed.
+    pub failures: u32,
+    /// When it (last) opened, in CLOCK_MONOTONIC milliseconds.
+    pub opened_at_ms: u64,
+}
+
+impl Breaker {
+    /// The raw state (an expired open circuit stays `Open`: the next process judges expiry
+    /// with its own `open_for`).
+    pub fn save(&self) -> Saved {
+        let state = match self.state.load(Acquire) {
+            CLOSED => State::Closed,
+            OPEN => State::Open,
+            _ => State::HalfOpen,
+        };
+        Saved {
+            state,
+            failures: self.failures.load(Acquire),
+            opened_at_ms: self.opened_at.load(Acquire),
+        }
+    }
+
+    /// Take over a saved state, before serving. A half-open circuit starts with all its probe
+    /// slots free (the old process's probes report there, not here). `opened_at` is capped at
+    /// now, so a bad snapshot cannot hold a circuit open longer than `open_for`.
+    pub fn restore(&self, s: Saved) {
+        self.failures.store(s.failures, Release);
+        self.opened_at.store(s.opened_at_ms.min(now_ms()), Release);
+        self.probes.store(0, Release);
+        let state = match s.state {
+            State::Closed => CLOSED,
+            State::Open => OPEN,
+            State::HalfOpen => HALF_OPEN,
+        };
+        self.state.store(state, Release);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +251,29 @@ mod tests {
         assert!(!b.usable(&cfg));
         assert_eq!(b.admit(&cfg), None);
         assert_eq!(b.state(&cfg), State::Open);
+    }
+
+    #[test]
+    fn save_restore_keeps_an_open_circuit_open() {
+        let cfg = BreakerConfig {
+            failures: 1,
+            open_for: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let old = Breaker::default();
+        assert!(old.failure(&cfg));
+        let new = Breaker::default();
+        new.restore(old.save());
+        assert_eq!(new.state(&cfg), State::Open);
+        assert_eq!(new.admit(&cfg), None);
+        assert!(new.remaining(&cfg).unwrap() > Duration::from_secs(59));
+
+        let closed = Breaker::default();
+        let c2 = BreakerConfig { failures: 3, ..cfg };
+        closed.failure(&c2);
+        closed.failure(&c2);
+        let next = Breaker::default();
+        next.restore(closed.save());
+        assert!(next.failure(&c2), "the third consecutive failure opens it");
     }
 }
