@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, and a few more.
-.PHONY: deps demo test check bench load
+.PHONY: deps demo test check bench load instructions
 
 deps:
 	./scripts/install-deps.sh
@@ -25,3 +25,8 @@ bench: deps
 load:
 	./scripts/install-deps.sh --bench
 	benches/load/run.sh
+
+# Instructions per request under callgrind, compared with benches/instructions.txt (fails on > 5% growth).
+instructions:
+	./scripts/install-deps.sh --bench
+	benches/instructions.sh

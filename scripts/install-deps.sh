@@ -3,11 +3,13 @@
 #   cmake        Pingora's zlib-ng build
 #   redis-server the Redis rate-limit tests start their own server
 #   nginx, wrk   the load harness in benches/load (only with --bench)
+#   haproxy      the load harness's third reference (only with --bench)
+#   valgrind     benches/instructions.sh: instructions per request (only with --bench)
 set -euo pipefail
 
 want=(cmake:cmake redis-server:redis-server)
 if [[ "${1:-}" == "--bench" ]]; then
-  want+=(nginx:nginx-light wrk:wrk)
+  want+=(nginx:nginx-light wrk:wrk haproxy:haproxy valgrind:valgrind)
 fi
 
 missing=()

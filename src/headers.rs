@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
-use crate::client::{X_FORWARDED_FOR, X_REQUEST_ID};
+use crate::client::X_FORWARDED_FOR;
 use crate::router::Route;
 
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -22,6 +22,49 @@ pub static X_GATEWAY: HeaderName = HeaderName::from_static("x-gateway");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// The names tollgate inserts on every request, as `&'static str`. Pingora's `insert_header`
+/// keeps each name's original case in a side map: from a `HeaderName` it copies the bytes into
+/// a fresh allocation (after matching it against its table of titled standard names), from a
+/// `&'static str` it takes the string as it is. Same bytes on the wire (lower case).
+pub mod name {
+    pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+    pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+    pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+    pub const X_REAL_IP: &str = "x-real-ip";
+    pub const X_REQUEST_ID: &str = "x-request-id";
+    pub const X_GATEWAY: &str = "x-gateway";
+}
+
+/// An IP address as a header value; IPv4 (the common case) without `fmt`.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            HeaderValue::from_bytes(&buf[..n]).expect("digits and dots are a valid header value")
+        }
+        IpAddr::V6(_) => {
+            HeaderValue::try_from(ip.to_string()).expect("an IPv6 address is a valid header value")
+        }
+    }
+}
 
 /// The request target the upstream receives: the normalised path, minus the route prefix when
 /// `strip_prefix` is on, plus the original query. `None` when the target is unchanged.
@@ -72,30 +115,45 @@ pub fn upstream_request(
         req.set_uri(uri);
     }
 
-    if let Some(peer) = peer_ip {
+    let peer_value = peer_ip.map(ip_value);
+    if let Some(peer) = &peer_value {
         // Append the socket peer to whatever chain the client sent, as nginx's
         // $proxy_add_x_forwarded_for does; several header lines are folded into one.
-        let mut xff = String::new();
-        for v in req.headers.get_all(&X_FORWARDED_FOR) {
-            if let Ok(s) = v.to_str() {
-                xff.push_str(s.trim());
-                xff.push_str(", ");
+        let xff = if req.headers.contains_key(&X_FORWARDED_FOR) {
+            let mut xff = Vec::new();
+            for v in req.headers.get_all(&X_FORWARDED_FOR) {
+                if let Ok(s) = v.to_str() {
+                    xff.extend_from_slice(s.trim().as_bytes());
+                    xff.extend_from_slice(b", ");
+                }
             }
-        }
-        use std::fmt::Write;
-        let _ = write!(xff, "{peer}");
-        req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+            xff.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)).map_err(|e| {
+                pingora::Error::because(
+                    pingora::ErrorType::InvalidHTTPHeader,
+                    "building X-Forwarded-For",
+                    e,
+                )
+            })?
+        } else {
+            peer.clone()
+        };
+        req.insert_header(name::X_FORWARDED_FOR, xff)?;
     }
     if let Some(ip) = client_ip {
-        req.insert_header(X_REAL_IP.clone(), ip.to_string())?;
+        let value = match &peer_value {
+            Some(v) if peer_ip == Some(ip) => v.clone(),
+            _ => ip_value(ip),
+        };
+        req.insert_header(name::X_REAL_IP, value)?;
     }
-    req.insert_header(X_FORWARDED_PROTO.clone(), HTTP.clone())?;
+    req.insert_header(name::X_FORWARDED_PROTO, HTTP.clone())?;
     if let Some(host) = req.headers.get(http::header::HOST).cloned() {
-        req.insert_header(X_FORWARDED_HOST.clone(), host)?;
+        req.insert_header(name::X_FORWARDED_HOST, host)?;
     } else {
         req.remove_header(&X_FORWARDED_HOST);
     }
-    req.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
+    req.insert_header(name::X_REQUEST_ID, request_id.clone())?;
     Ok(())
 }
 
@@ -108,13 +166,18 @@ pub fn downstream_response(
 ) -> Result<()> {
     if let Some(conn) = resp.headers.get(http::header::CONNECTION).cloned() {
         if let Ok(s) = conn.to_str() {
-            for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                let n = name.to_ascii_lowercase();
-                if !matches!(
-                    n.as_str(),
-                    "close" | "keep-alive" | "upgrade" | "transfer-encoding" | "content-length"
-                ) {
-                    resp.remove_header(n.as_str());
+            const KEEP: [&str; 5] = [
+                "close",
+                "keep-alive",
+                "upgrade",
+                "transfer-encoding",
+                "content-length",
+            ];
+            for token in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                // The usual `Connection: keep-alive` is compared in place, never lower-cased
+                // into a new String.
+                if !KEEP.iter().any(|k| token.eq_ignore_ascii_case(k)) {
+                    resp.remove_header(token.to_ascii_lowercase().as_str());
                 }
             }
         }
@@ -124,8 +187,8 @@ pub fn downstream_response(
     if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
         resp.remove_header(&http::header::UPGRADE);
     }
-    resp.insert_header(X_GATEWAY.clone(), crate::error::GATEWAY_NAME.clone())?;
-    resp.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
+    resp.insert_header(name::X_GATEWAY, crate::error::GATEWAY_NAME.clone())?;
+    resp.insert_header(name::X_REQUEST_ID, request_id.clone())?;
     if let Some(route) = route {
         for (k, v) in &route.response_headers {
             resp.insert_header(k.clone(), v.clone())?;
@@ -155,6 +218,22 @@ mod tests {
             cors: None,
             rate_limits: vec![],
             auth: None,
+        }
+    }
+
+    #[test]
+    fn ip_values_match_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.9.199",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip).to_str().unwrap(), ip.to_string());
         }
     }
 

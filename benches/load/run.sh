@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# tollgate load harness: tollgate vs nginx vs hitting the upstream directly.
+# tollgate load harness: tollgate vs nginx (vs HAProxy) vs hitting the upstream
+# directly, each as a plain proxy and with the same policy (API key, a rate limit
+# that never triggers, gateway headers); tollgate also with an HS256 JWT.
 #
 #   benches/load/run.sh                      # full run (CONNS="32 256", 5 x 10s each)
 #   DURATION=2s REPS=1 SKIP_TOLLGATE=1 benches/load/run.sh
@@ -30,6 +32,7 @@ REPS=${REPS:-5}                   # measured runs per (target, conns); medians r
 SAVE=${SAVE:-0}                   # 1: also write the table to benches/load/results.md
 FORCE=${FORCE:-0}                 # 1: measure even if the machine looks busy
 SKIP_TOLLGATE=${SKIP_TOLLGATE:-0} # 1: no build, no tollgate rows (harness development)
+SKIP_HAPROXY=${SKIP_HAPROXY:-0}   # 1: no HAProxy rows even if haproxy is installed
 TOLLGATE_BIN=${TOLLGATE_BIN:-}    # use this binary instead of building
 LOADGEN_CPU=${LOADGEN_CPU:-0}     # core for wrk and the upstream
 PROXY_CPU=${PROXY_CPU:-1}         # core for the proxy under test
@@ -43,6 +46,8 @@ export CARGO_TARGET_DIR
 
 # The upstream's answer: exactly 64 bytes, so every target moves the same bytes.
 BODY="tollgate-bench:0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLM"
+# The one API key of the policy scenarios (bench-only; also rendered into every config).
+API_KEY="tollgate-bench-key-0123456789abcdef"
 
 # ---------------------------------------------------------------- utils ----
 log() { printf '[load] %s\n' "$*" >&2; }
@@ -157,6 +162,15 @@ ensure_tools() {
     for tool in "${!pkg_of[@]}"; do
         command -v "$tool" >/dev/null 2>&1 || die "$tool still missing after install"
     done
+    # HAProxy is optional: rows for it only when installed (scripts/install-deps.sh --bench).
+    HAVE_HAPROXY=0
+    if [[ $SKIP_HAPROXY != 1 ]]; then
+        if command -v haproxy >/dev/null 2>&1; then
+            HAVE_HAPROXY=1
+        else
+            log "haproxy not installed: no HAProxy rows (scripts/install-deps.sh --bench installs it)"
+        fi
+    fi
     if [[ $SKIP_TOLLGATE != 1 && -z $TOLLGATE_BIN ]]; then
         command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust, or set TOLLGATE_BIN or SKIP_TOLLGATE=1)"
     fi
@@ -378,7 +392,8 @@ start_upstream() {
 start_nginx_proxy() {
     mkdir -p "$TMP/nginx_tmp"
     render proxy.nginx.conf "$TMP/nginx.conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
-        NGINX_PORT="$NGINX_PORT" NGINX_KEEPALIVE="$NGINX_KEEPALIVE" WORKER_CONNECTIONS="$WORKER_CONNECTIONS"
+        NGINX_PORT="$NGINX_PORT" NGINX_KEEPALIVE="$NGINX_KEEPALIVE" WORKER_CONNECTIONS="$WORKER_CONNECTIONS" \
+        API_KEY="$API_KEY"
     nginx -t -q -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf" ||
         die "proxy nginx config rejected (see above; $TMP/nginx.conf)"
     start_bg nginx "$PROXY_CPU" TERM nginx -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf"
@@ -396,7 +411,10 @@ start_nginx_proxy() {
 
 start_tollgate() {
     render tollgate.yaml "$TMP/tollgate.yaml" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
-        TOLLGATE_PORT="$TOLLGATE_PORT" TOLLGATE_ADMIN_PORT="$TOLLGATE_ADMIN_PORT"
+        TOLLGATE_PORT="$TOLLGATE_PORT" TOLLGATE_ADMIN_PORT="$TOLLGATE_ADMIN_PORT" API_KEY="$API_KEY"
+    # The JWT scenario's token, minted by tollgate itself from the same config.
+    JWT=$("$TG_BIN" token -c "$TMP/tollgate.yaml" --auth tokens --sub bench --ttl 24h) ||
+        die "tollgate token failed"
     # SIGINT is Pingora's fast shutdown; SIGTERM would wait out the grace period.
     start_bg tollgate "$PROXY_CPU" INT env RUST_LOG=error "$TG_BIN" -c "$TMP/tollgate.yaml"
     TOLLGATE_PID=$LAST_PID
@@ -405,31 +423,57 @@ start_tollgate() {
     log "tollgate ready on :$TOLLGATE_PORT, admin :$TOLLGATE_ADMIN_PORT (pid $TOLLGATE_PID, cpu $PROXY_CPU)"
 }
 
+start_haproxy() {
+    render haproxy.cfg "$TMP/haproxy.cfg" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
+        HAPROXY_PORT="$HAPROXY_PORT" API_KEY="$API_KEY"
+    haproxy -c -q -f "$TMP/haproxy.cfg" >&2 || die "haproxy config rejected (see above; $TMP/haproxy.cfg)"
+    # -db: foreground, no master process: the pid is the one process that proxies.
+    start_bg haproxy "$PROXY_CPU" TERM haproxy -db -f "$TMP/haproxy.cfg"
+    HAPROXY_PID=$LAST_PID
+    wait_http "haproxy" "$HAPROXY_PID" "http://127.0.0.1:$HAPROXY_PORT/bench" "$TMP/haproxy.out"
+    PIDS_ON_PORT[$HAPROXY_PORT]=$HAPROXY_PID
+    log "haproxy ready on :$HAPROXY_PORT (pid $HAPROXY_PID, cpu $PROXY_CPU)"
+}
+
 # ----------------------------------------------------------- scenarios ----
 # A scenario is one target wrk drives: a name, a port, and extra wrk arguments
 # (e.g. -H 'X-Api-Key: k'). Later scenarios — tollgate with API-key auth, JWT or
 # a rate limit; nginx with a map-based key check or limit_req — are one more
 # `scenario` line each, after starting (or configuring) what serves their port.
 #
-#   scenario [--vs BASELINE] NAME PORT [WRK_ARGS...]
+#   scenario [--vs BASELINE] [--base BASE] [--path PATH] NAME PORT [WRK_ARGS...]
 #
 # BASELINE (default: nginx) is the scenario its "vs nginx" ratio divides by, so
 # e.g. `scenario --vs nginx-limit tollgate-limit ...` compares like with like.
 # Every ratio also divides by the scenario "direct" (the upstream alone).
+# BASE (default: none) is the same proxy without the scenario's extra work: the
+# "vs base" columns show what that work costs (the policy overhead).
+# PATH (default: /bench) is what wrk requests.
+# --auth: the smoke test also checks that the same request without the -H
+# headers (the credential) is refused with 401: the policy is really applied.
 SCENARIOS=()
-declare -A SC_PORT SC_ARGS SC_VS SC_PIDS
+declare -A SC_PORT SC_ARGS SC_VS SC_PIDS SC_BASE SC_PATH SC_AUTH
 
 scenario() {
-    local vs=nginx
-    if [[ ${1:-} == --vs ]]; then
-        vs=$2
+    local vs=nginx base="" path=/bench auth=0
+    while [[ ${1:-} == --* ]]; do
+        case $1 in
+            --vs) vs=$2 ;;
+            --base) base=$2 ;;
+            --path) path=$2 ;;
+            --auth) auth=1 && shift && continue ;;
+            *) die "scenario: unknown option $1" ;;
+        esac
         shift 2
-    fi
+    done
     local name=$1 port=$2
     shift 2
     SCENARIOS+=("$name")
     SC_PORT[$name]=$port
     SC_VS[$name]=$vs
+    SC_BASE[$name]=$base
+    SC_PATH[$name]=$path
+    SC_AUTH[$name]=$auth
     SC_PIDS[$name]=${PIDS_ON_PORT[$port]:-} # empty: no proxy to measure (direct)
     SC_ARGS[$name]=""
     if (($#)); then SC_ARGS[$name]=$(printf '%q ' "$@"); fi
@@ -443,7 +487,7 @@ scenario_args() { # scenario_args NAME — sets the array ARGS
 # Before measuring anything: one request per scenario must be a 200 with the
 # upstream's exact body, so a gateway answering 404s fast is caught here.
 smoke() {
-    local name=$1 url="http://127.0.0.1:${SC_PORT[$1]}/bench" curl_args=() i code body
+    local name=$1 url="http://127.0.0.1:${SC_PORT[$1]}${SC_PATH[$1]}" curl_args=() i code body
     scenario_args "$name"
     for ((i = 0; i < ${#ARGS[@]}; i++)); do # pass wrk's -H headers on to curl
         if [[ ${ARGS[i]} == -H || ${ARGS[i]} == --header ]]; then
@@ -456,6 +500,10 @@ smoke() {
         log "$name: GET $url answered $code with body: ${body:0:300}"
         die "$name does not proxy correctly; not measuring it"
     fi
+    if [[ ${SC_AUTH[$name]} == 1 ]]; then
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url") || true
+        [[ $code == 401 ]] || die "$name: without its credential GET $url answered $code, not 401: the policy is not applied"
+    fi
 }
 
 # run_wrk NAME CONNS DURATION OUT — one wrk run, pinned to the load generator's core.
@@ -463,7 +511,7 @@ run_wrk() {
     local name=$1 conns=$2 dur=$3 out=$4
     scenario_args "$name"
     if ! taskset -c "$LOADGEN_CPU" wrk -t1 -c"$conns" -d"$dur" --latency "${ARGS[@]}" \
-        "http://127.0.0.1:${SC_PORT[$name]}/bench" >"$out" 2>&1; then
+        "http://127.0.0.1:${SC_PORT[$name]}${SC_PATH[$name]}" >"$out" 2>&1; then
         cat "$out" >&2
         die "wrk failed against $name"
     fi
@@ -555,8 +603,12 @@ print_table() {
     # shellcheck disable=SC2086 # the R_* values are word lists
     for key in "${!R_RPS[@]}"; do med_rps[$key]=$(median ${R_RPS[$key]}); done
 
-    echo "| scenario | conns | req/s | p50 µs | p99 µs | req/s vs nginx | req/s vs direct | proxy CPU µs/req | proxy RSS MiB |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    local -A med_cpu
+    # shellcheck disable=SC2086
+    for key in "${!R_CPU[@]}"; do med_cpu[$key]=$(median ${R_CPU[$key]}); done
+
+    echo "| scenario | conns | req/s | p50 µs | p99 µs | req/s vs nginx | req/s vs direct | proxy CPU µs/req | proxy RSS MiB | vs base | req/s vs base | CPU/req vs base |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
     for conns in $CONNS; do
         for name in "${SCENARIOS[@]}"; do
             key="$name|$conns"
@@ -573,11 +625,16 @@ print_table() {
                 rss=$(printf '%s\n' ${R_RSS[$key]} | sort -n | tail -n 1 |
                     awk '{ printf "%.1f", $1 / 1024 }')
             fi
-            printf '| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s |\n' \
+            local base=${SC_BASE[$name]} brps="-" bcpu="-"
+            if [[ -n $base ]]; then
+                brps=$(ratio "${med_rps[$key]}" "${med_rps[$base|$conns]:-}")
+                bcpu=$(ratio "${med_cpu[$key]:-}" "${med_cpu[$base|$conns]:-}")
+            fi
+            printf '| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' \
                 "$name" "$conns" "${med_rps[$key]}" "$p50" "$p99" \
                 "$(ratio "${med_rps[$key]}" "${med_rps[${SC_VS[$name]}|$conns]:-}")" \
                 "$(ratio "${med_rps[$key]}" "${med_rps[direct|$conns]:-}")" \
-                "$cpu" "$rss"
+                "$cpu" "$rss" "${base:--}" "$brps" "$bcpu"
         done
     done
 }
@@ -588,7 +645,11 @@ print_context() {
     nginx_version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
     echo "tollgate load test, $(date -u '+%Y-%m-%d %H:%M UTC'): $NCPU CPUs (${cpu_model:-unknown}), Linux $(uname -r), $nginx_version, $(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }')."
     echo "wrk -t1 and the upstream on CPU $LOADGEN_CPU; the proxy under test on CPU $PROXY_CPU (nginx: 1 worker, keepalive $NGINX_KEEPALIVE; tollgate: threads 1)."
-    echo "Medians of $REPS x $DURATION runs per row (after a $WARMUP warm-up); 64-byte responses; CPU and RSS are the nginx worker's / tollgate process's."
+    if [[ ${HAVE_HAPROXY:-0} == 1 ]]; then
+        echo "HAProxy $(haproxy -v 2>&1 | head -n 1 | awk '{ print $3 }') (nbthread 1) on CPU $PROXY_CPU as well."
+    fi
+    echo "Medians of $REPS x $DURATION runs per row (after a $WARMUP warm-up); 64-byte responses; CPU and RSS are the nginx worker's / tollgate's / haproxy's process."
+    echo "Policy rows (-apikey, -jwt): auth + a rate limit that never triggers + forwarding and gateway headers; 'vs base' is the same proxy without it (policy overhead)."
 }
 
 # ---------------------------------------------------------------- main ----
@@ -620,19 +681,32 @@ main() {
     WORKER_CONNECTIONS=$((4 * max_conns > 1024 ? 4 * max_conns : 1024))
 
     local ports
-    ports=$(free_ports 4)
-    read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT <<<"$ports"
+    ports=$(free_ports 5)
+    read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT HAPROXY_PORT <<<"$ports"
 
     start_upstream
     start_nginx_proxy
     [[ $SKIP_TOLLGATE == 1 ]] || start_tollgate
+    [[ $HAVE_HAPROXY == 0 ]] || start_haproxy
 
     # The targets, in the order they alternate within each repetition.
+    local key_hdr="X-Api-Key: $API_KEY"
     scenario direct "$UPSTREAM_PORT"
     scenario nginx "$NGINX_PORT"
-    [[ $SKIP_TOLLGATE == 1 ]] || scenario tollgate "$TOLLGATE_PORT"
-    # Later, e.g.:
-    #   scenario --vs nginx-apikey tollgate-apikey "$TOLLGATE_PORT" -H 'X-Api-Key: k'
+    scenario --base nginx --path /api/bench --auth nginx-apikey "$NGINX_PORT" -H "$key_hdr"
+    if [[ $HAVE_HAPROXY == 1 ]]; then
+        scenario haproxy "$HAPROXY_PORT"
+        scenario --vs nginx-apikey --base haproxy --path /api/bench --auth \
+            haproxy-apikey "$HAPROXY_PORT" -H "$key_hdr"
+    fi
+    if [[ $SKIP_TOLLGATE != 1 ]]; then
+        scenario tollgate "$TOLLGATE_PORT"
+        scenario --vs nginx-apikey --base tollgate --path /api/bench --auth \
+            tollgate-apikey "$TOLLGATE_PORT" -H "$key_hdr"
+        # No JWT in nginx (open source) to compare with: its base is the API-key route.
+        scenario --vs nginx-apikey --base tollgate-apikey --path /jwt/bench --auth \
+            tollgate-jwt "$TOLLGATE_PORT" -H "Authorization: Bearer $JWT"
+    fi
 
     local name conns rep
     for name in "${SCENARIOS[@]}"; do smoke "$name"; done

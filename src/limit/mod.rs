@@ -70,6 +70,8 @@ pub struct Policy {
     policy_header: HeaderValue,
     /// `REQUESTS`
     limit_header: HeaderValue,
+    /// `"name";r=`: the start of every `RateLimit` value.
+    ratelimit_prefix: Box<[u8]>,
 }
 
 impl KeyKind {
@@ -136,6 +138,7 @@ impl Policy {
             ipv6_prefix,
             policy_header,
             limit_header: HeaderValue::from(requests),
+            ratelimit_prefix: format!("\"{name}\";r=").into_bytes().into(),
         }
     }
 }
@@ -349,23 +352,95 @@ impl Limits {
         v
     }
 
-    /// Add the RateLimit headers to a proxied response.
+    /// Add the RateLimit headers to a proxied response: the same headers as [`Self::headers`]
+    /// of an admitted request, without building a `Vec` of them. The names go in as
+    /// `&'static str`, which Pingora's `insert_header` takes without copying them.
     pub fn apply(&self, d: &Decision, resp: &mut ResponseHeader) -> pingora::Result<()> {
-        for (k, v) in self.headers(d) {
-            resp.insert_header(k, v)?;
+        let p = &self.policies[d.policy];
+        resp.insert_header("ratelimit-policy", p.policy_header.clone())?;
+        resp.insert_header("ratelimit", ratelimit_value(p, d))?;
+        resp.insert_header("x-ratelimit-limit", p.limit_header.clone())?;
+        resp.insert_header("x-ratelimit-remaining", d.remaining)?;
+        resp.insert_header("x-ratelimit-reset", d.reset)?;
+        if !d.allowed {
+            resp.insert_header(RETRY_AFTER.clone(), d.retry_after)?;
         }
         Ok(())
     }
 }
 
+/// `"name";r=REMAINING;t=RESET`, from the policy's preformatted prefix (no `fmt`).
 fn ratelimit_value(p: &Policy, d: &Decision) -> HeaderValue {
-    HeaderValue::try_from(format!("\"{}\";r={};t={}", p.name, d.remaining, d.reset))
+    let mut v = Vec::with_capacity(p.ratelimit_prefix.len() + 24);
+    v.extend_from_slice(&p.ratelimit_prefix);
+    push_u64(&mut v, d.remaining);
+    v.extend_from_slice(b";t=");
+    push_u64(&mut v, d.reset);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
         .unwrap_or_else(|_| HeaderValue::from(d.remaining))
+}
+
+/// Append the decimal digits of `n`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratelimit_value_and_applied_headers() {
+        let p = Policy::new(
+            "per-client",
+            100,
+            Duration::from_secs(60),
+            20,
+            KeyKind::ClientIp,
+            Store::Local,
+            64,
+        );
+        for (remaining, reset) in [(0, 0), (19, 1), (u64::MAX, 1234567890)] {
+            let d = Decision {
+                policy: 0,
+                allowed: true,
+                remaining,
+                reset,
+                retry_after: 0,
+            };
+            assert_eq!(
+                ratelimit_value(&p, &d).to_str().unwrap(),
+                format!("\"per-client\";r={remaining};t={reset}")
+            );
+        }
+        let limits = Limits {
+            policies: vec![p],
+            ..Limits::default()
+        };
+        let d = Decision {
+            policy: 0,
+            allowed: true,
+            remaining: 19,
+            reset: 1,
+            retry_after: 0,
+        };
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        limits.apply(&d, &mut resp).unwrap();
+        for (name, value) in limits.headers(&d) {
+            assert_eq!(resp.headers.get(&name), Some(&value), "{name}");
+        }
+        assert_eq!(resp.headers.len(), 5);
+    }
 
     #[test]
     fn ipv6_is_keyed_per_prefix() {

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Instructions per request: a regression number that machine noise does not move.
+#
+#   benches/instructions.sh              # measure, compare with benches/instructions.txt
+#   RECORD=1 benches/instructions.sh     # measure and rewrite benches/instructions.txt
+#   SCENARIOS=apikey N=500 benches/instructions.sh   # one scenario, quicker
+#
+# The release build (threads: 1, the load harness's own config) runs under
+# `valgrind --tool=callgrind`, which counts every instruction the process
+# executes, in every thread. One client sends N requests, one after another on
+# one keep-alive connection, then the same again with 2N in a fresh process:
+#
+#   instructions/request = (I(2N) - I(N)) / N
+#
+# so start-up, readiness polling, the first connections and shutdown cancel out.
+# Scenarios (the routes of benches/load/tollgate.yaml):
+#   plain   GET /bench        routing + forwarding and gateway headers
+#   apikey  GET /api/bench    + API key + local rate limit (never triggers) + a response header
+#   jwt     GET /jwt/bench    the same policy with an HS256 JWT
+#
+# Exit status: 0, or 1 when a scenario grew by more than THRESHOLD percent
+# over the recorded number (a drop is reported, never a failure: re-record it).
+# Not part of CI: it needs valgrind and takes a minute or two.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+N=${N:-2000}                         # requests of the short run (the long one is 2N)
+THRESHOLD=${THRESHOLD:-5}            # percent growth that fails
+RECORD=${RECORD:-0}                  # 1: write the numbers to RESULTS
+RESULTS=${RESULTS:-$HERE/instructions.txt}
+SCENARIOS=${SCENARIOS:-"plain apikey jwt"}
+TOLLGATE_BIN=${TOLLGATE_BIN:-}       # use this binary instead of building
+READY_TIMEOUT=${READY_TIMEOUT:-120}  # seconds tollgate (under valgrind) gets to start
+KEEP_TMP=${KEEP_TMP:-0}              # 1: keep configs, logs and callgrind outputs
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+export CARGO_TARGET_DIR
+
+BODY="tollgate-bench:0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLM"
+API_KEY="tollgate-bench-key-0123456789abcdef"
+
+log() { printf '[instructions] %s\n' "$*" >&2; }
+die() { printf '[instructions] ERROR: %s\n' "$*" >&2; exit 2; }
+
+if ! [[ $N =~ ^[1-9][0-9]*$ ]]; then die "N must be a positive integer (got '$N')"; fi
+[[ $THRESHOLD =~ ^[0-9]+([.][0-9]+)?$ ]] || die "THRESHOLD must be a number (got '$THRESHOLD')"
+for t in valgrind nginx curl python3; do
+    command -v "$t" >/dev/null 2>&1 || die "$t not found (scripts/install-deps.sh --bench installs valgrind and nginx)"
+done
+
+render() { # render TEMPLATE OUT KEY=VALUE...
+    local text kv
+    text=$(<"$1")
+    for kv in "${@:3}"; do text=${text//"@${kv%%=*}@"/"${kv#*=}"}; done
+    [[ ! $text =~ @[A-Z_]+@ ]] || die "template $1: no value for ${BASH_REMATCH[0]}"
+    printf '%s\n' "$text" >"$2"
+}
+
+# ---------------------------------------------------------------- build ----
+if [[ -n $TOLLGATE_BIN ]]; then
+    TG_BIN=$(cd "$(dirname "$TOLLGATE_BIN")" && pwd)/$(basename "$TOLLGATE_BIN")
+else
+    log "building tollgate (release)"
+    (cd "$REPO" && cargo build --release --bin tollgate) >&2 || die "cargo build --release failed"
+    dir=$CARGO_TARGET_DIR
+    [[ $dir == /* ]] || dir=$REPO/$dir
+    TG_BIN=$dir/release/tollgate
+fi
+[[ -x $TG_BIN ]] || die "$TG_BIN is not an executable"
+
+# -------------------------------------------------------------- services ----
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-instr.XXXXXX")
+chmod 0755 "$TMP" # nginx workers run unprivileged when started as root
+PIDS=()
+# shellcheck disable=SC2317 # invoked by the trap
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    set +e
+    for p in "${PIDS[@]}"; do kill -s TERM "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    if [[ $rc != 0 && $rc != 1 ]] || [[ $KEEP_TMP == 1 ]]; then
+        log "logs and callgrind outputs kept in $TMP"
+    else
+        rm -rf -- "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+read -r UPSTREAM_PORT TOLLGATE_PORT ADMIN_PORT < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(3)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in ss))')
+
+mkdir -p "$TMP/upstream_tmp"
+render "$HERE/load/upstream.nginx.conf" "$TMP/upstream.conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
+    BODY="$BODY" WORKER_CONNECTIONS=1024
+nginx -p "$TMP" -e "$TMP/upstream.error.log" -c "$TMP/upstream.conf" >"$TMP/upstream.out" 2>&1 &
+PIDS+=($!)
+render "$HERE/load/tollgate.yaml" "$TMP/tollgate.yaml" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
+    TOLLGATE_PORT="$TOLLGATE_PORT" TOLLGATE_ADMIN_PORT="$ADMIN_PORT" API_KEY="$API_KEY"
+JWT=$("$TG_BIN" token -c "$TMP/tollgate.yaml" --auth tokens --sub bench --ttl 24h) || die "tollgate token failed"
+
+wait_200() { # wait_200 URL PID — poll every 0.5 s (few polls: they are counted too)
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true) == 200 ]]; do
+        kill -0 "$2" 2>/dev/null || die "process $2 exited while starting"
+        ((SECONDS < deadline)) || die "$1 not ready after ${READY_TIMEOUT}s"
+        sleep 0.5
+    done
+}
+wait_200 "http://127.0.0.1:$UPSTREAM_PORT/" "${PIDS[0]}"
+
+# The client: COUNT sequential GETs on one keep-alive connection; every answer must
+# be a 200 with the upstream's body, so a fast error path is never measured.
+client() { # client PATH COUNT HEADER
+    python3 - "$TOLLGATE_PORT" "$1" "$2" "$3" "$BODY" <<'EOF'
+import http.client, sys
+port, path, count, header, body = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+headers = {}
+if header:
+    k, v = header.split(": ", 1)
+    headers[k] = v
+c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=60)
+for i in range(count):
+    c.request("GET", path, headers=headers)
+    r = c.getresponse()
+    got = r.read().decode()
+    if r.status != 200 or got != body:
+        sys.exit(f"request {i}: {r.status} {got[:200]}")
+c.close()
+EOF
+}
+
+# measure SCENARIO COUNT — sets TOTAL: the instructions of one tollgate process that
+# served COUNT requests (not in a subshell, so cleanup knows every pid).
+measure() {
+    local sc=$1 count=$2 path header out="$TMP/callgrind.$1.$2.out" pid
+    case $sc in
+        plain) path=/bench header="" ;;
+        apikey) path=/api/bench header="X-Api-Key: $API_KEY" ;;
+        jwt) path=/jwt/bench header="Authorization: Bearer $JWT" ;;
+        *) die "unknown scenario $sc (plain, apikey, jwt)" ;;
+    esac
+    RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$TG_BIN" -c "$TMP/tollgate.yaml" >"$TMP/tollgate.$sc.$count.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_200 "http://127.0.0.1:$ADMIN_PORT/health" "$pid"
+    client "$path" "$count" "$header" || die "$sc: the client failed (see above)"
+    kill -s INT "$pid" # Pingora's fast shutdown; callgrind writes its totals at exit
+    wait "$pid" || true
+    TOTAL=$(awk '/^(summary|totals):/ { print $2; exit }' "$out")
+    [[ -n $TOTAL ]] || die "no total in $out (see $TMP/tollgate.$sc.$count.log)"
+}
+
+declare -A PER
+for sc in $SCENARIOS; do
+    measure "$sc" "$N"
+    i1=$TOTAL
+    measure "$sc" $((2 * N))
+    i2=$TOTAL
+    PER[$sc]=$(((i2 - i1) / N))
+    log "$(printf '%-7s I(%d) = %d, I(%d) = %d  ->  %d instructions/request' \
+        "$sc" "$N" "$i1" $((2 * N)) "$i2" "${PER[$sc]}")"
+done
+
+# --------------------------------------------------------------- report ----
+declare -A OLD
+if [[ -f $RESULTS ]]; then
+    while read -r name value _; do
+        [[ -z $name || $name == \#* ]] || OLD[$name]=$value
+    done <"$RESULTS"
+fi
+
+status=0
+printf '%-8s %14s %14s %8s\n' scenario instr/req recorded change
+for sc in $SCENARIOS; do
+    old=${OLD[$sc]:-} change="-"
+    if [[ -n $old ]]; then
+        change=$(awk -v a="${PER[$sc]}" -v b="$old" 'BEGIN { printf "%+.1f%%", (a - b) * 100 / b }')
+        if awk -v a="${PER[$sc]}" -v b="$old" -v t="$THRESHOLD" 'BEGIN { exit !(a > b * (1 + t / 100)) }'; then
+            change+="  REGRESSION (> +$THRESHOLD%)"
+            status=1
+        fi
+    fi
+    printf '%-8s %14d %14s %8s\n' "$sc" "${PER[$sc]}" "${old:--}" "$change"
+done
+
+if [[ $RECORD == 1 ]]; then
+    {
+        echo "# Instructions per request, measured by benches/instructions.sh (callgrind, release"
+        echo "# build, threads: 1, benches/load/tollgate.yaml; (I(2N) - I(N)) / N with N=$N)."
+        echo "# $(date -u '+%Y-%m-%d') $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(valgrind --version)"
+        echo "# scenario  instructions/request"
+        for sc in plain apikey jwt; do
+            v=${PER[$sc]:-${OLD[$sc]:-}}
+            [[ -z $v ]] || printf '%-8s %d\n' "$sc" "$v"
+        done
+    } >"$RESULTS"
+    log "recorded in $RESULTS"
+    status=0
+fi
+exit "$status"
