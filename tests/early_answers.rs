@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::time::Duration;
 use support::*;
 
 /// A request a client smuggles inside a body (or after an upgrade).
@@ -29,20 +27,8 @@ routes:
     ))
 }
 
-/// Write `bytes` on one connection; every response status seen and the raw answer.
 fn exchange(gw: &Gateway, bytes: &[u8]) -> (Vec<u16>, String) {
-    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let codes = text
-        .split("\r\n")
-        .filter_map(|l| l.strip_prefix("HTTP/1.1 "))
-        .filter_map(|l| l.get(..3)?.parse().ok())
-        .collect();
-    (codes, text)
+    statuses_of(gw.addr, bytes)
 }
 
 fn post_with_smuggled_body(path: &str) -> Vec<u8> {

@@ -15,20 +15,7 @@ const SMUGGLED: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 
 /// Send `head` followed by a pipelined request; return every status line seen and the bytes.
 fn statuses(gw: &Gateway, head: &[u8]) -> (Vec<u16>, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    s.write_all(&[head, SMUGGLED].concat()).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let codes = text
-        .split("\r\n")
-        .filter_map(|l| l.strip_prefix("HTTP/1.1 "))
-        .filter_map(|l| l.get(..3)?.parse().ok())
-        .collect();
-    (codes, text)
+    statuses_of(gw.addr, &[head, SMUGGLED].concat())
 }
 
 #[test]

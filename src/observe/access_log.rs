@@ -210,22 +210,15 @@ fn bare(s: &str) -> String {
     if s.is_empty() {
         return "-".to_owned();
     }
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                o.push('\\');
-                o.push(c);
-            }
-            c if c.is_control() || c == ' ' => o.push_str(&format!("\\x{:02X}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o
+    escape(s, true)
 }
 
 /// Quote a value for the combined format (escape `"` and `\` and control bytes like nginx).
 fn quoted(s: &str) -> String {
+    escape(s, false)
+}
+
+fn escape(s: &str, spaces: bool) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -233,7 +226,9 @@ fn quoted(s: &str) -> String {
                 o.push('\\');
                 o.push(c);
             }
-            c if c.is_control() => o.push_str(&format!("\\x{:02X}", c as u32)),
+            c if c.is_control() || (spaces && c == ' ') => {
+                o.push_str(&format!("\\x{:02X}", c as u32))
+            }
             c => o.push(c),
         }
     }

@@ -685,3 +685,20 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Write `bytes` on one connection and read until the gateway closes it (or 3 s pass): every
+/// response status line seen, and the raw answer.
+pub fn statuses_of(addr: SocketAddr, bytes: &[u8]) -> (Vec<u16>, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let codes = text
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("HTTP/1.1 "))
+        .filter_map(|l| l.get(..3)?.parse().ok())
+        .collect();
+    (codes, text)
+}
