@@ -276,21 +276,10 @@ impl ProxyHttp for Tollgate {
                 .reject(session, ctx, Reject::PayloadTooLarge, msg, &[])
                 .await;
         }
-        let changed = matches!(path, std::borrow::Cow::Owned(_));
-        ctx.target = headers::upstream_target(route, &path, req.uri.query(), changed);
         ctx.route = Some(route.id);
         if let Some(ra) = &route.auth {
             match self.gw.auth.check(ra, req) {
-                Ok(id) => {
-                    if let Some(q) = &id.credential_query {
-                        let query = req
-                            .uri
-                            .query()
-                            .and_then(|s| crate::auth::strip_query_param(s, q));
-                        ctx.target = headers::upstream_target(route, &path, query.as_deref(), true);
-                    }
-                    ctx.identity = Some(id)
-                }
+                Ok(id) => ctx.identity = Some(id),
                 Err(f) => {
                     self.obs.auth_failed(route.id, &f);
                     let www = f.www.map(|v| (http::header::WWW_AUTHENTICATE, v));
@@ -299,6 +288,25 @@ impl ProxyHttp for Tollgate {
                 }
             }
         }
+        // What the upstream gets: the routed path, minus the prefix, minus a key carried in
+        // the query.
+        let key_param = ctx
+            .identity
+            .as_ref()
+            .and_then(|id| id.credential_query.as_ref());
+        ctx.target = match key_param {
+            Some(q) => {
+                let query = req
+                    .uri
+                    .query()
+                    .and_then(|s| crate::auth::strip_query_param(s, q));
+                headers::upstream_target(route, &path, query.as_deref(), true)
+            }
+            None => {
+                let changed = matches!(path, std::borrow::Cow::Owned(_));
+                headers::upstream_target(route, &path, req.uri.query(), changed)
+            }
+        };
         if !route.rate_limits.is_empty() {
             ctx.limit = match self
                 .gw
