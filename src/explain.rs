@@ -116,14 +116,15 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
         Match::Route(r) => {
             let mut auth = String::new();
             // As the proxy does: a key carried in the query is not forwarded.
-            let query = match explain_auth(&mut auth, gw, r, req) {
-                Some(q) => query.and_then(|s| crate::auth::strip_query_param(s, &q)),
-                None => query.map(str::to_owned),
-            };
-            let changed = path != raw_path
-                || query.as_deref() != req.path_and_query.split_once('?').map(|(_, q)| q);
-            let target = crate::headers::upstream_target(r, &path, query.as_deref(), changed)
-                .unwrap_or_else(|| req.path_and_query.clone());
+            let key_param = explain_auth(&mut auth, gw, r, req);
+            let target = crate::headers::forwarded_target(
+                r,
+                &path,
+                query,
+                key_param.as_deref(),
+                path != raw_path,
+            )
+            .unwrap_or_else(|| req.path_and_query.clone());
             let up = &gw.upstreams[r.upstream];
             let _ = writeln!(o, "route:    {} -> upstream {}", r.name, up.name);
             let _ = writeln!(o, "forward:  {} {target}", req.method);

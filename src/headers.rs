@@ -96,6 +96,24 @@ pub fn upstream_target(
     Some(t)
 }
 
+/// [`upstream_target`] for a request whose API key may sit in the query parameter
+/// `key_param`: that parameter is never forwarded. `changed`: the path was rewritten.
+pub fn forwarded_target(
+    route: &Route,
+    path: &str,
+    query: Option<&str>,
+    key_param: Option<&str>,
+    changed: bool,
+) -> Option<String> {
+    match key_param {
+        Some(k) => {
+            let kept = query.and_then(|q| crate::auth::strip_query_param(q, k));
+            upstream_target(route, path, kept.as_deref(), true)
+        }
+        None => upstream_target(route, path, query, changed),
+    }
+}
+
 /// Set the upstream request's target, forwarding and identity headers.
 pub fn upstream_request(
     req: &mut RequestHeader,

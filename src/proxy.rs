@@ -293,20 +293,9 @@ impl ProxyHttp for Tollgate {
         let key_param = ctx
             .identity
             .as_ref()
-            .and_then(|id| id.credential_query.as_ref());
-        ctx.target = match key_param {
-            Some(q) => {
-                let query = req
-                    .uri
-                    .query()
-                    .and_then(|s| crate::auth::strip_query_param(s, q));
-                headers::upstream_target(route, &path, query.as_deref(), true)
-            }
-            None => {
-                let changed = matches!(path, std::borrow::Cow::Owned(_));
-                headers::upstream_target(route, &path, req.uri.query(), changed)
-            }
-        };
+            .and_then(|id| id.credential_query.as_deref());
+        let changed = matches!(path, std::borrow::Cow::Owned(_));
+        ctx.target = headers::forwarded_target(route, &path, req.uri.query(), key_param, changed);
         if !route.rate_limits.is_empty() {
             ctx.limit = match self
                 .gw
