@@ -74,6 +74,15 @@ routes:
     )
 }
 
+/// A gateway whose route `/t` is guarded by one JWT provider `p` with these settings.
+fn one_provider(settings: &str) -> Gateway {
+    let up = echo("up");
+    Gateway::start(&format!(
+        "upstreams: {{u: {{targets: [\"{up}\"]}}}}\nauth: {{p: {settings}}}\n\
+         routes: [{{name: t, path_prefix: /t, upstream: u, auth: [p]}}]\n"
+    ))
+}
+
 fn good_claims() -> serde_json::Value {
     json!({"sub": "alice", "role": "admin", "iss": "auth.example.com", "aud": "api", "exp": now() + 300})
 }
@@ -271,15 +280,8 @@ fn rfc7515_a1_token_is_rejected_as_expired() {
     let dir = tempfile::tempdir().unwrap();
     let keyfile = dir.path().join("a1.key");
     std::fs::write(&keyfile, &key).unwrap();
-    let up = echo("up");
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams: {{u: {{targets: ["{up}"]}}}}
-auth:
-  a1: {{type: jwt, algorithms: [HS256], secret: {{file: "{}"}}}}
-routes:
-  - {{name: t, path_prefix: /t, upstream: u, auth: [a1]}}
-"#,
+    let gw = one_provider(&format!(
+        "{{type: jwt, algorithms: [HS256], secret: {{file: \"{}\"}}}}",
         keyfile.display()
     ));
     let t = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -291,15 +293,8 @@ routes:
 fn hs256_signed_with_the_rsa_public_pem_is_refused_by_an_rs256_provider() {
     let pem = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rsa_public.pem");
     let priv_pem = include_bytes!("fixtures/rsa_private.pem");
-    let up = echo("up");
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams: {{u: {{targets: ["{up}"]}}}}
-auth:
-  rs: {{type: jwt, algorithms: [RS256], public_key: {{file: "{pem}"}}}}
-routes:
-  - {{name: t, path_prefix: /t, upstream: u, auth: [rs]}}
-"#
+    let gw = one_provider(&format!(
+        "{{type: jwt, algorithms: [RS256], public_key: {{file: \"{pem}\"}}}}"
     ));
     let claims = json!({"sub": "bob", "exp": now() + 300});
     let confused = encode(
@@ -350,15 +345,8 @@ routes:
 fn jwks_picks_the_key_by_kid_and_an_unknown_kid_is_401() {
     let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks.json");
     let priv_pem = include_bytes!("fixtures/rsa_private.pem");
-    let up = echo("up");
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams: {{u: {{targets: ["{up}"]}}}}
-auth:
-  set: {{type: jwt, algorithms: [RS256], jwks: {{file: "{jwks}"}}}}
-routes:
-  - {{name: t, path_prefix: /t, upstream: u, auth: [set]}}
-"#
+    let gw = one_provider(&format!(
+        "{{type: jwt, algorithms: [RS256], jwks: {{file: \"{jwks}\"}}}}"
     ));
     let claims = json!({"sub": "carol", "exp": now() + 300});
     let signed = |kid: Option<&str>| {
