@@ -141,15 +141,10 @@ fn reload_cmd(conf: &std::path::Path, pid: u32) -> (i32, String) {
 fn reload_command_refuses_a_bad_config_and_the_old_instance_keeps_serving() {
     let up = echo("up");
     let mut gw = Gateway::start(&body(up, ""));
-    let bad = gw.dir.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        gw.yaml_for(&body(
-            up,
-            "  - {name: x, path_prefix: /x, upstream: nope}\n",
-        )),
-    )
-    .unwrap();
+    let bad = gw.write_conf(
+        "bad.yaml",
+        &body(up, "  - {name: x, path_prefix: /x, upstream: nope}\n"),
+    );
     let (code, out) = reload_cmd(&bad, gw.pid());
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -170,28 +165,12 @@ fn reload_command_refuses_a_bad_config_and_the_old_instance_keeps_serving() {
 fn reload_command_hands_over_to_a_daemonized_new_process() {
     let up = echo("up");
     let mut gw = Gateway::start(&body(up, ""));
-    let next = gw.dir.path().join("next.yaml");
-    std::fs::write(
-        &next,
-        gw.yaml_for(&body(
-            up,
-            "  - {name: new, path_prefix: /new, upstream: up}\n",
-        )),
-    )
-    .unwrap();
+    let next = gw.write_conf(
+        "next.yaml",
+        &body(up, "  - {name: new, path_prefix: /new, upstream: up}\n"),
+    );
     let (code, out) = reload_cmd(&next, gw.pid());
     // Whatever happens, stop the daemon at the end.
-    struct KillPidFile(std::path::PathBuf);
-    impl Drop for KillPidFile {
-        fn drop(&mut self) {
-            if let Ok(pid) = std::fs::read_to_string(&self.0) {
-                let _ = std::process::Command::new("kill")
-                    .arg("-9")
-                    .arg(pid.trim())
-                    .status();
-            }
-        }
-    }
     let _daemon = KillPidFile(gw.dir.path().join("tollgate.pid"));
     assert_eq!(code, 0, "{out}");
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -201,6 +180,21 @@ fn reload_command_hands_over_to_a_daemonized_new_process() {
     }
     wait_exit(&mut gw);
     assert_eq!(gw.get("/api/x").status, 200);
+}
+
+/// Kills the process named by a pid file when dropped: a daemonized gateway is not the test's
+/// child, so nothing else would stop it.
+struct KillPidFile(std::path::PathBuf);
+
+impl Drop for KillPidFile {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = std::process::Command::new("kill")
+                .arg("-9")
+                .arg(pid.trim())
+                .status();
+        }
+    }
 }
 
 /// Routes keyed per `X-Client`, so one test can tell a limited client from a fresh one.
@@ -283,14 +277,13 @@ fn reload_carries_limits_by_name_and_drops_state_of_a_renamed_policy() {
         assert_eq!(as_client(&gw, path, "alice"), 429);
     }
     // The new config lists its routes in another order and renames one policy.
-    let next = gw.dir.path().join("next.yaml");
     let reordered = limited_body(
         up,
         &policies.replace("POLICY", "renamed"),
         "  - {name: other, path_prefix: /other, upstream: up, rate_limit: renamed}\n  \
          - {name: api, path_prefix: /api, upstream: up, rate_limit: strict}\n",
     );
-    std::fs::write(&next, gw.yaml_for(&reordered)).unwrap();
+    let next = gw.write_conf("next.yaml", &reordered);
     let (code, out) = reload_cmd(&next, gw.pid());
     let pid_file = gw.dir.path().join("tollgate.pid");
     let daemon_pid = || -> u64 {
@@ -300,17 +293,6 @@ fn reload_carries_limits_by_name_and_drops_state_of_a_renamed_policy() {
             .parse()
             .unwrap()
     };
-    struct KillPidFile(std::path::PathBuf);
-    impl Drop for KillPidFile {
-        fn drop(&mut self) {
-            if let Ok(pid) = std::fs::read_to_string(&self.0) {
-                let _ = std::process::Command::new("kill")
-                    .arg("-9")
-                    .arg(pid.trim())
-                    .status();
-            }
-        }
-    }
     let _daemon = KillPidFile(pid_file.clone());
     assert_eq!(code, 0, "{out}");
     wait_exit(&mut gw);

@@ -422,6 +422,13 @@ impl Gateway {
         gateway_yaml(self.dir.path(), self.addr, self.admin, body)
     }
 
+    /// Write the full YAML for `body` to `name` in this gateway's directory; its path.
+    pub fn write_conf(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, self.yaml_for(body)).unwrap();
+        path
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
