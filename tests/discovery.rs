@@ -46,20 +46,27 @@ fn localhost_expands_to_its_addresses_and_serves() {
     assert_eq!(gw.get("/r/x").status, 200);
 }
 
-#[test]
-fn changed_record_moves_traffic_without_reload() {
+/// Backends a and b on one port; `svc.test` resolving to a; a gateway re-resolving it
+/// every 100 ms for route `/r`.
+fn svc_test_gateway() -> (Vec<Backend>, Dns, LocalGateway) {
     let bs = Backend::same_port(&["a", "b"]);
-    let (a, b) = (&bs[0], &bs[1]);
     let dns = Dns::default();
-    dns.set("svc.test", &[a.addr]);
+    dns.set("svc.test", &[bs[0].addr]);
     let gw = LocalGateway::start(
         &format!(
             "upstreams:\n  u: {{targets: [\"svc.test:{}\"], resolve_every: 100ms}}\n\
              routes:\n  - {{name: r, path_prefix: /r, upstream: u}}\n",
-            a.addr.port()
+            bs[0].addr.port()
         ),
         &dns,
     );
+    (bs, dns, gw)
+}
+
+#[test]
+fn changed_record_moves_traffic_without_reload() {
+    let (bs, dns, gw) = svc_test_gateway();
+    let (a, b) = (&bs[0], &bs[1]);
     assert_eq!(service(&gw.get("/r/x")), "a");
     assert_eq!(addresses(&gw, "u"), vec![a.addr.to_string()]);
 
@@ -84,18 +91,8 @@ fn changed_record_moves_traffic_without_reload() {
 
 #[test]
 fn failed_or_empty_lookup_keeps_the_last_good_set() {
-    let bs = Backend::same_port(&["a", "b"]);
+    let (bs, dns, gw) = svc_test_gateway();
     let (a, b) = (&bs[0], &bs[1]);
-    let dns = Dns::default();
-    dns.set("svc.test", &[a.addr]);
-    let gw = LocalGateway::start(
-        &format!(
-            "upstreams:\n  u: {{targets: [\"svc.test:{}\"], resolve_every: 100ms}}\n\
-             routes:\n  - {{name: r, path_prefix: /r, upstream: u}}\n",
-            a.addr.port()
-        ),
-        &dns,
-    );
     let failing = |gw: &LocalGateway| gw.upstream("u")["discovery"]["failing_targets"].clone();
 
     dns.fail("svc.test", "SERVFAIL");
