@@ -122,11 +122,26 @@ impl<A> Gate<A> {
     }
 }
 
-/// The answer to a client over its connection cap: it has sent nothing we read yet, so the
-/// connection is closed right after.
-const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-Content-Length: 89\r\nConnection: close\r\nRetry-After: 1\r\nX-Gateway: tollgate\r\n\r\n\
-{\"error\":\"unavailable\",\"message\":\"too many open connections from your address\"}\n    ";
+/// The answer to a client over its connection cap, in the JSON error contract. It has sent
+/// nothing we read yet, so the connection is closed right after.
+fn too_many() -> Vec<u8> {
+    let id = crate::client::new_request_id();
+    let body = crate::error::body(
+        crate::error::Reject::Unavailable,
+        "too many open connections from your address",
+        id.to_str().unwrap_or("-"),
+    );
+    let mut out = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\
+         X-Gateway: tollgate\r\nX-Request-Id: {}\r\n\r\n",
+        body.len(),
+        id.to_str().unwrap_or("-"),
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
@@ -144,7 +159,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
                     Some(ip) => match table.acquire(ip) {
                         Some(slot) => Some(slot),
                         None => {
-                            let _ = stream.write_all(TOO_MANY).await;
+                            let _ = stream.write_all(&too_many()).await;
                             let _ = stream.flush().await;
                             Shutdown::shutdown(&mut *stream).await;
                             return None;

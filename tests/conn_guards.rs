@@ -125,6 +125,14 @@ fn connections_over_the_per_ip_cap_get_503() {
     let r = gw.get("/c");
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.error_code(), "unavailable");
+    assert_eq!(
+        r.header("Content-Length").and_then(|v| v.parse().ok()),
+        Some(r.body.len()),
+        "a well-framed answer: {r:?}"
+    );
+    assert!(r.json()["request_id"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
     // Closing one gives its slot back.
     drop(a);
     assert!(
