@@ -281,7 +281,9 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.rearm.swap(false, Ordering::Relaxed) {
+        // A plain load on the common path; the flag is set once per finished request.
+        if this.rearm.load(Ordering::Relaxed) {
+            this.rearm.store(false, Ordering::Relaxed);
             this.head = Head::Awaiting;
         }
         let before = buf.filled().len();

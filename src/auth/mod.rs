@@ -52,7 +52,7 @@ pub struct Identity {
     /// The query parameter that carried the key, removed from the upstream target.
     pub credential_query: Option<std::sync::Arc<str>>,
     /// A JWT caller's verified claims, for `claim:NAME` rate-limit keys.
-    pub claims: Option<Box<jwt::Claims>>,
+    pub claims: Option<jwt::Claims>,
 }
 
 /// `query` without the parameter `name` (`None` when nothing is left).
@@ -336,7 +336,7 @@ impl Auth {
                 return Err(forbidden);
             }
         }
-        id.claims = claims.map(Box::new);
+        id.claims = claims;
         Ok(id)
     }
 }
