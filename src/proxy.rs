@@ -127,6 +127,45 @@ impl Tollgate {
     }
 }
 
+impl Tollgate {
+    /// The route's rate limits (all must pass): records the decision for the response
+    /// headers, or answers 429 (or 503 when a `deny` Redis store is down). `true`: answered.
+    async fn rate_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+    ) -> Result<bool> {
+        if route.rate_limits.is_empty() {
+            return Ok(false);
+        }
+        let headers = &session.req_header().headers;
+        ctx.limit = match self
+            .gw
+            .rate_limits
+            .check(&route.rate_limits, &route.name, ctx, headers)
+            .await
+        {
+            Ok(d) => d,
+            Err(crate::limit::StoreUnavailable) => {
+                let msg = "the rate limit store is unavailable";
+                return self
+                    .reject(session, ctx, Reject::Unavailable, msg, &[])
+                    .await;
+            }
+        };
+        if let Some(d) = ctx.limit.filter(|d| !d.allowed) {
+            self.obs.rate_limited(route.id, &d);
+            let extra = self.gw.rate_limits.headers(&d);
+            let msg = "rate limit exceeded: retry after the time in Retry-After";
+            return self
+                .reject(session, ctx, Reject::RateLimited, msg, &extra)
+                .await;
+        }
+        Ok(false)
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Tollgate {
     type CTX = Ctx;
@@ -296,31 +335,7 @@ impl ProxyHttp for Tollgate {
             .and_then(|id| id.credential_query.as_deref());
         let changed = matches!(path, std::borrow::Cow::Owned(_));
         ctx.target = headers::forwarded_target(route, &path, req.uri.query(), key_param, changed);
-        if !route.rate_limits.is_empty() {
-            ctx.limit = match self
-                .gw
-                .rate_limits
-                .check(&route.rate_limits, &route.name, ctx, &req.headers)
-                .await
-            {
-                Ok(d) => d,
-                Err(crate::limit::StoreUnavailable) => {
-                    let msg = "the rate limit store is unavailable";
-                    return self
-                        .reject(session, ctx, Reject::Unavailable, msg, &[])
-                        .await;
-                }
-            };
-            if let Some(d) = ctx.limit.filter(|d| !d.allowed) {
-                self.obs.rate_limited(route.id, &d);
-                let extra = self.gw.rate_limits.headers(&d);
-                let msg = "rate limit exceeded: retry after the time in Retry-After";
-                return self
-                    .reject(session, ctx, Reject::RateLimited, msg, &extra)
-                    .await;
-            }
-        }
-        Ok(false)
+        self.rate_limit(session, ctx, route).await
     }
 
     /// Enforce the route's `max_body` on bodies whose length was not declared up front.
