@@ -26,6 +26,14 @@ pub fn mono_millis() -> u64 {
     mono_nanos() / 1_000_000
 }
 
+/// Seconds since the Unix epoch, for JWT `exp`/`nbf` (wall time, unlike the rest of this
+/// module: tokens carry wall-clock dates).
+pub fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -227,6 +227,16 @@ fn jwt_time_claims_are_enforced_with_leeway() {
     let mut c = good_claims();
     c["aud"] = json!("other");
     assert_401(&send(c), "audience");
+    // A provider that names an issuer and an audience requires them: leaving them out of
+    // the token is not a way around the check.
+    for claim in ["iss", "aud"] {
+        let mut c = good_claims();
+        c.as_object_mut().unwrap().remove(claim);
+        assert_401(&send(c), if claim == "iss" { "issuer" } else { "audience" });
+    }
+    let mut c = good_claims();
+    c["aud"] = json!(["other", "api"]);
+    assert_eq!(send(c).status, 200, "api among several audiences");
 }
 
 #[test]

@@ -171,6 +171,10 @@ fn rate_limit_and_redis_sections_are_validated() {
         &["rate_limits.rl.store: store: redis needs a top-level redis section"],
     );
     rejects(
+        &format!("{BASE}rate_limits: {{rl: {{requests: 5, per: 1s, headers: loud}}}}\n"),
+        &["rate_limits.rl.headers: unknown value \"loud\" (one of: ietf, legacy, both, none)"],
+    );
+    rejects(
         "upstreams: {u: {targets: [\"127.0.0.1:1\"], balance: fastest}}\n",
         &["upstreams.u.balance: unknown balancing \"fastest\""],
     );

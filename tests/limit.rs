@@ -15,7 +15,9 @@ fn gateway(extra: &str) -> Gateway {
 upstreams:
   a: {{targets: ["{a}"]}}
 rate_limits:
-  slow: {{requests: 2, per: 1s, burst: 3}}
+  slow: {{requests: 2, per: 1s, burst: 3, headers: both}}
+  plain: {{requests: 100, per: 1m}}
+  silent: {{requests: 100, per: 1m, headers: none}}
   by-key: {{requests: 1, per: 10s, burst: 2, key: "header:X-Api-Key"}}
   shared: {{requests: 1, per: 10s, burst: 2, key: route}}
   wide: {{requests: 100, per: 1s}}
@@ -27,6 +29,8 @@ routes:
   - {{name: shared, path_prefix: /shared, upstream: a, rate_limit: shared}}
   - {{name: both, path_prefix: /both, upstream: a, rate_limit: [wide, slow]}}
   - {{name: free, path_prefix: /free, upstream: a}}
+  - {{name: ietf, path_prefix: /ietf, upstream: a, rate_limit: plain}}
+  - {{name: silent, path_prefix: /silent, upstream: a, rate_limit: silent}}
   - {{name: exact6, path_prefix: /exact6, upstream: a, rate_limit: exact6}}
 "#
     ))
@@ -94,6 +98,17 @@ fn headers_on_success_and_on_429() {
     let r = gw.get("/free/x");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("ratelimit-policy"), None);
+    assert_eq!(r.header("x-ratelimit-limit"), None);
+    // By default only the IETF pair; `headers: none` reports nothing (the limit still holds).
+    let r = gw.get("/ietf/x");
+    assert_eq!(r.header("ratelimit-policy"), Some("\"plain\";q=100;w=60"));
+    assert_eq!(r.header("ratelimit"), Some("\"plain\";r=99;t=1"));
+    assert_eq!(r.header("x-ratelimit-limit"), None);
+    assert_eq!(r.header("x-ratelimit-remaining"), None);
+    let r = gw.get("/silent/x");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-policy"), None);
+    assert_eq!(r.header("ratelimit"), None);
     assert_eq!(r.header("x-ratelimit-limit"), None);
 }
 

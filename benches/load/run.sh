@@ -3,8 +3,16 @@
 # directly, each as a plain proxy and with the same policy (API key, a rate limit
 # that never triggers, gateway headers); tollgate also with an HS256 JWT.
 #
-#   benches/load/run.sh                      # full run (CONNS="32 256", 5 x 10s each)
+#   benches/load/run.sh                      # everything (CONNS="32 256", 5 x 10s each)
 #   DURATION=2s REPS=1 SKIP_TOLLGATE=1 benches/load/run.sh
+#   PARTS="memory keys" benches/load/run.sh  # only some parts
+#
+# Parts (PARTS, default all four, in this order):
+#   throughput  closed loop (wrk), every target at each CONNS: req/s, latency, CPU/request
+#   latency     open loop (oha --latency-correction -q) at LAT_LOAD % of each proxy's maximum
+#               and the same rate at the upstream directly: the proxy's added p99
+#   memory      RSS of each proxy holding IDLE_CONNS idle keep-alive client connections
+#   keys        tollgate's RSS growth over KEYS distinct rate-limiter keys
 #
 # Layout of the two cores (why: a proxy benchmark on a small box is only
 # meaningful if the proxy under test has a core to itself and everything else —
@@ -41,6 +49,13 @@ MIN_IDLE=${MIN_IDLE:-90}          # busy if less idle CPU (%) over a 1 s sample
 NGINX_KEEPALIVE=${NGINX_KEEPALIVE:-64}  # nginx upstream keepalive pool (idle conns)
 READY_TIMEOUT=${READY_TIMEOUT:-30}      # seconds a service gets to answer
 KEEP_TMP=${KEEP_TMP:-0}           # 1: keep the temp dir (configs, logs, wrk output)
+PARTS=${PARTS:-"throughput latency memory keys"}
+LAT_DURATION=${LAT_DURATION:-10s} # one open-loop oha run
+LAT_REPS=${LAT_REPS:-3}           # open-loop runs per target (each paired with a direct run)
+LAT_CONNS=${LAT_CONNS:-32}        # oha connections; the rate comes from wrk's max at this CONNS
+LAT_LOAD=${LAT_LOAD:-50}          # percent of the measured maximum offered open-loop
+IDLE_CONNS=${IDLE_CONNS:-10000}   # idle keep-alive client connections of the memory part
+KEYS=${KEYS:-1000000}             # distinct limiter keys of the keys part
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 export CARGO_TARGET_DIR
 
@@ -48,6 +63,9 @@ export CARGO_TARGET_DIR
 BODY="tollgate-bench:0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLM"
 # The one API key of the policy scenarios (bench-only; also rendered into every config).
 API_KEY="tollgate-bench-key-0123456789abcdef"
+
+# shellcheck source=benches/load/parts.sh
+source "$HERE/parts.sh"
 
 # ---------------------------------------------------------------- utils ----
 log() { printf '[load] %s\n' "$*" >&2; }
@@ -135,6 +153,16 @@ check_knobs() {
     [[ -n ${CONNS// /} ]] || die "CONNS is empty"
     [[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "DURATION must look like 10s (got '$DURATION')"
     [[ $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 2s (got '$WARMUP')"
+    [[ $LAT_DURATION =~ ^[0-9]+[smh]?$ ]] || die "LAT_DURATION must look like 10s (got '$LAT_DURATION')"
+    local v
+    for v in LAT_REPS LAT_CONNS LAT_LOAD IDLE_CONNS KEYS; do
+        is_uint "${!v}" && ((${!v} > 0)) || die "$v must be a positive integer (got '${!v}')"
+    done
+    local part
+    for part in $PARTS; do
+        [[ $part =~ ^(throughput|latency|memory|keys)$ ]] ||
+            die "PARTS: unknown part '$part' (throughput, latency, memory, keys)"
+    done
     is_uint "$LOADGEN_CPU" && is_uint "$PROXY_CPU" || die "LOADGEN_CPU/PROXY_CPU must be CPU numbers"
     ((LOADGEN_CPU < NCPU && PROXY_CPU < NCPU)) ||
         die "need CPUs $LOADGEN_CPU and $PROXY_CPU, this machine has $NCPU online"
@@ -425,7 +453,7 @@ start_tollgate() {
 
 start_haproxy() {
     render haproxy.cfg "$TMP/haproxy.cfg" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
-        HAPROXY_PORT="$HAPROXY_PORT" API_KEY="$API_KEY"
+        HAPROXY_PORT="$HAPROXY_PORT" API_KEY="$API_KEY" MAXCONN="$WORKER_CONNECTIONS"
     haproxy -c -q -f "$TMP/haproxy.cfg" >&2 || die "haproxy config rejected (see above; $TMP/haproxy.cfg)"
     # -db: foreground, no master process: the pid is the one process that proxies.
     start_bg haproxy "$PROXY_CPU" TERM haproxy -db -f "$TMP/haproxy.cfg"
@@ -676,9 +704,11 @@ main() {
 
     # nginx connection table: the most concurrent connections any nginx here
     # sees is wrk's plus two proxies' upstream pools, so 4x the largest CONNS.
+    # The memory part adds IDLE_CONNS client connections on top.
     local c max_conns=0
     for c in $CONNS; do if ((c > max_conns)); then max_conns=$c; fi; done
     WORKER_CONNECTIONS=$((4 * max_conns > 1024 ? 4 * max_conns : 1024))
+    if has_part memory; then WORKER_CONNECTIONS=$((WORKER_CONNECTIONS + IDLE_CONNS)); fi
 
     local ports
     ports=$(free_ports 5)
@@ -712,26 +742,46 @@ main() {
     for name in "${SCENARIOS[@]}"; do smoke "$name"; done
     check_quiet "before measuring"
 
-    for conns in $CONNS; do
-        for name in "${SCENARIOS[@]}"; do
-            log "warm-up c=$conns $name ($WARMUP)"
-            run_wrk "$name" "$conns" "$WARMUP" "$TMP/wrk.$name.c$conns.warmup.txt"
-            check_run "$name" "$conns" "$TMP/wrk.$name.c$conns.warmup.txt"
-        done
-        for ((rep = 1; rep <= REPS; rep++)); do
+    if has_part throughput; then
+        for conns in $CONNS; do
             for name in "${SCENARIOS[@]}"; do
-                measure "$name" "$conns" "$rep"
+                log "warm-up c=$conns $name ($WARMUP)"
+                run_wrk "$name" "$conns" "$WARMUP" "$TMP/wrk.$name.c$conns.warmup.txt"
+                check_run "$name" "$conns" "$TMP/wrk.$name.c$conns.warmup.txt"
+            done
+            for ((rep = 1; rep <= REPS; rep++)); do
+                for name in "${SCENARIOS[@]}"; do
+                    measure "$name" "$conns" "$rep"
+                done
             done
         done
-    done
+    fi
+    if has_part latency; then latency_part; fi
+    if has_part memory; then memory_part; fi
+    if [[ $SKIP_TOLLGATE != 1 ]] && has_part keys; then keys_part; fi
 
     local table
-    table="$(print_context)"$'\n\n'"$(print_table)"
+    table="$(print_context)"
+    if has_part throughput; then table+=$'\n\n'"$(print_table)"; fi
+    if has_part latency; then
+        table+=$'\n\n'"Open loop (oha --latency-correction, $LAT_CONNS connections, $LAT_REPS x $LAT_DURATION, medians):"
+        table+=$'\n\n'"$(print_latency_table)"
+    fi
+    if has_part memory; then
+        table+=$'\n\n'"Memory with $IDLE_CONNS idle keep-alive client connections (each served one request):"
+        table+=$'\n\n'"$(print_memory_table)"
+    fi
+    if [[ -n ${K_LINE:-} ]]; then
+        table+=$'\n\n'"Rate-limiter memory (tollgate, one new key per request, buckets kept 1 h):"
+        table+=$'\n\n'"$(print_keys_table)"
+    fi
     printf '\n%s\n' "$table"
     if [[ $SAVE == 1 ]]; then
         printf '# tollgate load test results\n\n%s\n' "$table" >"$HERE/results.md"
         log "table written to $HERE/results.md"
     fi
 }
+
+has_part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 main "$@"

@@ -1,13 +1,12 @@
-//! JWT bearer tokens, verified with `jsonwebtoken`. The algorithms and the key come from the
-//! config, decoded once at load; the token's header only has to agree with them.
+//! JWT bearer tokens: a provider's algorithms and key, decoded once at load (the token's
+//! header only has to agree with them), verified by [`super::token`].
 
 use http::{HeaderName, HeaderValue};
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
 use super::config::SecretFile;
-use super::Reason;
+use super::token::{self, HmacKeys, Refusal, Rules, Verifier};
 use crate::config::ConfigErrors;
 
 /// The verification key: one, or a JWKS chosen by `kid`.
@@ -18,7 +17,10 @@ enum Keys {
 
 pub struct Jwt {
     key: Keys,
-    validation: Validation,
+    /// The HMAC secret, keyed once (HS* providers).
+    hmac: Option<HmacKeys>,
+    algorithms: Vec<Algorithm>,
+    rules: Rules,
     pub forward: Vec<(String, HeaderName)>,
     pub consumer_claim: String,
 }
@@ -26,7 +28,7 @@ pub struct Jwt {
 impl std::fmt::Debug for Jwt {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.debug_struct("Jwt")
-            .field("algorithms", &self.validation.algorithms)
+            .field("algorithms", &self.algorithms)
             .finish_non_exhaustive()
     }
 }
@@ -104,21 +106,28 @@ impl Jwt {
                     Err(e) => errs.push(format!("{base}.jwks"), format!("key {kid:?}: {e}")),
                 }
             }
-            let v = validation(algs, leeway, issuer, audience);
             if errs.0.len() > before {
                 return None;
             }
             return Some(Jwt {
                 key: Keys::Set(map),
-                validation: v,
+                hmac: None,
+                algorithms: algs,
+                rules: Rules {
+                    leeway,
+                    issuer,
+                    audience,
+                },
                 forward,
                 consumer_claim,
             });
         }
+        let mut hmac_keys = None;
         let key = match (secret, public_key) {
-            (Some(s), None) if hmac => s
-                .load(&format!("{base}.secret"), errs)
-                .map(|b| DecodingKey::from_secret(&b)),
+            (Some(s), None) if hmac => s.load(&format!("{base}.secret"), errs).map(|b| {
+                hmac_keys = Some(HmacKeys::new(&b, &algs));
+                DecodingKey::from_secret(&b)
+            }),
             (Some(_), None) => {
                 errs.push(
                     format!("{base}.secret"),
@@ -160,13 +169,18 @@ impl Jwt {
                 None
             }
         };
-        let v = validation(algs, leeway, issuer, audience);
         if errs.0.len() > before {
             return None;
         }
         Some(Jwt {
             key: Keys::One(key?),
-            validation: v,
+            hmac: hmac_keys,
+            algorithms: algs,
+            rules: Rules {
+                leeway,
+                issuer,
+                audience,
+            },
             forward,
             consumer_claim,
         })
@@ -181,13 +195,13 @@ impl Jwt {
         let secret = key.try_get_hmac_secret().map_err(|_| {
             "this provider uses a public key: tollgate has no private key to sign with".to_owned()
         })?;
-        if let Some(iss) = self.validation.iss.as_ref().and_then(|s| s.iter().next()) {
+        if let Some(iss) = &self.rules.issuer {
             claims.entry("iss").or_insert(Value::String(iss.clone()));
         }
-        if let Some(aud) = self.validation.aud.as_ref().and_then(|s| s.iter().next()) {
+        if let Some(aud) = &self.rules.audience {
             claims.entry("aud").or_insert(Value::String(aud.clone()));
         }
-        let alg = self.validation.algorithms[0];
+        let alg = self.algorithms[0];
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(alg),
             &claims,
@@ -197,80 +211,34 @@ impl Jwt {
     }
 
     /// Verify a token; the error is the refusal's reason and the message a client may read.
-    pub fn verify(&self, token: &str) -> Result<Claims, (Reason, &'static str)> {
-        if token.split('.').count() != 3 {
-            return Err((
-                Reason::Malformed,
-                "malformed token: a JWT has three dot-separated parts",
-            ));
-        }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
-                (Reason::BadAlgorithm, "token algorithm is not accepted")
-            }
-            _ => (Reason::Malformed, "malformed token header"),
-        })?;
-        if header.crit.as_ref().is_some_and(|c| !c.is_empty()) {
-            return Err((
-                Reason::InvalidToken,
-                "token has critical header parameters tollgate does not understand",
-            ));
-        }
-        let key = match &self.key {
-            Keys::One(k) => k,
-            Keys::Set(m) => match header.kid.as_deref().and_then(|kid| m.get(kid)) {
-                Some(k) => k,
+    pub fn verify(&self, token: &str) -> Result<Claims, Refusal> {
+        let parts = token::split(token)?;
+        let header = token::header(parts.header, &self.algorithms)?;
+        let verifier = match (&self.hmac, &self.key) {
+            (Some(h), _) => Verifier::Hmac(h),
+            (None, Keys::One(k)) => Verifier::Public(k),
+            (None, Keys::Set(m)) => match header.kid.as_deref().and_then(|kid| m.get(kid)) {
+                Some(k) => Verifier::Public(k),
                 None => {
                     return Err((
-                        Reason::UnknownKid,
+                        super::Reason::UnknownKid,
                         "unknown key: the token's kid is not in the key set",
                     ))
                 }
             },
         };
-        match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
-            Ok(d) => Ok(d.claims),
-            Err(e) => Err(match e.kind() {
-                ErrorKind::ExpiredSignature => (Reason::Expired, "token expired"),
-                ErrorKind::ImmatureSignature => (Reason::NotYetValid, "token not yet valid (nbf)"),
-                ErrorKind::InvalidSignature => (Reason::BadSignature, "bad token signature"),
-                ErrorKind::InvalidIssuer => (Reason::WrongIssuer, "wrong token issuer"),
-                ErrorKind::InvalidAudience => (Reason::WrongAudience, "wrong token audience"),
-                ErrorKind::MissingRequiredClaim(_) => {
-                    (Reason::InvalidToken, "token has no exp claim")
-                }
-                ErrorKind::InvalidAlgorithm => {
-                    (Reason::BadAlgorithm, "token algorithm is not accepted")
-                }
-                ErrorKind::InvalidClaimFormat(_) => {
-                    (Reason::Malformed, "token claims have the wrong type")
-                }
-                ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-                    (Reason::Malformed, "malformed token: bad base64 or JSON")
-                }
-                _ => (Reason::InvalidToken, "invalid token"),
-            }),
-        }
+        token::verify_signature(verifier, header.alg, &parts)?;
+        token::claims(parts.payload, &self.rules, crate::clock::unix_seconds())
     }
 
     /// The accepted algorithms, for `tollgate explain`.
     pub fn algorithms(&self) -> Vec<String> {
-        self.validation
-            .algorithms
-            .iter()
-            .map(|a| format!("{a:?}"))
-            .collect()
+        self.algorithms.iter().map(|a| format!("{a:?}")).collect()
     }
 
     /// The required issuer and audience, for `tollgate explain`.
     pub fn issuer_audience(&self) -> (Option<String>, Option<String>) {
-        let first = |s: Option<&std::collections::HashSet<String>>| {
-            s.and_then(|s| s.iter().next().cloned())
-        };
-        (
-            first(self.validation.iss.as_ref()),
-            first(self.validation.aud.as_ref()),
-        )
+        (self.rules.issuer.clone(), self.rules.audience.clone())
     }
 }
 
@@ -281,27 +249,4 @@ pub fn claim_value(v: &Value) -> Option<HeaderValue> {
         Value::Number(n) => HeaderValue::from_str(&n.to_string()).ok(),
         other => HeaderValue::from_str(&other.to_string()).ok(),
     }
-}
-
-fn validation(
-    algs: Vec<Algorithm>,
-    leeway: u64,
-    issuer: Option<String>,
-    audience: Option<String>,
-) -> Validation {
-    let mut v = Validation::new(algs.first().copied().unwrap_or(Algorithm::HS256));
-    v.algorithms = algs;
-    v.leeway = leeway;
-    v.validate_exp = true;
-    v.validate_nbf = true;
-    v.set_required_spec_claims(&["exp"]);
-    match issuer {
-        Some(i) => v.set_issuer(&[i]),
-        None => v.iss = None,
-    }
-    match audience {
-        Some(a) => v.set_audience(&[a]),
-        None => v.validate_aud = false,
-    }
-    v
 }

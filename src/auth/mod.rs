@@ -4,6 +4,7 @@
 pub mod api_key;
 pub mod config;
 pub mod jwt;
+pub mod token;
 
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
-use super::{KeyKind, Limits, Policy, PolicyId, Store};
+use super::{Headers, KeyKind, Limits, Policy, PolicyId, Store};
 use crate::config::file::Dur;
 use crate::config::ConfigErrors;
 
@@ -31,6 +31,10 @@ pub struct PolicyFile {
     /// IPv6 clients are keyed per this prefix length (default 64).
     #[serde(default)]
     pub ipv6_prefix: Option<u8>,
+    /// Which headers report the budget: `ietf` (default: `RateLimit`, `RateLimit-Policy`),
+    /// `legacy` (`X-RateLimit-*`), `both`, or `none`.
+    #[serde(default)]
+    pub headers: Option<String>,
 }
 
 /// `redis:` — the shared store for `store: redis` policies.
@@ -152,8 +156,21 @@ pub fn compile(
                 Store::Local
             }
         };
+        let headers = match p.headers.as_deref().unwrap_or("ietf") {
+            "ietf" => Headers::IETF,
+            "legacy" => Headers::LEGACY,
+            "both" => Headers::BOTH,
+            "none" => Headers::NONE,
+            h => {
+                errs.push(
+                    format!("{base}.headers"),
+                    format!("unknown value {h:?} (one of: ietf, legacy, both, none)"),
+                );
+                Headers::IETF
+            }
+        };
         if errs.0.len() == before {
-            limits.policies.push(Policy::new(
+            let mut policy = Policy::new(
                 &name,
                 p.requests,
                 p.per.0,
@@ -161,7 +178,9 @@ pub fn compile(
                 key,
                 store,
                 ipv6_prefix,
-            ));
+            );
+            policy.headers = headers;
+            limits.policies.push(policy);
         }
     }
     limits

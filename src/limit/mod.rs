@@ -62,6 +62,7 @@ pub struct Policy {
     pub key: KeyKind,
     pub store: Store,
     pub ipv6_prefix: u8,
+    pub headers: Headers,
     /// What identifies this policy's buckets across processes and config reloads: its name
     /// and what it keys on (not its index, which moves when the config is reordered, and not
     /// its rate: a changed rate applies to the state a client has built up, as with Redis).
@@ -136,9 +137,50 @@ impl Policy {
             key,
             store,
             ipv6_prefix,
+            headers: Headers::IETF,
             policy_header,
             limit_header: HeaderValue::from(requests),
             ratelimit_prefix: format!("\"{name}\";r=").into_bytes().into(),
+        }
+    }
+}
+
+/// Which headers report a policy's budget. Each header Pingora inserts costs a few thousand
+/// instructions (a case-preserving name map beside the `HeaderMap`), so the older
+/// `X-RateLimit-*` trio is opt-in: the IETF pair carries the same numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headers {
+    /// `RateLimit` and `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+    pub ietf: bool,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    pub legacy: bool,
+}
+
+impl Headers {
+    pub const IETF: Headers = Headers {
+        ietf: true,
+        legacy: false,
+    };
+    pub const LEGACY: Headers = Headers {
+        ietf: false,
+        legacy: true,
+    };
+    pub const BOTH: Headers = Headers {
+        ietf: true,
+        legacy: true,
+    };
+    pub const NONE: Headers = Headers {
+        ietf: false,
+        legacy: false,
+    };
+
+    /// As the config writes it.
+    pub fn describe(&self) -> &'static str {
+        match (self.ietf, self.legacy) {
+            (true, false) => "ietf",
+            (false, true) => "legacy",
+            (true, true) => "both",
+            (false, false) => "none",
         }
     }
 }
@@ -336,16 +378,19 @@ impl Limits {
     /// denial.
     pub fn headers(&self, d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
         let p = &self.policies[d.policy];
-        let mut v = vec![
-            (RATELIMIT_POLICY.clone(), p.policy_header.clone()),
-            (RATELIMIT.clone(), ratelimit_value(p, d)),
-            (X_RATELIMIT_LIMIT.clone(), p.limit_header.clone()),
-            (
+        let mut v = Vec::with_capacity(6);
+        if p.headers.ietf {
+            v.push((RATELIMIT_POLICY.clone(), p.policy_header.clone()));
+            v.push((RATELIMIT.clone(), ratelimit_value(p, d)));
+        }
+        if p.headers.legacy {
+            v.push((X_RATELIMIT_LIMIT.clone(), p.limit_header.clone()));
+            v.push((
                 X_RATELIMIT_REMAINING.clone(),
                 HeaderValue::from(d.remaining),
-            ),
-            (X_RATELIMIT_RESET.clone(), HeaderValue::from(d.reset)),
-        ];
+            ));
+            v.push((X_RATELIMIT_RESET.clone(), HeaderValue::from(d.reset)));
+        }
         if !d.allowed {
             v.push((RETRY_AFTER.clone(), HeaderValue::from(d.retry_after)));
         }
@@ -357,11 +402,15 @@ impl Limits {
     /// `&'static str`, which Pingora's `insert_header` takes without copying them.
     pub fn apply(&self, d: &Decision, resp: &mut ResponseHeader) -> pingora::Result<()> {
         let p = &self.policies[d.policy];
-        resp.insert_header("ratelimit-policy", p.policy_header.clone())?;
-        resp.insert_header("ratelimit", ratelimit_value(p, d))?;
-        resp.insert_header("x-ratelimit-limit", p.limit_header.clone())?;
-        resp.insert_header("x-ratelimit-remaining", d.remaining)?;
-        resp.insert_header("x-ratelimit-reset", d.reset)?;
+        if p.headers.ietf {
+            resp.insert_header("ratelimit-policy", p.policy_header.clone())?;
+            resp.insert_header("ratelimit", ratelimit_value(p, d))?;
+        }
+        if p.headers.legacy {
+            resp.insert_header("x-ratelimit-limit", p.limit_header.clone())?;
+            resp.insert_header("x-ratelimit-remaining", d.remaining)?;
+            resp.insert_header("x-ratelimit-reset", d.reset)?;
+        }
         if !d.allowed {
             resp.insert_header(RETRY_AFTER.clone(), d.retry_after)?;
         }
@@ -423,10 +472,6 @@ mod tests {
                 format!("\"per-client\";r={remaining};t={reset}")
             );
         }
-        let limits = Limits {
-            policies: vec![p],
-            ..Limits::default()
-        };
         let d = Decision {
             policy: 0,
             allowed: true,
@@ -434,12 +479,43 @@ mod tests {
             reset: 1,
             retry_after: 0,
         };
-        let mut resp = ResponseHeader::build(200, None).unwrap();
-        limits.apply(&d, &mut resp).unwrap();
-        for (name, value) in limits.headers(&d) {
-            assert_eq!(resp.headers.get(&name), Some(&value), "{name}");
+        let mut limits = Limits {
+            policies: vec![p],
+            ..Limits::default()
+        };
+        for (mode, names) in [
+            (
+                Headers::BOTH,
+                &[
+                    "ratelimit-policy",
+                    "ratelimit",
+                    "x-ratelimit-limit",
+                    "x-ratelimit-remaining",
+                    "x-ratelimit-reset",
+                ][..],
+            ),
+            (Headers::IETF, &["ratelimit-policy", "ratelimit"][..]),
+            (
+                Headers::LEGACY,
+                &[
+                    "x-ratelimit-limit",
+                    "x-ratelimit-remaining",
+                    "x-ratelimit-reset",
+                ][..],
+            ),
+            (Headers::NONE, &[][..]),
+        ] {
+            limits.policies[0].headers = mode;
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            limits.apply(&d, &mut resp).unwrap();
+            let local = limits.headers(&d);
+            assert_eq!(local.len(), names.len(), "{}", mode.describe());
+            for (name, value) in local {
+                assert_eq!(resp.headers.get(&name), Some(&value), "{name}");
+            }
+            let got: Vec<&str> = resp.headers.keys().map(|k| k.as_str()).collect();
+            assert_eq!(got, names, "{}", mode.describe());
         }
-        assert_eq!(resp.headers.len(), 5);
     }
 
     #[test]
