@@ -6,8 +6,8 @@
 #            so "added p99" is the proxy's own share of the tail.
 #   memory   RSS of each proxy holding IDLE_CONNS idle keep-alive client connections (each
 #            has served one request), read while they are all open.
-#   keys     tollgate's RSS growth over KEYS distinct rate-limiter keys (one new X-Client
-#            value per request, a policy whose buckets live an hour).
+#   keys     tollgate's RSS growth over KEYS distinct rate-limiter keys (X-Client cycling
+#            through KEYS values for KEYS_DURATION, a policy whose buckets live an hour).
 #
 # Uses run.sh's helpers (log, die, rss_kib, median, ratio, taskset pinning, SC_* tables).
 
@@ -132,6 +132,10 @@ memory_part() {
     local name
     for name in "${SCENARIOS[@]}"; do
         [[ -z ${SC_PIDS[$name]} || ${SC_BASE[$name]} != "" ]] && continue # one row per process
+        if [[ $name == haproxy ]] && ((HAPROXY_MAXCONN < IDLE_CONNS + 64)); then
+            log "memory: skipping haproxy: its maxconn $HAPROXY_MAXCONN (open-files limit $(ulimit -n)) cannot hold $IDLE_CONNS connections"
+            continue
+        fi
         idle_rss "$name"
     done
 }
@@ -155,11 +159,11 @@ keys_part() {
     local pids=$TOLLGATE_PID before after out="$TMP/wrk.keys.txt" reqs
     before=$(rss_kib "$pids")
     log "keys: $KEYS requests, each with a new X-Client key (tollgate /keys/ route)"
-    KEYS=$KEYS taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d600s -s "$HERE/keys.lua" \
+    KEYS=$KEYS taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d"$KEYS_DURATION" --latency -s "$HERE/keys.lua" \
         "http://127.0.0.1:$TOLLGATE_PORT/keys/bench" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed (keys)"; }
     check_run keys 32 "$out"
     read -r _ reqs _ <<<"$PARSED"
-    ((reqs >= KEYS)) || die "keys: only $reqs requests were made (wanted $KEYS)"
+    ((reqs >= KEYS)) || die "keys: only $reqs requests in $KEYS_DURATION, fewer than KEYS=$KEYS: raise KEYS_DURATION"
     after=$(rss_kib "$pids")
     K_LINE=$(awk -v b="$before" -v a="$after" -v n="$reqs" 'BEGIN {
         printf "| %d | %.1f | %.1f | %.1f | %.0f |", n, b / 1024, a / 1024, (a - b) / 1024, (a - b) * 1024 / n }')

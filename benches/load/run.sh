@@ -56,6 +56,7 @@ LAT_CONNS=${LAT_CONNS:-32}        # oha connections; the rate comes from wrk's m
 LAT_LOAD=${LAT_LOAD:-50}          # percent of the measured maximum offered open-loop
 IDLE_CONNS=${IDLE_CONNS:-10000}   # idle keep-alive client connections of the memory part
 KEYS=${KEYS:-1000000}             # distinct limiter keys of the keys part
+KEYS_DURATION=${KEYS_DURATION:-150s} # the keys part's wrk run: must reach KEYS requests
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 export CARGO_TARGET_DIR
 
@@ -154,6 +155,7 @@ check_knobs() {
     [[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "DURATION must look like 10s (got '$DURATION')"
     [[ $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 2s (got '$WARMUP')"
     [[ $LAT_DURATION =~ ^[0-9]+[smh]?$ ]] || die "LAT_DURATION must look like 10s (got '$LAT_DURATION')"
+    [[ $KEYS_DURATION =~ ^[0-9]+[smh]?$ ]] || die "KEYS_DURATION must look like 150s (got '$KEYS_DURATION')"
     local v
     for v in LAT_REPS LAT_CONNS LAT_LOAD IDLE_CONNS KEYS; do
         is_uint "${!v}" && ((${!v} > 0)) || die "$v must be a positive integer (got '${!v}')"
@@ -453,7 +455,7 @@ start_tollgate() {
 
 start_haproxy() {
     render haproxy.cfg "$TMP/haproxy.cfg" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
-        HAPROXY_PORT="$HAPROXY_PORT" API_KEY="$API_KEY" MAXCONN="$WORKER_CONNECTIONS"
+        HAPROXY_PORT="$HAPROXY_PORT" API_KEY="$API_KEY" MAXCONN="$HAPROXY_MAXCONN"
     haproxy -c -q -f "$TMP/haproxy.cfg" >&2 || die "haproxy config rejected (see above; $TMP/haproxy.cfg)"
     # -db: foreground, no master process: the pid is the one process that proxies.
     start_bg haproxy "$PROXY_CPU" TERM haproxy -db -f "$TMP/haproxy.cfg"
@@ -709,6 +711,10 @@ main() {
     for c in $CONNS; do if ((c > max_conns)); then max_conns=$c; fi; done
     WORKER_CONNECTIONS=$((4 * max_conns > 1024 ? 4 * max_conns : 1024))
     if has_part memory; then WORKER_CONNECTIONS=$((WORKER_CONNECTIONS + IDLE_CONNS)); fi
+    # HAProxy wants two descriptors per connection of its maxconn, up front.
+    local nofile
+    nofile=$(ulimit -n)
+    HAPROXY_MAXCONN=$(((nofile - 100) / 2 < WORKER_CONNECTIONS ? (nofile - 100) / 2 : WORKER_CONNECTIONS))
 
     local ports
     ports=$(free_ports 5)

@@ -141,11 +141,17 @@ impl LocalStore {
         }
     }
 
+    /// The shard of a key: six bits from the middle of the hash. Not the low bits, which pick
+    /// the bucket inside the shard's table, and not the top seven, which hashbrown keeps as the
+    /// tag it filters a probe with: were those fixed within a shard, every probe would
+    /// compare against most of the keys it passes.
+    fn shard(&self, key: u64) -> &Mutex<Map> {
+        &self.shards[(key >> 51) as usize % SHARDS]
+    }
+
     /// Check and, when admitted, record one request for `key` (a hash) under `gcra`.
     pub fn check(&self, gcra: &Gcra, key: u64, now: u64) -> Verdict {
-        // High bits pick the shard; the map uses the full hash.
-        let shard = &self.shards[(key >> 58) as usize % SHARDS];
-        let mut map = shard.lock();
+        let mut map = self.shard(key).lock();
         if let Some(tat) = map.get_mut(&key) {
             let (v, new) = gcra.decide(*tat, now);
             *tat = new;
@@ -192,7 +198,7 @@ impl LocalStore {
             if tat <= now {
                 continue;
             }
-            let mut map = self.shards[(key >> 58) as usize % SHARDS].lock();
+            let mut map = self.shard(key).lock();
             if map.len() >= self.per_shard_cap && !map.contains_key(&key) {
                 continue;
             }
