@@ -314,6 +314,8 @@ fn upstream(
     let breaker = u
         .circuit_breaker
         .map(|c| crate::upstream::config::breaker(&base, c, errs));
+    let protocol =
+        crate::upstream::protocol::compile(&base, u.protocol.as_deref(), u.max_h2_streams, errs);
     let timeouts = timeouts(&base, u.timeouts.unwrap_or_default(), errs);
     let retries = u.retries.unwrap_or(1);
     if retries > 10 {
@@ -329,6 +331,7 @@ fn upstream(
             hash_key,
             health,
             breaker,
+            protocol,
         };
         Upstream::new(name, spec)
     })

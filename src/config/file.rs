@@ -153,6 +153,11 @@ pub struct UpstreamFile {
     pub circuit_breaker: Option<CircuitBreakerFile>,
     #[serde(default)]
     pub resolve_every: Option<Dur>,
+    /// `http1` (default) or `h2` (`crate::upstream::protocol`).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub max_h2_streams: Option<u32>,
 }
 
 /// `health_check: {type: http, path: /health, status: 200, interval: 2s, timeout: 500ms,

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod grpc;
 pub mod in_process;
 
 /// The runtime the test upstreams live on (one per test binary).
