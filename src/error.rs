@@ -1,5 +1,6 @@
 //! The error contract: every answer tollgate makes itself is
-//! `{"error": code, "message": text, "request_id": id}` as `application/json`.
+//! `{"error": code, "message": text, "request_id": id}` as `application/json`, except to a
+//! gRPC call, which gets the same refusal as a gRPC status ([`crate::grpc`]).
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -155,15 +156,20 @@ pub fn head(
     Ok(h)
 }
 
-/// Write a local JSON error answer. The connection is not kept alive when a request body may
-/// be left unread, so it can never be parsed as the next request.
+/// Write a local error answer: JSON, or the gRPC form for a gRPC call (`grpc`, decided once
+/// per request by [`crate::grpc::is_grpc`]). The connection is not kept alive when a request
+/// body may be left unread, so it can never be parsed as the next request.
 pub async fn respond(
     session: &mut Session,
     reject: Reject,
     message: &str,
     request_id: Option<&HeaderValue>,
     extra: &[(HeaderName, HeaderValue)],
+    grpc: bool,
 ) -> pingora::Result<()> {
+    if grpc {
+        return crate::grpc::respond(session, reject, message, request_id, extra).await;
+    }
     let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
     let body = body(reject, message, id);
     let head = head(reject, body.len(), request_id, extra)?;

@@ -13,6 +13,7 @@ pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod grpc;
 pub mod guard;
 pub mod handover;
 pub mod headers;
