@@ -18,6 +18,7 @@ pub mod guard;
 pub mod handover;
 pub mod headers;
 pub mod limit;
+pub mod listen;
 pub mod observe;
 pub mod path;
 pub mod proxy;

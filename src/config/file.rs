@@ -103,7 +103,8 @@ pub struct LimitsFile {
 /// `config::load`) so that one bad section does not hide the errors of the others.
 #[derive(Debug, Default)]
 pub struct FileConfig {
-    pub listen: Option<Vec<String>>,
+    /// `None` entries failed to parse (see `crate::listen::read`).
+    pub listen: Option<Vec<Option<crate::listen::ListenFile>>>,
     pub admin: Option<String>,
     pub trusted_proxies: Vec<String>,
     /// In file order: the order matters for messages and `/health`.
