@@ -15,6 +15,7 @@
 
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 
 use crate::error::Reject;
@@ -118,6 +119,12 @@ pub fn head(
 
 /// Write the trailers-only answer; as for JSON answers, an HTTP/1.1 connection with a request
 /// body left unread is not kept alive.
+///
+/// Over HTTP/2 the head goes straight to Pingora's h2 session: `Session::write_response_header`
+/// drops its `end_of_stream` flag for h2 (pingora-proxy `lib.rs:736` calls pingora-core
+/// `protocols/http/server.rs:200`, which passes `end: false`), so the stream would end with a
+/// separate empty DATA frame (or, after `fail_to_proxy`, with RST_STREAM CANCEL), and gRPC
+/// clients read headers without END_STREAM as initial metadata, not as the call's status.
 pub async fn respond(
     session: &mut Session,
     reject: Reject,
@@ -125,11 +132,14 @@ pub async fn respond(
     request_id: Option<&HeaderValue>,
     extra: &[(HeaderName, HeaderValue)],
 ) -> pingora::Result<()> {
-    let head = head(reject, message, request_id, extra)?;
+    let head = Box::new(head(reject, message, request_id, extra)?);
     if !session.is_body_empty() {
         session.set_keepalive(None);
     }
-    session.write_response_header(Box::new(head), true).await
+    match session.as_downstream_mut() {
+        ServerSession::H2(h2) => h2.write_response_header(head, true),
+        _ => session.write_response_header(head, true).await,
+    }
 }
 
 #[cfg(test)]

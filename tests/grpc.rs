@@ -4,7 +4,7 @@
 mod support;
 use std::time::Duration;
 
-use support::grpc::GrpcUpstream;
+use support::grpc::{call, gateway_h2c, GrpcUpstream};
 use support::*;
 
 /// One route `/plain` to an upstream `u` at `up` with the given upstream settings.
@@ -124,4 +124,153 @@ fn protocol_keys_are_checked_with_their_paths() {
         out.contains("upstreams.c.max_h2_streams: must be between 1 and 1000"),
         "{out}"
     );
+}
+
+/// A gateway in front of the gRPC upstream `up` with an h2c listener: `/test.Echo` open,
+/// `/secure.Echo` behind an API key, `/limited.Echo` one call a minute, `/down.Echo` to a
+/// closed port, `/slow.Echo` to a backend that never answers.
+fn grpc_gateway(up: &GrpcUpstream) -> (Gateway, std::net::SocketAddr) {
+    let (down, slow) = (closed_port(), hang());
+    gateway_h2c(&format!(
+        r#"
+consumers:
+  alice: {{api_keys: ["supersecretapikey"]}}
+auth:
+  keys: {{type: api_key}}
+rate_limits:
+  once: {{requests: 1, per: 1m, burst: 1}}
+upstreams:
+  g: {{targets: ["{up}"], protocol: h2}}
+  down: {{targets: ["{down}"], protocol: h2}}
+  slow: {{targets: ["{slow}"], protocol: h2, timeouts: {{read: 300ms}}}}
+routes:
+  - {{name: svc, path_prefix: /test.Echo, strip_prefix: false, upstream: g}}
+  - {{name: secure, path_prefix: /secure.Echo, strip_prefix: false, upstream: g, auth: [keys]}}
+  - {{name: limited, path_prefix: /limited.Echo, strip_prefix: false, upstream: g, rate_limit: once}}
+  - {{name: down, path_prefix: /down.Echo, strip_prefix: false, upstream: down}}
+  - {{name: slow, path_prefix: /slow.Echo, strip_prefix: false, upstream: slow}}
+"#,
+        up = up.addr
+    ))
+}
+
+#[test]
+fn unary_call_and_backend_trailers_pass_through() {
+    let up = GrpcUpstream::start();
+    let (gw, h2c) = grpc_gateway(&up);
+    let ok = call(h2c, "/test.Echo/Echo", &[], b"ping");
+    assert_eq!(ok.status, 200, "{ok:?}\n{}", gw.logs());
+    assert_eq!(ok.messages, vec![b"echo:ping".to_vec()]);
+    let trailers = ok.trailers.as_ref().expect("the call ends with trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(ok.header("x-gateway"), Some("tollgate"));
+    assert!(ok.header("x-request-id").is_some());
+    assert_eq!(
+        ok.header("content-length"),
+        None,
+        "no length on a streamed gRPC answer"
+    );
+    let seen = &up.seen()[0];
+    assert_eq!(seen.path, "/test.Echo/Echo");
+    assert_eq!(
+        seen.headers["te"], "trailers",
+        "gRPC's TE: trailers reaches the backend"
+    );
+    assert_eq!(seen.headers["content-type"], "application/grpc");
+
+    let missing = call(h2c, "/test.Echo/Missing", &[], b"x");
+    assert_eq!(missing.status, 200);
+    assert!(missing.messages.is_empty());
+    let trailers = missing
+        .trailers
+        .as_ref()
+        .expect("trailers after the headers");
+    assert_eq!(trailers["grpc-status"], "5");
+    assert_eq!(
+        trailers["grpc-message"], "no%20such%20thing%3A%20%E2%9C%97",
+        "the backend's message arrives byte for byte"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .logs()
+            .contains(" grpc_status=5")),
+        "the access log records the call's grpc-status:\n{}",
+        gw.logs()
+    );
+}
+
+#[test]
+fn gateway_refusals_are_grpc_statuses() {
+    let up = GrpcUpstream::start();
+    let (gw, h2c) = grpc_gateway(&up);
+    let refused = |path: &str, headers: &[(&str, &str)], want: u32| {
+        let r = call(h2c, path, headers, b"x");
+        assert_eq!(r.status, 200, "{path}: gRPC refusals are HTTP 200: {r:?}");
+        assert_eq!(r.grpc_status(), Some(want), "{path}: {r:?}");
+        assert_eq!(r.header("content-type"), Some("application/grpc"));
+        assert!(r.header("x-request-id").is_some(), "{path}: {r:?}");
+        assert!(r.grpc_message().is_some_and(|m| !m.is_empty()));
+        assert!(
+            r.trailers_only,
+            "{path}: one HEADERS frame ends the call: {r:?}"
+        );
+        r
+    };
+    let no_route = refused("/nope.Svc/Call", &[], 12);
+    assert_eq!(
+        no_route.grpc_message().unwrap(),
+        "no route matches this request"
+    );
+    let unauth = refused("/secure.Echo/Echo", &[], 16);
+    assert!(unauth.header("www-authenticate").is_some());
+    let key = [("x-api-key", "supersecretapikey")];
+    assert_eq!(
+        call(h2c, "/secure.Echo/Echo", &key, b"k").grpc_status(),
+        Some(0)
+    );
+    refused("/secure.Echo/Echo", &[("x-api-key", "wrong-key-0000")], 16);
+
+    assert_eq!(
+        call(h2c, "/limited.Echo/Echo", &[], b"1").grpc_status(),
+        Some(0)
+    );
+    let limited = refused("/limited.Echo/Echo", &[], 8);
+    assert!(limited.header("retry-after").is_some(), "{limited:?}");
+
+    refused("/down.Echo/Echo", &[], 14);
+    refused("/slow.Echo/Echo", &[], 4);
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .logs()
+            .contains(" grpc_status=16")),
+        "the access log records a refusal's grpc-status:\n{}",
+        gw.logs()
+    );
+    assert_eq!(
+        up.seen().len(),
+        2,
+        "refused calls never reached the backend"
+    );
+}
+
+#[test]
+fn json_stays_for_everything_that_is_not_grpc() {
+    let up = GrpcUpstream::start();
+    let (gw, _h2c) = grpc_gateway(&up);
+    let plain = gw.get("/nope");
+    assert_eq!(plain.status, 404);
+    assert_eq!(plain.error_code(), "no_route");
+    // gRPC-Web over HTTP/1.1: the trailers-only answer, framed by a zero length.
+    let web = gw.send(
+        "POST",
+        "/secure.Echo/Echo",
+        &[
+            ("Content-Type", "application/grpc-web+proto"),
+            ("Content-Length", "0"),
+        ],
+    );
+    assert_eq!(web.status, 200, "{web:?}");
+    assert_eq!(web.header("grpc-status"), Some("16"));
+    assert_eq!(web.header("content-length"), Some("0"));
+    assert_eq!(web.body, "");
 }

@@ -200,6 +200,8 @@ pub struct Reply {
     /// The response messages, unframed.
     pub messages: Vec<Vec<u8>>,
     pub trailers: Option<HeaderMap>,
+    /// The response HEADERS frame ended the stream: a gRPC trailers-only answer.
+    pub trailers_only: bool,
 }
 
 impl Reply {
@@ -250,6 +252,9 @@ pub fn call(addr: SocketAddr, path: &str, extra: &[(&str, &str)], msg: &[u8]) ->
         let _ = tx.send_data(frame(msg), true);
         let resp = resp.await.expect("a response");
         let (parts, mut body) = resp.into_parts();
+        // True only if END_STREAM came on the HEADERS frame: even an empty DATA frame that
+        // ends the stream is queued as an event until read.
+        let trailers_only = body.is_end_stream();
         let data = read_all(&mut body).await;
         let trailers = body.trailers().await.expect("trailers or end of stream");
         Reply {
@@ -257,6 +262,19 @@ pub fn call(addr: SocketAddr, path: &str, extra: &[(&str, &str)], msg: &[u8]) ->
             headers: parts.headers,
             messages: unframe(&data),
             trailers,
+            trailers_only,
         }
     })
+}
+
+/// A gateway with `body` and, besides the harness's plain listener, an h2c listener; returns
+/// it with the h2c address once that accepts.
+pub fn gateway_h2c(body: &str) -> (super::Gateway, SocketAddr) {
+    let h2c: SocketAddr = ([127, 0, 0, 1], super::free_port()).into();
+    let gw = super::Gateway::start_listening(&format!("{{address: \"{h2c}\", h2c: true}}"), body);
+    let up = super::eventually(std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(h2c).is_ok()
+    });
+    assert!(up, "the h2c listener never accepted:\n{}", gw.logs());
+    (gw, h2c)
 }
