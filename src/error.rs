@@ -146,6 +146,17 @@ pub fn head(
     let mut h = ResponseHeader::build(reject.status(), Some(4 + extra.len()))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CONTENT_LENGTH, len)?;
+    gateway_headers(&mut h, request_id, extra)?;
+    Ok(h)
+}
+
+/// What every local answer carries, JSON or gRPC: `X-Gateway`, `X-Request-Id` and the
+/// refusal's own headers (`Allow`, `Retry-After`, ...).
+pub fn gateway_headers(
+    h: &mut ResponseHeader,
+    request_id: Option<&HeaderValue>,
+    extra: &[(HeaderName, HeaderValue)],
+) -> pingora::Result<()> {
     h.insert_header(X_GATEWAY.clone(), GATEWAY_NAME.clone())?;
     if let Some(id) = request_id {
         h.insert_header(crate::client::X_REQUEST_ID.clone(), id.clone())?;
@@ -153,7 +164,7 @@ pub fn head(
     for (k, v) in extra {
         h.append_header(k.clone(), v.clone())?;
     }
-    Ok(h)
+    Ok(())
 }
 
 /// Write a local error answer: JSON, or the gRPC form for a gRPC call (`grpc`, decided once

@@ -104,16 +104,7 @@ pub fn head(
     )?;
     h.insert_header(GRPC_MESSAGE.clone(), message_value(message))?;
     h.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
-    h.insert_header(
-        crate::headers::X_GATEWAY.clone(),
-        crate::error::GATEWAY_NAME.clone(),
-    )?;
-    if let Some(id) = request_id {
-        h.insert_header(crate::client::X_REQUEST_ID.clone(), id.clone())?;
-    }
-    for (k, v) in extra {
-        h.append_header(k.clone(), v.clone())?;
-    }
+    crate::error::gateway_headers(&mut h, request_id, extra)?;
     Ok(h)
 }
 

@@ -57,11 +57,14 @@ fn http1_upstream_is_the_default_and_cannot_reach_an_h2_only_backend() {
     assert_eq!(r.error_code(), "bad_gateway");
 }
 
-/// Send `n` held requests one after the other, each only once the upstream holds the one
-/// before, so the gateway always has a pooled connection to reuse; then release them all.
-fn held_requests(gw: &Gateway, up: &GrpcUpstream, n: usize) -> Vec<u16> {
+/// Six requests held in flight at once by an `h2` upstream with `upstream_extra` settings,
+/// each sent only once the upstream holds the one before (so the gateway always has a pooled
+/// connection to reuse), then released. Returns how many connections the upstream accepted.
+fn connections_for_six_held_requests(upstream_extra: &str) -> usize {
+    let up = GrpcUpstream::start();
+    let gw = gw_h2(&up, upstream_extra);
     let mut clients = Vec::new();
-    for i in 0..n {
+    for i in 0..6 {
         let addr = gw.addr;
         clients.push(std::thread::spawn(move || {
             request(
@@ -78,17 +81,15 @@ fn held_requests(gw: &Gateway, up: &GrpcUpstream, n: usize) -> Vec<u16> {
         );
     }
     up.release();
-    clients.into_iter().map(|c| c.join().unwrap()).collect()
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(statuses, vec![200; 6]);
+    up.conns()
 }
 
 #[test]
 fn concurrent_requests_share_one_upstream_connection() {
-    let up = GrpcUpstream::start();
-    let gw = gw_h2(&up, "");
-    let statuses = held_requests(&gw, &up, 6);
-    assert_eq!(statuses, vec![200; 6]);
     assert_eq!(
-        up.conns(),
+        connections_for_six_held_requests(""),
         1,
         "six requests in flight at once on one HTTP/2 connection (Pingora's default is one stream per connection)"
     );
@@ -96,11 +97,11 @@ fn concurrent_requests_share_one_upstream_connection() {
 
 #[test]
 fn max_h2_streams_caps_the_streams_per_connection() {
-    let up = GrpcUpstream::start();
-    let gw = gw_h2(&up, ", max_h2_streams: 2");
-    let statuses = held_requests(&gw, &up, 6);
-    assert_eq!(statuses, vec![200; 6]);
-    assert_eq!(up.conns(), 3, "six streams, two per connection");
+    assert_eq!(
+        connections_for_six_held_requests(", max_h2_streams: 2"),
+        3,
+        "six streams, two per connection"
+    );
 }
 
 #[test]
@@ -154,6 +155,11 @@ routes:
     ))
 }
 
+fn assert_logged(gw: &Gateway, needle: &str, why: &str) {
+    let found = eventually(Duration::from_secs(5), || gw.logs().contains(needle));
+    assert!(found, "{why}: {needle:?} not in\n{}", gw.logs());
+}
+
 #[test]
 fn unary_call_and_backend_trailers_pass_through() {
     let up = GrpcUpstream::start();
@@ -190,12 +196,10 @@ fn unary_call_and_backend_trailers_pass_through() {
         trailers["grpc-message"], "no%20such%20thing%3A%20%E2%9C%97",
         "the backend's message arrives byte for byte"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || gw
-            .logs()
-            .contains(" grpc_status=5")),
-        "the access log records the call's grpc-status:\n{}",
-        gw.logs()
+    assert_logged(
+        &gw,
+        " grpc_status=5",
+        "the access log records the call's grpc-status",
     );
 }
 
@@ -239,12 +243,10 @@ fn gateway_refusals_are_grpc_statuses() {
 
     refused("/down.Echo/Echo", &[], 14);
     refused("/slow.Echo/Echo", &[], 4);
-    assert!(
-        eventually(Duration::from_secs(5), || gw
-            .logs()
-            .contains(" grpc_status=16")),
-        "the access log records a refusal's grpc-status:\n{}",
-        gw.logs()
+    assert_logged(
+        &gw,
+        " grpc_status=16",
+        "the access log records a refusal's grpc-status",
     );
     assert_eq!(
         up.seen().len(),
