@@ -105,6 +105,29 @@ fn max_h2_streams_caps_the_streams_per_connection() {
 }
 
 #[test]
+fn http_health_checks_speak_h2_to_an_h2_upstream() {
+    let up = GrpcUpstream::start();
+    let gw = gw_h2(
+        &up,
+        ", health_check: {type: http, path: /health, interval: 100ms, healthy: 1, unhealthy: 1}",
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || up
+            .seen()
+            .iter()
+            .filter(|s| s.path == "/health")
+            .count()
+            >= 3),
+        "the h2c-only backend answers the probes:\n{}",
+        gw.logs()
+    );
+    let h = gw.admin_get("/health").json();
+    assert_eq!(h["upstreams"]["u"]["protocol"], "h2");
+    assert_eq!(h["upstreams"]["u"]["backends"][0]["healthy"], true, "{h}");
+    assert_eq!(gw.get("/plain/x").status, 200);
+}
+
+#[test]
 fn protocol_keys_are_checked_with_their_paths() {
     let (code, out) = check_config(
         "upstreams:\n  a: {targets: [\"127.0.0.1:1\"], protocol: h2c}\n\
