@@ -9,6 +9,13 @@
 //! it when a request finishes ([`rearm`]), so every request on a keep-alive connection gets the
 //! same deadline. The scan runs only while a head is being received, over the bytes just read.
 //!
+//! HTTP/2 connections (h2c with prior knowledge, or ALPN `h2` over TLS) pass through the same
+//! wrapper unharmed: the client preface `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` contains an
+//! empty line, so the scan ends within the preface's 24 bytes and the stream stands aside for
+//! the connection's life. [`rearm`] only ever sees HTTP/1 streams (Pingora's `stream()` is
+//! `None` for an h2 session), so h2 frames are never scanned. Hence h2 gets the head deadline
+//! for its preface only; its frames are timed by h2's own settings. Tested below.
+//!
 //! [`Gate`] is the `ServerApp` in front of Pingora's HTTP app: it counts connections per
 //! client IP (sharded counters touched on accept and close, never per request) and wraps
 //! every stream in [`Guarded`].
@@ -99,17 +106,17 @@ pub struct ConnLimits {
     pub max_connections_per_ip: Option<u32>,
 }
 
-/// Pingora's HTTP app behind the connection guards.
-pub struct Gate<A> {
-    inner: Arc<A>,
+/// The guards' state, built once per process and shared by every service's [`Gate`], so the
+/// per-IP cap counts a client's connections across all listeners.
+#[derive(Clone)]
+pub struct Guards {
     head_timeout: Duration,
     per_ip: Option<Arc<PerIp>>,
 }
 
-impl<A> Gate<A> {
-    pub fn new(inner: A, limits: ConnLimits) -> Self {
-        Gate {
-            inner: Arc::new(inner),
+impl Guards {
+    pub fn new(limits: ConnLimits) -> Self {
+        Guards {
             head_timeout: limits.head_timeout,
             per_ip: limits.max_connections_per_ip.map(|max| {
                 Arc::new(PerIp {
@@ -118,6 +125,21 @@ impl<A> Gate<A> {
                     hasher: ahash::RandomState::new(),
                 })
             }),
+        }
+    }
+}
+
+/// Pingora's HTTP app behind the connection guards.
+pub struct Gate<A> {
+    inner: Arc<A>,
+    guards: Guards,
+}
+
+impl<A> Gate<A> {
+    pub fn new(inner: A, guards: &Guards) -> Self {
+        Gate {
+            inner: Arc::new(inner),
+            guards: guards.clone(),
         }
     }
 }
@@ -150,7 +172,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let slot = match &self.per_ip {
+        let slot = match &self.guards.per_ip {
             Some(table) => {
                 let ip = stream
                     .get_socket_digest()
@@ -170,7 +192,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
             }
             None => None,
         };
-        let guarded = Guarded::new(stream, self.head_timeout, slot);
+        let guarded = Guarded::new(stream, self.guards.head_timeout, slot);
         self.inner.process_new(Box::new(guarded), shutdown).await
     }
 
@@ -402,7 +424,11 @@ impl Peek for Guarded {
 
 #[cfg(test)]
 mod tests {
-    use super::EndOfHead;
+    use super::{EndOfHead, Guarded};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
     fn ends(chunks: &[&[u8]]) -> Option<usize> {
         let mut e = EndOfHead::default();
@@ -423,5 +449,34 @@ mod tests {
         );
         // A CR inside a line, or a lone CR line, is not the end.
         assert_eq!(ends(&[b"GET / HTTP/1.1\r\nX: a\rb\r\n\rX: c\r\n"]), None);
+    }
+
+    #[test]
+    fn the_h2_preface_ends_the_head() {
+        assert_eq!(ends(&[H2_PREFACE]), Some(0));
+        assert_eq!(ends(&[&H2_PREFACE[..16], &H2_PREFACE[16..]]), Some(1));
+    }
+
+    /// After the h2 preface, a connection that stays quiet (as an idle h2 connection does)
+    /// is not cut by the head deadline; before the preface is complete, it is.
+    #[tokio::test]
+    async fn h2_connections_are_only_timed_until_the_preface() {
+        let timeout = Duration::from_millis(100);
+        for (sent, cut) in [(H2_PREFACE, false), (&H2_PREFACE[..16], true)] {
+            let (mut client, server) = tokio::io::duplex(1024);
+            let mut g = Guarded::new(Box::new(server), timeout, None);
+            client.write_all(sent).await.unwrap();
+            let mut buf = vec![0; sent.len()];
+            g.read_exact(&mut buf).await.unwrap();
+            // Wait well past the deadline for a frame that never comes.
+            let next = tokio::time::timeout(timeout * 4, g.read_u8()).await;
+            match next {
+                Err(_elapsed) => assert!(!cut, "a partial preface was never cut"),
+                Ok(r) => {
+                    assert!(cut, "an idle h2 connection was cut: {r:?}");
+                    assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+                }
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The error contract: every answer tollgate makes itself is
-//! `{"error": code, "message": text, "request_id": id}` as `application/json`.
+//! `{"error": code, "message": text, "request_id": id}` as `application/json`, except to a
+//! gRPC call, which gets the same refusal as a gRPC status ([`crate::grpc`]).
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -145,6 +146,17 @@ pub fn head(
     let mut h = ResponseHeader::build(reject.status(), Some(4 + extra.len()))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CONTENT_LENGTH, len)?;
+    gateway_headers(&mut h, request_id, extra)?;
+    Ok(h)
+}
+
+/// What every local answer carries, JSON or gRPC: `X-Gateway`, `X-Request-Id` and the
+/// refusal's own headers (`Allow`, `Retry-After`, ...).
+pub fn gateway_headers(
+    h: &mut ResponseHeader,
+    request_id: Option<&HeaderValue>,
+    extra: &[(HeaderName, HeaderValue)],
+) -> pingora::Result<()> {
     h.insert_header(X_GATEWAY.clone(), GATEWAY_NAME.clone())?;
     if let Some(id) = request_id {
         h.insert_header(crate::client::X_REQUEST_ID.clone(), id.clone())?;
@@ -152,18 +164,23 @@ pub fn head(
     for (k, v) in extra {
         h.append_header(k.clone(), v.clone())?;
     }
-    Ok(h)
+    Ok(())
 }
 
-/// Write a local JSON error answer. The connection is not kept alive when a request body may
-/// be left unread, so it can never be parsed as the next request.
+/// Write a local error answer: JSON, or the gRPC form for a gRPC call (`grpc`, decided once
+/// per request by [`crate::grpc::is_grpc`]). The connection is not kept alive when a request
+/// body may be left unread, so it can never be parsed as the next request.
 pub async fn respond(
     session: &mut Session,
     reject: Reject,
     message: &str,
     request_id: Option<&HeaderValue>,
     extra: &[(HeaderName, HeaderValue)],
+    grpc: bool,
 ) -> pingora::Result<()> {
+    if grpc {
+        return crate::grpc::respond(session, reject, message, request_id, extra).await;
+    }
     let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
     let body = body(reject, message, id);
     let head = head(reject, body.len(), request_id, extra)?;

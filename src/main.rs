@@ -199,7 +199,7 @@ fn print_demo_help(gw: &tollgate::config::Gateway) {
     let port = gw
         .listen
         .first()
-        .and_then(|a| a.rsplit(':').next())
+        .and_then(|l| l.addr.rsplit(':').next())
         .unwrap_or("8080");
     let admin = gw.admin.as_deref().unwrap_or("127.0.0.1:9090");
     println!(

@@ -68,6 +68,10 @@ pub struct Ctx {
     pub limit: Option<crate::limit::Decision>,
     /// The authenticated caller, forwarded upstream.
     pub identity: Option<crate::auth::Identity>,
+    /// A gRPC call (by its Content-Type): refusals are answered with a gRPC status.
+    pub grpc: bool,
+    /// The `grpc-status` the call ended with (ours or the backend's), for the access log.
+    pub grpc_status: Option<u8>,
 }
 
 impl Ctx {
@@ -87,7 +91,8 @@ impl Ctx {
 static ALLOW: HeaderName = http::header::ALLOW;
 
 impl Tollgate {
-    /// Answer locally with the JSON error contract and remember the status for the log.
+    /// Answer locally with the JSON error contract (a gRPC status to a gRPC call) and remember
+    /// the status for the log.
     async fn reject(
         &self,
         session: &mut Session,
@@ -98,7 +103,11 @@ impl Tollgate {
     ) -> Result<bool> {
         ctx.local_status = Some(reject.status());
         self.obs.metrics.rejected(reject.code());
-        error::respond(session, reject, message, Some(&ctx.request_id), extra).await?;
+        let id = Some(&ctx.request_id);
+        if ctx.grpc {
+            ctx.grpc_status = Some(crate::grpc::status(reject));
+        }
+        error::respond(session, reject, message, id, extra, ctx.grpc).await?;
         Ok(true)
     }
 }
@@ -189,6 +198,8 @@ impl ProxyHttp for Tollgate {
             last_failure: None,
             limit: None,
             identity: None,
+            grpc: false,
+            grpc_status: None,
         }
     }
 
@@ -202,6 +213,7 @@ impl ProxyHttp for Tollgate {
             Some(v) if client::accept_request_id(v) => v.clone(),
             _ => client::new_request_id(),
         };
+        ctx.grpc = crate::grpc::is_grpc(req);
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -428,7 +440,24 @@ impl ProxyHttp for Tollgate {
         if let Some(d) = &ctx.limit {
             self.gw.rate_limits.apply(d, resp)?;
         }
+        if ctx.grpc {
+            // A trailers-only answer carries its status in the headers.
+            ctx.grpc_status = crate::grpc::reported_status(&resp.headers);
+        }
         headers::downstream_response(resp, &ctx.request_id, route)
+    }
+
+    /// A gRPC call's status arrives in the trailers; they pass through unchanged.
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<bytes::Bytes>> {
+        if ctx.grpc {
+            ctx.grpc_status = crate::grpc::reported_status(trailers).or(ctx.grpc_status);
+        }
+        Ok(None)
     }
 
     /// Nothing reached the backend: try another one, within the upstream's retry budget.
@@ -509,8 +538,6 @@ impl ProxyHttp for Tollgate {
                     .route(ctx)
                     .map(|r| &*self.gw.upstreams[r.upstream].name);
                 let msg = proxy_error_message(reject, upstream);
-                ctx.local_status = Some(code);
-                self.obs.metrics.rejected(reject.code());
                 let mut extra = Vec::new();
                 if reject == Reject::Unavailable {
                     let secs = self
@@ -518,7 +545,7 @@ impl ProxyHttp for Tollgate {
                         .map_or(1, |r| self.gw.upstreams[r.upstream].retry_after());
                     extra.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
                 }
-                let _ = error::respond(session, reject, &msg, Some(&ctx.request_id), &extra).await;
+                let _ = self.reject(session, ctx, reject, &msg, &extra).await;
             }
         }
         FailToProxy {

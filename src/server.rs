@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::Opt;
@@ -10,7 +11,8 @@ use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::Loaded;
-use crate::conn::{ConnLimits, Gate};
+use crate::conn::{ConnLimits, Gate, Guards};
+use crate::listen::ServiceKey;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::Observe;
@@ -49,20 +51,33 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         crate::handover::take_over(&gw, &state_sock);
     }
 
-    // Pingora's HTTP app behind the connection guards (head deadline, per-IP cap).
-    let app = pingora::proxy::http_proxy(
-        &server.configuration,
-        Tollgate::new(gw.clone(), obs.clone()),
-    );
-    let limits = ConnLimits {
+    // Pingora's HTTP app behind the connection guards, one service per distinct set of
+    // protocol options (Pingora's h2c is a service option), the guards shared by all.
+    let guards = Guards::new(ConnLimits {
         head_timeout: gw.limits.head_timeout,
         max_connections_per_ip: gw.limits.max_connections_per_ip,
-    };
-    let mut proxy = Service::new("tollgate".to_owned(), Gate::new(app, limits));
-    for addr in &gw.listen {
-        proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(client_buffers()));
+    });
+    let mut keys: Vec<ServiceKey> = Vec::new();
+    for l in &gw.listen {
+        if !keys.contains(&l.service_key()) {
+            keys.push(l.service_key());
+        }
     }
-    server.add_service(proxy);
+    for key in keys {
+        let mut app = pingora::proxy::http_proxy(
+            &server.configuration,
+            Tollgate::new(gw.clone(), obs.clone()),
+        );
+        let mut options = HttpServerOptions::default();
+        options.h2c = key.h2c;
+        app.server_options = Some(options);
+        let name = if key.h2c { "tollgate h2c" } else { "tollgate" };
+        let mut proxy = Service::new(name.to_owned(), Gate::new(app, &guards));
+        for l in gw.listen.iter().filter(|l| l.service_key() == key) {
+            proxy.add_listener(ListenerConfig::tcp(l.addr.as_str()).l4_buffer(client_buffers()));
+        }
+        server.add_service(proxy);
+    }
 
     // Active health checks: one background service probing every upstream that has them.
     let checked: Vec<_> = gw

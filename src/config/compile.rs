@@ -1,8 +1,7 @@
 //! The one conversion from what the file says to what the proxy runs. It owns every config
 //! error message: each names the key path and, where it can, says what would be valid.
 
-use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use super::file::{FileConfig, LimitsFile, RouteFile, TimeoutsFile, UpstreamFile}
 use super::ConfigErrors;
 use crate::client::TrustedProxies;
 use crate::guard::{IpRules, Limits};
+use crate::listen::check_socket_addr;
 use crate::observe::access_log::{AccessLog, AccessLogFile};
 use crate::router::{normalise_prefix, HostPattern, MethodSet, Route, Router};
 use crate::upstream::discovery::{self, Compiled, Discovery, NamedTarget, Resolver, TargetAddr};
@@ -21,7 +21,7 @@ use crate::upstream::{Timeouts, Upstream};
 /// Everything the proxy runs, compiled and validated. The hot path only reads it.
 #[derive(Debug)]
 pub struct Gateway {
-    pub listen: Vec<String>,
+    pub listen: Vec<crate::listen::Listener>,
     pub admin: Option<String>,
     pub trusted_proxies: TrustedProxies,
     pub router: Router,
@@ -31,8 +31,6 @@ pub struct Gateway {
     pub rate_limits: crate::limit::Limits,
     pub auth: crate::auth::Auth,
 }
-
-const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 
 /// Headers tollgate owns on the response; a route may not override them.
 const RESERVED_RESPONSE_HEADERS: &[&str] = &[
@@ -49,10 +47,10 @@ pub fn compile(
     errs: &mut ConfigErrors,
 ) -> Option<Gateway> {
     let before = errs.0.len();
-    let listen = listen(file.listen, errs);
+    let listen = crate::listen::compile(file.listen, errs);
     let admin = file.admin.filter(|a| check_socket_addr("admin", a, errs));
     if let Some(a) = &admin {
-        if listen.contains(a) {
+        if listen.iter().any(|l| l.addr == *a) {
             errs.push(
                 "admin",
                 format!("{a} is also in listen: give the admin endpoint its own address"),
@@ -202,37 +200,6 @@ fn cidrs(path: &str, list: &[String], errs: &mut ConfigErrors) -> Vec<IpNet> {
     nets
 }
 
-fn listen(l: Option<Vec<String>>, errs: &mut ConfigErrors) -> Vec<String> {
-    let l = l.unwrap_or_else(|| vec![DEFAULT_LISTEN.to_owned()]);
-    if l.is_empty() {
-        errs.push(
-            "listen",
-            "needs at least one address, e.g. [\"0.0.0.0:8080\"]",
-        );
-    }
-    let mut seen = HashSet::new();
-    for (i, a) in l.iter().enumerate() {
-        let path = format!("listen[{i}]");
-        if check_socket_addr(&path, a, errs) && !seen.insert(a.clone()) {
-            errs.push(path, format!("{a} is listed twice"));
-        }
-    }
-    l
-}
-
-fn check_socket_addr(path: &str, a: &str, errs: &mut ConfigErrors) -> bool {
-    match a.parse::<SocketAddr>() {
-        Ok(_) => true,
-        Err(_) => {
-            errs.push(
-                path,
-                format!("{a:?} is not an IP:port address (e.g. \"0.0.0.0:8080\" or \"[::]:8080\")"),
-            );
-            false
-        }
-    }
-}
-
 fn trusted(list: &[String], errs: &mut ConfigErrors) -> TrustedProxies {
     TrustedProxies::new(cidrs("trusted_proxies", list, errs))
 }
@@ -314,6 +281,8 @@ fn upstream(
     let breaker = u
         .circuit_breaker
         .map(|c| crate::upstream::config::breaker(&base, c, errs));
+    let protocol =
+        crate::upstream::protocol::compile(&base, u.protocol.as_deref(), u.max_h2_streams, errs);
     let timeouts = timeouts(&base, u.timeouts.unwrap_or_default(), errs);
     let retries = u.retries.unwrap_or(1);
     if retries > 10 {
@@ -329,6 +298,7 @@ fn upstream(
             hash_key,
             health,
             breaker,
+            protocol,
         };
         Upstream::new(name, spec)
     })

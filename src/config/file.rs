@@ -103,7 +103,8 @@ pub struct LimitsFile {
 /// `config::load`) so that one bad section does not hide the errors of the others.
 #[derive(Debug, Default)]
 pub struct FileConfig {
-    pub listen: Option<Vec<String>>,
+    /// `None` entries failed to parse (see `crate::listen::read`).
+    pub listen: Option<Vec<Option<crate::listen::ListenFile>>>,
     pub admin: Option<String>,
     pub trusted_proxies: Vec<String>,
     /// In file order: the order matters for messages and `/health`.
@@ -153,6 +154,11 @@ pub struct UpstreamFile {
     pub circuit_breaker: Option<CircuitBreakerFile>,
     #[serde(default)]
     pub resolve_every: Option<Dur>,
+    /// `http1` (default) or `h2` (`crate::upstream::protocol`).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub max_h2_streams: Option<u32>,
 }
 
 /// `health_check: {type: http, path: /health, status: 200, interval: 2s, timeout: 500ms,

@@ -141,7 +141,7 @@ pub fn load_str_with(text: &str, resolver: Arc<dyn Resolver>) -> Result<Loaded, 
 /// Deserialize one tollgate section into `file`, recording errors under its key path.
 fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErrors) {
     match key {
-        "listen" => file.listen = parse(key, v, errs),
+        "listen" => file.listen = crate::listen::read(v, errs),
         "admin" => file.admin = parse(key, v, errs),
         "trusted_proxies" => file.trusted_proxies = parse(key, v, errs).unwrap_or_default(),
         "upstreams" => match v {
@@ -210,7 +210,11 @@ fn yaml_key(k: &Value) -> String {
 }
 
 /// Deserialize `v` as `T`, reporting a failure at `base` + the path inside `v`.
-fn parse<T: DeserializeOwned>(base: &str, v: Value, errs: &mut ConfigErrors) -> Option<T> {
+pub(crate) fn parse<T: DeserializeOwned>(
+    base: &str,
+    v: Value,
+    errs: &mut ConfigErrors,
+) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(v) {
         Ok(t) => Some(t),
         Err(e) => {

@@ -98,6 +98,8 @@ pub struct Entry<'a> {
     pub user_agent: Option<&'a str>,
     pub referer: Option<&'a str>,
     pub error: Option<&'a str>,
+    /// A gRPC call's `grpc-status` (ours or the backend's).
+    pub grpc_status: Option<u8>,
 }
 
 /// The sending side, shared by every request. The writer thread starts on first use, so that
@@ -238,7 +240,7 @@ fn escape(s: &str, spaces: bool) -> String {
 fn combined(e: &Entry) -> Vec<u8> {
     let line = format!(
         "{ip} - {consumer} [{time}] \"{method} {path} {version}\" {status} {out} \"{referer}\" \"{ua}\" \
-         request_id={rid} route={route} upstream={up} upstream_ms={ums} total_ms={tms:.3} bytes_in={bin} rate_limit={rl}{err}\n",
+         request_id={rid} route={route} upstream={up} upstream_ms={ums} total_ms={tms:.3} bytes_in={bin} rate_limit={rl}{err}{grpc}\n",
         ip = dash(e.client_ip),
         consumer = e.consumer.map_or_else(|| "-".to_owned(), bare),
         time = humantime::format_rfc3339_millis(e.time),
@@ -259,6 +261,10 @@ fn combined(e: &Entry) -> Vec<u8> {
             .rate_limit
             .map_or_else(|| "-".to_owned(), |r| format!("{}:{}", r.outcome(), r.remaining)),
         err = e.error.map(|x| format!(" error={x}")).unwrap_or_default(),
+        grpc = e
+            .grpc_status
+            .map(|g| format!(" grpc_status={g}"))
+            .unwrap_or_default(),
     );
     line.into_bytes()
 }
@@ -285,6 +291,7 @@ fn json(e: &Entry) -> Vec<u8> {
         })),
         "user_agent": e.user_agent,
         "error": e.error,
+        "grpc_status": e.grpc_status,
     });
     let mut out = serde_json::to_vec(&v).unwrap_or_default();
     out.push(b'\n');
@@ -315,6 +322,7 @@ mod tests {
             user_agent: Some("curl"),
             referer: None,
             error: None,
+            grpc_status: None,
         }
     }
 
@@ -356,5 +364,15 @@ mod tests {
         assert_eq!(v["consumer"], "ci bot");
         assert_eq!(v["rate_limit"]["outcome"], "allowed");
         assert_eq!(v["rate_limit"]["remaining"], 7);
+    }
+
+    #[test]
+    fn grpc_status_in_both_formats() {
+        let mut e = entry();
+        e.grpc_status = Some(16);
+        let l = String::from_utf8(combined(&e)).unwrap();
+        assert!(l.ends_with(" rate_limit=- grpc_status=16\n"), "{l}");
+        let v: serde_json::Value = serde_json::from_slice(&json(&e)).unwrap();
+        assert_eq!(v["grpc_status"], 16);
     }
 }

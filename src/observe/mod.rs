@@ -98,6 +98,7 @@ impl Observe {
             referer: header(http::header::REFERER)
                 .map(|r| r.split(['?', '#']).next().unwrap_or("")),
             error: e.map(|e| e.etype().as_str()),
+            grpc_status: ctx.grpc_status,
         });
     }
 }

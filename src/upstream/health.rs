@@ -54,6 +54,7 @@ impl HealthConfig {
         upstream: &str,
         host: &str,
         changes: Arc<AtomicU64>,
+        protocol: super::protocol::Protocol,
     ) -> Box<dyn HealthCheck + Send + Sync> {
         let counter = Box::new(Counter(changes));
         match &self.kind {
@@ -74,6 +75,8 @@ impl HealthConfig {
                 o.connection_timeout = Some(self.timeout);
                 o.total_connection_timeout = Some(self.timeout);
                 o.read_timeout = Some(self.timeout);
+                // An h2c-only backend answers no HTTP/1.1 probe.
+                protocol.apply(o);
                 if let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), None) {
                     let _ = req.append_header("Host", host);
                     let _ = req.append_header("User-Agent", "tollgate-health-check");

@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod config;
 pub mod discovery;
 pub mod health;
+pub mod protocol;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -87,6 +88,7 @@ pub struct Spec {
     pub hash_key: HashKey,
     pub health: Option<HealthConfig>,
     pub breaker: Option<BreakerConfig>,
+    pub protocol: protocol::Protocol,
 }
 
 /// One backend's live state. Shared (`Arc`) between membership snapshots, so an address that
@@ -148,6 +150,7 @@ pub struct Upstream {
     pub hash_key: HashKey,
     pub health: Option<HealthConfig>,
     pub breaker: Option<BreakerConfig>,
+    pub protocol: protocol::Protocol,
     rr: AtomicUsize,
     /// Health state changes seen by the active checks.
     pub health_changes: Arc<AtomicU64>,
@@ -171,6 +174,7 @@ fn make_lb<S>(
     name: &str,
     host: &str,
     changes: &Arc<std::sync::atomic::AtomicU64>,
+    proto: protocol::Protocol,
 ) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
@@ -178,7 +182,7 @@ where
 {
     let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Box::new(SharedSet(set.clone()))));
     if let Some(h) = health {
-        lb.set_health_check(h.build(name, host, changes.clone()));
+        lb.set_health_check(h.build(name, host, changes.clone(), proto));
     }
     // The shared set never blocks nor fails.
     let _ = lb.update().now_or_never();
@@ -202,10 +206,12 @@ impl Upstream {
         let changes = Arc::new(AtomicU64::new(0));
         let lb = match spec.balance {
             Balance::RoundRobin | Balance::LeastConn => {
-                Lb::RoundRobin(make_lb(&set, h, name, &host, &changes))
+                Lb::RoundRobin(make_lb(&set, h, name, &host, &changes, spec.protocol))
             }
-            Balance::Random => Lb::Random(make_lb(&set, h, name, &host, &changes)),
-            Balance::ConsistentHash => Lb::Hash(make_lb(&set, h, name, &host, &changes)),
+            Balance::Random => Lb::Random(make_lb(&set, h, name, &host, &changes, spec.protocol)),
+            Balance::ConsistentHash => {
+                Lb::Hash(make_lb(&set, h, name, &host, &changes, spec.protocol))
+            }
         };
         Upstream {
             name: name.into(),
@@ -219,6 +225,7 @@ impl Upstream {
             hash_key: spec.hash_key,
             health: spec.health,
             breaker: spec.breaker,
+            protocol: spec.protocol,
             rr: AtomicUsize::new(0),
             health_changes: changes,
         }
@@ -374,6 +381,7 @@ impl Upstream {
         o.read_timeout = Some(self.timeouts.read);
         o.write_timeout = Some(self.timeouts.write);
         o.idle_timeout = Some(Duration::from_secs(60));
+        self.protocol.apply(o);
         peer
     }
 
@@ -497,6 +505,7 @@ pub fn health_json(u: &Upstream) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "balance": u.balance.as_str(),
+        "protocol": u.protocol.as_str(),
         "available": u.available(),
         "health_changes": u.health_changes.load(Relaxed),
         "discovery": u.discovery.as_ref().map(|d| serde_json::json!({

@@ -15,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod grpc;
+pub mod h2client;
 pub mod in_process;
 
 /// The runtime the test upstreams live on (one per test binary).
@@ -84,12 +86,32 @@ impl Gateway {
 
     /// As `start`, with extra environment variables for the gateway process.
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_full(body, env, "")
+    }
+
+    /// As `start`, with more `listen` entries (YAML flow items, e.g.
+    /// `{address: "127.0.0.1:1234", h2c: true}`) after the harness's plain listener.
+    pub fn start_listening(extra_listen: &str, body: &str) -> Gateway {
+        Gateway::start_full(body, &[], extra_listen)
+    }
+
+    fn start_full(body: &str, env: &[(&str, &str)], extra_listen: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.path().join("stderr.log");
         let conf = dir.path().join("tollgate.yaml");
-        std::fs::write(&conf, gateway_yaml(dir.path(), addr, admin, body)).unwrap();
+        let yaml = gateway_yaml(dir.path(), addr, admin, body);
+        let yaml = if extra_listen.is_empty() {
+            yaml
+        } else {
+            yaml.replacen(
+                &format!("listen: [\"{addr}\"]"),
+                &format!("listen: [\"{addr}\", {extra_listen}]"),
+                1,
+            )
+        };
+        std::fs::write(&conf, yaml).unwrap();
         let child = Command::new(bin())
             .arg("-c")
             .arg(&conf)
