@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod in_process;
+pub mod ws;
 
 /// The runtime the test upstreams live on (one per test binary).
 pub fn runtime() -> &'static tokio::runtime::Runtime {
@@ -476,7 +477,9 @@ impl Gateway {
 /// A test backend the test controls: it can be killed (listener and every open connection
 /// closed) and restored on the same address, and it counts connections and requests.
 /// Answers `{"service": name}`; `?delay_ms=N` waits, `?status=N` answers N, `?reset` sends
-/// half the promised body and then resets the connection.
+/// half the promised body and then resets the connection. For compression: `?size=N` pads the
+/// body to N bytes, `?ctype=T` sets its Content-Type, `?ce=X` a Content-Encoding and `?cc=X`
+/// a Cache-Control.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: &'static str,
@@ -647,10 +650,25 @@ async fn backend_conn(
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let status = param("status").unwrap_or(200);
-        let body = format!(
-            "{{\"service\":\"{name}\",\"padding\":\"{}\"}}",
-            "x".repeat(64)
-        );
+        let text = |k: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+        };
+        let pad = param("size").map_or(64, |n| (n as usize).saturating_sub(name.len() + 27));
+        let padding: String = "tollgate compresses text "
+            .chars()
+            .cycle()
+            .take(pad)
+            .collect();
+        let body = format!("{{\"service\":\"{name}\",\"padding\":\"{padding}\"}}");
+        let mut extra = String::new();
+        for (k, header) in [("ce", "content-encoding"), ("cc", "cache-control")] {
+            if let Some(v) = text(k) {
+                extra.push_str(&format!("{header}: {v}\r\n"));
+            }
+        }
+        let ctype = text("ctype").unwrap_or("application/json");
         if query.split('&').any(|kv| kv == "reset") {
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -665,7 +683,7 @@ async fn backend_conn(
             return;
         }
         let resp = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\n{extra}content-length: {}\r\n\r\n{body}",
             body.len()
         );
         if s.write_all(resp.as_bytes()).await.is_err() {
