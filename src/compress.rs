@@ -194,16 +194,7 @@ impl Compression {
         let Some(coding) = self.choose(&req.headers) else {
             return Ok(None);
         };
-        let encoder =
-            match coding {
-                Coding::Gzip(level) => Encoder::Gzip(flate2::write::GzEncoder::new(
-                    Vec::new(),
-                    flate2::Compression::new(level),
-                )),
-                Coding::Brotli(q) => Encoder::Brotli(Some(Box::new(
-                    brotli::CompressorWriter::new(Vec::new(), 4096, q, 20),
-                ))),
-            };
+        let encoder = Encoder::new(coding);
         resp.insert_header(CONTENT_ENCODING, HeaderValue::from_static(coding.name()))?;
         resp.remove_header(&CONTENT_LENGTH);
         resp.remove_header(&ACCEPT_RANGES);
@@ -273,6 +264,22 @@ pub enum Encoder {
 }
 
 impl Encoder {
+    fn new(coding: Coding) -> Self {
+        match coding {
+            Coding::Gzip(level) => Encoder::Gzip(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(level),
+            )),
+            // A 1 MiB window (lgwin 20): brotli's default 4 MiB is a lot per response.
+            Coding::Brotli(q) => Encoder::Brotli(Some(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                4096,
+                q,
+                20,
+            )))),
+        }
+    }
+
     /// Encode the next chunk of the body; `end` finishes the stream. Returns what the
     /// encoder has to send so far (often nothing until enough input has been seen).
     pub fn encode(&mut self, input: &[u8], end: bool) -> Result<Bytes> {

@@ -124,16 +124,7 @@ fn encoders_round_trip() {
         .flat_map(|i| format!("{{\"n\":{i}}},").into_bytes())
         .collect();
     for coding in [Coding::Gzip(6), Coding::Brotli(4)] {
-        let mut enc =
-            match coding {
-                Coding::Gzip(l) => Encoder::Gzip(flate2::write::GzEncoder::new(
-                    Vec::new(),
-                    flate2::Compression::new(l),
-                )),
-                Coding::Brotli(q) => Encoder::Brotli(Some(Box::new(
-                    brotli::CompressorWriter::new(Vec::new(), 4096, q, 20),
-                ))),
-            };
+        let mut enc = Encoder::new(coding);
         let mut out = Vec::new();
         for chunk in body.chunks(7000) {
             out.extend_from_slice(&enc.encode(chunk, false).unwrap());

@@ -55,15 +55,8 @@ impl WsEcho {
 
 async fn ws_conn(mut s: tokio::net::TcpStream, heads: Arc<Mutex<Vec<String>>>) {
     let mut buf = Vec::new();
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+    let Some(end) = super::read_head(&mut s, &mut buf).await else {
+        return;
     };
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     buf.drain(..end);
