@@ -554,7 +554,14 @@ impl ProxyHttp for Tollgate {
 
     /// The JSON error contract for failures Pingora reports (502, 503, 504, 400).
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let reject = Reject::from_proxy_error(e);
+        // A WebSocket handshake whose idle timer expired before the upstream's answer.
+        let unanswered = ctx.websocket.is_some()
+            && ctx.tunnel.is_none()
+            && crate::conn::idled(session.as_downstream().stream());
+        let reject = match unanswered {
+            true => Some(Reject::GatewayTimeout),
+            false => Reject::from_proxy_error(e),
+        };
         let code = reject.map_or(0, Reject::status);
         if let Some(reject) = reject {
             if session.response_written().is_none() {

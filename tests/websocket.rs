@@ -175,3 +175,22 @@ fn other_upgrades_are_not_forwarded() {
     assert_eq!(r.upstream_header("http2-settings"), None);
     assert_eq!(r.header("upgrade"), None);
 }
+
+#[test]
+fn a_handshake_the_upstream_never_answers_gets_504_after_the_idle_timeout() {
+    let up = hang();
+    let gw = Gateway::start(&format!(
+        "upstreams: {{u: {{targets: [\"{up}\"], timeouts: {{read: 30s}}}}}}\n\
+         routes: [{{name: ws, path_prefix: /ws, upstream: u, websocket_idle_timeout: 300ms}}]"
+    ));
+    let asked = Instant::now();
+    let (r, ws) = handshake(gw.addr, "/ws", &[]);
+    assert!(ws.is_none());
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(r.error_code(), "gateway_timeout");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+}
