@@ -26,6 +26,8 @@ fn table(n: usize) -> Router {
                 cors: None,
                 rate_limits: vec![],
                 auth: None,
+                websocket: None,
+                compression: None,
             }
         })
         .collect();

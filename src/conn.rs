@@ -16,6 +16,10 @@
 //! `None` for an h2 session), so h2 frames are never scanned. Hence h2 gets the head deadline
 //! for its preface only; its frames are timed by h2's own settings. Tested below.
 //!
+//! A WebSocket handshake turns the connection into a tunnel ([`tunnel`]): from then on no head
+//! is scanned, and [`crate::websocket::Idle`] closes it when no byte moved either way for the
+//! route's `websocket_idle_timeout` (the stream sees both directions; Pingora's timeouts see one).
+//!
 //! [`Gate`] is the `ServerApp` in front of Pingora's HTTP app: it counts connections per
 //! client IP (sharded counters touched on accept and close, never per request) and wraps
 //! every stream in [`Guarded`].
@@ -25,7 +29,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -39,6 +43,8 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::websocket::Idle;
 
 const SHARDS: usize = 64;
 
@@ -246,7 +252,13 @@ pub struct Guarded {
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,
     _slot: Option<Slot>,
+    /// Set by [`tunnel`]: arm the idle timer with this many ms, or [`DISARM`]; 0: no news.
+    tunnel_signal: AtomicU64,
+    /// The idle timer of a WebSocket tunnel (armed from the handshake on).
+    tunnel: Option<Box<Idle>>,
 }
+
+const DISARM: u64 = u64::MAX;
 
 impl Guarded {
     fn new(inner: Stream, timeout: Duration, slot: Option<Slot>) -> Self {
@@ -257,6 +269,23 @@ impl Guarded {
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             _slot: slot,
+            tunnel_signal: AtomicU64::new(0),
+            tunnel: None,
+        }
+    }
+
+    /// Apply what the proxy signalled since the last read or write (a plain load otherwise).
+    #[inline]
+    fn take_signals(&mut self) {
+        if self.rearm.load(Ordering::Relaxed) {
+            self.rearm.store(false, Ordering::Relaxed);
+            self.head = Head::Awaiting;
+            self.tunnel = None;
+        }
+        let t = self.tunnel_signal.load(Ordering::Relaxed);
+        if t != 0 {
+            self.tunnel_signal.store(0, Ordering::Relaxed);
+            self.tunnel = (t != DISARM).then(|| Box::new(Idle::new(Duration::from_millis(t))));
         }
     }
 
@@ -284,9 +313,31 @@ impl Guarded {
 
 /// After a request on this connection finished: time the next head again.
 pub fn rearm(stream: Option<&Stream>) {
-    if let Some(g) = stream.and_then(|s| s.as_any().downcast_ref::<Guarded>()) {
+    if let Some(g) = guarded(stream) {
         g.rearm.store(true, Ordering::Relaxed);
     }
+}
+
+fn guarded(stream: Option<&Stream>) -> Option<&Guarded> {
+    stream.and_then(|s| s.as_any().downcast_ref::<Guarded>())
+}
+
+/// A WebSocket handshake is on its way: from now on, close the connection once no byte moved
+/// in either direction for `idle` (`None`: the handshake was refused, stop timing). Reads see
+/// the end of the stream when it expires, so Pingora ends the tunnel as if the client had
+/// closed. `false` when the stream is not a [`Guarded`] one (nothing is timed here).
+pub fn tunnel(stream: Option<&Stream>, idle: Option<Duration>) -> bool {
+    let Some(g) = guarded(stream) else {
+        return false;
+    };
+    let signal = idle.map_or(DISARM, |d| (d.as_millis() as u64).clamp(1, DISARM - 1));
+    g.tunnel_signal.store(signal, Ordering::Relaxed);
+    true
+}
+
+/// Whether this connection's WebSocket idle timer expired.
+pub fn idled(stream: Option<&Stream>) -> bool {
+    guarded(stream).is_some_and(|g| g.tunnel.as_ref().is_some_and(|t| t.expired_once()))
 }
 
 fn head_timed_out() -> std::io::Error {
@@ -303,10 +354,14 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        // A plain load on the common path; the flag is set once per finished request.
-        if this.rearm.load(Ordering::Relaxed) {
-            this.rearm.store(false, Ordering::Relaxed);
-            this.head = Head::Awaiting;
+        this.take_signals();
+        if let Some(idle) = this.tunnel.as_mut() {
+            if idle.expired_once() {
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+            return idle.on_read(cx, buf.filled().len() > before, r);
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -330,13 +385,29 @@ impl AsyncRead for Guarded {
     }
 }
 
+impl Guarded {
+    fn tunnel_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        match self.tunnel.as_mut() {
+            Some(idle) => idle.on_write(cx, r),
+            None => r,
+        }
+    }
+}
+
 impl AsyncWrite for Guarded {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        this.take_signals();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.tunnel_write(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -352,7 +423,10 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        this.take_signals();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.tunnel_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -236,6 +236,8 @@ mod tests {
             cors: None,
             rate_limits: vec![],
             auth: None,
+            websocket: None,
+            compression: None,
         }
     }
 

@@ -72,6 +72,14 @@ pub struct Ctx {
     pub grpc: bool,
     /// The `grpc-status` the call ended with (ours or the backend's), for the access log.
     pub grpc_status: Option<u8>,
+    /// A WebSocket handshake its route admits: the tunnel's idle timeout.
+    pub websocket: Option<std::time::Duration>,
+    /// When the 101 went out: the connection has been a tunnel since.
+    pub tunnel: Option<Instant>,
+    /// The tunnel was closed by its idle timeout.
+    pub tunnel_idled: bool,
+    /// The body encoder of a compressed response.
+    pub encoder: Option<crate::compress::Encoder>,
 }
 
 impl Ctx {
@@ -200,6 +208,10 @@ impl ProxyHttp for Tollgate {
             identity: None,
             grpc: false,
             grpc_status: None,
+            websocket: None,
+            tunnel: None,
+            tunnel_idled: false,
+            encoder: None,
         }
     }
 
@@ -339,6 +351,13 @@ impl ProxyHttp for Tollgate {
                 }
             }
         }
+        if crate::websocket::is_handshake(req) {
+            let Some(idle) = route.websocket else {
+                let msg = "this route does not accept WebSocket upgrades";
+                return self.reject(session, ctx, Reject::Forbidden, msg, &[]).await;
+            };
+            ctx.websocket = Some(idle);
+        }
         // What the upstream gets: the routed path, minus the prefix, minus a key carried in
         // the query.
         let key_param = ctx
@@ -350,14 +369,18 @@ impl ProxyHttp for Tollgate {
         self.rate_limit(session, ctx, route).await
     }
 
-    /// Enforce the route's `max_body` on bodies whose length was not declared up front.
+    /// Enforce the route's `max_body` on bodies whose length was not declared up front (not
+    /// on a WebSocket tunnel's bytes, which Pingora passes here too).
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.was_upgraded() {
+            return Ok(());
+        }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if self.route(ctx).is_some_and(|r| ctx.body_bytes > r.max_body) {
@@ -396,8 +419,11 @@ impl ProxyHttp for Tollgate {
         };
         ctx.backend = Some(attempt.addr());
         ctx.upstream_started.get_or_insert_with(Instant::now);
-        let peer = attempt.peer();
+        let mut peer = attempt.peer();
         ctx.attempt = Some(attempt);
+        if let Some(idle) = ctx.websocket {
+            crate::websocket::time_handshake(session, idle, &mut peer);
+        }
         Ok(Box::new(peer))
     }
 
@@ -440,11 +466,38 @@ impl ProxyHttp for Tollgate {
         if let Some(d) = &ctx.limit {
             self.gw.rate_limits.apply(d, resp)?;
         }
+        if let Some(idle) = ctx.websocket {
+            if crate::websocket::answered(session, idle, resp.status) {
+                ctx.tunnel = Some(Instant::now());
+                self.obs
+                    .metrics
+                    .websocket(route.map_or(usize::MAX, |r| r.id), 1);
+            }
+        }
         if ctx.grpc {
             // A trailers-only answer carries its status in the headers.
             ctx.grpc_status = crate::grpc::reported_status(&resp.headers);
         }
-        headers::downstream_response(resp, &ctx.request_id, route)
+        headers::downstream_response(resp, &ctx.request_id, route)?;
+        if let Some(c) = route.and_then(|r| r.compression.as_ref()) {
+            ctx.encoder = c.start(session.req_header(), resp)?;
+        }
+        Ok(())
+    }
+
+    /// Compress the body when `response_filter` chose to.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(enc) = ctx.encoder.as_mut() {
+            let out = enc.encode(body.as_deref().unwrap_or_default(), end_of_stream)?;
+            *body = (!out.is_empty()).then_some(out);
+        }
+        Ok(None)
     }
 
     /// A gRPC call's status arrives in the trailers; they pass through unchanged.
@@ -530,7 +583,14 @@ impl ProxyHttp for Tollgate {
 
     /// The JSON error contract for failures Pingora reports (502, 503, 504, 400).
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let reject = Reject::from_proxy_error(e);
+        // A WebSocket handshake whose idle timer expired before the upstream's answer.
+        let unanswered = ctx.websocket.is_some()
+            && ctx.tunnel.is_none()
+            && crate::conn::idled(session.as_downstream().stream());
+        let reject = match unanswered {
+            true => Some(Reject::GatewayTimeout),
+            false => Reject::from_proxy_error(e),
+        };
         let code = reject.map_or(0, Reject::status);
         if let Some(reject) = reject {
             if session.response_written().is_none() {
@@ -563,6 +623,12 @@ impl ProxyHttp for Tollgate {
             } else {
                 a.success();
             }
+        }
+        if ctx.tunnel.is_some() {
+            self.obs
+                .metrics
+                .websocket(ctx.route.unwrap_or(usize::MAX), -1);
+            ctx.tunnel_idled = crate::conn::idled(session.as_downstream().stream());
         }
         self.obs.finish(session, e, ctx, self.route(ctx));
         crate::conn::rearm(session.as_downstream().stream());

@@ -33,6 +33,10 @@ pub struct Route {
     pub rate_limits: Vec<crate::limit::PolicyId>,
     /// `None`: a public route.
     pub auth: Option<crate::auth::RouteAuth>,
+    /// Idle timeout of the route's WebSocket tunnels; `None`: upgrades are refused.
+    pub websocket: Option<std::time::Duration>,
+    /// Response compression, when the route has it.
+    pub compression: Option<crate::compress::Compression>,
 }
 
 /// `example.com` (exact) or `*.example.com` (any subdomain, at any depth; not the apex).
@@ -366,6 +370,8 @@ mod tests {
             cors: None,
             rate_limits: vec![],
             auth: None,
+            websocket: None,
+            compression: None,
         }
     }
 

@@ -450,6 +450,11 @@ fn routes(
             limit_names,
             errs,
         );
+        let websocket =
+            crate::websocket::route_setting(&base, r.websocket, r.websocket_idle_timeout, errs);
+        let compression = r
+            .compression
+            .and_then(|c| crate::compress::compile(&format!("{base}.compression"), c, errs));
         if errs.0.len() == before {
             out.push(Route {
                 id: 0,
@@ -465,6 +470,8 @@ fn routes(
                 cors,
                 rate_limits: route_rate_limits,
                 auth: route_auth,
+                websocket,
+                compression,
             });
         }
     }

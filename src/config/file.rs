@@ -277,4 +277,13 @@ pub struct RouteFile {
     /// A rate limit name or a list of names (all must pass).
     #[serde(default)]
     pub rate_limit: Option<crate::limit::config::RateLimitRef>,
+    /// Whether WebSocket upgrades are forwarded (default `true`), and how long an upgraded
+    /// connection may stay silent.
+    #[serde(default)]
+    pub websocket: Option<bool>,
+    #[serde(default)]
+    pub websocket_idle_timeout: Option<Dur>,
+    /// Response compression (`crate::compress`).
+    #[serde(default)]
+    pub compression: Option<crate::compress::CompressionFile>,
 }

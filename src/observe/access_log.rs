@@ -94,6 +94,8 @@ pub struct Entry<'a> {
     pub upstream: Option<std::net::SocketAddr>,
     pub upstream_ms: Option<f64>,
     pub total_ms: f64,
+    /// How long the connection was a WebSocket tunnel (from the 101 to its close).
+    pub websocket_ms: Option<f64>,
     pub rate_limit: Option<RateLimitEntry>,
     pub user_agent: Option<&'a str>,
     pub referer: Option<&'a str>,
@@ -240,7 +242,7 @@ fn escape(s: &str, spaces: bool) -> String {
 fn combined(e: &Entry) -> Vec<u8> {
     let line = format!(
         "{ip} - {consumer} [{time}] \"{method} {path} {version}\" {status} {out} \"{referer}\" \"{ua}\" \
-         request_id={rid} route={route} upstream={up} upstream_ms={ums} total_ms={tms:.3} bytes_in={bin} rate_limit={rl}{err}{grpc}\n",
+         request_id={rid} route={route} upstream={up} upstream_ms={ums} total_ms={tms:.3} bytes_in={bin} rate_limit={rl}{ws}{err}{grpc}\n",
         ip = dash(e.client_ip),
         consumer = e.consumer.map_or_else(|| "-".to_owned(), bare),
         time = humantime::format_rfc3339_millis(e.time),
@@ -260,6 +262,10 @@ fn combined(e: &Entry) -> Vec<u8> {
         rl = e
             .rate_limit
             .map_or_else(|| "-".to_owned(), |r| format!("{}:{}", r.outcome(), r.remaining)),
+        ws = e
+            .websocket_ms
+            .map(|m| format!(" websocket_ms={m:.3}"))
+            .unwrap_or_default(),
         err = e.error.map(|x| format!(" error={x}")).unwrap_or_default(),
         grpc = e
             .grpc_status
@@ -285,6 +291,7 @@ fn json(e: &Entry) -> Vec<u8> {
         "upstream": e.upstream.map(|u| u.to_string()),
         "upstream_ms": e.upstream_ms,
         "total_ms": e.total_ms,
+        "websocket_ms": e.websocket_ms,
         "rate_limit": e.rate_limit.map(|r| serde_json::json!({
             "outcome": r.outcome(),
             "remaining": r.remaining,
@@ -318,6 +325,7 @@ mod tests {
             upstream: None,
             upstream_ms: Some(1.5),
             total_ms: 2.25,
+            websocket_ms: None,
             rate_limit: None,
             user_agent: Some("curl"),
             referer: None,
@@ -356,6 +364,12 @@ mod tests {
         let l = String::from_utf8(combined(&e)).unwrap();
         assert!(l.starts_with("10.0.0.1 - ci\\x20bot ["), "{l}");
         assert!(l.contains(" rate_limit=limited:0"), "{l}");
+        e.websocket_ms = Some(1500.0);
+        let l = String::from_utf8(combined(&e)).unwrap();
+        assert!(
+            l.contains(" rate_limit=limited:0 websocket_ms=1500.000\n"),
+            "{l}"
+        );
         e.rate_limit = Some(RateLimitEntry {
             allowed: true,
             remaining: 7,

@@ -95,6 +95,8 @@ pub struct Layout {
     pub policies: Vec<Arc<str>>,
     /// The policies of each route.
     pub limits: Vec<Vec<usize>>,
+    /// Whether each route forwards WebSocket upgrades.
+    pub websocket: Vec<bool>,
 }
 
 impl Layout {
@@ -110,6 +112,7 @@ impl Layout {
                 .map(|p| Arc::from(&*p.name))
                 .collect(),
             limits: routes.iter().map(|r| r.rate_limits.clone()).collect(),
+            websocket: routes.iter().map(|r| r.websocket.is_some()).collect(),
         }
     }
 }
@@ -127,6 +130,8 @@ pub struct Metrics {
     duration: Box<[Histogram]>,
     upstream_duration: Box<[Histogram]>,
     in_flight: AtomicI64,
+    /// Open WebSocket tunnels, by route.
+    websockets: Box<[AtomicI64]>,
     /// Local answers by error code (the JSON contract's `error`).
     rejects: Box<[(&'static str, AtomicU64)]>,
 }
@@ -140,6 +145,7 @@ impl Metrics {
             auth: vec![false; n],
             policies: Vec::new(),
             limits: vec![Vec::new(); n],
+            websocket: vec![false; n],
         })
     }
 
@@ -156,6 +162,7 @@ impl Metrics {
             duration: (0..slots).map(|_| Histogram::default()).collect(),
             upstream_duration: (0..slots).map(|_| Histogram::default()).collect(),
             in_flight: AtomicI64::new(0),
+            websockets: (0..routes.len()).map(|_| AtomicI64::new(0)).collect(),
             rejects: codes.collect(),
             auth_failures: (0..routes.len() * Reason::ALL.len())
                 .map(|_| AtomicU64::new(0))
@@ -201,6 +208,13 @@ impl Metrics {
     /// Pairs with `request_started`.
     pub fn request_done(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// A WebSocket tunnel opened (`+1`) or closed (`-1`) on `route`.
+    pub fn websocket(&self, route: usize, delta: i64) {
+        if let Some(g) = self.websockets.get(route) {
+            g.fetch_add(delta, Relaxed);
+        }
     }
 
     /// Record a finished request (called once, from `logging`).
@@ -313,6 +327,22 @@ impl Metrics {
                     label(&self.layout.policies[p])
                 );
             }
+        }
+        o.push_str("# HELP tollgate_websocket_connections Open WebSocket tunnels, by route.\n");
+        o.push_str("# TYPE tollgate_websocket_connections gauge\n");
+        for (slot, _) in self
+            .layout
+            .websocket
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w)
+        {
+            let v = self.websockets[slot].load(Relaxed).max(0);
+            let _ = writeln!(
+                o,
+                "tollgate_websocket_connections{{route=\"{}\"}} {v}",
+                name(slot)
+            );
         }
         extra(&mut o);
         o
@@ -435,6 +465,7 @@ mod tests {
             auth: vec![false, true],
             policies: vec!["p0".into(), "p1".into()],
             limits: vec![vec![], vec![1]],
+            websocket: vec![true, false],
         });
         let t = m.render(&|_| {});
         assert!(
@@ -451,7 +482,13 @@ mod tests {
         m.auth_failed(1, Reason::Forbidden);
         m.rate_limited(1, 1);
         m.rate_limited(7, 9);
+        m.websocket(0, 1);
         let t = m.render(&|_| {});
+        assert!(
+            t.contains("tollgate_websocket_connections{route=\"open\"} 1"),
+            "{t}"
+        );
+        assert!(!t.contains("websocket_connections{route=\"we"), "{t}");
         assert!(
             t.contains("tollgate_auth_failures_total{route=\"we\\\"ird\",reason=\"expired\"} 1"),
             "{t}"

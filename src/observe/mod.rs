@@ -89,6 +89,7 @@ impl Observe {
             upstream: ctx.backend,
             upstream_ms: upstream.map(|d| d.as_secs_f64() * 1000.0),
             total_ms: total.as_secs_f64() * 1000.0,
+            websocket_ms: ctx.tunnel.map(|t| t.elapsed().as_secs_f64() * 1000.0),
             rate_limit: ctx.limit.map(|d| RateLimitEntry {
                 allowed: d.allowed,
                 remaining: d.remaining,
@@ -97,7 +98,10 @@ impl Observe {
             // Like the request's own, the referring URL's query may carry a credential.
             referer: header(http::header::REFERER)
                 .map(|r| r.split(['?', '#']).next().unwrap_or("")),
-            error: e.map(|e| e.etype().as_str()),
+            error: match e {
+                Some(e) => Some(e.etype().as_str()),
+                None => ctx.tunnel_idled.then_some("websocket_idle_timeout"),
+            },
             grpc_status: ctx.grpc_status,
         });
     }

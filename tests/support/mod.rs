@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 pub mod grpc;
 pub mod h2client;
 pub mod in_process;
+pub mod ws;
 
 /// The runtime the test upstreams live on (one per test binary).
 pub fn runtime() -> &'static tokio::runtime::Runtime {
@@ -498,7 +499,9 @@ impl Gateway {
 /// A test backend the test controls: it can be killed (listener and every open connection
 /// closed) and restored on the same address, and it counts connections and requests.
 /// Answers `{"service": name}`; `?delay_ms=N` waits, `?status=N` answers N, `?reset` sends
-/// half the promised body and then resets the connection.
+/// half the promised body and then resets the connection. For compression: `?size=N` pads the
+/// body to N bytes, `?ctype=T` sets its Content-Type, `?ce=X` a Content-Encoding and `?cc=X`
+/// a Cache-Control.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: &'static str,
@@ -627,16 +630,8 @@ async fn backend_conn(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = Vec::new();
     loop {
-        // read one request head
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let Some(end) = read_head(&mut s, &mut buf).await else {
+            return;
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_string();
         let len: usize = head
@@ -669,10 +664,25 @@ async fn backend_conn(
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let status = param("status").unwrap_or(200);
-        let body = format!(
-            "{{\"service\":\"{name}\",\"padding\":\"{}\"}}",
-            "x".repeat(64)
-        );
+        let text = |k: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+        };
+        let pad = param("size").map_or(64, |n| (n as usize).saturating_sub(name.len() + 27));
+        let padding: String = "tollgate compresses text "
+            .chars()
+            .cycle()
+            .take(pad)
+            .collect();
+        let body = format!("{{\"service\":\"{name}\",\"padding\":\"{padding}\"}}");
+        let mut extra = String::new();
+        for (k, header) in [("ce", "content-encoding"), ("cc", "cache-control")] {
+            if let Some(v) = text(k) {
+                extra.push_str(&format!("{header}: {v}\r\n"));
+            }
+        }
+        let ctype = text("ctype").unwrap_or("application/json");
         if query.split('&').any(|kv| kv == "reset") {
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -687,7 +697,7 @@ async fn backend_conn(
             return;
         }
         let resp = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\n{extra}content-length: {}\r\n\r\n{body}",
             body.len()
         );
         if s.write_all(resp.as_bytes()).await.is_err() {
@@ -697,6 +707,22 @@ async fn backend_conn(
         // keep-alive connection for whoever pooled it).
         if query.split('&').any(|kv| kv == "close") {
             return;
+        }
+    }
+}
+
+/// Read from `s` into `buf` until it holds a request head; where the head ends, or `None`
+/// when the connection ended first.
+pub async fn read_head(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
 }
