@@ -63,7 +63,17 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         let name = if key.h2c { "tollgate h2c" } else { "tollgate" };
         let mut proxy = Service::new(name.to_owned(), Gate::new(app, &guards));
         for l in gw.listen.iter().filter(|l| l.service_key() == key) {
-            proxy.add_tcp(&l.addr);
+            match &l.tls {
+                Some(tls) => match tls.settings() {
+                    Ok(settings) => proxy.add_tls_with_settings(&l.addr, None, settings),
+                    // Only OpenSSL failing to create a context lands here: nothing to serve.
+                    Err(e) => {
+                        log::error!("cannot set up TLS on {}: {e}", l.addr);
+                        std::process::exit(1);
+                    }
+                },
+                None => proxy.add_tcp(&l.addr),
+            }
         }
         server.add_service(proxy);
     }

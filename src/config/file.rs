@@ -154,6 +154,8 @@ pub struct UpstreamFile {
     pub circuit_breaker: Option<CircuitBreakerFile>,
     #[serde(default)]
     pub resolve_every: Option<Dur>,
+    #[serde(default)]
+    pub tls: Option<crate::upstream::tls::UpstreamTlsFile>,
 }
 
 /// `health_check: {type: http, path: /health, status: 200, interval: 2s, timeout: 500ms,

@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod config;
 pub mod discovery;
 pub mod health;
+pub mod tls;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -87,6 +88,8 @@ pub struct Spec {
     pub hash_key: HashKey,
     pub health: Option<HealthConfig>,
     pub breaker: Option<BreakerConfig>,
+    /// TLS to the backends (`tls`), verified unless turned off.
+    pub tls: Option<tls::UpstreamTls>,
 }
 
 /// One backend's live state. Shared (`Arc`) between membership snapshots, so an address that
@@ -148,6 +151,7 @@ pub struct Upstream {
     pub hash_key: HashKey,
     pub health: Option<HealthConfig>,
     pub breaker: Option<BreakerConfig>,
+    pub tls: Option<tls::UpstreamTls>,
     rr: AtomicUsize,
     /// Health state changes seen by the active checks.
     pub health_changes: Arc<AtomicU64>,
@@ -171,6 +175,7 @@ fn make_lb<S>(
     name: &str,
     host: &str,
     changes: &Arc<std::sync::atomic::AtomicU64>,
+    tls: Option<&tls::UpstreamTls>,
 ) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
@@ -178,7 +183,7 @@ where
 {
     let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Box::new(SharedSet(set.clone()))));
     if let Some(h) = health {
-        lb.set_health_check(h.build(name, host, changes.clone()));
+        lb.set_health_check(h.build(name, host, changes.clone(), tls));
     }
     // The shared set never blocks nor fails.
     let _ = lb.update().now_or_never();
@@ -200,12 +205,13 @@ impl Upstream {
             .unwrap_or_default();
         let h = spec.health.as_ref();
         let changes = Arc::new(AtomicU64::new(0));
+        let t = spec.tls.as_ref();
         let lb = match spec.balance {
             Balance::RoundRobin | Balance::LeastConn => {
-                Lb::RoundRobin(make_lb(&set, h, name, &host, &changes))
+                Lb::RoundRobin(make_lb(&set, h, name, &host, &changes, t))
             }
-            Balance::Random => Lb::Random(make_lb(&set, h, name, &host, &changes)),
-            Balance::ConsistentHash => Lb::Hash(make_lb(&set, h, name, &host, &changes)),
+            Balance::Random => Lb::Random(make_lb(&set, h, name, &host, &changes, t)),
+            Balance::ConsistentHash => Lb::Hash(make_lb(&set, h, name, &host, &changes, t)),
         };
         Upstream {
             name: name.into(),
@@ -219,6 +225,7 @@ impl Upstream {
             hash_key: spec.hash_key,
             health: spec.health,
             breaker: spec.breaker,
+            tls: spec.tls,
             rr: AtomicUsize::new(0),
             health_changes: changes,
         }
@@ -367,7 +374,10 @@ impl Upstream {
 
     /// The peer for `addr` with this upstream's timeouts.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &self.tls {
+            Some(t) => t.peer(addr),
+            None => HttpPeer::new(addr, false, String::new()),
+        };
         let o = &mut peer.options;
         o.connection_timeout = Some(self.timeouts.connect);
         o.total_connection_timeout = self.timeouts.total;
