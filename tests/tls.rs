@@ -35,24 +35,22 @@ fn cert(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
 /// A gateway with the harness's plain listener, a TLS listener (`tls` is its YAML flow
 /// mapping) and an echo upstream behind `/api`.
 fn tls_gateway(tls: &str) -> (Gateway, SocketAddr) {
-    let up = echo("up");
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let gw = Gateway::start_listening(
-        &format!("{{address: \"{addr}\", tls: {tls}}}"),
-        &format!(
-            "upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
-             routes: [{{name: api, path_prefix: /api, upstream: up}}]\n"
-        ),
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
-            addr
-        )
-        .is_ok()),
-        "the TLS listener never accepted"
-    );
-    (gw, addr)
+    Gateway::with_api_listener(|a| format!("{{address: \"{a}\", tls: {tls}}}"))
 }
+
+/// A TLS gateway with one certificate, for `a.test`; `extra` adds keys to its `tls`.
+fn a_test_gateway(extra: &str) -> (tempfile::TempDir, Gateway, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = cert(dir.path(), "a", &["a.test"]);
+    let (gw, addr) = tls_gateway(&format!(
+        "{{cert: \"{}\", key: \"{}\"{extra}}}",
+        c.display(),
+        k.display()
+    ));
+    (dir, gw, addr)
+}
+
+const H2_OR_HTTP1: &[u8] = b"\x02h2\x08http/1.1";
 
 /// How a test client connects: SNI, ALPN offer, protocol versions.
 #[derive(Clone, Copy, Default)]
@@ -63,6 +61,15 @@ struct Client<'a> {
 }
 
 impl Client<'_> {
+    /// To `a.test`, offering `alpn`.
+    fn a_test(alpn: &[u8]) -> Client<'_> {
+        Client {
+            sni: Some("a.test"),
+            alpn,
+            ..Default::default()
+        }
+    }
+
     /// Handshake with the gateway (no certificate verification: tests look at what came).
     async fn connect(self, addr: SocketAddr) -> Result<SslStream<TcpStream>, String> {
         let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
@@ -115,21 +122,9 @@ fn presented(s: &SslStream<TcpStream>) -> Vec<String> {
 
 #[test]
 fn https_request_reaches_the_upstream_with_forwarded_proto_https() {
-    let dir = tempfile::tempdir().unwrap();
-    let (c, k) = cert(dir.path(), "a", &["a.test"]);
-    let (_gw, addr) = tls_gateway(&format!(
-        "{{cert: \"{}\", key: \"{}\"}}",
-        c.display(),
-        k.display()
-    ));
+    let (_dir, _gw, addr) = a_test_gateway("");
     let r = runtime().block_on(async {
-        let s = Client {
-            sni: Some("a.test"),
-            ..Default::default()
-        }
-        .connect(addr)
-        .await
-        .unwrap();
+        let s = Client::a_test(b"").connect(addr).await.unwrap();
         https_get(s, "/api/hello").await
     });
     assert_eq!(r.status, 200, "{r:?}");
@@ -174,19 +169,12 @@ fn sni_selects_the_certificate_and_the_first_is_the_default() {
 
 #[test]
 fn tls_older_than_1_2_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (c, k) = cert(dir.path(), "a", &["a.test"]);
-    let (_gw, addr) = tls_gateway(&format!(
-        "{{cert: \"{}\", key: \"{}\"}}",
-        c.display(),
-        k.display()
-    ));
+    let (_dir, _gw, addr) = a_test_gateway("");
     runtime().block_on(async {
         for old in [SslVersion::TLS1_1, SslVersion::TLS1] {
             let e = Client {
-                sni: Some("a.test"),
                 max_version: Some(old),
-                ..Default::default()
+                ..Client::a_test(b"")
             }
             .connect(addr)
             .await
@@ -195,9 +183,8 @@ fn tls_older_than_1_2_is_refused() {
             assert!(e.contains("alert protocol version"), "{e}");
         }
         let s = Client {
-            sni: Some("a.test"),
             max_version: Some(SslVersion::TLS1_2),
-            ..Default::default()
+            ..Client::a_test(b"")
         }
         .connect(addr)
         .await
@@ -208,22 +195,9 @@ fn tls_older_than_1_2_is_refused() {
 
 #[test]
 fn alpn_negotiates_h2_and_h2_requests_are_proxied() {
-    let dir = tempfile::tempdir().unwrap();
-    let (c, k) = cert(dir.path(), "a", &["a.test"]);
-    let (gw, addr) = tls_gateway(&format!(
-        "{{cert: \"{}\", key: \"{}\"}}",
-        c.display(),
-        k.display()
-    ));
+    let (_dir, gw, addr) = a_test_gateway("");
     let r = runtime().block_on(async {
-        let s = Client {
-            sni: Some("a.test"),
-            alpn: b"\x02h2\x08http/1.1",
-            ..Default::default()
-        }
-        .connect(addr)
-        .await
-        .unwrap();
+        let s = Client::a_test(H2_OR_HTTP1).connect(addr).await.unwrap();
         assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
         h2client::get(s, "https://a.test/api/over-h2").await
     });
@@ -236,22 +210,9 @@ fn alpn_negotiates_h2_and_h2_requests_are_proxied() {
 
 #[test]
 fn http2_false_offers_only_http1() {
-    let dir = tempfile::tempdir().unwrap();
-    let (c, k) = cert(dir.path(), "a", &["a.test"]);
-    let (_gw, addr) = tls_gateway(&format!(
-        "{{cert: \"{}\", key: \"{}\", http2: false}}",
-        c.display(),
-        k.display()
-    ));
+    let (_dir, _gw, addr) = a_test_gateway(", http2: false");
     let r = runtime().block_on(async {
-        let s = Client {
-            sni: Some("a.test"),
-            alpn: b"\x02h2\x08http/1.1",
-            ..Default::default()
-        }
-        .connect(addr)
-        .await
-        .unwrap();
+        let s = Client::a_test(H2_OR_HTTP1).connect(addr).await.unwrap();
         assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
         https_get(s, "/api/x").await
     });
