@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages tollgate's build and tests need, only when missing.
 #   cmake        Pingora's zlib-ng build
+#   libssl-dev, pkg-config  TLS: Pingora's openssl feature links the system OpenSSL
+#                (.cargo/config.toml sets OPENSSL_NO_VENDOR)
 #   redis-server the Redis rate-limit tests start their own server
 #   nginx, wrk   the load harness in benches/load (only with --bench)
 #   haproxy      the load harness's third reference (only with --bench)
@@ -17,6 +19,8 @@ for pair in "${want[@]}"; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [[ -x "/usr/sbin/$cmd" ]] || missing+=("$pkg")
 done
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 ((${#missing[@]} == 0)) && exit 0
 
 sudo=""

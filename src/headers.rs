@@ -22,6 +22,7 @@ pub static X_GATEWAY: HeaderName = HeaderName::from_static("x-gateway");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// The names tollgate inserts on every request, as `&'static str`. Pingora's `insert_header`
 /// keeps each name's original case in a side map: from a `HeaderName` it copies the bytes into
@@ -114,9 +115,11 @@ pub fn forwarded_target(
     }
 }
 
-/// Set the upstream request's target, forwarding and identity headers.
+/// Set the upstream request's target, forwarding and identity headers. `tls`: the client
+/// reached a TLS listener (`X-Forwarded-Proto: https`, whatever the client sent).
 pub fn upstream_request(
     req: &mut RequestHeader,
+    tls: bool,
     target: Option<&str>,
     peer_ip: Option<IpAddr>,
     client_ip: Option<IpAddr>,
@@ -165,7 +168,8 @@ pub fn upstream_request(
         };
         req.insert_header(name::X_REAL_IP, value)?;
     }
-    req.insert_header(name::X_FORWARDED_PROTO, HTTP.clone())?;
+    let proto = if tls { &HTTPS } else { &HTTP };
+    req.insert_header(name::X_FORWARDED_PROTO, proto.clone())?;
     if let Some(host) = req.headers.get(http::header::HOST).cloned() {
         req.insert_header(name::X_FORWARDED_HOST, host)?;
     } else {

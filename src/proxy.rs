@@ -430,12 +430,15 @@ impl ProxyHttp for Tollgate {
     /// Rewrite the target and set the forwarding headers.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // Only a TLS listener gives the connection an SSL digest (HTTP/1 and HTTP/2 alike).
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         headers::upstream_request(
             req,
+            tls,
             ctx.target.as_deref(),
             ctx.peer_ip,
             ctx.client_ip,

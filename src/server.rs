@@ -74,7 +74,22 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         let name = if key.h2c { "tollgate h2c" } else { "tollgate" };
         let mut proxy = Service::new(name.to_owned(), Gate::new(app, &guards));
         for l in gw.listen.iter().filter(|l| l.service_key() == key) {
-            proxy.add_listener(ListenerConfig::tcp(l.addr.as_str()).l4_buffer(client_buffers()));
+            match &l.tls {
+                Some(tls) => match tls.settings() {
+                    Ok(settings) => proxy.add_listener(
+                        ListenerConfig::tcp(l.addr.as_str())
+                            .tls(settings)
+                            .l4_buffer(client_buffers()),
+                    ),
+                    // Only OpenSSL failing to create a context lands here: nothing to serve.
+                    Err(e) => {
+                        log::error!("cannot set up TLS on {}: {e}", l.addr);
+                        std::process::exit(1);
+                    }
+                },
+                None => proxy
+                    .add_listener(ListenerConfig::tcp(l.addr.as_str()).l4_buffer(client_buffers())),
+            }
         }
         server.add_service(proxy);
     }

@@ -2,27 +2,10 @@
 
 mod support;
 use std::net::SocketAddr;
-use std::time::Duration;
 use support::*;
 
 fn h2c_gateway() -> (Gateway, SocketAddr) {
-    let up = echo("up");
-    let h2c: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let gw = Gateway::start_listening(
-        &format!("{{address: \"{h2c}\", h2c: true}}"),
-        &format!(
-            "upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
-             routes: [{{name: api, path_prefix: /api, upstream: up}}]\n"
-        ),
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
-            h2c
-        )
-        .is_ok()),
-        "the h2c listener never accepted"
-    );
-    (gw, h2c)
+    Gateway::with_api_listener(|a| format!("{{address: \"{a}\", h2c: true}}"))
 }
 
 #[test]

@@ -257,6 +257,16 @@ fn upstream(
             }
         }
     }
+    let hosts: Vec<&str> = compiled
+        .iter()
+        .filter_map(|c| match c {
+            Compiled::Named(n, _) => Some(n.host.as_str()),
+            Compiled::Fixed(..) => None,
+        })
+        .collect();
+    let tls = u
+        .tls
+        .and_then(|t| crate::upstream::tls::UpstreamTls::compile(&base, t, &hosts, errs));
     let discovery = u.resolve_every.and_then(|every| {
         let path = format!("{base}.resolve_every");
         let every = every.0;
@@ -299,6 +309,7 @@ fn upstream(
             health,
             breaker,
             protocol,
+            tls,
         };
         Upstream::new(name, spec)
     })

@@ -159,6 +159,8 @@ pub struct UpstreamFile {
     pub protocol: Option<String>,
     #[serde(default)]
     pub max_h2_streams: Option<u32>,
+    #[serde(default)]
+    pub tls: Option<crate::upstream::tls::UpstreamTlsFile>,
 }
 
 /// `health_check: {type: http, path: /health, status: 200, interval: 2s, timeout: 500ms,

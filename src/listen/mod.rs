@@ -2,11 +2,15 @@
 //!
 //! An entry is either the plain `"IP:port"` (HTTP/1.1) or an object that adds protocol
 //! options: `{address: "IP:port", h2c: true}` also accepts HTTP/2 with prior knowledge in
-//! cleartext. Pingora sets h2c per service, not per listener, so [`Listener::service_key`]
+//! cleartext, and `tls: {...}` terminates TLS there ([`tls`]: certificates chosen by SNI,
+//! HTTP/2 offered by ALPN). Pingora sets h2c per service, not per listener, so [`Listener::service_key`]
 //! tells `server.rs` which listeners can share one service.
+
+pub mod tls;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -23,23 +27,27 @@ pub enum ListenFile {
     Full(ListenerFile),
 }
 
-/// `{address: "IP:port", h2c: true}`
+/// `{address: "IP:port", h2c: true}` or `{address: "IP:port", tls: {...}}`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerFile {
     pub address: String,
     #[serde(default)]
     pub h2c: bool,
+    #[serde(default)]
+    pub tls: Option<tls::TlsFile>,
 }
 
 /// A validated listening endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Listener {
     /// `IP:port`, exactly as written: a graceful upgrade matches inherited sockets by this
     /// string.
     pub addr: String,
     /// Cleartext HTTP/2 with prior knowledge is accepted besides HTTP/1.1.
     pub h2c: bool,
+    /// TLS is terminated here, with these certificates.
+    pub tls: Option<Arc<tls::ServerTls>>,
 }
 
 /// What a Pingora service must be configured with to serve a listener: listeners with equal
@@ -80,7 +88,7 @@ pub fn read(v: Value, errs: &mut ConfigErrors) -> Option<Vec<Option<ListenFile>>
                 _ => {
                     errs.push(
                         path,
-                        "a listener is \"IP:port\" or {address: \"IP:port\", h2c: true}",
+                        "a listener is \"IP:port\" or {address: \"IP:port\", h2c: true} or {address: \"IP:port\", tls: {...}}",
                     );
                     None
                 }
@@ -103,14 +111,23 @@ pub fn compile(l: Option<Vec<Option<ListenFile>>>, errs: &mut ConfigErrors) -> V
     let mut out = Vec::with_capacity(l.len());
     for (i, entry) in l.into_iter().enumerate() {
         let Some(entry) = entry else { continue };
-        let (addr, path, h2c) = match entry {
-            ListenFile::Addr(a) => (a, format!("listen[{i}]"), false),
-            ListenFile::Full(f) => (f.address, format!("listen[{i}].address"), f.h2c),
+        let (addr, path, h2c, tls) = match entry {
+            ListenFile::Addr(a) => (a, format!("listen[{i}]"), false, None),
+            ListenFile::Full(f) => (f.address, format!("listen[{i}].address"), f.h2c, f.tls),
         };
         if check_socket_addr(&path, &addr, errs) && !seen.insert(addr.clone()) {
             errs.push(path, format!("{addr} is listed twice"));
         }
-        out.push(Listener { addr, h2c });
+        if h2c && tls.is_some() {
+            errs.push(
+                format!("listen[{i}].h2c"),
+                "is for cleartext listeners; over TLS, HTTP/2 is offered by ALPN (tls.http2)",
+            );
+        }
+        let tls = tls
+            .and_then(|t| tls::ServerTls::compile(&format!("listen[{i}].tls"), t, errs))
+            .map(Arc::new);
+        out.push(Listener { addr, h2c, tls });
     }
     out
 }
@@ -147,18 +164,13 @@ mod tests {
     #[test]
     fn strings_and_objects() {
         let l = listeners("[\"127.0.0.1:1\", {address: \"127.0.0.1:2\", h2c: true}]").unwrap();
+        let shape: Vec<_> = l
+            .iter()
+            .map(|l| (l.addr.as_str(), l.h2c, l.tls.is_some()))
+            .collect();
         assert_eq!(
-            l,
-            vec![
-                Listener {
-                    addr: "127.0.0.1:1".into(),
-                    h2c: false
-                },
-                Listener {
-                    addr: "127.0.0.1:2".into(),
-                    h2c: true
-                }
-            ]
+            shape,
+            [("127.0.0.1:1", false, false), ("127.0.0.1:2", true, false)]
         );
         assert_ne!(l[0].service_key(), l[1].service_key());
     }

@@ -14,6 +14,7 @@ use pingora::lb::Backend;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use super::tls::UpstreamTls;
 use super::Upstream;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,18 +49,27 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
-    /// `changes` counts health state changes (exposed on `/health`).
+    /// `changes` counts health state changes (exposed on `/health`). A TLS upstream is
+    /// probed over TLS, with its SNI and verification.
     pub(super) fn build(
         &self,
         upstream: &str,
         host: &str,
         changes: Arc<AtomicU64>,
         protocol: super::protocol::Protocol,
+        tls: Option<&UpstreamTls>,
     ) -> Box<dyn HealthCheck + Send + Sync> {
         let counter = Box::new(Counter(changes));
         match &self.kind {
             CheckKind::Tcp => {
-                let mut hc = TcpHealthCheck::new();
+                // Pingora's TCP check does a TLS handshake when it has an SNI.
+                let mut hc = match tls {
+                    Some(t) if !t.sni.is_empty() => TcpHealthCheck::new_tls(&t.sni),
+                    _ => TcpHealthCheck::new(),
+                };
+                if let Some(t) = tls {
+                    t.verification(&mut hc.peer_template.options);
+                }
                 hc.consecutive_success = self.healthy;
                 hc.consecutive_failure = self.unhealthy;
                 hc.peer_template.options.connection_timeout = Some(self.timeout);
@@ -68,7 +78,11 @@ impl HealthConfig {
                 hc
             }
             CheckKind::Http { path, status } => {
-                let mut hc = HttpHealthCheck::new(host, false);
+                let mut hc = HttpHealthCheck::new(host, tls.is_some());
+                if let Some(t) = tls {
+                    hc.peer_template.sni.clone_from(&t.sni);
+                    t.verification(&mut hc.peer_template.options);
+                }
                 hc.consecutive_success = self.healthy;
                 hc.consecutive_failure = self.unhealthy;
                 let o = &mut hc.peer_template.options;

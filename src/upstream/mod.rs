@@ -6,6 +6,7 @@ pub mod config;
 pub mod discovery;
 pub mod health;
 pub mod protocol;
+pub mod tls;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -89,6 +90,8 @@ pub struct Spec {
     pub health: Option<HealthConfig>,
     pub breaker: Option<BreakerConfig>,
     pub protocol: protocol::Protocol,
+    /// TLS to the backends (`tls`), verified unless turned off.
+    pub tls: Option<tls::UpstreamTls>,
 }
 
 /// One backend's live state. Shared (`Arc`) between membership snapshots, so an address that
@@ -151,6 +154,7 @@ pub struct Upstream {
     pub health: Option<HealthConfig>,
     pub breaker: Option<BreakerConfig>,
     pub protocol: protocol::Protocol,
+    pub tls: Option<tls::UpstreamTls>,
     rr: AtomicUsize,
     /// Health state changes seen by the active checks.
     pub health_changes: Arc<AtomicU64>,
@@ -174,6 +178,7 @@ fn make_lb<S>(
     name: &str,
     host: &str,
     changes: &Arc<std::sync::atomic::AtomicU64>,
+    tls: Option<&tls::UpstreamTls>,
     proto: protocol::Protocol,
 ) -> LoadBalancer<S>
 where
@@ -182,7 +187,7 @@ where
 {
     let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Box::new(SharedSet(set.clone()))));
     if let Some(h) = health {
-        lb.set_health_check(h.build(name, host, changes.clone(), proto));
+        lb.set_health_check(h.build(name, host, changes.clone(), proto, tls));
     }
     // The shared set never blocks nor fails.
     let _ = lb.update().now_or_never();
@@ -204,13 +209,16 @@ impl Upstream {
             .unwrap_or_default();
         let h = spec.health.as_ref();
         let changes = Arc::new(AtomicU64::new(0));
+        let t = spec.tls.as_ref();
         let lb = match spec.balance {
             Balance::RoundRobin | Balance::LeastConn => {
-                Lb::RoundRobin(make_lb(&set, h, name, &host, &changes, spec.protocol))
+                Lb::RoundRobin(make_lb(&set, h, name, &host, &changes, t, spec.protocol))
             }
-            Balance::Random => Lb::Random(make_lb(&set, h, name, &host, &changes, spec.protocol)),
+            Balance::Random => {
+                Lb::Random(make_lb(&set, h, name, &host, &changes, t, spec.protocol))
+            }
             Balance::ConsistentHash => {
-                Lb::Hash(make_lb(&set, h, name, &host, &changes, spec.protocol))
+                Lb::Hash(make_lb(&set, h, name, &host, &changes, t, spec.protocol))
             }
         };
         Upstream {
@@ -226,6 +234,7 @@ impl Upstream {
             health: spec.health,
             breaker: spec.breaker,
             protocol: spec.protocol,
+            tls: spec.tls,
             rr: AtomicUsize::new(0),
             health_changes: changes,
         }
@@ -374,7 +383,10 @@ impl Upstream {
 
     /// The peer for `addr` with this upstream's timeouts.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &self.tls {
+            Some(t) => t.peer(addr),
+            None => HttpPeer::new(addr, false, String::new()),
+        };
         let o = &mut peer.options;
         o.connection_timeout = Some(self.timeouts.connect);
         o.total_connection_timeout = self.timeouts.total;

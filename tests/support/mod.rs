@@ -96,6 +96,26 @@ impl Gateway {
         Gateway::start_full(body, &[], extra_listen)
     }
 
+    /// A gateway with one more listener on a fresh port, `entry(addr)` its YAML flow
+    /// mapping, and an echo upstream `up` behind `/api`; returns once that listener accepts.
+    pub fn with_api_listener(entry: impl FnOnce(SocketAddr) -> String) -> (Gateway, SocketAddr) {
+        let up = echo("up");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let gw = Gateway::start_listening(
+            &entry(addr),
+            &format!(
+                "upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
+                 routes: [{{name: api, path_prefix: /api, upstream: up}}]\n"
+            ),
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()),
+            "the listener {addr} never accepted:\n{}",
+            gw.logs()
+        );
+        (gw, addr)
+    }
+
     fn start_full(body: &str, env: &[(&str, &str)], extra_listen: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
