@@ -8,6 +8,8 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::ctx::Ctx;
+
 /// What went wrong, with its status and stable code. The code is the contract clients key on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
@@ -195,4 +197,75 @@ pub async fn respond(
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// Answer locally with the JSON error contract (a gRPC status to a gRPC call) and remember
+/// the status for the log.
+pub async fn reject(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    reject: Reject,
+    message: &str,
+    extra: &[(HeaderName, HeaderValue)],
+) -> pingora::Result<bool> {
+    ctx.local_status = Some(reject.status());
+    let id = Some(&ctx.request_id);
+    if ctx.grpc {
+        ctx.grpc_status = Some(crate::grpc::status(reject));
+    }
+    respond(session, reject, message, id, extra, ctx.grpc).await?;
+    Ok(true)
+}
+
+/// A local answer without a body (a CORS preflight), with the gateway's headers.
+pub async fn answer_empty(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    extra: &[(HeaderName, HeaderValue)],
+) -> pingora::Result<bool> {
+    ctx.local_status = Some(status);
+    let mut h = ResponseHeader::build(status, Some(extra.len() + 3))?;
+    for (k, v) in extra {
+        h.insert_header(k.clone(), v.clone())?;
+    }
+    h.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    crate::headers::downstream_response(&mut h, &ctx.request_id, None)?;
+    if !session.is_body_empty() {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(h), true).await?;
+    Ok(true)
+}
+
+/// Why no backend of `upstream` is left to try. When retries (`retried`) used up every usable
+/// backend, the client sees the last failure (504 for a timeout, 502 otherwise), not
+/// "unavailable".
+pub fn no_backend(upstream: &str, retried: bool, last_failure: Option<Reject>) -> Box<Error> {
+    if retried {
+        let status = last_failure.map_or(502, Reject::status);
+        return Error::explain(
+            ErrorType::HTTPStatus(status),
+            format!("every backend of upstream {upstream} failed"),
+        );
+    }
+    Error::explain(
+        ErrorType::HTTPStatus(503),
+        format!("no backend available in upstream {upstream}"),
+    )
+}
+
+/// The message of the answer to a proxying failure ([`Reject::from_proxy_error`]).
+pub fn proxy_error_message(reject: Reject, upstream: Option<&str>) -> String {
+    let up = upstream.unwrap_or("?");
+    match reject {
+        Reject::BadGateway => {
+            format!("upstream {up} refused the connection or sent an invalid response")
+        }
+        Reject::GatewayTimeout => format!("upstream {up} did not answer in time"),
+        Reject::Unavailable => format!("no backend of upstream {up} is available"),
+        Reject::BadRequest => "the request is malformed".to_owned(),
+        Reject::PayloadTooLarge => "the request body is larger than this route accepts".to_owned(),
+        _ => "the gateway could not complete the request".to_owned(),
+    }
 }

@@ -9,6 +9,9 @@
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::Version;
 use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+
+use crate::error::Reject;
 
 /// Why the request head is refused (400, and the connection is closed). `raw` is the head as
 /// received: Pingora drops `Content-Length` from the parsed header when `Transfer-Encoding`
@@ -162,6 +165,35 @@ impl Limits {
         }
         Ok(())
     }
+}
+
+/// The checks of a request head before anything reads it, in order: ambiguous framing
+/// ([`check_framing`], 400), then the size limits ([`Limits::check_head`], 414 or 431).
+pub fn check_request(session: &Session, limits: &Limits) -> Result<(), (Reject, &'static str)> {
+    let raw = session
+        .req_header()
+        .headers
+        .contains_key(TRANSFER_ENCODING)
+        .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
+        .flatten();
+    check_framing(session.req_header(), raw.as_deref()).map_err(|why| (Reject::BadRequest, why))?;
+    limits
+        .check_head(session.req_header())
+        .map_err(|(kind, why)| {
+            let reject = match kind {
+                HeadTooLarge::Uri => Reject::UriTooLong,
+                HeadTooLarge::Headers => Reject::HeadersTooLarge,
+            };
+            (reject, why)
+        })
+}
+
+/// The body length the client declared, if any.
+pub fn declared_body(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// A route's `ip_allow` / `ip_deny`: deny wins; a non-empty allow list admits only its members.

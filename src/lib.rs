@@ -11,6 +11,7 @@ pub mod compress;
 pub mod config;
 pub mod conn;
 pub mod cors;
+pub mod ctx;
 pub mod demo;
 pub mod error;
 pub mod explain;

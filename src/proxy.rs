@@ -1,7 +1,6 @@
 //! The request's story, hook by hook. Each hook delegates its step to one module; the
 //! per-request state lives in [`Ctx`].
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,11 +15,12 @@ use crate::client::{self, X_REQUEST_ID};
 use crate::config::Gateway;
 use crate::cors::{self, Cors};
 use crate::error::{self, Reject};
-use crate::guard::HeadTooLarge;
 use crate::headers;
 use crate::observe::Observe;
-use crate::router::{Match, Route};
-use crate::upstream;
+use crate::router::{self, Match, Route};
+use crate::upstream::{self, Upstream};
+
+pub use crate::ctx::Ctx;
 
 /// The gateway's `ProxyHttp`: a compiled config, read-only on the hot path.
 pub struct Tollgate {
@@ -36,71 +36,13 @@ impl Tollgate {
     fn route(&self, ctx: &Ctx) -> Option<&Route> {
         ctx.route.map(|i| &self.gw.router.routes()[i])
     }
-}
 
-/// What one request learns on its way through the hooks.
-pub struct Ctx {
-    pub started: Instant,
-    pub request_id: HeaderValue,
-    pub peer_ip: Option<IpAddr>,
-    pub client_ip: Option<IpAddr>,
-    /// Index of the matched route.
-    pub route: Option<usize>,
-    /// The request target for the upstream when it differs from the client's.
-    pub target: Option<String>,
-    /// Backends this request already tried (failed), so a retry goes elsewhere.
-    pub tried: Vec<SocketAddr>,
-    pub backend: Option<SocketAddr>,
-    /// When the first backend was picked, and when a response head came back.
-    pub upstream_started: Option<Instant>,
-    pub upstream_answered: Option<Instant>,
-    /// The current attempt: counted in flight, its outcome feeds the circuit breaker.
-    pub attempt: Option<upstream::Attempt>,
-    /// Set when tollgate answered itself.
-    pub local_status: Option<u16>,
-    /// Whether this request was counted in flight.
-    pub counted: bool,
-    /// Request body bytes seen so far.
-    pub body_bytes: u64,
-    /// How the last attempt on a backend failed, for the answer when no backend is left.
-    pub last_failure: Option<Reject>,
-    /// The rate-limit decision of a limited route, for the response's RateLimit headers.
-    pub limit: Option<crate::limit::Decision>,
-    /// The authenticated caller, forwarded upstream.
-    pub identity: Option<crate::auth::Identity>,
-    /// A gRPC call (by its Content-Type): refusals are answered with a gRPC status.
-    pub grpc: bool,
-    /// The `grpc-status` the call ended with (ours or the backend's), for the access log.
-    pub grpc_status: Option<u8>,
-    /// A WebSocket handshake its route admits: the tunnel's idle timeout.
-    pub websocket: Option<std::time::Duration>,
-    /// When the 101 went out: the connection has been a tunnel since.
-    pub tunnel: Option<Instant>,
-    /// The tunnel was closed by its idle timeout.
-    pub tunnel_idled: bool,
-    /// The body encoder of a compressed response.
-    pub encoder: Option<crate::compress::Encoder>,
-}
-
-impl Ctx {
-    /// The authenticated caller's name: an API key's consumer, or a JWT's `sub` (or
-    /// `consumer_claim`). Keys `key: consumer` limits and `hash_key: consumer` balancing.
-    pub fn consumer(&self) -> Option<&str> {
-        let c = self.identity.as_ref()?.consumer.as_ref()?;
-        c.to_str().ok()
+    /// The matched route's upstream.
+    fn upstream(&self, ctx: &Ctx) -> Option<&Upstream> {
+        self.route(ctx).map(|r| &*self.gw.upstreams[r.upstream])
     }
 
-    /// A verified JWT claim, for `key: claim:NAME` limits.
-    pub fn claim(&self, name: &str) -> Option<&serde_json::Value> {
-        self.identity.as_ref()?.claims.as_ref()?.get(name)
-    }
-}
-
-static ALLOW: HeaderName = http::header::ALLOW;
-
-impl Tollgate {
-    /// Answer locally with the JSON error contract (a gRPC status to a gRPC call) and remember
-    /// the status for the log.
+    /// Answer locally with the error contract ([`error::reject`]), counted in the metrics.
     async fn reject(
         &self,
         session: &mut Session,
@@ -109,42 +51,10 @@ impl Tollgate {
         message: &str,
         extra: &[(HeaderName, HeaderValue)],
     ) -> Result<bool> {
-        ctx.local_status = Some(reject.status());
         self.obs.metrics.rejected(reject.code());
-        let id = Some(&ctx.request_id);
-        if ctx.grpc {
-            ctx.grpc_status = Some(crate::grpc::status(reject));
-        }
-        error::respond(session, reject, message, id, extra, ctx.grpc).await?;
-        Ok(true)
+        error::reject(session, ctx, reject, message, extra).await
     }
-}
 
-impl Tollgate {
-    /// A local answer without a body (a CORS preflight), with the gateway's headers.
-    async fn answer_empty(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        status: u16,
-        extra: &[(HeaderName, HeaderValue)],
-    ) -> Result<bool> {
-        ctx.local_status = Some(status);
-        let mut h = ResponseHeader::build(status, Some(extra.len() + 3))?;
-        for (k, v) in extra {
-            h.insert_header(k.clone(), v.clone())?;
-        }
-        h.insert_header(http::header::CONTENT_LENGTH, 0)?;
-        headers::downstream_response(&mut h, &ctx.request_id, None)?;
-        if !session.is_body_empty() {
-            session.set_keepalive(None);
-        }
-        session.write_response_header(Box::new(h), true).await?;
-        Ok(true)
-    }
-}
-
-impl Tollgate {
     /// The route's rate limits (all must pass): records the decision for the response
     /// headers, or answers 429 (or 503 when a `deny` Redis store is down). `true`: answered.
     async fn rate_limit(
@@ -188,31 +98,7 @@ impl ProxyHttp for Tollgate {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            started: Instant::now(),
-            request_id: HeaderValue::from_static(""),
-            peer_ip: None,
-            client_ip: None,
-            route: None,
-            target: None,
-            tried: Vec::new(),
-            backend: None,
-            upstream_started: None,
-            upstream_answered: None,
-            attempt: None,
-            local_status: None,
-            counted: false,
-            body_bytes: 0,
-            last_failure: None,
-            limit: None,
-            identity: None,
-            grpc: false,
-            grpc_status: None,
-            websocket: None,
-            tunnel: None,
-            tunnel_idled: false,
-            encoder: None,
-        }
+        Ctx::default()
     }
 
     /// Who is calling: the client IP and the request id, before anything else looks.
@@ -241,25 +127,10 @@ impl ProxyHttp for Tollgate {
     /// Refuse ambiguous framing, normalise the path once, then route. Everything after this
     /// sees one unambiguous request.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let raw = session
-            .req_header()
-            .headers
-            .contains_key(http::header::TRANSFER_ENCODING)
-            .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
-            .flatten();
-        if let Err(why) = crate::guard::check_framing(session.req_header(), raw.as_deref()) {
-            // The body's extent is unknown: never read what follows as another request.
-            session.set_keepalive(None);
-            return self
-                .reject(session, ctx, Reject::BadRequest, why, &[])
-                .await;
-        }
         let limits = &self.gw.limits;
-        if let Err((kind, why)) = limits.check_head(session.req_header()) {
-            let reject = match kind {
-                HeadTooLarge::Uri => Reject::UriTooLong,
-                HeadTooLarge::Headers => Reject::HeadersTooLarge,
-            };
+        if let Err((reject, why)) = crate::guard::check_request(session, limits) {
+            // Refused before the body: its extent is unknown, so never read what follows as
+            // another request.
             session.set_keepalive(None);
             return self.reject(session, ctx, reject, why, &[]).await;
         }
@@ -288,7 +159,7 @@ impl ProxyHttp for Tollgate {
                 if let (Some(policy), Some(origin)) = (&r.cors, origin) {
                     ctx.route = Some(r.id);
                     return match policy.preflight(&origin, &wanted) {
-                        Some(headers) => self.answer_empty(session, ctx, 204, &headers).await,
+                        Some(headers) => error::answer_empty(session, ctx, 204, &headers).await,
                         None => {
                             let msg = "CORS preflight refused for this origin or method";
                             self.reject(session, ctx, Reject::Forbidden, msg, &[]).await
@@ -299,7 +170,9 @@ impl ProxyHttp for Tollgate {
         }
         let verdict = self.gw.router.find(host, &path, &req.method);
         let bare = crate::path::without_params(&path);
-        if bare != path && !same_verdict(&verdict, &self.gw.router.find(host, &bare, &req.method)) {
+        if bare != path
+            && !router::same_verdict(&verdict, &self.gw.router.find(host, &bare, &req.method))
+        {
             let msg = "the request path has ';' parameters that would change which route it takes";
             return self
                 .reject(session, ctx, Reject::BadRequest, msg, &[])
@@ -308,19 +181,12 @@ impl ProxyHttp for Tollgate {
         let route = match verdict {
             Match::Route(r) => r,
             Match::NotFound => {
-                return self
-                    .reject(
-                        session,
-                        ctx,
-                        Reject::NoRoute,
-                        "no route matches this request",
-                        &[],
-                    )
-                    .await
+                let msg = "no route matches this request";
+                return self.reject(session, ctx, Reject::NoRoute, msg, &[]).await;
             }
             Match::MethodNotAllowed(allow) => {
                 let msg = "this route does not allow the request method";
-                let allow = [(ALLOW.clone(), allow.clone())];
+                let allow = [(http::header::ALLOW, allow.clone())];
                 return self
                     .reject(session, ctx, Reject::MethodNotAllowed, msg, &allow)
                     .await;
@@ -332,7 +198,7 @@ impl ProxyHttp for Tollgate {
                 return self.reject(session, ctx, Reject::Forbidden, msg, &[]).await;
             }
         }
-        if declared_body(req).is_some_and(|len| len > route.max_body) {
+        if crate::guard::declared_body(req).is_some_and(|len| len > route.max_body) {
             // Refused before reading: the body is never read, so the connection closes.
             let msg = "the request body is larger than this route accepts";
             return self
@@ -403,19 +269,8 @@ impl ProxyHttp for Tollgate {
         ctx.attempt = None;
         let key = upstream::hash_key(up, session.req_header(), ctx.consumer(), ctx.client_ip);
         let Some(attempt) = up.select(&key, &ctx.tried) else {
-            if !ctx.tried.is_empty() {
-                // Retries used up every usable backend: the client sees the last failure
-                // (504 for a timeout, 502 otherwise), not "unavailable".
-                let status = ctx.last_failure.map_or(502, Reject::status);
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(status),
-                    format!("every backend of upstream {} failed", up.name),
-                );
-            }
-            return Error::e_explain(
-                ErrorType::HTTPStatus(503),
-                format!("no backend available in upstream {}", up.name),
-            );
+            let retried = !ctx.tried.is_empty();
+            return Err(error::no_backend(&up.name, retried, ctx.last_failure));
         };
         ctx.backend = Some(attempt.addr());
         ctx.upstream_started.get_or_insert_with(Instant::now);
@@ -527,13 +382,8 @@ impl ProxyHttp for Tollgate {
         if let Some(mut a) = ctx.attempt.take() {
             a.failure();
         }
-        ctx.last_failure = Reject::from_proxy_error(&e);
-        if let Some(b) = ctx.backend {
-            ctx.tried.push(b);
-        }
-        let budget = self
-            .route(ctx)
-            .map_or(0, |r| self.gw.upstreams[r.upstream].retries as usize);
+        ctx.attempt_failed(&e);
+        let budget = self.upstream(ctx).map_or(0, |u| u.retries as usize);
         e.set_retry(ctx.tried.len() <= budget);
         e
     }
@@ -565,13 +415,8 @@ impl ProxyHttp for Tollgate {
                 a.failure();
             }
         }
-        ctx.last_failure = Reject::from_proxy_error(&e);
-        if let Some(b) = ctx.backend {
-            ctx.tried.push(b);
-        }
-        let budget = self
-            .route(ctx)
-            .map_or(0, |r| self.gw.upstreams[r.upstream].retries as usize);
+        ctx.attempt_failed(&e);
+        let budget = self.upstream(ctx).map_or(0, |u| u.retries as usize);
         if !replayable || ctx.tried.len() > budget {
             e.set_retry(false);
         } else if e.esource() == &pingora::ErrorSource::Upstream {
@@ -597,15 +442,11 @@ impl ProxyHttp for Tollgate {
         let code = reject.map_or(0, Reject::status);
         if let Some(reject) = reject {
             if session.response_written().is_none() {
-                let upstream = self
-                    .route(ctx)
-                    .map(|r| &*self.gw.upstreams[r.upstream].name);
-                let msg = proxy_error_message(reject, upstream);
+                let upstream = self.upstream(ctx).map(|u| &*u.name);
+                let msg = error::proxy_error_message(reject, upstream);
                 let mut extra = Vec::new();
                 if reject == Reject::Unavailable {
-                    let secs = self
-                        .route(ctx)
-                        .map_or(1, |r| self.gw.upstreams[r.upstream].retry_after());
+                    let secs = self.upstream(ctx).map_or(1, |u| u.retry_after());
                     extra.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
                 }
                 let _ = self.reject(session, ctx, reject, &msg, &extra).await;
@@ -635,37 +476,5 @@ impl ProxyHttp for Tollgate {
         }
         self.obs.finish(session, e, ctx, self.route(ctx));
         crate::conn::rearm(session.as_downstream().stream());
-    }
-}
-
-/// Whether two router verdicts send the request the same way.
-fn same_verdict(a: &Match, b: &Match) -> bool {
-    match (a, b) {
-        (Match::Route(x), Match::Route(y)) => x.id == y.id,
-        (Match::NotFound, Match::NotFound) => true,
-        (Match::MethodNotAllowed(_), Match::MethodNotAllowed(_)) => true,
-        _ => false,
-    }
-}
-
-/// The body length the client declared, if any.
-fn declared_body(req: &RequestHeader) -> Option<u64> {
-    req.headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-fn proxy_error_message(reject: Reject, upstream: Option<&str>) -> String {
-    let up = upstream.unwrap_or("?");
-    match reject {
-        Reject::BadGateway => {
-            format!("upstream {up} refused the connection or sent an invalid response")
-        }
-        Reject::GatewayTimeout => format!("upstream {up} did not answer in time"),
-        Reject::Unavailable => format!("no backend of upstream {up} is available"),
-        Reject::BadRequest => "the request is malformed".to_owned(),
-        Reject::PayloadTooLarge => "the request body is larger than this route accepts".to_owned(),
-        _ => "the gateway could not complete the request".to_owned(),
     }
 }

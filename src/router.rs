@@ -157,6 +157,16 @@ pub enum Match<'a> {
     NotFound,
 }
 
+/// Whether two router verdicts send the request the same way.
+pub fn same_verdict(a: &Match, b: &Match) -> bool {
+    match (a, b) {
+        (Match::Route(x), Match::Route(y)) => x.id == y.id,
+        (Match::NotFound, Match::NotFound) => true,
+        (Match::MethodNotAllowed(_), Match::MethodNotAllowed(_)) => true,
+        _ => false,
+    }
+}
+
 /// Two routes that can never be told apart.
 #[derive(Debug)]
 pub struct Conflict {

@@ -9,7 +9,7 @@ use pingora::proxy::Session;
 use pingora::Error;
 
 use crate::config::Gateway;
-use crate::proxy::Ctx;
+use crate::ctx::Ctx;
 use crate::router::Route;
 use access_log::{AccessLog, Entry, RateLimitEntry};
 use metrics::Metrics;

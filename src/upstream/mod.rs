@@ -1,12 +1,17 @@
 //! Upstreams: a set of backends behind Pingora's load balancer, with per-upstream timeouts,
 //! a retry budget, active health checks, a circuit breaker per backend and in-flight counts.
 
+mod attempt;
+mod balancer;
 pub mod breaker;
 pub mod config;
 pub mod discovery;
 pub mod health;
 pub mod protocol;
 pub mod tls;
+
+pub use attempt::Attempt;
+use balancer::{with_lb, Lb};
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -16,9 +21,7 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
 use arc_swap::ArcSwap;
-use futures::FutureExt;
-use pingora::lb::selection::{Consistent, Random, RoundRobin};
-use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::lb::Backend;
 use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora::upstreams::peer::HttpPeer;
 
@@ -105,35 +108,6 @@ pub struct BackendState {
     pub inflight: AtomicU64,
 }
 
-enum Lb {
-    RoundRobin(LoadBalancer<RoundRobin>),
-    Random(LoadBalancer<Random>),
-    Hash(LoadBalancer<Consistent>),
-}
-
-macro_rules! with_lb {
-    ($lb:expr, $l:ident => $e:expr) => {
-        match $lb {
-            Lb::RoundRobin($l) => $e,
-            Lb::Random($l) => $e,
-            Lb::Hash($l) => $e,
-        }
-    };
-}
-
-/// The backend set Pingora's load balancer discovers: whatever tollgate's discovery last
-/// stored. Never blocks, never fails; the DNS work happens before, in `discovery`.
-struct SharedSet(Arc<ArcSwap<BTreeSet<Backend>>>);
-
-#[async_trait::async_trait]
-impl pingora::lb::discovery::ServiceDiscovery for SharedSet {
-    async fn discover(
-        &self,
-    ) -> pingora::Result<(BTreeSet<Backend>, std::collections::HashMap<u64, bool>)> {
-        Ok((BTreeSet::clone(&self.0.load()), Default::default()))
-    }
-}
-
 /// A membership snapshot: the current backends, read lock-free on the request path.
 pub type Members = Vec<Arc<BackendState>>;
 
@@ -172,28 +146,6 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-fn make_lb<S>(
-    set: &Arc<ArcSwap<BTreeSet<Backend>>>,
-    health: Option<&HealthConfig>,
-    name: &str,
-    host: &str,
-    changes: &Arc<std::sync::atomic::AtomicU64>,
-    tls: Option<&tls::UpstreamTls>,
-    proto: protocol::Protocol,
-) -> LoadBalancer<S>
-where
-    S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
-    S::Iter: pingora::lb::selection::BackendIter,
-{
-    let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Box::new(SharedSet(set.clone()))));
-    if let Some(h) = health {
-        lb.set_health_check(h.build(name, host, changes.clone(), proto, tls));
-    }
-    // The shared set never blocks nor fails.
-    let _ = lb.update().now_or_never();
-    lb
-}
-
 impl Upstream {
     pub fn new(name: &str, spec: Spec) -> Upstream {
         let backends: Members = spec
@@ -202,25 +154,8 @@ impl Upstream {
             .map(|(addr, weight)| Arc::new(BackendState::new(*addr, *weight)))
             .collect();
         let set = Arc::new(ArcSwap::from_pointee(backend_set(&backends)));
-        let host = spec
-            .targets
-            .first()
-            .map(|(a, _)| a.to_string())
-            .unwrap_or_default();
-        let h = spec.health.as_ref();
         let changes = Arc::new(AtomicU64::new(0));
-        let t = spec.tls.as_ref();
-        let lb = match spec.balance {
-            Balance::RoundRobin | Balance::LeastConn => {
-                Lb::RoundRobin(make_lb(&set, h, name, &host, &changes, t, spec.protocol))
-            }
-            Balance::Random => {
-                Lb::Random(make_lb(&set, h, name, &host, &changes, t, spec.protocol))
-            }
-            Balance::ConsistentHash => {
-                Lb::Hash(make_lb(&set, h, name, &host, &changes, t, spec.protocol))
-            }
-        };
+        let lb = Lb::new(&spec, &set, name, &changes);
         Upstream {
             name: name.into(),
             members: ArcSwap::from_pointee(backends),
@@ -321,12 +256,7 @@ impl Upstream {
                 },
             };
             st.inflight.fetch_add(1, Relaxed);
-            return Some(Attempt {
-                up: self.clone(),
-                backend: st.clone(),
-                probe,
-                done: false,
-            });
+            return Some(Attempt::new(self.clone(), st.clone(), probe));
         }
     }
 
@@ -428,70 +358,6 @@ pub fn hash_key(
             .headers
             .get(h)
             .map_or_else(ip, |v| v.as_bytes().to_vec()),
-    }
-}
-
-/// One attempt on one backend: counted in flight until dropped; its outcome feeds the
-/// backend's circuit breaker once.
-#[derive(Debug)]
-pub struct Attempt {
-    up: Arc<Upstream>,
-    /// Held even if a re-resolution removes the address meanwhile.
-    backend: Arc<BackendState>,
-    /// Holds a half-open probe slot.
-    probe: bool,
-    done: bool,
-}
-
-impl Attempt {
-    pub fn addr(&self) -> SocketAddr {
-        self.backend.addr
-    }
-
-    pub fn peer(&self) -> HttpPeer {
-        self.up.peer(self.addr())
-    }
-
-    pub fn upstream(&self) -> &Upstream {
-        &self.up
-    }
-
-    pub fn failure(&mut self) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        if let Some(c) = &self.up.breaker {
-            if self.backend.breaker.failure(c) {
-                log::warn!(
-                    "upstream {} backend {}: circuit open",
-                    self.up.name,
-                    self.addr()
-                );
-            }
-        }
-    }
-
-    pub fn success(&mut self) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        if self.up.breaker.is_some() && self.backend.breaker.success() {
-            log::warn!(
-                "upstream {} backend {}: circuit closed",
-                self.up.name,
-                self.addr()
-            );
-        }
-    }
-}
-
-impl Drop for Attempt {
-    fn drop(&mut self) {
-        let b = &self.backend;
-        if self.probe && !self.done {
-            b.breaker.release_probe();
-        }
-        b.inflight.fetch_sub(1, Relaxed);
     }
 }
 

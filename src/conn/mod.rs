@@ -1,0 +1,186 @@
+//! Connection-level guards that Pingora's hooks cannot express, because they act before a
+//! request exists: a total deadline for receiving each request head, and a cap on the open
+//! connections of one client IP.
+//!
+//! [`Gate`] is the `ServerApp` in front of Pingora's HTTP app: it counts connections per
+//! client IP (sharded counters touched on accept and close, never per request) and wraps
+//! every stream in [`Guarded`].
+//!
+//! The stream itself, its head deadline and its tunnel idle timer, is in `guarded.rs`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{Shutdown, Stream};
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
+
+mod guarded;
+
+pub use guarded::{idled, rearm, tunnel, EndOfHead, Guarded};
+
+const SHARDS: usize = 64;
+
+/// Open connections per client IP, in shards so accepts on different threads rarely meet.
+struct PerIp {
+    max: u32,
+    shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
+    hasher: ahash::RandomState,
+}
+
+impl PerIp {
+    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
+        let mut h = self.hasher.build_hasher();
+        ip.hash(&mut h);
+        &self.shards[std::hash::Hasher::finish(&h) as usize % SHARDS]
+    }
+
+    /// Take a slot for `ip`, or `None` when it already holds `max` connections.
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut m = self.shard(&ip).lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A held connection slot, given back when the connection's stream is dropped.
+struct Slot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self
+            .table
+            .shard(&self.ip)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("Slot").field("ip", &self.ip).finish()
+    }
+}
+
+/// The connection guards' settings (from the config's `limits` section).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub head_timeout: Duration,
+    pub max_connections_per_ip: Option<u32>,
+}
+
+/// The guards' state, built once per process and shared by every service's [`Gate`], so the
+/// per-IP cap counts a client's connections across all listeners.
+#[derive(Clone)]
+pub struct Guards {
+    head_timeout: Duration,
+    per_ip: Option<Arc<PerIp>>,
+}
+
+impl Guards {
+    pub fn new(limits: ConnLimits) -> Self {
+        Guards {
+            head_timeout: limits.head_timeout,
+            per_ip: limits.max_connections_per_ip.map(|max| {
+                Arc::new(PerIp {
+                    max,
+                    shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                    hasher: ahash::RandomState::new(),
+                })
+            }),
+        }
+    }
+}
+
+/// Pingora's HTTP app behind the connection guards.
+pub struct Gate<A> {
+    inner: Arc<A>,
+    guards: Guards,
+}
+
+impl<A> Gate<A> {
+    pub fn new(inner: A, guards: &Guards) -> Self {
+        Gate {
+            inner: Arc::new(inner),
+            guards: guards.clone(),
+        }
+    }
+}
+
+/// The answer to a client over its connection cap, in the JSON error contract. It has sent
+/// nothing we read yet, so the connection is closed right after.
+fn too_many() -> Vec<u8> {
+    let id = crate::client::new_request_id();
+    let body = crate::error::body(
+        crate::error::Reject::Unavailable,
+        "too many open connections from your address",
+        id.to_str().unwrap_or("-"),
+    );
+    let mut out = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\
+         X-Gateway: tollgate\r\nX-Request-Id: {}\r\n\r\n",
+        body.len(),
+        id.to_str().unwrap_or("-"),
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let slot = match &self.guards.per_ip {
+            Some(table) => {
+                let ip = stream
+                    .get_socket_digest()
+                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+                match ip {
+                    Some(ip) => match table.acquire(ip) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            let _ = stream.write_all(&too_many()).await;
+                            let _ = stream.flush().await;
+                            Shutdown::shutdown(&mut *stream).await;
+                            return None;
+                        }
+                    },
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let guarded = Guarded::new(stream, self.guards.head_timeout, slot);
+        self.inner.process_new(Box::new(guarded), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}

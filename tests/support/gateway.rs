@@ -1,0 +1,262 @@
+//! A real gateway process: the binary on ephemeral ports with its own temp dir and log, its
+//! config (`gateway_yaml`), and graceful upgrades; `check_config` runs `tollgate -t`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{echo, eventually, free_port, request, request_bytes, Resp};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tollgate")
+}
+
+/// A running gateway process with its own temp dir, ports and log file.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Start the real binary with `body` (tollgate sections; the harness adds listen, admin,
+    /// pid/upgrade paths and threads) and wait until it serves.
+    pub fn start(body: &str) -> Gateway {
+        Gateway::start_with_env(body, &[])
+    }
+
+    /// As `start`, with extra environment variables for the gateway process.
+    pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_full(body, env, "")
+    }
+
+    /// As `start`, with more `listen` entries (YAML flow items, e.g.
+    /// `{address: "127.0.0.1:1234", h2c: true}`) after the harness's plain listener.
+    pub fn start_listening(extra_listen: &str, body: &str) -> Gateway {
+        Gateway::start_full(body, &[], extra_listen)
+    }
+
+    /// A gateway with one more listener on a fresh port, `entry(addr)` its YAML flow
+    /// mapping, and an echo upstream `up` behind `/api`; returns once that listener accepts.
+    pub fn with_api_listener(entry: impl FnOnce(SocketAddr) -> String) -> (Gateway, SocketAddr) {
+        let up = echo("up");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let gw = Gateway::start_listening(
+            &entry(addr),
+            &format!(
+                "upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
+                 routes: [{{name: api, path_prefix: /api, upstream: up}}]\n"
+            ),
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()),
+            "the listener {addr} never accepted:\n{}",
+            gw.logs()
+        );
+        (gw, addr)
+    }
+
+    fn start_full(body: &str, env: &[(&str, &str)], extra_listen: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = dir.path().join("stderr.log");
+        let conf = dir.path().join("tollgate.yaml");
+        let yaml = gateway_yaml(dir.path(), addr, admin, body);
+        let yaml = if extra_listen.is_empty() {
+            yaml
+        } else {
+            yaml.replacen(
+                &format!("listen: [\"{addr}\"]"),
+                &format!("listen: [\"{addr}\", {extra_listen}]"),
+                1,
+            )
+        };
+        std::fs::write(&conf, yaml).unwrap();
+        let child = Command::new(bin())
+            .arg("-c")
+            .arg(&conf)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn tollgate");
+        let mut gw = Gateway {
+            child,
+            addr,
+            admin,
+            dir,
+            log,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tollgate exited early ({status}):\n{}", self.logs());
+            }
+            let admin_ok = request(
+                self.admin,
+                "GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .map(|r| r.status == 200)
+            .unwrap_or(false);
+            if admin_ok && TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tollgate never became ready:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` with a Host header.
+    pub fn get(&self, path: &str) -> Resp {
+        self.send("GET", path, &[])
+    }
+
+    /// A request with extra header lines; `Host: gw` unless given.
+    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str("Host: gw\r\n");
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("Connection: close\r\n\r\n");
+        self.raw(req.as_bytes())
+    }
+
+    /// Send raw bytes, read until the gateway closes, parse the (first) response.
+    pub fn raw(&self, bytes: &[u8]) -> Resp {
+        request_bytes(self.addr, bytes)
+            .unwrap_or_else(|e| panic!("request failed: {e}\n{}", self.logs()))
+    }
+
+    pub fn admin_get(&self, path: &str) -> Resp {
+        request(
+            self.admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap()
+    }
+}
+
+impl Gateway {
+    /// The config file the gateway runs.
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.path().join("tollgate.yaml")
+    }
+
+    /// The full YAML for `body` on this gateway's ports and paths.
+    pub fn yaml_for(&self, body: &str) -> String {
+        gateway_yaml(self.dir.path(), self.addr, self.admin, body)
+    }
+
+    /// Write the full YAML for `body` to `name` in this gateway's directory; its path.
+    pub fn write_conf(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, self.yaml_for(body)).unwrap();
+        path
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Graceful upgrade: start `tollgate -u` with `body` on the same ports, wait until it
+    /// listens on the upgrade socket, then SIGQUIT this process. Returns the new process; this
+    /// one keeps draining until it exits on its own.
+    pub fn upgrade(&self, body: &str) -> Child {
+        let conf = self.dir.path().join("tollgate-next.yaml");
+        std::fs::write(&conf, self.yaml_for(body)).unwrap();
+        let sock = self.dir.path().join("upgrade.sock");
+        let log = std::fs::File::create(self.dir.path().join("next-stderr.log")).unwrap();
+        let child = Command::new(bin())
+            .arg("-u")
+            .arg("-c")
+            .arg(&conf)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tollgate -u");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !tollgate::reload::unix_socket_listening(&sock) {
+            assert!(
+                Instant::now() < deadline,
+                "the new process never listened on {sock:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ok = Command::new("kill")
+            .arg("-QUIT")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        child
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `tollgate -t -c` on `yaml`; returns (exit code, stdout + stderr).
+pub fn check_config(yaml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("t.yaml");
+    std::fs::write(&conf, yaml).unwrap();
+    let out = Command::new(bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The YAML the harness runs: `body` plus listen/admin/pid/upgrade paths and short grace
+/// periods (a test reload should not wait Pingora's defaults).
+pub fn gateway_yaml(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    body: &str,
+) -> String {
+    format!(
+        "version: 1\nthreads: 2\npid_file: {d}/tollgate.pid\nupgrade_sock: {d}/upgrade.sock\n\
+         grace_period_seconds: 3\ngraceful_shutdown_timeout_seconds: 1\n\
+         listen: [\"{addr}\"]\nadmin: \"{admin}\"\n{body}\n",
+        d = dir.display()
+    )
+}
