@@ -53,6 +53,11 @@ fn explains_405_404_and_400() {
 }
 
 /// `tollgate explain` (or `token`) with `conf` written to a temp file.
+/// `tollgate explain GET PATH -H HEADER` against the authenticated config.
+fn explain_authed(path: &str, header: &str) -> (i32, String) {
+    run_with(AUTHED, &["explain", "GET", path, "-H", header])
+}
+
 fn run_with(conf: &str, args: &[&str]) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.yaml");
@@ -90,16 +95,7 @@ routes:
 
 #[test]
 fn explains_auth_requirements_verdicts_and_limits_of_an_authenticated_route() {
-    let (code, out) = run_with(
-        AUTHED,
-        &[
-            "explain",
-            "GET",
-            "/team/x",
-            "-H",
-            "X-Api-Key: supersecretapikey",
-        ],
-    );
+    let (code, out) = explain_authed("/team/x", "X-Api-Key: supersecretapikey");
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("auth:     one of keys (api_key in header x-api-key), tokens (jwt HS256, issuer iss.example, audience api)"),
@@ -120,27 +116,9 @@ fn explains_auth_requirements_verdicts_and_limits_of_an_authenticated_route() {
         "the key is never echoed: {out}"
     );
 
-    let (_, out) = run_with(
-        AUTHED,
-        &[
-            "explain",
-            "GET",
-            "/team/x",
-            "-H",
-            "X-Api-Key: bobsecretapikey1",
-        ],
-    );
+    let (_, out) = explain_authed("/team/x", "X-Api-Key: bobsecretapikey1");
     assert!(out.contains("answer:   403 forbidden (forbidden)"), "{out}");
-    let (_, out) = run_with(
-        AUTHED,
-        &[
-            "explain",
-            "GET",
-            "/team/x",
-            "-H",
-            "X-Api-Key: not-a-key-at-all",
-        ],
-    );
+    let (_, out) = explain_authed("/team/x", "X-Api-Key: not-a-key-at-all");
     assert!(
         out.contains("answer:   401 unauthorized (invalid_key)"),
         "{out}"
@@ -166,20 +144,11 @@ fn explains_auth_requirements_verdicts_and_limits_of_an_authenticated_route() {
     );
     assert_eq!(code, 0, "{token}");
     let bearer = format!("Authorization: Bearer {}", token.trim());
-    let (_, out) = run_with(AUTHED, &["explain", "GET", "/admin/x", "-H", &bearer]);
+    let (_, out) = explain_authed("/admin/x", &bearer);
     assert!(out.contains("claim role in [admin]"), "{out}");
     assert!(out.contains("passes: caller carol"), "{out}");
     assert!(out.contains("limits:   none"), "{out}");
-    let (_, out) = run_with(
-        AUTHED,
-        &[
-            "explain",
-            "GET",
-            "/admin/x",
-            "-H",
-            "Authorization: Bearer a.b.c",
-        ],
-    );
+    let (_, out) = explain_authed("/admin/x", "Authorization: Bearer a.b.c");
     assert!(
         out.contains("answer:   401 unauthorized (malformed)"),
         "{out}"

@@ -211,6 +211,18 @@ fn health_pid(gw: &Gateway) -> u64 {
     gw.admin_get("/health").json()["pid"].as_u64().unwrap()
 }
 
+/// Upgrade to `conf` and wait until the old process has exited and the new one answers.
+fn take_over(gw: &mut Gateway, conf: &str) -> std::process::Child {
+    let next = gw.upgrade(conf);
+    wait_exit(gw);
+    assert_eq!(
+        health_pid(gw),
+        u64::from(next.id()),
+        "the new process answers"
+    );
+    next
+}
+
 #[test]
 fn a_client_at_its_limit_stays_limited_across_an_upgrade() {
     let up = echo("up");
@@ -227,14 +239,8 @@ fn a_client_at_its_limit_stays_limited_across_an_upgrade() {
     assert_eq!(as_client(&gw, "/api/x", "alice"), 429);
     assert_eq!(as_client(&gw, "/api/x", "bob"), 200);
 
-    let mut next = gw.upgrade(&conf);
     // Until the old process is gone, it may still accept; afterwards only the new one serves.
-    wait_exit(&mut gw);
-    assert_eq!(
-        health_pid(&gw),
-        u64::from(next.id()),
-        "the new process answers"
-    );
+    let mut next = take_over(&mut gw, &conf);
     let r = gw.send("GET", "/api/x", &[("X-Client", "alice")]);
     assert_eq!(r.status, 429, "alice is still limited: {r:?}");
     assert!(r.header("retry-after").is_some());
@@ -333,13 +339,7 @@ fn an_open_circuit_stays_open_across_an_upgrade() {
     assert_eq!(circuit(&gw), "open");
     let sent = b.count();
 
-    let mut next = gw.upgrade(&conf);
-    wait_exit(&mut gw);
-    assert_eq!(
-        health_pid(&gw),
-        u64::from(next.id()),
-        "the new process answers"
-    );
+    let mut next = take_over(&mut gw, &conf);
     assert_eq!(circuit(&gw), "open");
     let r = gw.get("/r/x");
     assert_eq!(r.status, 503, "{r:?}");
