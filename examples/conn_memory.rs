@@ -6,7 +6,9 @@
 //!
 //! Pingora's HTTP/1 loop (`HttpServerApp::process_new`) allocates the per-request future
 //! (`process_new_http`, boxed by async-trait) before it reads a request head, so every idle
-//! connection carries it, plus the connection task's own future and a 4 KiB head buffer.
+//! connection would carry it, plus that loop's own future and a 4 KiB head buffer. tollgate's
+//! `Gate` runs the HTTP/1 loop itself (`src/conn/keepalive.rs`): an idle connection holds only
+//! the last line's future, and the per-request ones exist while a request does.
 
 use std::sync::Arc;
 
@@ -33,10 +35,8 @@ fn main() {
             ),
             access_log: tollgate::observe::access_log::AccessLog::new(gw.access_log.clone()),
         });
-        let app = Arc::new(pingora::proxy::http_proxy(
-            &conf,
-            tollgate::proxy::Tollgate::new(gw.clone(), obs),
-        ));
+        let proxy = || pingora::proxy::http_proxy(&conf, tollgate::proxy::Tollgate::new(gw.clone(), obs.clone()));
+        let app = Arc::new(proxy());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stream = |c| -> Stream { Box::new(L4::from(c)) };
@@ -49,6 +49,16 @@ fn main() {
         println!("process_new_http future (per request): {:>6} bytes", std::mem::size_of_val(&*per_request));
         let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let per_conn = app.process_new(stream(c), &shutdown);
-        println!("process_new future (per connection):   {:>6} bytes", std::mem::size_of_val(&*per_conn));
+        println!("Pingora's process_new future:          {:>6} bytes", std::mem::size_of_val(&*per_conn));
+        drop(per_conn);
+        let guards = tollgate::conn::Guards::new(tollgate::conn::ConnLimits {
+            head_timeout: std::time::Duration::from_secs(10),
+            keepalive_timeout: std::time::Duration::from_secs(60),
+            max_connections_per_ip: None,
+        });
+        let gate = Arc::new(tollgate::conn::Gate::new(proxy(), &guards));
+        let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let idle = gate.process_new(stream(c), &shutdown);
+        println!("tollgate's Gate::process_new future:   {:>6} bytes (what an idle connection holds)", std::mem::size_of_val(&*idle));
     });
 }

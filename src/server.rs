@@ -55,6 +55,7 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
     // protocol options (Pingora's h2c is a service option), the guards shared by all.
     let guards = Guards::new(ConnLimits {
         head_timeout: gw.limits.head_timeout,
+        keepalive_timeout: gw.limits.keepalive_timeout,
         max_connections_per_ip: gw.limits.max_connections_per_ip,
     });
     let mut keys: Vec<ServiceKey> = Vec::new();

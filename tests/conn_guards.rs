@@ -1,5 +1,7 @@
 //! Connection guards: a client trickling its request head is cut at `limits.head_timeout`
-//! however often it sends a byte; a client holding too many connections gets 503 on the next.
+//! however often it sends a byte; a client holding too many connections gets 503 on the next;
+//! an idle HTTP/1 connection is closed at `limits.keepalive_timeout`, and the keep-alive loop
+//! (which reads a head's first bytes before Pingora does) loses none of a head or its body.
 
 mod support;
 
@@ -113,6 +115,75 @@ fn an_idle_keep_alive_connection_is_not_cut_by_the_head_timeout() {
     s.write_all(b"GET /c HTTP/1.1\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(finish(&mut s).status, 200);
+}
+
+/// Block until the gateway ends the connection (EOF or reset); how long that took.
+fn until_closed(s: &mut TcpStream, since: Instant) -> Duration {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match s.read(&mut [0u8; 64]) {
+        Ok(0) => since.elapsed(),
+        Err(e) if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            since.elapsed()
+        }
+        other => panic!("expected the connection to be closed, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_idle_connection_is_closed_at_the_keepalive_timeout() {
+    let gw = gateway("keepalive_timeout: 1s");
+    let mut used = TcpStream::connect(gw.addr).unwrap();
+    used.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(exchange(&mut used, "/a").status, 200);
+    let start = Instant::now();
+    // A connection that never sends a request waits no longer than one between requests.
+    let mut silent = TcpStream::connect(gw.addr).unwrap();
+    for (which, s) in [("after a request", &mut used), ("never used", &mut silent)] {
+        let took = until_closed(s, start);
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{which}: closed after {took:?}, expected about 1 s"
+        );
+    }
+    // Requests on a connection that keeps talking are not cut by it.
+    let mut busy = TcpStream::connect(gw.addr).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(exchange(&mut busy, &format!("/b{i}")).status, 200);
+    }
+}
+
+#[test]
+fn a_head_larger_than_the_first_read_and_its_body_arrive_whole() {
+    let gw = gateway("head_timeout: 5s");
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (size, body) in [(6000, 10_000), (100, 3)] {
+        // Head and body in one write: the first read takes 4 KiB of it at most.
+        let big = "a".repeat(size);
+        let mut req = format!(
+            "POST /big HTTP/1.1\r\nHost: gw\r\nX-Big: {big}\r\nContent-Length: {body}\r\n\r\n"
+        )
+        .into_bytes();
+        req.extend(std::iter::repeat_n(b'z', body));
+        s.write_all(&req).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let r = loop {
+            if let Some((r, _)) = parse_one(&buf).unwrap() {
+                break r;
+            }
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "the gateway closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        assert_eq!(r.status, 200, "{}", r.body);
+        let echoed: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(echoed["headers"]["x-big"], big.as_str());
+        assert_eq!(echoed["body_bytes"], body);
+    }
 }
 
 #[test]

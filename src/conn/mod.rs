@@ -3,10 +3,11 @@
 //! connections of one client IP.
 //!
 //! [`Gate`] is the `ServerApp` in front of Pingora's HTTP app: it counts connections per
-//! client IP (sharded counters touched on accept and close, never per request) and wraps
-//! every stream in [`Guarded`].
+//! client IP (sharded counters touched on accept and close, never per request), wraps
+//! every stream in [`Guarded`], and runs the HTTP/1 keep-alive loop itself.
 //!
-//! The stream itself, its head deadline and its tunnel idle timer, is in `guarded.rs`.
+//! The stream itself, its head deadline and its tunnel idle timer, is in `guarded.rs`; the
+//! keep-alive loop, which keeps idle connections small, in `keepalive.rs`.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -15,12 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::{Shutdown, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
 mod guarded;
+mod keepalive;
 
 pub use guarded::{idled, rearm, tunnel, EndOfHead, Guarded};
 
@@ -87,6 +89,8 @@ impl std::fmt::Debug for Slot {
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     pub head_timeout: Duration,
+    /// How long an HTTP/1 connection may sit between requests (`limits.keepalive_timeout`).
+    pub keepalive_timeout: Duration,
     pub max_connections_per_ip: Option<u32>,
 }
 
@@ -95,6 +99,7 @@ pub struct ConnLimits {
 #[derive(Clone)]
 pub struct Guards {
     head_timeout: Duration,
+    keepalive_timeout: Duration,
     per_ip: Option<Arc<PerIp>>,
 }
 
@@ -102,6 +107,7 @@ impl Guards {
     pub fn new(limits: ConnLimits) -> Self {
         Guards {
             head_timeout: limits.head_timeout,
+            keepalive_timeout: limits.keepalive_timeout,
             per_ip: limits.max_connections_per_ip.map(|max| {
                 Arc::new(PerIp {
                     max,
@@ -150,7 +156,7 @@ fn too_many() -> Vec<u8> {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
@@ -176,8 +182,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
             }
             None => None,
         };
-        let guarded = Guarded::new(stream, self.guards.head_timeout, slot);
-        self.inner.process_new(Box::new(guarded), shutdown).await
+        let stream: Stream = Box::new(Guarded::new(stream, self.guards.head_timeout, slot));
+        if keepalive::is_h1(&*self.inner, &stream) {
+            keepalive::serve_h1(&self.inner, stream, self.guards.keepalive_timeout, shutdown).await;
+            return None;
+        }
+        self.inner.process_new(stream, shutdown).await
     }
 
     async fn cleanup(&self) {

@@ -1,0 +1,116 @@
+//! The HTTP/1 keep-alive loop, so that an idle client connection costs its stream and little
+//! else.
+//!
+//! Pingora's own loop (`ServerApp for HttpServerApp`) builds the next request's session and
+//! calls `process_new_http` as soon as a response is done: the per-request future (10.6 KiB with
+//! tollgate's hooks, boxed by async-trait) and, once it reads, a 4 KiB head buffer sit on every
+//! idle connection until the client speaks again (`examples/conn_memory.rs`). At 10,000 idle
+//! connections that was 28 KiB each. Here a connection waits for the first bytes of its next
+//! head holding only its stream; those bytes are read through a stack buffer and handed to the
+//! new session as its pipelined prefix (which Pingora parses before reading the stream again),
+//! so a session, its future and its buffer exist only while a request does.
+//!
+//! The wait ends the connection when the client closes, when `limits.keepalive_timeout` passes
+//! with nothing sent, or when the server starts shutting down (as Pingora's loop does on a
+//! graceful upgrade), so no connection sits idle through a hand-over.
+//!
+//! HTTP/2 (ALPN `h2`, and every connection of an h2c listener, whose preface Pingora peeks at)
+//! keeps Pingora's path: an h2 connection multiplexes requests and has no such loop.
+
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use tokio::io::ReadBuf;
+
+/// The keep-alive Pingora gives a connection's first request; `request_filter` replaces it with
+/// `limits.keepalive_timeout` for every request it admits.
+const FIRST_KEEPALIVE_SECS: u64 = 60;
+
+/// The most bytes the read that ends an idle wait takes: Pingora's head buffer starts at
+/// 4 KiB too, so a typical head (and a small body) arrives in one read, as before.
+const FIRST_READ: usize = 4096;
+
+/// Whether this connection takes our HTTP/1 loop rather than Pingora's (which also speaks h2).
+pub(super) fn is_h1<A: HttpServerApp>(app: &A, stream: &Stream) -> bool {
+    let h2c_or_custom = app
+        .server_options()
+        .is_some_and(|o| (o.h2c && stream.get_ssl_digest().is_none()) || o.force_custom);
+    !h2c_or_custom
+        && !matches!(
+            stream.selected_alpn_proto(),
+            Some(ALPN::H2 | ALPN::Custom(_))
+        )
+}
+
+/// Serve HTTP/1 requests on `stream` until the client or the server ends the connection.
+pub(super) async fn serve_h1<A>(
+    app: &Arc<A>,
+    mut stream: Stream,
+    idle: Duration,
+    shutdown: &ShutdownWatch,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    // `None` until the first request is done; then what Pingora carried over from the last.
+    let mut carried: Option<Option<HttpPersistentSettings>> = None;
+    loop {
+        let Some(head) = next_head(&mut stream, idle, shutdown).await else {
+            return;
+        };
+        let mut session = ServerSession::new_http1(stream);
+        match carried {
+            None => {
+                session.set_keepalive((!*shutdown.borrow()).then_some(FIRST_KEEPALIVE_SECS));
+                session.set_keepalive_reuses_remaining(
+                    app.server_options().and_then(|o| o.keepalive_request_limit),
+                );
+            }
+            Some(Some(settings)) => settings.apply_to_session(&mut session),
+            Some(None) => {}
+        }
+        // Pipelining stays off (Pingora's default), so `reuse` never carries a prefix of its own
+        // over: a request that overreads ends its connection instead.
+        session.set_pipelined_prefix(head);
+        let Some(reused) = app.process_new_http(session, shutdown).await else {
+            return;
+        };
+        let (next, settings) = reused.consume();
+        stream = next;
+        carried = Some(settings);
+    }
+}
+
+/// Wait for the client's next bytes and take them, or `None` when the connection should end:
+/// the client closed it or failed, it stayed silent for `idle`, or the server is shutting down.
+/// While it waits, this future holds a clock entry and a borrowed stream, nothing per request.
+async fn next_head(
+    stream: &mut Stream,
+    idle: Duration,
+    shutdown: &ShutdownWatch,
+) -> Option<BytesMut> {
+    let mut shutdown = shutdown.clone();
+    if *shutdown.borrow_and_update() {
+        return None;
+    }
+    let read = std::future::poll_fn(|cx| {
+        // On the stack only for the length of one poll: nothing is kept between polls.
+        let mut space = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = ReadBuf::uninit(&mut space);
+        Pin::new(&mut **stream)
+            .poll_read(cx, &mut buf)
+            .map_ok(|()| BytesMut::from(buf.filled()))
+    });
+    tokio::select! {
+        biased;
+        read = read => read.ok().filter(|bytes| !bytes.is_empty()),
+        _ = tokio::time::sleep(idle) => None,
+        _ = shutdown.changed() => None,
+    }
+}
