@@ -58,16 +58,32 @@ pub struct EndOfHead {
 }
 
 impl EndOfHead {
-    /// Feed the next bytes; `true` once the head's end is among them.
+    /// Feed the next bytes; `true` once the head's end is among them. Jumps from line feed to
+    /// line feed (memchr): a head is mostly long lines, so the bytes between are never
+    /// looked at one by one.
     pub fn feed(&mut self, bytes: &[u8]) -> bool {
-        for &b in bytes {
-            self.state = match (self.state, b) {
-                (1 | 2, b'\n') => return true,
-                (_, b'\n') => 1,
-                (1, b'\r') => 2,
-                _ => 0,
+        // What the current line holds so far, as far as an empty line is concerned.
+        let mut state = self.state;
+        let mut line_start = 0;
+        for lf in memchr::memchr_iter(b'\n', bytes) {
+            let line = &bytes[line_start..lf];
+            let empty = match state {
+                1 => line.is_empty() || line == b"\r",
+                2 => line.is_empty(),
+                _ => false,
             };
+            if empty {
+                return true;
+            }
+            state = 1;
+            line_start = lf + 1;
         }
+        let rest = &bytes[line_start..];
+        self.state = match (state, rest) {
+            (s, []) => s,
+            (1, b"\r") => 2,
+            _ => 0,
+        };
         false
     }
 }
@@ -353,6 +369,48 @@ mod tests {
         );
         // A CR inside a line, or a lone CR line, is not the end.
         assert_eq!(ends(&[b"GET / HTTP/1.1\r\nX: a\rb\r\n\rX: c\r\n"]), None);
+    }
+
+    /// The byte-by-byte definition the memchr version must agree with.
+    fn ends_bytewise(chunks: &[&[u8]]) -> Option<usize> {
+        let mut state = 0u8;
+        for (i, c) in chunks.iter().enumerate() {
+            for &b in c.iter() {
+                state = match (state, b) {
+                    (1 | 2, b'\n') => return Some(i),
+                    (_, b'\n') => 1,
+                    (1, b'\r') => 2,
+                    _ => 0,
+                };
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn agrees_with_the_bytewise_scan_on_every_split() {
+        // Every string over {a, CR, LF} up to 7 bytes, cut into chunks at every pair of points.
+        let alphabet = [b'a', b'\r', b'\n'];
+        for len in 0..=7u32 {
+            for n in 0..3usize.pow(len) {
+                let mut text = Vec::new();
+                let mut k = n;
+                for _ in 0..len {
+                    text.push(alphabet[k % 3]);
+                    k /= 3;
+                }
+                for a in 0..=text.len() {
+                    for b in a..=text.len() {
+                        let chunks = [&text[..a], &text[a..b], &text[b..]];
+                        assert_eq!(
+                            ends(&chunks),
+                            ends_bytewise(&chunks),
+                            "{text:?} cut at {a},{b}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
