@@ -468,3 +468,33 @@ fn a_token_with_a_critical_header_is_401() {
         .unwrap()
         .starts_with("Bearer error=\"invalid_token\""));
 }
+
+/// The gateway remembers tokens it verified (`src/auth/cache.rs`): a remembered token gives the
+/// same identity, still expires on time, and lends nothing to a token that differs from it.
+#[test]
+fn a_remembered_token_still_expires_and_lends_nothing_to_a_forgery() {
+    let gw = one_provider(&format!(
+        "{{type: jwt, algorithms: [HS256], secret: \"{SECRET}\", leeway: 0s, \
+         forward_claims: {{sub: X-User-ID}}}}"
+    ));
+    let exp = now() + 2;
+    let t = token(json!({"sub": "alice", "exp": exp}));
+    for _ in 0..3 {
+        let r = gw.send("GET", "/t/x", &[("Authorization", &bearer(&t))]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["headers"]["x-user-id"], "alice");
+    }
+    // Alice's signature on other claims: refused although her token is remembered.
+    let (head, rest) = t.split_once('.').unwrap();
+    let (_, sig) = rest.split_once('.').unwrap();
+    let claims = B64.encode(json!({"sub": "mallory", "exp": exp}).to_string());
+    let forged = format!("{head}.{claims}.{sig}");
+    let r = gw.send("GET", "/t/x", &[("Authorization", &bearer(&forged))]);
+    assert_401(&r, "signature");
+    // The passing of time is what is under test: wait until `exp` is behind us.
+    while now() <= exp {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let r = gw.send("GET", "/t/x", &[("Authorization", &bearer(&t))]);
+    assert_401(&r, "expired");
+}

@@ -5,6 +5,9 @@ use http::{HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
+use super::cache::{TokenCache, Verified};
 use super::config::SecretFile;
 use super::token::{self, HmacKeys, Refusal, Rules, Verifier};
 use crate::config::ConfigErrors;
@@ -23,6 +26,8 @@ pub struct Jwt {
     rules: Rules,
     pub forward: Vec<(String, HeaderName)>,
     pub consumer_claim: String,
+    /// Tokens verified before, with what they gave (`cache.rs`).
+    cache: TokenCache,
 }
 
 impl std::fmt::Debug for Jwt {
@@ -120,6 +125,7 @@ impl Jwt {
                 },
                 forward,
                 consumer_claim,
+                cache: TokenCache::default(),
             });
         }
         let mut hmac_keys = None;
@@ -183,6 +189,7 @@ impl Jwt {
             },
             forward,
             consumer_claim,
+            cache: TokenCache::default(),
         })
     }
 
@@ -210,8 +217,38 @@ impl Jwt {
         .map_err(|e| format!("cannot sign: {e}"))
     }
 
+    /// Verify a token, or recall the verdict on it while it is inside its time window
+    /// (`cache.rs`), with the consumer and the forwarded claim headers it gives.
+    pub fn check(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
+        let now = crate::clock::unix_seconds();
+        if let Some(v) = self.cache.get(token.as_bytes(), now, self.rules.leeway) {
+            return Ok(v);
+        }
+        let claims = self.verify_at(token, now)?;
+        let headers = self
+            .forward
+            .iter()
+            .filter_map(|(claim, h)| Some((h.clone(), claim_value(claims.get(claim)?)?)))
+            .collect();
+        let consumer = claims.get(&self.consumer_claim).and_then(claim_value);
+        let (exp, nbf) = token::window(&claims);
+        let v = Arc::new(Verified {
+            claims: Arc::new(claims),
+            consumer,
+            headers,
+            exp,
+            nbf,
+        });
+        self.cache.put(token.as_bytes(), v.clone());
+        Ok(v)
+    }
+
     /// Verify a token; the error is the refusal's reason and the message a client may read.
     pub fn verify(&self, token: &str) -> Result<Claims, Refusal> {
+        self.verify_at(token, crate::clock::unix_seconds())
+    }
+
+    fn verify_at(&self, token: &str, now: u64) -> Result<Claims, Refusal> {
         let parts = token::split(token)?;
         let header = token::header(parts.header, &self.algorithms)?;
         let verifier = match (&self.hmac, &self.key) {
@@ -228,7 +265,7 @@ impl Jwt {
             },
         };
         token::verify_signature(verifier, header.alg, &parts)?;
-        token::claims(parts.payload, &self.rules, crate::clock::unix_seconds())
+        token::claims(parts.payload, &self.rules, now)
     }
 
     /// The accepted algorithms, for `tollgate explain`.

@@ -2,9 +2,12 @@
 //! identity tollgate forwards upstream.
 
 pub mod api_key;
+pub mod cache;
 pub mod config;
 pub mod jwt;
 pub mod token;
+
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -53,7 +56,7 @@ pub struct Identity {
     /// The query parameter that carried the key, removed from the upstream target.
     pub credential_query: Option<std::sync::Arc<str>>,
     /// A JWT caller's verified claims, for `claim:NAME` rate-limit keys.
-    pub claims: Option<jwt::Claims>,
+    pub claims: Option<Arc<jwt::Claims>>,
 }
 
 /// `query` without the parameter `name` (`None` when nothing is left).
@@ -271,7 +274,7 @@ impl Auth {
         &self,
         k: &api_key::ApiKey,
         req: &RequestHeader,
-    ) -> Result<Option<(Identity, Option<jwt::Claims>)>, Failure> {
+    ) -> Result<Option<Found>, Failure> {
         let (value, credential, credential_query) = match &k.header {
             Some(h) => match single(req, h) {
                 Ok(Some(v)) => (v, Some(h.clone()), None),
@@ -305,11 +308,7 @@ impl Auth {
         }
     }
 
-    fn authorize(
-        &self,
-        route: &RouteAuth,
-        (mut id, claims): (Identity, Option<jwt::Claims>),
-    ) -> Result<Identity, Failure> {
+    fn authorize(&self, route: &RouteAuth, (mut id, claims): Found) -> Result<Identity, Failure> {
         let forbidden = Failure {
             reject: Reject::Forbidden,
             reason: Reason::Forbidden,
@@ -342,12 +341,12 @@ impl Auth {
     }
 }
 
+/// A credential a provider accepted: who it names, and a JWT's claims.
+type Found = (Identity, Option<Arc<jwt::Claims>>);
+
 static AUTHORIZATION: HeaderName = http::header::AUTHORIZATION;
 
-fn check_jwt(
-    j: &jwt::Jwt,
-    req: &RequestHeader,
-) -> Result<Option<(Identity, Option<jwt::Claims>)>, Failure> {
+fn check_jwt(j: &jwt::Jwt, req: &RequestHeader) -> Result<Option<Found>, Failure> {
     let value = match single(req, &AUTHORIZATION) {
         Ok(Some(v)) => v,
         Ok(None) => return Ok(None),
@@ -363,23 +362,16 @@ fn check_jwt(
             return Err(fail((Reason::Malformed, m), bearer_www(m)));
         }
     };
-    let claims = j.verify(token).map_err(|m| fail(m, bearer_www(m.1)))?;
-    let mut headers = Vec::with_capacity(j.forward.len());
-    for (claim, h) in &j.forward {
-        if let Some(v) = claims.get(claim).and_then(jwt::claim_value) {
-            headers.push((h.clone(), v));
-        }
-    }
-    let consumer = claims.get(&j.consumer_claim).and_then(jwt::claim_value);
+    let v = j.check(token).map_err(|m| fail(m, bearer_www(m.1)))?;
     Ok(Some((
         Identity {
-            consumer,
-            headers,
+            consumer: v.consumer.clone(),
+            headers: v.headers.clone(),
             credential: Some(AUTHORIZATION.clone()),
             credential_query: None,
             claims: None,
         },
-        Some(claims),
+        Some(v.claims.clone()),
     )))
 }
 

@@ -221,6 +221,13 @@ pub fn claims(payload: &[u8], rules: &Rules, now: u64) -> Result<Map<String, Val
 }
 
 /// A NumericDate: whole seconds (a fraction is dropped); negative is not a date.
+/// A verified token's `exp` and `nbf` (for [`super::cache::Verified::current`]). `exp` is 0,
+/// so never current, if it is somehow missing: such a token is verified, and refused, afresh.
+pub fn window(claims: &Map<String, Value>) -> (u64, Option<u64>) {
+    let exp = claims.get("exp").and_then(seconds).unwrap_or(0);
+    (exp, claims.get("nbf").and_then(seconds))
+}
+
 fn seconds(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n
