@@ -17,6 +17,8 @@
 #   plain   GET /bench        routing + forwarding and gateway headers
 #   apikey  GET /api/bench    + API key + local rate limit (never triggers) + a response header
 #   jwt     GET /jwt/bench    the same policy with an HS256 JWT
+#   bare    GET /bench        not tollgate: examples/bare_pingora.rs, Pingora's proxy with
+#                             no-op hooks, tuned as tollgate is (the floor under "plain")
 #
 # Exit status: 0, or 1 when a scenario grew by more than THRESHOLD percent
 # over the recorded number (a drop is reported, never a failure: re-record it).
@@ -31,8 +33,9 @@ N=${N:-2000}                         # requests of the short run (the long one i
 THRESHOLD=${THRESHOLD:-5}            # percent growth that fails
 RECORD=${RECORD:-0}                  # 1: write the numbers to RESULTS
 RESULTS=${RESULTS:-$HERE/instructions.txt}
-SCENARIOS=${SCENARIOS:-"plain apikey jwt"}
+SCENARIOS=${SCENARIOS:-"plain apikey jwt bare"}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}       # use this binary instead of building
+BARE_BIN=${BARE_BIN:-}               # bare Pingora (default: beside TOLLGATE_BIN, or built)
 READY_TIMEOUT=${READY_TIMEOUT:-120}  # seconds tollgate (under valgrind) gets to start
 KEEP_TMP=${KEEP_TMP:-0}              # 1: keep configs, logs and callgrind outputs
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -69,6 +72,16 @@ else
     TG_BIN=$dir/release/tollgate
 fi
 [[ -x $TG_BIN ]] || die "$TG_BIN is not an executable"
+if [[ " $SCENARIOS " == *" bare "* && -z $BARE_BIN ]]; then
+    if [[ -x $(dirname "$TG_BIN")/examples/bare_pingora ]]; then
+        BARE_BIN=$(dirname "$TG_BIN")/examples/bare_pingora
+    else
+        log "building examples/bare_pingora (release)"
+        (cd "$REPO" && cargo build --release --example bare_pingora) >&2 ||
+            die "cargo build --release --example bare_pingora failed"
+        BARE_BIN=$(dirname "$TG_BIN")/examples/bare_pingora
+    fi
+fi
 
 # -------------------------------------------------------------- services ----
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-instr.XXXXXX")
@@ -142,17 +155,23 @@ EOF
 # served COUNT requests (not in a subshell, so cleanup knows every pid).
 measure() {
     local sc=$1 count=$2 path header out="$TMP/callgrind.$1.$2.out" pid
+    local cmd=("$TG_BIN" -c "$TMP/tollgate.yaml") ready="http://127.0.0.1:$ADMIN_PORT/health"
     case $sc in
         plain) path=/bench header="" ;;
         apikey) path=/api/bench header="X-Api-Key: $API_KEY" ;;
         jwt) path=/jwt/bench header="Authorization: Bearer $JWT" ;;
-        *) die "unknown scenario $sc (plain, apikey, jwt)" ;;
+        bare)
+            path=/bench header=""
+            cmd=("$BARE_BIN" "127.0.0.1:$TOLLGATE_PORT" "127.0.0.1:$UPSTREAM_PORT")
+            ready="http://127.0.0.1:$TOLLGATE_PORT/bench" # no admin port: its polls are counted
+            ;;
+        *) die "unknown scenario $sc (plain, apikey, jwt, bare)" ;;
     esac
     RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" \
-        "$TG_BIN" -c "$TMP/tollgate.yaml" >"$TMP/tollgate.$sc.$count.log" 2>&1 &
+        "${cmd[@]}" >"$TMP/tollgate.$sc.$count.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    wait_200 "http://127.0.0.1:$ADMIN_PORT/health" "$pid"
+    wait_200 "$ready" "$pid"
     client "$path" "$count" "$header" || die "$sc: the client failed (see above)"
     kill -s INT "$pid" # Pingora's fast shutdown; callgrind writes its totals at exit
     wait "$pid" || true
@@ -199,7 +218,7 @@ if [[ $RECORD == 1 ]]; then
         echo "# build, threads: 1, benches/load/tollgate.yaml; (I(2N) - I(N)) / N with N=$N)."
         echo "# $(date -u '+%Y-%m-%d') $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(valgrind --version)"
         echo "# scenario  instructions/request"
-        for sc in plain apikey jwt; do
+        for sc in plain apikey jwt bare; do
             v=${PER[$sc]:-${OLD[$sc]:-}}
             [[ -z $v ]] || printf '%-8s %d\n' "$sc" "$v"
         done

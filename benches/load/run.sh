@@ -41,7 +41,9 @@ SAVE=${SAVE:-0}                   # 1: also write the table to benches/load/resu
 FORCE=${FORCE:-0}                 # 1: measure even if the machine looks busy
 SKIP_TOLLGATE=${SKIP_TOLLGATE:-0} # 1: no build, no tollgate rows (harness development)
 SKIP_HAPROXY=${SKIP_HAPROXY:-0}   # 1: no HAProxy rows even if haproxy is installed
+SKIP_BARE=${SKIP_BARE:-0}         # 1: no row for bare Pingora (examples/bare_pingora.rs)
 TOLLGATE_BIN=${TOLLGATE_BIN:-}    # use this binary instead of building
+BARE_BIN=${BARE_BIN:-}            # the same for bare Pingora (default: beside TOLLGATE_BIN, or built)
 LOADGEN_CPU=${LOADGEN_CPU:-0}     # core for wrk and the upstream
 PROXY_CPU=${PROXY_CPU:-1}         # core for the proxy under test
 MAX_LOAD=${MAX_LOAD:-$(awk -v n="$NCPU" 'BEGIN { print n / 2 }')}  # busy if 1-min load above
@@ -253,6 +255,19 @@ check_quiet() {
 }
 
 # --------------------------------------------------------------- build ----
+# release_build REL CARGO_ARGS... — cargo build --release, then sets BUILT to the artifact
+# REL (a path under target/release).
+release_build() {
+    local rel=$1
+    shift
+    log "building $rel (release) in $REPO, CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+    (cd "$REPO" && cargo build --release "$@") >&2 || die "cargo build --release $* failed"
+    local dir=$CARGO_TARGET_DIR
+    [[ $dir == /* ]] || dir=$REPO/$dir # relative to the repo root, as cargo sees it
+    BUILT=$dir/release/$rel
+    [[ -x $BUILT ]] || die "build succeeded but $BUILT is missing"
+}
+
 build_tollgate() {
     if [[ -n $TOLLGATE_BIN ]]; then
         [[ -x $TOLLGATE_BIN ]] || die "TOLLGATE_BIN=$TOLLGATE_BIN is not an executable"
@@ -260,13 +275,24 @@ build_tollgate() {
         log "using prebuilt tollgate: $TG_BIN"
         return
     fi
-    log "building tollgate (release) in $REPO, CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
-    (cd "$REPO" && cargo build --release --bin tollgate) >&2 ||
-        die "cargo build --release --bin tollgate failed"
-    local dir=$CARGO_TARGET_DIR
-    [[ $dir == /* ]] || dir=$REPO/$dir # relative to the repo root, as cargo sees it
-    TG_BIN=$dir/release/tollgate
-    [[ -x $TG_BIN ]] || die "build succeeded but $TG_BIN is missing"
+    release_build tollgate --bin tollgate
+    TG_BIN=$BUILT
+}
+
+# Bare Pingora (examples/bare_pingora.rs): Pingora's proxy with no-op hooks, tuned as tollgate
+# is, so the table shows how much of tollgate's cost is Pingora's own HTTP engine. With a
+# prebuilt TOLLGATE_BIN, the example beside it is taken when it is there.
+build_bare() {
+    local beside
+    beside=$(dirname "$TG_BIN")/examples/bare_pingora
+    if [[ -z $BARE_BIN && -n $TOLLGATE_BIN && -x $beside ]]; then BARE_BIN=$beside; fi
+    if [[ -n $BARE_BIN ]]; then
+        [[ -x $BARE_BIN ]] || die "BARE_BIN=$BARE_BIN is not an executable"
+        log "using prebuilt bare Pingora: $BARE_BIN"
+        return
+    fi
+    release_build examples/bare_pingora --example bare_pingora
+    BARE_BIN=$BUILT
 }
 
 # ---------------------------------------------------- processes we own ----
@@ -451,6 +477,15 @@ start_tollgate() {
     wait_http "tollgate" "$TOLLGATE_PID" "http://127.0.0.1:$TOLLGATE_ADMIN_PORT/health" "$TMP/tollgate.out"
     PIDS_ON_PORT[$TOLLGATE_PORT]=$TOLLGATE_PID
     log "tollgate ready on :$TOLLGATE_PORT, admin :$TOLLGATE_ADMIN_PORT (pid $TOLLGATE_PID, cpu $PROXY_CPU)"
+}
+
+start_bare() {
+    start_bg pingora "$PROXY_CPU" INT env RUST_LOG=error "$BARE_BIN" "127.0.0.1:$BARE_PORT" \
+        "127.0.0.1:$UPSTREAM_PORT"
+    BARE_PID=$LAST_PID
+    wait_http "bare pingora" "$BARE_PID" "http://127.0.0.1:$BARE_PORT/bench" "$TMP/pingora.out"
+    PIDS_ON_PORT[$BARE_PORT]=$BARE_PID
+    log "bare pingora ready on :$BARE_PORT (pid $BARE_PID, cpu $PROXY_CPU)"
 }
 
 start_haproxy() {
@@ -693,6 +728,7 @@ main() {
         log "SKIP_TOLLGATE=1: no build, no tollgate scenario"
     else
         build_tollgate
+        [[ $SKIP_BARE == 1 ]] || build_bare
     fi
 
     trap cleanup EXIT
@@ -717,12 +753,13 @@ main() {
     HAPROXY_MAXCONN=$(((nofile - 100) / 2 < WORKER_CONNECTIONS ? (nofile - 100) / 2 : WORKER_CONNECTIONS))
 
     local ports
-    ports=$(free_ports 5)
-    read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT HAPROXY_PORT <<<"$ports"
+    ports=$(free_ports 6)
+    read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT HAPROXY_PORT BARE_PORT <<<"$ports"
 
     start_upstream
     start_nginx_proxy
     [[ $SKIP_TOLLGATE == 1 ]] || start_tollgate
+    [[ $SKIP_TOLLGATE == 1 || $SKIP_BARE == 1 ]] || start_bare
     [[ $HAVE_HAPROXY == 0 ]] || start_haproxy
 
     # The targets, in the order they alternate within each repetition.
@@ -734,6 +771,9 @@ main() {
         scenario haproxy "$HAPROXY_PORT"
         scenario --vs nginx-apikey --base haproxy --path /api/bench --auth \
             haproxy-apikey "$HAPROXY_PORT" -H "$key_hdr"
+    fi
+    if [[ $SKIP_TOLLGATE != 1 && $SKIP_BARE != 1 ]]; then
+        scenario pingora "$BARE_PORT"
     fi
     if [[ $SKIP_TOLLGATE != 1 ]]; then
         scenario tollgate "$TOLLGATE_PORT"

@@ -1,0 +1,70 @@
+//! The floor under tollgate: Pingora 0.9.1's proxy with hooks that do nothing but name the
+//! upstream, tuned as tollgate tunes it (one thread, no work stealing, the same upstream pool,
+//! the same client socket buffers). The load harness and `benches/instructions.sh` measure it
+//! beside nginx and tollgate, so the part of tollgate's cost that is Pingora's own HTTP engine,
+//! and the part that is tollgate's policy, can be told apart in one run.
+//!
+//!     cargo build --release --example bare_pingora
+//!     target/release/examples/bare_pingora 127.0.0.1:8085 127.0.0.1:8081
+//!
+//! Not a product: no routing, no headers, no error contract; it answers Pingora's own 502
+//! when the upstream is down.
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use pingora::upstreams::peer::HttpPeer;
+
+struct Bare {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
+        eprintln!("usage: bare_pingora LISTEN_ADDR UPSTREAM_ADDR");
+        std::process::exit(2);
+    };
+    let upstream: SocketAddr = upstream.parse().unwrap_or_else(|e| {
+        eprintln!("bare_pingora: upstream {upstream:?}: {e}");
+        std::process::exit(2);
+    });
+
+    // What tollgate's config loader sets when the file does not (src/config/mod.rs).
+    let conf = ServerConf {
+        threads: 1,
+        work_stealing: false,
+        upstream_keepalive_pool_size: 1024,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let app = pingora::proxy::http_proxy(&server.configuration, Bare { upstream });
+    let mut service = Service::new("bare pingora".to_owned(), app);
+    // tollgate's client sockets (src/server.rs): no 64 KiB read buffer per connection.
+    service.add_listener(
+        ListenerConfig::tcp(&listen)
+            .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
+    );
+    server.add_service(service);
+    server.run_forever();
+}
