@@ -160,18 +160,13 @@ impl Cors {
     }
 
     /// Add the CORS headers to an actual response for `origin`.
-    pub fn decorate(
-        &self,
-        resp: &mut pingora::http::ResponseHeader,
-        origin: Option<&HeaderValue>,
-    ) -> pingora::Result<()> {
-        resp.append_header(VARY.clone(), "Origin")?;
+    pub fn decorate(&self, headers: &mut http::HeaderMap, origin: Option<&HeaderValue>) {
+        headers.append(&VARY, HeaderValue::from_static("Origin"));
         if let Some(allow) = origin.and_then(|o| self.allow(o)) {
-            resp.insert_header(ACAO.clone(), allow)?;
+            headers.insert(&ACAO, allow);
             if self.credentials {
-                resp.insert_header(ACAC.clone(), "true")?;
+                headers.insert(&ACAC, HeaderValue::from_static("true"));
             }
         }
-        Ok(())
     }
 }

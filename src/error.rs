@@ -230,7 +230,10 @@ pub async fn answer_empty(
         h.insert_header(k.clone(), v.clone())?;
     }
     h.insert_header(http::header::CONTENT_LENGTH, 0)?;
-    crate::headers::downstream_response(&mut h, &ctx.request_id, None)?;
+    crate::headers::edit_response(&mut h, |headers, status| {
+        crate::headers::downstream_response(headers, status, &ctx.request_id, None);
+        Ok(())
+    })?;
     if !session.is_body_empty() {
         session.set_keepalive(None);
     }

@@ -8,11 +8,11 @@
 
 use std::net::IpAddr;
 
-use http::{HeaderName, HeaderValue, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
-use crate::client::X_FORWARDED_FOR;
+use crate::client::{X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::router::Route;
 
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -24,17 +24,58 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
-/// The names tollgate inserts on every request, as `&'static str`. Pingora's `insert_header`
-/// keeps each name's original case in a side map: from a `HeaderName` it copies the bytes into
-/// a fresh allocation (after matching it against its table of titled standard names), from a
-/// `&'static str` it takes the string as it is. Same bytes on the wire (lower case).
-pub mod name {
-    pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
-    pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-    pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
-    pub const X_REAL_IP: &str = "x-real-ip";
-    pub const X_REQUEST_ID: &str = "x-request-id";
-    pub const X_GATEWAY: &str = "x-gateway";
+/// Edit a request head's headers as a plain `HeaderMap`, and hand the head back to Pingora
+/// without its header-case map.
+///
+/// Why: Pingora's heads keep, beside the `HeaderMap`, a second map with each name's original
+/// case, and its `insert_header` parses the name again (allocating for any non-standard one,
+/// twice) and writes both maps, about 1.4k instructions a header
+/// (`benches/instructions.sh`). tollgate sets about a dozen headers per request. Without the
+/// case map, HTTP/1 names go out as Pingora writes them itself: standard ones in their usual
+/// Title-Case, others in lower case, as HAProxy and Envoy send them (field names are
+/// case-insensitive, RFC 9110 section 5.1). A request target that does not round-trip through
+/// the URI (absolute form, CONNECT) is kept, and so is HTTP/2's end-of-stream flag.
+pub fn edit_request<T>(
+    req: &mut RequestHeader,
+    edit: impl FnOnce(&mut HeaderMap) -> Result<T>,
+) -> Result<T> {
+    let from_uri = req.uri.path_and_query().map(|p| p.as_str().as_bytes());
+    let raw = req.raw_path();
+    let verbatim = (!raw.is_empty() && Some(raw) != from_uri).then(|| raw.to_vec());
+    let end_stream = req.send_end_stream();
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
+    let out = edit(&mut parts.headers);
+    *req = RequestHeader::from(parts);
+    if let Some(raw) = verbatim {
+        req.set_raw_path(&raw)?;
+    }
+    if let Some(end) = end_stream {
+        req.set_send_end_stream(end);
+    }
+    out
+}
+
+/// [`edit_request`] for a response head: its headers as a plain `HeaderMap` (with its status,
+/// read-only), handed back without the header-case map. A reason phrase other than the
+/// status's usual one is kept.
+pub fn edit_response<T>(
+    resp: &mut ResponseHeader,
+    edit: impl FnOnce(&mut HeaderMap, http::StatusCode) -> Result<T>,
+) -> Result<T> {
+    let usual = resp.status.canonical_reason();
+    let reason = resp
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != usual)
+        .map(str::to_owned);
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
+    let out = edit(&mut parts.headers, parts.status);
+    *resp = ResponseHeader::from(parts);
+    if reason.is_some() {
+        resp.set_reason_phrase(reason.as_deref())?;
+    }
+    out
 }
 
 /// An IP address as a header value; IPv4 (the common case) without `fmt`.
@@ -115,16 +156,8 @@ pub fn forwarded_target(
     }
 }
 
-/// Set the upstream request's target, forwarding and identity headers. `tls`: the client
-/// reached a TLS listener (`X-Forwarded-Proto: https`, whatever the client sent).
-pub fn upstream_request(
-    req: &mut RequestHeader,
-    tls: bool,
-    target: Option<&str>,
-    peer_ip: Option<IpAddr>,
-    client_ip: Option<IpAddr>,
-    request_id: &HeaderValue,
-) -> Result<()> {
+/// Point the upstream request at `target` (see [`forwarded_target`]); `None` leaves it.
+pub fn set_target(req: &mut RequestHeader, target: Option<&str>) -> Result<()> {
     if let Some(t) = target {
         let uri = Uri::try_from(t).map_err(|e| {
             pingora::Error::because(
@@ -135,14 +168,25 @@ pub fn upstream_request(
         })?;
         req.set_uri(uri);
     }
+    Ok(())
+}
 
+/// Set the forwarding headers of an upstream request. `tls`: the client reached a TLS
+/// listener (`X-Forwarded-Proto: https`, whatever the client sent).
+pub fn forwarding(
+    h: &mut HeaderMap,
+    tls: bool,
+    peer_ip: Option<IpAddr>,
+    client_ip: Option<IpAddr>,
+    request_id: &HeaderValue,
+) -> Result<()> {
     let peer_value = peer_ip.map(ip_value);
     if let Some(peer) = &peer_value {
         // Append the socket peer to whatever chain the client sent, as nginx's
         // $proxy_add_x_forwarded_for does; several header lines are folded into one.
-        let xff = if req.headers.contains_key(&X_FORWARDED_FOR) {
+        let xff = if h.contains_key(&X_FORWARDED_FOR) {
             let mut xff = Vec::new();
-            for v in req.headers.get_all(&X_FORWARDED_FOR) {
+            for v in h.get_all(&X_FORWARDED_FOR) {
                 if let Ok(s) = v.to_str() {
                     xff.extend_from_slice(s.trim().as_bytes());
                     xff.extend_from_slice(b", ");
@@ -159,34 +203,34 @@ pub fn upstream_request(
         } else {
             peer.clone()
         };
-        req.insert_header(name::X_FORWARDED_FOR, xff)?;
+        h.insert(&X_FORWARDED_FOR, xff);
     }
     if let Some(ip) = client_ip {
         let value = match &peer_value {
             Some(v) if peer_ip == Some(ip) => v.clone(),
             _ => ip_value(ip),
         };
-        req.insert_header(name::X_REAL_IP, value)?;
+        h.insert(&X_REAL_IP, value);
     }
     let proto = if tls { &HTTPS } else { &HTTP };
-    req.insert_header(name::X_FORWARDED_PROTO, proto.clone())?;
-    if let Some(host) = req.headers.get(http::header::HOST).cloned() {
-        req.insert_header(name::X_FORWARDED_HOST, host)?;
-    } else {
-        req.remove_header(&X_FORWARDED_HOST);
-    }
-    req.insert_header(name::X_REQUEST_ID, request_id.clone())?;
+    h.insert(&X_FORWARDED_PROTO, proto.clone());
+    match h.get(http::header::HOST).cloned() {
+        Some(host) => h.insert(&X_FORWARDED_HOST, host),
+        None => h.remove(&X_FORWARDED_HOST),
+    };
+    h.insert(&X_REQUEST_ID, request_id.clone());
     Ok(())
 }
 
 /// Remove the upstream's hop-by-hop headers (except `Connection`, which Pingora rewrites, and
 /// the framing headers it manages) and add the gateway's own.
 pub fn downstream_response(
-    resp: &mut ResponseHeader,
+    h: &mut HeaderMap,
+    status: http::StatusCode,
     request_id: &HeaderValue,
     route: Option<&Route>,
-) -> Result<()> {
-    if let Some(conn) = resp.headers.get(http::header::CONNECTION).cloned() {
+) {
+    if let Some(conn) = h.get(http::header::CONNECTION).cloned() {
         if let Ok(s) = conn.to_str() {
             const KEEP: [&str; 5] = [
                 "close",
@@ -199,24 +243,23 @@ pub fn downstream_response(
                 // The usual `Connection: keep-alive` is compared in place, never lower-cased
                 // into a new String.
                 if !KEEP.iter().any(|k| token.eq_ignore_ascii_case(k)) {
-                    resp.remove_header(token.to_ascii_lowercase().as_str());
+                    h.remove(token.to_ascii_lowercase().as_str());
                 }
             }
         }
     }
-    resp.remove_header(&KEEP_ALIVE);
-    resp.remove_header(&PROXY_CONNECTION);
-    if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        resp.remove_header(&http::header::UPGRADE);
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    if status != http::StatusCode::SWITCHING_PROTOCOLS {
+        h.remove(&http::header::UPGRADE);
     }
-    resp.insert_header(name::X_GATEWAY, crate::error::GATEWAY_NAME.clone())?;
-    resp.insert_header(name::X_REQUEST_ID, request_id.clone())?;
+    h.insert(&X_GATEWAY, crate::error::GATEWAY_NAME.clone());
+    h.insert(&X_REQUEST_ID, request_id.clone());
     if let Some(route) = route {
         for (k, v) in &route.response_headers {
-            resp.insert_header(k.clone(), v.clone())?;
+            h.insert(k.clone(), v.clone());
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -279,5 +322,75 @@ mod tests {
             upstream_target(&route("/p", false), "/p/x", Some("q"), true).unwrap(),
             "/p/x?q"
         );
+    }
+
+    /// A head as Pingora's HTTP/1 reader leaves it: parsed with the case of every name kept.
+    fn wire_request(target: &[u8]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", target, None).unwrap();
+        req.insert_header("Host", "a.test").unwrap();
+        req.insert_header("X-Custom-Thing", "1").unwrap();
+        req
+    }
+
+    fn wire(req: &RequestHeader) -> String {
+        let mut buf = Vec::new();
+        req.header_to_h1_wire(&mut buf);
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn edited_requests_keep_every_header_and_lose_only_the_name_case() {
+        let mut req = wire_request(b"/p?q=1");
+        assert!(req.has_case());
+        edit_request(&mut req, |h| {
+            h.insert(&X_REAL_IP, HeaderValue::from_static("10.0.0.1"));
+            Ok(())
+        })
+        .unwrap();
+        assert!(!req.has_case());
+        assert_eq!(req.raw_path(), b"/p?q=1");
+        assert_eq!(req.method, http::Method::GET);
+        assert_eq!(
+            wire(&req),
+            "Host: a.test\r\nx-custom-thing: 1\r\nx-real-ip: 10.0.0.1\r\n"
+        );
+    }
+
+    #[test]
+    fn edited_requests_keep_a_target_the_uri_cannot_carry() {
+        let mut req = wire_request(b"http://a.test/p?q=1");
+        edit_request(&mut req, |_| Ok(())).unwrap();
+        assert_eq!(req.raw_path(), b"http://a.test/p?q=1");
+    }
+
+    #[test]
+    fn an_error_while_editing_still_gives_the_head_back() {
+        let mut req = wire_request(b"/p");
+        let r: Result<()> = edit_request(&mut req, |h| {
+            h.insert(&X_REAL_IP, HeaderValue::from_static("10.0.0.1"));
+            pingora::Error::e_explain(pingora::ErrorType::InternalError, "no")
+        });
+        assert!(r.is_err());
+        assert_eq!(req.raw_path(), b"/p");
+        assert_eq!(req.headers.len(), 3);
+    }
+
+    #[test]
+    fn edited_responses_keep_status_and_an_unusual_reason_phrase() {
+        let mut resp = ResponseHeader::build(299, None).unwrap();
+        resp.set_reason_phrase(Some("Fine Really")).unwrap();
+        resp.insert_header("Content-Type", "text/plain").unwrap();
+        let seen = edit_response(&mut resp, |h, status| {
+            downstream_response(h, status, &HeaderValue::from_static("id1"), None);
+            Ok(status)
+        })
+        .unwrap();
+        assert_eq!(seen.as_u16(), 299);
+        assert_eq!(resp.status.as_u16(), 299);
+        assert_eq!(resp.get_reason_phrase(), Some("Fine Really"));
+        assert_eq!(resp.headers["x-gateway"], "tollgate");
+        assert_eq!(resp.headers["x-request-id"], "id1");
+        assert_eq!(resp.headers["content-type"], "text/plain");
+        assert!(!resp.has_case());
     }
 }

@@ -291,15 +291,12 @@ impl ProxyHttp for Tollgate {
     ) -> Result<()> {
         // Only a TLS listener gives the connection an SSL digest (HTTP/1 and HTTP/2 alike).
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        headers::upstream_request(
-            req,
-            tls,
-            ctx.target.as_deref(),
-            ctx.peer_ip,
-            ctx.client_ip,
-            &ctx.request_id,
-        )?;
-        crate::auth::forward(&self.gw.auth, ctx.identity.as_ref(), req)
+        headers::set_target(req, ctx.target.as_deref())?;
+        headers::edit_request(req, |h| {
+            headers::forwarding(h, tls, ctx.peer_ip, ctx.client_ip, &ctx.request_id)?;
+            crate::auth::forward(&self.gw.auth, ctx.identity.as_ref(), h);
+            Ok(())
+        })
     }
 
     /// Gateway headers on every proxied response.
@@ -318,12 +315,6 @@ impl ProxyHttp for Tollgate {
             }
         }
         let route = self.route(ctx);
-        if let Some(policy) = route.and_then(|r| r.cors.as_ref()) {
-            policy.decorate(resp, session.req_header().headers.get(&cors::ORIGIN))?;
-        }
-        if let Some(d) = &ctx.limit {
-            self.gw.rate_limits.apply(d, resp)?;
-        }
         if let Some(idle) = ctx.websocket {
             if crate::websocket::answered(session, idle, resp.status) {
                 ctx.tunnel = Some(Instant::now());
@@ -336,7 +327,17 @@ impl ProxyHttp for Tollgate {
             // A trailers-only answer carries its status in the headers.
             ctx.grpc_status = crate::grpc::reported_status(&resp.headers);
         }
-        headers::downstream_response(resp, &ctx.request_id, route)?;
+        let origin = session.req_header().headers.get(&cors::ORIGIN);
+        headers::edit_response(resp, |h, status| {
+            if let Some(policy) = route.and_then(|r| r.cors.as_ref()) {
+                policy.decorate(h, origin);
+            }
+            if let Some(d) = &ctx.limit {
+                self.gw.rate_limits.apply(d, h);
+            }
+            headers::downstream_response(h, status, &ctx.request_id, route);
+            Ok(())
+        })?;
         if let Some(c) = route.and_then(|r| r.compression.as_ref()) {
             ctx.encoder = c.start(session.req_header(), resp)?;
         }

@@ -376,20 +376,19 @@ fn check_jwt(j: &jwt::Jwt, req: &RequestHeader) -> Result<Option<Found>, Failure
 }
 
 /// Remove client copies of identity headers (every route), then set tollgate's own.
-pub fn forward(auth: &Auth, id: Option<&Identity>, req: &mut RequestHeader) -> pingora::Result<()> {
+pub fn forward(auth: &Auth, id: Option<&Identity>, headers: &mut http::HeaderMap) {
     for h in &auth.identity_headers {
-        req.remove_header(h);
+        headers.remove(h);
     }
     if let Some(id) = id {
         if let Some(c) = &id.credential {
-            req.remove_header(c);
+            headers.remove(c);
         }
         if let Some(c) = &id.consumer {
-            req.insert_header(X_CONSUMER.clone(), c.clone())?;
+            headers.insert(&X_CONSUMER, c.clone());
         }
         for (h, v) in &id.headers {
-            req.insert_header(h.clone(), v.clone())?;
+            headers.insert(h.clone(), v.clone());
         }
     }
-    Ok(())
 }

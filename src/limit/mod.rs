@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use http::header::HeaderMap;
 use http::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
 
 use crate::proxy::Ctx;
 use local::{Gcra, LocalStore, Verdict};
@@ -398,23 +397,21 @@ impl Limits {
     }
 
     /// Add the RateLimit headers to a proxied response: the same headers as [`Self::headers`]
-    /// of an admitted request, without building a `Vec` of them. The names go in as
-    /// `&'static str`, which Pingora's `insert_header` takes without copying them.
-    pub fn apply(&self, d: &Decision, resp: &mut ResponseHeader) -> pingora::Result<()> {
+    /// of an admitted request, without building a `Vec` of them.
+    pub fn apply(&self, d: &Decision, headers: &mut http::HeaderMap) {
         let p = &self.policies[d.policy];
         if p.headers.ietf {
-            resp.insert_header("ratelimit-policy", p.policy_header.clone())?;
-            resp.insert_header("ratelimit", ratelimit_value(p, d))?;
+            headers.insert(&RATELIMIT_POLICY, p.policy_header.clone());
+            headers.insert(&RATELIMIT, ratelimit_value(p, d));
         }
         if p.headers.legacy {
-            resp.insert_header("x-ratelimit-limit", p.limit_header.clone())?;
-            resp.insert_header("x-ratelimit-remaining", d.remaining)?;
-            resp.insert_header("x-ratelimit-reset", d.reset)?;
+            headers.insert(&X_RATELIMIT_LIMIT, p.limit_header.clone());
+            headers.insert(&X_RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+            headers.insert(&X_RATELIMIT_RESET, HeaderValue::from(d.reset));
         }
         if !d.allowed {
-            resp.insert_header(RETRY_AFTER.clone(), d.retry_after)?;
+            headers.insert(&RETRY_AFTER, HeaderValue::from(d.retry_after));
         }
-        Ok(())
     }
 }
 
@@ -506,14 +503,14 @@ mod tests {
             (Headers::NONE, &[][..]),
         ] {
             limits.policies[0].headers = mode;
-            let mut resp = ResponseHeader::build(200, None).unwrap();
-            limits.apply(&d, &mut resp).unwrap();
+            let mut headers = http::HeaderMap::new();
+            limits.apply(&d, &mut headers);
             let local = limits.headers(&d);
             assert_eq!(local.len(), names.len(), "{}", mode.describe());
             for (name, value) in local {
-                assert_eq!(resp.headers.get(&name), Some(&value), "{name}");
+                assert_eq!(headers.get(&name), Some(&value), "{name}");
             }
-            let got: Vec<&str> = resp.headers.keys().map(|k| k.as_str()).collect();
+            let got: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
             assert_eq!(got, names, "{}", mode.describe());
         }
     }
