@@ -24,6 +24,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
+/// Room made in a head's map before tollgate adds its headers (five forwarding ones and the
+/// consumer up; gateway, RateLimit and a route header or two down): Pingora sizes the map for
+/// the headers it parsed, so without it the map grows, and rehashes, once or twice per head.
+const HEADROOM: usize = 8;
+
 /// Edit a request head's headers as a plain `HeaderMap`, and hand the head back to Pingora
 /// without its header-case map.
 ///
@@ -45,6 +50,7 @@ pub fn edit_request<T>(
     let end_stream = req.send_end_stream();
     let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
+    parts.headers.reserve(HEADROOM);
     let out = edit(&mut parts.headers);
     *req = RequestHeader::from(parts);
     if let Some(raw) = verbatim {
@@ -70,6 +76,7 @@ pub fn edit_response<T>(
         .map(str::to_owned);
     let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
+    parts.headers.reserve(HEADROOM);
     let out = edit(&mut parts.headers, parts.status);
     *resp = ResponseHeader::from(parts);
     if reason.is_some() {

@@ -746,7 +746,10 @@ main() {
     local c max_conns=0
     for c in $CONNS; do if ((c > max_conns)); then max_conns=$c; fi; done
     WORKER_CONNECTIONS=$((4 * max_conns > 1024 ? 4 * max_conns : 1024))
-    if has_part memory; then WORKER_CONNECTIONS=$((WORKER_CONNECTIONS + IDLE_CONNS)); fi
+    # The memory part adds IDLE_CONNS client connections, and while idle_conns.py opens them
+    # (500 at a time) the nginx proxy holds as many upstream connections besides: without
+    # that slack it ran out of slots and closed idle clients to reuse theirs.
+    if has_part memory; then WORKER_CONNECTIONS=$((WORKER_CONNECTIONS + IDLE_CONNS + 2048)); fi
     # HAProxy wants two descriptors per connection of its maxconn, up front.
     local nofile
     nofile=$(ulimit -n)
@@ -802,32 +805,40 @@ main() {
             done
         done
     fi
-    if has_part latency; then latency_part; fi
+    # Each part's table is printed as soon as the part is done, so a later part that fails
+    # loses nothing measured before it.
+    TABLE="$(print_context)"
+    printf '%s\n' "$TABLE"
+    if has_part throughput; then emit "$(print_table)"; fi
+    if has_part latency; then
+        latency_part
+        emit "Open loop (oha --latency-correction, $LAT_CONNS connections, $LAT_REPS x $LAT_DURATION, medians):" \
+            "$(print_latency_table)"
+    fi
     # Keys before memory: the idle-connection part leaves freed memory that the allocator has
     # not given back yet, which would hide the keys' growth.
-    if [[ $SKIP_TOLLGATE != 1 ]] && has_part keys; then keys_part; fi
-    if has_part memory; then memory_part; fi
-
-    local table
-    table="$(print_context)"
-    if has_part throughput; then table+=$'\n\n'"$(print_table)"; fi
-    if has_part latency; then
-        table+=$'\n\n'"Open loop (oha --latency-correction, $LAT_CONNS connections, $LAT_REPS x $LAT_DURATION, medians):"
-        table+=$'\n\n'"$(print_latency_table)"
+    if [[ $SKIP_TOLLGATE != 1 ]] && has_part keys; then
+        keys_part
+        emit "Rate-limiter memory (tollgate, one new key per request, buckets kept 1 h):" \
+            "$(print_keys_table)"
     fi
     if has_part memory; then
-        table+=$'\n\n'"Memory with $IDLE_CONNS idle keep-alive client connections (each served one request):"
-        table+=$'\n\n'"$(print_memory_table)"
+        memory_part
+        emit "Memory with $IDLE_CONNS idle keep-alive client connections (each served one request):" \
+            "$(print_memory_table)"
     fi
-    if [[ -n ${K_LINE:-} ]]; then
-        table+=$'\n\n'"Rate-limiter memory (tollgate, one new key per request, buckets kept 1 h):"
-        table+=$'\n\n'"$(print_keys_table)"
-    fi
-    printf '\n%s\n' "$table"
     if [[ $SAVE == 1 ]]; then
-        printf '# tollgate load test results\n\n%s\n' "$table" >"$HERE/results.md"
+        printf '# tollgate load test results\n\n%s\n' "$TABLE" >"$HERE/results.md"
         log "table written to $HERE/results.md"
     fi
+}
+
+# emit TEXT... — print a finished part's caption and table, and keep them for SAVE.
+emit() {
+    local part
+    part=$(printf '%s\n\n' "$@")
+    printf '\n%s\n' "$part"
+    TABLE+=$'\n\n'"$part"
 }
 
 has_part() { [[ " $PARTS " == *" $1 "* ]]; }
