@@ -117,15 +117,16 @@ children_of() {
     done
 }
 
-# Sum of utime+stime (clock ticks) over PIDs; includes all their threads.
+# Sums of utime+stime and of utime alone (clock ticks) over PIDs; include all their threads.
 cpu_ticks() {
-    local pid total=0 u s
+    local pid total=0 user=0 u s
     for pid in "$@"; do
         u=$(proc_stat_field "$pid" 14) || die "process $pid vanished"
         s=$(proc_stat_field "$pid" 15) || die "process $pid vanished"
         total=$((total + u + s))
+        user=$((user + u))
     done
-    printf '%s\n' "$total"
+    printf '%s %s\n' "$total" "$user"
 }
 
 # Sum of VmRSS (KiB) over PIDs.
@@ -619,17 +620,17 @@ check_run() {
     fi
 }
 
-declare -A R_RPS R_P50 R_P99 R_CPU R_RSS # "name|conns" -> space-separated per-run values
+declare -A R_RPS R_P50 R_P99 R_CPU R_USR R_RSS # "name|conns" -> space-separated per-run values
 
 # measure NAME CONNS REP — one measured run, with the proxy's CPU and RSS.
 measure() {
     local name=$1 conns=$2 rep=$3 key="$1|$2" out="$TMP/wrk.$1.c$2.r$3.txt"
-    local pids=${SC_PIDS[$name]} t0=0 t1=0 pid
+    local pids=${SC_PIDS[$name]} t0=0 t1=0 u0=0 u1=0 pid
     # shellcheck disable=SC2086 # pids is a word list on purpose
-    [[ -z $pids ]] || t0=$(cpu_ticks $pids)
+    [[ -z $pids ]] || read -r t0 u0 <<<"$(cpu_ticks $pids)"
     run_wrk "$name" "$conns" "$DURATION" "$out"
     # shellcheck disable=SC2086
-    [[ -z $pids ]] || t1=$(cpu_ticks $pids)
+    [[ -z $pids ]] || read -r t1 u1 <<<"$(cpu_ticks $pids)"
 
     local rps reqs p50 p99
     check_run "$name" "$conns" "$out"
@@ -641,16 +642,18 @@ measure() {
     R_RPS[$key]+="$rps "
     R_P50[$key]+="$p50 "
     R_P99[$key]+="$p99 "
-    local cpu="-" rss="-"
+    local cpu="-" usr="-" rss="-"
     if [[ -n $pids ]]; then
         cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+        usr=$(awk -v d=$((u1 - u0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
         # shellcheck disable=SC2086
         rss=$(rss_kib $pids)
         R_CPU[$key]+="$cpu "
+        R_USR[$key]+="$usr "
         R_RSS[$key]+="$rss "
     fi
-    log "$(printf 'rep %d/%d c=%-4s %-12s %10s req/s  p50 %8s us  p99 %8s us  cpu %6s us/req  rss %s KiB' \
-        "$rep" "$REPS" "$conns" "$name" "$rps" "$p50" "$p99" "$cpu" "$rss")"
+    log "$(printf 'rep %d/%d c=%-4s %-12s %10s req/s  p50 %8s us  p99 %8s us  cpu %6s us/req (user %s)  rss %s KiB' \
+        "$rep" "$REPS" "$conns" "$name" "$rps" "$p50" "$p99" "$cpu" "$usr" "$rss")"
 }
 
 # --------------------------------------------------------------- table ----
@@ -672,12 +675,12 @@ print_table() {
     # shellcheck disable=SC2086
     for key in "${!R_CPU[@]}"; do med_cpu[$key]=$(median ${R_CPU[$key]}); done
 
-    echo "| scenario | conns | req/s | p50 µs | p99 µs | req/s vs nginx | req/s vs direct | proxy CPU µs/req | proxy RSS MiB | vs base | req/s vs base | CPU/req vs base |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+    echo "| scenario | conns | req/s | p50 µs | p99 µs | req/s vs nginx | req/s vs direct | proxy CPU µs/req | of it user µs/req | proxy RSS MiB | vs base | req/s vs base | CPU/req vs base |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
     for conns in $CONNS; do
         for name in "${SCENARIOS[@]}"; do
             key="$name|$conns"
-            local p50 p99 cpu="-" rss="-"
+            local p50 p99 cpu="-" usr="-" rss="-"
             # shellcheck disable=SC2086
             p50=$(median ${R_P50[$key]})
             # shellcheck disable=SC2086
@@ -685,6 +688,8 @@ print_table() {
             if [[ -n ${R_CPU[$key]:-} ]]; then
                 # shellcheck disable=SC2086
                 cpu=$(printf '%.2f' "$(median ${R_CPU[$key]})")
+                # shellcheck disable=SC2086
+                usr=$(printf '%.2f' "$(median ${R_USR[$key]})")
                 # RSS: the largest seen after any run (memory only grows under load).
                 # shellcheck disable=SC2086
                 rss=$(printf '%s\n' ${R_RSS[$key]} | sort -n | tail -n 1 |
@@ -695,11 +700,11 @@ print_table() {
                 brps=$(ratio "${med_rps[$key]}" "${med_rps[$base|$conns]:-}")
                 bcpu=$(ratio "${med_cpu[$key]:-}" "${med_cpu[$base|$conns]:-}")
             fi
-            printf '| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' \
+            printf '| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
                 "$name" "$conns" "${med_rps[$key]}" "$p50" "$p99" \
                 "$(ratio "${med_rps[$key]}" "${med_rps[${SC_VS[$name]}|$conns]:-}")" \
                 "$(ratio "${med_rps[$key]}" "${med_rps[direct|$conns]:-}")" \
-                "$cpu" "$rss" "${base:--}" "$brps" "$bcpu"
+                "$cpu" "$usr" "$rss" "${base:--}" "$brps" "$bcpu"
         done
     done
 }
