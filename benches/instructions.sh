@@ -213,10 +213,24 @@ for sc in $SCENARIOS; do
 done
 
 if [[ $RECORD == 1 ]]; then
+    # The numbers being replaced become the newest line of the history, under the
+    # "# measured:" line that said where they came from.
+    old_when="" history=""
+    if [[ -f $RESULTS ]]; then
+        old_when=$(sed -n 's/^# measured: //p' "$RESULTS")
+        history=$(grep '^# was: ' "$RESULTS" || true)
+    fi
     {
         echo "# Instructions per request, measured by benches/instructions.sh (callgrind, release"
         echo "# build, threads: 1, benches/load/tollgate.yaml; (I(2N) - I(N)) / N with N=$N)."
-        echo "# $(date -u '+%Y-%m-%d') $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(valgrind --version)"
+        echo "# bare: examples/bare_pingora.rs, Pingora with no-op hooks (the floor under tollgate)."
+        echo "# measured: $(date -u '+%Y-%m-%d') $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(valgrind --version)"
+        if ((${#OLD[@]})); then
+            printf '# was: %s:' "${old_when:-earlier}"
+            for sc in plain apikey jwt bare; do [[ -z ${OLD[$sc]:-} ]] || printf ' %s %s' "$sc" "${OLD[$sc]}"; done
+            printf '\n'
+        fi
+        [[ -z $history ]] || printf '%s\n' "$history"
         echo "# scenario  instructions/request"
         for sc in plain apikey jwt bare; do
             v=${PER[$sc]:-${OLD[$sc]:-}}
