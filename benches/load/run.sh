@@ -796,6 +796,10 @@ main() {
     for name in "${SCENARIOS[@]}"; do smoke "$name"; done
     check_quiet "before measuring"
 
+    # The context first, then each part's table as soon as the part is done, so a later part
+    # that fails loses nothing measured before it.
+    TABLE="$(print_context)"
+    printf '%s\n' "$TABLE"
     if has_part throughput; then
         for conns in $CONNS; do
             for name in "${SCENARIOS[@]}"; do
@@ -810,10 +814,6 @@ main() {
             done
         done
     fi
-    # Each part's table is printed as soon as the part is done, so a later part that fails
-    # loses nothing measured before it.
-    TABLE="$(print_context)"
-    printf '%s\n' "$TABLE"
     if has_part throughput; then emit "$(print_table)"; fi
     if has_part latency; then
         latency_part
