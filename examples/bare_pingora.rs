@@ -1,8 +1,9 @@
 //! The floor under tollgate: Pingora 0.9.1's proxy with hooks that do nothing but name the
 //! upstream, tuned as tollgate tunes it (one thread, no work stealing, the same upstream pool,
-//! the same client socket buffers). The load harness and `benches/instructions.sh` measure it
-//! beside nginx and tollgate, so the part of tollgate's cost that is Pingora's own HTTP engine,
-//! and the part that is tollgate's policy, can be told apart in one run.
+//! the same client socket buffers, the same allocator). The load harness and
+//! `benches/instructions.sh` measure it beside nginx and tollgate, so the part of tollgate's
+//! cost that is Pingora's own HTTP engine, and the part that is tollgate's, can be told apart
+//! in one run.
 //!
 //!     cargo build --release --example bare_pingora
 //!     target/release/examples/bare_pingora 127.0.0.1:8085 127.0.0.1:8081
@@ -20,6 +21,10 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
+
+// tollgate's allocator (src/main.rs), so the floor is not glibc malloc's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     upstream: SocketAddr,
