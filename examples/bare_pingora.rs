@@ -15,9 +15,7 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use pingora::listeners::ListenerConfig;
-use pingora::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::proxy::{ProxyHttp, Session};
-use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
@@ -52,24 +50,24 @@ fn main() {
         std::process::exit(2);
     });
 
-    // What tollgate's config loader sets when the file does not (src/config/mod.rs).
-    let conf = ServerConf {
-        threads: 1,
-        work_stealing: false,
-        upstream_keepalive_pool_size: 1024,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(0),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    // Pingora's settings exactly as tollgate's config loader makes them (its defaults for the
+    // pool, work stealing, grace periods), from the load harness's `threads: 1`; the routes
+    // only satisfy the loader.
+    let loaded = tollgate::config::load_str(&format!(
+        "threads: 1\nupstreams: {{u: {{targets: [\"{upstream}\"]}}}}\n\
+         routes: [{{name: r, path_prefix: /, upstream: u}}]\n"
+    ))
+    .unwrap_or_else(|e| {
+        eprintln!("bare_pingora: {e:?}");
+        std::process::exit(2);
+    });
+    let mut server = Server::new_with_opt_and_conf(None, loaded.server);
     server.bootstrap();
     let app = pingora::proxy::http_proxy(&server.configuration, Bare { upstream });
     let mut service = Service::new("bare pingora".to_owned(), app);
-    // tollgate's client sockets (src/server.rs): no 64 KiB read buffer per connection.
-    service.add_listener(
-        ListenerConfig::tcp(&listen)
-            .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
-    );
+    // tollgate's client sockets: no 64 KiB read buffer per connection.
+    service
+        .add_listener(ListenerConfig::tcp(&listen).l4_buffer(tollgate::server::client_buffers()));
     server.add_service(service);
     server.run_forever();
 }

@@ -225,14 +225,14 @@ pub async fn answer_empty(
     extra: &[(HeaderName, HeaderValue)],
 ) -> pingora::Result<bool> {
     ctx.local_status = Some(status);
-    let mut h = ResponseHeader::build(status, Some(extra.len() + 3))?;
+    // No case map: `edit_response` below hands the head back without one anyway.
+    let mut h = ResponseHeader::build_no_case(status, Some(extra.len() + 3))?;
     for (k, v) in extra {
         h.insert_header(k.clone(), v.clone())?;
     }
     h.insert_header(http::header::CONTENT_LENGTH, 0)?;
     crate::headers::edit_response(&mut h, |headers, status| {
         crate::headers::downstream_response(headers, status, &ctx.request_id, None);
-        Ok(())
     })?;
     if !session.is_body_empty() {
         session.set_keepalive(None);

@@ -40,10 +40,10 @@ const HEADROOM: usize = 8;
 /// Title-Case, others in lower case, as HAProxy and Envoy send them (field names are
 /// case-insensitive, RFC 9110 section 5.1). A request target that does not round-trip through
 /// the URI (absolute form, CONNECT) is kept, and so is HTTP/2's end-of-stream flag.
-pub fn edit_request<T>(
+pub fn edit_request(
     req: &mut RequestHeader,
-    edit: impl FnOnce(&mut HeaderMap) -> Result<T>,
-) -> Result<T> {
+    edit: impl FnOnce(&mut HeaderMap) -> Result<()>,
+) -> Result<()> {
     let from_uri = req.uri.path_and_query().map(|p| p.as_str().as_bytes());
     let raw = req.raw_path();
     let verbatim = (!raw.is_empty() && Some(raw) != from_uri).then(|| raw.to_vec());
@@ -65,10 +65,10 @@ pub fn edit_request<T>(
 /// [`edit_request`] for a response head: its headers as a plain `HeaderMap` (with its status,
 /// read-only), handed back without the header-case map. A reason phrase other than the
 /// status's usual one is kept.
-pub fn edit_response<T>(
+pub fn edit_response(
     resp: &mut ResponseHeader,
-    edit: impl FnOnce(&mut HeaderMap, http::StatusCode) -> Result<T>,
-) -> Result<T> {
+    edit: impl FnOnce(&mut HeaderMap, http::StatusCode),
+) -> Result<()> {
     let usual = resp.status.canonical_reason();
     let reason = resp
         .get_reason_phrase()
@@ -77,12 +77,12 @@ pub fn edit_response<T>(
     let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
     parts.headers.reserve(HEADROOM);
-    let out = edit(&mut parts.headers, parts.status);
+    edit(&mut parts.headers, parts.status);
     *resp = ResponseHeader::from(parts);
     if reason.is_some() {
         resp.set_reason_phrase(reason.as_deref())?;
     }
-    out
+    Ok(())
 }
 
 /// An IP address as a header value; IPv4 (the common case) without `fmt`.
@@ -387,11 +387,13 @@ mod tests {
         let mut resp = ResponseHeader::build(299, None).unwrap();
         resp.set_reason_phrase(Some("Fine Really")).unwrap();
         resp.insert_header("Content-Type", "text/plain").unwrap();
-        let seen = edit_response(&mut resp, |h, status| {
+        let mut seen = None;
+        edit_response(&mut resp, |h, status| {
             downstream_response(h, status, &HeaderValue::from_static("id1"), None);
-            Ok(status)
+            seen = Some(status);
         })
         .unwrap();
+        let seen = seen.unwrap();
         assert_eq!(seen.as_u16(), 299);
         assert_eq!(resp.status.as_u16(), 299);
         assert_eq!(resp.get_reason_phrase(), Some("Fine Really"));

@@ -327,16 +327,15 @@ impl ProxyHttp for Tollgate {
             // A trailers-only answer carries its status in the headers.
             ctx.grpc_status = crate::grpc::reported_status(&resp.headers);
         }
-        let origin = session.req_header().headers.get(&cors::ORIGIN);
+        let req = session.req_header();
         headers::edit_response(resp, |h, status| {
             if let Some(policy) = route.and_then(|r| r.cors.as_ref()) {
-                policy.decorate(h, origin);
+                policy.decorate(h, req.headers.get(&cors::ORIGIN));
             }
             if let Some(d) = &ctx.limit {
                 self.gw.rate_limits.apply(d, h);
             }
             headers::downstream_response(h, status, &ctx.request_id, route);
-            Ok(())
         })?;
         if let Some(c) = route.and_then(|r| r.compression.as_ref()) {
             ctx.encoder = c.start(session.req_header(), resp)?;

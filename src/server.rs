@@ -23,7 +23,7 @@ use crate::proxy::Tollgate;
 /// clients cost over 600 MiB. Pingora's HTTP/1 code reads heads and bodies into buffers of its
 /// own, so reads go straight to the socket (no second buffer, no extra copy); writes keep
 /// Pingora's default small coalescing buffer (one segment).
-fn client_buffers() -> L4BufferSettings {
+pub fn client_buffers() -> L4BufferSettings {
     L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)
 }
 
