@@ -376,7 +376,7 @@ pub fn render_upstreams(o: &mut String, upstreams: &[Arc<Upstream>]) {
             let up = label(&u.name);
             for b in u.backends().iter() {
                 let v = match metric {
-                    "tollgate_backend_healthy" => u64::from(u.healthy(b)),
+                    "tollgate_backend_healthy" => u64::from(b.healthy()),
                     "tollgate_backend_breaker_state" => {
                         match u.breaker.as_ref().map(|c| b.breaker.state(c)) {
                             None | Some(State::Closed) => 0,

@@ -1,5 +1,7 @@
-//! The load balancer of an upstream: Pingora's `LoadBalancer` with the selection the config
-//! asks for, over the backend set tollgate's discovery maintains.
+//! The load balancer of an upstream: Pingora's `LoadBalancer` over the backend set tollgate's
+//! discovery maintains. It runs the active health checks of every upstream, and picks the
+//! backend only for `consistent_hash` (its ketama ring); round robin, random and least
+//! connections pick over the membership snapshot (`members.rs`).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
@@ -7,23 +9,22 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use futures::FutureExt;
-use pingora::lb::selection::{Consistent, Random, RoundRobin};
+use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 
-use super::health::HealthConfig;
-use super::{protocol, tls, Balance, Spec};
+use super::health::Verdicts;
+use super::{Balance, Members, Spec};
 
 pub(super) enum Lb {
-    RoundRobin(LoadBalancer<RoundRobin>),
-    Random(LoadBalancer<Random>),
+    /// Checks only: its own selection is never asked.
+    Checks(LoadBalancer<RoundRobin>),
     Hash(LoadBalancer<Consistent>),
 }
 
 macro_rules! with_lb {
     ($lb:expr, $l:ident => $e:expr) => {
         match $lb {
-            Lb::RoundRobin($l) => $e,
-            Lb::Random($l) => $e,
+            Lb::Checks($l) => $e,
             Lb::Hash($l) => $e,
         }
     };
@@ -45,13 +46,14 @@ impl pingora::lb::discovery::ServiceDiscovery for SharedSet {
 pub(super) use with_lb;
 
 impl Lb {
-    /// The balancer `spec.balance` asks for (`least_conn` picks by itself, over a round-robin
-    /// one), with the spec's health checks.
+    /// The balancer `spec.balance` needs, with the spec's health checks, whose verdicts go to
+    /// the backends of `members`.
     pub(super) fn new(
         spec: &Spec,
         set: &Arc<ArcSwap<BTreeSet<Backend>>>,
         name: &str,
         changes: &Arc<AtomicU64>,
+        members: &Arc<ArcSwap<Members>>,
     ) -> Lb {
         let host = spec
             .targets
@@ -60,34 +62,29 @@ impl Lb {
             .unwrap_or_default();
         let h = spec.health.as_ref();
         let t = spec.tls.as_ref();
+        let verdicts = || Verdicts {
+            changes: changes.clone(),
+            members: members.clone(),
+        };
+        let checks = h.map(|h| h.build(name, &host, verdicts(), spec.protocol, t));
         match spec.balance {
-            Balance::RoundRobin | Balance::LeastConn => {
-                Lb::RoundRobin(make_lb(set, h, name, &host, changes, t, spec.protocol))
-            }
-            Balance::Random => Lb::Random(make_lb(set, h, name, &host, changes, t, spec.protocol)),
-            Balance::ConsistentHash => {
-                Lb::Hash(make_lb(set, h, name, &host, changes, t, spec.protocol))
-            }
+            Balance::ConsistentHash => Lb::Hash(make_lb(set, checks)),
+            _ => Lb::Checks(make_lb(set, checks)),
         }
     }
 }
 
 fn make_lb<S>(
     set: &Arc<ArcSwap<BTreeSet<Backend>>>,
-    health: Option<&HealthConfig>,
-    name: &str,
-    host: &str,
-    changes: &Arc<AtomicU64>,
-    tls: Option<&tls::UpstreamTls>,
-    proto: protocol::Protocol,
+    checks: Option<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>>,
 ) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
     let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Box::new(SharedSet(set.clone()))));
-    if let Some(h) = health {
-        lb.set_health_check(h.build(name, host, changes.clone(), proto, tls));
+    if let Some(c) = checks {
+        lb.set_health_check(c);
     }
     // The shared set never blocks nor fails.
     let _ = lb.update().now_or_never();

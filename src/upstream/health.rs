@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -15,7 +16,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::tls::UpstreamTls;
-use super::Upstream;
+use super::{Members, Upstream};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckKind {
@@ -49,17 +50,17 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
-    /// `changes` counts health state changes (exposed on `/health`). A TLS upstream is
-    /// probed over TLS, with its SNI and verification.
+    /// The checks' verdicts go to `verdicts`. A TLS upstream is probed over TLS, with its SNI
+    /// and verification.
     pub(super) fn build(
         &self,
         upstream: &str,
         host: &str,
-        changes: Arc<AtomicU64>,
+        verdicts: Verdicts,
         protocol: super::protocol::Protocol,
         tls: Option<&UpstreamTls>,
     ) -> Box<dyn HealthCheck + Send + Sync> {
-        let counter = Box::new(Counter(changes));
+        let counter = Box::new(verdicts);
         match &self.kind {
             CheckKind::Tcp => {
                 // Pingora's TCP check does a TLS handshake when it has an SNI.
@@ -116,12 +117,21 @@ impl HealthConfig {
     }
 }
 
-struct Counter(Arc<AtomicU64>);
+/// Where the checks' verdicts go: each flip marks the backend in the current membership
+/// snapshot (where the request path reads it) and is counted (`health_changes` on `/health`).
+pub(super) struct Verdicts {
+    pub changes: Arc<AtomicU64>,
+    pub members: Arc<ArcSwap<Members>>,
+}
 
 #[async_trait]
-impl HealthObserve for Counter {
-    async fn observe(&self, _target: &Backend, _healthy: bool) {
-        self.0.fetch_add(1, Relaxed);
+impl HealthObserve for Verdicts {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        self.changes.fetch_add(1, Relaxed);
+        // Keyed as Pingora keys health: address and weight.
+        if let Some(b) = self.members.load().iter().find(|b| b.backend == *target) {
+            b.healthy.store(healthy, Relaxed);
+        }
     }
 }
 

@@ -7,11 +7,13 @@ pub mod breaker;
 pub mod config;
 pub mod discovery;
 pub mod health;
+mod members;
 pub mod protocol;
 pub mod tls;
 
 pub use attempt::Attempt;
 use balancer::{with_lb, Lb};
+pub use members::{BackendState, Members};
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -22,7 +24,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
 use arc_swap::ArcSwap;
 use pingora::lb::Backend;
-use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora::upstreams::peer::HttpPeer;
 
 /// Per-upstream timeouts. `read` and `write` are per operation (between reads), as in nginx.
@@ -46,7 +47,7 @@ impl Default for Timeouts {
     }
 }
 
-use breaker::{Breaker, BreakerConfig};
+use breaker::BreakerConfig;
 use health::HealthConfig;
 
 /// How an upstream picks a backend.
@@ -97,24 +98,10 @@ pub struct Spec {
     pub tls: Option<tls::UpstreamTls>,
 }
 
-/// One backend's live state. Shared (`Arc`) between membership snapshots, so an address that
-/// stays across a re-resolution keeps its breaker and in-flight count.
-#[derive(Debug)]
-pub struct BackendState {
-    pub addr: SocketAddr,
-    pub weight: usize,
-    backend: Backend,
-    pub breaker: Breaker,
-    pub inflight: AtomicU64,
-}
-
-/// A membership snapshot: the current backends, read lock-free on the request path.
-pub type Members = Vec<Arc<BackendState>>;
-
 /// A compiled upstream.
 pub struct Upstream {
     pub name: Arc<str>,
-    members: ArcSwap<Members>,
+    members: Arc<ArcSwap<Members>>,
     /// What the load balancer's discovery returns; written only by `apply`.
     set: Arc<ArcSwap<BTreeSet<Backend>>>,
     /// Re-resolution of host-name targets, when `resolve_every` is set.
@@ -148,17 +135,19 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     pub fn new(name: &str, spec: Spec) -> Upstream {
-        let backends: Members = spec
-            .targets
-            .iter()
-            .map(|(addr, weight)| Arc::new(BackendState::new(*addr, *weight)))
-            .collect();
+        let backends = Members::new(
+            spec.targets
+                .iter()
+                .map(|(addr, weight)| Arc::new(BackendState::new(*addr, *weight)))
+                .collect(),
+        );
         let set = Arc::new(ArcSwap::from_pointee(backend_set(&backends)));
+        let members = Arc::new(ArcSwap::from_pointee(backends));
         let changes = Arc::new(AtomicU64::new(0));
-        let lb = Lb::new(&spec, &set, name, &changes);
+        let lb = Lb::new(&spec, &set, name, &changes, &members);
         Upstream {
             name: name.into(),
-            members: ArcSwap::from_pointee(backends),
+            members,
             set,
             discovery: spec.discovery,
             lb,
@@ -180,14 +169,9 @@ impl Upstream {
         self.members.load()
     }
 
-    /// Healthy by the active checks (always true without them).
-    pub fn healthy(&self, b: &BackendState) -> bool {
-        with_lb!(&self.lb, lb => lb.backends().ready(&b.backend))
-    }
-
     /// Healthy and its circuit lets requests through.
     pub fn usable(&self, b: &BackendState) -> bool {
-        self.healthy(b) && self.breaker.as_ref().is_none_or(|c| b.breaker.usable(c))
+        b.healthy() && self.breaker.as_ref().is_none_or(|c| b.breaker.usable(c))
     }
 
     /// Does this upstream have at least one usable backend?
@@ -200,11 +184,10 @@ impl Upstream {
     }
 
     /// Replace the backend set with `targets` (address, weight) after a re-resolution.
-    /// Addresses that stay keep their `BackendState` (breaker, in-flight count) and, because
-    /// Pingora's health registry keys health by address and weight, their active-health
-    /// state; new ones start as new backends do at load (healthy until the checks say
-    /// otherwise); removed ones leave the balancer before the snapshot changes, so they get
-    /// no new request (requests in flight finish on them). Returns whether anything changed.
+    /// Addresses that stay keep their `BackendState` (breaker, in-flight count, health);
+    /// new ones start as new backends do at load, and in Pingora's checks (healthy until the
+    /// checks say otherwise); removed ones get no new request once the snapshot changes
+    /// (requests in flight finish on them). Returns whether anything changed.
     ///
     /// Only the discovery background task calls this, so updates never overlap.
     pub async fn apply(&self, targets: &[(SocketAddr, usize)]) -> bool {
@@ -217,22 +200,26 @@ impl Upstream {
         if same || targets.is_empty() {
             return false;
         }
-        let new: Members = targets
-            .iter()
-            .map(|(a, w)| {
-                old.iter()
-                    .find(|b| b.addr == *a && b.weight == *w)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(BackendState::new(*a, *w)))
-            })
-            .collect();
-        // Balancer first: between the two stores a removed backend is already not ready
-        // there, and a new one is skipped until it is in the snapshot.
-        self.set.store(Arc::new(backend_set(&new)));
+        let new = Members::new(
+            targets
+                .iter()
+                .map(|(a, w)| {
+                    old.iter()
+                        .find(|b| b.addr == *a && b.weight == *w)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(BackendState::new(*a, *w)))
+                })
+                .collect(),
+        );
+        // Snapshot first: the checks report on a backend only once Pingora has it, and
+        // their reports must find it here. Consistent hashing, which still picks in Pingora,
+        // takes only what the snapshot holds, so a removed backend is skipped there too.
+        let set = backend_set(&new);
+        self.members.store(Arc::new(new));
+        self.set.store(Arc::new(set));
         if let Err(e) = with_lb!(&self.lb, lb => lb.update().await) {
             log::warn!("upstream {}: cannot update the balancer: {e}", self.name);
         }
-        self.members.store(Arc::new(new));
         true
     }
 
@@ -283,7 +270,16 @@ impl Upstream {
                         b.inflight.load(Relaxed) * 1000 / b.weight.max(1) as u64
                     })
             }
-            _ => {
+            Balance::RoundRobin | Balance::Random => {
+                let n = members.len();
+                let first = members.nth(match self.balance {
+                    Balance::Random => fastrand::usize(..),
+                    _ => self.rr.fetch_add(1, Relaxed),
+                })?;
+                // The weighted pick, else the next usable backend after it.
+                (0..n).map(|k| (first + k) % n).find(|&i| ok(i))
+            }
+            Balance::ConsistentHash => {
                 let index = |b: &Backend| {
                     let a = b.addr.as_inet()?;
                     members.iter().position(|s| s.addr == *a)
@@ -374,7 +370,7 @@ pub fn health_json(u: &Upstream) -> serde_json::Value {
             serde_json::json!({
                 "address": b.addr.to_string(),
                 "weight": b.weight,
-                "healthy": u.healthy(b),
+                "healthy": b.healthy(),
                 "circuit": breaker,
                 "usable": u.usable(b),
                 "in_flight": b.inflight.load(Relaxed),
@@ -392,22 +388,6 @@ pub fn health_json(u: &Upstream) -> serde_json::Value {
         })),
         "backends": backends,
     })
-}
-
-impl BackendState {
-    fn new(addr: SocketAddr, weight: usize) -> Self {
-        BackendState {
-            addr,
-            weight,
-            backend: Backend {
-                addr: PSocketAddr::Inet(addr),
-                weight,
-                ext: Default::default(),
-            },
-            breaker: Breaker::default(),
-            inflight: AtomicU64::new(0),
-        }
-    }
 }
 
 fn backend_set(members: &Members) -> BTreeSet<Backend> {
