@@ -1,6 +1,6 @@
 //! The floor under tollgate: Pingora 0.9.1's proxy with hooks that do nothing but name the
 //! upstream, tuned as tollgate tunes it (one thread, no work stealing, the same upstream pool,
-//! the same client socket buffers, the same allocator). The load harness and
+//! the same client read buffer, the same allocator). The load harness and
 //! `benches/instructions.sh` measure it beside nginx and tollgate, so the part of tollgate's
 //! cost that is Pingora's own HTTP engine, and the part that is tollgate's, can be told apart
 //! in one run.
@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::Server;
 use pingora::services::listening::Service;
@@ -37,6 +38,12 @@ impl ProxyHttp for Bare {
     async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> pingora::Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
+}
+
+/// tollgate's client read side (no buffer under Pingora's); writes keep Pingora's one-segment
+/// buffer, which tollgate replaces by its connection wrapper's (`conn::Guarded`), not had here.
+fn buffers() -> L4BufferSettings {
+    L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)
 }
 
 fn main() {
@@ -66,8 +73,7 @@ fn main() {
     let app = pingora::proxy::http_proxy(&server.configuration, Bare { upstream });
     let mut service = Service::new("bare pingora".to_owned(), app);
     // tollgate's client sockets: no 64 KiB read buffer per connection.
-    service
-        .add_listener(ListenerConfig::tcp(&listen).l4_buffer(tollgate::server::client_buffers()));
+    service.add_listener(ListenerConfig::tcp(&listen).l4_buffer(buffers()));
     server.add_service(service);
     server.run_forever();
 }

@@ -21,10 +21,15 @@ use crate::proxy::Tollgate;
 /// Socket buffers of an accepted client connection. Pingora's default puts a 64 KiB read
 /// buffer (zeroed, so resident) under every connection, idle or not: 10,000 idle keep-alive
 /// clients cost over 600 MiB. Pingora's HTTP/1 code reads heads and bodies into buffers of its
-/// own, so reads go straight to the socket (no second buffer, no extra copy); writes keep
-/// Pingora's default small coalescing buffer (one segment).
-pub fn client_buffers() -> L4BufferSettings {
-    L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)
+/// own, so reads go straight to the socket (no second buffer, no extra copy).
+///
+/// Writes are coalesced above, by the connection's [`crate::conn::Guarded`] stream, whose
+/// buffer exists only while a response is being written; Pingora's would hold its 1,460 bytes
+/// for the connection's whole life. A TLS listener keeps Pingora's under the TLS stream too,
+/// so a handshake's flight leaves in one write: a TLS connection holds tens of KiB of
+/// OpenSSL state anyway.
+pub fn client_buffers(tls: bool) -> L4BufferSettings {
+    L4BufferSettings::new(0, if tls { DEFAULT_L4_WRITE_BUFFER_SIZE } else { 0 })
 }
 
 /// Build a ready-to-run server from a validated config and Pingora's command-line options
@@ -80,7 +85,7 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
                     Ok(settings) => proxy.add_listener(
                         ListenerConfig::tcp(l.addr.as_str())
                             .tls(settings)
-                            .l4_buffer(client_buffers()),
+                            .l4_buffer(client_buffers(true)),
                     ),
                     // Only OpenSSL failing to create a context lands here: nothing to serve.
                     Err(e) => {
@@ -88,8 +93,9 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
                         std::process::exit(1);
                     }
                 },
-                None => proxy
-                    .add_listener(ListenerConfig::tcp(l.addr.as_str()).l4_buffer(client_buffers())),
+                None => proxy.add_listener(
+                    ListenerConfig::tcp(l.addr.as_str()).l4_buffer(client_buffers(false)),
+                ),
             }
         }
         server.add_service(proxy);

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,6 +34,7 @@ use pingora::protocols::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::coalesce::Coalesce;
 use super::Slot;
 use crate::websocket::Idle;
 
@@ -102,6 +103,10 @@ pub struct Guarded {
     tunnel_signal: AtomicU64,
     /// The idle timer of a WebSocket tunnel (armed from the handshake on).
     tunnel: Option<Box<Idle>>,
+    /// Writes not yet passed on: a response head and a small body leave in one segment, as
+    /// through Pingora's own write buffer, but the buffer exists only between a response's
+    /// first write and its flush, not for the whole life of an idle connection.
+    out: Coalesce,
 }
 
 const DISARM: u64 = u64::MAX;
@@ -117,6 +122,7 @@ impl Guarded {
             _slot: slot,
             tunnel_signal: AtomicU64::new(0),
             tunnel: None,
+            out: Coalesce::default(),
         }
     }
 
@@ -244,24 +250,39 @@ impl Guarded {
     }
 }
 
+impl Guarded {
+    fn poll_write_bufs(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+        len: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        self.take_signals();
+        let r = self.out.poll_write(&mut self.inner, cx, bufs, len);
+        // A tunnel's idle timer sees a write that waits too: a client that reads nothing.
+        self.tunnel_write(cx, r)
+    }
+}
+
 impl AsyncWrite for Guarded {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        this.take_signals();
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.tunnel_write(cx, r)
+        self.poll_write_bufs(cx, &[std::io::IoSlice::new(buf)], buf.len())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        ready!(this.out.poll_send(&mut this.inner, cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        ready!(this.out.poll_send(&mut this.inner, cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -269,20 +290,20 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        this.take_signals();
-        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.tunnel_write(cx, r)
+        let len = bufs.iter().map(|b| b.len()).sum();
+        self.poll_write_bufs(cx, bufs, len)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
 }
 
 #[async_trait]
 impl Shutdown for Guarded {
     async fn shutdown(&mut self) {
+        // What is held back goes first (Pingora closes a connection with this, not a flush).
+        let _ = std::future::poll_fn(|cx| self.out.poll_send(&mut self.inner, cx)).await;
         Shutdown::shutdown(&mut *self.inner).await
     }
 }

@@ -6,8 +6,9 @@
 //! client IP (sharded counters touched on accept and close, never per request), wraps
 //! every stream in [`Guarded`], and runs the HTTP/1 keep-alive loop itself.
 //!
-//! The stream itself, its head deadline and its tunnel idle timer, is in `guarded.rs`; the
-//! keep-alive loop, which keeps idle connections small, in `keepalive.rs`.
+//! The stream itself, its head deadline and its tunnel idle timer, is in `guarded.rs`, its
+//! write buffer in `coalesce.rs`; the keep-alive loop, which keeps idle connections small,
+//! in `keepalive.rs`.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -21,6 +22,7 @@ use pingora::protocols::{Shutdown, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
+mod coalesce;
 mod guarded;
 mod keepalive;
 
