@@ -1,6 +1,6 @@
 //! The floor under tollgate: Pingora 0.9.1's proxy with hooks that do nothing but name the
-//! upstream, tuned as tollgate tunes it (one thread, no work stealing, the same upstream pool,
-//! the same client read buffer, the same allocator). The load harness and
+//! upstream, tuned as tollgate tunes it (one thread, no work stealing, the same upstream pool
+//! and peer timeouts, the same client read buffer, the same allocator). The load harness and
 //! `benches/instructions.sh` measure it beside nginx and tollgate, so the part of tollgate's
 //! cost that is Pingora's own HTTP engine, and the part that is tollgate's, can be told apart
 //! in one run.
@@ -26,7 +26,8 @@ use pingora::upstreams::peer::HttpPeer;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
-    upstream: SocketAddr,
+    /// The upstream as tollgate's `Upstream::peer` makes it: its timeouts and idle timeout.
+    peer: HttpPeer,
 }
 
 #[async_trait]
@@ -36,7 +37,7 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> pingora::Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        Ok(Box::new(self.peer.clone()))
     }
 }
 
@@ -58,8 +59,9 @@ fn main() {
     });
 
     // Pingora's settings exactly as tollgate's config loader makes them (its defaults for the
-    // pool, work stealing, grace periods), from the load harness's `threads: 1`; the routes
-    // only satisfy the loader.
+    // pool, work stealing, grace periods), from the load harness's `threads: 1`, and the
+    // upstream peer as tollgate builds it (connect, read and write timeouts, which Pingora
+    // times on every read and write); the route only satisfies the loader.
     let loaded = tollgate::config::load_str(&format!(
         "threads: 1\nupstreams: {{u: {{targets: [\"{upstream}\"]}}}}\n\
          routes: [{{name: r, path_prefix: /, upstream: u}}]\n"
@@ -68,9 +70,10 @@ fn main() {
         eprintln!("bare_pingora: {e:?}");
         std::process::exit(2);
     });
+    let peer = loaded.gateway.upstreams[0].peer(upstream);
     let mut server = Server::new_with_opt_and_conf(None, loaded.server);
     server.bootstrap();
-    let app = pingora::proxy::http_proxy(&server.configuration, Bare { upstream });
+    let app = pingora::proxy::http_proxy(&server.configuration, Bare { peer });
     let mut service = Service::new("bare pingora".to_owned(), app);
     // tollgate's client sockets: no 64 KiB read buffer per connection.
     service.add_listener(ListenerConfig::tcp(&listen).l4_buffer(buffers()));
