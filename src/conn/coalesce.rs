@@ -57,6 +57,10 @@ impl Coalesce {
         bufs: &[IoSlice<'_>],
         len: usize,
     ) -> Poll<io::Result<usize>> {
+        if len == 0 {
+            // Nothing to hold: no reason to allocate the buffer.
+            return Poll::Ready(Ok(0));
+        }
         if self.buf.len() + len > WRITE_BUFFER {
             ready!(self.poll_send(w, cx))?;
         }
@@ -129,6 +133,8 @@ mod tests {
     fn head_and_small_body_leave_in_one_write_and_the_buffer_is_freed() {
         let (mut c, mut w) = (Coalesce::default(), Sink::default());
         assert_eq!(c.held(), (0, 0), "nothing allocated before a response");
+        assert!(matches!(write(&mut c, &mut w, b""), Poll::Ready(Ok(0))));
+        assert_eq!(c.held(), (0, 0), "nor for an empty write");
         assert!(matches!(
             write(&mut c, &mut w, b"HTTP/1.1 200 OK\r\n\r\n"),
             Poll::Ready(Ok(19))

@@ -62,11 +62,13 @@ impl Lb {
             .unwrap_or_default();
         let h = spec.health.as_ref();
         let t = spec.tls.as_ref();
-        let verdicts = || Verdicts {
-            changes: changes.clone(),
-            members: members.clone(),
-        };
-        let checks = h.map(|h| h.build(name, &host, verdicts(), spec.protocol, t));
+        let checks = h.map(|h| {
+            let verdicts = Verdicts {
+                changes: changes.clone(),
+                members: members.clone(),
+            };
+            h.build(name, &host, verdicts, spec.protocol, t)
+        });
         match spec.balance {
             Balance::ConsistentHash => Lb::Hash(make_lb(set, checks)),
             _ => Lb::Checks(make_lb(set, checks)),

@@ -60,7 +60,7 @@ impl HealthConfig {
         protocol: super::protocol::Protocol,
         tls: Option<&UpstreamTls>,
     ) -> Box<dyn HealthCheck + Send + Sync> {
-        let counter = Box::new(verdicts);
+        let observer = Box::new(verdicts);
         match &self.kind {
             CheckKind::Tcp => {
                 // Pingora's TCP check does a TLS handshake when it has an SNI.
@@ -75,7 +75,7 @@ impl HealthConfig {
                 hc.consecutive_failure = self.unhealthy;
                 hc.peer_template.options.connection_timeout = Some(self.timeout);
                 hc.peer_template.options.total_connection_timeout = Some(self.timeout);
-                hc.health_changed_callback = Some(counter);
+                hc.health_changed_callback = Some(observer);
                 hc
             }
             CheckKind::Http { path, status } => {
@@ -97,7 +97,7 @@ impl HealthConfig {
                     let _ = req.append_header("User-Agent", "tollgate-health-check");
                     hc.req = req;
                 }
-                hc.health_changed_callback = Some(counter);
+                hc.health_changed_callback = Some(observer);
                 let name = upstream.to_owned();
                 hc.set_backend_summary(move |b| format!("upstream {name} backend {}", b.addr));
                 let want = *status;

@@ -1,5 +1,7 @@
-//! Upstreams: a set of backends behind Pingora's load balancer, with per-upstream timeouts,
-//! a retry budget, active health checks, a circuit breaker per backend and in-flight counts.
+//! Upstreams: a set of backends with per-upstream timeouts, a retry budget, active health
+//! checks (run by Pingora's load balancer, `balancer.rs`), a circuit breaker per backend and
+//! in-flight counts. Round robin, random and least connections pick over tollgate's own
+//! membership snapshot (`members.rs`); consistent hashing picks on Pingora's ketama ring.
 
 mod attempt;
 mod balancer;
