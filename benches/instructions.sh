@@ -19,6 +19,13 @@
 #   jwt     GET /jwt/bench    the same policy with an HS256 JWT
 #   bare    GET /bench        not tollgate: examples/bare_pingora.rs, Pingora's proxy with
 #                             no-op hooks, tuned as tollgate is (the floor under "plain")
+#   hybrid  GET /bench        bare_pingora --own-upstream: Pingora serves the client, the
+#                             upstream leg is tollgate-style code of its own (no Pingora pool)
+#   floor   GET /bench        not tollgate: examples/h1_floor.rs, the same job on tokio with
+#                             no Pingora (what an HTTP/1 engine of our own would start from)
+#   nginx   GET /bench        nginx as a plain proxy (benches/load/proxy.nginx.conf, one
+#                             process), the reference of the load harness
+#   nginx-apikey  GET /api/bench  nginx with tollgate's API-key policy (map, limit_req, headers)
 #
 # Exit status: 0, or 1 when a scenario grew by more than THRESHOLD percent
 # over the recorded number (a drop is reported, never a failure: re-record it).
@@ -33,9 +40,11 @@ N=${N:-2000}                         # requests of the short run (the long one i
 THRESHOLD=${THRESHOLD:-5}            # percent growth that fails
 RECORD=${RECORD:-0}                  # 1: write the numbers to RESULTS
 RESULTS=${RESULTS:-$HERE/instructions.txt}
-SCENARIOS=${SCENARIOS:-"plain apikey jwt bare"}
+ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey"
+SCENARIOS=${SCENARIOS:-$ALL}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}       # use this binary instead of building
 BARE_BIN=${BARE_BIN:-}               # bare Pingora (default: beside TOLLGATE_BIN, or built)
+FLOOR_BIN=${FLOOR_BIN:-}             # the same for examples/h1_floor
 READY_TIMEOUT=${READY_TIMEOUT:-120}  # seconds tollgate (under valgrind) gets to start
 KEEP_TMP=${KEEP_TMP:-0}              # 1: keep configs, logs and callgrind outputs
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -72,17 +81,26 @@ else
     TG_BIN=$dir/release/tollgate
 fi
 [[ -x $TG_BIN ]] || die "$TG_BIN is not an executable"
-# Bare Pingora: the one beside a prebuilt TOLLGATE_BIN, as the load harness takes it; built
-# (a no-op when current) whenever this script builds tollgate, so it is never stale.
-if [[ " $SCENARIOS " == *" bare "* && -z $BARE_BIN ]]; then
-    BARE_BIN=$(dirname "$TG_BIN")/examples/bare_pingora
-    if [[ -z $TOLLGATE_BIN || ! -x $BARE_BIN ]]; then
-        log "building examples/bare_pingora (release)"
-        (cd "$REPO" && cargo build --release --example bare_pingora) >&2 ||
-            die "cargo build --release --example bare_pingora failed"
+# The examples (bare Pingora, the h1 floor): the ones beside a prebuilt TOLLGATE_BIN, as the
+# load harness takes them; built (a no-op when current) whenever this script builds tollgate,
+# so they are never stale.
+example() { # example SCENARIO NAME GIVEN_BIN -> prints the binary to run
+    local bin=$3
+    [[ " $SCENARIOS " == *" $1 "* ]] || return 0
+    if [[ -z $bin ]]; then
+        bin=$(dirname "$TG_BIN")/examples/$2
+        if [[ -z $TOLLGATE_BIN || ! -x $bin ]]; then
+            log "building examples/$2 (release)"
+            (cd "$REPO" && cargo build --release --example "$2") >&2 ||
+                die "cargo build --release --example $2 failed"
+        fi
     fi
-fi
-[[ " $SCENARIOS " != *" bare "* || -x $BARE_BIN ]] || die "$BARE_BIN is not an executable"
+    [[ -x $bin ]] || die "$bin is not an executable"
+    printf '%s\n' "$bin"
+}
+BARE_BIN=$(example bare bare_pingora "$BARE_BIN")
+[[ -n $BARE_BIN ]] || BARE_BIN=$(example hybrid bare_pingora "")
+FLOOR_BIN=$(example floor h1_floor "$FLOOR_BIN")
 
 # -------------------------------------------------------------- services ----
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-instr.XXXXXX")
@@ -161,12 +179,26 @@ measure() {
         plain) path=/bench header="" ;;
         apikey) path=/api/bench header="X-Api-Key: $API_KEY" ;;
         jwt) path=/jwt/bench header="Authorization: Bearer $JWT" ;;
-        bare)
+        bare | hybrid | floor)
             path=/bench header=""
             cmd=("$BARE_BIN" "127.0.0.1:$TOLLGATE_PORT" "127.0.0.1:$UPSTREAM_PORT")
+            [[ $sc != hybrid ]] || cmd+=(--own-upstream)
+            [[ $sc != floor ]] || cmd[0]=$FLOOR_BIN
             ready="http://127.0.0.1:$TOLLGATE_PORT/bench" # no admin port: its polls are counted
             ;;
-        *) die "unknown scenario $sc (plain, apikey, jwt, bare)" ;;
+        nginx | nginx-apikey)
+            path=/bench header=""
+            [[ $sc == nginx ]] || path=/api/bench header="X-Api-Key: $API_KEY"
+            # One process (no master), so callgrind counts the one that serves.
+            render "$HERE/load/proxy.nginx.conf" "$TMP/nginx.conf" TMP="$TMP" \
+                UPSTREAM_PORT="$UPSTREAM_PORT" NGINX_PORT="$TOLLGATE_PORT" NGINX_KEEPALIVE=64 \
+                WORKER_CONNECTIONS=1024 API_KEY="$API_KEY"
+            sed -i 's/^master_process on;/master_process off;/' "$TMP/nginx.conf"
+            mkdir -p "$TMP/nginx_tmp"
+            cmd=(nginx -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf")
+            ready="http://127.0.0.1:$TOLLGATE_PORT/bench"
+            ;;
+        *) die "unknown scenario $sc ($ALL)" ;;
     esac
     RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" \
         "${cmd[@]}" >"$TMP/tollgate.$sc.$count.log" 2>&1 &
@@ -200,7 +232,7 @@ if [[ -f $RESULTS ]]; then
 fi
 
 status=0
-printf '%-8s %14s %14s %8s\n' scenario instr/req recorded change
+printf '%-13s %14s %14s %8s\n' scenario instr/req recorded change
 for sc in $SCENARIOS; do
     old=${OLD[$sc]:-} change="-"
     if [[ -n $old ]]; then
@@ -210,7 +242,7 @@ for sc in $SCENARIOS; do
             status=1
         fi
     fi
-    printf '%-8s %14d %14s %8s\n' "$sc" "${PER[$sc]}" "${old:--}" "$change"
+    printf '%-13s %14d %14s %8s\n' "$sc" "${PER[$sc]}" "${old:--}" "$change"
 done
 
 if [[ $RECORD == 1 ]]; then
@@ -225,17 +257,20 @@ if [[ $RECORD == 1 ]]; then
         echo "# Instructions per request, measured by benches/instructions.sh (callgrind, release"
         echo "# build, threads: 1, benches/load/tollgate.yaml; (I(2N) - I(N)) / N with N=$N)."
         echo "# bare: examples/bare_pingora.rs, Pingora with no-op hooks (the floor under tollgate)."
+        echo "# hybrid: bare_pingora --own-upstream, Pingora's client side with an upstream leg of its own."
+        echo "# floor: examples/h1_floor.rs, the same job on tokio without Pingora."
+        echo "# nginx, nginx-apikey: benches/load/proxy.nginx.conf in one process, plain and with the policy."
         echo "# measured: $(date -u '+%Y-%m-%d') $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(valgrind --version)"
         if ((${#OLD[@]})); then
             printf '# was: %s:' "${old_when:-earlier}"
-            for sc in plain apikey jwt bare; do [[ -z ${OLD[$sc]:-} ]] || printf ' %s %s' "$sc" "${OLD[$sc]}"; done
+            for sc in $ALL; do [[ -z ${OLD[$sc]:-} ]] || printf ' %s %s' "$sc" "${OLD[$sc]}"; done
             printf '\n'
         fi
         [[ -z $history ]] || printf '%s\n' "$history"
         echo "# scenario  instructions/request"
-        for sc in plain apikey jwt bare; do
+        for sc in $ALL; do
             v=${PER[$sc]:-${OLD[$sc]:-}}
-            [[ -z $v ]] || printf '%-8s %d\n' "$sc" "$v"
+            [[ -z $v ]] || printf '%-13s %d\n' "$sc" "$v"
         done
     } >"$RESULTS"
     log "recorded in $RESULTS"

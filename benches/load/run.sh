@@ -42,8 +42,10 @@ FORCE=${FORCE:-0}                 # 1: measure even if the machine looks busy
 SKIP_TOLLGATE=${SKIP_TOLLGATE:-0} # 1: no build, no tollgate rows (harness development)
 SKIP_HAPROXY=${SKIP_HAPROXY:-0}   # 1: no HAProxy rows even if haproxy is installed
 SKIP_BARE=${SKIP_BARE:-0}         # 1: no row for bare Pingora (examples/bare_pingora.rs)
+SKIP_FLOOR=${SKIP_FLOOR:-0}       # 1: no row for the HTTP/1 floor without Pingora (examples/h1_floor.rs)
 TOLLGATE_BIN=${TOLLGATE_BIN:-}    # use this binary instead of building
 BARE_BIN=${BARE_BIN:-}            # the same for bare Pingora (default: beside TOLLGATE_BIN, or built)
+FLOOR_BIN=${FLOOR_BIN:-}          # the same for the HTTP/1 floor
 LOADGEN_CPU=${LOADGEN_CPU:-0}     # core for wrk and the upstream
 PROXY_CPU=${PROXY_CPU:-1}         # core for the proxy under test
 MAX_LOAD=${MAX_LOAD:-$(awk -v n="$NCPU" 'BEGIN { print n / 2 }')}  # busy if 1-min load above
@@ -280,20 +282,23 @@ build_tollgate() {
     TG_BIN=$BUILT
 }
 
-# Bare Pingora (examples/bare_pingora.rs): Pingora's proxy with no-op hooks, tuned as tollgate
-# is, so the table shows how much of tollgate's cost is Pingora's own HTTP engine. With a
-# prebuilt TOLLGATE_BIN, the example beside it is taken when it is there.
-build_bare() {
+# The two floors, examples beside tollgate: bare Pingora (examples/bare_pingora.rs), Pingora's
+# proxy with no-op hooks tuned as tollgate is, so the table shows how much of tollgate's cost
+# is Pingora's own HTTP engine; and the HTTP/1 floor (examples/h1_floor.rs), the same job on
+# tokio without Pingora. With a prebuilt TOLLGATE_BIN, the example beside it is taken when it
+# is there.
+build_example() { # build_example NAME VAR — VAR (BARE_BIN, FLOOR_BIN) names the binary
+    local -n bin=$2
     local beside
-    beside=$(dirname "$TG_BIN")/examples/bare_pingora
-    if [[ -z $BARE_BIN && -n $TOLLGATE_BIN && -x $beside ]]; then BARE_BIN=$beside; fi
-    if [[ -n $BARE_BIN ]]; then
-        [[ -x $BARE_BIN ]] || die "BARE_BIN=$BARE_BIN is not an executable"
-        log "using prebuilt bare Pingora: $BARE_BIN"
+    beside=$(dirname "$TG_BIN")/examples/$1
+    if [[ -z $bin && -n $TOLLGATE_BIN && -x $beside ]]; then bin=$beside; fi
+    if [[ -n $bin ]]; then
+        [[ -x $bin ]] || die "$2=$bin is not an executable"
+        log "using prebuilt examples/$1: $bin"
         return
     fi
-    release_build examples/bare_pingora --example bare_pingora
-    BARE_BIN=$BUILT
+    release_build "examples/$1" --example "$1"
+    bin=$BUILT
 }
 
 # ---------------------------------------------------- processes we own ----
@@ -480,13 +485,12 @@ start_tollgate() {
     log "tollgate ready on :$TOLLGATE_PORT, admin :$TOLLGATE_ADMIN_PORT (pid $TOLLGATE_PID, cpu $PROXY_CPU)"
 }
 
-start_bare() {
-    start_bg pingora "$PROXY_CPU" INT env RUST_LOG=error "$BARE_BIN" "127.0.0.1:$BARE_PORT" \
-        "127.0.0.1:$UPSTREAM_PORT"
-    BARE_PID=$LAST_PID
-    wait_http "bare pingora" "$BARE_PID" "http://127.0.0.1:$BARE_PORT/bench" "$TMP/pingora.out"
-    PIDS_ON_PORT[$BARE_PORT]=$BARE_PID
-    log "bare pingora ready on :$BARE_PORT (pid $BARE_PID, cpu $PROXY_CPU)"
+start_example() { # start_example NAME BIN PORT — a floor: LISTEN_ADDR UPSTREAM_ADDR, SIGINT stops it
+    start_bg "$1" "$PROXY_CPU" INT env RUST_LOG=error "$2" "127.0.0.1:$3" "127.0.0.1:$UPSTREAM_PORT"
+    local pid=$LAST_PID
+    wait_http "$1" "$pid" "http://127.0.0.1:$3/bench" "$TMP/$1.out"
+    PIDS_ON_PORT[$3]=$pid
+    log "$1 ready on :$3 (pid $pid, cpu $PROXY_CPU)"
 }
 
 start_haproxy() {
@@ -733,7 +737,8 @@ main() {
         log "SKIP_TOLLGATE=1: no build, no tollgate scenario"
     else
         build_tollgate
-        [[ $SKIP_BARE == 1 ]] || build_bare
+        [[ $SKIP_BARE == 1 ]] || build_example bare_pingora BARE_BIN
+        [[ $SKIP_FLOOR == 1 ]] || build_example h1_floor FLOOR_BIN
     fi
 
     trap cleanup EXIT
@@ -761,13 +766,15 @@ main() {
     HAPROXY_MAXCONN=$(((nofile - 100) / 2 < WORKER_CONNECTIONS ? (nofile - 100) / 2 : WORKER_CONNECTIONS))
 
     local ports
-    ports=$(free_ports 6)
-    read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT HAPROXY_PORT BARE_PORT <<<"$ports"
+    ports=$(free_ports 7)
+    read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT HAPROXY_PORT BARE_PORT \
+        FLOOR_PORT <<<"$ports"
 
     start_upstream
     start_nginx_proxy
     [[ $SKIP_TOLLGATE == 1 ]] || start_tollgate
-    [[ $SKIP_TOLLGATE == 1 || $SKIP_BARE == 1 ]] || start_bare
+    [[ $SKIP_TOLLGATE == 1 || $SKIP_BARE == 1 ]] || start_example pingora "$BARE_BIN" "$BARE_PORT"
+    [[ $SKIP_TOLLGATE == 1 || $SKIP_FLOOR == 1 ]] || start_example h1-floor "$FLOOR_BIN" "$FLOOR_PORT"
     [[ $HAVE_HAPROXY == 0 ]] || start_haproxy
 
     # The targets, in the order they alternate within each repetition.
@@ -782,6 +789,9 @@ main() {
     fi
     if [[ $SKIP_TOLLGATE != 1 && $SKIP_BARE != 1 ]]; then
         scenario pingora "$BARE_PORT"
+    fi
+    if [[ $SKIP_TOLLGATE != 1 && $SKIP_FLOOR != 1 ]]; then
+        scenario h1-floor "$FLOOR_PORT"
     fi
     if [[ $SKIP_TOLLGATE != 1 ]]; then
         scenario tollgate "$TOLLGATE_PORT"
