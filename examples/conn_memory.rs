@@ -35,7 +35,7 @@ fn main() {
             ),
             access_log: tollgate::observe::access_log::AccessLog::new(gw.access_log.clone()),
         });
-        let proxy = || pingora::proxy::http_proxy(&conf, tollgate::proxy::Tollgate::new(gw.clone(), obs.clone()));
+        let proxy = || pingora::proxy::http_proxy(&conf, tollgate::proxy::Tollgate::new(gw.clone(), obs.clone(), conf.upstream_keepalive_pool_size));
         let app = Arc::new(proxy());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

@@ -22,15 +22,20 @@ use crate::upstream::{self, Upstream};
 
 pub use crate::ctx::Ctx;
 
+mod relay;
+
 /// The gateway's `ProxyHttp`: a compiled config, read-only on the hot path.
 pub struct Tollgate {
     gw: Arc<Gateway>,
     obs: Arc<Observe>,
+    /// Idle connections the fast path keeps per backend and thread
+    /// (`upstream_keepalive_pool_size`).
+    pool: usize,
 }
 
 impl Tollgate {
-    pub fn new(gw: Arc<Gateway>, obs: Arc<Observe>) -> Self {
-        Tollgate { gw, obs }
+    pub fn new(gw: Arc<Gateway>, obs: Arc<Observe>, pool: usize) -> Self {
+        Tollgate { gw, obs, pool }
     }
 
     fn route(&self, ctx: &Ctx) -> Option<&Route> {
@@ -90,6 +95,73 @@ impl Tollgate {
                 .await;
         }
         Ok(false)
+    }
+
+    /// Pick a backend of the route's upstream that is healthy, whose circuit lets requests
+    /// through and that this request has not already failed on; it becomes `ctx.attempt`.
+    fn pick<'c>(&self, session: &Session, ctx: &'c mut Ctx) -> Result<&'c upstream::Attempt> {
+        let route = self.route(ctx).ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "upstream_peer without a route")
+        })?;
+        let up = &self.gw.upstreams[route.upstream];
+        ctx.attempt = None;
+        let key = upstream::hash_key(up, session.req_header(), ctx.consumer(), ctx.client_ip);
+        let Some(attempt) = up.select(&key, &ctx.tried) else {
+            let retried = !ctx.tried.is_empty();
+            return Err(error::no_backend(&up.name, retried, ctx.last_failure));
+        };
+        ctx.backend = Some(attempt.addr());
+        ctx.upstream_started.get_or_insert_with(Instant::now);
+        Ok(ctx.attempt.insert(attempt))
+    }
+
+    /// Nothing reached the backend: another one may be tried, within the retry budget.
+    fn connect_failed(&self, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(mut a) = ctx.attempt.take() {
+            a.failure();
+        }
+        ctx.attempt_failed(&e);
+        let budget = self.upstream(ctx).map_or(0, |u| u.retries as usize);
+        e.set_retry(ctx.tried.len() <= budget);
+        e
+    }
+
+    /// Bytes may have reached the backend: whether to retry, and where (`error_while_proxy`).
+    fn proxy_failed(
+        &self,
+        session: &Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let replayable = session.req_header().method.is_idempotent()
+            && session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated();
+        // A pooled connection the backend had already closed: not the backend's failure, and
+        // retried on a fresh connection outside the retry budget.
+        if client_reused && replayable && matches!(e.retry, pingora::RetryType::ReusedOnly) {
+            ctx.attempt = None;
+            e.retry.decide_reuse(true);
+            return e;
+        }
+        if let Some(mut a) = ctx.attempt.take() {
+            // A client that went away is not the backend's failure.
+            if e.esource() == &pingora::ErrorSource::Upstream {
+                a.failure();
+            }
+        }
+        ctx.attempt_failed(&e);
+        let budget = self.upstream(ctx).map_or(0, |u| u.retries as usize);
+        if !replayable || ctx.tried.len() > budget {
+            e.set_retry(false);
+        } else if e.esource() == &pingora::ErrorSource::Upstream {
+            // The backend failed (reset, timeout) before any response reached the client, and
+            // the request can be replayed: try another backend.
+            e.set_retry(true);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 }
 
@@ -232,7 +304,14 @@ impl ProxyHttp for Tollgate {
             .and_then(|id| id.credential_query.as_deref());
         let changed = matches!(path, std::borrow::Cow::Owned(_));
         ctx.target = headers::forwarded_target(route, &path, req.uri.query(), key_param, changed);
-        self.rate_limit(session, ctx, route).await
+        if self.rate_limit(session, ctx, route).await? {
+            return Ok(true);
+        }
+        let up = &self.gw.upstreams[route.upstream];
+        if relay::takes_fast_path(session.req_header(), ctx, up) {
+            return self.relay(session, ctx).await;
+        }
+        Ok(false)
     }
 
     /// Enforce the route's `max_body` on bodies whose length was not declared up front (not
@@ -262,20 +341,7 @@ impl ProxyHttp for Tollgate {
     /// Pick a backend of the route's upstream that is healthy, whose circuit lets requests
     /// through and that this request has not already failed on.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let route = self.route(ctx).ok_or_else(|| {
-            Error::explain(ErrorType::InternalError, "upstream_peer without a route")
-        })?;
-        let up = &self.gw.upstreams[route.upstream];
-        ctx.attempt = None;
-        let key = upstream::hash_key(up, session.req_header(), ctx.consumer(), ctx.client_ip);
-        let Some(attempt) = up.select(&key, &ctx.tried) else {
-            let retried = !ctx.tried.is_empty();
-            return Err(error::no_backend(&up.name, retried, ctx.last_failure));
-        };
-        ctx.backend = Some(attempt.addr());
-        ctx.upstream_started.get_or_insert_with(Instant::now);
-        let mut peer = attempt.peer();
-        ctx.attempt = Some(attempt);
+        let mut peer = self.pick(session, ctx)?.peer();
         if let Some(idle) = ctx.websocket {
             crate::websocket::time_handshake(session, idle, &mut peer);
         }
@@ -377,15 +443,9 @@ impl ProxyHttp for Tollgate {
         _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(mut a) = ctx.attempt.take() {
-            a.failure();
-        }
-        ctx.attempt_failed(&e);
-        let budget = self.upstream(ctx).map_or(0, |u| u.retries as usize);
-        e.set_retry(ctx.tried.len() <= budget);
-        e
+        self.connect_failed(ctx, e)
     }
 
     /// Bytes may have reached the backend: retry only idempotent requests whose body is
@@ -398,35 +458,8 @@ impl ProxyHttp for Tollgate {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!("upstream peer {peer}"));
-        let replayable = session.req_header().method.is_idempotent()
-            && session.response_written().is_none()
-            && !session.as_ref().retry_buffer_truncated();
-        // A pooled connection the backend had already closed: not the backend's failure, and
-        // retried on a fresh connection outside the retry budget.
-        if client_reused && replayable && matches!(e.retry, pingora::RetryType::ReusedOnly) {
-            ctx.attempt = None;
-            e.retry.decide_reuse(true);
-            return e;
-        }
-        if let Some(mut a) = ctx.attempt.take() {
-            // A client that went away is not the backend's failure.
-            if e.esource() == &pingora::ErrorSource::Upstream {
-                a.failure();
-            }
-        }
-        ctx.attempt_failed(&e);
-        let budget = self.upstream(ctx).map_or(0, |u| u.retries as usize);
-        if !replayable || ctx.tried.len() > budget {
-            e.set_retry(false);
-        } else if e.esource() == &pingora::ErrorSource::Upstream {
-            // The backend failed (reset, timeout) before any response reached the client, and
-            // the request can be replayed: try another backend.
-            e.set_retry(true);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
-        e
+        let e = e.more_context(format!("upstream peer {peer}"));
+        self.proxy_failed(session, e, ctx, client_reused)
     }
 
     /// The JSON error contract for failures Pingora reports (502, 503, 504, 400).

@@ -72,7 +72,11 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
     for key in keys {
         let mut app = pingora::proxy::http_proxy(
             &server.configuration,
-            Tollgate::new(gw.clone(), obs.clone()),
+            Tollgate::new(
+                gw.clone(),
+                obs.clone(),
+                server.configuration.upstream_keepalive_pool_size,
+            ),
         );
         let mut options = HttpServerOptions::default();
         options.h2c = key.h2c;

@@ -146,6 +146,35 @@ fn hop_by_hop_request_headers_are_removed_including_connection_named_ones() {
 }
 
 #[test]
+fn hop_by_hop_request_headers_are_removed_on_the_fast_path_too() {
+    // No Connection-named headers and no Upgrade: tollgate relays this one itself
+    // (src/proxy/relay.rs), and strips the same headers Pingora's path does.
+    let gw = gateway("");
+    let r = gw.raw(
+        b"GET /api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\
+          Keep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: x-t\r\nProxy-Authorization: Basic eA==\r\n\
+          Proxy-Connection: keep-alive\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nX-Kept: yes\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    for h in [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "http2-settings",
+    ] {
+        assert_eq!(
+            r.upstream_header(h),
+            None,
+            "{h} must not reach the upstream"
+        );
+    }
+    assert_eq!(r.upstream_header("x-kept").as_deref(), Some("yes"));
+}
+
+#[test]
 fn hop_by_hop_response_headers_are_removed() {
     // A raw upstream that sends hop-by-hop headers in its response.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -8,6 +8,7 @@ mod balancer;
 pub mod breaker;
 pub mod config;
 pub mod discovery;
+pub mod h1;
 pub mod health;
 mod members;
 pub mod protocol;

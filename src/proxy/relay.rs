@@ -1,0 +1,261 @@
+//! The fast path: a plain request to a plaintext HTTP/1 upstream is relayed by tollgate itself
+//! from `request_filter`, over its own upstream connections ([`crate::upstream::h1`]), instead
+//! of by Pingora's proxy loop. Pingora still serves the client (its HTTP/1 codec, keep-alive,
+//! the session the hooks and the access log read); the same hooks decide the same things:
+//! `pick` and the retry rules of `fail_to_connect` / `error_while_proxy`, the upstream request
+//! edits of `upstream_request_filter`, the gateway headers and circuit-breaker outcome of
+//! `response_filter`, compression in `response_body_filter`; an error goes back to Pingora,
+//! which answers it through `fail_to_proxy` as on the other path.
+//!
+//! Why: Pingora's upstream leg is half of its engine's cost per request (`benches/
+//! instructions.sh`, `hybrid` against `bare`). What takes the fast path is the common case
+//! only; everything else keeps Pingora's path, whose rules for it are not repeated here: a
+//! request body, HTTP/2 from the client, an upgrade (WebSocket or other), gRPC, a TLS or h2
+//! upstream, an absolute-form target, `Expect`, a missing or repeated `Host`, or a `Connection`
+//! header that names other headers (which Pingora strips).
+
+use http::header;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+use super::{Ctx, Tollgate};
+use crate::upstream::h1::Conn;
+use crate::upstream::protocol::Protocol;
+use crate::upstream::Upstream;
+
+/// Headers about the client's connection, never forwarded (Pingora's list).
+fn hop_by_hop(name: &http::HeaderName) -> bool {
+    use header::*;
+    [
+        CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+    ]
+    .contains(name)
+        || ["keep-alive", "proxy-connection", "http2-settings"].contains(&name.as_str())
+}
+
+/// Attempts per request, counting retries on pooled connections the backend had closed
+/// (Pingora's `max_retries`).
+const MAX_TRIES: usize = 16;
+
+/// How an attempt failed: before anything reached the backend, or after.
+enum Failed {
+    Connect(Box<Error>),
+    Exchange { e: Box<Error>, reused: bool },
+}
+
+/// Whether this request is one the fast path relays (see the module doc for the others).
+pub(super) fn takes_fast_path(req: &RequestHeader, ctx: &Ctx, up: &Upstream) -> bool {
+    let h = &req.headers;
+    up.tls.is_none()
+        && up.protocol == Protocol::Http1
+        && ctx.websocket.is_none()
+        && !ctx.grpc
+        && matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10)
+        && req.raw_path().first() == Some(&b'/')
+        && h.get_all(header::HOST).iter().count() == 1
+        && !h.contains_key(header::TRANSFER_ENCODING)
+        && !h.contains_key(header::UPGRADE)
+        && !h.contains_key(header::EXPECT)
+        && h.get_all(header::CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes().trim_ascii() == b"0")
+        && h.get_all(header::CONNECTION).iter().all(|v| {
+            v.as_bytes().split(|b| *b == b',').all(|t| {
+                let t = t.trim_ascii();
+                t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+            })
+        })
+}
+
+impl Tollgate {
+    /// Relay the request and its response; `Ok(true)`: answered. An `Err` is answered by
+    /// Pingora through `fail_to_proxy`, as a failure of its own proxy loop would be.
+    pub(super) async fn relay(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let head = self.upstream_head(session, ctx).await?;
+        let head_request = session.req_header().method == http::Method::HEAD;
+        for _ in 0..MAX_TRIES {
+            let addr = self.pick(session, ctx)?.addr();
+            let timeouts = self.upstream(ctx).map(|u| u.timeouts).unwrap_or_default();
+            let e = match self
+                .exchange(session, ctx, addr, &timeouts, &head, head_request)
+                .await
+            {
+                Ok(()) => return Ok(true),
+                Err(Failed::Connect(e)) => self.connect_failed(ctx, e),
+                Err(Failed::Exchange { e, reused }) => {
+                    let mut e = self.proxy_failed(session, e, ctx, reused);
+                    e.retry.decide_reuse(reused);
+                    e
+                }
+            };
+            if !e.retry() {
+                return Err(e);
+            }
+        }
+        Err(Error::explain(
+            ErrorType::HTTPStatus(502),
+            "too many attempts on the upstream",
+        ))
+    }
+
+    /// The request head as the upstream gets it: the client's, edited by
+    /// `upstream_request_filter` (once: every attempt sends the same), as HTTP/1.1 and
+    /// without the hop-by-hop headers.
+    async fn upstream_head(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Vec<u8>> {
+        use pingora::proxy::ProxyHttp;
+        let mut req = session.req_header().clone();
+        self.upstream_request_filter(session, &mut req, ctx).await?;
+        let target = req.raw_path();
+        if target.first() != Some(&b'/') {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "the upstream request target is not a path",
+            ));
+        }
+        let mut out = Vec::with_capacity(256 + req.headers.len() * 48);
+        out.extend_from_slice(req.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target);
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in req.headers.iter() {
+            if hop_by_hop(name) {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        Ok(out)
+    }
+
+    /// One attempt on the backend at `addr`: send the head, relay the response.
+    async fn exchange(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        addr: std::net::SocketAddr,
+        timeouts: &crate::upstream::Timeouts,
+        head: &[u8],
+        head_request: bool,
+    ) -> std::result::Result<(), Failed> {
+        use pingora::proxy::ProxyHttp;
+        let mut conn = Conn::get(addr, timeouts).await.map_err(Failed::Connect)?;
+        let reused = conn.reused;
+        let fail = |e| Failed::Exchange { e, reused };
+        conn.send(head).await.map_err(fail)?;
+        let (mut resp, mut body) = conn.response(head_request).await.map_err(fail)?;
+        self.response_filter(session, &mut resp, ctx)
+            .await
+            .map_err(fail)?;
+        let encoded = ctx.encoder.is_some();
+        session
+            .write_response_header(Box::new(resp), body.is_done() && !encoded)
+            .await
+            .map_err(fail)?;
+        if body.is_done() && !encoded {
+            conn.release(self.pool);
+            return Ok(());
+        }
+        // The body, piece by piece as it arrives: what the client has not taken is not read.
+        let fail = |e| Failed::Exchange { e, reused: false };
+        let mut piece = match conn.body(&mut body).await {
+            Ok(p) => p,
+            Err(e) => return Err(fail(cut_short(session, e).await)),
+        };
+        loop {
+            let end = body.is_done();
+            self.response_body_filter(session, &mut piece, end, ctx)
+                .map_err(fail)?;
+            session
+                .write_response_body(piece, end)
+                .await
+                .map_err(fail)?;
+            if end {
+                break;
+            }
+            piece = match conn.body(&mut body).await {
+                Ok(p) => p,
+                Err(e) => return Err(fail(cut_short(session, e).await)),
+            };
+        }
+        conn.release(self.pool);
+        Ok(())
+    }
+}
+
+/// The backend failed mid-body: what the client was already sent (a `Content-Length` body is
+/// held until it is complete) goes out before the connection ends, as on Pingora's path.
+async fn cut_short(session: &mut Session, e: Box<Error>) -> Box<Error> {
+    // Two tasks: Pingora flushes before a failure only on its many-task path.
+    let failed = HttpTask::Failed(Error::explain(
+        ErrorType::ReadError,
+        "upstream body cut short",
+    ));
+    let _ = session
+        .as_downstream_mut()
+        .response_duplex_vec(vec![HttpTask::Body(None, false), failed])
+        .await;
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(extra: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/x?y=1", None).unwrap();
+        r.insert_header("host", "example.com").unwrap();
+        for (k, v) in extra {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn upstream() -> Upstream {
+        let spec = crate::upstream::Spec {
+            targets: vec![("127.0.0.1:1".parse().unwrap(), 1)],
+            ..Default::default()
+        };
+        Upstream::new("u", spec)
+    }
+
+    #[test]
+    fn only_plain_requests_take_the_fast_path() {
+        let up = upstream();
+        let ctx = Ctx::default();
+        assert!(takes_fast_path(&req(&[]), &ctx, &up));
+        assert!(takes_fast_path(
+            &req(&[("connection", "Keep-Alive")]),
+            &ctx,
+            &up
+        ));
+        assert!(takes_fast_path(&req(&[("content-length", "0")]), &ctx, &up));
+        for (k, v) in [
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("expect", "100-continue"),
+            ("connection", "close, x-secret"),
+            ("host", "other.example"),
+        ] {
+            assert!(!takes_fast_path(&req(&[(k, v)]), &ctx, &up), "{k}: {v}");
+        }
+        let absolute = RequestHeader::build("GET", b"http://a.example/x", None).unwrap();
+        assert!(!takes_fast_path(&absolute, &ctx, &up));
+        let grpc = Ctx {
+            grpc: true,
+            ..Ctx::default()
+        };
+        assert!(!takes_fast_path(&req(&[]), &grpc, &up));
+    }
+}

@@ -1,0 +1,448 @@
+//! tollgate's own HTTP/1.1 client for plaintext upstreams: the upstream leg of the fast path
+//! ([`crate::relay`]).
+//!
+//! Pingora's upstream leg (its connector, its pooled `HttpSession`, the two tasks and channels
+//! of `proxy_1to1`) cost about 37k instructions per request in `benches/instructions.sh`, half
+//! of Pingora's whole engine (`hybrid` against `bare`); an idle-watch task is spawned for
+//! every connection put back in its pool. Here a connection is a tokio stream with its read
+//! buffer, and the pool is a plain per-thread list: each Pingora thread runs its own runtime,
+//! so a stream is only ever used on the thread it was made on and nothing is locked. An idle
+//! connection is watched by no task: at checkout, one that the backend closed (or wrote to
+//! unasked) is readable in tokio's readiness, which costs no system call, and is dropped.
+//!
+//! Errors are Pingora's (`Error` with an upstream source), with Pingora's rules for what may
+//! be retried: a pooled connection that fails before any byte of the response is
+//! `RetryType::ReusedOnly`, so tollgate's retry policy (`error_while_proxy`) treats both paths
+//! alike.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::task::Context;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorType, Result, RetryType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::Timeouts;
+
+/// A response head starts in this much buffer, as Pingora's does.
+const READ: usize = 4096;
+/// The most a response head may take, as Pingora's limit.
+const MAX_HEAD: usize = 1 << 20;
+const MAX_HEADERS: usize = 256;
+/// The most one read of a body takes.
+const BODY_READ: usize = 16 * 1024;
+/// How long a pooled connection may stay idle (Pingora's `idle_timeout` as tollgate sets it).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Response headers that describe the upstream connection, not the response.
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "http2-settings",
+];
+
+thread_local! {
+    /// Idle connections by backend, oldest first: checkout takes the newest (the one least
+    /// likely to have been closed), release drops stale ones from the old end.
+    static POOL: RefCell<HashMap<SocketAddr, VecDeque<Idle>>> = RefCell::new(HashMap::new());
+}
+
+struct Idle {
+    stream: TcpStream,
+    until: Instant,
+}
+
+/// Whether an idle stream can take a request: still quiet (neither closed nor written to).
+fn quiet(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    stream.poll_read_ready(&mut cx).is_pending()
+}
+
+/// One upstream connection, pooled or new.
+pub struct Conn {
+    stream: TcpStream,
+    addr: SocketAddr,
+    /// Taken from the pool: a failure before the response's first byte may be the backend
+    /// having closed it meanwhile.
+    pub reused: bool,
+    buf: BytesMut,
+    /// The backend keeps the connection and its framing held: it may go back to the pool.
+    keep: bool,
+    read: Duration,
+    write: Duration,
+}
+
+/// How the response body is delimited.
+pub enum Body {
+    Length(u64),
+    Chunked(Chunks),
+    /// Until the backend closes (never pooled).
+    Close,
+    Done,
+}
+
+impl Body {
+    pub fn is_done(&self) -> bool {
+        matches!(self, Body::Done)
+    }
+}
+
+fn upstream(etype: ErrorType, context: &'static str) -> Box<Error> {
+    let mut e = Error::explain(etype, context);
+    e.as_up();
+    e
+}
+
+fn invalid(context: &'static str) -> Box<Error> {
+    upstream(ErrorType::InvalidHTTPHeader, context)
+}
+
+impl Conn {
+    /// An idle pooled connection to `addr`, or a new one within the connect timeouts.
+    pub async fn get(addr: SocketAddr, t: &Timeouts) -> Result<Conn> {
+        let now = Instant::now();
+        let pooled = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let idle = p.get_mut(&addr)?;
+            while let Some(i) = idle.pop_back() {
+                if i.until > now && quiet(&i.stream) {
+                    return Some(i.stream);
+                }
+            }
+            None
+        });
+        let (stream, reused) = match pooled {
+            Some(s) => (s, true),
+            None => {
+                let limit = t.total.map_or(t.connect, |total| total.min(t.connect));
+                let s = match timeout(limit, TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let mut e = Error::because(ErrorType::ConnectError, "connecting", e);
+                        e.as_up();
+                        return Err(e);
+                    }
+                    Err(_) => return Err(upstream(ErrorType::ConnectTimedout, "connecting")),
+                };
+                let _ = s.set_nodelay(true);
+                (s, false)
+            }
+        };
+        Ok(Conn {
+            stream,
+            addr,
+            reused,
+            buf: BytesMut::new(),
+            keep: true,
+            read: t.read,
+            write: t.write,
+        })
+    }
+
+    /// Give the connection back to this thread's pool (at most `cap` idle per backend), when
+    /// its response was read to the end and the backend keeps it open.
+    pub fn release(self, cap: usize) {
+        if !self.keep || !self.buf.is_empty() {
+            return;
+        }
+        let until = Instant::now() + IDLE;
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let idle = p.entry(self.addr).or_default();
+            // The oldest may have expired or been closed meanwhile: those go first (only from
+            // the old end, so a release costs O(1) whatever the pool holds).
+            let now = until - IDLE;
+            while idle
+                .front()
+                .is_some_and(|i| i.until <= now || !quiet(&i.stream))
+            {
+                idle.pop_front();
+            }
+            if idle.len() < cap {
+                idle.push_back(Idle {
+                    stream: self.stream,
+                    until,
+                });
+            }
+        });
+    }
+
+    /// Send a request head (a bodiless request: the head is all there is).
+    pub async fn send(&mut self, head: &[u8]) -> Result<()> {
+        let mut e = match timeout(self.write, self.stream.write_all(head)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => Error::because(ErrorType::WriteError, "writing the request head", e),
+            Err(_) => Error::explain(ErrorType::WriteTimedout, "writing the request head"),
+        };
+        e.as_up();
+        if self.reused && e.etype() == &ErrorType::WriteError {
+            e.retry = RetryType::ReusedOnly;
+        }
+        Err(e)
+    }
+
+    /// Read into the buffer; `Ok(0)` at the end of the stream.
+    async fn fill(&mut self, want: usize) -> Result<usize> {
+        self.buf.reserve(want);
+        match timeout(self.read, self.stream.read_buf(&mut self.buf)).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => {
+                let mut e = Error::because(ErrorType::ReadError, "reading the response", e);
+                e.as_up();
+                Err(e)
+            }
+            Err(_) => Err(upstream(ErrorType::ReadTimedout, "reading the response")),
+        }
+    }
+
+    /// Read the response head (skipping 1xx interim responses) and how its body is delimited.
+    /// `head_request`: the request was a HEAD, whose response has no body whatever it says.
+    pub async fn response(&mut self, head_request: bool) -> Result<(ResponseHeader, Body)> {
+        let mut first = true;
+        loop {
+            if let Some((resp, body)) = self.parse_head(head_request)? {
+                if resp.status.is_informational() {
+                    first = false;
+                    continue;
+                }
+                return Ok((resp, body));
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(invalid("the response head is too large"));
+            }
+            let n = match self.fill(READ).await {
+                Err(mut e) if first && self.buf.is_empty() && self.reused => {
+                    e.retry = RetryType::ReusedOnly;
+                    return Err(e);
+                }
+                r => r?,
+            };
+            if n == 0 {
+                let mut e = upstream(ErrorType::ConnectionClosed, "reading the response head");
+                if first && self.buf.is_empty() {
+                    e.retry = RetryType::ReusedOnly;
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    /// The head at the front of the buffer, taken off it, if it is complete.
+    fn parse_head(&mut self, head_request: bool) -> Result<Option<(ResponseHeader, Body)>> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let n = match parsed.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(invalid("an invalid response head")),
+        };
+        let code = parsed.code.ok_or_else(|| invalid("no status"))?;
+        let mut resp = ResponseHeader::build_no_case(code, Some(parsed.headers.len()))
+            .map_err(|_| invalid("an invalid status"))?;
+        let (mut length, mut chunked, mut close) = (None, false, parsed.version == Some(0));
+        for h in parsed.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                let len = parse_length(h.value).ok_or_else(|| invalid("a bad Content-Length"))?;
+                if length.is_some_and(|l| l != len) {
+                    return Err(invalid("conflicting Content-Length headers"));
+                }
+                length = Some(len);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // Only `chunked` is understood; anything else is read until close.
+                chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+                close |= !chunked;
+            } else if name.eq_ignore_ascii_case("connection") {
+                close |= h
+                    .value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            }
+            if HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop)) {
+                continue;
+            }
+            let value = http::HeaderValue::from_bytes(h.value)
+                .map_err(|_| invalid("an invalid response header value"))?;
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid("an invalid response header name"))?;
+            resp.append_header(name, value)
+                .map_err(|_| invalid("an invalid response header"))?;
+        }
+        // Headers the backend's `Connection` names are about its connection too.
+        for h in parsed.headers.iter() {
+            if !h.name.eq_ignore_ascii_case("connection") {
+                continue;
+            }
+            for t in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive") {
+                    continue;
+                }
+                if let Ok(name) = http::HeaderName::from_bytes(t) {
+                    resp.remove_header(&name);
+                }
+            }
+        }
+        self.buf.advance(n);
+        let status = resp.status.as_u16();
+        let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status)
+        {
+            Body::Done
+        } else if chunked && !close {
+            // A Content-Length beside chunked framing is ignored (RFC 9112 §6.3) and dropped,
+            // so the client sees one framing.
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            Body::Chunked(Chunks::Size)
+        } else if let (Some(len), false) = (length, chunked) {
+            if len == 0 {
+                Body::Done
+            } else {
+                Body::Length(len)
+            }
+        } else {
+            // Sent to the client chunked, as Pingora does, so its connection survives the
+            // backend's close.
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+                .map_err(|_| invalid("an invalid response header"))?;
+            Body::Close
+        };
+        self.keep &= !close && !matches!(body, Body::Close);
+        Ok(Some((resp, body)))
+    }
+
+    /// The next piece of the body, or `None` once it is complete.
+    pub async fn body(&mut self, body: &mut Body) -> Result<Option<Bytes>> {
+        loop {
+            match body {
+                Body::Done => {
+                    // Bytes past the response's end: the connection's framing is lost.
+                    self.keep &= self.buf.is_empty();
+                    return Ok(None);
+                }
+                Body::Length(n) | Body::Chunked(Chunks::Data(n)) => {
+                    if self.buf.is_empty() {
+                        let want = (*n).min(BODY_READ as u64) as usize;
+                        if self.fill(want).await? == 0 {
+                            return Err(upstream(
+                                ErrorType::ConnectionClosed,
+                                "the response body ended early",
+                            ));
+                        }
+                    }
+                    let take = (self.buf.len() as u64).min(*n);
+                    let piece = self.buf.split_to(take as usize).freeze();
+                    *n -= take;
+                    if *n == 0 {
+                        *body = match body {
+                            Body::Length(_) => Body::Done,
+                            _ => Body::Chunked(Chunks::DataEnd),
+                        };
+                    }
+                    return Ok(Some(piece));
+                }
+                Body::Close => {
+                    if self.buf.is_empty() && self.fill(BODY_READ).await? == 0 {
+                        *body = Body::Done;
+                        continue;
+                    }
+                    return Ok(Some(self.buf.split().freeze()));
+                }
+                Body::Chunked(c) => {
+                    if let Some(next) = c.advance(&mut self.buf)? {
+                        *c = next;
+                        if matches!(c, Chunks::End) {
+                            *body = Body::Done;
+                        }
+                        continue;
+                    }
+                    if self.buf.len() >= MAX_HEAD {
+                        return Err(invalid("a chunk header or trailer is too large"));
+                    }
+                    if self.fill(READ).await? == 0 {
+                        return Err(upstream(
+                            ErrorType::ConnectionClosed,
+                            "the chunked response body ended early",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where a chunked body's decoder is.
+pub enum Chunks {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk's data: bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines (dropped) up to the empty one.
+    Trailers,
+    End,
+}
+
+impl Chunks {
+    /// Consume framing at the front of `buf`: the next state, or `None` for more bytes.
+    /// Only called outside `Data`.
+    fn advance(&self, buf: &mut BytesMut) -> Result<Option<Chunks>> {
+        let bad = || invalid("an invalid chunked body");
+        Ok(match self {
+            Chunks::Size => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((n, size))) => {
+                    buf.advance(n);
+                    Some(if size == 0 {
+                        Chunks::Trailers
+                    } else {
+                        Chunks::Data(size)
+                    })
+                }
+                Ok(httparse::Status::Partial) => None,
+                Err(_) => return Err(bad()),
+            },
+            Chunks::DataEnd if buf.len() < 2 => None,
+            Chunks::DataEnd if &buf[..2] == b"\r\n" => {
+                buf.advance(2);
+                Some(Chunks::Size)
+            }
+            Chunks::DataEnd => return Err(bad()),
+            Chunks::Trailers => match memchr::memmem::find(buf, b"\r\n") {
+                Some(0) => {
+                    buf.advance(2);
+                    Some(Chunks::End)
+                }
+                Some(i) => {
+                    buf.advance(i + 2);
+                    Some(Chunks::Trailers)
+                }
+                None => None,
+            },
+            Chunks::Data(_) | Chunks::End => Some(Chunks::End),
+        })
+    }
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The last coding of a Transfer-Encoding value.
+fn last_token(v: &[u8]) -> &[u8] {
+    v.rsplit(|b| *b == b',').next().unwrap_or(v).trim_ascii()
+}
