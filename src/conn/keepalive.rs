@@ -61,7 +61,7 @@ pub(super) async fn serve_h1<A>(
     // `None` until the first request is done; then what Pingora carried over from the last.
     let mut carried: Option<Option<HttpPersistentSettings>> = None;
     loop {
-        let Some(head) = next_head(&mut stream, idle, shutdown).await else {
+        let Some(head) = next_head(&mut stream, idle, shutdown, carried.is_none()).await else {
             return;
         };
         // Built in a block that ends before the await, so the session (680 bytes) is not also
@@ -96,15 +96,20 @@ pub(super) async fn serve_h1<A>(
 /// Wait for the client's next bytes and take them, or `None` when the connection should end:
 /// the client closed it or failed, it stayed silent for `idle`, or the server is shutting down.
 /// While it waits, this future holds a clock entry and a borrowed stream, nothing per request.
+///
+/// A shutdown never drops a request the client has already sent, which it could not tell
+/// from one that failed: bytes already here are taken, and a connection's `first` request is
+/// waited for whatever happens (it was accepted, maybe in the moment before a graceful
+/// upgrade handed the listeners over, so its client has every reason to expect an answer;
+/// Pingora's own loop reads it too).
 async fn next_head(
     stream: &mut Stream,
     idle: Duration,
     shutdown: &ShutdownWatch,
+    first: bool,
 ) -> Option<BytesMut> {
     let mut shutdown = shutdown.clone();
-    if *shutdown.borrow_and_update() {
-        return None;
-    }
+    let down = *shutdown.borrow_and_update();
     let read = std::future::poll_fn(|cx| {
         // On the stack only for the length of one poll: nothing is kept between polls.
         let mut space = [MaybeUninit::<u8>::uninit(); FIRST_READ];
@@ -113,9 +118,16 @@ async fn next_head(
             .poll_read(cx, &mut buf)
             .map_ok(|()| BytesMut::from(buf.filled()))
     });
+    let read = async { read.await.ok().filter(|bytes| !bytes.is_empty()) };
+    if first {
+        return tokio::time::timeout(idle, read).await.ok().flatten();
+    }
+    if down {
+        return futures::FutureExt::now_or_never(read).flatten();
+    }
     tokio::select! {
         biased;
-        read = read => read.ok().filter(|bytes| !bytes.is_empty()),
+        read = read => read,
         _ = tokio::time::sleep(idle) => None,
         _ = shutdown.changed() => None,
     }
