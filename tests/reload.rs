@@ -212,7 +212,7 @@ fn health_pid(gw: &Gateway) -> u64 {
 }
 
 /// Upgrade to `conf` and wait until the old process has exited and the new one answers.
-fn take_over(gw: &mut Gateway, conf: &str) -> std::process::Child {
+fn take_over(gw: &mut Gateway, conf: &str) -> Successor {
     let next = gw.upgrade(conf);
     wait_exit(gw);
     assert_eq!(

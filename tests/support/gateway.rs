@@ -187,7 +187,7 @@ impl Gateway {
     /// Graceful upgrade: start `tollgate -u` with `body` on the same ports, wait until it
     /// listens on the upgrade socket, then SIGQUIT this process. Returns the new process; this
     /// one keeps draining until it exits on its own.
-    pub fn upgrade(&self, body: &str) -> Child {
+    pub fn upgrade(&self, body: &str) -> Successor {
         let conf = self.dir.path().join("tollgate-next.yaml");
         std::fs::write(&conf, self.yaml_for(body)).unwrap();
         let sock = self.dir.path().join("upgrade.sock");
@@ -215,7 +215,31 @@ impl Gateway {
             .status()
             .unwrap();
         assert!(ok.success());
-        child
+        Successor(child)
+    }
+}
+
+/// The process [`Gateway::upgrade`] started: killed when dropped, so a test that fails
+/// between the upgrade and its own clean-up leaves no gateway running.
+pub struct Successor(Child);
+
+impl std::ops::Deref for Successor {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Successor {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
