@@ -9,10 +9,9 @@
 //!     target/release/examples/bare_pingora 127.0.0.1:8085 127.0.0.1:8081
 //!
 //! With `--own-upstream` (the hybrid), Pingora still serves the client, but `request_filter`
-//! relays each request itself over a pool of its own (tokio streams, no idle-watch task, no
-//! Pingora client codec) and answers through the session: what keeping Pingora's client side
-//! and replacing only its upstream leg would cost. That mode relays bodiless requests and
-//! `Content-Length` responses only, and answers 502 for anything else.
+//! relays each request through tollgate's own upstream client (`src/upstream/h1.rs`, the one
+//! tollgate's fast path uses) and answers through the session: Pingora's client side with
+//! tollgate's upstream leg, and no policy. Bodiless requests only.
 //!
 //!     target/release/examples/bare_pingora 127.0.0.1:8085 127.0.0.1:8081 --own-upstream
 //!
@@ -28,7 +27,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
-use tokio::net::TcpStream;
+use tollgate::upstream::h1::Conn;
 
 // tollgate's allocator (src/main.rs), so the floor is not glibc malloc's.
 #[global_allocator]
@@ -37,9 +36,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Bare {
     /// The upstream as tollgate's `Upstream::peer` makes it: its timeouts and idle timeout.
     peer: HttpPeer,
-    /// `--own-upstream`: idle upstream connections of the hybrid's own pool (one thread, so
-    /// the lock is never contended).
-    own: Option<parking_lot::Mutex<Vec<TcpStream>>>,
+    /// `--own-upstream`: relay with tollgate's own upstream client, with these timeouts.
+    own: Option<Own>,
+}
+
+struct Own {
+    addr: SocketAddr,
+    timeouts: tollgate::upstream::Timeouts,
+    pool: usize,
 }
 
 #[async_trait]
@@ -49,17 +53,10 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
 
     async fn request_filter(&self, session: &mut Session, _: &mut ()) -> pingora::Result<bool> {
-        let Some(pool) = &self.own else {
+        let Some(own) = &self.own else {
             return Ok(false);
         };
-        if let Err(e) = hybrid::relay(session, pool, &self.peer).await {
-            let _ = session.respond_error(502).await;
-            return Err(pingora::Error::because(
-                pingora::ErrorType::ReadError,
-                "own upstream leg",
-                e,
-            ));
-        }
+        own.relay(session).await?;
         Ok(true)
     }
 
@@ -68,144 +65,40 @@ impl ProxyHttp for Bare {
     }
 }
 
-/// The hybrid's upstream leg.
-mod hybrid {
-    use std::io;
-    use std::time::Duration;
-
-    use bytes::{Buf, BytesMut};
-    use pingora::http::ResponseHeader;
-    use pingora::proxy::Session;
-    use pingora::upstreams::peer::{HttpPeer, Peer};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-    use tokio::time::timeout;
-
-    const HEAD: usize = 4096;
-    const HOP: [&str; 6] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-    ];
-
-    fn invalid() -> io::Error {
-        io::ErrorKind::InvalidData.into()
-    }
-
-    pub async fn relay(
-        session: &mut Session,
-        pool: &parking_lot::Mutex<Vec<TcpStream>>,
-        peer: &HttpPeer,
-    ) -> io::Result<()> {
-        let o = &peer.options;
-        let (read, write) = (
-            o.read_timeout.unwrap_or(Duration::MAX),
-            o.write_timeout.unwrap_or(Duration::MAX),
-        );
-        // The request head, written anew without its hop-by-hop headers.
+impl Own {
+    /// The request head as received (hooks that do nothing change nothing), then the response
+    /// through tollgate's `upstream::h1` client, as its fast path relays it, without the policy.
+    /// Bodiless requests only; a failure is Pingora's 502.
+    async fn relay(&self, session: &mut Session) -> pingora::Result<()> {
         let req = session.req_header();
-        let mut out = Vec::with_capacity(HEAD);
-        out.extend_from_slice(req.method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(req.raw_path());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(req.method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(req.raw_path());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
         for (name, value) in req.headers.iter() {
-            if HOP.contains(&name.as_str()) {
+            if name == http::header::CONNECTION {
                 continue;
             }
-            if name == http::header::CONTENT_LENGTH && value.as_bytes() != b"0" {
-                return Err(invalid()); // bodiless requests only
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"\r\n");
-
-        let pooled = {
-            let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
-            let mut idle = pool.lock();
-            loop {
-                match idle.pop() {
-                    Some(up) if up.poll_read_ready(&mut cx).is_pending() => break Some(up),
-                    Some(_) => continue,
-                    None => break None,
-                }
-            }
-        };
-        let mut up = match pooled {
-            Some(up) => up,
-            None => {
-                let connect = o.connection_timeout.unwrap_or(Duration::MAX);
-                let addr = *peer.address().as_inet().ok_or_else(invalid)?;
-                let up = timeout(connect, TcpStream::connect(addr)).await??;
-                up.set_nodelay(true)?;
-                up
-            }
-        };
-        timeout(write, up.write_all(&out)).await??;
-
-        // The response head, then a Content-Length body.
-        let mut buf = BytesMut::with_capacity(HEAD);
-        let (resp, len, keep) = loop {
-            if timeout(read, up.read_buf(&mut buf)).await?? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let mut headers = [httparse::EMPTY_HEADER; 128];
-            let mut parsed = httparse::Response::new(&mut headers);
-            match parsed.parse(&buf).map_err(|_| invalid())? {
-                httparse::Status::Complete(n) => {
-                    let code = parsed.code.ok_or_else(invalid)?;
-                    let mut resp = ResponseHeader::build(code, Some(parsed.headers.len()))
-                        .map_err(|_| invalid())?;
-                    let (mut len, mut keep) = (None, parsed.version == Some(1));
-                    for h in parsed.headers.iter() {
-                        if h.name.eq_ignore_ascii_case("content-length") {
-                            let v = std::str::from_utf8(h.value).map_err(|_| invalid())?;
-                            len = Some(v.parse::<usize>().map_err(|_| invalid())?);
-                        } else if h.name.eq_ignore_ascii_case("connection") {
-                            keep &= !h.value.eq_ignore_ascii_case(b"close");
-                            continue;
-                        } else if HOP.iter().any(|hop| h.name.eq_ignore_ascii_case(hop)) {
-                            return Err(invalid()); // chunked, upgrades: not here
-                        }
-                        let value =
-                            http::HeaderValue::from_bytes(h.value).map_err(|_| invalid())?;
-                        resp.append_header(h.name.to_owned(), value)
-                            .map_err(|_| invalid())?;
-                    }
-                    buf.advance(n);
-                    break (resp, len.ok_or_else(invalid)?, keep);
-                }
-                httparse::Status::Partial if buf.len() < 1 << 20 => buf.reserve(HEAD),
-                httparse::Status::Partial => return Err(invalid()),
-            }
-        };
-        while buf.len() < len {
-            buf.reserve(len - buf.len());
-            if timeout(read, up.read_buf(&mut buf)).await?? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        if buf.len() > len {
-            return Err(invalid());
-        }
-        if keep {
-            pool.lock().push(up);
-        }
-        let to_client = |e: Box<pingora::Error>| io::Error::other(e.to_string());
+        head.extend_from_slice(b"\r\n");
+        let head_request = req.method == http::Method::HEAD;
+        let mut conn = Conn::get(self.addr, &self.timeouts).await?;
+        conn.send(&head).await?;
+        let (resp, mut body) = conn.response(head_request).await?;
         session
-            .write_response_header(Box::new(resp), false)
-            .await
-            .map_err(to_client)?;
-        session
-            .write_response_body(Some(buf.freeze()), true)
-            .await
-            .map_err(to_client)
+            .write_response_header(Box::new(resp), body.is_done())
+            .await?;
+        while !body.is_done() {
+            let piece = conn.body(&mut body).await?;
+            session.write_response_body(piece, body.is_done()).await?;
+        }
+        conn.release(self.pool);
+        Ok(())
     }
 }
 
@@ -239,11 +132,16 @@ fn main() {
         std::process::exit(2);
     });
     let peer = loaded.gateway.upstreams[0].peer(upstream);
+    let pool = loaded.server.upstream_keepalive_pool_size;
     let mut server = Server::new_with_opt_and_conf(None, loaded.server);
     server.bootstrap();
     let own = match own.as_deref() {
         None => None,
-        Some("--own-upstream") => Some(parking_lot::Mutex::new(Vec::new())),
+        Some("--own-upstream") => Some(Own {
+            addr: upstream,
+            timeouts: loaded.gateway.upstreams[0].timeouts,
+            pool,
+        }),
         Some(other) => {
             eprintln!("bare_pingora: unknown option {other:?}");
             std::process::exit(2);

@@ -229,6 +229,14 @@ pub fn forwarding(
     Ok(())
 }
 
+/// The comma-separated tokens of a header value (`Connection`, `Transfer-Encoding`), trimmed.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
 /// Remove the upstream's hop-by-hop headers (except `Connection`, which Pingora rewrites, and
 /// the framing headers it manages) and add the gateway's own.
 pub fn downstream_response(

@@ -108,8 +108,6 @@ async fn next_head(
     shutdown: &ShutdownWatch,
     first: bool,
 ) -> Option<BytesMut> {
-    let mut shutdown = shutdown.clone();
-    let down = *shutdown.borrow_and_update();
     let read = std::future::poll_fn(|cx| {
         // On the stack only for the length of one poll: nothing is kept between polls.
         let mut space = [MaybeUninit::<u8>::uninit(); FIRST_READ];
@@ -122,7 +120,8 @@ async fn next_head(
     if first {
         return tokio::time::timeout(idle, read).await.ok().flatten();
     }
-    if down {
+    let mut shutdown = shutdown.clone();
+    if *shutdown.borrow_and_update() {
         return futures::FutureExt::now_or_never(read).flatten();
     }
     tokio::select! {

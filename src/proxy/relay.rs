@@ -68,10 +68,8 @@ pub(super) fn takes_fast_path(req: &RequestHeader, ctx: &Ctx, up: &Upstream) -> 
             .iter()
             .all(|v| v.as_bytes().trim_ascii() == b"0")
         && h.get_all(header::CONNECTION).iter().all(|v| {
-            v.as_bytes().split(|b| *b == b',').all(|t| {
-                let t = t.trim_ascii();
-                t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
-            })
+            crate::headers::tokens(v.as_bytes())
+                .all(|t| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close"))
         })
 }
 
@@ -90,11 +88,7 @@ impl Tollgate {
             {
                 Ok(()) => return Ok(true),
                 Err(Failed::Connect(e)) => self.connect_failed(ctx, e),
-                Err(Failed::Exchange { e, reused }) => {
-                    let mut e = self.proxy_failed(session, e, ctx, reused);
-                    e.retry.decide_reuse(reused);
-                    e
-                }
+                Err(Failed::Exchange { e, reused }) => self.proxy_failed(session, e, ctx, reused),
             };
             if !e.retry() {
                 return Err(e);

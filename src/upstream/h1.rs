@@ -1,8 +1,8 @@
 //! tollgate's own HTTP/1.1 client for plaintext upstreams: the upstream leg of the fast path
-//! ([`crate::relay`]).
+//! (`src/proxy/relay.rs`).
 //!
 //! Pingora's upstream leg (its connector, its pooled `HttpSession`, the two tasks and channels
-//! of `proxy_1to1`) cost about 37k instructions per request in `benches/instructions.sh`, half
+//! of `proxy_1to1`) cost about 38k instructions per request in `benches/instructions.sh`, half
 //! of Pingora's whole engine (`hybrid` against `bare`); an idle-watch task is spawned for
 //! every connection put back in its pool. Here a connection is a tokio stream with its read
 //! buffer, and the pool is a plain per-thread list: each Pingora thread runs its own runtime,
@@ -13,7 +13,8 @@
 //! Errors are Pingora's (`Error` with an upstream source), with Pingora's rules for what may
 //! be retried: a pooled connection that fails before any byte of the response is
 //! `RetryType::ReusedOnly`, so tollgate's retry policy (`error_while_proxy`) treats both paths
-//! alike.
+//! alike. The response head is passed on as the backend sent it: its hop-by-hop headers are
+//! removed where both paths remove them (`headers::downstream_response`, in `response_filter`).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -28,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::Timeouts;
+use super::{Timeouts, IDLE_TIMEOUT};
 
 /// A response head starts in this much buffer, as Pingora's does.
 const READ: usize = 4096;
@@ -37,17 +38,6 @@ const MAX_HEAD: usize = 1 << 20;
 const MAX_HEADERS: usize = 256;
 /// The most one read of a body takes.
 const BODY_READ: usize = 16 * 1024;
-/// How long a pooled connection may stay idle (Pingora's `idle_timeout` as tollgate sets it).
-const IDLE: Duration = Duration::from_secs(60);
-
-/// Response headers that describe the upstream connection, not the response.
-const HOP_BY_HOP: [&str; 5] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "upgrade",
-    "http2-settings",
-];
 
 thread_local! {
     /// Idle connections by backend, oldest first: checkout takes the newest (the one least
@@ -153,13 +143,13 @@ impl Conn {
         if !self.keep || !self.buf.is_empty() {
             return;
         }
-        let until = Instant::now() + IDLE;
+        let until = Instant::now() + IDLE_TIMEOUT;
         POOL.with(|p| {
             let mut p = p.borrow_mut();
             let idle = p.entry(self.addr).or_default();
             // The oldest may have expired or been closed meanwhile: those go first (only from
             // the old end, so a release costs O(1) whatever the pool holds).
-            let now = until - IDLE;
+            let now = until - IDLE_TIMEOUT;
             while idle
                 .front()
                 .is_some_and(|i| i.until <= now || !quiet(&i.stream))
@@ -261,16 +251,21 @@ impl Conn {
                 length = Some(len);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 // Only `chunked` is understood; anything else is read until close.
-                chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+                let last = crate::headers::tokens(h.value).last().unwrap_or_default();
+                chunked = last.eq_ignore_ascii_case(b"chunked");
                 close |= !chunked;
             } else if name.eq_ignore_ascii_case("connection") {
-                close |= h
-                    .value
-                    .split(|b| *b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-            }
-            if HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop)) {
-                continue;
+                let mut plain = true;
+                for t in crate::headers::tokens(h.value) {
+                    close |= t.eq_ignore_ascii_case(b"close");
+                    plain &=
+                        t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive");
+                }
+                if plain {
+                    // Only about this connection, and Pingora writes the client's own: not
+                    // copied. One that names other headers is, for `downstream_response`.
+                    continue;
+                }
             }
             let value = http::HeaderValue::from_bytes(h.value)
                 .map_err(|_| invalid("an invalid response header value"))?;
@@ -278,20 +273,6 @@ impl Conn {
                 .map_err(|_| invalid("an invalid response header name"))?;
             resp.append_header(name, value)
                 .map_err(|_| invalid("an invalid response header"))?;
-        }
-        // Headers the backend's `Connection` names are about its connection too.
-        for h in parsed.headers.iter() {
-            if !h.name.eq_ignore_ascii_case("connection") {
-                continue;
-            }
-            for t in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive") {
-                    continue;
-                }
-                if let Ok(name) = http::HeaderName::from_bytes(t) {
-                    resp.remove_header(&name);
-                }
-            }
         }
         self.buf.advance(n);
         let status = resp.status.as_u16();
@@ -440,9 +421,4 @@ fn parse_length(v: &[u8]) -> Option<u64> {
         return None;
     }
     Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// The last coding of a Transfer-Encoding value.
-fn last_token(v: &[u8]) -> &[u8] {
-    v.rsplit(|b| *b == b',').next().unwrap_or(v).trim_ascii()
 }

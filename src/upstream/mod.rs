@@ -101,6 +101,9 @@ pub struct Spec {
     pub tls: Option<tls::UpstreamTls>,
 }
 
+/// How long an idle upstream connection is kept for reuse, on either path.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A compiled upstream.
 pub struct Upstream {
     pub name: Arc<str>,
@@ -321,7 +324,7 @@ impl Upstream {
         o.total_connection_timeout = self.timeouts.total;
         o.read_timeout = Some(self.timeouts.read);
         o.write_timeout = Some(self.timeouts.write);
-        o.idle_timeout = Some(Duration::from_secs(60));
+        o.idle_timeout = Some(IDLE_TIMEOUT);
         self.protocol.apply(o);
         peer
     }
