@@ -2,10 +2,10 @@
 //! `{"error": code, "message": text, "request_id": id}` as `application/json`, except to a
 //! gRPC call, which gets the same refusal as a gRPC status ([`crate::grpc`]).
 
+use crate::downstream::Downstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::ctx::Ctx;
@@ -172,15 +172,15 @@ pub fn gateway_headers(
 /// Write a local error answer: JSON, or the gRPC form for a gRPC call (`grpc`, decided once
 /// per request by [`crate::grpc::is_grpc`]). The connection is not kept alive when a request
 /// body may be left unread, so it can never be parsed as the next request.
-pub async fn respond(
-    session: &mut Session,
+pub async fn respond<D: Downstream>(
+    session: &mut D,
     reject: Reject,
     message: &str,
     request_id: Option<&HeaderValue>,
     extra: &[(HeaderName, HeaderValue)],
     grpc: bool,
 ) -> pingora::Result<()> {
-    if grpc {
+    if let (true, Some(session)) = (grpc, session.pingora()) {
         return crate::grpc::respond(session, reject, message, request_id, extra).await;
     }
     let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -201,8 +201,8 @@ pub async fn respond(
 
 /// Answer locally with the JSON error contract (a gRPC status to a gRPC call) and remember
 /// the status for the log.
-pub async fn reject(
-    session: &mut Session,
+pub async fn reject<D: Downstream>(
+    session: &mut D,
     ctx: &mut Ctx,
     reject: Reject,
     message: &str,
@@ -218,8 +218,8 @@ pub async fn reject(
 }
 
 /// A local answer without a body (a CORS preflight), with the gateway's headers.
-pub async fn answer_empty(
-    session: &mut Session,
+pub async fn answer_empty<D: Downstream>(
+    session: &mut D,
     ctx: &mut Ctx,
     status: u16,
     extra: &[(HeaderName, HeaderValue)],

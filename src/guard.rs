@@ -6,10 +6,10 @@
 //! with `Transfer-Encoding` (Pingora issue 945), repeated or list-valued `Content-Length`, a
 //! `Transfer-Encoding` other than a single `chunked`, and an HTTP/1.1 request without `Host`.
 
+use crate::downstream::Downstream;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::Version;
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 
 use crate::error::Reject;
 
@@ -169,12 +169,15 @@ impl Limits {
 
 /// The checks of a request head before anything reads it, in order: ambiguous framing
 /// ([`check_framing`], 400), then the size limits ([`Limits::check_head`], 414 or 431).
-pub fn check_request(session: &Session, limits: &Limits) -> Result<(), (Reject, &'static str)> {
+pub fn check_request<D: Downstream>(
+    session: &D,
+    limits: &Limits,
+) -> Result<(), (Reject, &'static str)> {
     let raw = session
         .req_header()
         .headers
         .contains_key(TRANSFER_ENCODING)
-        .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
+        .then(|| session.raw_head())
         .flatten();
     check_framing(session.req_header(), raw.as_deref()).map_err(|why| (Reject::BadRequest, why))?;
     limits

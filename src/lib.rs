@@ -13,6 +13,7 @@ pub mod conn;
 pub mod cors;
 pub mod ctx;
 pub mod demo;
+pub mod downstream;
 pub mod error;
 pub mod explain;
 pub mod grpc;

@@ -70,19 +70,14 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         }
     }
     for key in keys {
-        let mut app = pingora::proxy::http_proxy(
-            &server.configuration,
-            Tollgate::new(
-                gw.clone(),
-                obs.clone(),
-                server.configuration.upstream_keepalive_pool_size,
-            ),
-        );
+        let pool = server.configuration.upstream_keepalive_pool_size;
+        let tollgate = || Tollgate::new(gw.clone(), obs.clone(), pool);
+        let mut app = pingora::proxy::http_proxy(&server.configuration, tollgate());
         let mut options = HttpServerOptions::default();
         options.h2c = key.h2c;
         app.server_options = Some(options);
         let name = if key.h2c { "tollgate h2c" } else { "tollgate" };
-        let mut proxy = Service::new(name.to_owned(), Gate::new(app, &guards));
+        let mut proxy = Service::new(name.to_owned(), Gate::with_own(app, tollgate(), &guards));
         for l in gw.listen.iter().filter(|l| l.service_key() == key) {
             match &l.tls {
                 Some(tls) => match tls.settings() {

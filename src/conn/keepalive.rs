@@ -25,9 +25,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{Stream, ALPN};
+use pingora::protocols::{Shutdown, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::ReadBuf;
+
+use super::{Serve, Served};
 
 /// The keep-alive Pingora gives a connection's first request; `request_filter` replaces it with
 /// `limits.keepalive_timeout` for every request it admits.
@@ -49,21 +51,47 @@ pub(super) fn is_h1<A: HttpServerApp>(app: &A, stream: &Stream) -> bool {
         )
 }
 
-/// Serve HTTP/1 requests on `stream` until the client or the server ends the connection.
-pub(super) async fn serve_h1<A>(
+/// Serve HTTP/1 requests on `stream` until the client or the server ends the connection:
+/// each by `own` when it serves it, by Pingora otherwise.
+pub(super) async fn serve_h1<A, S>(
     app: &Arc<A>,
+    own: Option<&S>,
     mut stream: Stream,
     idle: Duration,
     shutdown: &ShutdownWatch,
 ) where
     A: HttpServerApp + Send + Sync + 'static,
+    S: Serve,
 {
-    // `None` until the first request is done; then what Pingora carried over from the last.
+    // A per-connection request limit is Pingora's to count: then it serves every request.
+    let own = own.filter(|_| {
+        app.server_options()
+            .is_none_or(|o| o.keepalive_request_limit.is_none())
+    });
+    // `None` until Pingora finished a request; then what it carried over from the last.
     let mut carried: Option<Option<HttpPersistentSettings>> = None;
+    let mut first = true;
     loop {
-        let Some(head) = next_head(&mut stream, idle, shutdown, carried.is_none()).await else {
+        let Some(head) = next_head(&mut stream, idle, shutdown, first).await else {
             return;
         };
+        first = false;
+        if let Some(own) = own {
+            // Boxed, so an idle connection's future never holds a request's state.
+            let shutting_down = *shutdown.borrow();
+            let served = Box::pin(own.serve(&mut stream, &head, shutting_down)).await;
+            match served {
+                Served::Done { reuse: true } => {
+                    super::rearm(Some(&stream));
+                    continue;
+                }
+                Served::Done { reuse: false } => {
+                    Shutdown::shutdown(&mut *stream).await;
+                    return;
+                }
+                Served::NotMine => {}
+            }
+        }
         // Built in a block that ends before the await, so the session (680 bytes) is not also
         // kept in this future, which every idle connection holds, beside the boxed one that
         // owns it.

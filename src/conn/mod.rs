@@ -11,12 +11,14 @@
 //! in `keepalive.rs`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::{Shutdown, Stream};
 use pingora::server::ShutdownWatch;
@@ -121,9 +123,42 @@ impl Guards {
     }
 }
 
-/// Pingora's HTTP app behind the connection guards.
-pub struct Gate<A> {
+/// A server of some HTTP/1 requests of its own, asked before Pingora's session is made
+/// ([`crate::downstream::h1`]).
+pub trait Serve: Send + Sync + 'static {
+    /// Serve the request whose head is `head` (the bytes of one read), or leave it, and the
+    /// connection, untouched.
+    fn serve(
+        &self,
+        stream: &mut Stream,
+        head: &BytesMut,
+        shutting_down: bool,
+    ) -> impl Future<Output = Served> + Send;
+}
+
+/// What became of a request offered to a [`Serve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Not one it serves: Pingora gets the same bytes.
+    NotMine,
+    /// Answered; `reuse`: the connection can carry another request.
+    Done { reuse: bool },
+}
+
+/// The [`Serve`] of a gate whose requests all go to Pingora.
+pub struct PingoraOnly;
+
+impl Serve for PingoraOnly {
+    async fn serve(&self, _: &mut Stream, _: &BytesMut, _: bool) -> Served {
+        Served::NotMine
+    }
+}
+
+/// Pingora's HTTP app behind the connection guards, with tollgate's own HTTP/1 codec (`S`)
+/// in front of it for the requests it serves.
+pub struct Gate<A, S = PingoraOnly> {
     inner: Arc<A>,
+    own: Option<S>,
     guards: Guards,
 }
 
@@ -131,6 +166,18 @@ impl<A> Gate<A> {
     pub fn new(inner: A, guards: &Guards) -> Self {
         Gate {
             inner: Arc::new(inner),
+            own: None,
+            guards: guards.clone(),
+        }
+    }
+}
+
+impl<A, S> Gate<A, S> {
+    /// `own` is offered every HTTP/1 request first.
+    pub fn with_own(inner: A, own: S, guards: &Guards) -> Self {
+        Gate {
+            inner: Arc::new(inner),
+            own: Some(own),
             guards: guards.clone(),
         }
     }
@@ -158,7 +205,7 @@ fn too_many() -> Vec<u8> {
 }
 
 #[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
+impl<A: HttpServerApp + Send + Sync + 'static, S: Serve> ServerApp for Gate<A, S> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
@@ -186,7 +233,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Gate<A> {
         };
         let stream: Stream = Box::new(Guarded::new(stream, self.guards.head_timeout, slot));
         if keepalive::is_h1(&*self.inner, &stream) {
-            keepalive::serve_h1(&self.inner, stream, self.guards.keepalive_timeout, shutdown).await;
+            let idle = self.guards.keepalive_timeout;
+            keepalive::serve_h1(&self.inner, self.own.as_ref(), stream, idle, shutdown).await;
             return None;
         }
         self.inner.process_new(stream, shutdown).await

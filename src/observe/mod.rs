@@ -5,11 +5,11 @@ pub mod metrics;
 
 use std::time::{Instant, SystemTime};
 
-use pingora::proxy::Session;
 use pingora::Error;
 
 use crate::config::Gateway;
 use crate::ctx::Ctx;
+use crate::downstream::Downstream;
 use crate::router::Route;
 use access_log::{AccessLog, Entry, RateLimitEntry};
 use metrics::Metrics;
@@ -48,7 +48,13 @@ impl Observe {
     }
 
     /// Called once per request, from `logging`, whatever happened.
-    pub fn finish(&self, session: &Session, e: Option<&Error>, ctx: &Ctx, route: Option<&Route>) {
+    pub fn finish<D: Downstream>(
+        &self,
+        session: &D,
+        e: Option<&Error>,
+        ctx: &Ctx,
+        route: Option<&Route>,
+    ) {
         let req = session.req_header();
         let status = session
             .response_written()

@@ -16,11 +16,10 @@
 
 use http::header;
 use pingora::http::RequestHeader;
-use pingora::protocols::http::HttpTask;
-use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::{Ctx, Tollgate};
+use crate::downstream::Downstream;
 use crate::upstream::h1::Conn;
 use crate::upstream::protocol::Protocol;
 use crate::upstream::Upstream;
@@ -53,12 +52,19 @@ enum Failed {
 
 /// Whether this request is one the fast path relays (see the module doc for the others).
 pub(super) fn takes_fast_path(req: &RequestHeader, ctx: &Ctx, up: &Upstream) -> bool {
+    ctx.websocket.is_none() && !ctx.grpc && relays_to(up) && plain(req)
+}
+
+/// Whether the fast path can relay to this upstream: plaintext HTTP/1.
+pub(super) fn relays_to(up: &Upstream) -> bool {
+    up.tls.is_none() && up.protocol == Protocol::Http1
+}
+
+/// Whether the request itself is one the fast path relays: no body, no upgrade, an
+/// origin-form target and one `Host`, a `Connection` header about this connection only.
+pub(super) fn plain(req: &RequestHeader) -> bool {
     let h = &req.headers;
-    up.tls.is_none()
-        && up.protocol == Protocol::Http1
-        && ctx.websocket.is_none()
-        && !ctx.grpc
-        && matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10)
+    matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10)
         && req.raw_path().first() == Some(&b'/')
         && h.get_all(header::HOST).iter().count() == 1
         && !h.contains_key(header::TRANSFER_ENCODING)
@@ -76,11 +82,15 @@ pub(super) fn takes_fast_path(req: &RequestHeader, ctx: &Ctx, up: &Upstream) -> 
 impl Tollgate {
     /// Relay the request and its response; `Ok(true)`: answered. An `Err` is answered by
     /// Pingora through `fail_to_proxy`, as a failure of its own proxy loop would be.
-    pub(super) async fn relay(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let head = self.upstream_head(session, ctx).await?;
+    pub(super) async fn relay<D: Downstream>(
+        &self,
+        session: &mut D,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        let head = self.upstream_head(session, ctx)?;
         let head_request = session.req_header().method == http::Method::HEAD;
         for _ in 0..MAX_TRIES {
-            let addr = self.pick(session, ctx)?.addr();
+            let addr = self.pick(session.req_header(), ctx)?.addr();
             let timeouts = self.upstream(ctx).map(|u| u.timeouts).unwrap_or_default();
             let e = match self
                 .exchange(session, ctx, addr, &timeouts, &head, head_request)
@@ -103,10 +113,9 @@ impl Tollgate {
     /// The request head as the upstream gets it: the client's, edited by
     /// `upstream_request_filter` (once: every attempt sends the same), as HTTP/1.1 and
     /// without the hop-by-hop headers.
-    async fn upstream_head(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Vec<u8>> {
-        use pingora::proxy::ProxyHttp;
+    fn upstream_head<D: Downstream>(&self, session: &D, ctx: &Ctx) -> Result<Vec<u8>> {
         let mut req = session.req_header().clone();
-        self.upstream_request_filter(session, &mut req, ctx).await?;
+        self.upstream_edits(session.tls(), &mut req, ctx)?;
         let target = req.raw_path();
         if target.first() != Some(&b'/') {
             return Err(Error::explain(
@@ -133,23 +142,21 @@ impl Tollgate {
     }
 
     /// One attempt on the backend at `addr`: send the head, relay the response.
-    async fn exchange(
+    async fn exchange<D: Downstream>(
         &self,
-        session: &mut Session,
+        session: &mut D,
         ctx: &mut Ctx,
         addr: std::net::SocketAddr,
         timeouts: &crate::upstream::Timeouts,
         head: &[u8],
         head_request: bool,
     ) -> std::result::Result<(), Failed> {
-        use pingora::proxy::ProxyHttp;
         let mut conn = Conn::get(addr, timeouts).await.map_err(Failed::Connect)?;
         let reused = conn.reused;
         let fail = |e| Failed::Exchange { e, reused };
         conn.send(head).await.map_err(fail)?;
         let (mut resp, mut body) = conn.response(head_request).await.map_err(fail)?;
-        self.response_filter(session, &mut resp, ctx)
-            .await
+        self.decorate(session.req_header(), &mut resp, ctx)
             .map_err(fail)?;
         let encoded = ctx.encoder.is_some();
         session
@@ -164,12 +171,14 @@ impl Tollgate {
         let fail = |e| Failed::Exchange { e, reused: false };
         let mut piece = match conn.body(&mut body).await {
             Ok(p) => p,
-            Err(e) => return Err(fail(cut_short(session, e).await)),
+            Err(e) => {
+                session.cut_short().await;
+                return Err(fail(e));
+            }
         };
         loop {
             let end = body.is_done();
-            self.response_body_filter(session, &mut piece, end, ctx)
-                .map_err(fail)?;
+            super::encode(ctx, &mut piece, end).map_err(fail)?;
             session
                 .write_response_body(piece, end)
                 .await
@@ -179,27 +188,15 @@ impl Tollgate {
             }
             piece = match conn.body(&mut body).await {
                 Ok(p) => p,
-                Err(e) => return Err(fail(cut_short(session, e).await)),
+                Err(e) => {
+                    session.cut_short().await;
+                    return Err(fail(e));
+                }
             };
         }
         conn.release(self.pool);
         Ok(())
     }
-}
-
-/// The backend failed mid-body: what the client was already sent (a `Content-Length` body is
-/// held until it is complete) goes out before the connection ends, as on Pingora's path.
-async fn cut_short(session: &mut Session, e: Box<Error>) -> Box<Error> {
-    // Two tasks: Pingora flushes before a failure only on its many-task path.
-    let failed = HttpTask::Failed(Error::explain(
-        ErrorType::ReadError,
-        "upstream body cut short",
-    ));
-    let _ = session
-        .as_downstream_mut()
-        .response_duplex_vec(vec![HttpTask::Body(None, false), failed])
-        .await;
-    e
 }
 
 #[cfg(test)]

@@ -1,0 +1,347 @@
+//! tollgate's own HTTP/1 server codec, for the one request shape that is most of the traffic:
+//! a complete, bodiless head from an HTTP/1.0 or 1.1 client, alone in its read.
+//!
+//! Why: Pingora's server session costs about as much per request as all of tollgate's policy
+//! and upstream relay together (`benches/instructions.sh`, `hybrid` against `floor`): a boxed
+//! 10 KiB future, a session object, a head buffer, a case-preserving header map. This codec
+//! reads such a request into a [`RequestHeader`] and writes the response straight to the
+//! connection; everything else (a body, `Expect`, upgrades, pipelined bytes, a head split over
+//! reads, anything the strict parse refuses) is handed to Pingora untouched, byte for byte, so
+//! no rule of Pingora's for those is restated here.
+//!
+//! What is kept the same as Pingora's HTTP/1 session, so a client cannot tell them apart: the
+//! parse (httparse, strict, Pingora's authority checks), the keep-alive decision (RFC 9112:
+//! 1.1 unless `Connection: close`, 1.0 only with `Connection: keep-alive`, off while the
+//! server shuts down), `Date` and `Connection` on every response, and body framing from the
+//! final head (nothing for HEAD, 204 and 304; chunked; `Content-Length`; else until close).
+
+use std::future::Future;
+use std::net::IpAddr;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Stream;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+use tokio::io::AsyncWriteExt;
+
+use super::Downstream;
+
+/// Header lines a head may have to be taken here; more go to Pingora (which takes 256).
+const MAX_HEADERS: usize = 64;
+
+/// Read a request head from `buf`, the bytes of one read: `None` unless it is complete, takes
+/// all of `buf`, and is one this codec serves (see the module doc). `shape` is the further
+/// test of the request itself (the proxy's fast-path conditions).
+pub fn parse(buf: &BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Option<RequestHeader> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n == buf.len() => {}
+        _ => return None,
+    }
+    let version = match parsed.version? {
+        1 => http::Version::HTTP_11,
+        0 => http::Version::HTTP_10,
+        _ => return None,
+    };
+    let mut req = RequestHeader::build_no_case(
+        parsed.method?,
+        parsed.path?.as_bytes(),
+        Some(parsed.headers.len()),
+    )
+    .ok()?;
+    req.set_version(version);
+    // The values stay where they were read: slices of one frozen copy of the head.
+    let shared = Bytes::copy_from_slice(buf);
+    let base = buf.as_ptr() as usize;
+    for h in parsed.headers.iter() {
+        let at = h.value.as_ptr() as usize - base;
+        let value = http::HeaderValue::from_maybe_shared(shared.slice(at..at + h.value.len()));
+        let name = http::HeaderName::from_bytes(h.name.as_bytes());
+        req.append_header(name.ok()?, value.ok()?).ok()?;
+    }
+    pingora::protocols::http::authority::validate_request_authority(&req).ok()?;
+    shape(&req).then_some(req)
+}
+
+/// Whether the client asked to keep the connection, as Pingora reads it: the first
+/// `Connection` header's `keep-alive` wins over its `close`; without either, HTTP/1.1 does.
+fn client_keepalive(req: &RequestHeader) -> bool {
+    let mut close = false;
+    if let Some(v) = req.headers.get(CONNECTION) {
+        for t in crate::headers::tokens(v.as_bytes()) {
+            if t.eq_ignore_ascii_case(b"keep-alive") {
+                return true;
+            }
+            close |= t.eq_ignore_ascii_case(b"close");
+        }
+    }
+    !close && req.version == http::Version::HTTP_11
+}
+
+/// How the response body is delimited for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// `Content-Length` (or none at all for HEAD, 204, 304): this many bytes still to send.
+    Length(u64),
+    Chunked,
+    /// Until the connection closes.
+    Close,
+}
+
+/// One request on a connection this codec serves.
+pub struct H1<'s> {
+    stream: &'s mut Stream,
+    req: RequestHeader,
+    peer_ip: Option<IpAddr>,
+    tls: bool,
+    keepalive: bool,
+    response: Option<Box<ResponseHeader>>,
+    framing: Framing,
+    /// What is written but not yet sent: a head waits for its body's first piece, so a small
+    /// response leaves in one segment.
+    out: Vec<u8>,
+    sent: usize,
+    /// The response ended as framed.
+    complete: bool,
+}
+
+impl<'s> H1<'s> {
+    pub fn new(stream: &'s mut Stream, req: RequestHeader, shutting_down: bool) -> Self {
+        let peer_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let tls = stream.get_ssl_digest().is_some();
+        let keepalive = !shutting_down && client_keepalive(&req);
+        H1 {
+            stream,
+            req,
+            peer_ip,
+            tls,
+            keepalive,
+            response: None,
+            framing: Framing::Length(0),
+            out: Vec::new(),
+            sent: 0,
+            complete: false,
+        }
+    }
+
+    /// Whether the connection can carry another request: the response went out whole and
+    /// nothing asked to close.
+    pub fn reusable(&self) -> bool {
+        self.keepalive && self.complete
+    }
+
+    async fn send(&mut self) -> Result<()> {
+        let out = std::mem::take(&mut self.out);
+        let written = async {
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await
+        };
+        written.await.map_err(|e| {
+            self.keepalive = false;
+            Error::because(ErrorType::WriteError, "writing the response", e).into_down()
+        })?;
+        // Keep the allocation for the next write of this response.
+        self.out = out;
+        self.out.clear();
+        Ok(())
+    }
+
+    fn framing_of(&self, resp: &ResponseHeader) -> Framing {
+        let status = resp.status.as_u16();
+        if status == 204 || status == 304 || self.req.method == http::Method::HEAD {
+            return Framing::Length(0);
+        }
+        let chunked = resp
+            .headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| crate::headers::tokens(v.as_bytes()).last())
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        if chunked {
+            return Framing::Chunked;
+        }
+        let length = resp.headers.get(CONTENT_LENGTH).and_then(|v| {
+            let v = v.as_bytes().trim_ascii();
+            (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(v).ok()?.parse().ok())
+                .flatten()
+        });
+        length.map_or(Framing::Close, Framing::Length)
+    }
+
+    async fn write_header(&mut self, mut resp: Box<ResponseHeader>, end: bool) -> Result<()> {
+        if self.response.is_some() {
+            return Ok(());
+        }
+        self.framing = self.framing_of(&resp);
+        if self.framing == Framing::Close {
+            self.keepalive = false;
+        }
+        let connection = if self.keepalive {
+            "keep-alive"
+        } else {
+            "close"
+        };
+        resp.insert_header(
+            http::header::DATE,
+            pingora::protocols::http::date::get_cached_date(),
+        )?;
+        resp.insert_header(CONNECTION, connection)?;
+        self.out.reserve(256 + resp.headers.len() * 48);
+        let version = match resp.version {
+            http::Version::HTTP_10 => "HTTP/1.0 ",
+            _ => "HTTP/1.1 ",
+        };
+        self.out.extend_from_slice(version.as_bytes());
+        self.out.extend_from_slice(resp.status.as_str().as_bytes());
+        self.out.push(b' ');
+        self.out
+            .extend_from_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        resp.header_to_h1_wire(&mut self.out);
+        self.out.extend_from_slice(b"\r\n");
+        // A body of unknown length may be produced as it goes: its head goes out now, as
+        // Pingora's does.
+        let streaming = resp.headers.get(CONTENT_LENGTH).is_none();
+        self.response = Some(resp);
+        if end {
+            self.finish_body();
+        }
+        if end || streaming {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    /// The body's end: the terminating chunk, and whether the response is whole.
+    fn finish_body(&mut self) {
+        match self.framing {
+            Framing::Length(left) => self.complete = left == 0,
+            Framing::Chunked => {
+                self.out.extend_from_slice(b"0\r\n\r\n");
+                self.complete = true;
+            }
+            Framing::Close => self.complete = true,
+        }
+    }
+
+    async fn write_body(&mut self, body: Option<Bytes>, end: bool) -> Result<()> {
+        if self.response.is_none() || self.complete {
+            return Ok(());
+        }
+        let data = body.as_deref().unwrap_or_default();
+        match self.framing {
+            Framing::Length(left) => {
+                // Never more than the head promised.
+                let take = data.len().min(left as usize);
+                self.out.extend_from_slice(&data[..take]);
+                self.framing = Framing::Length(left - take as u64);
+                self.sent += take;
+            }
+            Framing::Chunked if !data.is_empty() => {
+                let size = format!("{:x}\r\n", data.len());
+                self.out.extend_from_slice(size.as_bytes());
+                self.out.extend_from_slice(data);
+                self.out.extend_from_slice(b"\r\n");
+                self.sent += data.len();
+            }
+            Framing::Chunked => {}
+            Framing::Close => {
+                self.out.extend_from_slice(data);
+                self.sent += data.len();
+            }
+        }
+        if end {
+            self.finish_body();
+        }
+        if !self.out.is_empty() {
+            self.send().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Downstream for H1<'_> {
+    fn req_header(&self) -> &RequestHeader {
+        &self.req
+    }
+
+    fn raw_head(&self) -> Option<Bytes> {
+        // Only asked for with a Transfer-Encoding, which never comes this way.
+        None
+    }
+
+    fn peer_ip(&self) -> Option<IpAddr> {
+        self.peer_ip
+    }
+
+    fn tls(&self) -> bool {
+        self.tls
+    }
+
+    fn response_written(&self) -> Option<&ResponseHeader> {
+        self.response.as_deref()
+    }
+
+    fn is_body_empty(&mut self) -> bool {
+        true
+    }
+
+    fn set_keepalive(&mut self, secs: Option<u64>) {
+        self.keepalive = secs.is_some();
+    }
+
+    fn get_keepalive(&self) -> Option<u64> {
+        // The idle wait between requests is the keep-alive loop's (`limits.keepalive_timeout`).
+        self.keepalive.then_some(0)
+    }
+
+    fn set_read_timeout(&mut self, _: std::time::Duration) {
+        // No body is read here.
+    }
+
+    fn body_bytes_read(&self) -> usize {
+        0
+    }
+
+    fn body_bytes_sent(&self) -> usize {
+        self.sent
+    }
+
+    fn retry_buffer_truncated(&self) -> bool {
+        false
+    }
+
+    fn write_response_header(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        end: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.write_header(resp, end)
+    }
+
+    fn write_response_body(
+        &mut self,
+        body: Option<Bytes>,
+        end: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.write_body(body, end)
+    }
+
+    async fn cut_short(&mut self) {
+        // Every piece was sent as it came; what is missing stays missing, and the connection
+        // ends so the client sees the response was cut.
+        self.keepalive = false;
+        let _ = self.send().await;
+    }
+
+    fn pingora(&mut self) -> Option<&mut Session> {
+        None
+    }
+}

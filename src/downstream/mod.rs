@@ -1,0 +1,157 @@
+//! The client side of one request, whoever serves it.
+//!
+//! Most requests are served by Pingora's session (HTTP/2, TLS handshakes, request bodies,
+//! upgrades); the common plain one by tollgate's own HTTP/1 codec ([`h1`]), which costs a
+//! fraction of Pingora's per request. The policy (route, authenticate, limit, relay, answer,
+//! log) is written once, against [`Downstream`], so both serve the same decisions.
+//!
+//! The trait holds what the policy needs of a client session and nothing else; what only a
+//! Pingora session has (gRPC answers over h2, WebSocket tunnels) is reached through
+//! [`Downstream::pingora`], and such requests never take the other codec.
+
+use std::future::Future;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::Result;
+
+pub mod h1;
+
+/// A client's request and the means to answer it.
+pub trait Downstream: Send + Sync {
+    fn req_header(&self) -> &RequestHeader;
+
+    /// The request head as received, for the checks that must see it before any parser's
+    /// repairs (only asked for when the request has a `Transfer-Encoding`).
+    fn raw_head(&self) -> Option<Bytes>;
+
+    /// The address of the connection's peer (before any `X-Forwarded-For`).
+    fn peer_ip(&self) -> Option<IpAddr>;
+
+    /// Whether the client connection is TLS.
+    fn tls(&self) -> bool;
+
+    /// The response head sent, once it is.
+    fn response_written(&self) -> Option<&ResponseHeader>;
+
+    /// Whether the request has no body left unread.
+    fn is_body_empty(&mut self) -> bool;
+
+    /// Keep the connection for another request (`Some`, for that many seconds idle) or not.
+    fn set_keepalive(&mut self, secs: Option<u64>);
+    fn get_keepalive(&self) -> Option<u64>;
+
+    /// How long a read of the request body may wait.
+    fn set_read_timeout(&mut self, timeout: std::time::Duration);
+
+    fn body_bytes_read(&self) -> usize;
+    fn body_bytes_sent(&self) -> usize;
+
+    /// Whether the request body outgrew what is kept for a retry.
+    fn retry_buffer_truncated(&self) -> bool;
+
+    fn write_response_header(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        end: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    fn write_response_body(
+        &mut self,
+        body: Option<Bytes>,
+        end: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The response body was cut short by the backend: send what is held, and end the
+    /// connection after, so the client sees a truncated response, never a complete one.
+    fn cut_short(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// The Pingora session, when that is what serves the request.
+    fn pingora(&mut self) -> Option<&mut Session>;
+}
+
+impl Downstream for Session {
+    fn req_header(&self) -> &RequestHeader {
+        self.as_downstream().req_header()
+    }
+
+    fn raw_head(&self) -> Option<Bytes> {
+        self.as_http1().map(|h1| h1.get_headers_raw_bytes())
+    }
+
+    fn peer_ip(&self) -> Option<IpAddr> {
+        self.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    }
+
+    fn tls(&self) -> bool {
+        // Only a TLS listener gives the connection an SSL digest (HTTP/1 and HTTP/2 alike).
+        self.digest().is_some_and(|d| d.ssl_digest.is_some())
+    }
+
+    fn response_written(&self) -> Option<&ResponseHeader> {
+        self.as_downstream().response_written()
+    }
+
+    fn is_body_empty(&mut self) -> bool {
+        self.as_downstream_mut().is_body_empty()
+    }
+
+    fn set_keepalive(&mut self, secs: Option<u64>) {
+        self.as_downstream_mut().set_keepalive(secs)
+    }
+
+    fn get_keepalive(&self) -> Option<u64> {
+        self.as_downstream().get_keepalive()
+    }
+
+    fn set_read_timeout(&mut self, timeout: std::time::Duration) {
+        self.as_downstream_mut().set_read_timeout(Some(timeout))
+    }
+
+    fn body_bytes_read(&self) -> usize {
+        self.as_downstream().body_bytes_read()
+    }
+
+    fn body_bytes_sent(&self) -> usize {
+        self.as_downstream().body_bytes_sent()
+    }
+
+    fn retry_buffer_truncated(&self) -> bool {
+        self.as_ref().retry_buffer_truncated()
+    }
+
+    fn write_response_header(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        end: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        Session::write_response_header(self, resp, end)
+    }
+
+    fn write_response_body(
+        &mut self,
+        body: Option<Bytes>,
+        end: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        Session::write_response_body(self, body, end)
+    }
+
+    async fn cut_short(&mut self) {
+        use pingora::protocols::http::HttpTask;
+        // Two tasks: Pingora flushes before a failure only on its many-task path.
+        let failed = HttpTask::Failed(pingora::Error::explain(
+            pingora::ErrorType::ReadError,
+            "upstream body cut short",
+        ));
+        let _ = self
+            .as_downstream_mut()
+            .response_duplex_vec(vec![HttpTask::Body(None, false), failed])
+            .await;
+    }
+
+    fn pingora(&mut self) -> Option<&mut Session> {
+        Some(self)
+    }
+}

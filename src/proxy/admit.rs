@@ -1,0 +1,203 @@
+//! Admission: who is calling, which route the request takes, and whether it may: framing
+//! and size checks, path normalisation, CORS preflight, routing, address rules,
+//! authentication and rate limits. Written against [`Downstream`], so a request gets the same
+//! decisions whichever codec serves its client.
+
+use std::time::Instant;
+
+use http::{HeaderName, HeaderValue};
+use pingora::Result;
+
+use super::{Ctx, Tollgate};
+use crate::client::{self, X_REQUEST_ID};
+use crate::cors::{self, Cors};
+use crate::downstream::Downstream;
+use crate::error::{self, Reject};
+use crate::headers;
+use crate::router::{self, Match, Route};
+
+impl Tollgate {
+    /// Who is calling: the client IP and the request id, before anything else looks.
+    pub(super) fn identify<D: Downstream>(&self, session: &D, ctx: &mut Ctx) {
+        ctx.started = Instant::now();
+        self.obs.metrics.request_started();
+        ctx.counted = true;
+        let req = session.req_header();
+        ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
+            Some(v) if client::accept_request_id(v) => v.clone(),
+            _ => client::new_request_id(),
+        };
+        ctx.grpc = crate::grpc::is_grpc(req);
+        ctx.peer_ip = session.peer_ip().map(client::canonical);
+        ctx.client_ip = ctx.peer_ip.map(|peer| {
+            self.gw
+                .trusted_proxies
+                .client_ip(peer, &session.req_header().headers)
+        });
+    }
+
+    /// Refuse ambiguous framing, normalise the path once, route, authenticate, rate-limit.
+    /// Everything after this sees one unambiguous, admitted request. `true`: answered.
+    pub(super) async fn admit<D: Downstream>(
+        &self,
+        session: &mut D,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        let limits = &self.gw.limits;
+        if let Err((reject, why)) = crate::guard::check_request(session, limits) {
+            // Refused before the body: its extent is unknown, so never read what follows as
+            // another request.
+            session.set_keepalive(None);
+            return self.reject(session, ctx, reject, why, &[]).await;
+        }
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
+        }
+        session.set_read_timeout(limits.body_idle_timeout);
+
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes())
+            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        let path = match crate::path::normalise(req.uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                return self
+                    .reject(session, ctx, Reject::BadRequest, e.message(), &[])
+                    .await
+            }
+        };
+        if let Some(wanted) = Cors::preflight_method(req) {
+            let origin = req.headers.get(&cors::ORIGIN).cloned();
+            if let Match::Route(r) = self.gw.router.find(host, &path, &wanted) {
+                if let (Some(policy), Some(origin)) = (&r.cors, origin) {
+                    ctx.route = Some(r.id);
+                    return match policy.preflight(&origin, &wanted) {
+                        Some(headers) => error::answer_empty(session, ctx, 204, &headers).await,
+                        None => {
+                            let msg = "CORS preflight refused for this origin or method";
+                            self.reject(session, ctx, Reject::Forbidden, msg, &[]).await
+                        }
+                    };
+                }
+            }
+        }
+        let verdict = self.gw.router.find(host, &path, &req.method);
+        let bare = crate::path::without_params(&path);
+        if bare != path
+            && !router::same_verdict(&verdict, &self.gw.router.find(host, &bare, &req.method))
+        {
+            let msg = "the request path has ';' parameters that would change which route it takes";
+            return self
+                .reject(session, ctx, Reject::BadRequest, msg, &[])
+                .await;
+        }
+        let route = match verdict {
+            Match::Route(r) => r,
+            Match::NotFound => {
+                let msg = "no route matches this request";
+                return self.reject(session, ctx, Reject::NoRoute, msg, &[]).await;
+            }
+            Match::MethodNotAllowed(allow) => {
+                let msg = "this route does not allow the request method";
+                let allow = [(http::header::ALLOW, allow.clone())];
+                return self
+                    .reject(session, ctx, Reject::MethodNotAllowed, msg, &allow)
+                    .await;
+            }
+        };
+        if let (Some(rules), Some(ip)) = (&route.ip_rules, ctx.client_ip) {
+            if !rules.admits(ip) {
+                let msg = "this route does not accept requests from your address";
+                return self.reject(session, ctx, Reject::Forbidden, msg, &[]).await;
+            }
+        }
+        if crate::guard::declared_body(req).is_some_and(|len| len > route.max_body) {
+            // Refused before reading: the body is never read, so the connection closes.
+            let msg = "the request body is larger than this route accepts";
+            return self
+                .reject(session, ctx, Reject::PayloadTooLarge, msg, &[])
+                .await;
+        }
+        ctx.route = Some(route.id);
+        if let Some(ra) = &route.auth {
+            match self.gw.auth.check(ra, req) {
+                Ok(id) => ctx.identity = Some(id),
+                Err(f) => {
+                    self.obs.auth_failed(route.id, &f);
+                    let www = f.www.map(|v| (http::header::WWW_AUTHENTICATE, v));
+                    let extra = www.as_slice();
+                    return self.reject(session, ctx, f.reject, f.message, extra).await;
+                }
+            }
+        }
+        if crate::websocket::is_handshake(req) {
+            let Some(idle) = route.websocket else {
+                let msg = "this route does not accept WebSocket upgrades";
+                return self.reject(session, ctx, Reject::Forbidden, msg, &[]).await;
+            };
+            ctx.websocket = Some(idle);
+        }
+        // What the upstream gets: the routed path, minus the prefix, minus a key carried in
+        // the query.
+        let key_param = ctx
+            .identity
+            .as_ref()
+            .and_then(|id| id.credential_query.as_deref());
+        let changed = matches!(path, std::borrow::Cow::Owned(_));
+        ctx.target = headers::forwarded_target(route, &path, req.uri.query(), key_param, changed);
+        self.rate_limit(session, ctx, route).await
+    }
+
+    /// Answer locally with the error contract ([`error::reject`]), counted in the metrics.
+    pub(super) async fn reject<D: Downstream>(
+        &self,
+        session: &mut D,
+        ctx: &mut Ctx,
+        reject: Reject,
+        message: &str,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<bool> {
+        self.obs.metrics.rejected(reject.code());
+        error::reject(session, ctx, reject, message, extra).await
+    }
+
+    /// The route's rate limits (all must pass): records the decision for the response
+    /// headers, or answers 429 (or 503 when a `deny` Redis store is down). `true`: answered.
+    async fn rate_limit<D: Downstream>(
+        &self,
+        session: &mut D,
+        ctx: &mut Ctx,
+        route: &Route,
+    ) -> Result<bool> {
+        if route.rate_limits.is_empty() {
+            return Ok(false);
+        }
+        let headers = &session.req_header().headers;
+        ctx.limit = match self
+            .gw
+            .rate_limits
+            .check(&route.rate_limits, &route.name, ctx, headers)
+            .await
+        {
+            Ok(d) => d,
+            Err(crate::limit::StoreUnavailable) => {
+                let msg = "the rate limit store is unavailable";
+                return self
+                    .reject(session, ctx, Reject::Unavailable, msg, &[])
+                    .await;
+            }
+        };
+        if let Some(d) = ctx.limit.filter(|d| !d.allowed) {
+            self.obs.rate_limited(route.id, &d);
+            let extra = self.gw.rate_limits.headers(&d);
+            let msg = "rate limit exceeded: retry after the time in Retry-After";
+            return self
+                .reject(session, ctx, Reject::RateLimited, msg, &extra)
+                .await;
+        }
+        Ok(false)
+    }
+}
