@@ -1,5 +1,5 @@
 //! Upstream servers for the tests: the demo's echo upstream, one that never answers, a closed
-//! port, and [`Backend`], a backend the test controls.
+//! port, [`scripted`] for answers of exact shapes, and [`Backend`], a backend the test controls.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -21,6 +21,42 @@ pub fn hang() -> SocketAddr {
         let mut held = Vec::new();
         for s in l.incoming().flatten() {
             held.push(s);
+        }
+    });
+    addr
+}
+
+/// A raw HTTP/1 backend for answers of exact shapes: each request head (bodies are not read)
+/// is answered with the bytes `script(method, path)` returns, and the connection is closed
+/// after them when it also returns `true`.
+pub fn scripted(script: fn(&str, &str) -> (Vec<u8>, bool)) -> SocketAddr {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let mut words = head.split(' ');
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    let (answer, close) = script(method, path);
+                    if s.write_all(&answer).is_err() || close {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                }
+            });
         }
     });
     addr
