@@ -391,7 +391,8 @@ fn a_502_is_json_and_ends_the_connection() {
     let mut c = Client::connect(&gw);
     let r = c.get("/down/x", "");
     assert_eq!((r.status, r.error_code()), (502, "bad_gateway".into()));
-    // A failed proxy attempt never reuses the client's connection.
+    // A failed proxy attempt never reuses the client's connection, and says so.
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
     c.assert_closed();
 }
 
@@ -474,19 +475,22 @@ fn unroutable_paths_get_a_json_400_and_keep_the_connection() {
 }
 
 #[test]
-fn an_http10_client_gets_chunked_and_close_delimited_bodies_whole() {
+fn an_http10_client_gets_bodies_whole_without_chunked_framing() {
     let gw = gateway();
-    for (path, body) in [
-        ("/raw/chunked", "hello world"),
-        ("/raw/until-close", "until the end"),
+    for (path, body, extra) in [
+        ("/raw/chunked", "hello world", ""),
+        ("/raw/until-close", "until the end", ""),
+        // Even one that asked to keep the connection: its end is the body's end.
+        ("/raw/chunked", "hello world", "Connection: keep-alive\r\n"),
     ] {
         let mut c = Client::connect(&gw);
-        c.send(&head("GET", path, "1.0", ""));
-        // Read by the framing the head declares. Today that is `Transfer-Encoding: chunked`,
-        // which RFC 9112 §6.1 forbids to an HTTP/1.0 client (it reads the chunk sizes as
-        // data), so the framing itself is not held to; a close-delimited body passes too.
+        c.send(&head("GET", path, "1.0", extra));
+        // An HTTP/1.0 client does not know chunked framing (RFC 9112 §6.1): it would read
+        // the chunk sizes as data. The body comes as it is and ends with the connection.
         let r = c.response(false);
         assert_eq!((r.status, r.body.as_str()), (200, body), "{path}: {r:?}");
+        assert_eq!(r.header("transfer-encoding"), None, "{path}: {r:?}");
+        assert_eq!(r.header("connection"), Some("close"), "{path}: {r:?}");
         c.assert_closed();
     }
 }

@@ -14,6 +14,9 @@
 //! 1.1 unless `Connection: close`, 1.0 only with `Connection: keep-alive`, off while the
 //! server shuts down), `Date` and `Connection` on every response, and body framing from the
 //! final head (nothing for HEAD, 204 and 304; chunked; `Content-Length`; else until close).
+//! Two things differ, on purpose: an HTTP/1.0 client never gets a chunked body (it is sent
+//! as it is, until close, RFC 9112 §6.1), and a connection about to be closed after an error
+//! says `Connection: close`.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -180,6 +183,12 @@ impl<'s> H1<'s> {
             return Ok(());
         }
         self.framing = self.framing_of(&resp);
+        if self.framing == Framing::Chunked && self.req.version == http::Version::HTTP_10 {
+            // An HTTP/1.0 client does not know chunked framing (RFC 9112 §6.1): its body is
+            // sent as it is and ends with the connection.
+            resp.remove_header(&TRANSFER_ENCODING);
+            self.framing = Framing::Close;
+        }
         if self.framing == Framing::Close {
             self.keepalive = false;
         }

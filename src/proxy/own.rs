@@ -47,9 +47,9 @@ impl Serve for Tollgate {
         let error = outcome.err();
         if let Some(e) = &error {
             // As Pingora's `fail_to_proxy`: answered if nothing was sent yet, and the
-            // connection is not reused.
-            self.answer_failure(&mut session, e, &mut ctx, false).await;
+            // connection is not reused (which the answer says).
             session.set_keepalive(None);
+            self.answer_failure(&mut session, e, &mut ctx, false).await;
         }
         self.finished(&session, error.as_deref(), &mut ctx);
         Served::Done {
