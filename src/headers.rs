@@ -15,6 +15,10 @@ use pingora::Result;
 use crate::client::{X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::router::Route;
 
+mod edit;
+
+pub use edit::{Edit, Overlay};
+
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -166,22 +170,30 @@ pub fn forwarded_target(
 /// Point the upstream request at `target` (see [`forwarded_target`]); `None` leaves it.
 pub fn set_target(req: &mut RequestHeader, target: Option<&str>) -> Result<()> {
     if let Some(t) = target {
-        let uri = Uri::try_from(t).map_err(|e| {
-            pingora::Error::because(
-                pingora::ErrorType::InvalidHTTPHeader,
-                "rewriting the request target",
-                e,
-            )
-        })?;
+        let uri = Uri::try_from(t).map_err(bad_target)?;
         req.set_uri(uri);
     }
     Ok(())
 }
 
+/// `target`, if it is one [`set_target`] takes (a request line is written from it).
+pub fn checked_target(target: &str) -> Result<&str> {
+    Uri::try_from(target).map_err(bad_target)?;
+    Ok(target)
+}
+
+fn bad_target(e: http::uri::InvalidUri) -> Box<pingora::Error> {
+    pingora::Error::because(
+        pingora::ErrorType::InvalidHTTPHeader,
+        "rewriting the request target",
+        e,
+    )
+}
+
 /// Set the forwarding headers of an upstream request. `tls`: the client reached a TLS
 /// listener (`X-Forwarded-Proto: https`, whatever the client sent).
 pub fn forwarding(
-    h: &mut HeaderMap,
+    h: &mut impl Edit,
     tls: bool,
     peer_ip: Option<IpAddr>,
     client_ip: Option<IpAddr>,
@@ -221,10 +233,10 @@ pub fn forwarding(
     }
     let proto = if tls { &HTTPS } else { &HTTP };
     h.insert(&X_FORWARDED_PROTO, proto.clone());
-    match h.get(http::header::HOST).cloned() {
+    match h.get(&http::header::HOST).cloned() {
         Some(host) => h.insert(&X_FORWARDED_HOST, host),
         None => h.remove(&X_FORWARDED_HOST),
-    };
+    }
     h.insert(&X_REQUEST_ID, request_id.clone());
     Ok(())
 }

@@ -128,11 +128,15 @@ impl Tollgate {
     /// What the upstream request carries: the rewritten target and the forwarding headers.
     fn upstream_edits(&self, tls: bool, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         headers::set_target(req, ctx.target.as_deref())?;
-        headers::edit_request(req, |h| {
-            headers::forwarding(h, tls, ctx.peer_ip, ctx.client_ip, &ctx.request_id)?;
-            crate::auth::forward(&self.gw.auth, ctx.identity.as_ref(), h);
-            Ok(())
-        })
+        headers::edit_request(req, |h| self.forwarded(tls, h, ctx))
+    }
+
+    /// The upstream request's headers: forwarding, and the caller's identity in place of its
+    /// credential.
+    fn forwarded(&self, tls: bool, h: &mut impl headers::Edit, ctx: &Ctx) -> Result<()> {
+        headers::forwarding(h, tls, ctx.peer_ip, ctx.client_ip, &ctx.request_id)?;
+        crate::auth::forward(&self.gw.auth, ctx.identity.as_ref(), h);
+        Ok(())
     }
 
     /// A response head from the backend: its outcome for the circuit breaker, then the gateway

@@ -376,7 +376,7 @@ fn check_jwt(j: &jwt::Jwt, req: &RequestHeader) -> Result<Option<Found>, Failure
 }
 
 /// Remove client copies of identity headers (every route), then set tollgate's own.
-pub fn forward(auth: &Auth, id: Option<&Identity>, headers: &mut http::HeaderMap) {
+pub fn forward(auth: &Auth, id: Option<&Identity>, headers: &mut impl crate::headers::Edit) {
     for h in &auth.identity_headers {
         headers.remove(h);
     }
@@ -388,7 +388,7 @@ pub fn forward(auth: &Auth, id: Option<&Identity>, headers: &mut http::HeaderMap
             headers.insert(&X_CONSUMER, c.clone());
         }
         for (h, v) in &id.headers {
-            headers.insert(h.clone(), v.clone());
+            headers.insert(h, v.clone());
         }
     }
 }

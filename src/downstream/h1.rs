@@ -49,13 +49,11 @@ pub fn parse(buf: &BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Option<R
         0 => http::Version::HTTP_10,
         _ => return None,
     };
-    let mut req = RequestHeader::build_no_case(
-        parsed.method?,
-        parsed.path?.as_bytes(),
-        Some(parsed.headers.len()),
-    )
-    .ok()?;
-    req.set_version(version);
+    let target = parsed.path?.as_bytes();
+    let req = RequestHeader::build_no_case(parsed.method?, target, Some(parsed.headers.len()));
+    // The headers go into the map itself: Pingora's `append_header` parses each name twice.
+    let mut parts = http::request::Parts::from(req.ok()?);
+    parts.version = version;
     // The values stay where they were read: slices of one frozen copy of the head.
     let shared = Bytes::copy_from_slice(buf);
     let base = buf.as_ptr() as usize;
@@ -63,7 +61,13 @@ pub fn parse(buf: &BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Option<R
         let at = h.value.as_ptr() as usize - base;
         let value = http::HeaderValue::from_maybe_shared(shared.slice(at..at + h.value.len()));
         let name = http::HeaderName::from_bytes(h.name.as_bytes());
-        req.append_header(name.ok()?, value.ok()?).ok()?;
+        parts.headers.try_append(name.ok()?, value.ok()?).ok()?;
+    }
+    let req = RequestHeader::from(parts);
+    // A target the URI does not carry as received (which only Pingora's head keeps) is not
+    // one for this codec.
+    if req.raw_path() != target {
+        return None;
     }
     pingora::protocols::http::authority::validate_request_authority(&req).ok()?;
     shape(&req).then_some(req)

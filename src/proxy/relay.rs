@@ -110,25 +110,30 @@ impl Tollgate {
         ))
     }
 
-    /// The request head as the upstream gets it: the client's, edited by
-    /// `upstream_request_filter` (once: every attempt sends the same), as HTTP/1.1 and
-    /// without the hop-by-hop headers.
+    /// The request head as the upstream gets it: the client's, with the edits of
+    /// `upstream_request_filter` (made once: every attempt sends the same), as HTTP/1.1 and
+    /// without the hop-by-hop headers. Written from the client's head through an overlay of
+    /// the edits, never a copy of it.
     fn upstream_head<D: Downstream>(&self, session: &D, ctx: &Ctx) -> Result<Vec<u8>> {
-        let mut req = session.req_header().clone();
-        self.upstream_edits(session.tls(), &mut req, ctx)?;
-        let target = req.raw_path();
+        let req = session.req_header();
+        let target = match ctx.target.as_deref() {
+            Some(t) => crate::headers::checked_target(t)?.as_bytes(),
+            None => req.raw_path(),
+        };
         if target.first() != Some(&b'/') {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "the upstream request target is not a path",
             ));
         }
+        let mut h = crate::headers::Overlay::new(&req.headers);
+        self.forwarded(session.tls(), &mut h, ctx)?;
         let mut out = Vec::with_capacity(256 + req.headers.len() * 48);
         out.extend_from_slice(req.method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(target);
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in req.headers.iter() {
+        for (name, value) in h.iter() {
             if hop_by_hop(name) {
                 continue;
             }

@@ -238,8 +238,10 @@ impl Conn {
             Err(_) => return Err(invalid("an invalid response head")),
         };
         let code = parsed.code.ok_or_else(|| invalid("no status"))?;
-        let mut resp = ResponseHeader::build_no_case(code, Some(parsed.headers.len()))
+        let resp = ResponseHeader::build_no_case(code, Some(parsed.headers.len()))
             .map_err(|_| invalid("an invalid status"))?;
+        // The headers go into the map itself: Pingora's `append_header` parses each name twice.
+        let mut parts = http::response::Parts::from(resp);
         let (mut length, mut chunked, mut close) = (None, false, parsed.version == Some(0));
         for h in parsed.headers.iter() {
             let name = h.name;
@@ -271,9 +273,12 @@ impl Conn {
                 .map_err(|_| invalid("an invalid response header value"))?;
             let name = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid("an invalid response header name"))?;
-            resp.append_header(name, value)
+            parts
+                .headers
+                .try_append(name, value)
                 .map_err(|_| invalid("an invalid response header"))?;
         }
+        let mut resp = ResponseHeader::from(parts);
         self.buf.advance(n);
         let status = resp.status.as_u16();
         let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status)
