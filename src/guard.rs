@@ -4,7 +4,9 @@
 //! signs and hex in it, unknown transfer codings, `Transfer-Encoding` on HTTP/1.0, bad chunk
 //! sizes). What it lets through, and nginx refuses, is checked here: `Content-Length` together
 //! with `Transfer-Encoding` (Pingora issue 945), repeated or list-valued `Content-Length`, a
-//! `Transfer-Encoding` other than a single `chunked`, and an HTTP/1.1 request without `Host`.
+//! `Transfer-Encoding` other than a single `chunked`, an HTTP/1.1 request without `Host`, and a
+//! `Host` that is not a `host[:port]` (RFC 9112 §3.2: a server MUST answer such a request 400;
+//! forwarded, `Host: gw/evil` reaches an upstream that may build URLs or route on it).
 
 use crate::downstream::Downstream;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -40,10 +42,59 @@ pub fn check_framing(req: &RequestHeader, raw: Option<&[u8]>) -> Result<(), &'st
             return Err("Transfer-Encoding must be exactly \"chunked\"");
         }
     }
-    if req.version == Version::HTTP_11 && !h.contains_key(HOST) && req.uri.authority().is_none() {
-        return Err("an HTTP/1.1 request needs a Host header");
+    match h.get(HOST) {
+        Some(v) if !valid_host(v.as_bytes()) => {
+            return Err("the Host header is not a valid host[:port]")
+        }
+        None if req.version == Version::HTTP_11 && req.uri.authority().is_none() => {
+            return Err("an HTTP/1.1 request needs a Host header")
+        }
+        _ => {}
     }
     Ok(())
+}
+
+/// Whether `v` is a `Host` value: `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2),
+/// where the host is a bracketed IPv6 address or a name of unreserved and sub-delim
+/// characters (an IPv4 address is such a name) and the port is digits.
+///
+/// Stricter than the grammar in two ways, as nginx is: the host may not be empty (an empty
+/// `Host:` is for a target URI without an authority, and an `http` or `https` URI always has
+/// one, RFC 9110 §4.2.1; nor is there anything to route on), and percent-encoding is refused
+/// (`http::uri::Authority` refuses it too, and the router compares bytes, it does not decode).
+/// Pingora has already refused userinfo (`@`) and a second `Host`; `@` is not a name
+/// character here either.
+///
+/// Checked by hand rather than with `http::uri::Authority::try_from`: that copies the value
+/// (an allocation on every request) and accepts userinfo, a port that is not a number, and
+/// text before or after an IPv6 literal (`x[::1]`, `[::1]x`). What is accepted here is meant
+/// to be a subset of what it accepts; the tests check that for every accepted shape they list.
+fn valid_host(v: &[u8]) -> bool {
+    let rest = if let Some(literal) = v.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let ipv6 = std::str::from_utf8(&literal[..end])
+            .is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+        if !ipv6 {
+            return false;
+        }
+        &literal[end + 1..]
+    } else {
+        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+        let name = &v[..end];
+        let name_char = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(b);
+        if name.is_empty() || !name.iter().all(name_char) {
+            return false;
+        }
+        &v[end..]
+    };
+    match rest {
+        [] => true,
+        // `*DIGIT`: an empty port is allowed by the grammar (RFC 3986 §3.2.3).
+        [b':', port @ ..] => port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
 }
 
 /// Whether the raw request head has a header line named `name` (lower-case).
@@ -97,6 +148,69 @@ mod tests {
         assert!(check_framing(&te, Some(raw)).is_err());
         let raw_ok = b"POST /x HTTP/1.1\r\nHost: a\r\nX-Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(check_framing(&te, Some(raw_ok)).is_ok());
+    }
+
+    /// Host values a client sends are accepted; anything that is not a `host[:port]` is
+    /// refused with a message that says so.
+    #[test]
+    fn host_values() {
+        let accepted = [
+            "example.com",
+            "Example.COM",
+            "example.com.",
+            "example.com:8080",
+            "example.com:",
+            "gw",
+            "my_host-1.internal",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::1]:443",
+            "[::ffff:192.0.2.1]:80",
+        ];
+        for v in accepted {
+            let r = req(Version::HTTP_11, &[("Host", v)]);
+            assert_eq!(check_framing(&r, None), Ok(()), "{v:?}");
+            // Never wider than `http`'s own authority parse, which Pingora uses elsewhere.
+            assert!(http::uri::Authority::try_from(v).is_ok(), "{v:?}");
+        }
+        let refused = [
+            ("empty", ""),
+            ("a path", "gw/evil"),
+            ("a path after the port", "gw:80/x"),
+            ("a query", "gw?x=1"),
+            ("a fragment", "gw#x"),
+            ("userinfo", "a@b"),
+            ("userinfo with a password", "user:pw@b"),
+            ("a space inside", "ex ample.com"),
+            ("a tab inside", "ex\tample.com"),
+            ("a port that is not a number", "example.com:http"),
+            ("two ports", "example.com:80:81"),
+            ("only a port", ":8080"),
+            ("a bare IPv6 address", "::1"),
+            ("an unclosed IPv6 literal", "[::1"),
+            ("not an IPv6 address in brackets", "[example.com]"),
+            ("text after an IPv6 literal", "[::1]x"),
+            ("text before an IPv6 literal", "x[::1]"),
+            ("a zone in an IPv6 literal", "[fe80::1%25eth0]"),
+            ("percent-encoding", "ex%61mple.com"),
+            ("a backslash", "gw\\evil"),
+            ("a quote", "gw\"x"),
+            ("non-ASCII", "b\u{fc}cher.example"),
+        ];
+        for (what, v) in refused {
+            let r = req(Version::HTTP_11, &[("Host", v)]);
+            assert_eq!(
+                check_framing(&r, None),
+                Err("the Host header is not a valid host[:port]"),
+                "{what}: {v:?}"
+            );
+        }
+        // HTTP/1.0 may leave Host out, but one it sends is held to the same rule.
+        assert!(check_framing(&req(Version::HTTP_10, &[]), None).is_ok());
+        let r10 = req(Version::HTTP_10, &[("Host", "gw/evil")]);
+        assert!(check_framing(&r10, None).is_err());
     }
 }
 

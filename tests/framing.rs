@@ -66,3 +66,39 @@ fn well_framed_requests_still_pass() {
     let r = gw.raw(ok[1]);
     assert_eq!(r.json()["body"], "hello");
 }
+
+/// RFC 9112 §3.2: a server MUST answer 400 to a `Host` that is not a `host[:port]`. Forwarded,
+/// `Host: gw/evil` would reach an upstream that builds URLs or routes on it. Sent alone in its
+/// read (the head tollgate's own HTTP/1 codec serves) and with a request pipelined behind it
+/// (handed to Pingora's), the answer is the JSON `bad_request`, the connection ends, and the
+/// upstream never sees a request.
+#[test]
+fn an_invalid_host_gets_a_json_400_and_never_reaches_the_upstream() {
+    let up = Backend::start("up");
+    let gw = Gateway::start(&format!(
+        "upstreams: {{up: {{targets: [\"{}\"]}}}}\nroutes: [{{name: r, path_prefix: /, upstream: up}}]",
+        up.addr
+    ));
+    for host in ["gw/evil", "gw?x=1", "gw:http", "[::1]x", "ex%61mple.com"] {
+        let head = format!("GET /x HTTP/1.1\r\nHost: {host}\r\n");
+        let r = request(gw.addr, &format!("{head}Connection: close\r\n\r\n")).unwrap();
+        assert_eq!(r.status, 400, "{host}: {r:?}");
+        assert_eq!(r.error_code(), "bad_request", "{host}");
+        let message = r.json()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("Host"), "{host}: {message}");
+
+        // Not told to close, the gateway ends the connection itself: the request behind is
+        // never answered.
+        let (codes, text) = statuses(&gw, format!("{head}\r\n").as_bytes());
+        assert_eq!(codes, vec![400], "{host}: {text}");
+        assert!(text.contains("\"bad_request\""), "{host}: {text}");
+    }
+    assert_eq!(up.count(), 0, "{:?}", up.requests.lock().unwrap());
+    // The same backend does count what it is sent: a host with a port goes through.
+    let r = request(
+        gw.addr,
+        "GET /x HTTP/1.1\r\nHost: gw:8080\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.unwrap().status, 200);
+    assert_eq!(up.count(), 1);
+}
