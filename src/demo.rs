@@ -144,9 +144,13 @@ async fn connection(mut s: TcpStream, name: &str) -> std::io::Result<()> {
         let status = param("status")
             .filter(|s| (200..600).contains(s))
             .unwrap_or(200);
+        // HEAD gets the headers GET would (RFC 9110 §9.3.2), Content-Length included (§8.6):
+        // a client sizing a download or checking a cache by HEAD is told the truth. So the
+        // length is that of the body a GET would carry, which names GET.
+        let head_only = method == "HEAD";
         let reply = serde_json::json!({
             "service": name,
-            "method": method,
+            "method": if head_only { "GET" } else { &method },
             "path": path,
             "query": query,
             "headers": headers,
@@ -163,12 +167,12 @@ async fn connection(mut s: TcpStream, name: &str) -> std::io::Result<()> {
                 .ok()
                 .and_then(|s| s.canonical_reason())
                 .unwrap_or("Status"),
-            if method == "HEAD" { 0 } else { out.len() },
+            out.len(),
             if close { "connection: close\r\n" } else { "" },
         );
         // One write: a head and a body in two small segments would meet Nagle + delayed ACK.
         let mut msg = head.into_bytes();
-        if method != "HEAD" {
+        if !head_only {
             msg.extend_from_slice(&out);
         }
         s.write_all(&msg).await?;
@@ -224,4 +228,48 @@ async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A HEAD is answered with exactly the head a GET of the same request gets, Content-Length
+    /// included, and nothing after it: the GET behind it on the connection reads as its own.
+    #[tokio::test]
+    async fn head_gets_the_get_head_and_no_body() {
+        let addr = spawn("127.0.0.1:0".parse().unwrap(), "echo").await.unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req =
+            |method: &str| format!("{method} /thing?q=1 HTTP/1.1\r\nHost: demo\r\nX-A: b\r\n\r\n");
+        s.write_all((req("HEAD") + &req("GET")).as_bytes())
+            .await
+            .unwrap();
+        // The end of the requests: the server closes after answering both.
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+
+        let head_end = find(&got, b"\r\n\r\n").unwrap() + 4;
+        let (head, rest) = got.split_at(head_end);
+        let head = String::from_utf8_lossy(head);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        let get_end = find(rest, b"\r\n\r\n").unwrap() + 4;
+        let (get_head, body) = rest.split_at(get_end);
+        let get_head = String::from_utf8_lossy(get_head);
+        assert_eq!(get_head, head);
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", body.len())),
+            "{head}"
+        );
+        let body: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(
+            (&body["method"], &body["path"]),
+            (&"GET".into(), &"/thing".into())
+        );
+        assert_eq!(
+            body["connection_requests"], 2,
+            "the HEAD was answered first"
+        );
+    }
 }

@@ -329,6 +329,26 @@ fn head_has_the_get_length_and_no_body_and_the_next_get_is_its_own() {
     assert_echoed(&c.get("/after", ""), "/after");
 }
 
+/// The same to the echo upstream (the demo's, which until now answered HEAD with
+/// `Content-Length: 0`): a client that sizes a download by HEAD is told what GET then sends.
+/// The two requests differ only in their method and request ids (always 32 characters), so
+/// the GET's JSON body is as long as the one the HEAD stood for.
+#[test]
+fn head_to_the_echo_upstream_has_the_get_length_and_the_next_get_is_its_own() {
+    let gw = gateway();
+    let mut c = Client::connect(&gw);
+    c.send(&head("HEAD", "/sized?q=1", "1.1", ""));
+    let h = c.response(true);
+    assert_eq!(h.status, 200, "{h:?}");
+    let r = c.get("/sized?q=1", "");
+    assert_echoed(&r, "/sized");
+    assert_eq!(r.json()["method"], "GET", "{r:?}");
+    let length = r.body.len().to_string();
+    assert_eq!(r.header("content-length"), Some(&*length), "{r:?}");
+    assert_eq!(h.header("content-length"), Some(&*length), "{h:?}");
+    assert_echoed(&c.get("/after", ""), "/after");
+}
+
 #[test]
 fn a_get_with_content_length_zero_is_answered_and_the_connection_reused() {
     let gw = gateway();
