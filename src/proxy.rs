@@ -42,11 +42,20 @@ pub struct Tollgate {
     /// Idle connections the fast path keeps per backend and thread
     /// (`upstream_keepalive_pool_size`).
     pool: usize,
+    /// Every upstream is one the fast path relays to (the usual case): any plain request
+    /// takes it, whichever route it finds, so none needs routing before it is admitted.
+    all_relayed: bool,
 }
 
 impl Tollgate {
     pub fn new(gw: Arc<Gateway>, obs: Arc<Observe>, pool: usize) -> Self {
-        Tollgate { gw, obs, pool }
+        let all_relayed = gw.upstreams.iter().all(|u| relay::relays_to(u));
+        Tollgate {
+            gw,
+            obs,
+            pool,
+            all_relayed,
+        }
     }
 
     fn route(&self, ctx: &Ctx) -> Option<&Route> {

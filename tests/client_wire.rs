@@ -468,12 +468,22 @@ fn malformed_heads_get_400_and_close_before_anything_is_routed() {
         ),
     ];
     for (name, bytes) in shapes {
+        // Header lines tollgate's own codec refuses; a request line Pingora may repair (it
+        // percent-encodes some bytes of a target) is Pingora's to refuse, with a bare 400.
+        let json = !name.starts_with("request line")
+            && !["lower-case version", "bad method character"].contains(name);
         let mut c = Client::connect(&gw);
         // A well-formed request behind it must not be read as the next one.
         c.send(&[bytes, &head("GET", "/smuggled", "1.1", "")[..]].concat());
         let r = c.response(false);
         assert_eq!(r.status, 400, "{name}: {r:?}");
         assert!(says_close(&r), "{name}: {r:?}");
+        if json {
+            // The error contract: a JSON body with its code and the request id it names.
+            assert_eq!(r.error_code(), "bad_request", "{name}: {r:?}");
+            let id = r.header("x-request-id").unwrap_or_default();
+            assert_eq!(r.json()["request_id"], id, "{name}: {r:?}");
+        }
         c.assert_closed();
     }
 }

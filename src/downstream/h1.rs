@@ -6,8 +6,8 @@
 //! 10 KiB future, a session object, a head buffer, a case-preserving header map. This codec
 //! reads such a request into a [`RequestHeader`] and writes the response straight to the
 //! connection; everything else (a body, `Expect`, upgrades, pipelined bytes, a head split over
-//! reads, anything the strict parse refuses) is handed to Pingora untouched, byte for byte, so
-//! no rule of Pingora's for those is restated here.
+//! reads) is handed to Pingora untouched, byte for byte, so no rule of Pingora's for those is
+//! restated here. A head the parse refuses, as Pingora's would, is answered here (400, JSON).
 //!
 //! What is kept the same as Pingora's HTTP/1 session, so a client cannot tell them apart: the
 //! parse (httparse, strict, Pingora's authority checks), the keep-alive decision (RFC 9112:
@@ -34,16 +34,56 @@ use super::Downstream;
 /// Header lines a head may have to be taken here; more go to Pingora (which takes 256).
 const MAX_HEADERS: usize = 64;
 
-/// Read a request head from `buf`, the bytes of one read: `None` unless it is complete, takes
-/// all of `buf`, and is one this codec serves (see the module doc). `shape` is the further
-/// test of the request itself (the proxy's fast-path conditions).
-pub fn parse(buf: &BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Option<RequestHeader> {
+/// What a read holds, for this codec.
+// Returned once per request and matched at once: moving the head beats boxing it.
+#[allow(clippy::large_enum_variant)]
+pub enum Head {
+    /// A request it serves.
+    Serve(RequestHeader),
+    /// A head Pingora would refuse too (its parse is the same): answered here with the JSON
+    /// error contract, which Pingora's bare 400 does not follow, and the connection closed.
+    Refuse(&'static str),
+    /// Anything else, for Pingora: an incomplete head, bytes after it, a request line
+    /// Pingora may repair (it percent-encodes some bytes of a target), a body, and every
+    /// request `shape` declines.
+    Pass,
+}
+
+/// Read a request head from `buf`, the bytes of one read. `shape` is the further test of the
+/// request itself (the proxy's fast-path conditions).
+pub fn parse(buf: &BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(buf) {
         Ok(httparse::Status::Complete(n)) if n == buf.len() => {}
-        _ => return None,
+        Ok(_) => return Head::Pass,
+        Err(e) => return refused(e).map_or(Head::Pass, Head::Refuse),
     }
+    let Some(req) = request(&parsed, buf) else {
+        return Head::Pass;
+    };
+    if pingora::protocols::http::authority::validate_request_authority(&req).is_err() {
+        return Head::Refuse("the Host header is repeated, or disagrees with the request target");
+    }
+    match shape(&req) {
+        true => Head::Serve(req),
+        false => Head::Pass,
+    }
+}
+
+/// Why a head that fails the parse is refused, when Pingora would refuse it as well: not for
+/// too many headers (Pingora takes more) or a request line (Pingora tries to repair it).
+fn refused(e: httparse::Error) -> Option<&'static str> {
+    match e {
+        httparse::Error::HeaderName => Some("the request has an invalid header name"),
+        httparse::Error::HeaderValue => Some("the request has an invalid header value"),
+        httparse::Error::NewLine => Some("the request head has an invalid line ending"),
+        _ => None,
+    }
+}
+
+/// The parsed head as a [`RequestHeader`], or `None` for one only Pingora's head represents.
+fn request(parsed: &httparse::Request, buf: &BytesMut) -> Option<RequestHeader> {
     let version = match parsed.version? {
         1 => http::Version::HTTP_11,
         0 => http::Version::HTTP_10,
@@ -64,13 +104,8 @@ pub fn parse(buf: &BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Option<R
         parts.headers.try_append(name.ok()?, value.ok()?).ok()?;
     }
     let req = RequestHeader::from(parts);
-    // A target the URI does not carry as received (which only Pingora's head keeps) is not
-    // one for this codec.
-    if req.raw_path() != target {
-        return None;
-    }
-    pingora::protocols::http::authority::validate_request_authority(&req).ok()?;
-    shape(&req).then_some(req)
+    // A target the URI does not carry as received (which only Pingora's head keeps).
+    (req.raw_path() == target).then_some(req)
 }
 
 /// Whether the client asked to keep the connection, as Pingora reads it: the first

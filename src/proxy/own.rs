@@ -9,16 +9,21 @@ use pingora::protocols::Stream;
 
 use super::{relay, Ctx, Tollgate};
 use crate::conn::{Serve, Served};
-use crate::downstream::h1::{self, H1};
+use crate::downstream::h1::{self, Head, H1};
 use crate::downstream::Downstream;
+use crate::error::{self, Reject};
 use crate::router::Match;
 
 impl Tollgate {
     /// Whether the own codec serves this request: it takes the fast path whatever admission
-    /// decides, so answering it here changes nothing but the cost.
+    /// decides (if it is not answered before), so serving it here changes nothing but the
+    /// cost. A request no route takes is answered by admission alike, whoever serves it.
     fn serves(&self, req: &pingora::http::RequestHeader) -> bool {
         if !relay::plain(req) || crate::grpc::is_grpc(req) {
             return false;
+        }
+        if self.all_relayed {
+            return true;
         }
         let Ok(path) = crate::path::normalise(req.uri.path()) else {
             return false;
@@ -31,10 +36,30 @@ impl Tollgate {
     }
 }
 
+impl Tollgate {
+    /// Answer a head that cannot be parsed: 400 in the JSON contract, then close. Nothing of
+    /// it is trusted, so it is neither routed nor logged as a request; the metrics count it.
+    async fn refuse(&self, stream: &mut Stream, why: &str) {
+        // The codec needs a request to answer; the method decides only that a body is sent.
+        let Ok(placeholder) = pingora::http::RequestHeader::build_no_case("GET", b"/", None) else {
+            return;
+        };
+        let mut session = H1::new(stream, placeholder, true);
+        let id = crate::client::new_request_id();
+        self.obs.metrics.rejected(Reject::BadRequest.code());
+        let _ = error::respond(&mut session, Reject::BadRequest, why, Some(&id), &[], false).await;
+    }
+}
+
 impl Serve for Tollgate {
     async fn serve(&self, stream: &mut Stream, head: &BytesMut, shutting_down: bool) -> Served {
-        let Some(req) = h1::parse(head, |req| self.serves(req)) else {
-            return Served::NotMine;
+        let req = match h1::parse(head, |req| self.serves(req)) {
+            Head::Serve(req) => req,
+            Head::Refuse(why) => {
+                self.refuse(stream, why).await;
+                return Served::Done { reuse: false };
+            }
+            Head::Pass => return Served::NotMine,
         };
         let mut session = H1::new(stream, req, shutting_down);
         let mut ctx = Ctx::default();
