@@ -31,6 +31,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::Downstream;
 
+static KEEP_ALIVE: http::HeaderValue = http::HeaderValue::from_static("keep-alive");
+static CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
+
 /// Header lines a head may have to be taken here; more go to Pingora (which takes 256).
 const MAX_HEADERS: usize = 64;
 
@@ -217,30 +220,36 @@ impl<'s> H1<'s> {
         length.map_or(Framing::Close, Framing::Length)
     }
 
-    async fn write_header(&mut self, mut resp: Box<ResponseHeader>, end: bool) -> Result<()> {
+    async fn write_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
         if self.response.is_some() {
             return Ok(());
         }
         self.framing = self.framing_of(&resp);
+        // The head's own map is edited (Pingora's `insert_header` parses each name again and
+        // keeps a case map); what goes out is the same, as tollgate names headers by
+        // `HeaderName`, which Pingora writes in the same case either way.
+        let reason = resp
+            .get_reason_phrase()
+            .filter(|r| Some(*r) != resp.status.canonical_reason())
+            .map(str::to_owned);
+        let mut parts = http::response::Parts::from(*resp);
         if self.framing == Framing::Chunked && self.req.version == http::Version::HTTP_10 {
             // An HTTP/1.0 client does not know chunked framing (RFC 9112 §6.1): its body is
             // sent as it is and ends with the connection.
-            resp.remove_header(&TRANSFER_ENCODING);
+            parts.headers.remove(TRANSFER_ENCODING);
             self.framing = Framing::Close;
         }
         if self.framing == Framing::Close {
             self.keepalive = false;
         }
-        let connection = if self.keepalive {
-            "keep-alive"
-        } else {
-            "close"
-        };
-        resp.insert_header(
-            http::header::DATE,
-            pingora::protocols::http::date::get_cached_date(),
-        )?;
-        resp.insert_header(CONNECTION, connection)?;
+        let connection = if self.keepalive { &KEEP_ALIVE } else { &CLOSE };
+        let date = pingora::protocols::http::date::get_cached_date();
+        parts.headers.insert(http::header::DATE, date);
+        parts.headers.insert(CONNECTION, connection.clone());
+        let mut resp = Box::new(ResponseHeader::from(parts));
+        if reason.is_some() {
+            resp.set_reason_phrase(reason.as_deref())?;
+        }
         self.out.reserve(256 + resp.headers.len() * 48);
         let version = match resp.version {
             http::Version::HTTP_10 => "HTTP/1.0 ",

@@ -242,6 +242,9 @@ impl Conn {
             .map_err(|_| invalid("an invalid status"))?;
         // The headers go into the map itself: Pingora's `append_header` parses each name twice.
         let mut parts = http::response::Parts::from(resp);
+        // The values stay where they were read: slices of one copy of the head.
+        let shared = bytes::Bytes::copy_from_slice(&self.buf[..n]);
+        let base = self.buf.as_ptr() as usize;
         let (mut length, mut chunked, mut close) = (None, false, parsed.version == Some(0));
         for h in parsed.headers.iter() {
             let name = h.name;
@@ -269,7 +272,8 @@ impl Conn {
                     continue;
                 }
             }
-            let value = http::HeaderValue::from_bytes(h.value)
+            let at = h.value.as_ptr() as usize - base;
+            let value = http::HeaderValue::from_maybe_shared(shared.slice(at..at + h.value.len()))
                 .map_err(|_| invalid("an invalid response header value"))?;
             let name = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid("an invalid response header name"))?;
