@@ -13,8 +13,6 @@
 mod support;
 use support::*;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 /// Routes: `/keys` needs an API key, `/once` admits one request a minute, `/down` has nothing
@@ -79,135 +77,6 @@ fn big() -> Vec<u8> {
     (0..BIG).map(|i| b'a' + (i % 23) as u8).collect()
 }
 
-/// A request head: `extra` is more header lines, each ending in CRLF.
-fn head(method: &str, path: &str, version: &str, extra: &str) -> Vec<u8> {
-    format!("{method} {path} HTTP/{version}\r\nHost: gw\r\n{extra}\r\n").into_bytes()
-}
-
-/// One client connection, read one response at a time.
-struct Client {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn connect(gw: &Gateway) -> Client {
-        let s = TcpStream::connect(gw.addr).unwrap();
-        s.set_nodelay(true).unwrap();
-        // Only a failure waits this long.
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client { s, buf: Vec::new() }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).unwrap();
-        self.s.flush().unwrap();
-    }
-
-    /// `GET path` as HTTP/1.1 with `extra` header lines; its response.
-    fn get(&mut self, path: &str, extra: &str) -> Resp {
-        self.send(&head("GET", path, "1.1", extra));
-        self.response(false)
-    }
-
-    /// More bytes from the gateway; false at the end of the connection.
-    fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 65536];
-        match self.s.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(e) => panic!("reading a response: {e}: {:?}", self.text()),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.buf).into_owned()
-    }
-
-    /// Take the next `n` bytes, reading until they are here.
-    fn take(&mut self, n: usize) -> Vec<u8> {
-        while self.buf.len() < n {
-            assert!(self.fill(), "closed {} bytes short", n - self.buf.len());
-        }
-        self.buf.drain(..n).collect()
-    }
-
-    /// Take one CRLF-terminated line, without its CRLF.
-    fn line(&mut self) -> String {
-        loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = self.take(i + 2);
-                return String::from_utf8_lossy(&line[..i]).into_owned();
-            }
-            assert!(self.fill(), "closed mid-line: {:?}", self.text());
-        }
-    }
-
-    /// The next response, its body read by the framing its head declares (RFC 9112 §6.3) and
-    /// decoded; `head_request`: the request was HEAD, so there is no body.
-    fn response(&mut self, head_request: bool) -> Resp {
-        let end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            assert!(self.fill(), "closed before a response: {:?}", self.text());
-        };
-        // HTTP/1.1 to every client, HTTP/1.0 ones too (RFC 9110 §2.5).
-        assert!(self.buf.starts_with(b"HTTP/1.1 "), "{:?}", self.text());
-        let mut resp = parse_response(&self.buf[..end]).unwrap();
-        self.buf.drain(..end);
-        let chunked = resp
-            .header("transfer-encoding")
-            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"));
-        let length = resp.header("content-length").map(|v| v.parse().unwrap());
-        let body = if head_request || matches!(resp.status, 204 | 304) {
-            Vec::new()
-        } else if chunked {
-            let mut body = Vec::new();
-            loop {
-                let size = self.line();
-                let size = usize::from_str_radix(size.split(';').next().unwrap(), 16).unwrap();
-                if size == 0 {
-                    while !self.line().is_empty() {}
-                    break body;
-                }
-                body.extend(self.take(size));
-                assert_eq!(self.line(), "", "CRLF after chunk data");
-            }
-        } else if let Some(n) = length {
-            self.take(n)
-        } else {
-            while self.fill() {}
-            std::mem::take(&mut self.buf)
-        };
-        resp.body = String::from_utf8(body).unwrap();
-        resp
-    }
-
-    /// The gateway sends nothing more and ends the connection.
-    fn assert_closed(&mut self) {
-        assert!(
-            self.buf.is_empty(),
-            "bytes after the response: {:?}",
-            self.text()
-        );
-        let mut chunk = [0u8; 4096];
-        match self.s.read(&mut chunk) {
-            Ok(0) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                ) => {}
-            Ok(n) => panic!("more bytes: {:?}", String::from_utf8_lossy(&chunk[..n])),
-            Err(e) => panic!("the connection was not closed: {e}"),
-        }
-    }
-}
-
 fn says_close(r: &Resp) -> bool {
     r.header("connection")
         .is_some_and(|c| c.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
@@ -222,7 +91,7 @@ fn assert_echoed(r: &Resp, path: &str) {
 #[test]
 fn keep_alive_requests_are_answered_in_order_each_with_its_own_body() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     let mut ids = Vec::new();
     for path in ["/first", "/second", "/third"] {
         let r = c.get(&format!("{path}?q=1"), "");
@@ -253,7 +122,7 @@ fn keep_alive_requests_are_answered_in_order_each_with_its_own_body() {
 #[test]
 fn connection_close_is_answered_with_close_and_the_connection_ends() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     assert_echoed(&c.get("/kept", ""), "/kept");
     let r = c.get("/last", "Connection: close\r\n");
     assert_echoed(&r, "/last");
@@ -264,7 +133,7 @@ fn connection_close_is_answered_with_close_and_the_connection_ends() {
 #[test]
 fn http10_connections_close_unless_the_client_asks_for_keep_alive() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     for path in ["/ten-a", "/ten-b"] {
         c.send(&head("GET", path, "1.0", "Connection: keep-alive\r\n"));
         let r = c.response(false);
@@ -280,7 +149,7 @@ fn http10_connections_close_unless_the_client_asks_for_keep_alive() {
 #[test]
 fn a_head_arriving_in_pieces_is_answered() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     for path in ["/pieces-1", "/pieces-2"] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nX-Split: value\r\n\r\n");
         // Cut in the request line, in a header name, in a value, and before the last CRLF.
@@ -306,7 +175,7 @@ fn a_head_arriving_in_pieces_is_answered() {
 #[test]
 fn pipelined_requests_get_the_first_answer_then_a_close() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     c.send(&[head("GET", "/p1", "1.1", ""), head("GET", "/p2", "1.1", "")].concat());
     assert_echoed(&c.response(false), "/p1");
     // Today the gateway does not pipeline: it ends the connection after the first answer and
@@ -318,7 +187,7 @@ fn pipelined_requests_get_the_first_answer_then_a_close() {
 #[test]
 fn head_has_the_get_length_and_no_body_and_the_next_get_is_its_own() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     c.send(&head("HEAD", "/raw/sized", "1.1", ""));
     let r = c.response(true);
     assert_eq!(r.status, 200, "{r:?}");
@@ -336,7 +205,7 @@ fn head_has_the_get_length_and_no_body_and_the_next_get_is_its_own() {
 #[test]
 fn head_to_the_echo_upstream_has_the_get_length_and_the_next_get_is_its_own() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     c.send(&head("HEAD", "/sized?q=1", "1.1", ""));
     let h = c.response(true);
     assert_eq!(h.status, 200, "{h:?}");
@@ -352,7 +221,7 @@ fn head_to_the_echo_upstream_has_the_get_length_and_the_next_get_is_its_own() {
 #[test]
 fn a_get_with_content_length_zero_is_answered_and_the_connection_reused() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     for path in ["/zero-a", "/zero-b"] {
         let r = c.get(path, "Content-Length: 0\r\n");
         assert_echoed(&r, path);
@@ -363,7 +232,7 @@ fn a_get_with_content_length_zero_is_answered_and_the_connection_reused() {
 #[test]
 fn megabyte_bodies_arrive_whole_and_the_connection_stays_usable() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     let want = String::from_utf8(big()).unwrap();
     for path in ["/raw/big-length", "/raw/big-chunked", "/raw/big-length"] {
         let r = c.get(path, "");
@@ -380,7 +249,7 @@ fn megabyte_bodies_arrive_whole_and_the_connection_stays_usable() {
 #[test]
 fn upstream_response_headers_reach_the_client() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     let r = c.get("/raw/custom", "");
     assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{r:?}");
     // Today the name arrives in lower case (`x-custom-header`): names are case-insensitive,
@@ -391,7 +260,7 @@ fn upstream_response_headers_reach_the_client() {
 #[test]
 fn local_401_and_429_answers_are_json_and_keep_the_connection() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     let r = c.get("/keys/x", "");
     assert_eq!((r.status, r.error_code()), (401, "unauthorized".into()));
     assert!(!says_close(&r), "{r:?}");
@@ -408,7 +277,7 @@ fn local_401_and_429_answers_are_json_and_keep_the_connection() {
 #[test]
 fn a_502_is_json_and_ends_the_connection() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     let r = c.get("/down/x", "");
     assert_eq!((r.status, r.error_code()), (502, "bad_gateway".into()));
     // A failed proxy attempt never reuses the client's connection, and says so.
@@ -472,7 +341,7 @@ fn malformed_heads_get_400_and_close_before_anything_is_routed() {
         // percent-encodes some bytes of a target) is Pingora's to refuse, with a bare 400.
         let json = !name.starts_with("request line")
             && !["lower-case version", "bad method character"].contains(name);
-        let mut c = Client::connect(&gw);
+        let mut c = Client::connect(gw.addr);
         // A well-formed request behind it must not be read as the next one.
         c.send(&[bytes, &head("GET", "/smuggled", "1.1", "")[..]].concat());
         let r = c.response(false);
@@ -491,7 +360,7 @@ fn malformed_heads_get_400_and_close_before_anything_is_routed() {
 #[test]
 fn unroutable_paths_get_a_json_400_and_keep_the_connection() {
     let gw = gateway();
-    let mut c = Client::connect(&gw);
+    let mut c = Client::connect(gw.addr);
     for target in ["/../x", "/a/../../x", "*", "/a%2fb", "/a%00b"] {
         let r = c.get(target, "");
         assert_eq!(
@@ -513,7 +382,7 @@ fn an_http10_client_gets_bodies_whole_without_chunked_framing() {
         // Even one that asked to keep the connection: its end is the body's end.
         ("/raw/chunked", "hello world", "Connection: keep-alive\r\n"),
     ] {
-        let mut c = Client::connect(&gw);
+        let mut c = Client::connect(gw.addr);
         c.send(&head("GET", path, "1.0", extra));
         // An HTTP/1.0 client does not know chunked framing (RFC 9112 §6.1): it would read
         // the chunk sizes as data. The body comes as it is and ends with the connection.

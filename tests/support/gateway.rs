@@ -43,14 +43,23 @@ impl Gateway {
     /// mapping, and an echo upstream `up` behind `/api`; returns once that listener accepts.
     pub fn with_api_listener(entry: impl FnOnce(SocketAddr) -> String) -> (Gateway, SocketAddr) {
         let up = echo("up");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let gw = Gateway::start_listening(
-            &entry(addr),
+        Gateway::with_listener(
+            entry,
             &format!(
                 "upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
                  routes: [{{name: api, path_prefix: /api, upstream: up}}]\n"
             ),
-        );
+        )
+    }
+
+    /// A gateway running `body` with one more listener on a fresh port, `entry(addr)` its
+    /// YAML flow mapping; returns once that listener accepts.
+    pub fn with_listener(
+        entry: impl FnOnce(SocketAddr) -> String,
+        body: &str,
+    ) -> (Gateway, SocketAddr) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let gw = Gateway::start_listening(&entry(addr), body);
         assert!(
             eventually(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()),
             "the listener {addr} never accepted:\n{}",
