@@ -338,13 +338,10 @@ fn framing_of_upstream_and_gateway_answers() {
     assert!(seen.iter().all(|s| s.open_after), "{seen:?}");
 }
 
-/// A `Connection` list naming `keep-alive`: Pingora 0.9.1 (`parse_connection_header`) takes
+/// A `Connection` list naming `keep-alive`: Pingora (`parse_connection_header`) takes
 /// `keep-alive` only as the whole value; in a list it reads `close` alone, else the version's
-/// default. The own codec (`h1::client_keepalive`) lets a `keep-alive` token anywhere win.
+/// default. The own codec reads it the same way.
 #[test]
-#[ignore = "real difference: Connection: keep-alive, close keeps the own codec's connection \
-            (it answers keep-alive) while Pingora answers close and closes; HTTP/1.0 with \
-            Connection: keep-alive, keep-alive likewise"]
 fn connection_lists_naming_keep_alive() {
     compare(
         "keep-alive, close",

@@ -111,19 +111,20 @@ fn request(parsed: &httparse::Request, buf: &BytesMut) -> Option<RequestHeader> 
     (req.raw_path() == target).then_some(req)
 }
 
-/// Whether the client asked to keep the connection, as Pingora reads it: the first
-/// `Connection` header's `keep-alive` wins over its `close`; without either, HTTP/1.1 does.
+/// Whether the client asked to keep the connection, as Pingora reads its first `Connection`
+/// header: a whole value of `keep-alive` or `close` says so; in a list only `close` counts;
+/// without either, HTTP/1.1 keeps it and HTTP/1.0 does not.
 fn client_keepalive(req: &RequestHeader) -> bool {
-    let mut close = false;
     if let Some(v) = req.headers.get(CONNECTION) {
-        for t in crate::headers::tokens(v.as_bytes()) {
-            if t.eq_ignore_ascii_case(b"keep-alive") {
-                return true;
-            }
-            close |= t.eq_ignore_ascii_case(b"close");
+        let v = v.as_bytes();
+        if v.eq_ignore_ascii_case(b"keep-alive") {
+            return true;
+        }
+        if crate::headers::tokens(v).any(|t| t.eq_ignore_ascii_case(b"close")) {
+            return false;
         }
     }
-    !close && req.version == http::Version::HTTP_11
+    req.version == http::Version::HTTP_11
 }
 
 /// How the response body is delimited for the client.
