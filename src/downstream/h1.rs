@@ -403,3 +403,90 @@ impl Downstream for H1<'_> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8]) -> Head {
+        parse(&BytesMut::from(bytes), |_| true)
+    }
+
+    fn kind(h: Head) -> &'static str {
+        match h {
+            Head::Serve(_) => "serve",
+            Head::Refuse(_) => "refuse",
+            Head::Pass => "pass",
+        }
+    }
+
+    /// What this codec takes, answers, and leaves to Pingora, by the shape of one read.
+    #[test]
+    fn serves_complete_heads_alone_in_their_read_and_leaves_the_rest() {
+        let get = b"GET /a?b=1 HTTP/1.1\r\nHost: gw\r\nX-A: 1\r\n\r\n";
+        let Head::Serve(req) = head(get) else {
+            panic!("a plain head is served");
+        };
+        assert_eq!(req.raw_path(), b"/a?b=1");
+        assert_eq!(req.headers.get("x-a").unwrap(), "1");
+        let many: Vec<u8> = [
+            &b"GET / HTTP/1.1\r\nHost: gw\r\n"[..],
+            &b"X-N: n\r\n".repeat(MAX_HEADERS),
+            b"\r\n",
+        ]
+        .concat();
+        let cases: &[(&str, &[u8], &str)] = &[
+            ("pipelined", &[&get[..], &get[..]].concat(), "pass"),
+            ("incomplete", b"GET / HTTP/1.1\r\nHost: gw\r\n", "pass"),
+            ("HTTP/1.0", b"GET / HTTP/1.0\r\n\r\n", "serve"),
+            (
+                "bad header name",
+                b"GET / HTTP/1.1\r\nHost: gw\r\nX A: b\r\n\r\n",
+                "refuse",
+            ),
+            (
+                "bad header value",
+                b"GET / HTTP/1.1\r\nHost: gw\r\nX: a\x01\r\n\r\n",
+                "refuse",
+            ),
+            (
+                "userinfo in Host",
+                b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n",
+                "refuse",
+            ),
+            // Pingora may repair a request line (it percent-encodes a target's spaces).
+            (
+                "space in target",
+                b"GET /a b HTTP/1.1\r\nHost: gw\r\n\r\n",
+                "pass",
+            ),
+            ("bad method", b"G(T / HTTP/1.1\r\nHost: gw\r\n\r\n", "pass"),
+            ("more headers than taken here", &many, "pass"),
+        ];
+        for (name, bytes, want) in cases {
+            assert_eq!(kind(head(bytes)), *want, "{name}");
+        }
+        let declined = parse(&BytesMut::from(&get[..]), |_| false);
+        assert_eq!(kind(declined), "pass", "a shape the proxy declines");
+    }
+
+    #[test]
+    fn keep_alive_is_read_as_pingora_reads_it() {
+        let ka = |version: &str, conn: Option<&str>| {
+            let c = conn.map_or(String::new(), |c| format!("Connection: {c}\r\n"));
+            let raw = format!("GET / HTTP/{version}\r\nHost: gw\r\n{c}\r\n");
+            match head(raw.as_bytes()) {
+                Head::Serve(req) => client_keepalive(&req),
+                _ => panic!("{raw}"),
+            }
+        };
+        assert!(ka("1.1", None));
+        assert!(!ka("1.0", None));
+        assert!(ka("1.0", Some("Keep-Alive")));
+        assert!(!ka("1.1", Some("close")));
+        // In a list only `close` counts (RFC 9112 §9.3: close wins).
+        assert!(!ka("1.1", Some("keep-alive, close")));
+        assert!(!ka("1.0", Some("keep-alive, keep-alive")));
+        assert!(ka("1.1", Some("keep-alive, foo")));
+    }
+}

@@ -1,11 +1,11 @@
-//! The fast path: a plain request to a plaintext HTTP/1 upstream is relayed by tollgate itself
-//! from `request_filter`, over its own upstream connections ([`crate::upstream::h1`]), instead
-//! of by Pingora's proxy loop. Pingora still serves the client (its HTTP/1 codec, keep-alive,
-//! the session the hooks and the access log read); the same hooks decide the same things:
-//! `pick` and the retry rules of `fail_to_connect` / `error_while_proxy`, the upstream request
-//! edits of `upstream_request_filter`, the gateway headers and circuit-breaker outcome of
-//! `response_filter`, compression in `response_body_filter`; an error goes back to Pingora,
-//! which answers it through `fail_to_proxy` as on the other path.
+//! The fast path: a plain request to a plaintext HTTP/1 upstream is relayed by tollgate itself,
+//! over its own upstream connections ([`crate::upstream::h1`]), instead of by Pingora's proxy
+//! loop: from `request_filter` when Pingora's session serves the client, from
+//! [`super::own`] when tollgate's own codec does (both through [`Downstream`]). The same code
+//! decides the same things: `pick` and the retry rules of `fail_to_connect` /
+//! `error_while_proxy`, the upstream request edits of `upstream_request_filter`, the gateway
+//! headers and circuit-breaker outcome of `response_filter`, compression; an error goes back
+//! to the caller, which answers it as `fail_to_proxy` does.
 //!
 //! Why: Pingora's upstream leg is half of its engine's cost per request (`benches/
 //! instructions.sh`, `hybrid` against `bare`). What takes the fast path is the common case
