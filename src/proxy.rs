@@ -380,6 +380,15 @@ impl ProxyHttp for Tollgate {
         }
     }
 
+    /// How Pingora's error log names a request it failed: method, path and `Host`, never the
+    /// query, which may carry an API key (`type: api_key, query:`; the access log drops it too).
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        let req = session.req_header();
+        let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
+        let host = String::from_utf8_lossy(host.unwrap_or_default());
+        format!("{} {}, Host: {host}", req.method, req.uri.path())
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if ctx.tunnel.is_some() {
             self.obs

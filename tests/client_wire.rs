@@ -393,3 +393,16 @@ fn an_http10_client_gets_bodies_whole_without_chunked_framing() {
         c.assert_closed();
     }
 }
+
+/// CONNECT turns what follows into a tunnel for whoever honours a 2xx to it (RFC 9112 §6.3):
+/// never relayed as a request, whichever codec reads it, so a front proxy and tollgate can
+/// never disagree about where the next request starts.
+#[test]
+fn connect_is_refused_and_the_connection_closed() {
+    let gw = gateway();
+    for target in ["/echo/x", "gw:80"] {
+        let head = format!("CONNECT {target} HTTP/1.1\r\nHost: gw\r\n\r\n");
+        let (codes, text) = statuses_of(gw.addr, head.as_bytes());
+        assert_eq!(codes, vec![405], "{target}: {text}");
+    }
+}

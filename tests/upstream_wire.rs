@@ -123,6 +123,30 @@ fn a_chunked_response_arrives_whole_and_its_connection_is_reused() {
     );
 }
 
+/// A chunked answer from a backend that closes after it (`Connection: close`, or an HTTP/1.0
+/// status line): still chunked, so the client gets the data, never the chunk framing as data.
+#[test]
+fn a_chunked_response_before_a_close_is_decoded_once() {
+    let up = raw_backend(|path| match path {
+        "/close" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+            true,
+        ),
+        _ => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\
+              Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            true,
+        ),
+    });
+    let gw = gateway(up.addr);
+    for path in ["/close", "/two-codings"] {
+        let a = fetch(&gw, "GET", path);
+        assert!(a.starts_with("HTTP/1.1 200"), "{path}: {a}");
+        assert_eq!(decode_chunked(body_of(&a)), "hello", "{path}: {a}");
+    }
+}
+
 fn decode_chunked(mut body: &str) -> String {
     let mut out = String::new();
     loop {

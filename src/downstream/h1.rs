@@ -1,5 +1,6 @@
 //! tollgate's own HTTP/1 server codec, for the one request shape that is most of the traffic:
-//! a complete, bodiless head from an HTTP/1.0 or 1.1 client, alone in its read.
+//! a complete, bodiless head from an HTTP/1.0 or 1.1 client, alone in its read (never CONNECT,
+//! which Pingora refuses).
 //!
 //! Why: Pingora's server session costs about as much per request as all of tollgate's policy
 //! and upstream relay together (`benches/instructions.sh`, `hybrid` against `floor`): a boxed
@@ -45,7 +46,11 @@ pub enum Head {
     Serve(RequestHeader),
     /// A head Pingora would refuse too (its parse is the same): answered here with the JSON
     /// error contract, which Pingora's bare 400 does not follow, and the connection closed.
-    Refuse(&'static str),
+    /// `head_request`: the method read was HEAD (the answer has no body).
+    Refuse {
+        why: &'static str,
+        head_request: bool,
+    },
     /// Anything else, for Pingora: an incomplete head, bytes after it, a request line
     /// Pingora may repair (it percent-encodes some bytes of a target), a body, and every
     /// request `shape` declines.
@@ -60,13 +65,19 @@ pub fn parse(buf: &BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Head {
     match parsed.parse(buf) {
         Ok(httparse::Status::Complete(n)) if n == buf.len() => {}
         Ok(_) => return Head::Pass,
-        Err(e) => return refused(e).map_or(Head::Pass, Head::Refuse),
+        Err(e) => {
+            let head_request = parsed.method == Some("HEAD");
+            return refused(e).map_or(Head::Pass, |why| Head::Refuse { why, head_request });
+        }
     }
     let Some(req) = request(&parsed, buf) else {
         return Head::Pass;
     };
     if pingora::protocols::http::authority::validate_request_authority(&req).is_err() {
-        return Head::Refuse("the Host header is repeated, or disagrees with the request target");
+        return Head::Refuse {
+            why: "the Host header is repeated, or disagrees with the request target",
+            head_request: req.method == http::Method::HEAD,
+        };
     }
     match shape(&req) {
         true => Head::Serve(req),
@@ -143,6 +154,9 @@ pub struct H1<'s> {
     req: RequestHeader,
     peer_ip: Option<IpAddr>,
     tls: bool,
+    /// The client asked to keep the connection and the server is not shutting down: the
+    /// most `keepalive` may be.
+    allowed: bool,
     keepalive: bool,
     response: Option<Box<ResponseHeader>>,
     framing: Framing,
@@ -160,13 +174,14 @@ impl<'s> H1<'s> {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let tls = stream.get_ssl_digest().is_some();
-        let keepalive = !shutting_down && client_keepalive(&req);
+        let allowed = !shutting_down && client_keepalive(&req);
         H1 {
             stream,
             req,
             peer_ip,
             tls,
-            keepalive,
+            allowed,
+            keepalive: allowed,
             response: None,
             framing: Framing::Length(0),
             out: Vec::new(),
@@ -303,8 +318,8 @@ impl<'s> H1<'s> {
                 self.sent += take;
             }
             Framing::Chunked if !data.is_empty() => {
-                let size = format!("{:x}\r\n", data.len());
-                self.out.extend_from_slice(size.as_bytes());
+                push_hex(&mut self.out, data.len());
+                self.out.extend_from_slice(b"\r\n");
                 self.out.extend_from_slice(data);
                 self.out.extend_from_slice(b"\r\n");
                 self.sent += data.len();
@@ -322,6 +337,15 @@ impl<'s> H1<'s> {
             self.send().await?;
         }
         Ok(())
+    }
+}
+
+/// `n` in hexadecimal, as a chunk size.
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(HEX[(n >> (i * 4)) & 0xf]);
     }
 }
 
@@ -352,7 +376,8 @@ impl Downstream for H1<'_> {
     }
 
     fn set_keepalive(&mut self, secs: Option<u64>) {
-        self.keepalive = secs.is_some();
+        // Never on against the client's word or a shutdown (as Pingora's session).
+        self.keepalive = self.allowed && self.keepalive && secs.is_some();
     }
 
     fn get_keepalive(&self) -> Option<u64> {
@@ -415,7 +440,7 @@ mod tests {
     fn kind(h: Head) -> &'static str {
         match h {
             Head::Serve(_) => "serve",
-            Head::Refuse(_) => "refuse",
+            Head::Refuse { .. } => "refuse",
             Head::Pass => "pass",
         }
     }
@@ -468,6 +493,27 @@ mod tests {
         }
         let declined = parse(&BytesMut::from(&get[..]), |_| false);
         assert_eq!(kind(declined), "pass", "a shape the proxy declines");
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex() {
+        for n in [
+            0usize,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            4096,
+            65535,
+            1 << 20,
+            usize::MAX,
+        ] {
+            let mut out = Vec::new();
+            push_hex(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{n:x}"));
+        }
     }
 
     #[test]

@@ -65,7 +65,8 @@ pub trait Downstream: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// The response body was cut short by the backend: send what is held, and end the
-    /// connection after, so the client sees a truncated response, never a complete one.
+    /// connection after, so the client sees a truncated response (one framed by length or
+    /// chunks; a body delimited by the close itself looks whole, as on any proxy).
     fn cut_short(&mut self) -> impl Future<Output = ()> + Send;
 
     /// The Pingora session, when that is what serves the request.

@@ -39,9 +39,11 @@ impl Tollgate {
 impl Tollgate {
     /// Answer a head that cannot be parsed: 400 in the JSON contract, then close. Nothing of
     /// it is trusted, so it is neither routed nor logged as a request; the metrics count it.
-    async fn refuse(&self, stream: &mut Stream, why: &str) {
+    async fn refuse(&self, stream: &mut Stream, why: &str, head_request: bool) {
         // The codec needs a request to answer; the method decides only that a body is sent.
-        let Ok(placeholder) = pingora::http::RequestHeader::build_no_case("GET", b"/", None) else {
+        let method = if head_request { "HEAD" } else { "GET" };
+        let Ok(placeholder) = pingora::http::RequestHeader::build_no_case(method, b"/", None)
+        else {
             return;
         };
         let mut session = H1::new(stream, placeholder, true);
@@ -55,8 +57,8 @@ impl Serve for Tollgate {
     async fn serve(&self, stream: &mut Stream, head: &BytesMut, shutting_down: bool) -> Served {
         let req = match h1::parse(head, |req| self.serves(req)) {
             Head::Serve(req) => req,
-            Head::Refuse(why) => {
-                self.refuse(stream, why).await;
+            Head::Refuse { why, head_request } => {
+                self.refuse(stream, why, head_request).await;
                 return Served::Done { reuse: false };
             }
             Head::Pass => return Served::NotMine,

@@ -60,11 +60,13 @@ pub(super) fn relays_to(up: &Upstream) -> bool {
     up.tls.is_none() && up.protocol == Protocol::Http1
 }
 
-/// Whether the request itself is one the fast path relays: no body, no upgrade, an
-/// origin-form target and one `Host`, a `Connection` header about this connection only.
+/// Whether the request itself is one the fast path relays: not CONNECT, no body, no upgrade,
+/// an origin-form target and one `Host`, a `Connection` header about this connection only.
 pub(super) fn plain(req: &RequestHeader) -> bool {
     let h = &req.headers;
-    matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10)
+    // CONNECT changes the framing of what follows (RFC 9112 §6.3): Pingora refuses it (405).
+    req.method != http::Method::CONNECT
+        && matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10)
         && req.raw_path().first() == Some(&b'/')
         && h.get_all(header::HOST).iter().count() == 1
         && !h.contains_key(header::TRANSFER_ENCODING)
@@ -248,6 +250,9 @@ mod tests {
         }
         let absolute = RequestHeader::build("GET", b"http://a.example/x", None).unwrap();
         assert!(!takes_fast_path(&absolute, &ctx, &up));
+        let mut connect = RequestHeader::build("CONNECT", b"/x", None).unwrap();
+        connect.insert_header("host", "example.com").unwrap();
+        assert!(!takes_fast_path(&connect, &ctx, &up), "CONNECT with a path");
         let grpc = Ctx {
             grpc: true,
             ..Ctx::default()

@@ -245,7 +245,10 @@ impl Conn {
         // The values stay where they were read: slices of one copy of the head.
         let shared = bytes::Bytes::copy_from_slice(&self.buf[..n]);
         let base = self.buf.as_ptr() as usize;
-        let (mut length, mut chunked, mut close) = (None, false, parsed.version == Some(0));
+        // `chunked`: the last Transfer-Encoding line ends with chunked (`None`: no such line);
+        // `close`: the backend ends the connection after this response (which says nothing
+        // about where the body ends).
+        let (mut length, mut chunked, mut close) = (None, None, parsed.version == Some(0));
         for h in parsed.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("content-length") {
@@ -255,10 +258,10 @@ impl Conn {
                 }
                 length = Some(len);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                // Only `chunked` is understood; anything else is read until close.
+                // Only `chunked` is understood; a body whose final coding is another is read
+                // until close.
                 let last = crate::headers::tokens(h.value).last().unwrap_or_default();
-                chunked = last.eq_ignore_ascii_case(b"chunked");
-                close |= !chunked;
+                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
             } else if name.eq_ignore_ascii_case("connection") {
                 let mut plain = true;
                 for t in crate::headers::tokens(h.value) {
@@ -288,12 +291,12 @@ impl Conn {
         let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status)
         {
             Body::Done
-        } else if chunked && !close {
+        } else if chunked == Some(true) {
             // A Content-Length beside chunked framing is ignored (RFC 9112 §6.3) and dropped,
             // so the client sees one framing.
             resp.remove_header(&http::header::CONTENT_LENGTH);
             Body::Chunked(Chunks::Size)
-        } else if let (Some(len), false) = (length, chunked) {
+        } else if let (Some(len), None) = (length, chunked) {
             if len == 0 {
                 Body::Done
             } else {
