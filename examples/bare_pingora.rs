@@ -27,7 +27,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
-use tollgate::upstream::h1::Conn;
+use tollgate::upstream::h1::{self, Conn};
 
 // tollgate's allocator (src/main.rs), so the floor is not glibc malloc's.
 #[global_allocator]
@@ -71,21 +71,11 @@ impl Own {
     /// Bodiless requests only; a failure is Pingora's 502.
     async fn relay(&self, session: &mut Session) -> pingora::Result<()> {
         let req = session.req_header();
-        let mut head = Vec::with_capacity(512);
-        head.extend_from_slice(req.method.as_str().as_bytes());
-        head.push(b' ');
-        head.extend_from_slice(req.raw_path());
-        head.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in req.headers.iter() {
-            if name == http::header::CONNECTION {
-                continue;
-            }
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
+        let kept = req
+            .headers
+            .iter()
+            .filter(|(n, _)| *n != http::header::CONNECTION);
+        let head = h1::request_head(&req.method, req.raw_path(), kept, req.headers.len());
         let head_request = req.method == http::Method::HEAD;
         let mut conn = Conn::get(self.addr, &self.timeouts).await?;
         conn.send(&head).await?;

@@ -249,6 +249,22 @@ pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether a `Transfer-Encoding` value's final coding is `chunked` (what frames the body).
+pub fn ends_chunked(value: &[u8]) -> bool {
+    tokens(value)
+        .last()
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// A `Content-Length` value: digits only, at most 18 of them (no sign, no list, no overflow).
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 /// Remove the upstream's hop-by-hop headers (except `Connection`, which Pingora rewrites, and
 /// the framing headers it manages) and add the gateway's own.
 pub fn downstream_response(

@@ -217,22 +217,12 @@ impl<'s> H1<'s> {
         if status == 204 || status == 304 || self.req.method == http::Method::HEAD {
             return Framing::Length(0);
         }
-        let chunked = resp
-            .headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| crate::headers::tokens(v.as_bytes()).last())
-            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        if chunked {
+        let last_coding = resp.headers.get_all(TRANSFER_ENCODING).iter().next_back();
+        if last_coding.is_some_and(|v| crate::headers::ends_chunked(v.as_bytes())) {
             return Framing::Chunked;
         }
-        let length = resp.headers.get(CONTENT_LENGTH).and_then(|v| {
-            let v = v.as_bytes().trim_ascii();
-            (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(v).ok()?.parse().ok())
-                .flatten()
-        });
+        let length = resp.headers.get(CONTENT_LENGTH);
+        let length = length.and_then(|v| crate::headers::parse_length(v.as_bytes()));
         length.map_or(Framing::Close, Framing::Length)
     }
 

@@ -20,7 +20,7 @@ use pingora::{Error, ErrorType, Result};
 
 use super::{Ctx, Tollgate};
 use crate::downstream::Downstream;
-use crate::upstream::h1::Conn;
+use crate::upstream::h1::{self, Conn};
 use crate::upstream::protocol::Protocol;
 use crate::upstream::Upstream;
 
@@ -130,22 +130,13 @@ impl Tollgate {
         }
         let mut h = crate::headers::Overlay::new(&req.headers);
         self.forwarded(session.tls(), &mut h, ctx)?;
-        let mut out = Vec::with_capacity(256 + req.headers.len() * 48);
-        out.extend_from_slice(req.method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(target);
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in h.iter() {
-            if hop_by_hop(name) {
-                continue;
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        Ok(out)
+        let kept = h.iter().filter(|(name, _)| !hop_by_hop(name));
+        Ok(h1::request_head(
+            &req.method,
+            target,
+            kept,
+            req.headers.len(),
+        ))
     }
 
     /// One attempt on the backend at `addr`: send the head, relay the response.

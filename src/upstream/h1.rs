@@ -56,6 +56,29 @@ fn quiet(stream: &TcpStream) -> bool {
     stream.poll_read_ready(&mut cx).is_pending()
 }
 
+/// An HTTP/1.1 request head as this client writes it: `headers` as given (the caller leaves
+/// out what is not for the backend), names as `HeaderName` spells them.
+pub fn request_head<'h>(
+    method: &http::Method,
+    target: &[u8],
+    headers: impl Iterator<Item = (&'h http::HeaderName, &'h http::HeaderValue)>,
+    hint: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + hint * 48);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// One upstream connection, pooled or new.
 pub struct Conn {
     stream: TcpStream,
@@ -252,7 +275,8 @@ impl Conn {
         for h in parsed.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("content-length") {
-                let len = parse_length(h.value).ok_or_else(|| invalid("a bad Content-Length"))?;
+                let len = crate::headers::parse_length(h.value)
+                    .ok_or_else(|| invalid("a bad Content-Length"))?;
                 if length.is_some_and(|l| l != len) {
                     return Err(invalid("conflicting Content-Length headers"));
                 }
@@ -260,8 +284,7 @@ impl Conn {
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 // Only `chunked` is understood; a body whose final coding is another is read
                 // until close.
-                let last = crate::headers::tokens(h.value).last().unwrap_or_default();
-                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                chunked = Some(crate::headers::ends_chunked(h.value));
             } else if name.eq_ignore_ascii_case("connection") {
                 let mut plain = true;
                 for t in crate::headers::tokens(h.value) {
@@ -425,12 +448,4 @@ impl Chunks {
             Chunks::Data(_) | Chunks::End => Some(Chunks::End),
         })
     }
-}
-
-fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
