@@ -96,30 +96,18 @@ impl Limits {
     }
 }
 
-/// `"name";r=REMAINING;t=RESET`, from the policy's preformatted prefix (no `fmt`).
+/// `"name";r=REMAINING;t=RESET`, from the policy's preformatted prefix (no `fmt`): it is on
+/// every response of a limited route, so the digits come from `itoa`'s two-digit table.
 fn ratelimit_value(p: &Policy, d: &Decision) -> HeaderValue {
-    let mut v = Vec::with_capacity(p.ratelimit_prefix.len() + 24);
+    let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (remaining, reset) = (remaining.format(d.remaining), reset.format(d.reset));
+    let mut v = Vec::with_capacity(p.ratelimit_prefix.len() + remaining.len() + 3 + reset.len());
     v.extend_from_slice(&p.ratelimit_prefix);
-    push_u64(&mut v, d.remaining);
+    v.extend_from_slice(remaining.as_bytes());
     v.extend_from_slice(b";t=");
-    push_u64(&mut v, d.reset);
+    v.extend_from_slice(reset.as_bytes());
     HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
         .unwrap_or_else(|_| HeaderValue::from(d.remaining))
-}
-
-/// Append the decimal digits of `n`.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
 }
 
 #[cfg(test)]
