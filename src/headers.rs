@@ -31,7 +31,8 @@ static HTTPS: HeaderValue = HeaderValue::from_static("https");
 /// Room made in a head's map before tollgate adds its headers (five forwarding ones and the
 /// consumer up; gateway, RateLimit and a route header or two down): Pingora sizes the map for
 /// the headers it parsed, so without it the map grows, and rehashes, once or twice per head.
-const HEADROOM: usize = 8;
+/// tollgate's own HTTP/1 client sizes its response heads with it from the start.
+pub(crate) const HEADROOM: usize = 8;
 
 /// Edit a request head's headers as a plain `HeaderMap`, and hand the head back to Pingora
 /// without its header-case map.

@@ -261,7 +261,9 @@ impl Conn {
             Err(_) => return Err(invalid("an invalid response head")),
         };
         let code = parsed.code.ok_or_else(|| invalid("no status"))?;
-        let resp = ResponseHeader::build_no_case(code, Some(parsed.headers.len()))
+        // Sized for the headers tollgate adds too, so the map never grows (and rehashes).
+        let room = parsed.headers.len() + crate::headers::HEADROOM;
+        let resp = ResponseHeader::build_no_case(code, Some(room))
             .map_err(|_| invalid("an invalid status"))?;
         // The headers go into the map itself: Pingora's `append_header` parses each name twice.
         let mut parts = http::response::Parts::from(resp);
