@@ -228,6 +228,15 @@ impl Tollgate {
     }
 }
 
+/// A failed request as the error log names it: method, path and Host, never the query (which
+/// can carry an API key). Pingora's `request_summary` and the own codec's log line both use it.
+fn summary<D: Downstream>(session: &D) -> String {
+    let req = session.req_header();
+    let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
+    let host = String::from_utf8_lossy(host.unwrap_or_default());
+    format!("{} {}, Host: {host}", req.method, req.uri.path())
+}
+
 #[async_trait]
 impl ProxyHttp for Tollgate {
     type CTX = Ctx;
@@ -383,10 +392,7 @@ impl ProxyHttp for Tollgate {
     /// How Pingora's error log names a request it failed: method, path and `Host`, never the
     /// query, which may carry an API key (`type: api_key, query:`; the access log drops it too).
     fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
-        let req = session.req_header();
-        let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
-        let host = String::from_utf8_lossy(host.unwrap_or_default());
-        format!("{} {}, Host: {host}", req.method, req.uri.path())
+        summary(session)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {

@@ -285,8 +285,9 @@ fn redis_store_failures_are_counted() {
     assert!(scrape(&gw, "tollgate_redis_errors_total") >= 2);
 }
 
-/// A request that fails on Pingora's path is named in the error log by its method, path and
-/// Host: an API key in its query never is (the access log leaves queries out as well).
+/// A request that fails is named in the error log by its method, path and Host, whichever
+/// codec served it: an API key in its query never is (the access log leaves queries out as
+/// well).
 #[test]
 fn the_error_log_never_shows_a_query_credential() {
     let down = closed_port();
@@ -304,7 +305,20 @@ routes: [{{name: r, path_prefix: /, upstream: down, auth: [keys]}}]
           Content-Length: 2\r\nConnection: close\r\n\r\nhi",
     );
     assert_eq!(r.status, 502, "{r:?}");
+    // A bodiless GET takes tollgate's own codec, which logs its failures the same way.
+    let r = gw.raw(
+        b"GET /y?api_key=alice-secret-key-0123456789 HTTP/1.1\r\nHost: gw\r\n\
+          Connection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 502, "{r:?}");
     let logs = gw.logs();
-    assert!(logs.contains("POST /x"), "the failure is logged: {logs}");
+    assert!(
+        logs.contains("POST /x, Host: gw"),
+        "the failure is logged: {logs}"
+    );
+    assert!(
+        logs.contains("GET /y, Host: gw"),
+        "the failure is logged: {logs}"
+    );
     assert!(!logs.contains("alice-secret"), "{logs}");
 }

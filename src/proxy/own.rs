@@ -76,7 +76,12 @@ impl Serve for Tollgate {
             // As Pingora's `fail_to_proxy`: answered if nothing was sent yet, and the
             // connection is not reused (which the answer says).
             session.set_keepalive(None);
-            self.answer_failure(&mut session, e, &mut ctx, false).await;
+            let status = self.answer_failure(&mut session, e, &mut ctx, false).await;
+            // The line Pingora's `handle_error` writes for a failure on its path.
+            log::error!(
+                "Fail to proxy: {e}, status: {status}, {}",
+                super::summary(&session)
+            );
         }
         self.finished(&session, error.as_deref(), &mut ctx);
         Served::Done {
