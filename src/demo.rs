@@ -161,13 +161,25 @@ async fn connection(mut s: TcpStream, name: &str) -> std::io::Result<()> {
         });
         let mut out = serde_json::to_vec_pretty(&reply).unwrap_or_default();
         out.push(b'\n');
+        // 204 and 304 have no body (RFC 9110 §15.3.5, §15.4.5), and 204 no Content-Length.
+        let bodiless = status == 204 || status == 304;
+        if bodiless {
+            out.clear();
+        }
         let head = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: {name}\r\n{}\r\n",
+            "HTTP/1.1 {status} {}\r\n{}x-upstream: {name}\r\n{}\r\n",
             http::StatusCode::from_u16(status as u16)
                 .ok()
                 .and_then(|s| s.canonical_reason())
                 .unwrap_or("Status"),
-            out.len(),
+            if bodiless {
+                String::new()
+            } else {
+                format!(
+                    "content-type: application/json\r\ncontent-length: {}\r\n",
+                    out.len()
+                )
+            },
             if close { "connection: close\r\n" } else { "" },
         );
         // One write: a head and a body in two small segments would meet Nagle + delayed ACK.
@@ -271,5 +283,29 @@ mod tests {
             body["connection_requests"], 2,
             "the HEAD was answered first"
         );
+    }
+
+    /// `?status=204` and `?status=304` are answered without a body (and 204 without a
+    /// Content-Length), so the request after them on the connection reads as its own.
+    #[tokio::test]
+    async fn bodiless_statuses_send_no_body() {
+        let addr = spawn("127.0.0.1:0".parse().unwrap(), "echo").await.unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = |q: &str| format!("GET /x?status={q} HTTP/1.1\r\nHost: demo\r\n\r\n");
+        s.write_all((req("204") + &req("304") + &req("200")).as_bytes())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        let got = String::from_utf8_lossy(&got);
+        let heads: Vec<&str> = got.split("\r\n\r\n").collect();
+        assert!(heads[0].starts_with("HTTP/1.1 204 No Content\r\n"), "{got}");
+        assert!(!heads[0].contains("content-length"), "{got}");
+        assert!(
+            heads[1].starts_with("HTTP/1.1 304 Not Modified\r\n"),
+            "{got}"
+        );
+        assert!(heads[2].starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
     }
 }
