@@ -227,6 +227,10 @@ pub struct Limits {
     pub keepalive_timeout: std::time::Duration,
     /// Total time from the first byte of a request head to its end (slowloris guard).
     pub head_timeout: std::time::Duration,
+    /// Longest a write of the response may wait on a client that takes none of it (nginx's
+    /// `send_timeout`): a client that stops reading does not hold its connection, its
+    /// upstream connection and the response's buffers for ever.
+    pub send_timeout: std::time::Duration,
     pub max_connections_per_ip: Option<u32>,
 }
 
@@ -240,6 +244,7 @@ impl Default for Limits {
             body_idle_timeout: std::time::Duration::from_secs(30),
             keepalive_timeout: std::time::Duration::from_secs(60),
             head_timeout: std::time::Duration::from_secs(10),
+            send_timeout: std::time::Duration::from_secs(60),
             max_connections_per_ip: None,
         }
     }

@@ -81,3 +81,78 @@ fn ip_rules_per_route() {
     assert_eq!(gw.get("/elsewhere/x").status, 403);
     assert_eq!(gw.get("/default/x").status, 200);
 }
+
+/// The body size of [`firehose`]: more than every socket buffer between it and the client.
+const BIG: usize = 64 << 20;
+
+/// A backend that answers each request with a [`BIG`] body as fast as it is taken, and says
+/// how much it had sent when the gateway dropped the connection.
+fn firehose() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<usize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (gone, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let (Ok(mut s), gone) = (s, gone.clone()) else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                let (mut head, mut chunk) = (Vec::new(), [0u8; 4096]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+                let piece = vec![b'x'; 64 << 10];
+                let mut sent = 0;
+                let mut out = s.write_all(head.as_bytes());
+                while out.is_ok() && sent < BIG {
+                    out = s.write(&piece).map(|n| sent += n);
+                }
+                if out.is_err() {
+                    let _ = gone.send(sent);
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A client that stops reading its response is let go after `limits.send_timeout`, on both
+/// codecs: its connection closes, and so does the upstream connection behind it, instead of
+/// both being held for as long as the client likes.
+#[test]
+fn a_client_that_stops_reading_is_cut_after_send_timeout() {
+    use std::io::{Read, Write};
+    let (up, gone) = firehose();
+    let gw = Gateway::start(&format!(
+        r#"
+limits: {{send_timeout: 1s}}
+upstreams: {{up: {{targets: ["{up}"], retries: 0}}}}
+routes: [{{name: r, path_prefix: /, upstream: up}}]
+"#
+    ));
+    // A bodiless GET takes tollgate's own codec; a request with a body takes Pingora's.
+    for req in [
+        &b"GET /big HTTP/1.1\r\nHost: gw\r\n\r\n"[..],
+        b"POST /big HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\nhi",
+    ] {
+        let mut c = std::net::TcpStream::connect(gw.addr).unwrap();
+        c.write_all(req).unwrap();
+        // The client reads nothing; the gateway gives up on it and drops the upstream.
+        let sent = gone
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the upstream connection is dropped while the client does not read");
+        assert!(sent < BIG, "{sent}");
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        let end = c.read_to_end(&mut got);
+        assert!(end.is_ok(), "the client connection is closed: {end:?}");
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{req:?}");
+        assert!(got.len() < BIG, "the response was cut: {}", got.len());
+    }
+}

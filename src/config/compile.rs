@@ -179,6 +179,7 @@ fn limits(l: LimitsFile, errs: &mut ConfigErrors) -> Limits {
             d.keepalive_timeout,
         ),
         head_timeout: dur("head_timeout", l.head_timeout, d.head_timeout),
+        send_timeout: dur("send_timeout", l.send_timeout, d.send_timeout),
         max_connections_per_ip,
     }
 }

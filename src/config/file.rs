@@ -95,6 +95,8 @@ pub struct LimitsFile {
     #[serde(default)]
     pub head_timeout: Option<Dur>,
     #[serde(default)]
+    pub send_timeout: Option<Dur>,
+    #[serde(default)]
     pub max_connections_per_ip: Option<u32>,
 }
 

@@ -21,6 +21,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -28,7 +29,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Stream;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
-use tokio::io::AsyncWriteExt;
 
 use super::Downstream;
 
@@ -166,6 +166,8 @@ pub struct H1<'s> {
     sent: usize,
     /// The response ended as framed.
     complete: bool,
+    /// `limits.send_timeout`, once admission set it.
+    write_timeout: Option<Duration>,
 }
 
 impl<'s> H1<'s> {
@@ -187,6 +189,7 @@ impl<'s> H1<'s> {
             out: Vec::new(),
             sent: 0,
             complete: false,
+            write_timeout: None,
         }
     }
 
@@ -198,13 +201,14 @@ impl<'s> H1<'s> {
 
     async fn send(&mut self) -> Result<()> {
         let out = std::mem::take(&mut self.out);
-        let written = async {
-            self.stream.write_all(&out).await?;
-            self.stream.flush().await
-        };
-        written.await.map_err(|e| {
+        let written = super::write_within(self.stream, &out, self.write_timeout).await;
+        written.map_err(|e| {
             self.keepalive = false;
-            Error::because(ErrorType::WriteError, "writing the response", e).into_down()
+            let kind = match e.kind() {
+                std::io::ErrorKind::TimedOut => ErrorType::WriteTimedout,
+                _ => ErrorType::WriteError,
+            };
+            Error::because(kind, "writing the response", e).into_down()
         })?;
         // Keep the allocation for the next write of this response.
         self.out = out;
@@ -377,6 +381,10 @@ impl Downstream for H1<'_> {
 
     fn set_read_timeout(&mut self, _: std::time::Duration) {
         // No body is read here.
+    }
+
+    fn set_write_timeout(&mut self, timeout: std::time::Duration) {
+        self.write_timeout = Some(timeout);
     }
 
     fn body_bytes_read(&self) -> usize {

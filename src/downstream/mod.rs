@@ -46,6 +46,9 @@ pub trait Downstream: Send + Sync {
     /// How long a read of the request body may wait.
     fn set_read_timeout(&mut self, timeout: std::time::Duration);
 
+    /// How long a write of the response may wait on a client that takes none of it.
+    fn set_write_timeout(&mut self, timeout: std::time::Duration);
+
     fn body_bytes_read(&self) -> usize;
     fn body_bytes_sent(&self) -> usize;
 
@@ -111,6 +114,10 @@ impl Downstream for Session {
         self.as_downstream_mut().set_read_timeout(Some(timeout))
     }
 
+    fn set_write_timeout(&mut self, timeout: std::time::Duration) {
+        self.as_downstream_mut().set_write_timeout(Some(timeout))
+    }
+
     fn body_bytes_read(&self) -> usize {
         self.as_downstream().body_bytes_read()
     }
@@ -155,4 +162,65 @@ impl Downstream for Session {
     fn pingora(&mut self) -> Option<&mut Session> {
         Some(self)
     }
+}
+
+/// Write all of `buf` to the client and flush it, failing with `TimedOut` when the client
+/// takes nothing for `limit` (`None`: no limit). As nginx's `send_timeout`, the limit is
+/// between two writes that make progress, not on the whole response.
+///
+/// Why not `timeout(write_all)`: nearly every response fits the socket's buffer and leaves at
+/// once, and arming a timer per write would cost every request a timer-wheel insertion and
+/// removal. So the write is first polled as far as it goes, and timers are armed only once
+/// the socket is full.
+pub(crate) async fn write_within(
+    stream: &mut pingora::protocols::Stream,
+    buf: &[u8],
+    limit: Option<std::time::Duration>,
+) -> std::io::Result<()> {
+    use std::pin::Pin;
+    use std::task::Poll;
+    use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+    let mut sent = 0;
+    let done = std::future::poll_fn(|cx| {
+        while sent < buf.len() {
+            match Pin::new(&mut *stream).poll_write(cx, &buf[sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Ready(Ok(false)),
+            }
+        }
+        match Pin::new(&mut *stream).poll_flush(cx) {
+            Poll::Ready(r) => Poll::Ready(r.map(|()| true)),
+            Poll::Pending => Poll::Ready(Ok(false)),
+        }
+    })
+    .await?;
+    if done {
+        return Ok(());
+    }
+    while sent < buf.len() {
+        match within(limit, stream.write(&buf[sent..])).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => sent += n,
+        }
+    }
+    within(limit, stream.flush()).await
+}
+
+/// `io` within `limit`, else `TimedOut`.
+async fn within<T>(
+    limit: Option<std::time::Duration>,
+    io: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let Some(limit) = limit else { return io.await };
+    tokio::time::timeout(limit, io).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client took nothing of the response for limits.send_timeout",
+        ))
+    })
 }

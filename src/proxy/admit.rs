@@ -44,6 +44,7 @@ impl Tollgate {
         ctx: &mut Ctx,
     ) -> Result<bool> {
         let limits = &self.gw.limits;
+        session.set_write_timeout(limits.send_timeout);
         if let Err((reject, why)) = crate::guard::check_request(session, limits) {
             // Refused before the body: its extent is unknown, so never read what follows as
             // another request.
