@@ -11,7 +11,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::Loaded;
-use crate::conn::{ConnLimits, Gate, Guards};
+use crate::conn::{ConnLimits, Front, Gate, Guards};
 use crate::listen::ServiceKey;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
@@ -77,11 +77,11 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         options.h2c = key.h2c;
         app.server_options = Some(options);
         let name = if key.h2c { "tollgate h2c" } else { "tollgate" };
-        let mut proxy = Service::new(name.to_owned(), Gate::with_own(app, tollgate(), &guards));
+        let mut front = Front::new(name, Gate::with_own(app, tollgate(), &guards));
         for l in gw.listen.iter().filter(|l| l.service_key() == key) {
             match &l.tls {
                 Some(tls) => match tls.settings() {
-                    Ok(settings) => proxy.add_listener(
+                    Ok(settings) => front.pingora().add_listener(
                         ListenerConfig::tcp(l.addr.as_str())
                             .tls(settings)
                             .l4_buffer(client_buffers(true)),
@@ -92,12 +92,14 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
                         std::process::exit(1);
                     }
                 },
-                None => proxy.add_listener(
+                // Cleartext HTTP/1: tollgate's own accept loop (`conn::accept`).
+                None if !key.h2c => front.add_plain(&l.addr),
+                None => front.pingora().add_listener(
                     ListenerConfig::tcp(l.addr.as_str()).l4_buffer(client_buffers(false)),
                 ),
             }
         }
-        server.add_service(proxy);
+        server.add_service(front);
     }
 
     // Active health checks: one background service probing every upstream that has them.

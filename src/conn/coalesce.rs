@@ -26,6 +26,11 @@ pub struct Coalesce {
 }
 
 impl Coalesce {
+    /// Nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.sent == self.buf.len()
+    }
+
     /// Pass the held bytes on to `w`; once all are, free the buffer.
     pub fn poll_send<W: AsyncWrite + Unpin>(
         &mut self,

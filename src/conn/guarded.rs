@@ -126,6 +126,12 @@ impl Guarded {
         }
     }
 
+    /// The stream under, once a request is done with it (the socket goes back to its idle
+    /// wait, `plain.rs`); `None` while written bytes are still held here.
+    pub(super) fn into_inner(self) -> Option<Stream> {
+        self.out.is_empty().then_some(self.inner)
+    }
+
     /// Apply what the proxy signalled since the last read or write (a plain load otherwise).
     #[inline]
     fn take_signals(&mut self) {

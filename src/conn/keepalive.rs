@@ -14,6 +14,10 @@
 //! with nothing sent, or when the server starts shutting down (as Pingora's loop does on a
 //! graceful upgrade), so no connection sits idle through a hand-over.
 //!
+//! This loop serves the connections of Pingora's listeners (TLS, h2c). Those of tollgate's own
+//! cleartext listeners wait between requests holding less still, their bare socket
+//! (`plain.rs`), and take [`serve_one`] and [`next_head`] from here for each request.
+//!
 //! HTTP/2 (ALPN `h2`, and every connection of an h2c listener, whose preface Pingora peeks at)
 //! keeps Pingora's path: an h2 connection multiplexes requests and has no such loop.
 
@@ -63,12 +67,6 @@ pub(super) async fn serve_h1<A, S>(
     A: HttpServerApp + Send + Sync + 'static,
     S: Serve,
 {
-    // A per-connection request limit is Pingora's to count: then it serves every request.
-    let own = own.filter(|_| {
-        app.server_options()
-            .is_none_or(|o| o.keepalive_request_limit.is_none())
-    });
-    // `None` until Pingora finished a request; then what it carried over from the last.
     let mut carried: Option<Option<HttpPersistentSettings>> = None;
     let mut first = true;
     loop {
@@ -76,49 +74,73 @@ pub(super) async fn serve_h1<A, S>(
             return;
         };
         first = false;
-        if let Some(own) = own {
-            // Boxed, so an idle connection's future never holds a request's state.
-            let shutting_down = *shutdown.borrow();
-            let served = Box::pin(own.serve(&mut stream, &head, shutting_down)).await;
-            match served {
-                Served::Done { reuse: true } => {
-                    super::rearm(Some(&stream));
-                    continue;
-                }
-                Served::Done { reuse: false } => {
-                    Shutdown::shutdown(&mut *stream).await;
-                    return;
-                }
-                Served::NotMine => {}
-            }
-        }
-        // Built in a block that ends before the await, so the session (680 bytes) is not also
-        // kept in this future, which every idle connection holds, beside the boxed one that
-        // owns it.
-        let request = {
-            let mut session = ServerSession::new_http1(stream);
-            match carried {
-                None => {
-                    session.set_keepalive((!*shutdown.borrow()).then_some(FIRST_KEEPALIVE_SECS));
-                    session.set_keepalive_reuses_remaining(
-                        app.server_options().and_then(|o| o.keepalive_request_limit),
-                    );
-                }
-                Some(Some(settings)) => settings.apply_to_session(&mut session),
-                Some(None) => {}
-            }
-            // Pipelining stays off (Pingora's default), so `reuse` never carries a prefix of its own
-            // over: a request that overreads ends its connection instead.
-            session.set_pipelined_prefix(head);
-            app.process_new_http(session, shutdown)
-        };
-        let Some(reused) = request.await else {
+        let Some(next) = serve_one(app, own, stream, head, &mut carried, shutdown).await else {
             return;
         };
-        let (next, settings) = reused.consume();
         stream = next;
-        carried = Some(settings);
     }
+}
+
+/// Serve the request whose first bytes are `head`, by `own` when it serves it, by Pingora
+/// otherwise; the stream back when the connection can carry another request. `carried` is
+/// `None` until Pingora finished a request on this connection, then what it carried over.
+pub(super) async fn serve_one<A, S>(
+    app: &Arc<A>,
+    own: Option<&S>,
+    mut stream: Stream,
+    head: BytesMut,
+    carried: &mut Option<Option<HttpPersistentSettings>>,
+    shutdown: &ShutdownWatch,
+) -> Option<Stream>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+    S: Serve,
+{
+    // A per-connection request limit is Pingora's to count: then it serves every request.
+    let own = own.filter(|_| {
+        app.server_options()
+            .is_none_or(|o| o.keepalive_request_limit.is_none())
+    });
+    if let Some(own) = own {
+        // Boxed, so an idle connection's future never holds a request's state.
+        let shutting_down = *shutdown.borrow();
+        let served = Box::pin(own.serve(&mut stream, &head, shutting_down)).await;
+        match served {
+            Served::Done { reuse: true } => {
+                super::rearm(Some(&stream));
+                return Some(stream);
+            }
+            Served::Done { reuse: false } => {
+                Shutdown::shutdown(&mut *stream).await;
+                return None;
+            }
+            Served::NotMine => {}
+        }
+    }
+    // Built in a block that ends before the await, so the session (680 bytes) is not also
+    // kept in this future, which every idle connection holds, beside the boxed one that
+    // owns it.
+    let request = {
+        let mut session = ServerSession::new_http1(stream);
+        match carried.take() {
+            None => {
+                session.set_keepalive((!*shutdown.borrow()).then_some(FIRST_KEEPALIVE_SECS));
+                session.set_keepalive_reuses_remaining(
+                    app.server_options().and_then(|o| o.keepalive_request_limit),
+                );
+            }
+            Some(Some(settings)) => settings.apply_to_session(&mut session),
+            Some(None) => {}
+        }
+        // Pipelining stays off (Pingora's default), so `reuse` never carries a prefix of its
+        // own over: a request that overreads ends its connection instead.
+        session.set_pipelined_prefix(head);
+        app.process_new_http(session, shutdown)
+    };
+    let reused = request.await?;
+    let (next, settings) = reused.consume();
+    *carried = Some(settings);
+    Some(next)
 }
 
 /// Wait for the client's next bytes and take them, or `None` when the connection should end:
@@ -130,7 +152,7 @@ pub(super) async fn serve_h1<A, S>(
 /// waited for whatever happens (it was accepted, maybe in the moment before a graceful
 /// upgrade handed the listeners over, so its client has every reason to expect an answer;
 /// Pingora's own loop reads it too).
-async fn next_head(
+pub(super) async fn next_head(
     stream: &mut Stream,
     idle: Duration,
     shutdown: &ShutdownWatch,

@@ -8,7 +8,9 @@
 //!
 //! The stream itself, its head deadline and its tunnel idle timer, is in `guarded.rs`, its
 //! write buffer in `coalesce.rs`; the keep-alive loop, which keeps idle connections small,
-//! in `keepalive.rs`.
+//! in `keepalive.rs`. Cleartext HTTP/1 listeners are accepted on by tollgate itself
+//! (`accept.rs`), whose connections hold only their socket while idle (`plain.rs`); TLS and
+//! h2c listeners stay Pingora's, and reach the gate through `ServerApp::process_new`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,10 +26,13 @@ use pingora::protocols::{Shutdown, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
+mod accept;
 mod coalesce;
 mod guarded;
 mod keepalive;
+mod plain;
 
+pub use accept::Front;
 pub use guarded::{idled, rearm, tunnel, EndOfHead, Guarded};
 
 const SHARDS: usize = 64;
@@ -183,6 +188,21 @@ impl<A, S> Gate<A, S> {
     }
 }
 
+impl<A, S> Gate<A, S> {
+    /// A connection slot for a client at `ip` (none to take when there is no cap or no IP),
+    /// or `Err` when it is at its cap.
+    fn admit(&self, ip: Option<IpAddr>) -> Result<Option<Slot>, ()> {
+        match (&self.guards.per_ip, ip) {
+            (Some(table), Some(ip)) => table.acquire(ip).map(Some).ok_or(()),
+            _ => Ok(None),
+        }
+    }
+
+    fn own(&self) -> Option<&S> {
+        self.own.as_ref()
+    }
+}
+
 /// The answer to a client over its connection cap, in the JSON error contract. It has sent
 /// nothing we read yet, so the connection is closed right after.
 fn too_many() -> Vec<u8> {
@@ -211,25 +231,14 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: Serve> ServerApp for Gate<A, S
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let slot = match &self.guards.per_ip {
-            Some(table) => {
-                let ip = stream
-                    .get_socket_digest()
-                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-                match ip {
-                    Some(ip) => match table.acquire(ip) {
-                        Some(slot) => Some(slot),
-                        None => {
-                            let _ = stream.write_all(&too_many()).await;
-                            let _ = stream.flush().await;
-                            Shutdown::shutdown(&mut *stream).await;
-                            return None;
-                        }
-                    },
-                    None => None,
-                }
-            }
-            None => None,
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let Ok(slot) = self.admit(ip) else {
+            let _ = stream.write_all(&too_many()).await;
+            let _ = stream.flush().await;
+            Shutdown::shutdown(&mut *stream).await;
+            return None;
         };
         let stream: Stream = Box::new(Guarded::new(stream, self.guards.head_timeout, slot));
         if keepalive::is_h1(&*self.inner, &stream) {

@@ -1,0 +1,237 @@
+//! A cleartext HTTP/1 client connection accepted by tollgate itself ([`super::accept`]), so
+//! that an idle keep-alive connection holds its socket and nothing else.
+//!
+//! Behind Pingora's listener an idle connection kept, for its whole life, the listener's task
+//! (sized for a TLS handshake: 2,560 bytes), Pingora's boxed `l4::Stream` and its socket
+//! digest (about 850 bytes), tollgate's boxed `Gate::process_new` future (688) and [`Guarded`]
+//! (128 + its timer): 4.5 KiB of heap per connection, against nginx's 0.4 KiB. Here the
+//! connection's task holds the tokio socket, the client's address and per-IP slot, and the
+//! idle wait's timer; between requests it waits for readability only. When bytes arrive it
+//! builds the stream Pingora and the own codec take ([`Plain`] under [`Guarded`]) and a
+//! boxed future for the request, and once the request is done and the connection may carry
+//! another, takes the socket back out and drops the rest.
+//!
+//! The wait follows `keepalive.rs`: a connection's first request is waited for (up to
+//! `limits.keepalive_timeout`) even when the server is shutting down; a later one ends the
+//! connection at the keep-alive timeout or the start of a shutdown, unless its bytes are
+//! already here.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{keepalive, Gate, Guarded, Serve};
+
+/// A tokio socket with what Pingora reads of a connection (its addresses, when it was
+/// accepted): the stream under [`Guarded`] while a request is served. Unbuffered: Pingora's
+/// HTTP/1 code buffers reads itself and [`Guarded`] coalesces writes.
+#[derive(Debug)]
+pub struct Plain {
+    tcp: TcpStream,
+    digest: Arc<SocketDigest>,
+    accepted: SystemTime,
+}
+
+impl Plain {
+    /// The stream of one request on `tcp`.
+    fn stream(tcp: TcpStream, peer: SocketAddr, accepted: SystemTime, head: Duration) -> Stream {
+        let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
+        let _ = digest.peer_addr.set(Some(peer.into()));
+        let plain = Plain {
+            tcp,
+            digest: Arc::new(digest),
+            accepted,
+        };
+        Box::new(Guarded::new(Box::new(plain), head, None))
+    }
+
+    /// The socket back from a finished request's stream; `None` if it is not one of ours or
+    /// still holds bytes to write (the connection then ends).
+    fn take(stream: Stream) -> Option<TcpStream> {
+        let guarded = stream.into_any().downcast::<Guarded>().ok()?;
+        let inner = guarded.into_inner()?;
+        inner
+            .into_any()
+            .downcast::<Plain>()
+            .ok()
+            .map(|plain| plain.tcp)
+    }
+}
+
+/// Serve a cleartext HTTP/1 connection `tcp` from `peer` until either side ends it.
+pub(super) async fn serve<A, S>(
+    gate: Arc<Gate<A, S>>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: ShutdownWatch,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+    S: Serve,
+{
+    let accepted = SystemTime::now();
+    let _slot = match gate.admit(Some(peer.ip())) {
+        Ok(slot) => slot,
+        Err(()) => {
+            let _ = tcp.write_all(&super::too_many()).await;
+            let _ = tcp.shutdown().await;
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let idle = gate.guards.keepalive_timeout;
+    let mut carried: Option<Option<HttpPersistentSettings>> = None;
+    let mut first = true;
+    loop {
+        if !readable(&tcp, idle, &mut shutdown, first).await {
+            return;
+        }
+        let stream = Plain::stream(tcp, peer, accepted, gate.guards.head_timeout);
+        // Boxed: the idle connection's future (this one) never holds a request's state.
+        let request = Box::pin(one_request(&gate, stream, &mut carried, first, &shutdown));
+        let Some(stream) = request.await else {
+            return;
+        };
+        first = false;
+        match Plain::take(stream) {
+            Some(next) => tcp = next,
+            None => return,
+        }
+    }
+}
+
+/// Read the head that made the socket readable and serve its request.
+async fn one_request<A, S>(
+    gate: &Gate<A, S>,
+    mut stream: Stream,
+    carried: &mut Option<Option<HttpPersistentSettings>>,
+    first: bool,
+    shutdown: &ShutdownWatch,
+) -> Option<Stream>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+    S: Serve,
+{
+    let idle = gate.guards.keepalive_timeout;
+    let head = keepalive::next_head(&mut stream, idle, shutdown, first).await?;
+    keepalive::serve_one(&gate.inner, gate.own(), stream, head, carried, shutdown).await
+}
+
+/// Wait until `tcp` has bytes (or an end) to read; `false` when the connection should end
+/// first (the rules of [`keepalive::next_head`], without a buffer or a stream).
+async fn readable(
+    tcp: &TcpStream,
+    idle: Duration,
+    shutdown: &mut ShutdownWatch,
+    first: bool,
+) -> bool {
+    if first {
+        return matches!(tokio::time::timeout(idle, tcp.readable()).await, Ok(Ok(())));
+    }
+    if *shutdown.borrow_and_update() {
+        return matches!(
+            futures::FutureExt::now_or_never(tcp.readable()),
+            Some(Ok(()))
+        );
+    }
+    tokio::select! {
+        biased;
+        r = tcp.readable() => r.is_ok(),
+        _ = tokio::time::sleep(idle) => false,
+        _ = shutdown.changed() => false,
+    }
+}
+
+impl AsyncRead for Plain {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Plain {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Plain {
+    async fn shutdown(&mut self) {
+        let _ = AsyncWriteExt::shutdown(&mut self.tcp).await;
+    }
+}
+
+impl UniqueID for Plain {
+    fn id(&self) -> UniqueIDType {
+        self.tcp.as_raw_fd()
+    }
+}
+
+impl Ssl for Plain {}
+
+impl GetTimingDigest for Plain {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        vec![Some(TimingDigest {
+            established_ts: self.accepted,
+            ..TimingDigest::default()
+        })]
+    }
+}
+
+impl GetProxyDigest for Plain {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for Plain {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        Some(self.digest.clone())
+    }
+    fn set_socket_digest(&mut self, d: SocketDigest) {
+        self.digest = Arc::new(d);
+    }
+}
+
+// A plain listener never speaks h2c, so nothing peeks at its connections.
+impl Peek for Plain {}
