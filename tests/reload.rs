@@ -118,6 +118,33 @@ fn upgrade_under_load_drops_nothing_and_serves_the_new_config() {
     let _ = next.wait();
 }
 
+/// The old process of an upgrade ends its idle keep-alive connections once it stops
+/// accepting, so their clients move to the new one, but still answers a connection it
+/// accepted before whose request comes only then (its client could not tell a drop from a
+/// failure).
+#[test]
+fn an_upgrade_closes_idle_connections_and_still_answers_ones_accepted_before() {
+    let up = echo("up");
+    let mut gw = Gateway::start(&body(up, ""));
+    let mut idle = Client::connect(gw.addr);
+    assert_eq!(idle.get("/api/x", "").status, 200);
+    let mut waiting = Client::connect(gw.addr);
+    // Served after `waiting` was queued, so the one accept loop has taken `waiting` too.
+    assert_eq!(gw.get("/api/x").status, 200);
+
+    let _next = gw.upgrade(&body(
+        up,
+        "  - {name: new, path_prefix: /new, upstream: up}\n",
+    ));
+    // Ends about 5 s after the hand-over, inside the client's 10 s read timeout.
+    idle.assert_closed();
+    let late = waiting.get("/api/x", "");
+    assert_eq!(late.status, 200, "{late:?}");
+    waiting.assert_closed();
+    assert_eq!(gw.get("/new/x").status, 200, "the new process serves");
+    wait_exit(&mut gw);
+}
+
 /// Run `tollgate reload`; its output goes to a file, since the daemon it starts inherits
 /// stderr and a pipe would stay open as long as the daemon lives.
 fn reload_cmd(conf: &std::path::Path, pid: u32) -> (i32, String) {
