@@ -7,8 +7,14 @@
 //! Pingora's HTTP/1 loop (`HttpServerApp::process_new`) allocates the per-request future
 //! (`process_new_http`, boxed by async-trait) before it reads a request head, so every idle
 //! connection would carry it, plus that loop's own future and a 4 KiB head buffer. tollgate's
-//! `Gate` runs the HTTP/1 loop itself (`src/conn/keepalive.rs`): an idle connection holds only
-//! the last line's future, and the per-request ones exist while a request does.
+//! `Gate` runs the HTTP/1 loop itself (`src/conn/keepalive.rs`), so the per-request futures
+//! exist while a request does. Behind Pingora's listener (TLS, h2c) an idle connection still
+//! keeps that listener's task (2,560 bytes, sized for a TLS handshake), Pingora's boxed stream
+//! and socket digest and the gate's future; a cleartext listener is tollgate's own
+//! (`src/conn/accept.rs`), whose idle connection is one task holding the last line's future
+//! plus tokio's task header and its socket's registration (256 bytes). Heap per idle
+//! connection, attributed with `benches/load/idle_rss.sh` under heaptrack: 4,480 bytes behind
+//! Pingora's listener, 1,280 on the own one before its wait was slimmed.
 
 use std::sync::Arc;
 
@@ -59,6 +65,17 @@ fn main() {
         let gate = Arc::new(tollgate::conn::Gate::new(proxy(), &guards));
         let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let idle = gate.process_new(stream(c), &shutdown);
-        println!("tollgate's Gate::process_new future:   {:>6} bytes (what an idle connection holds)", std::mem::size_of_val(&*idle));
+        println!("tollgate's Gate::process_new future:   {:>6} bytes (an idle TLS connection, beside Pingora's task and stream)", std::mem::size_of_val(&*idle));
+        drop(idle);
+        let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let plain = tollgate::conn::plain_connection_future_size(tollgate::conn::Gate::new(proxy(), &guards), c, shutdown.clone());
+        println!("cleartext connection's task future:    {:>6} bytes (all an idle cleartext connection holds, beside tokio's task header and socket registration)", plain);
+        let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        println!("  of which: tokio TcpStream {} B, Sleep {} B, readable() {} B, watch changed() {} B, HttpPersistentSettings {} B",
+            std::mem::size_of_val(&c),
+            std::mem::size_of_val(&tokio::time::sleep(std::time::Duration::from_secs(1))),
+            std::mem::size_of_val(&c.readable()),
+            std::mem::size_of_val(&shutdown.clone().changed()),
+            std::mem::size_of::<pingora::apps::HttpPersistentSettings>());
     });
 }

@@ -203,6 +203,22 @@ impl<A, S> Gate<A, S> {
     }
 }
 
+/// The size of the future a connection of a cleartext listener (`accept.rs`) keeps in its
+/// task while idle, for `examples/conn_memory.rs`.
+#[doc(hidden)]
+pub fn plain_connection_future_size<A, S>(
+    gate: Gate<A, S>,
+    tcp: tokio::net::TcpStream,
+    shutdown: ShutdownWatch,
+) -> usize
+where
+    A: HttpServerApp + Send + Sync + 'static,
+    S: Serve,
+{
+    let peer = tcp.peer_addr().expect("peer address");
+    std::mem::size_of_val(&plain::serve(Arc::new(gate), tcp, peer, shutdown))
+}
+
 /// The answer to a client over its connection cap, in the JSON error contract. It has sent
 /// nothing we read yet, so the connection is closed right after.
 fn too_many() -> Vec<u8> {

@@ -92,7 +92,8 @@ pub(super) async fn serve<A, S>(
     };
     let _ = tcp.set_nodelay(true);
     let idle = gate.guards.keepalive_timeout;
-    let mut carried: Option<Option<HttpPersistentSettings>> = None;
+    // Boxed, and only once Pingora served a request here: most never carry anything.
+    let mut carried: Option<Box<Carried>> = None;
     let mut first = true;
     loop {
         if !readable(&tcp, idle, &mut shutdown, first).await {
@@ -116,7 +117,7 @@ pub(super) async fn serve<A, S>(
 async fn one_request<A, S>(
     gate: &Gate<A, S>,
     mut stream: Stream,
-    carried: &mut Option<Option<HttpPersistentSettings>>,
+    carried: &mut Option<Box<Carried>>,
     first: bool,
     shutdown: &ShutdownWatch,
 ) -> Option<Stream>
@@ -126,8 +127,15 @@ where
 {
     let idle = gate.guards.keepalive_timeout;
     let head = keepalive::next_head(&mut stream, idle, shutdown, first).await?;
-    keepalive::serve_one(&gate.inner, gate.own(), stream, head, carried, shutdown).await
+    let mut now = carried.take().and_then(|c| *c);
+    let next = keepalive::serve_one(&gate.inner, gate.own(), stream, head, &mut now, shutdown);
+    let next = next.await;
+    *carried = now.is_some().then(|| Box::new(now));
+    next
 }
+
+/// What Pingora carries from one request of a connection to the next (`keepalive.rs`).
+type Carried = Option<Option<HttpPersistentSettings>>;
 
 /// Wait until `tcp` has bytes (or an end) to read; `false` when the connection should end
 /// first (the rules of [`keepalive::next_head`], without a buffer or a stream).
@@ -137,18 +145,18 @@ async fn readable(
     shutdown: &mut ShutdownWatch,
     first: bool,
 ) -> bool {
+    // Polled through the socket's own waker slot: no `Readable` future (152 bytes) in the
+    // idle task.
+    let ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx));
     if first {
-        return matches!(tokio::time::timeout(idle, tcp.readable()).await, Ok(Ok(())));
+        return matches!(tokio::time::timeout(idle, ready).await, Ok(Ok(())));
     }
     if *shutdown.borrow_and_update() {
-        return matches!(
-            futures::FutureExt::now_or_never(tcp.readable()),
-            Some(Ok(()))
-        );
+        return matches!(futures::FutureExt::now_or_never(ready), Some(Ok(())));
     }
     tokio::select! {
         biased;
-        r = tcp.readable() => r.is_ok(),
+        r = ready => r.is_ok(),
         _ = tokio::time::sleep(idle) => false,
         _ = shutdown.changed() => false,
     }
