@@ -97,7 +97,12 @@ pub struct Guarded {
     /// Set by [`rearm`] when a request finished, read by the next `poll_read`.
     rearm: AtomicBool,
     timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
+    /// When the head being received must be complete (set at its first byte, if that read did
+    /// not complete it).
+    deadline: Instant,
+    /// The timer for `deadline`, made the first time a head is waited on: a head that
+    /// arrives in one read (nearly all) costs no timer and no clock read.
+    timer: Option<Pin<Box<Sleep>>>,
     _slot: Option<Slot>,
     /// Set by [`tunnel`]: arm the idle timer with this many ms, or [`DISARM`]; 0: no news.
     tunnel_signal: AtomicU64,
@@ -118,7 +123,8 @@ impl Guarded {
             head: Head::Awaiting,
             rearm: AtomicBool::new(false),
             timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: Instant::now(),
+            timer: None,
             _slot: slot,
             tunnel_signal: AtomicU64::new(0),
             tunnel: None,
@@ -152,20 +158,31 @@ impl Guarded {
         if bytes.is_empty() {
             return;
         }
-        let mut end = match self.head {
+        let (mut end, first) = match self.head {
             Head::Done => return,
-            Head::Awaiting => {
-                let deadline = Instant::now() + self.timeout;
-                self.deadline.as_mut().reset(deadline);
-                EndOfHead::default()
-            }
-            Head::Receiving(end) => end,
+            Head::Awaiting => (EndOfHead::default(), true),
+            Head::Receiving(end) => (end, false),
         };
         self.head = if end.feed(bytes) {
             Head::Done
         } else {
+            if first {
+                self.deadline = Instant::now() + self.timeout;
+            }
             Head::Receiving(end)
         };
+    }
+
+    /// Whether the head being received is past its deadline; waits for it from `cx` if not.
+    fn head_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -225,15 +242,13 @@ impl AsyncRead for Guarded {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 this.scan(&buf.filled()[before..]);
-                if matches!(this.head, Head::Receiving(_)) && this.deadline.is_elapsed() {
+                if matches!(this.head, Head::Receiving(_)) && Instant::now() >= this.deadline {
                     return Poll::Ready(Err(head_timed_out()));
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if matches!(this.head, Head::Receiving(_))
-                    && this.deadline.as_mut().poll(cx).is_ready()
-                {
+                if matches!(this.head, Head::Receiving(_)) && this.head_expired(cx) {
                     return Poll::Ready(Err(head_timed_out()));
                 }
                 Poll::Pending

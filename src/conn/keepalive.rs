@@ -167,6 +167,11 @@ pub(super) async fn next_head(
             .map_ok(|()| BytesMut::from(buf.filled()))
     });
     let read = async { read.await.ok().filter(|bytes| !bytes.is_empty()) };
+    let mut read = std::pin::pin!(read);
+    // Bytes already here (always, once `plain.rs` saw the socket readable) need no timer.
+    if let Some(head) = futures::FutureExt::now_or_never(read.as_mut()) {
+        return head;
+    }
     if first {
         return tokio::time::timeout(idle, read).await.ok().flatten();
     }

@@ -147,7 +147,11 @@ async fn readable(
 ) -> bool {
     // Polled through the socket's own waker slot: no `Readable` future (152 bytes) in the
     // idle task.
-    let ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx));
+    let mut ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx));
+    // Bytes already here need no timer.
+    if let Some(r) = futures::FutureExt::now_or_never(&mut ready) {
+        return r.is_ok();
+    }
     if first {
         return matches!(tokio::time::timeout(idle, ready).await, Ok(Ok(())));
     }
