@@ -273,3 +273,27 @@ fn a_body_cut_short_is_not_passed_off_as_complete() {
     assert!(has_header(&a, "content-length: 10"), "{a}");
     assert_eq!(body_of(&a), "abc", "{a}");
 }
+
+/// A backend that does not answer in time on a pooled connection gets the request once: a
+/// read timeout is a 504 after one `timeouts.read`, not a stale connection to retry on a fresh
+/// one (which would send the request twice and double the wait), as Pingora's client decides.
+#[test]
+fn a_read_timeout_on_a_pooled_connection_is_not_retried() {
+    let up = raw_backend(|path| match path {
+        "/slow" => (b"", false),
+        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+    });
+    let gw = Gateway::start(&format!(
+        "upstreams: {{u: {{targets: [\"{}\"], timeouts: {{read: 300ms}}}}}}\n\
+         routes: [{{name: r, path_prefix: /, upstream: u}}]",
+        up.addr
+    ));
+    assert!(fetch(&gw, "GET", "/fast").starts_with("HTTP/1.1 200"));
+    let answer = fetch(&gw, "GET", "/slow");
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert_eq!(
+        up.accepted.load(SeqCst),
+        1,
+        "the slow request went out once, on the pooled connection"
+    );
+}

@@ -11,8 +11,8 @@
 //! unasked) is readable in tokio's readiness, which costs no system call, and is dropped.
 //!
 //! Errors are Pingora's (`Error` with an upstream source), with Pingora's rules for what may
-//! be retried: a pooled connection that fails before any byte of the response is
-//! `RetryType::ReusedOnly`, so tollgate's retry policy (`error_while_proxy`) treats both paths
+//! be retried: a pooled connection that fails before any byte of the response (but does not
+//! time out) is `RetryType::ReusedOnly`, so tollgate's retry policy (`error_while_proxy`) treats both paths
 //! alike. The response head is passed on as the backend sent it: its hop-by-hop headers are
 //! removed where both paths remove them (`headers::downstream_response`, in `response_filter`).
 
@@ -232,7 +232,15 @@ impl Conn {
                 return Err(invalid("the response head is too large"));
             }
             let n = match self.fill(READ).await {
-                Err(mut e) if first && self.buf.is_empty() && self.reused => {
+                // A pooled connection the backend dropped fails the first read at once; one
+                // that times out reached a backend that is slow, and is not retried for free
+                // (Pingora's client decides the same).
+                Err(mut e)
+                    if first
+                        && self.buf.is_empty()
+                        && self.reused
+                        && e.etype() != &ErrorType::ReadTimedout =>
+                {
                     e.retry = RetryType::ReusedOnly;
                     return Err(e);
                 }
