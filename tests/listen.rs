@@ -46,3 +46,55 @@ fn plain_listeners_do_not_speak_h2c() {
     });
     assert!(r.is_err(), "a plain listener answered h2: {r:?}");
 }
+
+/// The voluntary context switches of each of the gateway's worker threads (named after the
+/// service, `tollgate`, as the main thread is), by thread id.
+fn worker_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let path = task.path();
+        if task.file_name().to_string_lossy() == pid.to_string() {
+            continue;
+        }
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() != "tollgate" {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.insert(task.file_name().to_string_lossy().into_owned(), switches);
+    }
+    out
+}
+
+/// Connections of a plain listener are spread over every worker thread (`threads: 2` here),
+/// not all served by the thread that accepted them.
+#[test]
+fn plain_connections_are_served_by_every_worker_thread() {
+    let up = echo("up");
+    let gw = Gateway::start(&format!(
+        "upstreams: {{u: {{targets: [\"{up}\"]}}}}\nroutes: [{{name: r, path_prefix: /, upstream: u}}]"
+    ));
+    assert_eq!(gw.get("/warm").status, 200);
+    let before = worker_switches(gw.pid());
+    for i in 0..64 {
+        assert_eq!(gw.get(&format!("/c{i}")).status, 200);
+    }
+    let after = worker_switches(gw.pid());
+    // Threads of the service's runtime that took part (its blocking pool's, if any, do not).
+    let busy: Vec<u64> = after
+        .iter()
+        .map(|(tid, n)| n - before.get(tid).copied().unwrap_or(0))
+        .collect();
+    assert!(
+        busy.iter().filter(|&&n| n >= 4).count() >= 2,
+        "both workers served some of 64 connections: {busy:?}"
+    );
+}

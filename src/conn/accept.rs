@@ -191,7 +191,10 @@ async fn accept_loop<A, S>(
         match accepted {
             Ok((tcp, peer)) => {
                 let conn = super::plain::serve(gate.clone(), tcp, peer, shutdown.clone());
-                tokio::spawn(conn);
+                // On a random worker thread, as Pingora's listener does: with tollgate's
+                // default one runtime per thread (no work stealing), `tokio::spawn` would keep
+                // every connection on the thread that accepted it.
+                pingora_runtime::current_handle().spawn(conn);
             }
             Err(e) => {
                 log::error!("Accept() failed {e}");
