@@ -21,6 +21,7 @@
 //! HTTP/2 (ALPN `h2`, and every connection of an h2c listener, whose preface Pingora peeks at)
 //! keeps Pingora's path: an h2 connection multiplexes requests and has no such loop.
 
+use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -69,8 +70,9 @@ pub(super) async fn serve_h1<A, S>(
 {
     let mut carried: Option<Option<HttpPersistentSettings>> = None;
     let mut first = true;
+    let mut watch = shutdown.clone();
     loop {
-        let Some(head) = next_head(&mut stream, idle, shutdown, first).await else {
+        let Some(head) = next_head(&mut stream, idle, &mut watch, first).await else {
             return;
         };
         first = false;
@@ -143,19 +145,13 @@ where
     Some(next)
 }
 
-/// Wait for the client's next bytes and take them, or `None` when the connection should end:
-/// the client closed it or failed, it stayed silent for `idle`, or the server is shutting down.
-/// While it waits, this future holds a clock entry and a borrowed stream, nothing per request.
-///
-/// A shutdown never drops a request the client has already sent, which it could not tell
-/// from one that failed: bytes already here are taken, and a connection's `first` request is
-/// waited for whatever happens (it was accepted, maybe in the moment before a graceful
-/// upgrade handed the listeners over, so its client has every reason to expect an answer;
-/// Pingora's own loop reads it too).
+/// Wait for the client's next bytes and take them, or `None` when the connection should end
+/// (the rules of [`idle_wait`]). While it waits, this future holds a clock entry and a
+/// borrowed stream, nothing per request.
 pub(super) async fn next_head(
     stream: &mut Stream,
     idle: Duration,
-    shutdown: &ShutdownWatch,
+    shutdown: &mut ShutdownWatch,
     first: bool,
 ) -> Option<BytesMut> {
     let read = std::future::poll_fn(|cx| {
@@ -164,24 +160,40 @@ pub(super) async fn next_head(
         let mut buf = ReadBuf::uninit(&mut space);
         Pin::new(&mut **stream)
             .poll_read(cx, &mut buf)
-            .map_ok(|()| BytesMut::from(buf.filled()))
+            .map(|r| r.ok().filter(|()| !buf.filled().is_empty()))
+            .map(|read| read.map(|()| BytesMut::from(buf.filled())))
     });
-    let read = async { read.await.ok().filter(|bytes| !bytes.is_empty()) };
-    let mut read = std::pin::pin!(read);
-    // Bytes already here (always, once `plain.rs` saw the socket readable) need no timer.
-    if let Some(head) = futures::FutureExt::now_or_never(read.as_mut()) {
-        return head;
+    idle_wait(read, idle, shutdown, first).await
+}
+
+/// A keep-alive connection's wait for its client's next bytes (`arrived`: `None` when the
+/// client closed it or failed): `None` as well when it stayed silent for `idle`, or the server
+/// is shutting down. Used by both loops, this one and `plain.rs`'s.
+///
+/// A shutdown never drops a request the client has already sent, which it could not tell
+/// from one that failed: bytes already here are taken, and a connection's `first` request is
+/// waited for whatever happens (it was accepted, maybe in the moment before a graceful
+/// upgrade handed the listeners over, so its client has every reason to expect an answer;
+/// Pingora's own loop reads it too). Bytes already here arm no timer.
+pub(super) async fn idle_wait<T>(
+    mut arrived: impl Future<Output = Option<T>> + Unpin,
+    idle: Duration,
+    shutdown: &mut ShutdownWatch,
+    first: bool,
+) -> Option<T> {
+    // `Unpin`, so the wait below holds the future itself, not the future and a pin of it.
+    if let Some(now) = futures::FutureExt::now_or_never(&mut arrived) {
+        return now;
     }
     if first {
-        return tokio::time::timeout(idle, read).await.ok().flatten();
+        return tokio::time::timeout(idle, arrived).await.ok().flatten();
     }
-    let mut shutdown = shutdown.clone();
     if *shutdown.borrow_and_update() {
-        return futures::FutureExt::now_or_never(read).flatten();
+        return None;
     }
     tokio::select! {
         biased;
-        read = read => read,
+        v = arrived => v,
         _ = tokio::time::sleep(idle) => None,
         _ = shutdown.changed() => None,
     }

@@ -16,6 +16,7 @@
 //! connection at the keep-alive timeout or the start of a shutdown, unless its bytes are
 //! already here.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -101,7 +102,13 @@ pub(super) async fn serve<A, S>(
         }
         let stream = Plain::stream(tcp, peer, accepted, gate.guards.head_timeout);
         // Boxed: the idle connection's future (this one) never holds a request's state.
-        let request = Box::pin(one_request(&gate, stream, &mut carried, first, &shutdown));
+        let request = Box::pin(one_request(
+            &gate,
+            stream,
+            &mut carried,
+            first,
+            &mut shutdown,
+        ));
         let Some(stream) = request.await else {
             return;
         };
@@ -119,7 +126,7 @@ async fn one_request<A, S>(
     mut stream: Stream,
     carried: &mut Option<Box<Carried>>,
     first: bool,
-    shutdown: &ShutdownWatch,
+    shutdown: &mut ShutdownWatch,
 ) -> Option<Stream>
 where
     A: HttpServerApp + Send + Sync + 'static,
@@ -138,32 +145,19 @@ where
 type Carried = Option<Option<HttpPersistentSettings>>;
 
 /// Wait until `tcp` has bytes (or an end) to read; `false` when the connection should end
-/// first (the rules of [`keepalive::next_head`], without a buffer or a stream).
-async fn readable(
-    tcp: &TcpStream,
+/// first (the rules of [`keepalive::idle_wait`], without a buffer or a stream).
+fn readable<'a>(
+    tcp: &'a TcpStream,
     idle: Duration,
-    shutdown: &mut ShutdownWatch,
+    shutdown: &'a mut ShutdownWatch,
     first: bool,
-) -> bool {
+) -> impl Future<Output = bool> + 'a {
     // Polled through the socket's own waker slot: no `Readable` future (152 bytes) in the
-    // idle task.
-    let mut ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx));
-    // Bytes already here need no timer.
-    if let Some(r) = futures::FutureExt::now_or_never(&mut ready) {
-        return r.is_ok();
-    }
-    if first {
-        return matches!(tokio::time::timeout(idle, ready).await, Ok(Ok(())));
-    }
-    if *shutdown.borrow_and_update() {
-        return matches!(futures::FutureExt::now_or_never(ready), Some(Ok(())));
-    }
-    tokio::select! {
-        biased;
-        r = ready => r.is_ok(),
-        _ = tokio::time::sleep(idle) => false,
-        _ = shutdown.changed() => false,
-    }
+    // idle task. Not an `async fn`: its frame would keep a second copy of the arguments.
+    let ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx).map(Result::ok));
+    futures::FutureExt::map(keepalive::idle_wait(ready, idle, shutdown, first), |r| {
+        r.is_some()
+    })
 }
 
 impl AsyncRead for Plain {
