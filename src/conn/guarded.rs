@@ -43,8 +43,9 @@ use crate::websocket::Idle;
 enum Head {
     /// Waiting for the first byte of a head: no deadline (the keep-alive timeout applies).
     Awaiting,
-    /// Receiving a head, looking for the empty line that ends it.
-    Receiving(EndOfHead),
+    /// Receiving a head, looking for the empty line that ends it, until the deadline (set at
+    /// its first byte).
+    Receiving(EndOfHead, Instant),
     /// The head is complete: bodies and responses are not timed here.
     Done,
 }
@@ -97,10 +98,7 @@ pub struct Guarded {
     /// Set by [`rearm`] when a request finished, read by the next `poll_read`.
     rearm: AtomicBool,
     timeout: Duration,
-    /// When the head being received must be complete (set at its first byte, if that read did
-    /// not complete it).
-    deadline: Instant,
-    /// The timer for `deadline`, made the first time a head is waited on: a head that
+    /// The timer for a head's deadline, made the first time a head is waited on: a head that
     /// arrives in one read (nearly all) costs no timer and no clock read.
     timer: Option<Pin<Box<Sleep>>>,
     _slot: Option<Slot>,
@@ -123,7 +121,6 @@ impl Guarded {
             head: Head::Awaiting,
             rearm: AtomicBool::new(false),
             timeout,
-            deadline: Instant::now(),
             timer: None,
             _slot: slot,
             tunnel_signal: AtomicU64::new(0),
@@ -158,24 +155,23 @@ impl Guarded {
         if bytes.is_empty() {
             return;
         }
-        let (mut end, first) = match self.head {
+        let (mut end, deadline) = match self.head {
             Head::Done => return,
-            Head::Awaiting => (EndOfHead::default(), true),
-            Head::Receiving(end) => (end, false),
+            Head::Awaiting => (EndOfHead::default(), None),
+            Head::Receiving(end, deadline) => (end, Some(deadline)),
         };
         self.head = if end.feed(bytes) {
             Head::Done
         } else {
-            if first {
-                self.deadline = Instant::now() + self.timeout;
-            }
-            Head::Receiving(end)
+            Head::Receiving(
+                end,
+                deadline.unwrap_or_else(|| Instant::now() + self.timeout),
+            )
         };
     }
 
-    /// Whether the head being received is past its deadline; waits for it from `cx` if not.
-    fn head_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = self.deadline;
+    /// Whether the head being received is past `deadline`; waits for it from `cx` if not.
+    fn head_expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -242,14 +238,16 @@ impl AsyncRead for Guarded {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 this.scan(&buf.filled()[before..]);
-                if matches!(this.head, Head::Receiving(_)) && Instant::now() >= this.deadline {
+                if matches!(this.head, Head::Receiving(_, d) if Instant::now() >= d) {
                     return Poll::Ready(Err(head_timed_out()));
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if matches!(this.head, Head::Receiving(_)) && this.head_expired(cx) {
-                    return Poll::Ready(Err(head_timed_out()));
+                if let Head::Receiving(_, deadline) = this.head {
+                    if this.head_expired(deadline, cx) {
+                        return Poll::Ready(Err(head_timed_out()));
+                    }
                 }
                 Poll::Pending
             }
