@@ -4,6 +4,7 @@
 //! loaded and compiled once by [`config`]; [`server`] assembles the Pingora services.
 
 pub mod admin;
+pub mod alloc;
 pub mod auth;
 pub mod client;
 pub mod clock;

@@ -212,3 +212,95 @@ fn connections_over_the_per_ip_cap_get_503() {
     );
     assert_eq!(b.get("/e").unwrap().status, 200);
 }
+
+/// Idle longer than this, a cleartext connection leaves its task for the listener's table
+/// of idle sockets (`src/conn/park.rs`, one second); these tests idle past it.
+const PARKED: Duration = Duration::from_millis(1500);
+
+#[test]
+fn a_long_idle_connection_is_served_and_still_closed_at_the_keepalive_timeout() {
+    let gw = gateway("keepalive_timeout: 3s");
+    let mut used = TcpStream::connect(gw.addr).unwrap();
+    used.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(exchange(&mut used, "/a").status, 200);
+    let mut late_first = TcpStream::connect(gw.addr).unwrap();
+    late_first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(gw.addr).unwrap();
+    // The idle time is what is under test.
+    std::thread::sleep(PARKED);
+    assert_eq!(exchange(&mut used, "/b").status, 200, "after a long idle");
+    let since_b = Instant::now();
+    assert_eq!(
+        exchange(&mut late_first, "/c").status,
+        200,
+        "a first request after a long silence"
+    );
+    // A head that begins after the long idle and arrives in pieces is read whole.
+    std::thread::sleep(PARKED);
+    used.write_all(b"GET /d HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(finish(&mut used).status, 200, "a head sent in two parts");
+    let since_d = Instant::now();
+
+    let took = until_closed(&mut silent, start);
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+        "never used: closed after {took:?}, expected about 3 s"
+    );
+    for (which, s, since) in [
+        ("after a request", &mut used, since_d),
+        ("after a late first request", &mut late_first, since_b),
+    ] {
+        let took = until_closed(s, since);
+        assert!(
+            took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+            "{which}: closed after {took:?}, expected about 3 s"
+        );
+    }
+}
+
+#[test]
+fn a_long_idle_connection_keeps_its_per_ip_slot_until_it_ends() {
+    let gw = gateway("max_connections_per_ip: 2, keepalive_timeout: 30s");
+    // Raw clients: no silent reconnect that would hide a dropped connection.
+    let mut held = Client::connect(gw.addr);
+    assert_eq!(held.get("/a", "").status, 200);
+    let mut other = Client::connect(gw.addr);
+    assert_eq!(other.get("/a", "").status, 200);
+    std::thread::sleep(PARKED);
+    assert_eq!(
+        gw.get("/b").status,
+        503,
+        "the idle connections hold the slots"
+    );
+    assert_eq!(held.get("/c", "").status, 200, "same connection");
+    std::thread::sleep(PARKED);
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(5), || gw.get("/d").status == 200),
+        "the slot of a closed idle connection was never given back"
+    );
+    assert_eq!(other.get("/e", "").status, 200, "same connection");
+}
+
+#[test]
+fn many_long_idle_connections_all_serve_their_next_request() {
+    let gw = gateway("keepalive_timeout: 30s");
+    let mut conns: Vec<Client> = (0..300).map(|_| Client::connect(gw.addr)).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        assert_eq!(c.get(&format!("/a{i}"), "").status, 200);
+    }
+    std::thread::sleep(PARKED);
+    // More readiness events at once than one call takes, on sockets idle together.
+    for c in &mut conns {
+        c.send(b"GET /b HTTP/1.1\r\nHost: gw\r\n\r\n");
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = c.response(false);
+        assert_eq!(r.status, 200, "connection {i}: {r:?}");
+    }
+}

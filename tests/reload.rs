@@ -126,6 +126,12 @@ fn upgrade_under_load_drops_nothing_and_serves_the_new_config() {
 fn an_upgrade_closes_idle_connections_and_still_answers_ones_accepted_before() {
     let up = echo("up");
     let mut gw = Gateway::start(&body(up, ""));
+    // Idle for longer than a second, a connection waits out of its task (`src/conn/park.rs`):
+    // the same goes for it.
+    let mut idle_long = Client::connect(gw.addr);
+    assert_eq!(idle_long.get("/api/x", "").status, 200);
+    let mut waiting_long = Client::connect(gw.addr);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let mut idle = Client::connect(gw.addr);
     assert_eq!(idle.get("/api/x", "").status, 200);
     let mut waiting = Client::connect(gw.addr);
@@ -138,9 +144,15 @@ fn an_upgrade_closes_idle_connections_and_still_answers_ones_accepted_before() {
     ));
     // Ends about 5 s after the hand-over, inside the client's 10 s read timeout.
     idle.assert_closed();
-    let late = waiting.get("/api/x", "");
-    assert_eq!(late.status, 200, "{late:?}");
-    waiting.assert_closed();
+    idle_long.assert_closed();
+    for (which, c) in [
+        ("waiting", &mut waiting),
+        ("waiting long", &mut waiting_long),
+    ] {
+        let late = c.get("/api/x", "");
+        assert_eq!(late.status, 200, "{which}: {late:?}");
+        c.assert_closed();
+    }
     assert_eq!(gw.get("/new/x").status, 200, "the new process serves");
     wait_exit(&mut gw);
 }

@@ -69,6 +69,9 @@ before=$(rss_kib "$pid")
 coproc IDLE { python3 "$HERE/idle_conns.py" "$TG" / "$N"; }
 read -r -t 300 line <&"${IDLE[0]}"
 [[ $line == "ready $N" ]] || { echo "idle_conns: ${line:-no answer}" >&2; exit 1; }
+first=$(rss_kib "$pid")
+# As run.sh: idle for IDLE_SETTLE seconds (tollgate parks a connection after one).
+sleep "${IDLE_SETTLE:-3}"
 after=$(rss_kib "$pid")
 if [[ -n ${KILL_HELD:-} ]]; then
     # For a heap profiler's "leaked" list: what is live with N idle connections open. Some
@@ -87,6 +90,6 @@ PY
 fi
 exec {IDLE[1]}>&-
 read -r -t 60 alive <&"${IDLE[0]}" || alive="?"
-echo "tollgate pid $pid: VmRSS $before KiB -> $after KiB with $N idle connections ($alive)"
+echo "tollgate pid $pid: VmRSS $before KiB -> $first KiB with $N connections just answered, $after KiB ${IDLE_SETTLE:-3}s later ($alive)"
 awk -v b="$before" -v a="$after" -v n="$N" \
     'BEGIN { printf "per connection: %.0f bytes (%.2f KiB)\n", (a - b) * 1024 / n, (a - b) / n }'

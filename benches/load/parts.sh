@@ -120,6 +120,13 @@ idle_rss() {
     if ! read -r -t 120 line <&"$out_fd" || [[ $line != "ready $IDLE_CONNS" ]]; then
         die "$name: could not open $IDLE_CONNS idle connections (${line:-no answer})"
     fi
+    # Idle means idle for a while: tollgate moves a connection out of its task after a
+    # second without a request (src/conn/park.rs), so every target's RSS is read
+    # IDLE_SETTLE seconds after its last connection was answered; the first read is logged.
+    local first
+    # shellcheck disable=SC2086
+    first=$(rss_kib $pids)
+    sleep "$IDLE_SETTLE"
     # shellcheck disable=SC2086
     M_AFTER[$name]=$(rss_kib $pids)
     exec {in_fd}>&-
@@ -127,7 +134,7 @@ idle_rss() {
     wait "$idle_pid" || die "$name: the idle-connection client failed"
     [[ $alive == "alive $IDLE_CONNS" ]] ||
         die "$name: only '$alive' of $IDLE_CONNS idle connections were still open at the RSS read"
-    log "memory $name: RSS ${M_BEFORE[$name]} KiB -> ${M_AFTER[$name]} KiB with $IDLE_CONNS idle connections"
+    log "memory $name: RSS ${M_BEFORE[$name]} KiB -> $first KiB with $IDLE_CONNS connections just answered, ${M_AFTER[$name]} KiB ${IDLE_SETTLE}s later"
 }
 
 memory_part() {

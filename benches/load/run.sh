@@ -59,6 +59,7 @@ LAT_REPS=${LAT_REPS:-3}           # open-loop runs per target (each paired with 
 LAT_CONNS=${LAT_CONNS:-32}        # oha connections; the rate comes from wrk's max at this CONNS
 LAT_LOAD=${LAT_LOAD:-50}          # percent of the measured maximum offered open-loop
 IDLE_CONNS=${IDLE_CONNS:-10000}   # idle keep-alive client connections of the memory part
+IDLE_SETTLE=${IDLE_SETTLE:-3}      # seconds they sit idle before the RSS read (tollgate parks them after 1)
 KEYS=${KEYS:-1000000}             # distinct limiter keys of the keys part
 KEYS_DURATION=${KEYS_DURATION:-150s} # the keys part's wrk run: must reach KEYS requests
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}

@@ -26,6 +26,7 @@ use pingora::services::listening::Service as Listening;
 use pingora::services::Service;
 use tokio::net::{TcpListener, TcpSocket};
 
+use super::park::Lot;
 use super::{Gate, Serve};
 
 /// What Pingora passes `listen(2)`: the kernel caps it at `net.core.somaxconn`.
@@ -93,6 +94,20 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: Serve> Service for Front<A, S>
         listeners_per_fd: usize,
     ) {
         let mut loops = Vec::new();
+        // Where this service's long-idle cleartext connections wait (`park.rs`).
+        let lot = match self.plain.is_empty() {
+            true => None,
+            false => match super::park::Lot::new() {
+                Ok(lot) => Some(Arc::new(lot)),
+                Err(e) => {
+                    panic!("Failed to build listeners: no epoll set for idle connections: {e}")
+                }
+            },
+        };
+        if let Some(lot) = &lot {
+            let watch = super::park::watch(lot.clone(), self.gate.clone(), shutdown.clone());
+            tokio::spawn(watch);
+        }
         for addr in &self.plain {
             let listener = match listen(addr, fds.as_ref()).await {
                 Ok(l) => Arc::new(l),
@@ -102,7 +117,10 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: Serve> Service for Front<A, S>
             for _ in 0..listeners_per_fd.max(1) {
                 let (gate, shutdown) = (self.gate.clone(), shutdown.clone());
                 let (listener, addr) = (listener.clone(), addr.clone());
-                loops.push(tokio::spawn(accept_loop(listener, addr, gate, shutdown)));
+                let lot = lot.clone().expect("a lot for plain listeners");
+                loops.push(tokio::spawn(accept_loop(
+                    listener, addr, gate, lot, shutdown,
+                )));
             }
         }
         let pingora = async {
@@ -174,6 +192,7 @@ async fn accept_loop<A, S>(
     listener: Arc<TcpListener>,
     addr: String,
     gate: Arc<Gate<A, S>>,
+    lot: Arc<Lot>,
     mut shutdown: ShutdownWatch,
 ) where
     A: HttpServerApp + Send + Sync + 'static,
@@ -190,7 +209,8 @@ async fn accept_loop<A, S>(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let conn = super::plain::serve(gate.clone(), tcp, peer, shutdown.clone());
+                let conn =
+                    super::plain::serve(gate.clone(), lot.clone(), tcp, peer, shutdown.clone());
                 // On a random worker thread, as Pingora's listener does: with tollgate's
                 // default one runtime per thread (no work stealing), `tokio::spawn` would keep
                 // every connection on the thread that accepted it.

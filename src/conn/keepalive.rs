@@ -163,38 +163,55 @@ pub(super) async fn next_head(
             .map(|r| r.ok().filter(|()| !buf.filled().is_empty()))
             .map(|read| read.map(|()| BytesMut::from(buf.filled())))
     });
-    idle_wait(read, idle, shutdown, first).await
+    match idle_wait(read, idle, shutdown, first).await {
+        Waited::Arrived(head) => Some(head),
+        Waited::Silent | Waited::Ended => None,
+    }
+}
+
+/// How a keep-alive wait ended.
+pub(super) enum Waited<T> {
+    /// The client sent bytes.
+    Arrived(T),
+    /// It said nothing for as long as the wait was given.
+    Silent,
+    /// It closed the connection or failed, or the server is shutting down.
+    Ended,
 }
 
 /// A keep-alive connection's wait for its client's next bytes (`arrived`: `None` when the
-/// client closed it or failed): `None` as well when it stayed silent for `idle`, or the server
-/// is shutting down. Used by both loops, this one and `plain.rs`'s.
+/// client closed it or failed), for at most `idle`. Used by both loops, this one and
+/// `plain.rs`'s.
 ///
-/// A shutdown never drops a request the client has already sent, which it could not tell
-/// from one that failed: bytes already here are taken, and a connection's `first` request is
-/// waited for whatever happens (it was accepted, maybe in the moment before a graceful
-/// upgrade handed the listeners over, so its client has every reason to expect an answer;
-/// Pingora's own loop reads it too). Bytes already here arm no timer.
+/// A shutdown ends the wait, but never drops a request the client has already sent, which
+/// it could not tell from one that failed: bytes already here are taken, and a connection's
+/// `first` request is waited for whatever happens (it was accepted, maybe in the moment
+/// before a graceful upgrade handed the listeners over, so its client has every reason to
+/// expect an answer; Pingora's own loop reads it too). Bytes already here arm no timer.
 pub(super) async fn idle_wait<T>(
     mut arrived: impl Future<Output = Option<T>> + Unpin,
     idle: Duration,
     shutdown: &mut ShutdownWatch,
     first: bool,
-) -> Option<T> {
+) -> Waited<T> {
+    let came = |v: Option<T>| v.map_or(Waited::Ended, Waited::Arrived);
     // `Unpin`, so the wait below holds the future itself, not the future and a pin of it.
     if let Some(now) = futures::FutureExt::now_or_never(&mut arrived) {
-        return now;
+        return came(now);
     }
     if first {
-        return tokio::time::timeout(idle, arrived).await.ok().flatten();
+        return match tokio::time::timeout(idle, arrived).await {
+            Ok(v) => came(v),
+            Err(_) => Waited::Silent,
+        };
     }
     if *shutdown.borrow_and_update() {
-        return None;
+        return Waited::Ended;
     }
     tokio::select! {
         biased;
-        v = arrived => v,
-        _ = tokio::time::sleep(idle) => None,
-        _ = shutdown.changed() => None,
+        v = arrived => came(v),
+        _ = tokio::time::sleep(idle) => Waited::Silent,
+        _ = shutdown.changed() => Waited::Ended,
     }
 }

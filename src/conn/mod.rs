@@ -9,8 +9,9 @@
 //! The stream itself, its head deadline and its tunnel idle timer, is in `guarded.rs`, its
 //! write buffer in `coalesce.rs`; the keep-alive loop, which keeps idle connections small,
 //! in `keepalive.rs`. Cleartext HTTP/1 listeners are accepted on by tollgate itself
-//! (`accept.rs`), whose connections hold only their socket while idle (`plain.rs`); TLS and
-//! h2c listeners stay Pingora's, and reach the gate through `ServerApp::process_new`.
+//! (`accept.rs`), whose connections hold only their socket while idle (`plain.rs`), and after
+//! a second idle not even a task (`park.rs`); TLS and h2c listeners stay Pingora's, and reach
+//! the gate through `ServerApp::process_new`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +31,7 @@ mod accept;
 mod coalesce;
 mod guarded;
 mod keepalive;
+mod park;
 mod plain;
 
 pub use accept::Front;
@@ -203,6 +205,14 @@ impl<A, S> Gate<A, S> {
     }
 }
 
+/// The bytes a cleartext connection idle past `park::PARK_AFTER` keeps in its listener's
+/// table of idle sockets, its entry (beside a deadline's 24 in a heap), for
+/// `examples/conn_memory.rs`.
+#[doc(hidden)]
+pub fn parked_connection_size() -> usize {
+    park::ENTRY_BYTES
+}
+
 /// The size of the future a connection of a cleartext listener (`accept.rs`) keeps in its
 /// task while idle, for `examples/conn_memory.rs`.
 #[doc(hidden)]
@@ -216,7 +226,8 @@ where
     S: Serve,
 {
     let peer = tcp.peer_addr().expect("peer address");
-    std::mem::size_of_val(&plain::serve(Arc::new(gate), tcp, peer, shutdown))
+    let lot = Arc::new(park::Lot::new().expect("epoll"));
+    std::mem::size_of_val(&plain::serve(Arc::new(gate), lot, tcp, peer, shutdown))
 }
 
 /// The answer to a client over its connection cap, in the JSON error contract. It has sent

@@ -9,7 +9,9 @@
 //! idle wait's timer; between requests it waits for readability only. When bytes arrive it
 //! builds the stream Pingora and the own codec take ([`Plain`] under [`Guarded`]) and a
 //! boxed future for the request, and once the request is done and the connection may carry
-//! another, takes the socket back out and drops the rest.
+//! another, takes the socket back out and drops the rest. After a second without a request
+//! the connection leaves its task too, for its service's table of idle sockets (`park.rs`),
+//! and comes back here ([`resume`]) when its client speaks.
 //!
 //! The wait follows `keepalive.rs`: a connection's first request is waited for (up to
 //! `limits.keepalive_timeout`) even when the server is shutting down; a later one ends the
@@ -22,10 +24,10 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::apps::HttpServerApp;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
@@ -34,7 +36,9 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{keepalive, Gate, Guarded, Serve};
+use super::keepalive::{self, Waited};
+use super::park::{Carried, Conn, Lot, Parked, PARK_AFTER};
+use super::{Gate, Guarded, Serve};
 
 /// A tokio socket with what Pingora reads of a connection (its addresses, when it was
 /// accepted): the stream under [`Guarded`] while a request is served. Unbuffered: Pingora's
@@ -75,15 +79,16 @@ impl Plain {
 /// Serve a cleartext HTTP/1 connection `tcp` from `peer` until either side ends it.
 pub(super) async fn serve<A, S>(
     gate: Arc<Gate<A, S>>,
+    lot: Arc<Lot>,
     mut tcp: TcpStream,
     peer: SocketAddr,
-    mut shutdown: ShutdownWatch,
+    shutdown: ShutdownWatch,
 ) where
     A: HttpServerApp + Send + Sync + 'static,
     S: Serve,
 {
     let accepted = SystemTime::now();
-    let _slot = match gate.admit(Some(peer.ip())) {
+    let slot = match gate.admit(Some(peer.ip())) {
         Ok(slot) => slot,
         Err(()) => {
             let _ = tcp.write_all(&super::too_many()).await;
@@ -92,27 +97,80 @@ pub(super) async fn serve<A, S>(
         }
     };
     let _ = tcp.set_nodelay(true);
-    let idle = gate.guards.keepalive_timeout;
-    // Boxed, and only once Pingora served a request here: most never carry anything.
-    let mut carried: Option<Box<Carried>> = None;
-    let mut first = true;
+    let conn = Conn {
+        peer,
+        accepted,
+        _slot: slot,
+        carried: None,
+        first: true,
+    };
+    let left = gate.guards.keepalive_timeout;
+    run(gate, lot, tcp, conn, left, shutdown).await;
+}
+
+/// Go on serving a connection that left the lot ([`park`]) because its socket turned
+/// readable.
+pub(super) async fn resume<A, S>(
+    gate: Arc<Gate<A, S>>,
+    lot: Arc<Lot>,
+    parked: Parked,
+    shutdown: ShutdownWatch,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+    S: Serve,
+{
+    let Ok(tcp) = TcpStream::from_std(parked.tcp) else {
+        return;
+    };
+    let left = parked.deadline.saturating_duration_since(Instant::now());
+    run(gate, lot, tcp, parked.conn, left, shutdown).await;
+}
+
+/// The connection's requests, while it is in a task: `left` is what remains of the
+/// keep-alive wait for the next one.
+async fn run<A, S>(
+    gate: Arc<Gate<A, S>>,
+    lot: Arc<Lot>,
+    mut tcp: TcpStream,
+    mut conn: Conn,
+    mut left: Duration,
+    mut shutdown: ShutdownWatch,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+    S: Serve,
+{
     loop {
-        if !readable(&tcp, idle, &mut shutdown, first).await {
-            return;
+        let wait = left.min(PARK_AFTER);
+        match readable(&tcp, wait, &mut shutdown, conn.first).await {
+            Waited::Arrived(()) => {}
+            Waited::Silent if wait < left => {
+                let deadline = Instant::now() + (left - wait);
+                if let Ok(tcp) = tcp.into_std() {
+                    lot.park(Parked {
+                        tcp,
+                        conn,
+                        deadline,
+                    });
+                }
+                crate::alloc::trim_soon();
+                return;
+            }
+            Waited::Silent | Waited::Ended => return,
         }
-        let stream = Plain::stream(tcp, peer, accepted, gate.guards.head_timeout);
+        let stream = Plain::stream(tcp, conn.peer, conn.accepted, gate.guards.head_timeout);
         // Boxed: the idle connection's future (this one) never holds a request's state.
         let request = Box::pin(one_request(
             &gate,
             stream,
-            &mut carried,
-            first,
+            &mut conn.carried,
+            conn.first,
             &mut shutdown,
         ));
         let Some(stream) = request.await else {
             return;
         };
-        first = false;
+        conn.first = false;
+        left = gate.guards.keepalive_timeout;
         match Plain::take(stream) {
             Some(next) => tcp = next,
             None => return,
@@ -141,23 +199,18 @@ where
     next
 }
 
-/// What Pingora carries from one request of a connection to the next (`keepalive.rs`).
-type Carried = Option<Option<HttpPersistentSettings>>;
-
-/// Wait until `tcp` has bytes (or an end) to read; `false` when the connection should end
-/// first (the rules of [`keepalive::idle_wait`], without a buffer or a stream).
+/// Wait until `tcp` has bytes (or an end) to read, by the rules of [`keepalive::idle_wait`]
+/// without a buffer or a stream.
 fn readable<'a>(
     tcp: &'a TcpStream,
     idle: Duration,
     shutdown: &'a mut ShutdownWatch,
     first: bool,
-) -> impl Future<Output = bool> + 'a {
+) -> impl Future<Output = Waited<()>> + 'a {
     // Polled through the socket's own waker slot: no `Readable` future (152 bytes) in the
     // idle task. Not an `async fn`: its frame would keep a second copy of the arguments.
     let ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx).map(Result::ok));
-    futures::FutureExt::map(keepalive::idle_wait(ready, idle, shutdown, first), |r| {
-        r.is_some()
-    })
+    keepalive::idle_wait(ready, idle, shutdown, first)
 }
 
 impl AsyncRead for Plain {

@@ -1,0 +1,313 @@
+//! Where a cleartext keep-alive connection waits once it has been idle for [`PARK_AFTER`]:
+//! not in a task of its own but as an entry in its service's lot, a table of sockets behind
+//! one epoll instance, so that a long-idle connection costs about a hundred bytes.
+//!
+//! Why: a tokio connection's idle floor is its task (header, future and idle timer, about
+//! 1 KiB) and its socket's registration with the reactor (256 bytes), more than twice
+//! nginx's whole idle connection. A connection that has said nothing for a second is
+//! unlikely to speak within microseconds, so it gives both up: its socket leaves tokio's
+//! reactor for the lot's epoll set (level-triggered, one-shot) with its address, per-IP slot
+//! and keep-alive deadline. The lot's one task watches that set through a single tokio
+//! registration; when a parked socket becomes readable (a request, or its client closing),
+//! the task takes it out and spawns a fresh connection task for it on a random worker, which
+//! registers it with its own reactor and carries on (`plain.rs`). Busy connections never get
+//! here: the second's wait costs nothing but their idle timer, which they have anyway.
+//!
+//! Parking costs two `epoll_ctl` calls and leaving three syscalls and a task, once per idle
+//! period, never per request of a busy connection.
+//!
+//! The lot keeps the wait's rules (`keepalive::idle_wait`): a parked connection is closed at
+//! its keep-alive deadline; when the server starts shutting down, every parked connection is
+//! closed except one still waiting for its first request, which is kept until its deadline.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::server::ShutdownWatch;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::Notify;
+
+use super::{Gate, Serve, Slot};
+
+/// How long a connection waits for its next request in its own task before it is parked.
+/// Well above the gap between the requests of a busy client (under a closed-loop load of
+/// 256 connections on one core, about 13 ms), so only connections that are really idle pay
+/// the syscalls of parking.
+pub(super) const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Most readiness events taken from the epoll set in one call.
+const EVENTS: usize = 256;
+
+/// What Pingora carries from one request of a connection to the next (`keepalive.rs`).
+pub(super) type Carried = Option<Option<HttpPersistentSettings>>;
+
+/// What a connection keeps between requests besides its socket.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub peer: SocketAddr,
+    pub accepted: SystemTime,
+    /// Its client's per-IP slot, held until the connection ends.
+    pub _slot: Option<Slot>,
+    /// Boxed, and only once Pingora served a request here: most never carry anything.
+    pub carried: Option<Box<Carried>>,
+    /// No request has been served yet.
+    pub first: bool,
+}
+
+/// A connection in the lot.
+#[derive(Debug)]
+pub(super) struct Parked {
+    pub tcp: std::net::TcpStream,
+    pub conn: Conn,
+    /// When its keep-alive timeout ends it.
+    pub deadline: Instant,
+}
+
+/// One service's parked connections.
+pub(super) struct Lot {
+    epoll: AsyncFd<OwnedFd>,
+    state: Mutex<State>,
+    /// Rung when a connection parks with an earlier deadline than any the task sleeps to.
+    sooner: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Indexed by the low half of an entry's key; the high half is its generation, so an
+    /// event or a deadline of a connection that has left never reaches the next one there.
+    slots: Vec<Entry>,
+    free: Vec<u32>,
+    live: usize,
+    /// Deadlines of parked connections, and of some that have left (dropped when popped,
+    /// or all at once when they outnumber the live ones).
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    closing: bool,
+}
+
+/// The bytes of the lot's table one parked connection takes, for `examples/conn_memory.rs`.
+pub(super) const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
+
+#[derive(Default)]
+struct Entry {
+    generation: u32,
+    parked: Option<Parked>,
+}
+
+impl State {
+    fn insert(&mut self, parked: Parked) -> u64 {
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Entry::default());
+            (self.slots.len() - 1) as u32
+        });
+        let entry = &mut self.slots[index as usize];
+        entry.parked = Some(parked);
+        self.live += 1;
+        (u64::from(entry.generation) << 32) | u64::from(index)
+    }
+
+    fn remove(&mut self, key: u64) -> Option<Parked> {
+        let index = key as u32;
+        let entry = self.slots.get_mut(index as usize)?;
+        if u64::from(entry.generation) != key >> 32 {
+            return None;
+        }
+        let parked = entry.parked.take()?;
+        entry.generation = entry.generation.wrapping_add(1);
+        self.free.push(index);
+        self.live -= 1;
+        Some(parked)
+    }
+}
+
+impl Lot {
+    /// A lot whose epoll set is watched by the current runtime's reactor.
+    pub(super) fn new() -> io::Result<Lot> {
+        // SAFETY: plain syscall; the fd it returns is owned by nothing else.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the `OwnedFd` keeps `fd` open, and the `AsyncFd` owns it for its life.
+        let epoll = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE)? };
+        Ok(Lot {
+            epoll,
+            state: Mutex::default(),
+            sooner: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Leave `parked` here until its client speaks, closes, or its deadline passes. Once the
+    /// server is shutting down only a connection waiting for its first request is kept; any
+    /// other is closed, as its own task would have closed it.
+    pub(super) fn park(&self, parked: Parked) {
+        let deadline = parked.deadline;
+        let fd = parked.tcp.as_raw_fd();
+        let mut state = self.state();
+        if state.closing && !parked.conn.first {
+            return;
+        }
+        let key = state.insert(parked);
+        // Added under the lock: until then nothing (a deadline passing) can close the socket
+        // and free its fd number for another.
+        let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
+        if epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, events, key).is_err() {
+            // Out of kernel memory for the set: the connection ends, as at its deadline.
+            drop(state.remove(key));
+            return;
+        }
+        let sooner = state
+            .deadlines
+            .peek()
+            .is_none_or(|Reverse((first, _))| deadline < *first);
+        state.deadlines.push(Reverse((deadline, key)));
+        if state.deadlines.len() > 2 * state.live + 64 {
+            let State {
+                slots, deadlines, ..
+            } = &mut *state;
+            deadlines.retain(|Reverse((_, key))| {
+                slots
+                    .get(*key as u32 as usize)
+                    .is_some_and(|e| u64::from(e.generation) == key >> 32 && e.parked.is_some())
+            });
+        }
+        drop(state);
+        if sooner {
+            self.sooner.notify_one();
+        }
+    }
+
+    /// The connection of `key`, out of the set; `None` if it has left already.
+    fn take(&self, key: u64) -> Option<Parked> {
+        let parked = self.state().remove(key)?;
+        let fd = parked.tcp.as_raw_fd();
+        let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+        Some(parked)
+    }
+
+    /// Close the connections whose deadline is `now` or past; the next deadline.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut ended = Vec::new();
+        let mut state = self.state();
+        while let Some(&Reverse((deadline, key))) = state.deadlines.peek() {
+            if deadline > now {
+                break;
+            }
+            state.deadlines.pop();
+            ended.extend(state.remove(key));
+        }
+        let next = state.deadlines.peek().map(|Reverse((d, _))| *d);
+        drop(state);
+        // Closed outside the lock: each gives back its per-IP slot.
+        drop(ended);
+        next
+    }
+
+    /// The server is shutting down: close every connection but those awaiting their first
+    /// request, and refuse such others from now on.
+    fn close(&self) {
+        let mut state = self.state();
+        state.closing = true;
+        let mut ended = Vec::new();
+        for index in 0..state.slots.len() {
+            let entry = &state.slots[index];
+            if entry.parked.as_ref().is_some_and(|p| !p.conn.first) {
+                let key = (u64::from(entry.generation) << 32) | index as u64;
+                ended.extend(state.remove(key));
+            }
+        }
+        drop(state);
+        drop(ended);
+    }
+}
+
+/// Watch `lot` for the life of the service: hand each connection whose socket turns
+/// readable to a new task ([`super::plain::resume`]), close those past their deadline, and
+/// the idle ones when the server starts shutting down.
+pub(super) async fn watch<A, S>(lot: Arc<Lot>, gate: Arc<Gate<A, S>>, mut shutdown: ShutdownWatch)
+where
+    A: HttpServerApp + Send + Sync + 'static,
+    S: Serve,
+{
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+    let mut next: Option<Instant> = None;
+    let mut closing = false;
+    loop {
+        let at = next;
+        let sleep = async move {
+            match at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        // Unbiased: a stream of wake-ups does not hold back deadlines or the shutdown.
+        tokio::select! {
+            ready = lot.epoll.readable() => {
+                let mut guard = match ready {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        log::error!("idle connections: their epoll set failed: {e}");
+                        return;
+                    }
+                };
+                let fd = lot.epoll.as_raw_fd();
+                let n = match guard.try_io(|_| epoll_wait(fd, &mut events)) {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Ok(Err(e)) => {
+                        log::error!("idle connections: epoll_wait failed: {e}");
+                        return;
+                    }
+                    Err(_would_block) => continue,
+                };
+                for event in &events[..n] {
+                    let Some(parked) = lot.take(event.u64) else { continue };
+                    let conn = super::plain::resume(gate.clone(), lot.clone(), parked, shutdown.clone());
+                    // On a random worker, as a new connection is (`accept.rs`).
+                    pingora_runtime::current_handle().spawn(conn);
+                }
+            }
+            () = sleep => next = lot.expire(Instant::now()),
+            () = lot.sooner.notified() => next = lot.expire(Instant::now()),
+            changed = shutdown.changed(), if !closing => {
+                if changed.is_err() || *shutdown.borrow() {
+                    closing = true;
+                    lot.close();
+                }
+            }
+        }
+    }
+}
+
+fn epoll_ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, events: u32, key: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event { events, u64: key };
+    // SAFETY: `event` outlives the call; the kernel only reads it.
+    if unsafe { libc::epoll_ctl(epoll, op, fd, &mut event) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The events ready now, without blocking; `WouldBlock` when there are none, so tokio
+/// clears the set's readiness.
+fn epoll_wait(epoll: RawFd, events: &mut [libc::epoll_event]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `events.len()` entries into `events`.
+    let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, 0) };
+    match n {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        0 => Err(io::ErrorKind::WouldBlock.into()),
+        n => Ok(n as usize),
+    }
+}
