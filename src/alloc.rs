@@ -4,8 +4,8 @@
 //! it has freed for the next allocation, and returns them to the OS only lazily, from within
 //! later allocation calls on the same thread. A worker thread that has just moved thousands
 //! of idle connections out of their tasks (`conn/park.rs`) makes no such calls: the tasks'
-//! memory stayed resident, and RSS stayed at the burst's peak (1.4 KiB per connection
-//! instead of 0.3). So a thread that parked a connection collects its heap shortly after,
+//! memory stayed resident, and RSS stayed at the burst's peak (1.5 KiB per connection
+//! instead of 0.2). So a thread that parked a connection collects its heap shortly after,
 //! once per [`SETTLE`] however many it parked. It costs a walk of that thread's heap, only
 //! after connections went idle, never per request.
 

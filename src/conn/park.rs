@@ -82,7 +82,9 @@ pub(super) struct Lot {
 struct State {
     /// Indexed by the low half of an entry's key; the high half is its generation, so an
     /// event or a deadline of a connection that has left never reaches the next one there.
-    slots: Vec<Entry>,
+    /// In chunks of [`CHUNK`], so the table grows without copying itself or keeping a
+    /// doubling's slack (a `Vec` of 10,000 entries would hold room for 16,384).
+    chunks: Vec<Box<[Entry]>>,
     free: Vec<u32>,
     live: usize,
     /// Deadlines of parked connections, and of some that have left (dropped when popped,
@@ -90,6 +92,8 @@ struct State {
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     closing: bool,
 }
+
+const CHUNK: usize = 256;
 
 /// The bytes of the lot's table one parked connection takes, for `examples/conn_memory.rs`.
 pub(super) const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
@@ -101,20 +105,46 @@ struct Entry {
 }
 
 impl State {
+    fn entry(&self, index: u32) -> Option<&Entry> {
+        let index = index as usize;
+        self.chunks.get(index / CHUNK).map(|c| &c[index % CHUNK])
+    }
+
+    fn entry_mut(&mut self, index: u32) -> Option<&mut Entry> {
+        let index = index as usize;
+        self.chunks
+            .get_mut(index / CHUNK)
+            .map(|c| &mut c[index % CHUNK])
+    }
+
+    /// Whether `key` is a connection still parked.
+    fn holds(&self, key: u64) -> bool {
+        self.entry(key as u32)
+            .is_some_and(|e| u64::from(e.generation) == key >> 32 && e.parked.is_some())
+    }
+
     fn insert(&mut self, parked: Parked) -> u64 {
-        let index = self.free.pop().unwrap_or_else(|| {
-            self.slots.push(Entry::default());
-            (self.slots.len() - 1) as u32
-        });
-        let entry = &mut self.slots[index as usize];
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                let first = (self.chunks.len() * CHUNK) as u32;
+                self.chunks
+                    .push((0..CHUNK).map(|_| Entry::default()).collect());
+                self.free.extend((first + 1..first + CHUNK as u32).rev());
+                first
+            }
+        };
+        let chunk = &mut self.chunks[index as usize / CHUNK];
+        let entry = &mut chunk[index as usize % CHUNK];
         entry.parked = Some(parked);
+        let key = (u64::from(entry.generation) << 32) | u64::from(index);
         self.live += 1;
-        (u64::from(entry.generation) << 32) | u64::from(index)
+        key
     }
 
     fn remove(&mut self, key: u64) -> Option<Parked> {
         let index = key as u32;
-        let entry = self.slots.get_mut(index as usize)?;
+        let entry = self.entry_mut(index)?;
         if u64::from(entry.generation) != key >> 32 {
             return None;
         }
@@ -174,14 +204,9 @@ impl Lot {
             .is_none_or(|Reverse((first, _))| deadline < *first);
         state.deadlines.push(Reverse((deadline, key)));
         if state.deadlines.len() > 2 * state.live + 64 {
-            let State {
-                slots, deadlines, ..
-            } = &mut *state;
-            deadlines.retain(|Reverse((_, key))| {
-                slots
-                    .get(*key as u32 as usize)
-                    .is_some_and(|e| u64::from(e.generation) == key >> 32 && e.parked.is_some())
-            });
+            let mut deadlines = std::mem::take(&mut state.deadlines);
+            deadlines.retain(|Reverse((_, key))| state.holds(*key));
+            state.deadlines = deadlines;
         }
         drop(state);
         if sooner {
@@ -221,10 +246,12 @@ impl Lot {
         let mut state = self.state();
         state.closing = true;
         let mut ended = Vec::new();
-        for index in 0..state.slots.len() {
-            let entry = &state.slots[index];
+        for index in 0..(state.chunks.len() * CHUNK) as u32 {
+            let Some(entry) = state.entry(index) else {
+                break;
+            };
             if entry.parked.as_ref().is_some_and(|p| !p.conn.first) {
-                let key = (u64::from(entry.generation) << 32) | index as u64;
+                let key = (u64::from(entry.generation) << 32) | u64::from(index);
                 ended.extend(state.remove(key));
             }
         }
@@ -309,5 +336,72 @@ fn epoll_wait(epoll: RawFd, events: &mut [libc::epoll_event]) -> io::Result<usiz
         n if n < 0 => Err(io::Error::last_os_error()),
         0 => Err(io::ErrorKind::WouldBlock.into()),
         n => Ok(n as usize),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parked connection on a copy of `tcp`'s socket.
+    fn parked(tcp: &std::net::TcpStream, first: bool) -> Parked {
+        Parked {
+            conn: Conn {
+                peer: tcp.local_addr().unwrap(),
+                accepted: SystemTime::now(),
+                _slot: None,
+                carried: None,
+                first,
+            },
+            tcp: tcp.try_clone().unwrap(),
+            deadline: Instant::now(),
+        }
+    }
+
+    fn socket() -> (std::net::TcpListener, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener, tcp)
+    }
+
+    #[test]
+    fn a_key_of_a_connection_that_left_never_reaches_the_next_one_in_its_place() {
+        let (_listener, tcp) = socket();
+        let mut state = State::default();
+        let old = state.insert(parked(&tcp, true));
+        assert!(state.holds(old));
+        assert!(state.remove(old).is_some_and(|p| p.conn.first));
+        assert!(!state.holds(old) && state.remove(old).is_none());
+        let new = state.insert(parked(&tcp, false));
+        assert_eq!(new as u32, old as u32, "the entry is reused");
+        assert!(state.remove(old).is_none(), "a stale event or deadline");
+        assert!(state.remove(new).is_some_and(|p| !p.conn.first));
+        assert_eq!(state.live, 0);
+    }
+
+    #[test]
+    fn the_table_grows_a_chunk_at_a_time_and_reuses_what_is_freed() {
+        let (_listener, tcp) = socket();
+        let mut state = State::default();
+        let keys: Vec<u64> = (0..CHUNK + 1)
+            .map(|_| state.insert(parked(&tcp, false)))
+            .collect();
+        assert_eq!(state.chunks.len(), 2);
+        let mut indices: Vec<u32> = keys.iter().map(|k| *k as u32).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        assert_eq!(indices.len(), CHUNK + 1, "each connection its own entry");
+        for k in &keys {
+            assert!(state.remove(*k).is_some());
+        }
+        for _ in 0..2 * CHUNK {
+            state.insert(parked(&tcp, false));
+        }
+        assert_eq!(
+            state.chunks.len(),
+            2,
+            "freed entries are used before a new chunk"
+        );
+        assert_eq!(state.live, 2 * CHUNK);
     }
 }
