@@ -10,6 +10,19 @@ use tollgate::config;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Run before `main`, from the binary's constructors: before the allocator's first
+/// allocation, so that not even the start of its arena is backed by huge pages
+/// (`tollgate::alloc::no_huge_pages` says why).
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static NO_HUGE_PAGES: extern "C" fn() = {
+    extern "C" fn before_main() {
+        tollgate::alloc::no_huge_pages();
+    }
+    before_main
+};
+
 /// The demo config, embedded so `tollgate --demo` works from any directory.
 const DEMO_CONFIG: &str = include_str!("../conf/tollgate.yaml");
 

@@ -80,13 +80,15 @@ pub(super) struct Lot {
 
 #[derive(Default)]
 struct State {
-    /// Indexed by the low half of an entry's key; the high half is its generation, so an
-    /// event or a deadline of a connection that has left never reaches the next one there.
+    /// Indexed by the low half of an entry's key; the high half is the number of its
+    /// connection's park (counted from 0, for the whole lot), so an event or a deadline of a
+    /// connection that has left never reaches the next one there.
     /// In chunks of [`CHUNK`], so the table grows without copying itself or keeping a
     /// doubling's slack (a `Vec` of 10,000 entries would hold room for 16,384).
     chunks: Vec<Box<[Entry]>>,
     free: Vec<u32>,
     live: usize,
+    parks: u32,
     /// Deadlines of parked connections, and of some that have left (dropped when popped,
     /// or all at once when they outnumber the live ones).
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -137,9 +139,10 @@ impl State {
         let chunk = &mut self.chunks[index as usize / CHUNK];
         let entry = &mut chunk[index as usize % CHUNK];
         entry.parked = Some(parked);
-        let key = (u64::from(entry.generation) << 32) | u64::from(index);
+        entry.generation = self.parks;
+        self.parks = self.parks.wrapping_add(1);
         self.live += 1;
-        key
+        (u64::from(entry.generation) << 32) | u64::from(index)
     }
 
     fn remove(&mut self, key: u64) -> Option<Parked> {
@@ -149,9 +152,15 @@ impl State {
             return None;
         }
         let parked = entry.parked.take()?;
-        entry.generation = entry.generation.wrapping_add(1);
         self.free.push(index);
         self.live -= 1;
+        if self.live == 0 {
+            // After a burst, the table is given back whole (the deadlines left are all of
+            // connections that left).
+            self.chunks = Vec::new();
+            self.free = Vec::new();
+            self.deadlines = BinaryHeap::new();
+        }
         Some(parked)
     }
 }
@@ -391,10 +400,11 @@ mod tests {
         indices.sort_unstable();
         indices.dedup();
         assert_eq!(indices.len(), CHUNK + 1, "each connection its own entry");
-        for k in &keys {
+        let last = keys.len() - 1;
+        for k in &keys[..last] {
             assert!(state.remove(*k).is_some());
         }
-        for _ in 0..2 * CHUNK {
+        for _ in 0..CHUNK {
             state.insert(parked(&tcp, false));
         }
         assert_eq!(
@@ -402,6 +412,20 @@ mod tests {
             2,
             "freed entries are used before a new chunk"
         );
-        assert_eq!(state.live, 2 * CHUNK);
+        assert_eq!(state.live, CHUNK + 1);
+        let all: Vec<u64> = (0..(2 * CHUNK) as u32)
+            .filter_map(|i| {
+                let e = state.entry(i)?;
+                e.parked.as_ref()?;
+                Some((u64::from(e.generation) << 32) | u64::from(i))
+            })
+            .collect();
+        for k in all {
+            assert!(state.remove(k).is_some());
+        }
+        assert!(state.chunks.is_empty(), "an empty table is given back");
+        assert!(!state.holds(keys[0]) && state.remove(keys[last]).is_none());
+        let again = state.insert(parked(&tcp, false));
+        assert_ne!(again, keys[0], "a key is never handed out twice");
     }
 }
