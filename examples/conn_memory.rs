@@ -11,10 +11,12 @@
 //! exist while a request does. Behind Pingora's listener (TLS, h2c) an idle connection still
 //! keeps that listener's task (2,560 bytes, sized for a TLS handshake), Pingora's boxed stream
 //! and socket digest and the gate's future; a cleartext listener is tollgate's own
-//! (`src/conn/accept.rs`), whose idle connection is one task holding the last line's future
-//! plus tokio's task header and its socket's registration (256 bytes). Heap per idle
-//! connection, attributed with `benches/load/idle_rss.sh` under heaptrack: 4,480 bytes behind
-//! Pingora's listener, 1,280 on the own one before its wait was slimmed.
+//! (`src/conn/accept.rs`), whose idle connection is one task holding the cleartext future
+//! below plus tokio's task header and its socket's registration (256 bytes) for its first
+//! second idle, and after that only its entry in its service's table of idle sockets
+//! (`src/conn/park.rs`, the last line). Heap per idle connection, attributed with
+//! `benches/load/idle_rss.sh` under heaptrack: 4,480 bytes behind Pingora's listener, 1,280 on
+//! the own one before its wait was slimmed; parked, the entry and a 24-byte deadline.
 
 use std::sync::Arc;
 

@@ -14,7 +14,7 @@
 //! later allocation calls on the same thread. A worker thread that has just moved thousands
 //! of idle connections out of their tasks (`conn/park.rs`) makes no such calls: the tasks'
 //! memory stayed resident, and RSS stayed at the burst's peak (1.5 KiB per connection
-//! instead of 0.2). So a thread that parked a connection collects its heap shortly after,
+//! instead of 0.3). So a thread that parked a connection collects its heap shortly after,
 //! once per [`SETTLE`] however many it parked. It costs a walk of that thread's heap, only
 //! after connections went idle, never per request.
 
