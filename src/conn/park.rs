@@ -1,6 +1,7 @@
 //! Where a cleartext keep-alive connection waits once it has been idle for [`PARK_AFTER`]:
 //! not in a task of its own but as an entry in its service's lot, a table of sockets behind
-//! one epoll instance, so that a long-idle connection costs about a hundred bytes.
+//! one epoll instance, so that a long-idle connection costs about 150 bytes (its entry and its
+//! deadline), and the memory its task held goes back to the OS (`crate::alloc`).
 //!
 //! Why: a tokio connection's idle floor is its task (header, future and idle timer, about
 //! 1 KiB) and its socket's registration with the reactor (256 bytes), more than twice
@@ -14,7 +15,9 @@
 //! here: the second's wait costs nothing but their idle timer, which they have anyway.
 //!
 //! Parking costs two `epoll_ctl` calls and leaving three syscalls and a task, once per idle
-//! period, never per request of a busy connection.
+//! period, never per request of a busy connection. The table is behind one mutex, shared by
+//! the workers, for the same reason: it is taken when a connection parks or leaves, not per
+//! request.
 //!
 //! The lot keeps the wait's rules (`keepalive::idle_wait`): a parked connection is closed at
 //! its keep-alive deadline; when the server starts shutting down, every parked connection is
