@@ -94,33 +94,31 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: Serve> Service for Front<A, S>
         listeners_per_fd: usize,
     ) {
         let mut loops = Vec::new();
-        // Where this service's long-idle cleartext connections wait (`park.rs`).
-        let lot = match self.plain.is_empty() {
-            true => None,
-            false => match super::park::Lot::new() {
-                Ok(lot) => Some(Arc::new(lot)),
+        if !self.plain.is_empty() {
+            // Where this service's long-idle cleartext connections wait (`park.rs`).
+            let lot = match super::park::Lot::new() {
+                Ok(lot) => Arc::new(lot),
                 Err(e) => {
                     panic!("Failed to build listeners: no epoll set for idle connections: {e}")
                 }
-            },
-        };
-        if let Some(lot) = &lot {
-            let watch = super::park::watch(lot.clone(), self.gate.clone(), shutdown.clone());
-            tokio::spawn(watch);
-        }
-        for addr in &self.plain {
-            let listener = match listen(addr, fds.as_ref()).await {
-                Ok(l) => Arc::new(l),
-                // What Pingora's listening service does with a listener it cannot build.
-                Err(e) => panic!("Failed to build listeners: cannot listen on {addr}: {e}"),
             };
-            for _ in 0..listeners_per_fd.max(1) {
-                let (gate, shutdown) = (self.gate.clone(), shutdown.clone());
-                let (listener, addr) = (listener.clone(), addr.clone());
-                let lot = lot.clone().expect("a lot for plain listeners");
-                loops.push(tokio::spawn(accept_loop(
-                    listener, addr, gate, lot, shutdown,
-                )));
+            tokio::spawn(super::park::watch(
+                lot.clone(),
+                self.gate.clone(),
+                shutdown.clone(),
+            ));
+            for addr in &self.plain {
+                let listener = match listen(addr, fds.as_ref()).await {
+                    Ok(l) => Arc::new(l),
+                    // What Pingora's listening service does with a listener it cannot build.
+                    Err(e) => panic!("Failed to build listeners: cannot listen on {addr}: {e}"),
+                };
+                for _ in 0..listeners_per_fd.max(1) {
+                    let (gate, lot, shutdown) = (self.gate.clone(), lot.clone(), shutdown.clone());
+                    let (listener, addr) = (listener.clone(), addr.clone());
+                    let accepting = accept_loop(listener, addr, gate, lot, shutdown);
+                    loops.push(tokio::spawn(accepting));
+                }
             }
         }
         let pingora = async {
