@@ -44,6 +44,10 @@ const FIRST_KEEPALIVE_SECS: u64 = 60;
 /// 4 KiB too, so a typical head (and a small body) arrives in one read, as before.
 const FIRST_READ: usize = 4096;
 
+/// What Pingora carries from one request of a connection to the next: `None` until it has
+/// served one there, then the settings it handed back (if any).
+pub(super) type Carried = Option<Option<HttpPersistentSettings>>;
+
 /// Whether this connection takes our HTTP/1 loop rather than Pingora's (which also speaks h2).
 pub(super) fn is_h1<A: HttpServerApp>(app: &A, stream: &Stream) -> bool {
     let h2c_or_custom = app
@@ -68,7 +72,7 @@ pub(super) async fn serve_h1<A, S>(
     A: HttpServerApp + Send + Sync + 'static,
     S: Serve,
 {
-    let mut carried: Option<Option<HttpPersistentSettings>> = None;
+    let mut carried: Carried = None;
     let mut first = true;
     let mut watch = shutdown.clone();
     loop {
@@ -91,7 +95,7 @@ pub(super) async fn serve_one<A, S>(
     own: Option<&S>,
     mut stream: Stream,
     head: BytesMut,
-    carried: &mut Option<Option<HttpPersistentSettings>>,
+    carried: &mut Carried,
     shutdown: &ShutdownWatch,
 ) -> Option<Stream>
 where

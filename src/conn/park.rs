@@ -31,12 +31,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::apps::HttpServerApp;
 use pingora::server::ShutdownWatch;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
 
+use super::keepalive::Carried;
 use super::{Gate, Serve, Slot};
 
 /// How long a connection waits for its next request in its own task before it is parked.
@@ -47,9 +48,6 @@ pub(super) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Most readiness events taken from the epoll set in one call.
 const EVENTS: usize = 256;
-
-/// What Pingora carries from one request of a connection to the next (`keepalive.rs`).
-pub(super) type Carried = Option<Option<HttpPersistentSettings>>;
 
 /// What a connection keeps between requests besides its socket.
 #[derive(Debug)]

@@ -36,8 +36,8 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::keepalive::{self, Waited};
-use super::park::{Carried, Conn, Lot, Parked, PARK_AFTER};
+use super::keepalive::{self, Carried, Waited};
+use super::park::{Conn, Lot, Parked, PARK_AFTER};
 use super::{Gate, Guarded, Serve};
 
 /// A tokio socket with what Pingora reads of a connection (its addresses, when it was
