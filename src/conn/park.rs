@@ -107,6 +107,13 @@ struct Entry {
     parked: Option<Parked>,
 }
 
+impl Entry {
+    /// The key of this entry's connection, at `index` in the table.
+    fn key(&self, index: u32) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(index)
+    }
+}
+
 impl State {
     fn entry(&self, index: u32) -> Option<&Entry> {
         let index = index as usize;
@@ -123,7 +130,7 @@ impl State {
     /// Whether `key` is a connection still parked.
     fn holds(&self, key: u64) -> bool {
         self.entry(key as u32)
-            .is_some_and(|e| u64::from(e.generation) == key >> 32 && e.parked.is_some())
+            .is_some_and(|e| e.key(key as u32) == key && e.parked.is_some())
     }
 
     fn insert(&mut self, parked: Parked) -> u64 {
@@ -143,13 +150,13 @@ impl State {
         entry.generation = self.parks;
         self.parks = self.parks.wrapping_add(1);
         self.live += 1;
-        (u64::from(entry.generation) << 32) | u64::from(index)
+        entry.key(index)
     }
 
     fn remove(&mut self, key: u64) -> Option<Parked> {
         let index = key as u32;
         let entry = self.entry_mut(index)?;
-        if u64::from(entry.generation) != key >> 32 {
+        if entry.key(index) != key {
             return None;
         }
         let parked = entry.parked.take()?;
@@ -261,7 +268,7 @@ impl Lot {
                 break;
             };
             if entry.parked.as_ref().is_some_and(|p| !p.conn.first) {
-                let key = (u64::from(entry.generation) << 32) | u64::from(index);
+                let key = entry.key(index);
                 ended.extend(state.remove(key));
             }
         }
@@ -418,7 +425,7 @@ mod tests {
             .filter_map(|i| {
                 let e = state.entry(i)?;
                 e.parked.as_ref()?;
-                Some((u64::from(e.generation) << 32) | u64::from(i))
+                Some(e.key(i))
             })
             .collect();
         for k in all {
