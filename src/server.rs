@@ -17,6 +17,7 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::Observe;
 use crate::proxy::Tollgate;
+use crate::upstream::trust;
 
 /// Socket buffers of an accepted client connection. Pingora's default puts a 64 KiB read
 /// buffer (zeroed, so resident) under every connection, idle or not: 10,000 idle keep-alive
@@ -69,10 +70,18 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
             keys.push(l.service_key());
         }
     }
+    // The proxy's connectors serve every upstream: they hold the system trust store if one
+    // of them is verified against it.
+    let system_store = gw
+        .upstreams
+        .iter()
+        .any(|u| trust::needs_system_store(u.tls.as_ref()));
     for key in keys {
         let pool = server.configuration.upstream_keepalive_pool_size;
         let tollgate = || Tollgate::new(gw.clone(), obs.clone(), pool);
-        let mut app = pingora::proxy::http_proxy(&server.configuration, tollgate());
+        let mut app = trust::build_connectors(system_store, || {
+            pingora::proxy::http_proxy(&server.configuration, tollgate())
+        });
         let mut options = HttpServerOptions::default();
         options.h2c = key.h2c;
         app.server_options = Some(options);

@@ -16,6 +16,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::tls::UpstreamTls;
+use super::trust;
 use super::{Members, Upstream};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,13 +62,14 @@ impl HealthConfig {
         tls: Option<&UpstreamTls>,
     ) -> Box<dyn HealthCheck + Send + Sync> {
         let observer = Box::new(verdicts);
+        let system_store = trust::needs_system_store(tls);
         match &self.kind {
             CheckKind::Tcp => {
                 // Pingora's TCP check does a TLS handshake when it has an SNI.
-                let mut hc = match tls {
+                let mut hc = trust::build_connectors(system_store, || match tls {
                     Some(t) if !t.sni.is_empty() => TcpHealthCheck::new_tls(&t.sni),
                     _ => TcpHealthCheck::new(),
-                };
+                });
                 if let Some(t) = tls {
                     t.verification(&mut hc.peer_template.options);
                 }
@@ -79,7 +81,9 @@ impl HealthConfig {
                 hc
             }
             CheckKind::Http { path, status } => {
-                let mut hc = HttpHealthCheck::new(host, tls.is_some());
+                let mut hc = trust::build_connectors(system_store, || {
+                    HttpHealthCheck::new(host, tls.is_some())
+                });
                 if let Some(t) = tls {
                     hc.peer_template.sni.clone_from(&t.sni);
                     t.verification(&mut hc.peer_template.options);

@@ -13,6 +13,7 @@ pub mod health;
 mod members;
 pub mod protocol;
 pub mod tls;
+pub mod trust;
 
 pub use attempt::Attempt;
 use balancer::{with_lb, Lb};
