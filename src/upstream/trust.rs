@@ -16,7 +16,9 @@
 //!
 //! OpenSSL reads that path only from the environment. Connectors are built at startup, before
 //! the server's threads; the lock serialises the builds of concurrent config compilations (the
-//! unit tests), so one never sees another's empty path.
+//! unit tests), so one never sees another's empty path. Once the probe below has run, the
+//! variable exists wherever there is a bundle, so switching it is an in-place replacement in
+//! the C environment, not a reallocation under a concurrent `getenv`.
 
 use std::ffi::OsString;
 use std::sync::{Mutex, Once, PoisonError};
@@ -88,13 +90,11 @@ mod tests {
 
     #[test]
     fn the_bundle_path_is_empty_only_during_a_build_without_the_store() {
-        // The first build probes for the bundle and may set the path; compare after it.
-        build_connectors(true, || ());
-        let before = std::env::var_os(BUNDLE);
-        let during = build_connectors(false, || std::env::var_os(BUNDLE));
+        // Read inside builds, under their lock: other tests build connectors concurrently.
+        let read = || std::env::var_os(BUNDLE);
+        let before = build_connectors(true, read);
+        let during = build_connectors(false, read);
         assert_eq!(during.as_deref(), Some(std::ffi::OsStr::new(EMPTY)));
-        assert_eq!(std::env::var_os(BUNDLE), before);
-        let during = build_connectors(true, || std::env::var_os(BUNDLE));
-        assert_eq!(during, before);
+        assert_eq!(build_connectors(true, read), before);
     }
 }
