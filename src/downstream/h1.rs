@@ -24,16 +24,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Stream;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::Downstream;
-
-static KEEP_ALIVE: http::HeaderValue = http::HeaderValue::from_static("keep-alive");
-static CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
 
 /// Header lines a head may have to be taken here; more go to Pingora (which takes 256).
 const MAX_HEADERS: usize = 64;
@@ -230,36 +227,27 @@ impl<'s> H1<'s> {
         length.map_or(Framing::Close, Framing::Length)
     }
 
-    async fn write_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
+    async fn write_header(&mut self, mut resp: Box<ResponseHeader>, end: bool) -> Result<()> {
         if self.response.is_some() {
             return Ok(());
         }
         self.framing = self.framing_of(&resp);
-        // The head's own map is edited (Pingora's `insert_header` parses each name again and
-        // keeps a case map); what goes out is the same, as tollgate names headers by
-        // `HeaderName`, which Pingora writes in the same case either way.
-        let reason = resp
-            .get_reason_phrase()
-            .filter(|r| Some(*r) != resp.status.canonical_reason())
-            .map(str::to_owned);
-        let mut parts = http::response::Parts::from(*resp);
         if self.framing == Framing::Chunked && self.req.version == http::Version::HTTP_10 {
             // An HTTP/1.0 client does not know chunked framing (RFC 9112 §6.1): its body is
             // sent as it is and ends with the connection.
-            parts.headers.remove(TRANSFER_ENCODING);
+            resp.remove_header(&TRANSFER_ENCODING);
             self.framing = Framing::Close;
         }
         if self.framing == Framing::Close {
             self.keepalive = false;
         }
-        let connection = if self.keepalive { &KEEP_ALIVE } else { &CLOSE };
+        // `Date` and `Connection` are the codec's, written after the head's own headers rather
+        // than inserted into its map: `ResponseHeader` inserts parse the name again, and its
+        // map is reachable only by taking the head apart and building it anew. A remove
+        // parses nothing.
+        resp.remove_header(&DATE);
+        resp.remove_header(&CONNECTION);
         let date = pingora::protocols::http::date::get_cached_date();
-        parts.headers.insert(http::header::DATE, date);
-        parts.headers.insert(CONNECTION, connection.clone());
-        let mut resp = Box::new(ResponseHeader::from(parts));
-        if reason.is_some() {
-            resp.set_reason_phrase(reason.as_deref())?;
-        }
         self.out.reserve(256 + resp.headers.len() * 48);
         let version = match resp.version {
             http::Version::HTTP_10 => "HTTP/1.0 ",
@@ -272,7 +260,13 @@ impl<'s> H1<'s> {
             .extend_from_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
         self.out.extend_from_slice(b"\r\n");
         resp.header_to_h1_wire(&mut self.out);
-        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(b"Date: ");
+        self.out.extend_from_slice(date.as_bytes());
+        let connection: &[u8] = match self.keepalive {
+            true => b"\r\nConnection: keep-alive\r\n\r\n",
+            false => b"\r\nConnection: close\r\n\r\n",
+        };
+        self.out.extend_from_slice(connection);
         // A body of unknown length may be produced as it goes: its head goes out now, as
         // Pingora's does.
         let streaming = resp.headers.get(CONTENT_LENGTH).is_none();
