@@ -274,7 +274,19 @@ pub fn downstream_response(
     request_id: &HeaderValue,
     route: Option<&Route>,
 ) {
-    if let Some(conn) = h.get(http::header::CONNECTION).cloned() {
+    // Most responses carry none of these but `Connection`. One look over the few names is
+    // cheaper than a remove of each: `keep-alive` and `proxy-connection` are not standard
+    // names, so every remove would hash their bytes.
+    let (mut connection, mut hop_by_hop) = (false, false);
+    for name in h.keys() {
+        connection |= name == http::header::CONNECTION;
+        hop_by_hop |=
+            name == KEEP_ALIVE || name == PROXY_CONNECTION || name == http::header::UPGRADE;
+    }
+    if let Some(conn) = connection
+        .then(|| h.get(http::header::CONNECTION).cloned())
+        .flatten()
+    {
         if let Ok(s) = conn.to_str() {
             const KEEP: [&str; 5] = [
                 "close",
@@ -292,10 +304,12 @@ pub fn downstream_response(
             }
         }
     }
-    h.remove(&KEEP_ALIVE);
-    h.remove(&PROXY_CONNECTION);
-    if status != http::StatusCode::SWITCHING_PROTOCOLS {
-        h.remove(&http::header::UPGRADE);
+    if hop_by_hop {
+        h.remove(&KEEP_ALIVE);
+        h.remove(&PROXY_CONNECTION);
+        if status != http::StatusCode::SWITCHING_PROTOCOLS {
+            h.remove(&http::header::UPGRADE);
+        }
     }
     h.insert(&X_GATEWAY, crate::error::GATEWAY_NAME.clone());
     h.insert(&X_REQUEST_ID, request_id.clone());

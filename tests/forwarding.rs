@@ -202,6 +202,31 @@ fn hop_by_hop_response_headers_are_removed() {
 }
 
 #[test]
+fn each_hop_by_hop_response_header_is_removed_alone_too() {
+    // One per response, each without the others (and one with none): the gateway looks for
+    // them in one pass before removing any.
+    let up = scripted(|_, path| {
+        let hop = match path {
+            "/upgrade" => "Upgrade: h2c\r\n",
+            "/keep-alive" => "Keep-Alive: timeout=9\r\n",
+            "/proxy-connection" => "Proxy-Connection: x\r\n",
+            _ => "",
+        };
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{hop}X-Up-Kept: 1\r\n\r\nok");
+        (head.into_bytes(), false)
+    });
+    let gw = Gateway::start(&format!(
+        "upstreams: {{up: {{targets: [\"{up}\"]}}}}\nroutes: [{{name: r, path_prefix: /, upstream: up}}]"
+    ));
+    for name in ["upgrade", "keep-alive", "proxy-connection", "none"] {
+        let r = gw.get(&format!("/{name}"));
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{name}");
+        assert_eq!(r.header(name), None, "{name} must not reach the client");
+        assert_eq!(r.header("x-up-kept"), Some("1"), "{name}");
+    }
+}
+
+#[test]
 fn gateway_and_route_response_headers() {
     let gw = gateway("");
     let ok = gw.get("/api/x");
