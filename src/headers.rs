@@ -283,10 +283,11 @@ pub fn downstream_response(
         hop_by_hop |=
             name == KEEP_ALIVE || name == PROXY_CONNECTION || name == http::header::UPGRADE;
     }
-    if let Some(conn) = connection
-        .then(|| h.get(http::header::CONNECTION).cloned())
-        .flatten()
-    {
+    let conn = match connection {
+        true => h.get(http::header::CONNECTION).cloned(),
+        false => None,
+    };
+    if let Some(conn) = conn {
         if let Ok(s) = conn.to_str() {
             const KEEP: [&str; 5] = [
                 "close",
