@@ -263,3 +263,36 @@ fn upstream_connections_are_reused() {
         "sequential requests should ride pooled connections: {seen:?}"
     );
 }
+
+#[test]
+fn the_client_gets_one_date_the_gateways_on_either_codec() {
+    // A backend whose clock is wrong: its Date never reaches the client. The plain listener
+    // is served by tollgate's own codec, the h2c one (HTTP/1.1 on it) by Pingora's session.
+    let up = scripted(|_, _| {
+        let head =
+            "HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok";
+        (head.as_bytes().to_vec(), false)
+    });
+    let h2c = |a| format!("{{address: \"{a}\", h2c: true}}");
+    let (gw, h2c_addr) = Gateway::with_listener(
+        h2c,
+        &format!("upstreams: {{up: {{targets: [\"{up}\"]}}}}\nroutes: [{{name: r, path_prefix: /, upstream: up}}]"),
+    );
+    let request = b"GET /x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+    for (codec, r) in [
+        ("own", gw.raw(request)),
+        ("pingora", request_bytes(h2c_addr, request).unwrap()),
+    ] {
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{codec}: {r:?}");
+        let dates: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("date"))
+            .collect();
+        assert_eq!(dates.len(), 1, "{codec}: {r:?}");
+        assert!(
+            !dates[0].1.contains("1970") && dates[0].1.ends_with(" GMT"),
+            "{codec}: {r:?}"
+        );
+    }
+}

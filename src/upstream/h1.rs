@@ -295,6 +295,11 @@ impl Conn {
                 // Only `chunked` is understood; a body whose final coding is another is read
                 // until close.
                 chunked = Some(crate::headers::ends_chunked(h.value));
+            } else if name.eq_ignore_ascii_case("date") {
+                // Replaced by the client side's own whichever codec writes the response
+                // (`downstream::h1`, and Pingora's sessions: pingora-core 0.9.1
+                // protocols/http/v1/server.rs:849, v2/server.rs:642): not copied.
+                continue;
             } else if name.eq_ignore_ascii_case("connection") {
                 let mut plain = true;
                 for t in crate::headers::tokens(h.value) {
