@@ -4,6 +4,13 @@
 mod support;
 use support::*;
 
+/// A config whose one route sends every path to the backend at `up`.
+fn everything_to(up: std::net::SocketAddr) -> String {
+    format!(
+        "upstreams: {{up: {{targets: [\"{up}\"]}}}}\nroutes: [{{name: r, path_prefix: /, upstream: up}}]"
+    )
+}
+
 fn gateway(extra: &str) -> Gateway {
     let up = echo("up");
     Gateway::start(&format!(
@@ -190,9 +197,7 @@ fn hop_by_hop_response_headers_are_removed() {
             );
         }
     });
-    let gw = Gateway::start(&format!(
-        "upstreams: {{up: {{targets: [\"{up}\"]}}}}\nroutes: [{{name: r, path_prefix: /, upstream: up}}]"
-    ));
+    let gw = Gateway::start(&everything_to(up));
     let r = gw.get("/");
     assert_eq!((r.status, r.body.as_str()), (200, "ok"));
     assert_eq!(r.header("x-up-hop"), None);
@@ -215,9 +220,7 @@ fn each_hop_by_hop_response_header_is_removed_alone_too() {
         let head = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{hop}X-Up-Kept: 1\r\n\r\nok");
         (head.into_bytes(), false)
     });
-    let gw = Gateway::start(&format!(
-        "upstreams: {{up: {{targets: [\"{up}\"]}}}}\nroutes: [{{name: r, path_prefix: /, upstream: up}}]"
-    ));
+    let gw = Gateway::start(&everything_to(up));
     for name in ["upgrade", "keep-alive", "proxy-connection", "none"] {
         let r = gw.get(&format!("/{name}"));
         assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{name}");
@@ -274,10 +277,7 @@ fn the_client_gets_one_date_the_gateways_on_either_codec() {
         (head.as_bytes().to_vec(), false)
     });
     let h2c = |a| format!("{{address: \"{a}\", h2c: true}}");
-    let (gw, h2c_addr) = Gateway::with_listener(
-        h2c,
-        &format!("upstreams: {{up: {{targets: [\"{up}\"]}}}}\nroutes: [{{name: r, path_prefix: /, upstream: up}}]"),
-    );
+    let (gw, h2c_addr) = Gateway::with_listener(h2c, &everything_to(up));
     let request = b"GET /x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
     for (codec, r) in [
         ("own", gw.raw(request)),
