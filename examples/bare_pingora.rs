@@ -79,7 +79,7 @@ impl Own {
         let head_request = req.method == http::Method::HEAD;
         let mut conn = Conn::get(self.addr, &self.timeouts).await?;
         conn.send(&head).await?;
-        let (resp, mut body) = conn.response(head_request).await?;
+        let (resp, mut body) = conn.response(head_request, |_| false).await?;
         session
             .write_response_header(Box::new(resp), body.is_done())
             .await?;

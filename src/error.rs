@@ -191,7 +191,7 @@ pub async fn respond<D: Downstream>(
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session
-        .write_response_header(Box::new(head), head_only)
+        .write_response_header(Box::new(head), None, head_only)
         .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
@@ -231,13 +231,15 @@ pub async fn answer_empty<D: Downstream>(
         h.insert_header(k.clone(), v.clone())?;
     }
     h.insert_header(http::header::CONTENT_LENGTH, 0)?;
-    crate::headers::edit_response(&mut h, |headers, status| {
-        crate::headers::downstream_response(headers, status, &ctx.request_id, None);
+    crate::headers::edit_response(&mut h, |headers, _| {
+        crate::headers::Stamp::new(&ctx.request_id, None, None).insert(headers);
     })?;
     if !session.is_body_empty() {
         session.set_keepalive(None);
     }
-    session.write_response_header(Box::new(h), true).await?;
+    session
+        .write_response_header(Box::new(h), None, true)
+        .await?;
     Ok(true)
 }
 

@@ -16,8 +16,10 @@ use crate::client::{X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::router::Route;
 
 mod edit;
+mod stamp;
 
 pub use edit::{Edit, Overlay};
+pub use stamp::{line, RouteHeaders, Stamp};
 
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -267,13 +269,9 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
 }
 
 /// Remove the upstream's hop-by-hop headers (except `Connection`, which Pingora rewrites, and
-/// the framing headers it manages) and add the gateway's own.
-pub fn downstream_response(
-    h: &mut HeaderMap,
-    status: http::StatusCode,
-    request_id: &HeaderValue,
-    route: Option<&Route>,
-) {
+/// the framing headers it manages): first, so that none of the gateway's own is removed for a
+/// name the backend's `Connection` lists.
+pub fn remove_hop_by_hop(h: &mut HeaderMap, status: http::StatusCode) {
     // Most responses carry none of these but `Connection`. One look over the few names is
     // cheaper than a remove of each: `keep-alive` and `proxy-connection` are not standard
     // names, so every remove would hash their bytes.
@@ -312,13 +310,6 @@ pub fn downstream_response(
             h.remove(&http::header::UPGRADE);
         }
     }
-    h.insert(&X_GATEWAY, crate::error::GATEWAY_NAME.clone());
-    h.insert(&X_REQUEST_ID, request_id.clone());
-    if let Some(route) = route {
-        for (k, v) in &route.response_headers {
-            h.insert(k.clone(), v.clone());
-        }
-    }
 }
 
 #[cfg(test)]
@@ -336,7 +327,7 @@ mod tests {
             methods: None,
             strip_prefix: strip,
             upstream: 0,
-            response_headers: vec![],
+            response_headers: Default::default(),
             max_body: 0,
             ip_rules: None,
             cors: None,
@@ -441,7 +432,8 @@ mod tests {
         resp.insert_header("Content-Type", "text/plain").unwrap();
         let mut seen = None;
         edit_response(&mut resp, |h, status| {
-            downstream_response(h, status, &HeaderValue::from_static("id1"), None);
+            remove_hop_by_hop(h, status);
+            Stamp::new(&HeaderValue::from_static("id1"), None, None).insert(h);
             seen = Some(status);
         })
         .unwrap();

@@ -149,13 +149,16 @@ impl Tollgate {
     }
 
     /// A response head from the backend: its outcome for the circuit breaker, then the gateway
-    /// headers, and compression if the route asks for it.
+    /// headers, and compression if the route asks for it. `stamp_later`: the writer of the
+    /// head writes the [`headers::Stamp`] itself (tollgate's own codec); `true` back when it
+    /// is left to it, which it is unless a route header of the same name must win over it.
     fn decorate(
         &self,
         req: &RequestHeader,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
-    ) -> Result<()> {
+        stamp_later: bool,
+    ) -> Result<bool> {
         ctx.upstream_answered = Some(Instant::now());
         if let Some(a) = ctx.attempt.as_mut() {
             if a.upstream().is_failure_status(resp.status.as_u16()) {
@@ -169,19 +172,32 @@ impl Tollgate {
             // A trailers-only answer carries its status in the headers.
             ctx.grpc_status = crate::grpc::reported_status(&resp.headers);
         }
+        let stamp = self.stamp(ctx);
+        // A route's CORS and compression read and add headers the route's may name (`Vary`,
+        // `Cache-Control`): they see them in the map, as ever.
+        let stamp_later = stamp_later
+            && stamp.writable()
+            && route.is_none_or(|r| r.cors.is_none() && r.compression.is_none());
         headers::edit_response(resp, |h, status| {
+            headers::remove_hop_by_hop(h, status);
             if let Some(policy) = route.and_then(|r| r.cors.as_ref()) {
                 policy.decorate(h, req.headers.get(&cors::ORIGIN));
             }
-            if let Some(d) = &ctx.limit {
-                self.gw.rate_limits.apply(d, h);
+            if !stamp_later {
+                stamp.insert(h);
             }
-            headers::downstream_response(h, status, &ctx.request_id, route);
         })?;
         if let Some(c) = route.and_then(|r| r.compression.as_ref()) {
             ctx.encoder = c.start(req, resp)?;
         }
-        Ok(())
+        Ok(stamp_later)
+    }
+
+    /// The gateway's own headers for this request's response, and its route's.
+    fn stamp<'a>(&'a self, ctx: &'a Ctx) -> headers::Stamp<'a> {
+        let limit = ctx.limit.as_ref().map(|d| (&self.gw.rate_limits, d));
+        let route = self.route(ctx).map(|r| &r.response_headers);
+        headers::Stamp::new(&ctx.request_id, limit, route)
     }
 
     /// Answer a failure to proxy with the JSON error contract, unless a response already
@@ -324,7 +340,8 @@ impl ProxyHttp for Tollgate {
                 self.obs.metrics.websocket(route, 1);
             }
         }
-        self.decorate(session.req_header(), resp, ctx)
+        self.decorate(session.req_header(), resp, ctx, false)?;
+        Ok(())
     }
 
     /// Compress the body when `response_filter` chose to.

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use ahash::AHashMap;
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderValue, Method};
 
 /// Index of an upstream in `Gateway::upstreams`.
 pub type UpstreamId = usize;
@@ -24,7 +24,7 @@ pub struct Route {
     pub methods: Option<MethodSet>,
     pub strip_prefix: bool,
     pub upstream: UpstreamId,
-    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub response_headers: crate::headers::RouteHeaders,
     pub max_body: u64,
     /// `ip_allow` / `ip_deny`, when the route has any.
     pub ip_rules: Option<crate::guard::IpRules>,
@@ -374,7 +374,7 @@ mod tests {
             }),
             strip_prefix: true,
             upstream: 0,
-            response_headers: vec![],
+            response_headers: Default::default(),
             max_body: 0,
             ip_rules: None,
             cors: None,

@@ -45,7 +45,14 @@ struct Pair {
 
 fn pair() -> Pair {
     let up = echo("echo");
-    let raw = scripted(|_, _| {
+    let raw = scripted(|_, path| {
+        if path.starts_with("/claims") {
+            // A backend that sends the names the gateway sets itself.
+            let claims = "HTTP/1.1 200 OK\r\nX-Gateway: backend\r\nx-request-id: backend-id\r\n\
+                RateLimit-Policy: \"backend\";q=9;w=9\r\nRATELIMIT: \"backend\";r=8;t=9\r\n\
+                X-RateLimit-Limit: 9\r\nCache-Control: public\r\nContent-Length: 2\r\n\r\nok";
+            return (claims.as_bytes().to_vec(), false);
+        }
         let chunked =
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
         (chunked.as_bytes().to_vec(), false)
@@ -70,6 +77,9 @@ routes:
   - {{name: cors, path_prefix: /cors, upstream: echo,
       cors: {{origins: ["https://app.example"], methods: [GET, PUT], headers: [X-Api-Key], max_age: 1h}}}}
   - {{name: raw, path_prefix: /raw, upstream: raw}}
+  - {{name: claims-limited, path_prefix: /claims/limited, upstream: raw, rate_limit: two,
+      strip_prefix: false, response_headers: {{Cache-Control: no-store}}}}
+  - {{name: claims, path_prefix: /claims, upstream: raw, strip_prefix: false}}
   - {{name: down, path_prefix: /down, upstream: down}}
   - {{name: echo, path_prefix: /echo, upstream: echo}}
 "#
@@ -146,6 +156,11 @@ fn observe(r: Resp, side: &str) -> Seen {
         .header("x-request-id")
         .unwrap_or_else(|| panic!("{side}: no X-Request-Id: {r:?}"))
         .to_owned();
+    let ids = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("x-request-id"));
+    assert_eq!(ids.count(), 1, "{side}: {r:?}");
     assert!(
         id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
         "{side}: {r:?}"
@@ -298,6 +313,48 @@ fn route_response_headers() {
     assert!(seen[0]
         .headers
         .contains(&("cache-control".into(), "no-store".into())));
+}
+
+/// The values of a (lower-case) header name a response carries, in order.
+fn values<'a>(seen: &'a Seen, name: &str) -> Vec<&'a str> {
+    let of = seen.headers.iter().filter(|(k, _)| k == name);
+    of.map(|(_, v)| v.as_str()).collect()
+}
+
+/// A backend's headers of the names the gateway sets are replaced by the gateway's, one of
+/// each, on both codecs (the own codec writes the gateway's after the backend's, and does not
+/// copy the backend's); where the gateway sets none (a route without a limit), the backend's
+/// pass.
+#[test]
+fn the_gateways_headers_replace_a_backends_of_the_same_names() {
+    let seen = compare(
+        "the backend's own gateway headers",
+        &[get("/claims/limited/x", ""), get("/claims/x", "")],
+    );
+    let (limited, open) = (&seen[0], &seen[1]);
+    assert_eq!(values(limited, "x-gateway"), ["tollgate"], "{limited:?}");
+    assert_eq!(
+        values(limited, "ratelimit-policy"),
+        ["\"two\";q=2;w=3600"],
+        "{limited:?}"
+    );
+    assert_eq!(values(limited, "ratelimit").len(), 1, "{limited:?}");
+    assert!(values(limited, "ratelimit")[0].starts_with("\"two\";r=1;t="));
+    assert_eq!(values(limited, "x-ratelimit-limit"), ["2"], "{limited:?}");
+    assert_eq!(
+        values(limited, "cache-control"),
+        ["no-store"],
+        "{limited:?}"
+    );
+    assert_eq!(values(open, "x-gateway"), ["tollgate"], "{open:?}");
+    assert_eq!(
+        values(open, "ratelimit-policy"),
+        ["\"backend\";q=9;w=9"],
+        "{open:?}"
+    );
+    assert_eq!(values(open, "ratelimit"), ["\"backend\";r=8;t=9"]);
+    assert_eq!(values(open, "cache-control"), ["public"], "{open:?}");
+    assert_eq!(limited.body, "ok");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use super::file::{FileConfig, LimitsFile, RouteFile, TimeoutsFile, UpstreamFile}
 use super::ConfigErrors;
 use crate::client::TrustedProxies;
 use crate::guard::{IpRules, Limits};
+use crate::headers::RouteHeaders;
 use crate::listen::check_socket_addr;
 use crate::observe::access_log::{AccessLog, AccessLogFile};
 use crate::router::{normalise_prefix, HostPattern, MethodSet, Route, Router};
@@ -494,7 +495,7 @@ fn response_headers(
     base: &str,
     h: &BTreeMap<String, String>,
     errs: &mut ConfigErrors,
-) -> Vec<(HeaderName, HeaderValue)> {
+) -> RouteHeaders {
     let mut out = Vec::new();
     for (k, v) in h {
         let path = format!("{base}.response_headers.{k}");
@@ -510,9 +511,9 @@ fn response_headers(
             continue;
         }
         match HeaderValue::from_str(v) {
-            Ok(val) => out.push((name, val)),
+            Ok(val) => out.push((k.as_str(), name, val)),
             Err(_) => errs.push(path, "value has characters not allowed in a header"),
         }
     }
-    out
+    RouteHeaders::new(out)
 }

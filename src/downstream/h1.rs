@@ -31,6 +31,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::Downstream;
+use crate::headers::Stamp;
 
 /// Header lines a head may have to be taken here; more go to Pingora (which takes 256).
 const MAX_HEADERS: usize = 64;
@@ -227,7 +228,12 @@ impl<'s> H1<'s> {
         length.map_or(Framing::Close, Framing::Length)
     }
 
-    async fn write_header(&mut self, mut resp: Box<ResponseHeader>, end: bool) -> Result<()> {
+    async fn write_header(
+        &mut self,
+        mut resp: Box<ResponseHeader>,
+        stamp: Option<Stamp<'_>>,
+        end: bool,
+    ) -> Result<()> {
         if self.response.is_some() {
             return Ok(());
         }
@@ -248,7 +254,7 @@ impl<'s> H1<'s> {
         resp.remove_header(&DATE);
         resp.remove_header(&CONNECTION);
         let date = pingora::protocols::http::date::get_cached_date();
-        self.out.reserve(256 + resp.headers.len() * 48);
+        self.out.reserve(384 + resp.headers.len() * 48);
         let version = match resp.version {
             http::Version::HTTP_10 => "HTTP/1.0 ",
             _ => "HTTP/1.1 ",
@@ -260,6 +266,9 @@ impl<'s> H1<'s> {
             .extend_from_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
         self.out.extend_from_slice(b"\r\n");
         resp.header_to_h1_wire(&mut self.out);
+        if let Some(stamp) = stamp {
+            stamp.write(&mut self.out);
+        }
         self.out.extend_from_slice(b"Date: ");
         self.out.extend_from_slice(date.as_bytes());
         let connection: &[u8] = match self.keepalive {
@@ -396,9 +405,14 @@ impl Downstream for H1<'_> {
     fn write_response_header(
         &mut self,
         resp: Box<ResponseHeader>,
+        stamp: Option<Stamp<'_>>,
         end: bool,
     ) -> impl Future<Output = Result<()>> + Send {
-        self.write_header(resp, end)
+        self.write_header(resp, stamp, end)
+    }
+
+    fn writes_stamp(&self) -> bool {
+        true
     }
 
     fn write_response_body(

@@ -17,6 +17,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
 
+use crate::headers::Stamp;
+
 pub mod h1;
 
 /// A client's request and the means to answer it.
@@ -55,11 +57,20 @@ pub trait Downstream: Send + Sync {
     /// Whether the request body outgrew what is kept for a retry.
     fn retry_buffer_truncated(&self) -> bool;
 
+    /// Write the response head; `stamp`: with the gateway's headers, which are not in the
+    /// head's map yet (see [`Self::writes_stamp`]).
     fn write_response_header(
         &mut self,
         resp: Box<ResponseHeader>,
+        stamp: Option<Stamp<'_>>,
         end: bool,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether this writer puts a [`Stamp`] on the wire itself, after the head's own headers
+    /// (tollgate's codec), which is cheaper than inserting it into the head's map. Pingora's
+    /// session writes only the map, so the stamp goes in there, best before the head is
+    /// handed over.
+    fn writes_stamp(&self) -> bool;
 
     fn write_response_body(
         &mut self,
@@ -130,12 +141,20 @@ impl Downstream for Session {
         self.as_ref().retry_buffer_truncated()
     }
 
-    fn write_response_header(
+    async fn write_response_header(
         &mut self,
-        resp: Box<ResponseHeader>,
+        mut resp: Box<ResponseHeader>,
+        stamp: Option<Stamp<'_>>,
         end: bool,
-    ) -> impl Future<Output = Result<()>> + Send {
-        Session::write_response_header(self, resp, end)
+    ) -> Result<()> {
+        if let Some(stamp) = stamp {
+            crate::headers::edit_response(&mut resp, |h, _| stamp.insert(h))?;
+        }
+        Session::write_response_header(self, resp, end).await
+    }
+
+    fn writes_stamp(&self) -> bool {
+        false
     }
 
     fn write_response_body(

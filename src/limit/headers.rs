@@ -5,6 +5,7 @@
 use http::{HeaderName, HeaderValue};
 
 use super::{Decision, Limits, Policy};
+use crate::headers::line;
 
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -94,39 +95,92 @@ impl Limits {
             headers.insert(&RETRY_AFTER, HeaderValue::from(d.retry_after));
         }
     }
+
+    /// Whether [`Self::apply`] sets a header of this name (any case) for this decision: a
+    /// backend's header of that name is replaced, so a codec writing the head need not copy it.
+    pub fn sets(&self, d: &Decision, name: &str) -> bool {
+        let p = &self.policies[d.policy];
+        let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str());
+        (p.headers.ietf && (is(&RATELIMIT_POLICY) || is(&RATELIMIT)))
+            || (p.headers.legacy
+                && (is(&X_RATELIMIT_LIMIT) || is(&X_RATELIMIT_REMAINING) || is(&X_RATELIMIT_RESET)))
+            || (!d.allowed && is(&RETRY_AFTER))
+    }
+
+    /// The headers of [`Self::apply`] as HTTP/1 head lines, for a codec that writes the head
+    /// itself: no map insert, and no value built (the digits go straight into `out`).
+    pub fn write(&self, d: &Decision, out: &mut Vec<u8>) {
+        let p = &self.policies[d.policy];
+        if p.headers.ietf {
+            line(out, RATELIMIT_POLICY.as_str(), |o| {
+                o.extend_from_slice(p.policy_header.as_bytes())
+            });
+            line(out, RATELIMIT.as_str(), |o| ratelimit_bytes(p, d, o));
+        }
+        if p.headers.legacy {
+            line(out, X_RATELIMIT_LIMIT.as_str(), |o| {
+                o.extend_from_slice(p.limit_header.as_bytes())
+            });
+            line(out, X_RATELIMIT_REMAINING.as_str(), |o| {
+                digits(o, d.remaining)
+            });
+            line(out, X_RATELIMIT_RESET.as_str(), |o| digits(o, d.reset));
+        }
+        if !d.allowed {
+            line(out, RETRY_AFTER.as_str(), |o| digits(o, d.retry_after));
+        }
+    }
+}
+
+fn digits(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `"name";r=REMAINING;t=RESET`, from the policy's preformatted prefix (no `fmt`): it is on
 /// every response of a limited route, so the digits come from `itoa`'s two-digit table.
+fn ratelimit_bytes(p: &Policy, d: &Decision, out: &mut Vec<u8>) {
+    out.extend_from_slice(&p.ratelimit_prefix);
+    digits(out, d.remaining);
+    out.extend_from_slice(b";t=");
+    digits(out, d.reset);
+}
+
 fn ratelimit_value(p: &Policy, d: &Decision) -> HeaderValue {
-    let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let (remaining, reset) = (remaining.format(d.remaining), reset.format(d.reset));
-    let mut v = Vec::with_capacity(p.ratelimit_prefix.len() + remaining.len() + 3 + reset.len());
-    v.extend_from_slice(&p.ratelimit_prefix);
-    v.extend_from_slice(remaining.as_bytes());
-    v.extend_from_slice(b";t=");
-    v.extend_from_slice(reset.as_bytes());
+    let mut v = Vec::with_capacity(p.ratelimit_prefix.len() + 2 * 20 + 3);
+    ratelimit_bytes(p, d, &mut v);
     HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
         .unwrap_or_else(|_| HeaderValue::from(d.remaining))
 }
 
 #[cfg(test)]
+impl Limits {
+    /// One local policy, `"per-client"`: 100 a minute per client IP, bursts of 20, reported
+    /// in `mode`.
+    pub(crate) fn one_for_tests(mode: Headers) -> Limits {
+        let mut p = Policy::new(
+            "per-client",
+            100,
+            std::time::Duration::from_secs(60),
+            20,
+            super::KeyKind::ClientIp,
+            super::Store::Local,
+            64,
+        );
+        p.headers = mode;
+        let mut limits = Limits::default();
+        limits.policies.push(p);
+        limits
+    }
+}
+
+#[cfg(test)]
 mod tests {
-    use super::super::{KeyKind, Store};
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn ratelimit_value_and_applied_headers() {
-        let p = Policy::new(
-            "per-client",
-            100,
-            Duration::from_secs(60),
-            20,
-            KeyKind::ClientIp,
-            Store::Local,
-            64,
-        );
+        let mut limits = Limits::one_for_tests(Headers::IETF);
+        let p = &limits.policies[0];
         for (remaining, reset) in [(0, 0), (19, 1), (u64::MAX, 1234567890)] {
             let d = Decision {
                 policy: 0,
@@ -136,7 +190,7 @@ mod tests {
                 retry_after: 0,
             };
             assert_eq!(
-                ratelimit_value(&p, &d).to_str().unwrap(),
+                ratelimit_value(p, &d).to_str().unwrap(),
                 format!("\"per-client\";r={remaining};t={reset}")
             );
         }
@@ -146,10 +200,6 @@ mod tests {
             remaining: 19,
             reset: 1,
             retry_after: 0,
-        };
-        let mut limits = Limits {
-            policies: vec![p],
-            ..Limits::default()
         };
         for (mode, names) in [
             (

@@ -4,7 +4,8 @@
 //! [`super::own`] when tollgate's own codec does (both through [`Downstream`]). The same code
 //! decides the same things: `pick` and the retry rules of `fail_to_connect` /
 //! `error_while_proxy`, the upstream request edits of `upstream_request_filter`, the gateway
-//! headers and circuit-breaker outcome of `response_filter`, compression; an error goes back
+//! headers and circuit-breaker outcome of `response_filter` (the gateway's own headers
+//! written by the codec itself where it can, `headers::Stamp`), compression; an error goes back
 //! to the caller, which answers it as `fail_to_proxy` does.
 //!
 //! Why: Pingora's upstream leg is half of its engine's cost per request (`benches/
@@ -153,12 +154,20 @@ impl Tollgate {
         let reused = conn.reused;
         let fail = |e| Failed::Exchange { e, reused };
         conn.send(head).await.map_err(fail)?;
-        let (mut resp, mut body) = conn.response(head_request).await.map_err(fail)?;
-        self.decorate(session.req_header(), &mut resp, ctx)
+        // The backend's headers of the names the gateway sets are not copied: they would be
+        // replaced, in the map or on the wire.
+        let stamp = self.stamp(ctx);
+        let (mut resp, mut body) = conn
+            .response(head_request, |name| stamp.sets(name))
+            .await
+            .map_err(fail)?;
+        let later = self
+            .decorate(session.req_header(), &mut resp, ctx, session.writes_stamp())
             .map_err(fail)?;
         let encoded = ctx.encoder.is_some();
+        let stamp = later.then(|| self.stamp(ctx));
         session
-            .write_response_header(Box::new(resp), body.is_done() && !encoded)
+            .write_response_header(Box::new(resp), stamp, body.is_done() && !encoded)
             .await
             .map_err(fail)?;
         if body.is_done() && !encoded {

@@ -13,8 +13,9 @@
 //! Errors are Pingora's (`Error` with an upstream source), with Pingora's rules for what may
 //! be retried: a pooled connection that fails before any byte of the response (but does not
 //! time out) is `RetryType::ReusedOnly`, so tollgate's retry policy (`error_while_proxy`) treats both paths
-//! alike. The response head is passed on as the backend sent it: its hop-by-hop headers are
-//! removed where both paths remove them (`headers::downstream_response`, in `response_filter`).
+//! alike. The response head is passed on as the backend sent it, but for the headers its
+//! caller says are replaced anyway (the gateway's own, `headers::Stamp`): its hop-by-hop
+//! headers are removed where both paths remove them (`headers::remove_hop_by_hop`).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -218,10 +219,15 @@ impl Conn {
 
     /// Read the response head (skipping 1xx interim responses) and how its body is delimited.
     /// `head_request`: the request was a HEAD, whose response has no body whatever it says.
-    pub async fn response(&mut self, head_request: bool) -> Result<(ResponseHeader, Body)> {
+    /// A header for which `replaced` says yes (given its name as sent) is not copied.
+    pub async fn response(
+        &mut self,
+        head_request: bool,
+        replaced: impl Fn(&str) -> bool,
+    ) -> Result<(ResponseHeader, Body)> {
         let mut first = true;
         loop {
-            if let Some((resp, body)) = self.parse_head(head_request)? {
+            if let Some((resp, body)) = self.parse_head(head_request, &replaced)? {
                 if resp.status.is_informational() {
                     first = false;
                     continue;
@@ -257,7 +263,11 @@ impl Conn {
     }
 
     /// The head at the front of the buffer, taken off it, if it is complete.
-    fn parse_head(&mut self, head_request: bool) -> Result<Option<(ResponseHeader, Body)>> {
+    fn parse_head(
+        &mut self,
+        head_request: bool,
+        replaced: &impl Fn(&str) -> bool,
+    ) -> Result<Option<(ResponseHeader, Body)>> {
         if self.buf.is_empty() {
             return Ok(None);
         }
@@ -309,9 +319,11 @@ impl Conn {
                 }
                 if plain {
                     // Only about this connection, and Pingora writes the client's own: not
-                    // copied. One that names other headers is, for `downstream_response`.
+                    // copied. One that names other headers is, for `remove_hop_by_hop`.
                     continue;
                 }
+            } else if replaced(name) {
+                continue;
             }
             let at = h.value.as_ptr() as usize - base;
             let value = http::HeaderValue::from_maybe_shared(shared.slice(at..at + h.value.len()))

@@ -1,0 +1,280 @@
+//! The gateway's own headers on a proxied response: `X-Gateway`, `X-Request-Id`, the
+//! RateLimit headers of a limited route, then the route's `response_headers`. Defined once,
+//! for both ways a head goes out: inserted into the head's map where Pingora writes the head
+//! (its writer writes only the map), written as lines after the backend's where tollgate's own
+//! codec does.
+//!
+//! Why: a map insert hashes the name, probes, and stores a value built for it (the `RateLimit`
+//! value allocated, then validated byte by byte): about 500 instructions a header of a name
+//! that is not a standard one (`benches/instructions.sh`). Nothing after `decorate` reads the
+//! gateway's headers, and on a route without CORS or compression nothing reads the route's
+//! either (compression reads `Content-Type`, `Cache-Control` and `Vary`, CORS `Vary`; the
+//! framing headers cannot be set by a route), so on the own codec they need never be more
+//! than bytes.
+
+use std::ops::Deref;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::X_GATEWAY;
+use crate::client::X_REQUEST_ID;
+use crate::error::GATEWAY_NAME;
+use crate::limit::{Decision, Limits};
+
+/// The gateway's headers for one response, described, not yet materialised.
+#[derive(Clone, Copy)]
+pub struct Stamp<'a> {
+    request_id: &'a HeaderValue,
+    limit: Option<(&'a Limits, &'a Decision)>,
+    route: Option<&'a RouteHeaders>,
+}
+
+impl<'a> Stamp<'a> {
+    /// `limit`: the rate-limit decision of a limited route, and the limits it is of; `route`:
+    /// the route's `response_headers`.
+    pub fn new(
+        request_id: &'a HeaderValue,
+        limit: Option<(&'a Limits, &'a Decision)>,
+        route: Option<&'a RouteHeaders>,
+    ) -> Self {
+        Stamp {
+            request_id,
+            limit,
+            route,
+        }
+    }
+
+    /// Whether the stamp sets a header of this name (any case). A backend's header of that
+    /// name is replaced by the stamp's, as an insert replaces it: a codec reading the
+    /// backend's head need not copy it.
+    pub fn sets(&self, name: &str) -> bool {
+        self.gateway_sets(name) || self.route.is_some_and(|r| r.sets(name))
+    }
+
+    fn gateway_sets(&self, name: &str) -> bool {
+        // Every name of the gateway's starts with `x` or `r` (`X-Gateway`, `X-Request-Id`,
+        // `X-RateLimit-*`, `RateLimit*`, `Retry-After`): most of a backend's are passed over
+        // at their first byte.
+        if !matches!(name.as_bytes().first().map(|b| b | 0x20), Some(b'x' | b'r')) {
+            return false;
+        }
+        name.eq_ignore_ascii_case(X_GATEWAY.as_str())
+            || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str())
+            || self.limit.is_some_and(|(l, d)| l.sets(d, name))
+    }
+
+    /// Whether [`Self::write`] may stand for [`Self::insert`]: not when the route sets one of
+    /// the gateway's names (a `RateLimit-Policy` of its own), as the route's value must win.
+    pub fn writable(&self) -> bool {
+        self.route
+            .is_none_or(|r| !r.pairs.iter().any(|(k, _)| self.gateway_sets(k.as_str())))
+    }
+
+    /// Put the headers into a head's map, replacing any of the same names; the route's last,
+    /// so that they win.
+    pub fn insert(&self, h: &mut HeaderMap) {
+        if let Some((limits, d)) = self.limit {
+            limits.apply(d, h);
+        }
+        h.insert(&X_GATEWAY, GATEWAY_NAME.clone());
+        h.insert(&X_REQUEST_ID, self.request_id.clone());
+        for (k, v) in self.route.map_or(&[][..], |r| &r.pairs) {
+            h.insert(k, v.clone());
+        }
+    }
+
+    /// Append the headers as HTTP/1 head lines (names in lower case, as Pingora writes a
+    /// name it has no case for). The head they end must hold none of these names (the
+    /// backend's were not copied: [`Self::sets`]), and the stamp must be [`Self::writable`].
+    pub fn write(&self, out: &mut Vec<u8>) {
+        if let Some((limits, d)) = self.limit {
+            limits.write(d, out);
+        }
+        for (name, value) in [
+            (&X_GATEWAY, &GATEWAY_NAME),
+            (&X_REQUEST_ID, self.request_id),
+        ] {
+            line(out, name.as_str(), |o| {
+                o.extend_from_slice(value.as_bytes())
+            });
+        }
+        if let Some(r) = self.route {
+            out.extend_from_slice(&r.lines);
+        }
+    }
+}
+
+/// `name: value\r\n`, the value written in place by `value`. The gateway's names go out in
+/// lower case, as Pingora writes a name it has no case for.
+pub fn line(out: &mut Vec<u8>, name: &str, value: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    value(out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A route's `response_headers`, compiled once: the pairs for a head's map, and the same
+/// already written as HTTP/1 lines (`Name: value\r\n`, the name as the config writes it).
+#[derive(Debug, Clone, Default)]
+pub struct RouteHeaders {
+    pairs: Vec<(HeaderName, HeaderValue)>,
+    lines: Box<[u8]>,
+}
+
+impl RouteHeaders {
+    /// Each header with its name as written (in a valid name's bytes, any case).
+    pub fn new<'n>(headers: impl IntoIterator<Item = (&'n str, HeaderName, HeaderValue)>) -> Self {
+        let (mut pairs, mut lines) = (Vec::new(), Vec::new());
+        for (written, name, value) in headers {
+            debug_assert!(written.eq_ignore_ascii_case(name.as_str()));
+            line(&mut lines, written, |o| {
+                o.extend_from_slice(value.as_bytes())
+            });
+            pairs.push((name, value));
+        }
+        RouteHeaders {
+            pairs,
+            lines: lines.into(),
+        }
+    }
+
+    fn sets(&self, name: &str) -> bool {
+        self.pairs
+            .iter()
+            .any(|(k, _)| name.eq_ignore_ascii_case(k.as_str()))
+    }
+}
+
+impl Deref for RouteHeaders {
+    type Target = [(HeaderName, HeaderValue)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.pairs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::Headers;
+
+    fn limits(mode: Headers) -> Limits {
+        Limits::one_for_tests(mode)
+    }
+
+    /// The head lines as (name, value) pairs, in order.
+    fn lines(out: &[u8]) -> Vec<(String, String)> {
+        let text = std::str::from_utf8(out).unwrap();
+        assert!(text.is_empty() || text.ends_with("\r\n"), "{text:?}");
+        text.split_terminator("\r\n")
+            .map(|l| {
+                let (k, v) = l.split_once(": ").expect("name: value");
+                (k.to_owned(), v.to_owned())
+            })
+            .collect()
+    }
+
+    /// What `write` writes is what `insert` inserts, name for name and value for value, and
+    /// `sets` says yes to exactly those names in any case: whichever codec writes the head,
+    /// the client gets the same headers.
+    #[test]
+    fn written_lines_are_the_inserted_headers() {
+        let id = HeaderValue::from_static("0123456789abcdef");
+        let route = RouteHeaders::new([
+            (
+                "Cache-Control",
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            ),
+            (
+                "x-frame-options",
+                HeaderName::from_static("x-frame-options"),
+                HeaderValue::from_static("DENY"),
+            ),
+        ]);
+        for mode in [Headers::IETF, Headers::LEGACY, Headers::BOTH, Headers::NONE] {
+            let limits = limits(mode);
+            for allowed in [true, false] {
+                let d = Decision {
+                    policy: 0,
+                    allowed,
+                    remaining: 19,
+                    reset: 3,
+                    retry_after: 7,
+                };
+                for decision in [None, Some(&d)] {
+                    let stamp = Stamp::new(&id, decision.map(|d| (&limits, d)), Some(&route));
+                    let mut out = Vec::new();
+                    stamp.write(&mut out);
+                    let mut map = HeaderMap::new();
+                    map.insert("x-gateway", HeaderValue::from_static("backend's"));
+                    map.insert("cache-control", HeaderValue::from_static("backend's"));
+                    assert!(stamp.writable());
+                    stamp.insert(&mut map);
+                    let written = lines(&out);
+                    assert!(
+                        out.windows(15).any(|w| w == b"Cache-Control: "),
+                        "as written"
+                    );
+                    let written: Vec<(String, String)> = written
+                        .into_iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                        .collect();
+                    let inserted: Vec<(String, String)> = map
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                        .collect();
+                    let (mut a, mut b) = (written.clone(), inserted);
+                    a.sort();
+                    b.sort();
+                    let what = format!("{} allowed={allowed} {decision:?}", mode.describe());
+                    assert_eq!(a, b, "{what}");
+                    let names: Vec<&str> = written.iter().map(|(k, _)| k.as_str()).collect();
+                    for (name, _) in &written {
+                        assert!(stamp.sets(name), "{what}: {name}");
+                        assert!(stamp.sets(&name.to_ascii_uppercase()), "{what}: {name}");
+                    }
+                    assert!(names.contains(&"cache-control") && names.contains(&"x-frame-options"));
+                    for other in ["content-type", "x-gateways", "ratelimit-x", "retry-afte"] {
+                        assert!(!stamp.sets(other), "{what}: {other}");
+                    }
+                    assert_eq!(
+                        names.contains(&"ratelimit"),
+                        decision.is_some() && mode.ietf,
+                        "{what}"
+                    );
+                    assert_eq!(
+                        names.contains(&"retry-after"),
+                        decision.is_some() && !allowed,
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_route_header_of_a_gateway_name_keeps_the_stamp_in_the_map() {
+        let id = HeaderValue::from_static("id");
+        let limits = limits(Headers::IETF);
+        let d = Decision {
+            policy: 0,
+            allowed: true,
+            remaining: 1,
+            reset: 1,
+            retry_after: 0,
+        };
+        let header =
+            |n: &'static str| (n, HeaderName::from_static(n), HeaderValue::from_static("v"));
+        let plain = RouteHeaders::new([header("cache-control"), header("x-frame-options")]);
+        let own_policy = RouteHeaders::new([header("ratelimit-policy")]);
+        assert!(Stamp::new(&id, Some((&limits, &d)), Some(&plain)).writable());
+        let limited = Stamp::new(&id, Some((&limits, &d)), Some(&own_policy));
+        assert!(!limited.writable());
+        // In the map, the route's value is the one left.
+        let mut map = HeaderMap::new();
+        limited.insert(&mut map);
+        assert_eq!(map["ratelimit-policy"], "v");
+        assert!(Stamp::new(&id, None, Some(&own_policy)).writable());
+    }
+}
