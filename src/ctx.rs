@@ -56,8 +56,15 @@ impl Ctx {
     /// The authenticated caller's name: an API key's consumer, or a JWT's `sub` (or
     /// `consumer_claim`). Keys `key: consumer` limits and `hash_key: consumer` balancing.
     pub fn consumer(&self) -> Option<&str> {
+        self.consumer_bytes()
+            .and_then(|c| std::str::from_utf8(c).ok())
+    }
+
+    /// [`Self::consumer`] as bytes, for keying (no check of every byte): a name that is not
+    /// ASCII is as good a key.
+    pub fn consumer_bytes(&self) -> Option<&[u8]> {
         let c = self.identity.as_ref()?.consumer.as_ref()?;
-        c.to_str().ok()
+        Some(c.as_bytes())
     }
 
     /// The current attempt failed with `e`: remember how, for the answer when no backend is

@@ -75,7 +75,7 @@ impl Tollgate {
         })?;
         let up = &self.gw.upstreams[route.upstream];
         ctx.attempt = None;
-        let key = upstream::hash_key(up, req, ctx.consumer(), ctx.client_ip);
+        let key = upstream::hash_key(up, req, ctx.consumer_bytes(), ctx.client_ip);
         let Some(attempt) = up.select(&key, &ctx.tried) else {
             let retried = !ctx.tried.is_empty();
             return Err(error::no_backend(&up.name, retried, ctx.last_failure));

@@ -248,10 +248,14 @@ impl Limits {
                 }
                 None => ip(&mut h),
             },
-            KeyKind::Consumer => match ctx.consumer() {
+            KeyKind::Consumer => match ctx.consumer_bytes() {
                 Some(c) => {
                     3u8.hash(&mut h);
-                    c.hash(&mut h);
+                    // What `str::hash` feeds the hasher (the bytes, then 0xff), so the keys
+                    // stay those of earlier versions, whose state a new process is handed;
+                    // without checking every byte is visible ASCII first.
+                    h.write(c);
+                    h.write_u8(0xff);
                 }
                 None => ip(&mut h),
             },
@@ -348,5 +352,54 @@ mod tests {
         assert_eq!(ip_key(a, 48), ip_key(c, 48));
         let v4: IpAddr = "10.0.0.1".parse().unwrap();
         assert_eq!(ip_key(v4, 64), v4);
+    }
+
+    /// A consumer's bucket keeps the key it had when the name was hashed as a `str`, so the
+    /// buckets an older process hands over still match; and a name that is not ASCII (a JWT
+    /// `sub`) is keyed by the name, not by the client's IP.
+    #[test]
+    fn consumer_keys_are_those_of_the_name_as_a_str() {
+        let mut limits = Limits::default();
+        let mut p = Policy::new(
+            "per-consumer",
+            10,
+            Duration::from_secs(1),
+            10,
+            KeyKind::Consumer,
+            Store::Local,
+            64,
+        );
+        p.scope = 42;
+        limits.policies.push(p);
+        let client_ip = Some("10.0.0.1".parse().unwrap());
+        let ctx = |name: &[u8]| Ctx {
+            client_ip,
+            identity: Some(crate::auth::Identity {
+                consumer: Some(HeaderValue::from_bytes(name).unwrap()),
+                headers: Vec::new(),
+                credential: None,
+                credential_query: None,
+                claims: None,
+            }),
+            ..Ctx::default()
+        };
+        let as_str = |name: &str| {
+            let mut h = seeded();
+            (42u64, "r").hash(&mut h);
+            3u8.hash(&mut h);
+            name.hash(&mut h);
+            h.finish()
+        };
+        let headers = HeaderMap::new();
+        let alice = limits.key_hash(0, "r", &ctx(b"alice"), &headers);
+        assert_eq!(alice, as_str("alice"));
+        let jose = limits.key_hash(0, "r", &ctx("jos\u{e9}".as_bytes()), &headers);
+        assert_eq!(jose, as_str("jos\u{e9}"));
+        let anonymous = Ctx {
+            client_ip,
+            ..Ctx::default()
+        };
+        let by_ip = limits.key_hash(0, "r", &anonymous, &headers);
+        assert_ne!(jose, by_ip);
     }
 }

@@ -343,7 +343,7 @@ impl Upstream {
 pub fn hash_key(
     up: &Upstream,
     req: &pingora::http::RequestHeader,
-    consumer: Option<&str>,
+    consumer: Option<&[u8]>,
     client_ip: Option<std::net::IpAddr>,
 ) -> Vec<u8> {
     if up.balance != Balance::ConsistentHash {
@@ -356,7 +356,7 @@ pub fn hash_key(
     };
     match &up.hash_key {
         HashKey::ClientIp => ip(),
-        HashKey::Consumer => consumer.map_or_else(ip, |c| c.as_bytes().to_vec()),
+        HashKey::Consumer => consumer.map_or_else(ip, <[u8]>::to_vec),
         HashKey::Header(h) => req
             .headers
             .get(h)
