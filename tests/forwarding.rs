@@ -184,18 +184,10 @@ fn hop_by_hop_request_headers_are_removed_on_the_fast_path_too() {
 #[test]
 fn hop_by_hop_response_headers_are_removed() {
     // A raw upstream that sends hop-by-hop headers in its response.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let up = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for mut s in l.incoming().flatten() {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Up-Hop\r\nX-Up-Hop: 1\r\n\
-                  Keep-Alive: timeout=9\r\nProxy-Connection: x\r\nX-Up-Kept: 1\r\n\r\nok",
-            );
-        }
+    let up = scripted(|_, _| {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Up-Hop\r\nX-Up-Hop: 1\r\n\
+            Keep-Alive: timeout=9\r\nProxy-Connection: x\r\nX-Up-Kept: 1\r\n\r\nok";
+        (head.to_vec(), false)
     });
     let gw = Gateway::start(&everything_to(up));
     let r = gw.get("/");
