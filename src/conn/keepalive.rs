@@ -107,11 +107,10 @@ where
         app.server_options()
             .is_none_or(|o| o.keepalive_request_limit.is_none())
     });
-    if let Some(own) = own {
+    let shutting_down = *shutdown.borrow();
+    let head = match own {
         // Boxed, so an idle connection's future never holds a request's state.
-        let shutting_down = *shutdown.borrow();
-        let served = Box::pin(own.serve(&mut stream, &head, shutting_down)).await;
-        match served {
+        Some(own) => match Box::pin(own.serve(&mut stream, head, shutting_down)).await {
             Served::Done { reuse: true } => {
                 super::rearm(Some(&stream));
                 return Some(stream);
@@ -120,9 +119,10 @@ where
                 Shutdown::shutdown(&mut *stream).await;
                 return None;
             }
-            Served::NotMine => {}
-        }
-    }
+            Served::NotMine(head) => head,
+        },
+        None => head,
+    };
     // Built in a block that ends before the await, so the session (680 bytes) is not also
     // kept in this future, which every idle connection holds, beside the boxed one that
     // owns it.

@@ -134,20 +134,21 @@ impl Guards {
 /// ([`crate::downstream::h1`]).
 pub trait Serve: Send + Sync + 'static {
     /// Serve the request whose head is `head` (the bytes of one read), or leave it, and the
-    /// connection, untouched.
+    /// connection, untouched. Owned, so a request it serves keeps its header values as
+    /// slices of these very bytes, not of a copy.
     fn serve(
         &self,
         stream: &mut Stream,
-        head: &BytesMut,
+        head: BytesMut,
         shutting_down: bool,
     ) -> impl Future<Output = Served> + Send;
 }
 
 /// What became of a request offered to a [`Serve`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Served {
-    /// Not one it serves: Pingora gets the same bytes.
-    NotMine,
+    /// Not one it serves: Pingora gets the same bytes, handed back.
+    NotMine(BytesMut),
     /// Answered; `reuse`: the connection can carry another request.
     Done { reuse: bool },
 }
@@ -156,8 +157,8 @@ pub enum Served {
 pub struct PingoraOnly;
 
 impl Serve for PingoraOnly {
-    async fn serve(&self, _: &mut Stream, _: &BytesMut, _: bool) -> Served {
-        Served::NotMine
+    async fn serve(&self, _: &mut Stream, head: BytesMut, _: bool) -> Served {
+        Served::NotMine(head)
     }
 }
 

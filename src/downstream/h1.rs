@@ -49,27 +49,34 @@ pub enum Head {
         why: &'static str,
         head_request: bool,
     },
-    /// Anything else, for Pingora: an incomplete head, bytes after it, a request line
-    /// Pingora may repair (it percent-encodes some bytes of a target), a body, and every
-    /// request `shape` declines.
-    Pass,
+    /// Anything else, for Pingora, with its bytes: an incomplete head, bytes after it, a
+    /// request line Pingora may repair (it percent-encodes some bytes of a target), a body,
+    /// and every request `shape` declines.
+    Pass(BytesMut),
 }
 
 /// Read a request head from `buf`, the bytes of one read. `shape` is the further test of the
 /// request itself (the proxy's fast-path conditions).
-pub fn parse(buf: &BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Head {
+pub fn parse(buf: BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Head {
+    // Frozen, not copied: the header values are slices of the read itself. Handed back
+    // unchanged (and uncopied: nothing else holds them by then) when Pingora is to have them.
+    let buf = buf.freeze();
+    let pass = |buf: Bytes| Head::Pass(BytesMut::from(buf));
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(buf) {
+    match parsed.parse(&buf) {
         Ok(httparse::Status::Complete(n)) if n == buf.len() => {}
-        Ok(_) => return Head::Pass,
+        Ok(_) => return pass(buf),
         Err(e) => {
             let head_request = parsed.method == Some("HEAD");
-            return refused(e).map_or(Head::Pass, |why| Head::Refuse { why, head_request });
+            return match refused(e) {
+                Some(why) => Head::Refuse { why, head_request },
+                None => pass(buf),
+            };
         }
     }
-    let Some(req) = request(&parsed, buf) else {
-        return Head::Pass;
+    let Some(req) = request(&parsed, &buf) else {
+        return pass(buf);
     };
     if pingora::protocols::http::authority::validate_request_authority(&req).is_err() {
         return Head::Refuse {
@@ -79,7 +86,10 @@ pub fn parse(buf: &BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Head {
     }
     match shape(&req) {
         true => Head::Serve(req),
-        false => Head::Pass,
+        false => {
+            drop(req);
+            pass(buf)
+        }
     }
 }
 
@@ -95,7 +105,7 @@ fn refused(e: httparse::Error) -> Option<&'static str> {
 }
 
 /// The parsed head as a [`RequestHeader`], or `None` for one only Pingora's head represents.
-fn request(parsed: &httparse::Request, buf: &BytesMut) -> Option<RequestHeader> {
+fn request(parsed: &httparse::Request, buf: &Bytes) -> Option<RequestHeader> {
     let version = match parsed.version? {
         1 => http::Version::HTTP_11,
         0 => http::Version::HTTP_10,
@@ -106,12 +116,11 @@ fn request(parsed: &httparse::Request, buf: &BytesMut) -> Option<RequestHeader> 
     // The headers go into the map itself: Pingora's `append_header` parses each name twice.
     let mut parts = http::request::Parts::from(req.ok()?);
     parts.version = version;
-    // The values stay where they were read: slices of one frozen copy of the head.
-    let shared = Bytes::copy_from_slice(buf);
+    // The values stay where they were read: slices of the head.
     let base = buf.as_ptr() as usize;
     for h in parsed.headers.iter() {
         let at = h.value.as_ptr() as usize - base;
-        let value = http::HeaderValue::from_maybe_shared(shared.slice(at..at + h.value.len()));
+        let value = http::HeaderValue::from_maybe_shared(buf.slice(at..at + h.value.len()));
         let name = http::HeaderName::from_bytes(h.name.as_bytes());
         parts.headers.try_append(name.ok()?, value.ok()?).ok()?;
     }
@@ -440,14 +449,14 @@ mod tests {
     use super::*;
 
     fn head(bytes: &[u8]) -> Head {
-        parse(&BytesMut::from(bytes), |_| true)
+        parse(BytesMut::from(bytes), |_| true)
     }
 
     fn kind(h: Head) -> &'static str {
         match h {
             Head::Serve(_) => "serve",
             Head::Refuse { .. } => "refuse",
-            Head::Pass => "pass",
+            Head::Pass(_) => "pass",
         }
     }
 
@@ -495,10 +504,17 @@ mod tests {
             ("more headers than taken here", &many, "pass"),
         ];
         for (name, bytes, want) in cases {
-            assert_eq!(kind(head(bytes)), *want, "{name}");
+            let got = head(bytes);
+            // What Pingora is left is the read, byte for byte.
+            if let Head::Pass(back) = &got {
+                assert_eq!(&back[..], *bytes, "{name}");
+            }
+            assert_eq!(kind(got), *want, "{name}");
         }
-        let declined = parse(&BytesMut::from(&get[..]), |_| false);
-        assert_eq!(kind(declined), "pass", "a shape the proxy declines");
+        let Head::Pass(back) = parse(BytesMut::from(&get[..]), |_| false) else {
+            panic!("a shape the proxy declines is passed");
+        };
+        assert_eq!(&back[..], &get[..]);
     }
 
     #[test]

@@ -54,14 +54,14 @@ impl Tollgate {
 }
 
 impl Serve for Tollgate {
-    async fn serve(&self, stream: &mut Stream, head: &BytesMut, shutting_down: bool) -> Served {
+    async fn serve(&self, stream: &mut Stream, head: BytesMut, shutting_down: bool) -> Served {
         let req = match h1::parse(head, |req| self.serves(req)) {
             Head::Serve(req) => req,
             Head::Refuse { why, head_request } => {
                 self.refuse(stream, why, head_request).await;
                 return Served::Done { reuse: false };
             }
-            Head::Pass => return Served::NotMine,
+            Head::Pass(head) => return Served::NotMine(head),
         };
         let mut session = H1::new(stream, req, shutting_down);
         let mut ctx = Ctx::default();
