@@ -79,6 +79,17 @@ fn main() {
             std::mem::size_of_val(&c.readable()),
             std::mem::size_of_val(&shutdown.clone().changed()),
             std::mem::size_of::<pingora::apps::HttpPersistentSettings>());
+        let own = tollgate::proxy::Tollgate::new(gw.clone(), obs.clone(), conf.upstream_keepalive_pool_size);
+        let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut s = stream(c);
+        let serve = tollgate::conn::Serve::serve(&own, &mut s, bytes::BytesMut::new(), false);
+        println!("own codec's per-request future:        {:>6} bytes (boxed per request; moved whole into its box)", std::mem::size_of_val(&serve));
+        drop(serve);
+        let ctx = tollgate::proxy::Ctx::default();
+        let h = http::HeaderMap::new();
+        let check = gw.rate_limits.check(&[], "r", &ctx, &h);
+        println!("  of which Limits::check:              {:>6} bytes", std::mem::size_of_val(&check));
+        drop(check);
         println!("cleartext connection idle > 1 s:       {:>6} bytes (its entry in the listener's table of idle sockets: no task, no registration)", tollgate::conn::parked_connection_size());
     });
 }

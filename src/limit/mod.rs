@@ -318,7 +318,10 @@ impl Limits {
             let key = self.key_hash(id, route, ctx, headers);
             let p = &self.policies[id];
             let v = match (p.store, &self.redis) {
-                (Store::Redis, Some(r)) => match r.check(&p.gcra, key).await {
+                // Boxed: the call's future is 3 KiB, which every request's future would
+                // carry (and move) inline, limited by Redis or not; this one makes a round
+                // trip anyway.
+                (Store::Redis, Some(r)) => match Box::pin(r.check(&p.gcra, key)).await {
                     Ok(v) => v,
                     Err(_) if r.deny_on_error => return Err(StoreUnavailable),
                     Err(_) => continue,
