@@ -185,7 +185,8 @@ fn hop_by_hop_request_headers_are_removed_on_the_fast_path_too() {
 fn hop_by_hop_response_headers_are_removed() {
     // A raw upstream that sends hop-by-hop headers in its response.
     let up = scripted(|_, _| {
-        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Up-Hop\r\nX-Up-Hop: 1\r\n\
+        let head =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Up-Hop\r\nX-Up-Hop: 1\r\n\
             Keep-Alive: timeout=9\r\nProxy-Connection: x\r\nX-Up-Kept: 1\r\n\r\nok";
         (head.to_vec(), false)
     });
