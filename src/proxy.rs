@@ -151,7 +151,8 @@ impl Tollgate {
     /// A response head from the backend: its outcome for the circuit breaker, then the gateway
     /// headers, and compression if the route asks for it. `stamp_later`: the writer of the
     /// head writes the [`headers::Stamp`] itself (tollgate's own codec); `true` back when it
-    /// is left to it, which it is unless a route header of the same name must win over it.
+    /// is left to it, which it is unless the map must hold it (a route with CORS or
+    /// compression, or a route header of one of the gateway's names).
     fn decorate(
         &self,
         req: &RequestHeader,

@@ -68,8 +68,8 @@ pub trait Downstream: Send + Sync {
 
     /// Whether this writer puts a [`Stamp`] on the wire itself, after the head's own headers
     /// (tollgate's codec), which is cheaper than inserting it into the head's map. Pingora's
-    /// session writes only the map, so the stamp goes in there, best before the head is
-    /// handed over.
+    /// session writes only the map: the stamp goes in there while the head is edited anyway
+    /// (`decorate`), not afterwards.
     fn writes_stamp(&self) -> bool;
 
     fn write_response_body(

@@ -83,9 +83,10 @@ impl<'a> Stamp<'a> {
         }
     }
 
-    /// Append the headers as HTTP/1 head lines (names in lower case, as Pingora writes a
-    /// name it has no case for). The head they end must hold none of these names (the
-    /// backend's were not copied: [`Self::sets`]), and the stamp must be [`Self::writable`].
+    /// Append the headers as HTTP/1 head lines: the gateway's names in lower case, as Pingora
+    /// writes a name it has no case for, the route's as the config writes them. The head they
+    /// end must hold none of these names (the backend's were not copied: [`Self::sets`]), and
+    /// the stamp must be [`Self::writable`].
     pub fn write(&self, out: &mut Vec<u8>) {
         if let Some((limits, d)) = self.limit {
             limits.write(d, out);
