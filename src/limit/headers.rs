@@ -54,81 +54,77 @@ impl Headers {
     }
 }
 
+/// The value of one of a decision's headers, as [`Limits::each`] names it.
+enum Value<'a> {
+    /// Formatted at load.
+    Fixed(&'a HeaderValue),
+    Number(u64),
+    /// `"name";r=REMAINING;t=RESET`.
+    RateLimit,
+}
+
 impl Limits {
+    /// A decision's headers, in order: the one list the four ways of using them below are
+    /// made of (a local answer's list, a map's inserts, a codec's lines, the names).
+    fn each<'a>(&'a self, d: &Decision, mut f: impl FnMut(&'static HeaderName, Value<'a>)) {
+        let p = &self.policies[d.policy];
+        if p.headers.ietf {
+            f(&RATELIMIT_POLICY, Value::Fixed(&p.policy_header));
+            f(&RATELIMIT, Value::RateLimit);
+        }
+        if p.headers.legacy {
+            f(&X_RATELIMIT_LIMIT, Value::Fixed(&p.limit_header));
+            f(&X_RATELIMIT_REMAINING, Value::Number(d.remaining));
+            f(&X_RATELIMIT_RESET, Value::Number(d.reset));
+        }
+        if !d.allowed {
+            f(&RETRY_AFTER, Value::Number(d.retry_after));
+        }
+    }
+
+    fn value(&self, d: &Decision, v: Value<'_>) -> HeaderValue {
+        match v {
+            Value::Fixed(h) => h.clone(),
+            Value::Number(n) => HeaderValue::from(n),
+            Value::RateLimit => ratelimit_value(&self.policies[d.policy], d),
+        }
+    }
+
     /// The RateLimit headers of a decision (for a local answer), plus `Retry-After` on a
     /// denial.
     pub fn headers(&self, d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
-        let p = &self.policies[d.policy];
-        let mut v = Vec::with_capacity(6);
-        if p.headers.ietf {
-            v.push((RATELIMIT_POLICY.clone(), p.policy_header.clone()));
-            v.push((RATELIMIT.clone(), ratelimit_value(p, d)));
-        }
-        if p.headers.legacy {
-            v.push((X_RATELIMIT_LIMIT.clone(), p.limit_header.clone()));
-            v.push((
-                X_RATELIMIT_REMAINING.clone(),
-                HeaderValue::from(d.remaining),
-            ));
-            v.push((X_RATELIMIT_RESET.clone(), HeaderValue::from(d.reset)));
-        }
-        if !d.allowed {
-            v.push((RETRY_AFTER.clone(), HeaderValue::from(d.retry_after)));
-        }
-        v
+        let mut out = Vec::with_capacity(6);
+        self.each(d, |name, v| out.push((name.clone(), self.value(d, v))));
+        out
     }
 
     /// Add the RateLimit headers to a proxied response: the same headers as [`Self::headers`]
     /// of an admitted request, without building a `Vec` of them.
     pub fn apply(&self, d: &Decision, headers: &mut http::HeaderMap) {
-        let p = &self.policies[d.policy];
-        if p.headers.ietf {
-            headers.insert(&RATELIMIT_POLICY, p.policy_header.clone());
-            headers.insert(&RATELIMIT, ratelimit_value(p, d));
-        }
-        if p.headers.legacy {
-            headers.insert(&X_RATELIMIT_LIMIT, p.limit_header.clone());
-            headers.insert(&X_RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
-            headers.insert(&X_RATELIMIT_RESET, HeaderValue::from(d.reset));
-        }
-        if !d.allowed {
-            headers.insert(&RETRY_AFTER, HeaderValue::from(d.retry_after));
-        }
+        self.each(d, |name, v| {
+            headers.insert(name, self.value(d, v));
+        });
     }
 
     /// Whether [`Self::apply`] sets a header of this name (any case) for this decision: a
     /// backend's header of that name is replaced, so a codec writing the head need not copy it.
     pub fn sets(&self, d: &Decision, name: &str) -> bool {
-        let p = &self.policies[d.policy];
-        let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str());
-        (p.headers.ietf && (is(&RATELIMIT_POLICY) || is(&RATELIMIT)))
-            || (p.headers.legacy
-                && (is(&X_RATELIMIT_LIMIT) || is(&X_RATELIMIT_REMAINING) || is(&X_RATELIMIT_RESET)))
-            || (!d.allowed && is(&RETRY_AFTER))
+        let mut sets = false;
+        self.each(d, |n, _| sets |= name.eq_ignore_ascii_case(n.as_str()));
+        sets
     }
 
     /// The headers of [`Self::apply`] as HTTP/1 head lines, for a codec that writes the head
     /// itself: no map insert, and no value built (the digits go straight into `out`).
     pub fn write(&self, d: &Decision, out: &mut Vec<u8>) {
         let p = &self.policies[d.policy];
-        if p.headers.ietf {
-            line(out, RATELIMIT_POLICY.as_str(), |o| {
-                o.extend_from_slice(p.policy_header.as_bytes())
-            });
-            line(out, RATELIMIT.as_str(), |o| ratelimit_bytes(p, d, o));
-        }
-        if p.headers.legacy {
-            line(out, X_RATELIMIT_LIMIT.as_str(), |o| {
-                o.extend_from_slice(p.limit_header.as_bytes())
-            });
-            line(out, X_RATELIMIT_REMAINING.as_str(), |o| {
-                digits(o, d.remaining)
-            });
-            line(out, X_RATELIMIT_RESET.as_str(), |o| digits(o, d.reset));
-        }
-        if !d.allowed {
-            line(out, RETRY_AFTER.as_str(), |o| digits(o, d.retry_after));
-        }
+        self.each(d, |name, v| {
+            line(out, name.as_str(), |o| match v {
+                Value::Fixed(h) => o.extend_from_slice(h.as_bytes()),
+                Value::Number(n) => digits(o, n),
+                Value::RateLimit => ratelimit_bytes(p, d, o),
+            })
+        });
     }
 }
 
