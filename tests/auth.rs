@@ -389,7 +389,7 @@ fn token_subcommand_mints_a_token_the_gateway_accepts() {
         r#"
 upstreams: {{u: {{targets: ["{up}"]}}}}
 auth:
-  tokens: {{type: jwt, algorithms: [HS256], secret: "an-inline-demo-secret-123", issuer: me, audience: api,
+  tokens: {{type: jwt, algorithms: [HS256], secret: "an-inline-demo-secret-0123456789abcdef", issuer: me, audience: api,
            forward_claims: {{role: X-User-Role}}}}
   rs: {{type: jwt, algorithms: [RS256], public_key: {{file: "{pem}"}}}}
 routes:

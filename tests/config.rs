@@ -246,3 +246,69 @@ fn bad_limits_and_ip_rules() {
         &["routes[1].ip_deny[0]: \"1.2.3.4/40\" is not a CIDR"],
     );
 }
+
+#[test]
+fn an_empty_config_is_refused_not_served_as_404s() {
+    for yaml in ["", "\n\n", "# only a comment\n", "null\n", "---\n", "~\n"] {
+        rejects(yaml, &["the config is empty"]);
+    }
+    // A config with something in it but no routes still starts, with a warning.
+    let (code, out) = check_config("upstreams: {u: {targets: [\"127.0.0.1:1\"]}}\nroutes: []\n");
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn a_utf8_byte_order_mark_is_accepted() {
+    let (code, out) = check_config(&format!("\u{feff}{BASE}"));
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn deep_nesting_is_refused_at_once() {
+    let started = std::time::Instant::now();
+    rejects(
+        &format!("routes: {}\n", "[".repeat(100_000)),
+        &["line 1: nested more than 128 levels deep"],
+    );
+    // The parser alone took 23 s on this before; the scan refuses it before parsing.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Brackets inside quotes and comments are not nesting.
+    let quoted = format!(
+        "{BASE}# {}\nupstreams_note: &x \"{}\"\n",
+        "[".repeat(200),
+        "[".repeat(200)
+    );
+    let (_, out) = check_config(&quoted);
+    assert!(!out.contains("nested"), "{out}");
+}
+
+#[test]
+fn sizes_and_durations_have_upper_bounds() {
+    rejects(
+        &format!("{BASE}limits: {{max_body: 99999999999999999999999TiB}}\n"),
+        &["limits.max_body: bad size \"99999999999999999999999TiB\": larger than 1TiB"],
+    );
+    rejects(
+        &format!("{BASE}rate_limits: {{a: {{requests: 1, per: 99999999999d}}}}\n"),
+        &["rate_limits.a.per: bad duration \"99999999999d\": longer than a year"],
+    );
+}
+
+#[test]
+fn pingora_keys_are_reported_by_their_name() {
+    let (code, out) = check_config(&format!("{BASE}threads: many\n"));
+    assert_eq!(code, 1);
+    assert!(out.contains("\n  threads: invalid type"), "{out}");
+}
+
+#[test]
+fn an_upstream_in_error_is_not_also_unknown_at_its_routes() {
+    let (code, out) = check_config(
+        "upstreams:\n  u: {targets: 5}\n  v: {targets: [\"127.0.0.1:1\"], balance: nope}\n\
+         routes:\n  - {name: a, path_prefix: /a, upstream: u}\n  - {name: b, path_prefix: /b, upstream: v}\n",
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("upstreams.u.targets"), "{out}");
+    assert!(out.contains("upstreams.v.balance"), "{out}");
+    assert!(!out.contains("unknown upstream"), "{out}");
+}

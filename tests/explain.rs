@@ -83,7 +83,7 @@ consumers:
 auth:
   keys: {type: api_key, header: X-Api-Key}
   qkeys: {type: api_key, query: api_key}
-  tokens: {type: jwt, algorithms: [HS256], secret: "explain-test-secret", issuer: iss.example, audience: api}
+  tokens: {type: jwt, algorithms: [HS256], secret: "explain-test-secret-0123456789abcdef", issuer: iss.example, audience: api}
 rate_limits:
   per-consumer: {requests: 5, per: 1m, burst: 2, key: consumer}
   per-ip: {requests: 100, per: 1s, key: client_ip}

@@ -15,7 +15,7 @@ fn gateway() -> &'static tollgate::config::compile::Gateway {
     &GW.get_or_init(|| {
         tollgate::config::load_str(
             "consumers: {alice: {api_keys: [\"alice-key-0123456789\"]}}\n\
-             auth:\n  keys: {type: api_key}\n  tokens: {type: jwt, algorithms: [HS256], secret: \"s3cr3t-s3cr3t-s3cr3t\", forward_claims: {sub: X-User-ID, role: X-User-Role}}\n\
+             auth:\n  keys: {type: api_key}\n  tokens: {type: jwt, algorithms: [HS256], secret: \"s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t\", forward_claims: {sub: X-User-ID, role: X-User-Role}}\n\
              upstreams: {u: {targets: [\"127.0.0.1:1\"]}}\n\
              routes:\n  - {name: a, path_prefix: /a, upstream: u, auth: [keys, tokens], claims: {role: [admin]}}\n",
         )

@@ -22,6 +22,17 @@ pub enum SecretFile {
 }
 
 impl SecretFile {
+    /// Where the secret came from, for an error about its value (never the value itself).
+    pub fn describe(&self) -> String {
+        match self {
+            SecretFile::Inline(_) => String::new(),
+            SecretFile::Env { env } => format!(" (environment variable {env})"),
+            SecretFile::File { file } => {
+                format!(" (file {file}, trailing white space not counted)")
+            }
+        }
+    }
+
     /// The secret's bytes; the error names the source, never the secret.
     pub fn load(&self, path: &str, errs: &mut ConfigErrors) -> Option<Vec<u8>> {
         match self {

@@ -130,10 +130,20 @@ impl Jwt {
         }
         let mut hmac_keys = None;
         let key = match (secret, public_key) {
-            (Some(s), None) if hmac => s.load(&format!("{base}.secret"), errs).map(|b| {
-                hmac_keys = Some(HmacKeys::new(&b, &algs));
-                DecodingKey::from_secret(&b)
-            }),
+            (Some(s), None) if hmac => {
+                let path = format!("{base}.secret");
+                let b = s.load(&path, errs)?;
+                match hmac_secret_rule(&algs, &b) {
+                    Some(rule) => {
+                        errs.push(path, format!("{rule}{}", s.describe()));
+                        None
+                    }
+                    None => {
+                        hmac_keys = Some(HmacKeys::new(&b, &algs));
+                        Some(DecodingKey::from_secret(&b))
+                    }
+                }
+            }
             (Some(_), None) => {
                 errs.push(
                     format!("{base}.secret"),
@@ -277,6 +287,27 @@ impl Jwt {
     pub fn issuer_audience(&self) -> (Option<String>, Option<String>) {
         (self.rules.issuer.clone(), self.rules.audience.clone())
     }
+}
+
+/// RFC 7518 §3.2: an HMAC key at least as long as the hash's output, so a guessable (empty,
+/// short) secret cannot pass the load. With several HS algorithms the largest hash rules.
+/// The rule it breaks, or `None` when `secret` is long enough.
+fn hmac_secret_rule(algs: &[Algorithm], secret: &[u8]) -> Option<String> {
+    let (alg, need) = algs
+        .iter()
+        .filter_map(|a| match a {
+            Algorithm::HS256 => Some(("HS256", 32)),
+            Algorithm::HS384 => Some(("HS384", 48)),
+            Algorithm::HS512 => Some(("HS512", 64)),
+            _ => None,
+        })
+        .max_by_key(|(_, n)| *n)?;
+    (secret.len() < need).then(|| {
+        format!(
+            "an {alg} secret needs at least {need} bytes (RFC 7518 §3.2); this one has {}",
+            secret.len()
+        )
+    })
 }
 
 /// A claim as a header value: strings and numbers as-is, other JSON compact.

@@ -70,6 +70,82 @@ struct RawHeader<'a> {
     crit: Option<Vec<serde::de::IgnoredAny>>,
 }
 
+/// A JSON object in which no object, at any depth, names a member twice. RFC 7519 §4 lets a
+/// parser take the last of duplicates, but the backend behind the gateway may take the first
+/// (`{"sub":"bob",...,"sub":"admin"}`), so such a token is refused as malformed instead.
+fn unique_object(json: &[u8], malformed: Refusal) -> Result<Map<String, Value>, Refusal> {
+    match serde_json::from_slice::<Unique>(json) {
+        Ok(Unique(Value::Object(m))) => Ok(m),
+        Ok(_) => Err(malformed),
+        // The visitor's only error: anything else is JSON syntax.
+        Err(e) if e.classify() == serde_json::error::Category::Data => Err(REPEATED),
+        Err(_) => Err(malformed),
+    }
+}
+
+/// A JSON value parsed by [`unique_object`]'s rule.
+struct Unique(Value);
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON whose objects repeat no member name")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Unique(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let Unique(v) = map.next_value()?;
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom("a member name is repeated"));
+            }
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+const REPEATED: Refusal = (
+    Reason::Malformed,
+    "malformed token: a JSON member name is repeated",
+);
+
 /// The decoded header: the algorithm, and the key id when there is one.
 pub struct Header {
     pub alg: Algorithm,
@@ -88,8 +164,9 @@ pub fn header(part: &[u8], accepted: &[Algorithm]) -> Result<Header, Refusal> {
         }
         Err(_) => return Err(BAD_ENCODING),
     };
-    let raw: RawHeader =
-        serde_json::from_slice(json).map_err(|_| (Reason::Malformed, "malformed token header"))?;
+    let malformed = (Reason::Malformed, "malformed token header");
+    unique_object(json, malformed)?;
+    let raw: RawHeader = serde_json::from_slice(json).map_err(|_| malformed)?;
     let alg: Algorithm = raw
         .alg
         .as_deref()
@@ -190,7 +267,7 @@ pub struct Rules {
 /// seconds): `exp` required, `nbf` when present, `iss` and `aud` when the provider names them.
 pub fn claims(payload: &[u8], rules: &Rules, now: u64) -> Result<Map<String, Value>, Refusal> {
     let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| BAD_ENCODING)?;
-    let claims: Map<String, Value> = serde_json::from_slice(&json).map_err(|_| BAD_ENCODING)?;
+    let claims = unique_object(&json, BAD_ENCODING)?;
     let wrong_type = (Reason::Malformed, "token claims have the wrong type");
     let exp = match claims.get("exp") {
         None | Some(Value::Null) => return Err((Reason::InvalidToken, "token has no exp claim")),
@@ -367,6 +444,21 @@ mod tests {
             reason(run(&token(crit, ok, b"secret"), &r, 1000)),
             Reason::InvalidToken
         );
+        for (h, claims) in [
+            (
+                HS256,
+                r#"{"sub":"bob","exp":2000,"iss":"idp","aud":"api","sub":"admin"}"#,
+            ),
+            (
+                HS256,
+                r#"{"exp":2000,"iss":"idp","aud":"api","x":{"a":1,"a":2}}"#,
+            ),
+            (r#"{"alg":"HS256","alg":"HS256"}"#, ok),
+            (r#"{"alg":"HS256","typ":"JWT","typ":"x"}"#, ok),
+        ] {
+            let r = run(&token(h, claims, b"secret"), &r, 1000);
+            assert_eq!(r.expect_err(claims).1, REPEATED.1, "{h} {claims}");
+        }
         for t in ["a.b", "a.b.c.d", "", "..", "!!.e30.e30"] {
             assert_eq!(reason(run(t, &r, 1000)), Reason::Malformed, "{t}");
         }

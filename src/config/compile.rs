@@ -76,16 +76,20 @@ pub fn compile(
 
     let mut names = Vec::new();
     let mut upstreams = Vec::new();
+    let mut broken = Vec::new();
     for (name, u) in file.upstreams {
-        if let Some(up) = upstream(&name, u, resolver, errs) {
-            names.push(name);
-            upstreams.push(Arc::new(up));
+        match u.and_then(|u| upstream(&name, u, resolver, errs)) {
+            Some(up) => {
+                names.push(name);
+                upstreams.push(Arc::new(up));
+            }
+            None => broken.push(name),
         }
     }
     let limits = limits(file.limits.unwrap_or_default(), errs);
     let routes = routes(
         file.routes,
-        &names,
+        (&names, &broken),
         &limits,
         (&rate_limits, &limit_names),
         &auth,
@@ -348,7 +352,7 @@ fn timeouts(base: &str, t: TimeoutsFile, errs: &mut ConfigErrors) -> Timeouts {
 
 fn routes(
     files: Vec<Option<RouteFile>>,
-    upstreams: &[String],
+    (upstreams, broken): (&[String], &[String]),
     limits: &Limits,
     (rate_limits, limit_names): (&crate::limit::Limits, &[String]),
     auth: &crate::auth::Auth,
@@ -413,7 +417,8 @@ fn routes(
             set
         });
         let upstream = upstreams.iter().position(|u| *u == r.upstream);
-        if upstream.is_none() {
+        // An upstream in error has its own message; the route naming it is not wrong.
+        if upstream.is_none() && !broken.contains(&r.upstream) {
             let known = if upstreams.is_empty() {
                 "none defined".to_owned()
             } else {

@@ -11,6 +11,13 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+/// The longest duration any setting takes: beyond it, arithmetic on it (a rate limit's period,
+/// a `Retry-After`) stops meaning anything.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The largest size any setting takes (1 TiB).
+const MAX_SIZE: u64 = 1 << 40;
+
 /// A duration written as a string (`500ms`, `2s`, `1m`), parsed with `humantime`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
@@ -24,11 +31,17 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration string such as \"500ms\", \"2s\" or \"1m\"")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+                let d = humantime::parse_duration(s.trim()).map_err(|e| {
                     E::custom(format!(
                         "bad duration {s:?}: {e} (write e.g. \"500ms\", \"2s\", \"1m\")"
                     ))
-                })
+                })?;
+                if d > MAX_DURATION {
+                    return Err(E::custom(format!(
+                        "bad duration {s:?}: longer than a year (365d), the most any setting takes"
+                    )));
+                }
+                Ok(Dur(d))
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<Dur, E> {
                 Err(E::custom(format!(
@@ -55,24 +68,35 @@ pub struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match serde_yaml::Value::deserialize(d)? {
-            serde_yaml::Value::Number(n) => n
-                .as_u64()
-                .map(Size)
-                .ok_or_else(|| de::Error::custom(format!("bad size {n}: a whole number of bytes"))),
-            serde_yaml::Value::String(s) => s
-                .trim()
-                .parse::<bytesize::ByteSize>()
-                .map(|b| Size(b.as_u64()))
-                .map_err(|e| {
-                    de::Error::custom(format!(
+        let (bytes, written) = match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::Number(n) => match n.as_u64() {
+                Some(b) => (b, n.to_string()),
+                None => {
+                    return Err(de::Error::custom(format!(
+                        "bad size {n}: a whole number of bytes"
+                    )))
+                }
+            },
+            serde_yaml::Value::String(s) => match s.trim().parse::<bytesize::ByteSize>() {
+                Ok(b) => (b.as_u64(), format!("{s:?}")),
+                Err(e) => {
+                    return Err(de::Error::custom(format!(
                         "bad size {s:?}: {e} (write e.g. 8192, \"64KiB\", \"10MB\")"
-                    ))
-                }),
-            _ => Err(de::Error::custom(
-                "a size is a number of bytes or a string like \"64KiB\"",
-            )),
+                    )))
+                }
+            },
+            _ => {
+                return Err(de::Error::custom(
+                    "a size is a number of bytes or a string like \"64KiB\"",
+                ))
+            }
+        };
+        if bytes > MAX_SIZE {
+            return Err(de::Error::custom(format!(
+                "bad size {written}: larger than 1TiB, the most any setting takes"
+            )));
         }
+        Ok(Size(bytes))
     }
 }
 
@@ -109,8 +133,9 @@ pub struct FileConfig {
     pub listen: Option<Vec<Option<crate::listen::ListenFile>>>,
     pub admin: Option<String>,
     pub trusted_proxies: Vec<String>,
-    /// In file order: the order matters for messages and `/health`.
-    pub upstreams: Vec<(String, UpstreamFile)>,
+    /// In file order: the order matters for messages and `/health`. `None` where an entry
+    /// failed to parse: its name is still known, so routes naming it are not also in error.
+    pub upstreams: Vec<(String, Option<UpstreamFile>)>,
     /// `None` where an entry failed to parse, so indexes stay those of the file.
     pub routes: Vec<Option<RouteFile>>,
     /// Authentication: consumers and providers, in file order.

@@ -102,9 +102,24 @@ pub fn load_str(text: &str) -> Result<Loaded, ConfigErrors> {
 /// `resolve_every`) with `resolver` instead of the system's: the seam tests use to drive DNS.
 pub fn load_str_with(text: &str, resolver: Arc<dyn Resolver>) -> Result<Loaded, ConfigErrors> {
     let mut errs = ConfigErrors::default();
+    // A byte-order mark is how some editors start a UTF-8 file; YAML allows it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some(line) = too_deep(text) {
+        errs.push(
+            "",
+            format!("not valid YAML: line {line}: nested more than {MAX_DEPTH} levels deep"),
+        );
+        return Err(errs);
+    }
     let root = match serde_yaml::from_str::<Value>(text) {
         Ok(Value::Mapping(m)) => m,
-        Ok(Value::Null) => Mapping::new(),
+        Ok(Value::Null) => {
+            errs.push(
+                "",
+                "the config is empty (no keys at all): nothing would be served but 404s",
+            );
+            return Err(errs);
+        }
         Ok(_) => {
             errs.push("", "the config must be a YAML mapping of keys to values");
             return Err(errs);
@@ -138,6 +153,47 @@ pub fn load_str_with(text: &str, resolver: Arc<dyn Resolver>) -> Result<Loaded, 
     }
 }
 
+/// How deep flow collections (`[`, `{`) may nest. serde_yaml refuses a deeper document too, but
+/// only after its parser has gone through it, which takes time quadratic in the depth.
+const MAX_DEPTH: usize = 128;
+
+/// The line where flow collections nest deeper than [`MAX_DEPTH`], if they do: a scan that
+/// skips quoted strings and comments, so brackets inside them do not count.
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<u8> = None;
+    let mut prev = b'\n';
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        match (quote, b) {
+            (_, b'\n') => line += 1,
+            (Some(b'"'), b'\\') => line += usize::from(bytes.next() == Some(b'\n')),
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') if depth > 0 || matches!(prev, b' ' | b'\t' | b'\n' | b':') => {
+                quote = Some(b)
+            }
+            (None, b'#') if matches!(prev, b' ' | b'\t' | b'\n') => {
+                if bytes.by_ref().any(|c| c == b'\n') {
+                    line += 1;
+                }
+                prev = b'\n';
+                continue;
+            }
+            (None, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(line);
+                }
+            }
+            (None, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = b;
+    }
+    None
+}
+
 /// Deserialize one tollgate section into `file`, recording errors under its key path.
 fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErrors) {
     match key {
@@ -148,9 +204,8 @@ fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErr
             Value::Mapping(m) => {
                 for (name, u) in m {
                     let name = yaml_key(&name);
-                    if let Some(u) = parse(&format!("upstreams.{name}"), u, errs) {
-                        file.upstreams.push((name, u));
-                    }
+                    let u = parse(&format!("upstreams.{name}"), u, errs);
+                    file.upstreams.push((name, u));
                 }
             }
             Value::Null => {}
@@ -221,7 +276,7 @@ pub(crate) fn parse<T: DeserializeOwned>(
             let inner = e.path().to_string();
             let path = if inner == "." || inner.is_empty() {
                 base.to_owned()
-            } else if inner.starts_with('[') {
+            } else if inner.starts_with('[') || base.is_empty() {
                 format!("{base}{inner}")
             } else {
                 format!("{base}.{inner}")

@@ -261,10 +261,16 @@ impl Drop for Gateway {
 
 /// Run `tollgate -t -c` on `yaml`; returns (exit code, stdout + stderr).
 pub fn check_config(yaml: &str) -> (i32, String) {
+    check_config_with_env(yaml, &[])
+}
+
+/// As [`check_config`], with these environment variables set for `tollgate -t`.
+pub fn check_config_with_env(yaml: &str, env: &[(&str, &str)]) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("t.yaml");
     std::fs::write(&conf, yaml).unwrap();
     let out = Command::new(bin())
+        .envs(env.iter().copied())
         .arg("-t")
         .arg("-c")
         .arg(&conf)
