@@ -8,9 +8,11 @@ deps:
 demo: deps
 	cargo run --release -- --demo
 
-# Everything CI runs: unit, integration (real gateway, real upstreams, real Redis) and doc tests.
+# Everything CI runs: unit, integration (real gateway, real upstreams, real Redis) and doc tests;
+# then the integration tests again with the own HTTP/1 engine off (Pingora's path everywhere).
 test: deps
 	cargo test
+	TOLLGATE_FAST_PATH=0 cargo test --test '*'
 
 # Lints as CI enforces them.
 check:

@@ -43,7 +43,7 @@ fn main() {
             ),
             access_log: tollgate::observe::access_log::AccessLog::new(gw.access_log.clone()),
         });
-        let proxy = || pingora::proxy::http_proxy(&conf, tollgate::proxy::Tollgate::new(gw.clone(), obs.clone(), conf.upstream_keepalive_pool_size));
+        let proxy = || pingora::proxy::http_proxy(&conf, tollgate::proxy::Tollgate::new(gw.clone(), obs.clone(), &conf));
         let app = Arc::new(proxy());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -79,7 +79,7 @@ fn main() {
             std::mem::size_of_val(&c.readable()),
             std::mem::size_of_val(&shutdown.clone().changed()),
             std::mem::size_of::<pingora::apps::HttpPersistentSettings>());
-        let own = tollgate::proxy::Tollgate::new(gw.clone(), obs.clone(), conf.upstream_keepalive_pool_size);
+        let own = tollgate::proxy::Tollgate::new(gw.clone(), obs.clone(), &conf);
         let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut s = stream(c);
         let serve = tollgate::conn::Serve::serve(&own, &mut s, bytes::BytesMut::new(), false);

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
@@ -42,18 +43,26 @@ pub struct Tollgate {
     /// Idle connections the fast path keeps per backend and thread
     /// (`upstream_keepalive_pool_size`).
     pool: usize,
+    /// Attempts the relay makes per request at most (`max_retries`, as Pingora's own loop).
+    max_retries: usize,
     /// Every upstream is one the fast path relays to (the usual case): any plain request
     /// takes it, whichever route it finds, so none needs routing before it is admitted.
     all_relayed: bool,
+    /// The gateway's `fast_path`: off, no request is relayed by tollgate itself.
+    fast_path: bool,
 }
 
 impl Tollgate {
-    pub fn new(gw: Arc<Gateway>, obs: Arc<Observe>, pool: usize) -> Self {
+    /// The proxy for `gw`, with Pingora's server settings that bound the relay's upstream
+    /// connections and attempts (`upstream_keepalive_pool_size`, `max_retries`).
+    pub fn new(gw: Arc<Gateway>, obs: Arc<Observe>, conf: &ServerConf) -> Self {
         let all_relayed = gw.upstreams.iter().all(|u| relay::relays_to(u));
         Tollgate {
+            fast_path: gw.fast_path,
             gw,
             obs,
-            pool,
+            pool: conf.upstream_keepalive_pool_size,
+            max_retries: conf.max_retries,
             all_relayed,
         }
     }
@@ -274,9 +283,10 @@ impl ProxyHttp for Tollgate {
         if self.admit(session, ctx).await? {
             return Ok(true);
         }
-        if self
-            .upstream(ctx)
-            .is_some_and(|up| relay::takes_fast_path(session.req_header(), ctx, up))
+        if self.fast_path
+            && self
+                .upstream(ctx)
+                .is_some_and(|up| relay::takes_fast_path(session.req_header(), ctx, up))
         {
             return self.relay(session, ctx).await;
         }
@@ -342,6 +352,15 @@ impl ProxyHttp for Tollgate {
             }
         }
         self.decorate(session.req_header(), resp, ctx, false)?;
+        // An HTTP/1.0 client cannot read chunked framing (RFC 9112 §6.1), which Pingora adds
+        // to a body of unknown length: it gets the body as it is, ended by the close, as
+        // from the own engine.
+        if session.req_header().version == http::Version::HTTP_10
+            && resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 
@@ -401,6 +420,8 @@ impl ProxyHttp for Tollgate {
         let unanswered = ctx.websocket.is_some()
             && ctx.tunnel.is_none()
             && crate::conn::idled(session.as_downstream().stream());
+        // The connection ends after this answer (`can_reuse_downstream` below): it says so.
+        session.set_keepalive(None);
         FailToProxy {
             error_code: self.answer_failure(session, e, ctx, unanswered).await,
             can_reuse_downstream: false,

@@ -77,8 +77,8 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         .iter()
         .any(|u| trust::needs_system_store(u.tls.as_ref()));
     for key in keys {
-        let pool = server.configuration.upstream_keepalive_pool_size;
-        let tollgate = || Tollgate::new(gw.clone(), obs.clone(), pool);
+        let conf = server.configuration.clone();
+        let tollgate = || Tollgate::new(gw.clone(), obs.clone(), &conf);
         let mut app = trust::build_connectors(system_store, || {
             pingora::proxy::http_proxy(&server.configuration, tollgate())
         });
@@ -86,7 +86,8 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         options.h2c = key.h2c;
         app.server_options = Some(options);
         let name = if key.h2c { "tollgate h2c" } else { "tollgate" };
-        let mut front = Front::new(name, Gate::with_own(app, tollgate(), &guards));
+        let own = gw.fast_path.then(tollgate);
+        let mut front = Front::new(name, Gate::with_own(app, own, &guards));
         for l in gw.listen.iter().filter(|l| l.service_key() == key) {
             match &l.tls {
                 Some(tls) => match tls.settings() {
@@ -102,7 +103,7 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
                     }
                 },
                 // Cleartext HTTP/1: tollgate's own accept loop (`conn::accept`).
-                None if !key.h2c => front.add_plain(&l.addr),
+                None if !key.h2c && gw.fast_path => front.add_plain(&l.addr),
                 None => front.pingora().add_listener(
                     ListenerConfig::tcp(l.addr.as_str()).l4_buffer(client_buffers(false)),
                 ),

@@ -312,3 +312,13 @@ fn an_upstream_in_error_is_not_also_unknown_at_its_routes() {
     assert!(out.contains("upstreams.v.balance"), "{out}");
     assert!(!out.contains("unknown upstream"), "{out}");
 }
+
+#[test]
+fn fast_path_is_a_boolean() {
+    let (code, out) = check_config(&format!("{BASE}fast_path: false\n"));
+    assert_eq!(code, 0, "{out}");
+    rejects(
+        &format!("{BASE}fast_path: sometimes\n"),
+        &["fast_path: invalid type"],
+    );
+}

@@ -31,6 +31,9 @@ pub struct Gateway {
     pub limits: Limits,
     pub rate_limits: crate::limit::Limits,
     pub auth: crate::auth::Auth,
+    /// tollgate's own HTTP/1 engine serves what it can (`fast_path`, default on); off, every
+    /// connection and request takes Pingora's listener, session and proxy path.
+    pub fast_path: bool,
 }
 
 /// Headers tollgate owns on the response; a route may not override them.
@@ -126,6 +129,7 @@ pub fn compile(
         limits,
         rate_limits,
         auth,
+        fast_path: file.fast_path.unwrap_or(true),
     })
 }
 

@@ -146,6 +146,8 @@ pub struct FileConfig {
     /// Rate limiting (`crate::limit::config`).
     pub rate_limits: Option<crate::limit::config::RateLimitsFile>,
     pub redis: Option<crate::limit::config::RedisFile>,
+    /// `fast_path`: tollgate's own HTTP/1 engine on (the default) or off.
+    pub fast_path: Option<bool>,
 }
 
 /// The top-level keys tollgate owns, in the order the docs list them.
@@ -161,6 +163,7 @@ pub const TOLLGATE_KEYS: &[&str] = &[
     "routes",
     "access_log",
     "limits",
+    "fast_path",
 ];
 
 #[derive(Debug, Deserialize)]

@@ -41,10 +41,6 @@ fn hop_by_hop(name: &http::HeaderName) -> bool {
         || ["keep-alive", "proxy-connection", "http2-settings"].contains(&name.as_str())
 }
 
-/// Attempts per request, counting retries on pooled connections the backend had closed
-/// (Pingora's `max_retries`).
-const MAX_TRIES: usize = 16;
-
 /// How an attempt failed: before anything reached the backend, or after.
 enum Failed {
     Connect(Box<Error>),
@@ -92,7 +88,9 @@ impl Tollgate {
     ) -> Result<bool> {
         let head = self.upstream_head(session, ctx)?;
         let head_request = session.req_header().method == http::Method::HEAD;
-        for _ in 0..MAX_TRIES {
+        // Attempts per request, counting retries on pooled connections the backend had
+        // closed: Pingora's proxy loop is bounded by the same `max_retries`.
+        for _ in 0..self.max_retries {
             let addr = self.pick(session.req_header(), ctx)?.addr();
             let timeouts = self.upstream(ctx).map(|u| u.timeouts).unwrap_or_default();
             let e = match self

@@ -285,17 +285,39 @@ pub fn check_config_with_env(yaml: &str, env: &[(&str, &str)]) -> (i32, String) 
 }
 
 /// The YAML the harness runs: `body` plus listen/admin/pid/upgrade paths and short grace
-/// periods (a test reload should not wait Pingora's defaults).
+/// periods (a test reload should not wait Pingora's defaults), and `fast_path: false` in a
+/// run without the own engine ([`own_engine`]) unless `body` says which engine it wants.
 pub fn gateway_yaml(
     dir: &std::path::Path,
     addr: SocketAddr,
     admin: SocketAddr,
     body: &str,
 ) -> String {
+    let engine = if own_engine() || body.contains("fast_path:") {
+        ""
+    } else {
+        "fast_path: false\n"
+    };
     format!(
         "version: 1\nthreads: 2\npid_file: {d}/tollgate.pid\nupgrade_sock: {d}/upgrade.sock\n\
          grace_period_seconds: 3\ngraceful_shutdown_timeout_seconds: 1\n\
-         listen: [\"{addr}\"]\nadmin: \"{admin}\"\n{body}\n",
+         listen: [\"{addr}\"]\nadmin: \"{admin}\"\n{engine}{body}\n",
         d = dir.display()
     )
+}
+
+/// Whether this run serves with tollgate's own HTTP/1 engine (the default), or forces
+/// Pingora's path everywhere (`TOLLGATE_FAST_PATH=0`, CI's second run).
+pub fn own_engine() -> bool {
+    std::env::var("TOLLGATE_FAST_PATH").map_or(true, |v| v != "0")
+}
+
+/// For a test about the own engine itself: `true` (and a note on stderr) when this run has
+/// it off, so the test returns early there.
+pub fn skip_without_own_engine(test: &str) -> bool {
+    let skip = !own_engine();
+    if skip {
+        eprintln!("{test}: about tollgate's own HTTP/1 engine; skipped with TOLLGATE_FAST_PATH=0");
+    }
+    skip
 }
