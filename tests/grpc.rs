@@ -152,7 +152,8 @@ fn protocol_keys_are_checked_with_their_paths() {
 
 /// A gateway in front of the gRPC upstream `up` with an h2c listener: `/test.Echo` open,
 /// `/secure.Echo` behind an API key, `/limited.Echo` one call a minute, `/down.Echo` to a
-/// closed port, `/slow.Echo` to a backend that never answers.
+/// closed port, `/slow.Echo` to a backend that never answers, `/pfx` (stripped) to `up`,
+/// `/small.Echo` with a 1 KiB `max_body`, `/stall.Echo` to `up` with a 500ms read timeout.
 fn grpc_gateway(up: &GrpcUpstream) -> (Gateway, std::net::SocketAddr) {
     let (down, slow) = (closed_port(), hang());
     gateway_h2c(&format!(
@@ -167,12 +168,16 @@ upstreams:
   g: {{targets: ["{up}"], protocol: h2}}
   down: {{targets: ["{down}"], protocol: h2}}
   slow: {{targets: ["{slow}"], protocol: h2, timeouts: {{read: 300ms}}}}
+  impatient: {{targets: ["{up}"], protocol: h2, timeouts: {{read: 500ms}}}}
 routes:
   - {{name: svc, path_prefix: /test.Echo, strip_prefix: false, upstream: g}}
   - {{name: secure, path_prefix: /secure.Echo, strip_prefix: false, upstream: g, auth: [keys]}}
   - {{name: limited, path_prefix: /limited.Echo, strip_prefix: false, upstream: g, rate_limit: once}}
   - {{name: down, path_prefix: /down.Echo, strip_prefix: false, upstream: down}}
   - {{name: slow, path_prefix: /slow.Echo, strip_prefix: false, upstream: slow}}
+  - {{name: pfx, path_prefix: /pfx, upstream: g}}
+  - {{name: small, path_prefix: /small.Echo, strip_prefix: false, upstream: g, max_body: 1KiB}}
+  - {{name: stall, path_prefix: /stall.Echo, strip_prefix: false, upstream: impatient}}
 "#,
         up = up.addr
     ))
@@ -298,4 +303,32 @@ fn json_stays_for_everything_that_is_not_grpc() {
     assert_eq!(web.header("grpc-status"), Some("16"));
     assert_eq!(web.header("content-length"), Some("0"));
     assert_eq!(web.body, "");
+}
+
+#[test]
+fn requests_through_a_stripped_prefix_reach_an_h2_upstream() {
+    let up = GrpcUpstream::start();
+    let (gw, h2c) = grpc_gateway(&up);
+    let ok = call(h2c, "/pfx/test.Echo/Echo", &[], b"ping");
+    assert_eq!(ok.grpc_status(), Some(0), "{ok:?}\n{}", gw.logs());
+    assert_eq!(ok.messages, vec![b"echo:ping".to_vec()]);
+    // `curl --http2-prior-knowledge`; HTTP/1.1 in origin form and in absolute form.
+    let h2 = runtime()
+        .block_on(async {
+            let tcp = tokio::net::TcpStream::connect(h2c).await.unwrap();
+            h2client::get(tcp, "http://gw/pfx/x?q=1").await
+        })
+        .unwrap_or_else(|e| panic!("h2c request failed: {e}\n{}", gw.logs()));
+    assert_eq!(h2.status, 200, "{h2:?}\n{}", gw.logs());
+    assert_eq!(h2.body, "h2 GET /x 0");
+    assert_eq!(gw.get("/pfx/y").body, "h2 GET /y 0");
+    let absolute = gw.raw(b"GET http://gw/pfx/z HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+    assert_eq!(absolute.body, "h2 GET /z 0", "{absolute:?}");
+    let seen = up.seen();
+    let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["/test.Echo/Echo", "/x", "/y", "/z"]);
+    assert!(
+        seen.iter().all(|s| s.authority.as_deref() == Some("gw")),
+        "the client's authority reaches the backend: {seen:?}"
+    );
 }
