@@ -260,6 +260,32 @@ pub fn forwarding(
     Ok(())
 }
 
+/// Join an HTTP/2 request's `cookie` fields into one, separated by `"; "`, before it goes
+/// out as HTTP/1 (RFC 9113 section 8.2.3: HTTP/2 clients send each cookie as its own field,
+/// an HTTP/1 server expects a single `Cookie` header, RFC 6265 section 5.4).
+pub fn join_cookie_crumbs(h: &mut HeaderMap) -> Result<()> {
+    let crumbs = h.get_all(http::header::COOKIE);
+    if crumbs.iter().nth(1).is_none() {
+        return Ok(());
+    }
+    let mut joined = Vec::new();
+    for (i, c) in crumbs.iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(c.as_bytes());
+    }
+    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).map_err(|e| {
+        pingora::Error::because(
+            pingora::ErrorType::InvalidHTTPHeader,
+            "joining the cookie fields",
+            e,
+        )
+    })?;
+    h.insert(http::header::COOKIE, value);
+    Ok(())
+}
+
 /// The comma-separated tokens of a header value (`Connection`, `Transfer-Encoding`), trimmed.
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
@@ -401,6 +427,21 @@ mod tests {
         set_target(&mut h1, Some("/x")).unwrap();
         assert_eq!(h1.uri, "/x");
         assert!(set_target(&mut h2, Some("/bad path")).is_err());
+    }
+
+    #[test]
+    fn cookie_crumbs_become_one_field() {
+        let mut h = HeaderMap::new();
+        join_cookie_crumbs(&mut h).unwrap();
+        assert!(h.is_empty());
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        join_cookie_crumbs(&mut h).unwrap();
+        assert_eq!(h["cookie"], "a=1");
+        h.append("cookie", HeaderValue::from_static("b=2; c=3"));
+        h.append("cookie", HeaderValue::from_static("d=4"));
+        join_cookie_crumbs(&mut h).unwrap();
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3; d=4"]);
     }
 
     /// A head as Pingora's HTTP/1 reader leaves it: parsed with the case of every name kept.

@@ -135,9 +135,21 @@ impl Tollgate {
     }
 
     /// What the upstream request carries: the rewritten target and the forwarding headers.
-    fn upstream_edits(&self, tls: bool, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    /// `crumbs`: an HTTP/2 request going out as HTTP/1, whose `cookie` fields become one.
+    fn upstream_edits(
+        &self,
+        tls: bool,
+        crumbs: bool,
+        req: &mut RequestHeader,
+        ctx: &Ctx,
+    ) -> Result<()> {
         headers::set_target(req, ctx.target.as_deref())?;
-        headers::edit_request(req, |h| self.forwarded(tls, h, ctx))
+        headers::edit_request(req, |h| {
+            if crumbs {
+                headers::join_cookie_crumbs(h)?;
+            }
+            self.forwarded(tls, h, ctx)
+        })
     }
 
     /// The upstream request's headers: forwarding, and the caller's identity in place of its
@@ -317,14 +329,17 @@ impl ProxyHttp for Tollgate {
         Ok(Box::new(peer))
     }
 
-    /// Rewrite the target and set the forwarding headers.
+    /// Rewrite the target and set the forwarding headers; an HTTP/2 client's cookie crumbs
+    /// are joined for an HTTP/1 upstream.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.upstream_edits(Downstream::tls(session), req, ctx)
+        let crumbs = session.req_header().version == http::Version::HTTP_2
+            && req.version != http::Version::HTTP_2;
+        self.upstream_edits(Downstream::tls(session), crumbs, req, ctx)
     }
 
     /// A WebSocket handshake's answer opens the tunnel; then the gateway headers.
