@@ -332,3 +332,60 @@ fn requests_through_a_stripped_prefix_reach_an_h2_upstream() {
         "the client's authority reaches the backend: {seen:?}"
     );
 }
+
+#[test]
+fn grpc_web_refusals_keep_the_request_content_type() {
+    let up = GrpcUpstream::start();
+    let (gw, h2c) = grpc_gateway(&up);
+    for ct in [
+        "application/grpc-web+proto",
+        "application/grpc-web+json",
+        "application/grpc-web-text",
+        "application/grpc-web-text+proto",
+        "application/grpc-web",
+    ] {
+        // Over HTTP/1.1, as browsers send it.
+        let web = gw.send(
+            "POST",
+            "/secure.Echo/Echo",
+            &[("Content-Type", ct), ("Content-Length", "0")],
+        );
+        assert_eq!(web.header("grpc-status"), Some("16"), "{ct}: {web:?}");
+        assert_eq!(web.header("content-type"), Some(ct), "{ct}: {web:?}");
+        let missing = gw.send(
+            "POST",
+            "/nope.Svc/Call",
+            &[("Content-Type", ct), ("Content-Length", "0")],
+        );
+        assert_eq!(missing.header("grpc-status"), Some("12"), "{ct}");
+        assert_eq!(
+            missing.header("content-type"),
+            Some(ct),
+            "{ct}: {missing:?}"
+        );
+        // Over HTTP/2.
+        let r = call(h2c, "/secure.Echo/Echo", &[("content-type", ct)], b"x");
+        assert_eq!(r.grpc_status(), Some(16), "{ct}: {r:?}");
+        assert_eq!(r.header("content-type"), Some(ct), "{ct}: {r:?}");
+    }
+    let limited = || {
+        call(
+            h2c,
+            "/limited.Echo/Echo",
+            &[("content-type", "application/grpc-web+proto")],
+            b"1",
+        )
+    };
+    limited();
+    let r = limited();
+    assert_eq!(r.grpc_status(), Some(8), "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/grpc-web+proto"));
+    // A plain gRPC call keeps `application/grpc`, whatever its suffix.
+    let r = call(
+        h2c,
+        "/nope.Svc/Call",
+        &[("content-type", "application/grpc+proto")],
+        b"x",
+    );
+    assert_eq!(r.header("content-type"), Some("application/grpc"), "{r:?}");
+}
