@@ -296,7 +296,9 @@ impl ProxyHttp for Tollgate {
     }
 
     /// Enforce the route's `max_body` on bodies whose length was not declared up front (not
-    /// on a WebSocket tunnel's bytes, which Pingora passes here too).
+    /// on a WebSocket tunnel's bytes, which Pingora passes here too). The refusal is the
+    /// client's error (`into_down`): Pingora's HTTP/2 upstream loop reads any other error here
+    /// as the upstream's, stops reading the body and waits for an answer that never comes.
     async fn request_body_filter(
         &self,
         session: &mut Session,
@@ -310,10 +312,11 @@ impl ProxyHttp for Tollgate {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if self.route(ctx).is_some_and(|r| ctx.body_bytes > r.max_body) {
-                return Error::e_explain(
+                let e = Error::explain(
                     ErrorType::HTTPStatus(413),
                     "the request body is larger than this route accepts",
                 );
+                return Err(e.into_down());
             }
         }
         Ok(())

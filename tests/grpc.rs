@@ -4,7 +4,7 @@
 mod support;
 use std::time::Duration;
 
-use support::grpc::{call, gateway_h2c, GrpcUpstream};
+use support::grpc::{call, call_within, gateway_h2c, GrpcUpstream};
 use support::*;
 
 /// One route `/plain` to an upstream `u` at `up` with the given upstream settings.
@@ -388,4 +388,37 @@ fn grpc_web_refusals_keep_the_request_content_type() {
         b"x",
     );
     assert_eq!(r.header("content-type"), Some("application/grpc"), "{r:?}");
+}
+
+#[test]
+fn a_message_over_max_body_ends_the_call_promptly_with_resource_exhausted() {
+    let up = GrpcUpstream::start();
+    let (gw, h2c) = grpc_gateway(&up);
+    let small = call(h2c, "/small.Echo/Echo", &[], &[b'a'; 512]);
+    assert_eq!(small.grpc_status(), Some(0), "{small:?}");
+    let started = std::time::Instant::now();
+    let big = call_within(
+        h2c,
+        "/small.Echo/Echo",
+        &[],
+        &[b'a'; 4096],
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("the call hung:\n{}", gw.logs()));
+    assert_eq!(big.grpc_status(), Some(8), "{big:?}\n{}", gw.logs());
+    assert!(
+        big.grpc_message().is_some_and(|m| m.contains("larger")),
+        "{big:?}"
+    );
+    assert!(big.header("x-request-id").is_some(), "{big:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "RESOURCE_EXHAUSTED after {:?}",
+        started.elapsed()
+    );
+    assert_logged(
+        &gw,
+        " grpc_status=8",
+        "the refusal is logged with its status",
+    );
 }
