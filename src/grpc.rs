@@ -160,6 +160,24 @@ pub async fn respond(
     }
 }
 
+/// End a call whose answer already began (the backend's headers went out) with trailers
+/// carrying the gateway's status, when the backend then fails (a read timeout, a reset):
+/// without them the client sees a bare RST_STREAM and reports CANCELLED, whatever happened.
+/// HTTP/2 only; `false` when the client is not on HTTP/2 (Pingora writes no HTTP/1
+/// trailers) and nothing was written.
+pub fn end_with_status(session: &mut Session, reject: Reject, message: &str) -> bool {
+    let ServerSession::H2(h2) = session.as_downstream_mut() else {
+        return false;
+    };
+    let mut trailers = http::HeaderMap::with_capacity(2);
+    trailers.insert(
+        GRPC_STATUS.clone(),
+        HeaderValue::from(u16::from(status(reject))),
+    );
+    trailers.insert(GRPC_MESSAGE.clone(), message_value(message));
+    h2.write_trailers(trailers).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -214,7 +214,8 @@ impl Tollgate {
     }
 
     /// Answer a failure to proxy with the JSON error contract, unless a response already
-    /// began; the status for the log (0: none). `unanswered`: a WebSocket handshake timed out.
+    /// began (then a gRPC call still ends with the failure's status in trailers); the status
+    /// for the log (0: none). `unanswered`: a WebSocket handshake timed out.
     async fn answer_failure<D: Downstream>(
         &self,
         session: &mut D,
@@ -228,9 +229,15 @@ impl Tollgate {
         };
         let code = reject.map_or(0, Reject::status);
         if let Some(reject) = reject {
-            if session.response_written().is_none() {
-                let upstream = self.upstream(ctx).map(|u| &*u.name);
-                let msg = error::proxy_error_message(reject, upstream);
+            let upstream = self.upstream(ctx).map(|u| &*u.name);
+            let msg = error::proxy_error_message(reject, upstream);
+            if session.response_written().is_some() {
+                if let (true, Some(session)) = (ctx.grpc, session.pingora()) {
+                    if crate::grpc::end_with_status(session, reject, &msg) {
+                        ctx.grpc_status = Some(crate::grpc::status(reject));
+                    }
+                }
+            } else {
                 let mut extra = Vec::new();
                 if reject == Reject::Unavailable {
                     let secs = self.upstream(ctx).map_or(1, |u| u.retry_after());

@@ -422,3 +422,28 @@ fn a_message_over_max_body_ends_the_call_promptly_with_resource_exhausted() {
         "the refusal is logged with its status",
     );
 }
+
+#[test]
+fn a_backend_failing_after_its_headers_ends_the_call_with_a_status() {
+    let up = GrpcUpstream::start();
+    let (gw, h2c) = grpc_gateway(&up);
+    let r = call(h2c, "/stall.Echo/Stall", &[], b"x");
+    up.release();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.reset, None, "the stream ends with trailers, not a reset");
+    let trailers = r.trailers.as_ref().expect("trailers end the call");
+    assert_eq!(trailers["grpc-status"], "4", "DEADLINE_EXCEEDED: {r:?}");
+    assert!(
+        r.grpc_message()
+            .is_some_and(|m| m.contains("did%20not%20answer") || m.contains("did not answer")),
+        "{r:?}"
+    );
+    assert_logged(
+        &gw,
+        " grpc_status=4",
+        "the access log records the status the client got",
+    );
+    let reset = call(h2c, "/test.Echo/Reset", &[], b"x");
+    assert_eq!(reset.reset, None, "{reset:?}");
+    assert_eq!(reset.grpc_status(), Some(14), "UNAVAILABLE: {reset:?}");
+}

@@ -8,6 +8,8 @@
 //!   percent-encoded `grpc-message`.
 //! - `…/Stall`: the response headers, then nothing until [`GrpcUpstream::release`] (a backend
 //!   that stops answering mid-call), then the trailers `grpc-status: 0`.
+//! - `…/Reset`: the response headers, then RST_STREAM (INTERNAL_ERROR): a backend that fails
+//!   mid-call.
 //! - `…/hold`: not gRPC; counted as open and held until [`GrpcUpstream::release`], so a test
 //!   can keep several streams in flight at once.
 //! - anything else: a plain HTTP answer `h2 METHOD PATH BODY-LENGTH`.
@@ -179,6 +181,10 @@ async fn handle(
             ("grpc-status", "5"),
             ("grpc-message", "no%20such%20thing%3A%20%E2%9C%97"),
         ]));
+    } else if path.ends_with("/Reset") {
+        if let Ok(mut tx) = respond.send_response(grpc(200), false) {
+            tx.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
     } else if path.ends_with("/Stall") {
         let Ok(mut tx) = respond.send_response(grpc(200), false) else {
             return;
