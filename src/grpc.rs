@@ -3,9 +3,10 @@
 //!
 //! A gRPC client reads the outcome of a call from `grpc-status`, not from the HTTP status: a
 //! JSON 401 would surface as a vague UNKNOWN or INTERNAL error. So a refused gRPC call gets a
-//! *trailers-only* answer (gRPC PROTOCOL-HTTP2.md): HTTP 200, `content-type: application/grpc`,
-//! `grpc-status` and a percent-encoded `grpc-message` in one HEADERS frame that ends the
-//! stream, plus the gateway's usual headers (`x-request-id`, `Retry-After`, `RateLimit-*`,
+//! *trailers-only* answer (gRPC PROTOCOL-HTTP2.md): HTTP 200, `content-type: application/grpc`
+//! (a gRPC-Web call's own type, see [`answer_content_type`]), `grpc-status` and a
+//! percent-encoded `grpc-message` in one HEADERS frame that ends the stream, plus the
+//! gateway's usual headers (`x-request-id`, `Retry-After`, `RateLimit-*`,
 //! `WWW-Authenticate`).
 //!
 //! Which status: tollgate stands where the gRPC library would, so the codes are those
@@ -35,6 +36,29 @@ pub fn is_grpc(req: &RequestHeader) -> bool {
     ct.len() >= PREFIX.len()
         && ct[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
         && matches!(ct.get(PREFIX.len()), None | Some(b'+' | b';' | b'-'))
+}
+
+/// The `Content-Type` of tollgate's answer to a gRPC call: `application/grpc`, or for a
+/// gRPC-Web call the media type it sent (`application/grpc-web+proto`, `…+json`,
+/// `application/grpc-web-text…`), lower-cased and without parameters. gRPC-Web clients pick
+/// the decoder by it (PROTOCOL-WEB.md), and some refuse an answer in plain `application/grpc`.
+pub fn answer_content_type(req: &RequestHeader) -> HeaderValue {
+    const WEB: &[u8] = b"application/grpc-web";
+    let ct = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .map_or(&[][..], |v| v.as_bytes());
+    let media = ct
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if media.len() >= WEB.len() && media[..WEB.len()].eq_ignore_ascii_case(WEB) {
+        if let Ok(v) = HeaderValue::from_bytes(&media.to_ascii_lowercase()) {
+            return v;
+        }
+    }
+    APPLICATION_GRPC.clone()
 }
 
 /// The gRPC status code of a refusal:
@@ -90,14 +114,16 @@ pub fn reported_status(headers: &http::HeaderMap) -> Option<u8> {
 
 /// Build the trailers-only answer. `Content-Length: 0` frames it for an HTTP/1.1 (gRPC-Web)
 /// client; over HTTP/2 the HEADERS frame ends the stream, and a zero length agrees with that.
+/// `content_type`: [`answer_content_type`].
 pub fn head(
     reject: Reject,
     message: &str,
+    content_type: HeaderValue,
     request_id: Option<&HeaderValue>,
     extra: &[(HeaderName, HeaderValue)],
 ) -> pingora::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(200, Some(6 + extra.len()))?;
-    h.insert_header(http::header::CONTENT_TYPE, APPLICATION_GRPC.clone())?;
+    h.insert_header(http::header::CONTENT_TYPE, content_type)?;
     h.insert_header(
         GRPC_STATUS.clone(),
         HeaderValue::from(u16::from(status(reject))),
@@ -123,7 +149,8 @@ pub async fn respond(
     request_id: Option<&HeaderValue>,
     extra: &[(HeaderName, HeaderValue)],
 ) -> pingora::Result<()> {
-    let head = Box::new(head(reject, message, request_id, extra)?);
+    let content_type = answer_content_type(session.req_header());
+    let head = Box::new(head(reject, message, content_type, request_id, extra)?);
     if !session.is_body_empty() {
         session.set_keepalive(None);
     }
@@ -131,6 +158,24 @@ pub async fn respond(
         ServerSession::H2(h2) => h2.write_response_header(head, true),
         _ => session.write_response_header(head, true).await,
     }
+}
+
+/// End a call whose answer already began (the backend's headers went out) with trailers
+/// carrying the gateway's status, when the backend then fails (a read timeout, a reset):
+/// without them the client sees a bare RST_STREAM and reports CANCELLED, whatever happened.
+/// HTTP/2 only; `false` when the client is not on HTTP/2 (Pingora writes no HTTP/1
+/// trailers) and nothing was written.
+pub fn end_with_status(session: &mut Session, reject: Reject, message: &str) -> bool {
+    let ServerSession::H2(h2) = session.as_downstream_mut() else {
+        return false;
+    };
+    let mut trailers = http::HeaderMap::with_capacity(2);
+    trailers.insert(
+        GRPC_STATUS.clone(),
+        HeaderValue::from(u16::from(status(reject))),
+    );
+    trailers.insert(GRPC_MESSAGE.clone(), message_value(message));
+    h2.write_trailers(trailers).is_ok()
 }
 
 #[cfg(test)]
@@ -162,6 +207,25 @@ mod tests {
     }
 
     #[test]
+    fn grpc_web_answers_in_the_calls_own_type() {
+        let answer = |ct| answer_content_type(&req(Some(ct)));
+        assert_eq!(answer("application/grpc"), "application/grpc");
+        assert_eq!(answer("application/grpc+json"), "application/grpc");
+        for (sent, type_) in [
+            ("application/grpc-web", "application/grpc-web"),
+            ("application/grpc-web+proto", "application/grpc-web+proto"),
+            ("Application/gRPC-Web+JSON", "application/grpc-web+json"),
+            ("application/grpc-web-text", "application/grpc-web-text"),
+            (
+                "application/grpc-web-text+proto; charset=utf-8",
+                "application/grpc-web-text+proto",
+            ),
+        ] {
+            assert_eq!(answer(sent), type_, "{sent}");
+        }
+    }
+
+    #[test]
     fn every_refusal_has_a_library_status() {
         for r in Reject::ALL {
             let s = status(r);
@@ -183,7 +247,8 @@ mod tests {
     #[test]
     fn trailers_only_head() {
         let id = HeaderValue::from_static("abc");
-        let h = head(Reject::NoRoute, "no route", Some(&id), &[]).unwrap();
+        let ct = APPLICATION_GRPC.clone();
+        let h = head(Reject::NoRoute, "no route", ct, Some(&id), &[]).unwrap();
         assert_eq!(h.status, 200);
         assert_eq!(h.headers["grpc-status"], "12");
         assert_eq!(h.headers["content-type"], "application/grpc");

@@ -171,11 +171,27 @@ pub fn forwarded_target(
 }
 
 /// Point the upstream request at `target` (see [`forwarded_target`]); `None` leaves it.
+///
+/// Only the path and query change: a URI that carries a scheme and authority (an HTTP/2
+/// client's `:scheme` and `:authority`, an HTTP/1.1 absolute-form target) keeps them, as an
+/// unrewritten request would. An HTTP/2 upstream request needs that authority when the client
+/// sent no `Host` (Pingora's `proxy_h2` refuses it otherwise: "no authority for H2 upstream
+/// request"); an HTTP/1 upstream request is written from the path and gets `Host` from it.
 pub fn set_target(req: &mut RequestHeader, target: Option<&str>) -> Result<()> {
-    if let Some(t) = target {
-        let uri = Uri::try_from(t).map_err(bad_target)?;
-        req.set_uri(uri);
-    }
+    let Some(t) = target else {
+        return Ok(());
+    };
+    let uri = match (req.uri.scheme(), req.uri.authority()) {
+        (Some(scheme), Some(authority)) => {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(authority.clone());
+            parts.path_and_query = Some(t.try_into().map_err(bad_target)?);
+            Uri::from_parts(parts).map_err(bad_target)?
+        }
+        _ => Uri::try_from(t).map_err(bad_target)?,
+    };
+    req.set_uri(uri);
     Ok(())
 }
 
@@ -185,7 +201,7 @@ pub fn checked_target(target: &str) -> Result<&str> {
     Ok(target)
 }
 
-fn bad_target(e: http::uri::InvalidUri) -> Box<pingora::Error> {
+fn bad_target(e: impl std::error::Error + Send + Sync + 'static) -> Box<pingora::Error> {
     pingora::Error::because(
         pingora::ErrorType::InvalidHTTPHeader,
         "rewriting the request target",
@@ -241,6 +257,32 @@ pub fn forwarding(
         None => h.remove(&X_FORWARDED_HOST),
     }
     h.insert(&X_REQUEST_ID, request_id.clone());
+    Ok(())
+}
+
+/// Join an HTTP/2 request's `cookie` fields into one, separated by `"; "`, before it goes
+/// out as HTTP/1 (RFC 9113 section 8.2.3: HTTP/2 clients send each cookie as its own field,
+/// an HTTP/1 server expects a single `Cookie` header, RFC 6265 section 5.4).
+pub fn join_cookie_crumbs(h: &mut HeaderMap) -> Result<()> {
+    let crumbs = h.get_all(http::header::COOKIE);
+    if crumbs.iter().nth(1).is_none() {
+        return Ok(());
+    }
+    let mut joined = Vec::new();
+    for (i, c) in crumbs.iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(c.as_bytes());
+    }
+    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).map_err(|e| {
+        pingora::Error::because(
+            pingora::ErrorType::InvalidHTTPHeader,
+            "joining the cookie fields",
+            e,
+        )
+    })?;
+    h.insert(http::header::COOKIE, value);
     Ok(())
 }
 
@@ -372,6 +414,34 @@ mod tests {
             upstream_target(&route("/p", false), "/p/x", Some("q"), true).unwrap(),
             "/p/x?q"
         );
+    }
+
+    #[test]
+    fn a_rewritten_target_keeps_the_scheme_and_authority() {
+        let mut h2 = RequestHeader::build("POST", b"/pfx/pkg.Svc/Call", None).unwrap();
+        h2.set_uri(Uri::from_static("http://gw:8080/pfx/pkg.Svc/Call"));
+        set_target(&mut h2, Some("/pkg.Svc/Call?a=1")).unwrap();
+        assert_eq!(h2.uri, "http://gw:8080/pkg.Svc/Call?a=1");
+        assert_eq!(h2.raw_path(), b"/pkg.Svc/Call?a=1");
+        let mut h1 = RequestHeader::build("GET", b"/pfx/x", None).unwrap();
+        set_target(&mut h1, Some("/x")).unwrap();
+        assert_eq!(h1.uri, "/x");
+        assert!(set_target(&mut h2, Some("/bad path")).is_err());
+    }
+
+    #[test]
+    fn cookie_crumbs_become_one_field() {
+        let mut h = HeaderMap::new();
+        join_cookie_crumbs(&mut h).unwrap();
+        assert!(h.is_empty());
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        join_cookie_crumbs(&mut h).unwrap();
+        assert_eq!(h["cookie"], "a=1");
+        h.append("cookie", HeaderValue::from_static("b=2; c=3"));
+        h.append("cookie", HeaderValue::from_static("d=4"));
+        join_cookie_crumbs(&mut h).unwrap();
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3; d=4"]);
     }
 
     /// A head as Pingora's HTTP/1 reader leaves it: parsed with the case of every name kept.

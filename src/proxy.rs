@@ -144,9 +144,21 @@ impl Tollgate {
     }
 
     /// What the upstream request carries: the rewritten target and the forwarding headers.
-    fn upstream_edits(&self, tls: bool, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    /// `crumbs`: an HTTP/2 request going out as HTTP/1, whose `cookie` fields become one.
+    fn upstream_edits(
+        &self,
+        tls: bool,
+        crumbs: bool,
+        req: &mut RequestHeader,
+        ctx: &Ctx,
+    ) -> Result<()> {
         headers::set_target(req, ctx.target.as_deref())?;
-        headers::edit_request(req, |h| self.forwarded(tls, h, ctx))
+        headers::edit_request(req, |h| {
+            if crumbs {
+                headers::join_cookie_crumbs(h)?;
+            }
+            self.forwarded(tls, h, ctx)
+        })
     }
 
     /// The upstream request's headers: forwarding, and the caller's identity in place of its
@@ -211,7 +223,8 @@ impl Tollgate {
     }
 
     /// Answer a failure to proxy with the JSON error contract, unless a response already
-    /// began; the status for the log (0: none). `unanswered`: a WebSocket handshake timed out.
+    /// began (then a gRPC call still ends with the failure's status in trailers); the status
+    /// for the log (0: none). `unanswered`: a WebSocket handshake timed out.
     async fn answer_failure<D: Downstream>(
         &self,
         session: &mut D,
@@ -225,9 +238,15 @@ impl Tollgate {
         };
         let code = reject.map_or(0, Reject::status);
         if let Some(reject) = reject {
-            if session.response_written().is_none() {
-                let upstream = self.upstream(ctx).map(|u| &*u.name);
-                let msg = error::proxy_error_message(reject, upstream);
+            let upstream = self.upstream(ctx).map(|u| &*u.name);
+            let msg = error::proxy_error_message(reject, upstream);
+            if session.response_written().is_some() {
+                if let (true, Some(session)) = (ctx.grpc, session.pingora()) {
+                    if crate::grpc::end_with_status(session, reject, &msg) {
+                        ctx.grpc_status = Some(crate::grpc::status(reject));
+                    }
+                }
+            } else {
                 let mut extra = Vec::new();
                 if reject == Reject::Unavailable {
                     let secs = self.upstream(ctx).map_or(1, |u| u.retry_after());
@@ -294,7 +313,9 @@ impl ProxyHttp for Tollgate {
     }
 
     /// Enforce the route's `max_body` on bodies whose length was not declared up front (not
-    /// on a WebSocket tunnel's bytes, which Pingora passes here too).
+    /// on a WebSocket tunnel's bytes, which Pingora passes here too). The refusal is the
+    /// client's error (`into_down`): Pingora's HTTP/2 upstream loop reads any other error here
+    /// as the upstream's, stops reading the body and waits for an answer that never comes.
     async fn request_body_filter(
         &self,
         session: &mut Session,
@@ -308,10 +329,11 @@ impl ProxyHttp for Tollgate {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if self.route(ctx).is_some_and(|r| ctx.body_bytes > r.max_body) {
-                return Error::e_explain(
+                let e = Error::explain(
                     ErrorType::HTTPStatus(413),
                     "the request body is larger than this route accepts",
                 );
+                return Err(e.into_down());
             }
         }
         Ok(())
@@ -327,14 +349,17 @@ impl ProxyHttp for Tollgate {
         Ok(Box::new(peer))
     }
 
-    /// Rewrite the target and set the forwarding headers.
+    /// Rewrite the target and set the forwarding headers; an HTTP/2 client's cookie crumbs
+    /// are joined for an HTTP/1 upstream.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.upstream_edits(Downstream::tls(session), req, ctx)
+        let crumbs = session.req_header().version == http::Version::HTTP_2
+            && req.version != http::Version::HTTP_2;
+        self.upstream_edits(Downstream::tls(session), crumbs, req, ctx)
     }
 
     /// A WebSocket handshake's answer opens the tunnel; then the gateway headers.

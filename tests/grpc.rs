@@ -4,7 +4,7 @@
 mod support;
 use std::time::Duration;
 
-use support::grpc::{call, gateway_h2c, GrpcUpstream};
+use support::grpc::{call, call_within, gateway_h2c, GrpcUpstream};
 use support::*;
 
 /// One route `/plain` to an upstream `u` at `up` with the given upstream settings.
@@ -152,7 +152,8 @@ fn protocol_keys_are_checked_with_their_paths() {
 
 /// A gateway in front of the gRPC upstream `up` with an h2c listener: `/test.Echo` open,
 /// `/secure.Echo` behind an API key, `/limited.Echo` one call a minute, `/down.Echo` to a
-/// closed port, `/slow.Echo` to a backend that never answers.
+/// closed port, `/slow.Echo` to a backend that never answers, `/pfx` (stripped) to `up`,
+/// `/small.Echo` with a 1 KiB `max_body`, `/stall.Echo` to `up` with a 500ms read timeout.
 fn grpc_gateway(up: &GrpcUpstream) -> (Gateway, std::net::SocketAddr) {
     let (down, slow) = (closed_port(), hang());
     gateway_h2c(&format!(
@@ -167,12 +168,16 @@ upstreams:
   g: {{targets: ["{up}"], protocol: h2}}
   down: {{targets: ["{down}"], protocol: h2}}
   slow: {{targets: ["{slow}"], protocol: h2, timeouts: {{read: 300ms}}}}
+  impatient: {{targets: ["{up}"], protocol: h2, timeouts: {{read: 500ms}}}}
 routes:
   - {{name: svc, path_prefix: /test.Echo, strip_prefix: false, upstream: g}}
   - {{name: secure, path_prefix: /secure.Echo, strip_prefix: false, upstream: g, auth: [keys]}}
   - {{name: limited, path_prefix: /limited.Echo, strip_prefix: false, upstream: g, rate_limit: once}}
   - {{name: down, path_prefix: /down.Echo, strip_prefix: false, upstream: down}}
   - {{name: slow, path_prefix: /slow.Echo, strip_prefix: false, upstream: slow}}
+  - {{name: pfx, path_prefix: /pfx, upstream: g}}
+  - {{name: small, path_prefix: /small.Echo, strip_prefix: false, upstream: g, max_body: 1KiB}}
+  - {{name: stall, path_prefix: /stall.Echo, strip_prefix: false, upstream: impatient}}
 "#,
         up = up.addr
     ))
@@ -298,4 +303,147 @@ fn json_stays_for_everything_that_is_not_grpc() {
     assert_eq!(web.header("grpc-status"), Some("16"));
     assert_eq!(web.header("content-length"), Some("0"));
     assert_eq!(web.body, "");
+}
+
+#[test]
+fn requests_through_a_stripped_prefix_reach_an_h2_upstream() {
+    let up = GrpcUpstream::start();
+    let (gw, h2c) = grpc_gateway(&up);
+    let ok = call(h2c, "/pfx/test.Echo/Echo", &[], b"ping");
+    assert_eq!(ok.grpc_status(), Some(0), "{ok:?}\n{}", gw.logs());
+    assert_eq!(ok.messages, vec![b"echo:ping".to_vec()]);
+    // `curl --http2-prior-knowledge`; HTTP/1.1 in origin form and in absolute form.
+    let h2 = runtime()
+        .block_on(async {
+            let tcp = tokio::net::TcpStream::connect(h2c).await.unwrap();
+            h2client::get(tcp, "http://gw/pfx/x?q=1").await
+        })
+        .unwrap_or_else(|e| panic!("h2c request failed: {e}\n{}", gw.logs()));
+    assert_eq!(h2.status, 200, "{h2:?}\n{}", gw.logs());
+    assert_eq!(h2.body, "h2 GET /x 0");
+    assert_eq!(gw.get("/pfx/y").body, "h2 GET /y 0");
+    let absolute = gw.raw(b"GET http://gw/pfx/z HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+    assert_eq!(absolute.body, "h2 GET /z 0", "{absolute:?}");
+    let seen = up.seen();
+    let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["/test.Echo/Echo", "/x", "/y", "/z"]);
+    assert!(
+        seen.iter().all(|s| s.authority.as_deref() == Some("gw")),
+        "the client's authority reaches the backend: {seen:?}"
+    );
+}
+
+#[test]
+fn grpc_web_refusals_keep_the_request_content_type() {
+    let up = GrpcUpstream::start();
+    let (gw, h2c) = grpc_gateway(&up);
+    for ct in [
+        "application/grpc-web+proto",
+        "application/grpc-web+json",
+        "application/grpc-web-text",
+        "application/grpc-web-text+proto",
+        "application/grpc-web",
+    ] {
+        // Over HTTP/1.1, as browsers send it.
+        let web = gw.send(
+            "POST",
+            "/secure.Echo/Echo",
+            &[("Content-Type", ct), ("Content-Length", "0")],
+        );
+        assert_eq!(web.header("grpc-status"), Some("16"), "{ct}: {web:?}");
+        assert_eq!(web.header("content-type"), Some(ct), "{ct}: {web:?}");
+        let missing = gw.send(
+            "POST",
+            "/nope.Svc/Call",
+            &[("Content-Type", ct), ("Content-Length", "0")],
+        );
+        assert_eq!(missing.header("grpc-status"), Some("12"), "{ct}");
+        assert_eq!(
+            missing.header("content-type"),
+            Some(ct),
+            "{ct}: {missing:?}"
+        );
+        // Over HTTP/2.
+        let r = call(h2c, "/secure.Echo/Echo", &[("content-type", ct)], b"x");
+        assert_eq!(r.grpc_status(), Some(16), "{ct}: {r:?}");
+        assert_eq!(r.header("content-type"), Some(ct), "{ct}: {r:?}");
+    }
+    let limited = || {
+        call(
+            h2c,
+            "/limited.Echo/Echo",
+            &[("content-type", "application/grpc-web+proto")],
+            b"1",
+        )
+    };
+    limited();
+    let r = limited();
+    assert_eq!(r.grpc_status(), Some(8), "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/grpc-web+proto"));
+    // A plain gRPC call keeps `application/grpc`, whatever its suffix.
+    let r = call(
+        h2c,
+        "/nope.Svc/Call",
+        &[("content-type", "application/grpc+proto")],
+        b"x",
+    );
+    assert_eq!(r.header("content-type"), Some("application/grpc"), "{r:?}");
+}
+
+#[test]
+fn a_message_over_max_body_ends_the_call_promptly_with_resource_exhausted() {
+    let up = GrpcUpstream::start();
+    let (gw, h2c) = grpc_gateway(&up);
+    let small = call(h2c, "/small.Echo/Echo", &[], &[b'a'; 512]);
+    assert_eq!(small.grpc_status(), Some(0), "{small:?}");
+    let started = std::time::Instant::now();
+    let big = call_within(
+        h2c,
+        "/small.Echo/Echo",
+        &[],
+        &[b'a'; 4096],
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("the call hung:\n{}", gw.logs()));
+    assert_eq!(big.grpc_status(), Some(8), "{big:?}\n{}", gw.logs());
+    assert!(
+        big.grpc_message().is_some_and(|m| m.contains("larger")),
+        "{big:?}"
+    );
+    assert!(big.header("x-request-id").is_some(), "{big:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "RESOURCE_EXHAUSTED after {:?}",
+        started.elapsed()
+    );
+    assert_logged(
+        &gw,
+        " grpc_status=8",
+        "the refusal is logged with its status",
+    );
+}
+
+#[test]
+fn a_backend_failing_after_its_headers_ends_the_call_with_a_status() {
+    let up = GrpcUpstream::start();
+    let (gw, h2c) = grpc_gateway(&up);
+    let r = call(h2c, "/stall.Echo/Stall", &[], b"x");
+    up.release();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.reset, None, "the stream ends with trailers, not a reset");
+    let trailers = r.trailers.as_ref().expect("trailers end the call");
+    assert_eq!(trailers["grpc-status"], "4", "DEADLINE_EXCEEDED: {r:?}");
+    assert!(
+        r.grpc_message()
+            .is_some_and(|m| m.contains("did%20not%20answer") || m.contains("did not answer")),
+        "{r:?}"
+    );
+    assert_logged(
+        &gw,
+        " grpc_status=4",
+        "the access log records the status the client got",
+    );
+    let reset = call(h2c, "/test.Echo/Reset", &[], b"x");
+    assert_eq!(reset.reset, None, "{reset:?}");
+    assert_eq!(reset.grpc_status(), Some(14), "UNAVAILABLE: {reset:?}");
 }

@@ -26,6 +26,31 @@ fn h2c_prior_knowledge_reaches_an_http1_upstream() {
 }
 
 #[test]
+fn h2_cookie_crumbs_reach_an_http1_upstream_as_one_header() {
+    let (gw, h2c) = h2c_gateway();
+    // HTTP/2 clients (browsers, curl, nghttp2) send each cookie as its own `cookie` field,
+    // for better header compression (RFC 9113 section 8.2.3).
+    let req = http::Request::get("http://gw/api/crumbs")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2; c=3")
+        .header("cookie", "d=4")
+        .body(())
+        .unwrap();
+    let r = runtime()
+        .block_on(async {
+            let tcp = tokio::net::TcpStream::connect(h2c).await.unwrap();
+            h2client::send(tcp, req).await
+        })
+        .unwrap_or_else(|e| panic!("h2c request failed: {e}\n{}", gw.logs()));
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    assert_eq!(
+        j["headers"]["cookie"], "a=1; b=2; c=3; d=4",
+        "an HTTP/1 server reads one Cookie header, the crumbs joined with \"; \": {j}"
+    );
+}
+
+#[test]
 fn http1_still_works_on_an_h2c_listener() {
     let (_gw, h2c) = h2c_gateway();
     let r = request(

@@ -6,6 +6,10 @@
 //!   `echo:` + the message, then the trailers `grpc-status: 0`.
 //! - `…/Missing`: headers, no message, then the trailers `grpc-status: 5` (NOT_FOUND) with a
 //!   percent-encoded `grpc-message`.
+//! - `…/Stall`: the response headers, then nothing until [`GrpcUpstream::release`] (a backend
+//!   that stops answering mid-call), then the trailers `grpc-status: 0`.
+//! - `…/Reset`: the response headers, then RST_STREAM (INTERNAL_ERROR): a backend that fails
+//!   mid-call.
 //! - `…/hold`: not gRPC; counted as open and held until [`GrpcUpstream::release`], so a test
 //!   can keep several streams in flight at once.
 //! - anything else: a plain HTTP answer `h2 METHOD PATH BODY-LENGTH`.
@@ -15,6 +19,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -29,6 +34,8 @@ use super::runtime;
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub path: String,
+    /// `:authority`.
+    pub authority: Option<String>,
     pub headers: HeaderMap,
 }
 
@@ -149,6 +156,7 @@ async fn handle(
     let data = read_all(&mut body).await;
     st.seen.lock().unwrap().push(Seen {
         path: path.clone(),
+        authority: parts.uri.authority().map(|a| a.to_string()),
         headers: parts.headers,
     });
     let grpc = |status: u16| {
@@ -173,6 +181,18 @@ async fn handle(
             ("grpc-status", "5"),
             ("grpc-message", "no%20such%20thing%3A%20%E2%9C%97"),
         ]));
+    } else if path.ends_with("/Reset") {
+        if let Ok(mut tx) = respond.send_response(grpc(200), false) {
+            tx.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+    } else if path.ends_with("/Stall") {
+        let Ok(mut tx) = respond.send_response(grpc(200), false) else {
+            return;
+        };
+        st.open.fetch_add(1, SeqCst);
+        let _ = released.wait_for(|r| *r).await;
+        st.open.fetch_sub(1, SeqCst);
+        let _ = tx.send_trailers(trailers(&[("grpc-status", "0")]));
     } else {
         if path.ends_with("/hold") {
             st.open.fetch_add(1, SeqCst);
@@ -202,6 +222,8 @@ pub struct Reply {
     pub trailers: Option<HeaderMap>,
     /// The response HEADERS frame ended the stream: a gRPC trailers-only answer.
     pub trailers_only: bool,
+    /// The stream ended with an error (RST_STREAM, GOAWAY) instead of trailers.
+    pub reset: Option<String>,
 }
 
 impl Reply {
@@ -228,9 +250,26 @@ impl Reply {
 }
 
 /// One unary gRPC call over a fresh h2c connection to `addr`: `POST path` with `msg` framed,
-/// the gRPC headers, and `extra` headers.
+/// the gRPC headers (`content-type: application/grpc` unless `extra` names another), and
+/// `extra` headers.
 pub fn call(addr: SocketAddr, path: &str, extra: &[(&str, &str)], msg: &[u8]) -> Reply {
-    runtime().block_on(async {
+    call_within(addr, path, extra, msg, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("{path}: no end of the call in 30s"))
+}
+
+/// [`call`], given up (`None`) when it has not ended `within` that time.
+pub fn call_within(
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+    msg: &[u8],
+    within: Duration,
+) -> Option<Reply> {
+    let ct = extra
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map_or("application/grpc", |(_, v)| *v);
+    let call = async {
         let sock = TcpStream::connect(addr)
             .await
             .expect("connect to the gateway");
@@ -239,9 +278,12 @@ pub fn call(addr: SocketAddr, path: &str, extra: &[(&str, &str)], msg: &[u8]) ->
         let mut req = Request::builder()
             .method("POST")
             .uri(format!("http://gw{path}"))
-            .header("content-type", "application/grpc")
+            .header("content-type", ct)
             .header("te", "trailers");
-        for (k, v) in extra {
+        for (k, v) in extra
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+        {
             req = req.header(*k, *v);
         }
         let mut client = client.ready().await.expect("h2 stream slot");
@@ -256,15 +298,20 @@ pub fn call(addr: SocketAddr, path: &str, extra: &[(&str, &str)], msg: &[u8]) ->
         // ends the stream is queued as an event until read.
         let trailers_only = body.is_end_stream();
         let data = read_all(&mut body).await;
-        let trailers = body.trailers().await.expect("trailers or end of stream");
+        let (trailers, reset) = match body.trailers().await {
+            Ok(t) => (t, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         Reply {
             status: parts.status.as_u16(),
             headers: parts.headers,
             messages: unframe(&data),
             trailers,
             trailers_only,
+            reset,
         }
-    })
+    };
+    runtime().block_on(async { tokio::time::timeout(within, call).await.ok() })
 }
 
 /// A gateway with `body` and, besides the harness's plain listener, an h2c listener; returns

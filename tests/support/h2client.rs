@@ -22,12 +22,20 @@ pub async fn get<S>(io: S, uri: &str) -> Result<H2Resp, h2::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    send(io, http::Request::get(uri).body(()).unwrap()).await
+}
+
+/// `req` (without a body; its header fields sent each as written, so a name given twice is
+/// two fields) as the only request of a fresh h2 connection.
+pub async fn send<S>(io: S, req: http::Request<()>) -> Result<H2Resp, h2::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (client, conn) = h2::client::handshake(io).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     let mut client = client.ready().await?;
-    let req = http::Request::get(uri).body(()).unwrap();
     let (resp, _) = client.send_request(req, true)?;
     let resp = resp.await?;
     let status = resp.status().as_u16();
