@@ -324,6 +324,9 @@ impl ProxyHttp for Tollgate {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // The fast path never sees a body, so only this path forwards a Content-Length that
+        // may need it.
+        headers::canonical_length(req)?;
         self.upstream_edits(Downstream::tls(session), req, ctx)
     }
 

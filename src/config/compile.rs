@@ -31,6 +31,7 @@ pub struct Gateway {
     pub limits: Limits,
     pub rate_limits: crate::limit::Limits,
     pub auth: crate::auth::Auth,
+    pub underscores: super::file::Underscores,
 }
 
 /// Headers tollgate owns on the response; a route may not override them.
@@ -41,6 +42,35 @@ const RESERVED_RESPONSE_HEADERS: &[&str] = &[
     "transfer-encoding",
     "connection",
 ];
+
+/// Under `underscores_in_headers: drop`, an API key header with an underscore would never
+/// reach its provider: a config error, at the header's key path.
+fn underscored_key_headers(
+    policy: super::file::Underscores,
+    auth: &[(String, crate::auth::config::AuthFile)],
+    errs: &mut ConfigErrors,
+) {
+    if policy != super::file::Underscores::Drop {
+        return;
+    }
+    for (name, a) in auth {
+        if let crate::auth::config::AuthFile::ApiKey {
+            header: Some(h), ..
+        } = a
+        {
+            if h.contains('_') {
+                errs.push(
+                    format!("auth.{name}.header"),
+                    format!(
+                        "{h:?} has an underscore, and underscores_in_headers: drop (the default) \
+                         removes such request headers before auth sees them: name it with a dash, \
+                         or set underscores_in_headers: allow"
+                    ),
+                );
+            }
+        }
+    }
+}
 
 pub fn compile(
     file: FileConfig,
@@ -66,6 +96,8 @@ pub fn compile(
             format!("cannot open {:?} for appending: {e}", access_log.path),
         );
     }
+    let underscores = file.underscores_in_headers.unwrap_or_default();
+    underscored_key_headers(underscores, &file.auth, errs);
     let auth = crate::auth::config::compile(file.consumers, file.auth, errs);
     let limit_names: Vec<String> = file
         .rate_limits
@@ -122,6 +154,7 @@ pub fn compile(
         limits,
         rate_limits,
         auth,
+        underscores,
     })
 }
 

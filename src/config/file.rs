@@ -121,6 +121,21 @@ pub struct FileConfig {
     /// Rate limiting (`crate::limit::config`).
     pub rate_limits: Option<crate::limit::config::RateLimitsFile>,
     pub redis: Option<crate::limit::config::RedisFile>,
+    pub underscores_in_headers: Option<Underscores>,
+}
+
+/// `underscores_in_headers`: what becomes of a request header whose name has an underscore
+/// (`X_Api_Key`), which CGI and WSGI backends cannot tell from the same name with a dash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Underscores {
+    /// Removed before routing and auth see the request (nginx's default).
+    #[default]
+    Drop,
+    /// Kept and forwarded.
+    Allow,
+    /// The request is answered 400 `bad_request`.
+    Reject,
 }
 
 /// The top-level keys tollgate owns, in the order the docs list them.
@@ -136,6 +151,7 @@ pub const TOLLGATE_KEYS: &[&str] = &[
     "routes",
     "access_log",
     "limits",
+    "underscores_in_headers",
 ];
 
 #[derive(Debug, Deserialize)]

@@ -364,6 +364,10 @@ impl Downstream for H1<'_> {
         &self.req
     }
 
+    fn req_header_mut(&mut self) -> &mut RequestHeader {
+        &mut self.req
+    }
+
     fn raw_head(&self) -> Option<Bytes> {
         // Only asked for with a Transfer-Encoding, which never comes this way.
         None

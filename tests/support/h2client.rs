@@ -22,12 +22,19 @@ pub async fn get<S>(io: S, uri: &str) -> Result<H2Resp, h2::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    request(io, http::Request::get(uri).body(()).unwrap()).await
+}
+
+/// `req` (bodiless, its URI absolute) as the only request of a fresh h2 connection.
+pub async fn request<S>(io: S, req: http::Request<()>) -> Result<H2Resp, h2::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (client, conn) = h2::client::handshake(io).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     let mut client = client.ready().await?;
-    let req = http::Request::get(uri).body(()).unwrap();
     let (resp, _) = client.send_request(req, true)?;
     let resp = resp.await?;
     let status = resp.status().as_u16();
