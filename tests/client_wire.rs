@@ -259,8 +259,14 @@ fn a_request_sent_during_an_answer_is_answered_after_it() {
     );
     for addr in [gw.addr, h2c] {
         let mut c = Client::connect(addr);
-        // A POST goes through Pingora's session on both listeners.
-        c.send(&head("POST", "/slow", "1.1", "Content-Length: 0\r\n"));
+        // A POST with a body goes through Pingora's session and proxy loop on both listeners.
+        c.send(
+            &[
+                head("POST", "/slow", "1.1", "Content-Length: 2\r\n"),
+                b"hi".to_vec(),
+            ]
+            .concat(),
+        );
         // The pause is the behaviour under test (a second write during the answer).
         std::thread::sleep(Duration::from_millis(100));
         c.send(&head("GET", "/fast", "1.1", ""));
