@@ -12,11 +12,9 @@
 //! processes run the same config and share the echo upstream. The first is asked on its plain
 //! listener; every upstream of the config is plaintext HTTP/1, so every plain request there is
 //! the own codec's (`all_relayed`), routed or not. The second is asked on an `h2c: true`
-//! listener: tollgate hands every connection of an h2c listener to Pingora whole
-//! (`conn::keepalive::is_h1`), which serves HTTP/1.1 and HTTP/1.0 on it through its session
-//! and the same hooks, so the same fast-path relay (`relay::takes_fast_path`) reaches the
-//! same upstream (only the wait between requests is Pingora's loop there, not
-//! `keepalive::serve_h1`: idle time, which no request here sees). Two processes rather than two listeners of one, so the rate-limit buckets
+//! listener: there every HTTP/1 request is served by Pingora's session, never the own codec
+//! (`conn::keepalive::is_h2c`), through the same hooks, so the same fast-path relay
+//! (`relay::takes_fast_path`) reaches the same upstream. Two processes rather than two listeners of one, so the rate-limit buckets
 //! start equal and the very same bytes (path, `Host`) go to both. The alternatives were not
 //! clean: a config with a non-HTTP/1 upstream moves only unrouted requests to Pingora (a
 //! request routed to an HTTP/1 upstream stays the own codec's), and a route to an h2 or TLS

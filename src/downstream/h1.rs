@@ -1,6 +1,6 @@
 //! tollgate's own HTTP/1 server codec, for the one request shape that is most of the traffic:
-//! a complete, bodiless head from an HTTP/1.0 or 1.1 client, alone in its read (never CONNECT,
-//! which Pingora refuses).
+//! a complete, bodiless head from an HTTP/1.0 or 1.1 client, at the start of its read (never
+//! CONNECT, which Pingora refuses).
 //!
 //! Why: Pingora's server session costs about as much per request as all of tollgate's policy
 //! and upstream relay together (`benches/instructions.sh`, `hybrid` against `floor`): a boxed
