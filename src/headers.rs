@@ -302,6 +302,21 @@ pub fn ends_chunked(value: &[u8]) -> bool {
 }
 
 /// A `Content-Length` value: digits only, at most 18 of them (no sign, no list, no overflow).
+/// `Content-Length` forwarded in its canonical form, without leading zeros (`05` reaches the
+/// upstream as `5`, as through nginx): a backend that reads `05` another way cannot disagree
+/// with the gateway on where the body ends. Admission has made sure it is plain digits.
+pub fn canonical_length(req: &mut RequestHeader) -> pingora::Result<()> {
+    let padded = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .map(|v| v.as_bytes())
+        .filter(|v| v.len() > 1 && v[0] == b'0');
+    if let Some(n) = padded.and_then(parse_length) {
+        req.insert_header(http::header::CONTENT_LENGTH, n)?;
+    }
+    Ok(())
+}
+
 pub fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {

@@ -359,6 +359,9 @@ impl ProxyHttp for Tollgate {
     ) -> Result<()> {
         let crumbs = session.req_header().version == http::Version::HTTP_2
             && req.version != http::Version::HTTP_2;
+        // The fast path never sees a body, so only this path forwards a Content-Length that
+        // may need it.
+        headers::canonical_length(req)?;
         self.upstream_edits(Downstream::tls(session), crumbs, req, ctx)
     }
 

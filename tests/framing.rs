@@ -102,3 +102,132 @@ fn an_invalid_host_gets_a_json_400_and_never_reaches_the_upstream() {
     assert_eq!(r.unwrap().status, 200);
     assert_eq!(up.count(), 1);
 }
+
+/// A gateway whose combined access log is its own file; the backend counts what reaches it.
+fn logged_gateway() -> (Gateway, Backend, std::path::PathBuf, tempfile::TempDir) {
+    let up = Backend::start("up");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = Gateway::start(&format!(
+        "upstreams: {{up: {{targets: [\"{}\"]}}}}\n\
+         routes: [{{name: r, path_prefix: /, upstream: up}}]\n\
+         access_log: {{format: combined, path: \"{}\"}}",
+        up.addr,
+        log.display()
+    ));
+    (gw, up, log, dir)
+}
+
+/// The access log's lines once it holds `n` (the writer flushes every 200 ms).
+fn access_lines(log: &std::path::Path, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let enough = eventually(std::time::Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        lines = text.lines().map(str::to_owned).collect();
+        lines.len() >= n
+    });
+    assert!(
+        enough,
+        "the access log has {} of {n} lines: {lines:#?}",
+        lines.len()
+    );
+    lines
+}
+
+/// A request sample of the `/metrics` page, 0 when absent.
+fn sample(gw: &Gateway, series: &str) -> u64 {
+    let page = gw.admin_get("/metrics").body;
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Heads refused before they are a request, whichever parser refuses them (tollgate's own
+/// codec for a head alone in its read, Pingora's for the rest, checked before its session
+/// reads them): each is answered 400 in the JSON contract, never reaches the upstream (nor
+/// does the request pipelined behind it), and is one access-log line, its request fields `-`,
+/// and one request sample.
+#[test]
+fn every_refused_head_is_a_json_400_one_log_line_and_one_sample() {
+    let (gw, up, log, _dir) = logged_gateway();
+    let heads: &[(&str, &[u8])] = &[
+        ("two Hosts alone", b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        ("two Hosts", b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        ("space before colon", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+        ("conflicting CL", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nAB"),
+        ("CL +1", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\nA"),
+        ("TE gzip", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
+        ("TE on 1.0", b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("chunk size zz", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nA\r\n0\r\n\r\n"),
+        ("empty chunk size", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\r\nA\r\n0\r\n\r\n"),
+        ("control byte", b"GET /x HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n"),
+        ("NUL", b"GET /x HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n"),
+        ("obs-fold", b"GET /x HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n"),
+        ("no colon", b"GET /x HTTP/1.1\r\nHost: a\r\nX\r\n\r\n"),
+    ];
+    for (i, (name, head)) in heads.iter().enumerate() {
+        let (codes, text) = match i {
+            0 => statuses_of(gw.addr, head),
+            _ => statuses(&gw, head),
+        };
+        assert_eq!(codes, vec![400], "{name}: {text}");
+        assert!(
+            text.contains("Content-Type: application/json"),
+            "{name}: {text}"
+        );
+        assert!(text.contains("\"error\":\"bad_request\""), "{name}: {text}");
+    }
+    let lines = access_lines(&log, heads.len());
+    assert_eq!(lines.len(), heads.len(), "{lines:#?}");
+    for line in &lines {
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(line.contains("] \"- - -\" 400 "), "{line}");
+        assert!(line.ends_with(" error=bad_request"), "{line}");
+    }
+    let refused = "tollgate_requests_total{route=\"-\",method=\"OTHER\",status=\"4xx\"}";
+    assert_eq!(sample(&gw, refused), heads.len() as u64);
+    assert_eq!(up.count(), 0, "{:?}", up.requests.lock().unwrap());
+}
+
+/// A hostile head (CR, LF and quotes where they do not belong) cannot write a line of its
+/// own into the access log: each refused head is exactly one well-formed line.
+#[test]
+fn a_hostile_head_leaves_one_well_formed_log_line() {
+    let (gw, _up, log, _dir) = logged_gateway();
+    let hostile: &[&[u8]] = &[
+        b"GET /\"x\" HTTP/1.1\r\nHost: a\r\nHost: \"b\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: a\r\nX: \"a\rb\" 200 0 \"-\"\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: a\r\nUser-Agent: \"\n127.0.0.1 - - [x] \"GET /fake HTTP/1.1\" 200\r\n\r\n",
+    ];
+    let mut ids = Vec::new();
+    for head in hostile {
+        let r = request_bytes(gw.addr, head).unwrap();
+        assert_eq!(r.status, 400, "{}: {r:?}", head.escape_ascii());
+        ids.push(r.header("x-request-id").unwrap().to_owned());
+    }
+    let lines = access_lines(&log, hostile.len());
+    assert_eq!(lines.len(), hostile.len(), "{lines:#?}");
+    for (line, id) in lines.iter().zip(&ids) {
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(line.contains(&format!(" request_id={id} ")), "{line}");
+        assert!(!line.contains("fake") && !line.contains("\"b"), "{line}");
+    }
+}
+
+/// A chunked body whose first chunk-size line is empty (which Pingora's decoder would read
+/// as the last chunk) is refused with 400 before anything is forwarded, as nginx does: the
+/// upstream never sees the request, so no early answer of its can be relayed.
+#[test]
+fn an_empty_chunk_size_line_is_refused_up_front() {
+    let (gw, up, _log, _dir) = logged_gateway();
+    for body in ["\r\nhello\r\n0\r\n\r\n", "5\r\nhello\r\n\r\n\r\n"] {
+        let head = "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        let r = request(gw.addr, &format!("{head}{body}")).unwrap();
+        assert_eq!(
+            (r.status, r.error_code()),
+            (400, "bad_request".to_owned()),
+            "{r:?}"
+        );
+    }
+    assert_eq!(up.count(), 0, "{:?}", up.requests.lock().unwrap());
+}

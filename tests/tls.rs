@@ -411,3 +411,40 @@ fn health_checked_upstreams_do_not_each_hold_the_system_trust_store() {
         "RSS with 1 checked upstream {one} KiB, with 41 {many} KiB"
     );
 }
+
+/// Requests pipelined over TLS (HTTP/1.1 by ALPN) are answered in order, each reaching the
+/// upstream: two GETs (the own codec's), then a POST with its body and a GET (Pingora's
+/// session, then the own codec's), each batch in one write.
+#[test]
+fn pipelined_requests_over_tls_are_answered_in_order() {
+    let (_dir, _gw, addr) = a_test_gateway("");
+    let paths = runtime().block_on(async {
+        let mut s = Client::a_test(b"\x08http/1.1").connect(addr).await.unwrap();
+        let get = |p: &str| format!("GET /api{p} HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        let post = "POST /api/post HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi";
+        let close = "GET /api/last HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+        let batches = [
+            get("/one") + &get("/two"),
+            format!("{post}{}{close}", get("/three")),
+        ];
+        let mut seen = Vec::new();
+        let mut buf = Vec::new();
+        // Answers expected once each batch is sent: all of its own, after all of the last's.
+        for (batch, total) in batches.iter().zip([2, 5]) {
+            s.write_all(batch.as_bytes()).await.unwrap();
+            while seen.len() < total {
+                if let Some((r, n)) = parse_one(&buf).unwrap() {
+                    buf.drain(..n);
+                    seen.push(r.json()["path"].as_str().unwrap_or("?").to_owned());
+                    continue;
+                }
+                let mut chunk = [0u8; 16384];
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed after {seen:?}");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+        seen
+    });
+    assert_eq!(paths, ["/one", "/two", "/post", "/three", "/last"]);
+}

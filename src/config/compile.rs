@@ -34,6 +34,7 @@ pub struct Gateway {
     /// tollgate's own HTTP/1 engine serves what it can (`fast_path`, default on); off, every
     /// connection and request takes Pingora's listener, session and proxy path.
     pub fast_path: bool,
+    pub underscores: super::file::Underscores,
 }
 
 /// Headers tollgate owns on the response; a route may not override them.
@@ -44,6 +45,35 @@ const RESERVED_RESPONSE_HEADERS: &[&str] = &[
     "transfer-encoding",
     "connection",
 ];
+
+/// Under `underscores_in_headers: drop`, an API key header with an underscore would never
+/// reach its provider: a config error, at the header's key path.
+fn underscored_key_headers(
+    policy: super::file::Underscores,
+    auth: &[(String, crate::auth::config::AuthFile)],
+    errs: &mut ConfigErrors,
+) {
+    if policy != super::file::Underscores::Drop {
+        return;
+    }
+    for (name, a) in auth {
+        if let crate::auth::config::AuthFile::ApiKey {
+            header: Some(h), ..
+        } = a
+        {
+            if h.contains('_') {
+                errs.push(
+                    format!("auth.{name}.header"),
+                    format!(
+                        "{h:?} has an underscore, and underscores_in_headers: drop (the default) \
+                         removes such request headers before auth sees them: name it with a dash, \
+                         or set underscores_in_headers: allow"
+                    ),
+                );
+            }
+        }
+    }
+}
 
 pub fn compile(
     file: FileConfig,
@@ -69,6 +99,8 @@ pub fn compile(
             format!("cannot open {:?} for appending: {e}", access_log.path),
         );
     }
+    let underscores = file.underscores_in_headers.unwrap_or_default();
+    underscored_key_headers(underscores, &file.auth, errs);
     let auth = crate::auth::config::compile(file.consumers, file.auth, errs);
     let limit_names: Vec<String> = file
         .rate_limits
@@ -130,6 +162,7 @@ pub fn compile(
         rate_limits,
         auth,
         fast_path: file.fast_path.unwrap_or(true),
+        underscores,
     })
 }
 

@@ -148,6 +148,21 @@ pub struct FileConfig {
     pub redis: Option<crate::limit::config::RedisFile>,
     /// `fast_path`: tollgate's own HTTP/1 engine on (the default) or off.
     pub fast_path: Option<bool>,
+    pub underscores_in_headers: Option<Underscores>,
+}
+
+/// `underscores_in_headers`: what becomes of a request header whose name has an underscore
+/// (`X_Api_Key`), which CGI and WSGI backends cannot tell from the same name with a dash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Underscores {
+    /// Removed before routing and auth see the request (nginx's default).
+    #[default]
+    Drop,
+    /// Kept and forwarded.
+    Allow,
+    /// The request is answered 400 `bad_request`.
+    Reject,
 }
 
 /// The top-level keys tollgate owns, in the order the docs list them.
@@ -164,6 +179,7 @@ pub const TOLLGATE_KEYS: &[&str] = &[
     "access_log",
     "limits",
     "fast_path",
+    "underscores_in_headers",
 ];
 
 #[derive(Debug, Deserialize)]

@@ -245,6 +245,7 @@ fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErr
         "rate_limits" => file.rate_limits = parse(key, v, errs),
         "redis" => file.redis = parse(key, v, errs),
         "fast_path" => file.fast_path = parse(key, v, errs),
+        "underscores_in_headers" => file.underscores_in_headers = parse(key, v, errs),
         _ => errs.push(
             key,
             format!(

@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::coalesce::Coalesce;
+use super::frame::{Body, Frame};
 use super::Slot;
 use crate::websocket::Idle;
 
@@ -64,6 +65,12 @@ impl EndOfHead {
     /// line feed (memchr): a head is mostly long lines, so the bytes between are never
     /// looked at one by one.
     pub fn feed(&mut self, bytes: &[u8]) -> bool {
+        self.end_in(bytes).is_some()
+    }
+
+    /// As [`Self::feed`], with where the head ends: the length of the part of `bytes` that
+    /// belongs to it, up to and including the line feed of its empty line.
+    pub fn end_in(&mut self, bytes: &[u8]) -> Option<usize> {
         // What the current line holds so far, as far as an empty line is concerned.
         let mut state = self.state;
         let mut line_start = 0;
@@ -75,7 +82,7 @@ impl EndOfHead {
                 _ => false,
             };
             if empty {
-                return true;
+                return Some(lf + 1);
             }
             state = 1;
             line_start = lf + 1;
@@ -86,7 +93,13 @@ impl EndOfHead {
             (1, b"\r") => 2,
             _ => 0,
         };
-        false
+        None
+    }
+
+    /// A scan that starts just after a line feed: the trailer section after a chunked body's
+    /// last chunk, which ends at its first empty line.
+    pub(super) fn after_line() -> Self {
+        EndOfHead { state: 1 }
     }
 }
 
@@ -110,6 +123,8 @@ pub struct Guarded {
     /// through Pingora's own write buffer, but the buffer exists only between a response's
     /// first write and its flush, not for the whole life of an idle connection.
     out: Coalesce,
+    /// The extent of the request Pingora's session is reading, while it does (`frame.rs`).
+    frame: Option<Box<Frame>>,
 }
 
 const DISARM: u64 = u64::MAX;
@@ -126,6 +141,7 @@ impl Guarded {
             tunnel_signal: AtomicU64::new(0),
             tunnel: None,
             out: Coalesce::default(),
+            frame: None,
         }
     }
 
@@ -147,6 +163,18 @@ impl Guarded {
         if t != 0 {
             self.tunnel_signal.store(0, Ordering::Relaxed);
             self.tunnel = (t != DISARM).then(|| Box::new(Idle::new(Duration::from_millis(t))));
+        }
+    }
+
+    /// Read from the stream under, within the request's frame if one is set.
+    fn read_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.frame.as_mut() {
+            Some(frame) => frame.poll_read(&mut self.inner, cx, buf),
+            None => Pin::new(&mut self.inner).poll_read(cx, buf),
         }
     }
 
@@ -187,6 +215,30 @@ pub fn rearm(stream: Option<&Stream>) {
     if let Some(g) = guarded(stream) {
         g.rearm.store(true, Ordering::Relaxed);
     }
+}
+
+/// Let Pingora's session read `stream` up to the end of a request whose body is `body` and no
+/// further (`frame.rs`).
+pub(super) fn frame(stream: Stream, body: Body) -> Stream {
+    with_guarded(stream, |g| g.frame = Some(Box::new(Frame::new(body)))).0
+}
+
+/// The session is done with `stream`: the bytes the client sent past the request, if any.
+pub(super) fn unframe(stream: Stream) -> (Stream, Option<bytes::BytesMut>) {
+    let (stream, ahead) = with_guarded(stream, |g| g.frame.take().and_then(|f| f.into_ahead()));
+    (stream, ahead.flatten())
+}
+
+/// `f` applied to the [`Guarded`] that `stream` is, if it is one.
+fn with_guarded<T>(stream: Stream, f: impl FnOnce(&mut Guarded) -> T) -> (Stream, Option<T>) {
+    if !stream.as_any().is::<Guarded>() {
+        return (stream, None);
+    }
+    let Ok(mut g) = stream.into_any().downcast::<Guarded>() else {
+        unreachable!("the stream was checked to be Guarded");
+    };
+    let t = f(&mut g);
+    (g, Some(t))
 }
 
 fn guarded(stream: Option<&Stream>) -> Option<&Guarded> {
@@ -231,11 +283,14 @@ impl AsyncRead for Guarded {
                 return Poll::Ready(Ok(()));
             }
             let before = buf.filled().len();
-            let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+            let r = match this.frame.as_mut() {
+                Some(frame) => frame.poll_read(&mut this.inner, cx, buf),
+                None => Pin::new(&mut this.inner).poll_read(cx, buf),
+            };
             return idle.on_read(cx, buf.filled().len() > before, r);
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        match this.read_inner(cx, buf) {
             Poll::Ready(Ok(())) => {
                 this.scan(&buf.filled()[before..]);
                 if matches!(this.head, Head::Receiving(_, d) if Instant::now() >= d) {

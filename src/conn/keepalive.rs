@@ -14,12 +14,19 @@
 //! with nothing sent, or when the server starts shutting down (as Pingora's loop does on a
 //! graceful upgrade), so no connection sits idle through a hand-over.
 //!
-//! This loop serves the connections of Pingora's listeners (TLS, h2c). Those of tollgate's own
-//! cleartext listeners wait between requests holding less still, their bare socket
-//! (`plain.rs`), and take [`serve_one`] and [`next_head`] from here for each request.
+//! Requests a client pipelines (RFC 9112 §9.3.2) are answered in order: bytes read past a
+//! request, by the own codec or by Pingora's session (which is framed to its request, so
+//! they are handed back, `frame.rs`), are the next request's first bytes, served without
+//! waiting for the socket.
 //!
-//! HTTP/2 (ALPN `h2`, and every connection of an h2c listener, whose preface Pingora peeks at)
-//! keeps Pingora's path: an h2 connection multiplexes requests and has no such loop.
+//! This loop serves the HTTP/1 connections of Pingora's listeners (TLS; h2c, whose clients
+//! that do not start with the HTTP/2 preface speak HTTP/1.1 and are served by Pingora's
+//! session only). Those of tollgate's own cleartext listeners wait between requests holding
+//! less still, their bare socket (`plain.rs`), and take [`serve_one`] and [`next_head`] from
+//! here for each request.
+//!
+//! HTTP/2 (ALPN `h2`, and an h2c connection that starts with the preface) keeps Pingora's
+//! path: an h2 connection multiplexes requests and has no such loop.
 
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -28,12 +35,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Shutdown, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::ReadBuf;
 
+use super::screen::{self, Screened};
 use super::{Serve, Served};
 
 /// The keep-alive Pingora gives a connection's first request; `request_filter` replaces it with
@@ -60,11 +68,28 @@ pub(super) fn is_h1<A: HttpServerApp>(app: &A, stream: &Stream) -> bool {
         )
 }
 
+/// Whether this is a cleartext connection of an h2c listener, which speaks HTTP/2 with prior
+/// knowledge or HTTP/1.1 ([`peek_h1`] tells which).
+pub(super) fn is_h2c<A: HttpServerApp>(app: &A, stream: &Stream) -> bool {
+    app.server_options()
+        .is_some_and(|o| o.h2c && !o.force_custom && stream.get_ssl_digest().is_none())
+}
+
+/// Whether the client of an h2c listener speaks HTTP/1 (it does not start with the HTTP/2
+/// preface), as Pingora's listener decides it; `None` when the connection failed.
+pub(super) async fn peek_h1(stream: &mut Stream) -> Option<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let peeked = stream.try_peek(&mut buf).await.ok()?;
+    Some(peeked && buf != *H2_PREFACE)
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Serve HTTP/1 requests on `stream` until the client or the server ends the connection:
-/// each by `own` when it serves it, by Pingora otherwise.
+/// each by `own` when it serves it (and `own.1` lets it serve any), by Pingora otherwise.
 pub(super) async fn serve_h1<A, S>(
     app: &Arc<A>,
-    own: Option<&S>,
+    own: (Option<&S>, bool),
     mut stream: Stream,
     idle: Duration,
     shutdown: &ShutdownWatch,
@@ -87,14 +112,19 @@ pub(super) async fn serve_h1<A, S>(
     }
 }
 
-/// Serve the request whose first bytes are `head`, by `own` when it serves it, by Pingora
+/// Serve the request whose first bytes are `head`, and every request the client sent with
+/// it: each by `own.0` when it serves it (and `own.1` lets it serve any), by Pingora
 /// otherwise; the stream back when the connection can carry another request. `carried` is
 /// `None` until Pingora finished a request on this connection, then what it carried over.
+///
+/// Pingora's session is given one request only ([`screen::screen`], `frame.rs`): its head
+/// is checked first, so that a head Pingora would refuse is refused by `own.0` instead, and
+/// whatever the client sent past the request comes back here as the next request's bytes.
 pub(super) async fn serve_one<A, S>(
     app: &Arc<A>,
-    own: Option<&S>,
+    own: (Option<&S>, bool),
     mut stream: Stream,
-    head: BytesMut,
+    mut head: BytesMut,
     carried: &mut Carried,
     shutdown: &ShutdownWatch,
 ) -> Option<Stream>
@@ -103,29 +133,74 @@ where
     S: Serve,
 {
     // A per-connection request limit is Pingora's to count: then it serves every request.
-    let own = own.filter(|_| {
-        app.server_options()
-            .is_none_or(|o| o.keepalive_request_limit.is_none())
-    });
-    let shutting_down = *shutdown.borrow();
-    let head = match own {
-        // Boxed, so an idle connection's future never holds a request's state.
-        Some(own) => match Box::pin(own.serve(&mut stream, head, shutting_down)).await {
-            Served::Done { reuse: true } => {
-                super::rearm(Some(&stream));
-                return Some(stream);
+    let serves = own.1
+        && app
+            .server_options()
+            .is_none_or(|o| o.keepalive_request_limit.is_none());
+    let (own, serving) = (own.0, own.0.filter(|_| serves));
+    loop {
+        let shutting_down = *shutdown.borrow();
+        if let Some(serving) = serving {
+            // Boxed, so an idle connection's future never holds a request's state.
+            match Box::pin(serving.serve(&mut stream, head, shutting_down)).await {
+                Served::Done { reuse: true, ahead } => {
+                    super::rearm(Some(&stream));
+                    match ahead {
+                        Some(next) => {
+                            head = next;
+                            continue;
+                        }
+                        None => return Some(stream),
+                    }
+                }
+                Served::Done { reuse: false, .. } => {
+                    Shutdown::shutdown(&mut *stream).await;
+                    return None;
+                }
+                Served::NotMine(back) => head = back,
             }
-            Served::Done { reuse: false } => {
+        }
+        let (bytes, ahead, body) = match Box::pin(screen::screen(&mut stream, head)).await {
+            Screened::Request { bytes, ahead, body } => (bytes, ahead, body),
+            Screened::Refused(refusal) => {
+                if let Some(own) = own {
+                    Box::pin(own.refuse(&mut stream, refusal)).await;
+                }
                 Shutdown::shutdown(&mut *stream).await;
                 return None;
             }
-            Served::NotMine(head) => head,
-        },
-        None => head,
-    };
+            Screened::Gone => return None,
+        };
+        let framed = match body {
+            Some(body) => super::guarded::frame(stream, body),
+            None => stream,
+        };
+        let served = pingora_serves(app, framed, bytes, carried, shutdown).await;
+        let (next, settings) = served?.consume();
+        *carried = Some(settings);
+        let (next, held) = super::guarded::unframe(next);
+        stream = next;
+        head = match (ahead, held) {
+            (None, None) => return Some(stream),
+            (Some(next), None) | (None, Some(next)) => next,
+            (Some(mut next), Some(more)) => {
+                next.extend_from_slice(&more);
+                next
+            }
+        };
+    }
+}
+
+/// Pingora's session serves the request whose bytes so far are `bytes`.
+async fn pingora_serves<A: HttpServerApp + Send + Sync + 'static>(
+    app: &Arc<A>,
+    stream: Stream,
+    bytes: BytesMut,
+    carried: &mut Carried,
+    shutdown: &ShutdownWatch,
+) -> Option<ReusedHttpStream> {
     // Built in a block that ends before the await, so the session (680 bytes) is not also
-    // kept in this future, which every idle connection holds, beside the boxed one that
-    // owns it.
+    // kept in this future beside the boxed one that owns it.
     let request = {
         let mut session = ServerSession::new_http1(stream);
         match carried.take() {
@@ -138,15 +213,12 @@ where
             Some(Some(settings)) => settings.apply_to_session(&mut session),
             Some(None) => {}
         }
-        // Pipelining stays off (Pingora's default), so `reuse` never carries a prefix of its
-        // own over: a request that overreads ends its connection instead.
-        session.set_pipelined_prefix(head);
+        // Pipelining stays off (Pingora's default): the session is framed to this request,
+        // so it never reads past it, and never carries bytes over to a session of its own.
+        session.set_pipelined_prefix(bytes);
         app.process_new_http(session, shutdown)
     };
-    let reused = request.await?;
-    let (next, settings) = reused.consume();
-    *carried = Some(settings);
-    Some(next)
+    request.await
 }
 
 /// Wait for the client's next bytes and take them, or `None` when the connection should end

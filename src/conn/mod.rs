@@ -29,13 +29,16 @@ use tokio::io::AsyncWriteExt;
 
 mod accept;
 mod coalesce;
+mod frame;
 mod guarded;
 mod keepalive;
 mod park;
 mod plain;
+mod screen;
 
 pub use accept::Front;
 pub use guarded::{idled, rearm, tunnel, EndOfHead, Guarded};
+pub use screen::Refusal;
 
 const SHARDS: usize = 64;
 
@@ -131,7 +134,7 @@ impl Guards {
 }
 
 /// A server of some HTTP/1 requests of its own, asked before Pingora's session is made
-/// ([`crate::downstream::h1`]).
+/// ([`crate::downstream::h1`]), and the voice of every refusal made before there is one.
 pub trait Serve: Send + Sync + 'static {
     /// Serve the request whose head is `head` (the bytes of one read), or leave it, and the
     /// connection, untouched. Owned, so a request it serves keeps its header values as
@@ -142,6 +145,10 @@ pub trait Serve: Send + Sync + 'static {
         head: BytesMut,
         shutting_down: bool,
     ) -> impl Future<Output = Served> + Send;
+
+    /// Answer a head refused before any session read it ([`screen`]); the connection ends
+    /// after.
+    fn refuse(&self, stream: &mut Stream, refusal: Refusal) -> impl Future<Output = ()> + Send;
 }
 
 /// What became of a request offered to a [`Serve`].
@@ -149,17 +156,23 @@ pub trait Serve: Send + Sync + 'static {
 pub enum Served {
     /// Not one it serves: Pingora gets the same bytes, handed back.
     NotMine(BytesMut),
-    /// Answered; `reuse`: the connection can carry another request.
-    Done { reuse: bool },
+    /// Answered; `reuse`: the connection can carry another request, whose first bytes
+    /// `ahead` are when the client sent them with this one (pipelined).
+    Done {
+        reuse: bool,
+        ahead: Option<BytesMut>,
+    },
 }
 
-/// The [`Serve`] of a gate whose requests all go to Pingora.
+/// The [`Serve`] of a gate whose requests all go to Pingora, and whose refusals are silent.
 pub struct PingoraOnly;
 
 impl Serve for PingoraOnly {
     async fn serve(&self, _: &mut Stream, head: BytesMut, _: bool) -> Served {
         Served::NotMine(head)
     }
+
+    async fn refuse(&self, _: &mut Stream, _: Refusal) {}
 }
 
 /// Pingora's HTTP app behind the connection guards, with tollgate's own HTTP/1 codec (`S`)
@@ -268,10 +281,21 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: Serve> ServerApp for Gate<A, S
             Shutdown::shutdown(&mut *stream).await;
             return None;
         };
-        let stream: Stream = Box::new(Guarded::new(stream, self.guards.head_timeout, slot));
-        if keepalive::is_h1(&*self.inner, &stream) {
+        let mut stream: Stream = Box::new(Guarded::new(stream, self.guards.head_timeout, slot));
+        let h1 = match keepalive::is_h1(&*self.inner, &stream) {
+            true => Some(true),
+            // An h2c listener's HTTP/1.1 connection: Pingora's session serves each request
+            // (the own codec does not), in this loop, so its refusals and pipelined requests
+            // are handled as everywhere else.
+            false if keepalive::is_h2c(&*self.inner, &stream) => {
+                keepalive::peek_h1(&mut stream).await?.then_some(false)
+            }
+            false => None,
+        };
+        if let Some(own) = h1 {
             let idle = self.guards.keepalive_timeout;
-            keepalive::serve_h1(&self.inner, self.own.as_ref(), stream, idle, shutdown).await;
+            let gate = (self.own.as_ref(), own);
+            keepalive::serve_h1(&self.inner, gate, stream, idle, shutdown).await;
             return None;
         }
         self.inner.process_new(stream, shutdown).await

@@ -193,7 +193,14 @@ where
     let idle = gate.guards.keepalive_timeout;
     let head = keepalive::next_head(&mut stream, idle, shutdown, first).await?;
     let mut now = carried.take().and_then(|c| *c);
-    let next = keepalive::serve_one(&gate.inner, gate.own(), stream, head, &mut now, shutdown);
+    let next = keepalive::serve_one(
+        &gate.inner,
+        (gate.own(), true),
+        stream,
+        head,
+        &mut now,
+        shutdown,
+    );
     let next = next.await;
     *carried = now.is_some().then(|| Box::new(now));
     next

@@ -1,14 +1,16 @@
 //! tollgate's own HTTP/1 server codec, for the one request shape that is most of the traffic:
-//! a complete, bodiless head from an HTTP/1.0 or 1.1 client, alone in its read (never CONNECT,
-//! which Pingora refuses).
+//! a complete, bodiless head from an HTTP/1.0 or 1.1 client, at the start of its read (never
+//! CONNECT, which Pingora refuses).
 //!
 //! Why: Pingora's server session costs about as much per request as all of tollgate's policy
 //! and upstream relay together (`benches/instructions.sh`, `hybrid` against `floor`): a boxed
 //! 10 KiB future, a session object, a head buffer, a case-preserving header map. This codec
 //! reads such a request into a [`RequestHeader`] and writes the response straight to the
-//! connection; everything else (a body, `Expect`, upgrades, pipelined bytes, a head split over
-//! reads) is handed to Pingora untouched, byte for byte, so no rule of Pingora's for those is
-//! restated here. A head the parse refuses, as Pingora's would, is answered here (400, JSON).
+//! connection; everything else (a body, `Expect`, upgrades, a head split over reads) is
+//! handed to Pingora untouched, byte for byte, so no rule of Pingora's for those is restated
+//! here. A head the parse refuses, as Pingora's would, is answered here (400, JSON). Bytes
+//! after a served head in the same read are a pipelined next request (RFC 9112 §9.3.2): they
+//! are handed back with it, to be served next.
 //!
 //! What is kept the same as Pingora's HTTP/1 session, so a client cannot tell them apart: the
 //! parse (httparse, strict, Pingora's authority checks), the keep-alive decision (RFC 9112:
@@ -40,8 +42,9 @@ const MAX_HEADERS: usize = 64;
 // Returned once per request and matched at once: moving the head beats boxing it.
 #[allow(clippy::large_enum_variant)]
 pub enum Head {
-    /// A request it serves.
-    Serve(RequestHeader),
+    /// A request it serves, and the bytes that followed its head in the read (the next
+    /// request's).
+    Serve(RequestHeader, Option<BytesMut>),
     /// A head Pingora would refuse too (its parse is the same): answered here with the JSON
     /// error contract, which Pingora's bare 400 does not follow, and the connection closed.
     /// `head_request`: the method read was HEAD (the answer has no body).
@@ -64,9 +67,9 @@ pub fn parse(buf: BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Head {
     let pass = |buf: Bytes| Head::Pass(BytesMut::from(buf));
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(&buf) {
-        Ok(httparse::Status::Complete(n)) if n == buf.len() => {}
-        Ok(_) => return pass(buf),
+    let len = match parsed.parse(&buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return pass(buf),
         Err(e) => {
             let head_request = parsed.method == Some("HEAD");
             return match refused(e) {
@@ -74,7 +77,7 @@ pub fn parse(buf: BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Head {
                 None => pass(buf),
             };
         }
-    }
+    };
     let Some(req) = request(&parsed, &buf) else {
         return pass(buf);
     };
@@ -85,7 +88,8 @@ pub fn parse(buf: BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Head {
         };
     }
     match shape(&req) {
-        true => Head::Serve(req),
+        // A copy of what follows (rare): the head's values are slices of the read.
+        true => Head::Serve(req, (len < buf.len()).then(|| BytesMut::from(&buf[len..]))),
         false => {
             drop(req);
             pass(buf)
@@ -95,7 +99,7 @@ pub fn parse(buf: BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Head {
 
 /// Why a head that fails the parse is refused, when Pingora would refuse it as well: not for
 /// too many headers (Pingora takes more) or a request line (Pingora tries to repair it).
-fn refused(e: httparse::Error) -> Option<&'static str> {
+pub(crate) fn refused(e: httparse::Error) -> Option<&'static str> {
     match e {
         httparse::Error::HeaderName => Some("the request has an invalid header name"),
         httparse::Error::HeaderValue => Some("the request has an invalid header value"),
@@ -360,6 +364,10 @@ impl Downstream for H1<'_> {
         &self.req
     }
 
+    fn req_header_mut(&mut self) -> &mut RequestHeader {
+        &mut self.req
+    }
+
     fn raw_head(&self) -> Option<Bytes> {
         // Only asked for with a Transfer-Encoding, which never comes this way.
         None
@@ -454,7 +462,7 @@ mod tests {
 
     fn kind(h: Head) -> &'static str {
         match h {
-            Head::Serve(_) => "serve",
+            Head::Serve(..) => "serve",
             Head::Refuse { .. } => "refuse",
             Head::Pass(_) => "pass",
         }
@@ -464,7 +472,7 @@ mod tests {
     #[test]
     fn serves_complete_heads_alone_in_their_read_and_leaves_the_rest() {
         let get = b"GET /a?b=1 HTTP/1.1\r\nHost: gw\r\nX-A: 1\r\n\r\n";
-        let Head::Serve(req) = head(get) else {
+        let Head::Serve(req, None) = head(get) else {
             panic!("a plain head is served");
         };
         assert_eq!(req.raw_path(), b"/a?b=1");
@@ -476,7 +484,7 @@ mod tests {
         ]
         .concat();
         let cases: &[(&str, &[u8], &str)] = &[
-            ("pipelined", &[&get[..], &get[..]].concat(), "pass"),
+            ("pipelined", &[&get[..], &get[..]].concat(), "serve"),
             ("incomplete", b"GET / HTTP/1.1\r\nHost: gw\r\n", "pass"),
             ("HTTP/1.0", b"GET / HTTP/1.0\r\n\r\n", "serve"),
             (
@@ -515,6 +523,12 @@ mod tests {
             panic!("a shape the proxy declines is passed");
         };
         assert_eq!(&back[..], &get[..]);
+        // Pipelined: the first is served, the rest handed back with it, whole.
+        let next = b"GET /b HTTP/1.1\r\nHost: gw\r\n\r\nGET /c HT";
+        let Head::Serve(req, Some(rest)) = head(&[&get[..], &next[..]].concat()) else {
+            panic!("a pipelined head is served");
+        };
+        assert_eq!((req.raw_path(), &rest[..]), (&b"/a?b=1"[..], &next[..]));
     }
 
     #[test]
@@ -544,7 +558,7 @@ mod tests {
             let c = conn.map_or(String::new(), |c| format!("Connection: {c}\r\n"));
             let raw = format!("GET / HTTP/{version}\r\nHost: gw\r\n{c}\r\n");
             match head(raw.as_bytes()) {
-                Head::Serve(req) => client_keepalive(&req),
+                Head::Serve(req, _) => client_keepalive(&req),
                 _ => panic!("{raw}"),
             }
         };

@@ -25,6 +25,9 @@ pub mod h1;
 pub trait Downstream: Send + Sync {
     fn req_header(&self) -> &RequestHeader;
 
+    /// The request head, to edit before anything reads it (admission only).
+    fn req_header_mut(&mut self) -> &mut RequestHeader;
+
     /// The request head as received, for the checks that must see it before any parser's
     /// repairs (only asked for when the request has a `Transfer-Encoding`).
     fn raw_head(&self) -> Option<Bytes>;
@@ -90,6 +93,10 @@ pub trait Downstream: Send + Sync {
 impl Downstream for Session {
     fn req_header(&self) -> &RequestHeader {
         self.as_downstream().req_header()
+    }
+
+    fn req_header_mut(&mut self) -> &mut RequestHeader {
+        self.as_downstream_mut().req_header_mut()
     }
 
     fn raw_head(&self) -> Option<Bytes> {

@@ -227,12 +227,21 @@ impl Metrics {
         upstream: Option<Duration>,
     ) {
         let slot = self.slot(route);
-        let i = (slot * METHODS.len() + method_slot(method)) * CLASSES.len() + class_slot(status);
-        self.requests[i].fetch_add(1, Relaxed);
-        self.duration[slot].observe(total);
+        self.count(slot, method_slot(method), status, total);
         if let Some(u) = upstream {
             self.upstream_duration[slot].observe(u);
         }
+    }
+
+    /// Record a request refused at its head: no route, its method not known (`OTHER`).
+    pub fn head_refused(&self, status: u16, total: Duration) {
+        self.count(self.slot(None), METHODS.len() - 1, status, total);
+    }
+
+    fn count(&self, slot: usize, method: usize, status: u16, total: Duration) {
+        let i = (slot * METHODS.len() + method) * CLASSES.len() + class_slot(status);
+        self.requests[i].fetch_add(1, Relaxed);
+        self.duration[slot].observe(total);
     }
 
     pub fn rejected(&self, code: &str) {

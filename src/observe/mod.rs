@@ -47,6 +47,44 @@ impl Observe {
         })
     }
 
+    /// A request head refused before it was parsed into a request: one line whose request
+    /// fields are `-` (nothing of the head is trusted, nor written), and one request sample
+    /// without a route or method; `reject`'s code is the line's `error`.
+    pub fn head_refused(
+        &self,
+        client_ip: Option<std::net::IpAddr>,
+        request_id: &http::HeaderValue,
+        reject: crate::error::Reject,
+        bytes_out: usize,
+        total: std::time::Duration,
+    ) {
+        let status = reject.status();
+        self.metrics.rejected(reject.code());
+        self.metrics.head_refused(status, total);
+        self.access_log.write(&Entry {
+            time: SystemTime::now(),
+            request_id: request_id.to_str().unwrap_or("-"),
+            client_ip: client_ip.map(crate::client::canonical),
+            consumer: None,
+            method: "-",
+            path: "-",
+            version: "-",
+            route: None,
+            status,
+            bytes_in: 0,
+            bytes_out,
+            upstream: None,
+            upstream_ms: None,
+            total_ms: total.as_secs_f64() * 1000.0,
+            websocket_ms: None,
+            rate_limit: None,
+            user_agent: None,
+            referer: None,
+            error: Some(reject.code()),
+            grpc_status: None,
+        });
+    }
+
     /// Called once per request, from `logging`, whatever happened.
     pub fn finish<D: Downstream>(
         &self,

@@ -51,6 +51,12 @@ impl Tollgate {
             session.set_keepalive(None);
             return self.reject(session, ctx, reject, why, &[]).await;
         }
+        if self.underscored(session) {
+            let msg = "the request has a header name with an underscore";
+            return self
+                .reject(session, ctx, Reject::BadRequest, msg, &[])
+                .await;
+        }
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
         }
@@ -150,6 +156,33 @@ impl Tollgate {
         let changed = matches!(path, std::borrow::Cow::Owned(_));
         ctx.target = headers::forwarded_target(route, &path, req.uri.query(), key_param, changed);
         self.rate_limit(session, ctx, route).await
+    }
+
+    /// Apply `underscores_in_headers` to the request's headers, before routing and auth read
+    /// them: `true` when the request is to be refused (`reject`); under `drop` such headers
+    /// are removed. One look over the names when none has an underscore.
+    fn underscored<D: Downstream>(&self, session: &mut D) -> bool {
+        use crate::config::file::Underscores;
+        let underscored = |n: &HeaderName| n.as_str().contains('_');
+        if self.gw.underscores == Underscores::Allow
+            || !session.req_header().headers.keys().any(underscored)
+        {
+            return false;
+        }
+        if self.gw.underscores == Underscores::Reject {
+            return true;
+        }
+        let req = session.req_header_mut();
+        let names: Vec<HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| underscored(n))
+            .cloned()
+            .collect();
+        for name in &names {
+            req.remove_header(name);
+        }
+        false
     }
 
     /// Answer locally with the error contract ([`error::reject`]), counted in the metrics.

@@ -4,11 +4,13 @@
 //! log. Taken only by a request both ends of which the fast path handles (a plain request
 //! routed to a plaintext HTTP/1 upstream); the codec hands every other one to Pingora.
 
+use std::future::Future;
+
 use bytes::BytesMut;
 use pingora::protocols::Stream;
 
 use super::{relay, Ctx, Tollgate};
-use crate::conn::{Serve, Served};
+use crate::conn::{Refusal, Serve, Served};
 use crate::downstream::h1::{self, Head, H1};
 use crate::downstream::Downstream;
 use crate::error::{self, Reject};
@@ -37,29 +39,43 @@ impl Tollgate {
 }
 
 impl Tollgate {
-    /// Answer a head that cannot be parsed: 400 in the JSON contract, then close. Nothing of
-    /// it is trusted, so it is neither routed nor logged as a request; the metrics count it.
-    async fn refuse(&self, stream: &mut Stream, why: &str, head_request: bool) {
+    /// Answer a head refused before it became a request (by the own codec's parse, or by the
+    /// screening of a head for Pingora's session): the JSON error contract, then close.
+    /// Nothing of it is trusted, so it is neither routed nor logged with its fields; it is
+    /// one access-log line and one request sample all the same.
+    async fn refuse_head(&self, stream: &mut Stream, refusal: Refusal) {
+        let started = std::time::Instant::now();
         // The codec needs a request to answer; the method decides only that a body is sent.
-        let method = if head_request { "HEAD" } else { "GET" };
+        let method = if refusal.head_request { "HEAD" } else { "GET" };
         let Ok(placeholder) = pingora::http::RequestHeader::build_no_case(method, b"/", None)
         else {
             return;
         };
         let mut session = H1::new(stream, placeholder, true);
         let id = crate::client::new_request_id();
-        self.obs.metrics.rejected(Reject::BadRequest.code());
-        let _ = error::respond(&mut session, Reject::BadRequest, why, Some(&id), &[], false).await;
+        let reject = refusal.reject;
+        let _ = error::respond(&mut session, reject, &refusal.why, Some(&id), &[], false).await;
+        let sent = session.body_bytes_sent();
+        self.obs
+            .head_refused(session.peer_ip(), &id, reject, sent, started.elapsed());
     }
 }
 
 impl Serve for Tollgate {
     async fn serve(&self, stream: &mut Stream, head: BytesMut, shutting_down: bool) -> Served {
-        let req = match h1::parse(head, |req| self.serves(req)) {
-            Head::Serve(req) => req,
+        let (req, ahead) = match h1::parse(head, |req| self.serves(req)) {
+            Head::Serve(req, ahead) => (req, ahead),
             Head::Refuse { why, head_request } => {
-                self.refuse(stream, why, head_request).await;
-                return Served::Done { reuse: false };
+                let refusal = Refusal {
+                    reject: Reject::BadRequest,
+                    why: why.into(),
+                    head_request,
+                };
+                self.refuse_head(stream, refusal).await;
+                return Served::Done {
+                    reuse: false,
+                    ahead: None,
+                };
             }
             Head::Pass(head) => return Served::NotMine(head),
         };
@@ -86,6 +102,11 @@ impl Serve for Tollgate {
         self.finished(&session, error.as_deref(), &mut ctx);
         Served::Done {
             reuse: session.reusable(),
+            ahead,
         }
+    }
+
+    fn refuse(&self, stream: &mut Stream, refusal: Refusal) -> impl Future<Output = ()> + Send {
+        self.refuse_head(stream, refusal)
     }
 }

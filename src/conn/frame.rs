@@ -1,0 +1,311 @@
+//! Where one HTTP/1 request ends on its connection, so that Pingora's session only ever holds
+//! the bytes of the request it serves.
+//!
+//! Why: a client may pipeline (RFC 9112 §9.3.2): send its next request before the answer to
+//! the last. Pingora's session keeps what it reads past a request's end inside itself, where
+//! tollgate's keep-alive loop cannot see it (Pingora then either drops it, or, with its
+//! pipelining on, carries it into a session of its own that tollgate's screening, own codec
+//! and idle wait never see). So the connection layer frames each request it hands to Pingora:
+//! the head and as much of the body as is already here go in as the session's prefix, and
+//! [`Frame`], set on the connection's [`super::Guarded`] stream, lets Pingora read the rest of
+//! that body and no further. Bytes past it are kept here, and become the next request's first
+//! bytes in tollgate's loop, exactly as if they had arrived after the answer.
+//!
+//! An upgrade request is not framed: what follows its head belongs to the tunnel if the
+//! upgrade is accepted, and the connection ends if not (`screen.rs`).
+//!
+//! A body's extent comes from its head (`Content-Length`, or chunked framing followed by
+//! [`Chunks`]). Chunked framing is held to what Pingora's decoder accepts, minus the shapes
+//! two parsers read differently (nginx refuses them too): a chunk-size line without a size
+//! (which Pingora reads as the last chunk), a size followed by whitespace and more digits, a
+//! line ending in a bare LF, and chunk data not followed by CRLF.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use pingora::protocols::Stream;
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::guarded::EndOfHead;
+
+/// What remains of a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// This many bytes (`Content-Length`).
+    Length(u64),
+    /// Chunked, at this point of its framing.
+    Chunked(Chunks),
+}
+
+/// Chunked framing (RFC 9112 §7.1), fed the body's bytes as they come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Chunks {
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    /// In a chunk-size line: the digits so far, the size, and what the line is past.
+    #[default]
+    Start,
+    Size {
+        digits: u8,
+        size: u64,
+    },
+    /// Whitespace after the size: only more whitespace, `;` or the line end may follow.
+    AfterSize {
+        size: u64,
+    },
+    /// In a chunk extension, which Pingora ignores up to the line end.
+    Extension {
+        size: u64,
+    },
+    /// The size line's CR was read: its LF must follow.
+    SizeLf {
+        size: u64,
+    },
+    /// Chunk data, this many bytes still.
+    Data(u64),
+    /// After a chunk's data, its CR, then its LF.
+    DataCr,
+    DataLf,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailers(EndOfHead),
+}
+
+/// Why a chunked body is refused.
+pub type Malformed = &'static str;
+
+impl Chunks {
+    /// Feed the next bytes of the body: `Some(n)` when the body ends after `n` of them,
+    /// `None` when it goes on past them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, Malformed> {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            self.state = match self.state {
+                State::Start => match hex(b) {
+                    Some(d) => State::Size { digits: 1, size: d },
+                    None => return Err("a chunk-size line has no size"),
+                },
+                State::Size { digits, size } => match (hex(b), b) {
+                    // 16 hex digits are the most Pingora's decoder takes.
+                    (Some(_), _) if digits >= 16 => return Err("a chunk size is too large"),
+                    (Some(d), _) => State::Size {
+                        digits: digits + 1,
+                        size: size << 4 | d,
+                    },
+                    (None, b' ' | b'\t') => State::AfterSize { size },
+                    (None, b';') => State::Extension { size },
+                    (None, b'\r') => State::SizeLf { size },
+                    _ => return Err("a chunk-size line is malformed"),
+                },
+                State::AfterSize { size } => match b {
+                    b' ' | b'\t' => State::AfterSize { size },
+                    b';' => State::Extension { size },
+                    b'\r' => State::SizeLf { size },
+                    _ => return Err("a chunk-size line is malformed"),
+                },
+                State::Extension { size } => match b {
+                    b'\r' => State::SizeLf { size },
+                    b'\n' => return Err("a chunk-size line ends in a bare LF"),
+                    _ => State::Extension { size },
+                },
+                State::SizeLf { size } => match (b, size) {
+                    (b'\n', 0) => State::Trailers(EndOfHead::after_line()),
+                    (b'\n', size) => State::Data(size),
+                    _ => return Err("a chunk-size line is malformed"),
+                },
+                State::Data(left) => {
+                    let take = (bytes.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    i += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data(left)
+                    };
+                    continue;
+                }
+                State::DataCr if b == b'\r' => State::DataLf,
+                State::DataLf if b == b'\n' => State::Start,
+                State::DataCr | State::DataLf => {
+                    return Err("chunk data is not followed by CRLF");
+                }
+                State::Trailers(mut end) => {
+                    return Ok(end.end_in(&bytes[i..]).map(|n| i + n).or_else(|| {
+                        self.state = State::Trailers(end);
+                        None
+                    }));
+                }
+            };
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
+fn hex(b: u8) -> Option<u64> {
+    (b as char).to_digit(16).map(u64::from)
+}
+
+/// How much of `bytes` is the body `body` (from its start): `Ok(Some(n))` when the body ends
+/// there, `Ok(None)` when all of it is body and `body` is what remains after.
+pub fn measure(body: &mut Body, bytes: &[u8]) -> Result<Option<usize>, Malformed> {
+    match body {
+        Body::Length(left) => {
+            let here = bytes.len() as u64;
+            if here >= *left {
+                let n = *left as usize;
+                *left = 0;
+                Ok(Some(n))
+            } else {
+                *left -= here;
+                Ok(None)
+            }
+        }
+        Body::Chunked(c) => c.feed(bytes),
+    }
+}
+
+/// A request's extent on the stream under Pingora's session ([`super::Guarded`] holds it
+/// while the session runs).
+#[derive(Debug)]
+pub struct Frame {
+    /// The rest of the body, or `None` once it is read: from then on what the client sends
+    /// is held back in `ahead`.
+    body: Option<Body>,
+    /// Bytes past the request, for the next one.
+    ahead: BytesMut,
+}
+
+impl Frame {
+    pub fn new(body: Body) -> Self {
+        let body = match body {
+            Body::Length(0) => None,
+            body => Some(body),
+        };
+        Frame {
+            body,
+            ahead: BytesMut::new(),
+        }
+    }
+
+    /// The bytes past the request, once its session is done.
+    pub fn into_ahead(self) -> Option<BytesMut> {
+        (!self.ahead.is_empty()).then_some(self.ahead)
+    }
+
+    /// Read from `inner` into `buf` no further than the request's end.
+    pub fn poll_read(
+        &mut self,
+        inner: &mut Stream,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let Some(body) = self.body.as_mut() else {
+            return self.hold(inner, cx, buf);
+        };
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(inner).poll_read(cx, buf))?;
+        let read = &buf.filled()[before..];
+        match measure(body, read) {
+            Ok(None) => {}
+            Ok(Some(n)) => {
+                // Never 0 of a read that brought bytes: the session would take it for a close.
+                self.ahead.extend_from_slice(&read[n..]);
+                buf.set_filled(before + n);
+                self.body = None;
+            }
+            Err(why) => {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    why,
+                )))
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The request is read: what the client sends now is its next request, kept here. The
+    /// session sees nothing of it (it waits), only the client's close.
+    fn hold(
+        &mut self,
+        inner: &mut Stream,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.ahead.is_empty() || buf.remaining() == 0 {
+            // The next request has begun: nothing more is read until this one is answered.
+            return Poll::Pending;
+        }
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut into = ReadBuf::uninit(&mut space);
+        std::task::ready!(Pin::new(inner).poll_read(cx, &mut into))?;
+        if into.filled().is_empty() {
+            // The client closed its side: the session is told.
+            return Poll::Ready(Ok(()));
+        }
+        self.ahead.extend_from_slice(into.filled());
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ends(chunks: &[&[u8]]) -> Result<Option<usize>, Malformed> {
+        let mut c = Chunks::default();
+        let mut at = 0;
+        for piece in chunks {
+            if let Some(n) = c.feed(piece)? {
+                return Ok(Some(at + n));
+            }
+            at += piece.len();
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_pingora_ends_them() {
+        let body = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\nGET / HTTP/1.1\r\n";
+        let end = body.len() - b"GET / HTTP/1.1\r\n".len();
+        assert_eq!(ends(&[body]), Ok(Some(end)));
+        // Cut anywhere, the end is the same.
+        for cut in 0..body.len() {
+            assert_eq!(ends(&[&body[..cut], &body[cut..]]), Ok(Some(end)), "{cut}");
+        }
+        let trailers = b"0\r\nX-T: 1\r\n\r\nnext";
+        assert_eq!(ends(&[trailers]), Ok(Some(trailers.len() - 4)));
+        let ext = b"A \t;ext\r\n0123456789\r\n0\r\n\r\n";
+        assert_eq!(ends(&[ext]), Ok(Some(ext.len())));
+        assert_eq!(ends(&[b"5\r\nhel"]), Ok(None));
+    }
+
+    #[test]
+    fn ambiguous_chunk_lines_are_refused() {
+        for bad in [
+            &b"\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhello\r\n\r\n",
+            b"5 5\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5;a\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"+5\r\nhello\r\n0\r\n\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            assert!(ends(&[bad]).is_err(), "{}", bad.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn lengths_are_counted() {
+        let mut b = Body::Length(5);
+        assert_eq!(measure(&mut b, b"he"), Ok(None));
+        assert_eq!(measure(&mut b, b"lloGET"), Ok(Some(3)));
+    }
+}
