@@ -48,7 +48,8 @@ pub struct Tollgate {
     /// Every upstream is one the fast path relays to (the usual case): any plain request
     /// takes it, whichever route it finds, so none needs routing before it is admitted.
     all_relayed: bool,
-    /// The gateway's `fast_path`: off, no request is relayed by tollgate itself.
+    /// The gateway's `fast_path`: off, the own codec serves no request (it still answers
+    /// heads refused before a session exists) and none is relayed by tollgate itself.
     fast_path: bool,
 }
 

@@ -86,8 +86,8 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         options.h2c = key.h2c;
         app.server_options = Some(options);
         let name = if key.h2c { "tollgate h2c" } else { "tollgate" };
-        let own = gw.fast_path.then(tollgate);
-        let mut front = Front::new(name, Gate::with_own(app, own, &guards));
+        // With `fast_path: false` it serves no request, and still answers refused heads.
+        let mut front = Front::new(name, Gate::with_own(app, tollgate(), &guards));
         for l in gw.listen.iter().filter(|l| l.service_key() == key) {
             match &l.tls {
                 Some(tls) => match tls.settings() {

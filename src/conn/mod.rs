@@ -194,11 +194,11 @@ impl<A> Gate<A> {
 }
 
 impl<A, S> Gate<A, S> {
-    /// `own`, when there is one, is offered every HTTP/1 request first.
-    pub fn with_own(inner: A, own: Option<S>, guards: &Guards) -> Self {
+    /// `own` is offered every HTTP/1 request first.
+    pub fn with_own(inner: A, own: S, guards: &Guards) -> Self {
         Gate {
             inner: Arc::new(inner),
-            own,
+            own: Some(own),
             guards: guards.clone(),
         }
     }

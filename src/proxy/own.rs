@@ -63,6 +63,9 @@ impl Tollgate {
 
 impl Serve for Tollgate {
     async fn serve(&self, stream: &mut Stream, head: BytesMut, shutting_down: bool) -> Served {
+        if !self.fast_path {
+            return Served::NotMine(head);
+        }
         let (req, ahead) = match h1::parse(head, |req| self.serves(req)) {
             Head::Serve(req, ahead) => (req, ahead),
             Head::Refuse { why, head_request } => {
