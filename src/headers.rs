@@ -294,11 +294,12 @@ pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether a `Transfer-Encoding` value's final coding is `chunked` (what frames the body).
+/// Whether a `Transfer-Encoding` value's final coding is `chunked` (what frames the body), as
+/// Pingora's sessions read it: the last item of the list, even an empty one (`chunked,` ends
+/// with no coding, so the body is not chunked).
 pub fn ends_chunked(value: &[u8]) -> bool {
-    tokens(value)
-        .last()
-        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or(value);
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// A `Content-Length` value: digits only, at most 18 of them (no sign, no list, no overflow).
@@ -323,6 +324,34 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
         return None;
     }
     Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// A message's framing length from its `Content-Length` values (each line, each item of a
+/// list), as Pingora's sessions reconcile them (RFC 9110 §8.6): all plain decimal numbers
+/// within `u64` and `usize`, and the same. `Ok(None)` for no value; `Err` says why the values
+/// frame nothing.
+pub fn framing_length<'v>(
+    values: impl Iterator<Item = &'v [u8]>,
+) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for item in values.flat_map(|v| v.split(|&b| b == b',')) {
+        let item = item.trim_ascii();
+        if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+            return Err("a Content-Length is not a decimal number");
+        }
+        let n = item
+            .iter()
+            .try_fold(0u64, |n, d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+            .filter(|&n| usize::try_from(n).is_ok())
+            .ok_or("a Content-Length is too large")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("the Content-Length values disagree");
+        }
+        length = Some(n);
+    }
+    Ok(length)
 }
 
 /// Remove the upstream's hop-by-hop headers (except `Connection`, which Pingora rewrites, and

@@ -27,6 +27,9 @@ mod admit;
 mod own;
 mod relay;
 
+#[doc(hidden)]
+pub use own::shape as own_codec_shape;
+
 /// Compress a piece of the response body when `response_filter` chose to.
 fn encode(ctx: &mut Ctx, body: &mut Option<bytes::Bytes>, end: bool) -> Result<()> {
     if let Some(enc) = ctx.encoder.as_mut() {

@@ -15,10 +15,12 @@
 //! upgrade is accepted, and the connection ends if not (`screen.rs`).
 //!
 //! A body's extent comes from its head (`Content-Length`, or chunked framing followed by
-//! [`Chunks`]). Chunked framing is held to what Pingora's decoder accepts, minus the shapes
-//! two parsers read differently (nginx refuses them too): a chunk-size line without a size
-//! (which Pingora reads as the last chunk), a size followed by whitespace and more digits, a
-//! line ending in a bare LF, and chunk data not followed by CRLF.
+//! [`Chunks`]). Chunked framing is held to what Pingora's decoder accepts (a size it can add
+//! to its buffer index, trailer lines ending in CRLF), minus the shapes two parsers read
+//! differently (nginx refuses them too): a chunk-size line without a size (which Pingora
+//! reads as the last chunk), and a bare LF in a chunk extension (which Pingora takes as part
+//! of the extension, where others end the line). Pingora's limits on a chunk-size line (8 KiB) and on trailers
+//! (64 KiB) depend on how its reads fall; here they hold whatever the reads.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -27,7 +29,10 @@ use bytes::BytesMut;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::guarded::EndOfHead;
+/// The longest chunk-size line (size and extensions) and trailer section taken: Pingora's
+/// decoder's limits.
+const MAX_SIZE_LINE: usize = 8 * 1024;
+const MAX_TRAILERS: usize = 64 * 1024;
 
 /// What remains of a request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +47,8 @@ pub enum Body {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Chunks {
     state: State,
+    /// Bytes of the current chunk-size line, or of the trailers, so far.
+    line: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,8 +77,15 @@ enum State {
     /// After a chunk's data, its CR, then its LF.
     DataCr,
     DataLf,
-    /// After the last chunk: trailer lines up to an empty one.
-    Trailers(EndOfHead),
+    /// After the last chunk: trailer lines up to an empty one; `line_start`: at the start of
+    /// a line.
+    Trailers {
+        line_start: bool,
+    },
+    /// A trailer line's CR was read: its LF must follow (the section ends if it was empty).
+    TrailerLf {
+        empty: bool,
+    },
 }
 
 /// Why a chunked body is refused.
@@ -84,6 +98,12 @@ impl Chunks {
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
+            if !matches!(self.state, State::Data(_) | State::DataCr | State::DataLf) {
+                self.line += 1;
+                if self.line > MAX_TRAILERS || (self.line > MAX_SIZE_LINE && !self.in_trailers()) {
+                    return Err("a chunk-size line or the trailers are too long");
+                }
+            }
             self.state = match self.state {
                 State::Start => match hex(b) {
                     Some(d) => State::Size { digits: 1, size: d },
@@ -113,8 +133,23 @@ impl Chunks {
                     _ => State::Extension { size },
                 },
                 State::SizeLf { size } => match (b, size) {
-                    (b'\n', 0) => State::Trailers(EndOfHead::after_line()),
-                    (b'\n', size) => State::Data(size),
+                    (b'\n', 0) => {
+                        self.line = 0;
+                        State::Trailers { line_start: true }
+                    }
+                    (b'\n', size) => {
+                        // Pingora's decoder adds the size to the line's length and the data's
+                        // CRLF, and refuses a chunk where that overflows.
+                        let line = std::mem::take(&mut self.line);
+                        if usize::try_from(size)
+                            .ok()
+                            .and_then(|s| s.checked_add(line + 2))
+                            .is_none()
+                        {
+                            return Err("a chunk size is too large");
+                        }
+                        State::Data(size)
+                    }
                     _ => return Err("a chunk-size line is malformed"),
                 },
                 State::Data(left) => {
@@ -133,16 +168,26 @@ impl Chunks {
                 State::DataCr | State::DataLf => {
                     return Err("chunk data is not followed by CRLF");
                 }
-                State::Trailers(mut end) => {
-                    return Ok(end.end_in(&bytes[i..]).map(|n| i + n).or_else(|| {
-                        self.state = State::Trailers(end);
-                        None
-                    }));
-                }
+                State::Trailers { line_start } => match b {
+                    b'\r' => State::TrailerLf { empty: line_start },
+                    b'\n' => return Err("a trailer line ends in a bare LF"),
+                    _ => State::Trailers { line_start: false },
+                },
+                State::TrailerLf { empty } => match b {
+                    b'\n' if empty => return Ok(Some(i + 1)),
+                    b'\n' => State::Trailers { line_start: true },
+                    _ => return Err("a trailer line has a CR without LF"),
+                },
             };
             i += 1;
         }
         Ok(None)
+    }
+}
+
+impl Chunks {
+    fn in_trailers(&self) -> bool {
+        matches!(self.state, State::Trailers { .. } | State::TrailerLf { .. })
     }
 }
 
@@ -297,6 +342,12 @@ mod tests {
             b" 5\r\nhello\r\n0\r\n\r\n",
             b"0x5\r\nhello\r\n0\r\n\r\n",
             b"11111111111111111\r\n",
+            // What Pingora's decoder refuses too: a size it cannot add to its buffer index,
+            // trailer lines not ending in CRLF.
+            b"ffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nX-T: 1\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nX-T: 1\rX\r\n\r\n",
         ] {
             assert!(ends(&[bad]).is_err(), "{}", bad.escape_ascii());
         }

@@ -95,12 +95,6 @@ impl EndOfHead {
         };
         None
     }
-
-    /// A scan that starts just after a line feed: the trailer section after a chunked body's
-    /// last chunk, which ends at its first empty line.
-    pub(super) fn after_line() -> Self {
-        EndOfHead { state: 1 }
-    }
 }
 
 /// An accepted stream with a total deadline on each request head.

@@ -39,6 +39,12 @@ mod screen;
 pub use accept::Front;
 pub use guarded::{idled, rearm, tunnel, EndOfHead, Guarded};
 pub use screen::Refusal;
+// Test seams: what the connection layer decides of a head for Pingora's session
+// (`tests/differential.rs`).
+#[doc(hidden)]
+pub use frame::Body as RequestBody;
+#[doc(hidden)]
+pub use screen::{screen, Screened};
 
 const SHARDS: usize = 64;
 

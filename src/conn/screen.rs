@@ -145,21 +145,12 @@ async fn parse(head: &[u8]) -> Result<Option<Body>, Refusal> {
         // The session has checked that chunked is the final coding.
         return Ok(Some(Body::Chunked(Chunks::default())));
     }
-    let Some(length) = req.headers.get(CONTENT_LENGTH) else {
-        return Ok(Some(Body::Length(0)));
-    };
-    // The session took identical repeats (`5, 5`) as one; the proxy refuses them later.
-    let first = length
-        .as_bytes()
-        .split(|&b| b == b',')
-        .next()
-        .unwrap_or_default();
-    match crate::headers::parse_length(first) {
-        Some(n) => Ok(Some(Body::Length(n))),
-        None => Err(Refusal::bad(
-            "Content-Length must be a single decimal number",
-            head_request,
-        )),
+    // Read as the session reads it (identical repeats, `5, 5`, are one; the proxy refuses
+    // them later).
+    let values = req.headers.get_all(CONTENT_LENGTH).into_iter();
+    match crate::headers::framing_length(values.map(|v| v.as_bytes())) {
+        Ok(n) => Ok(Some(Body::Length(n.unwrap_or(0)))),
+        Err(why) => Err(Refusal::bad(why, head_request)),
     }
 }
 

@@ -21,7 +21,7 @@ impl Tollgate {
     /// decides (if it is not answered before), so serving it here changes nothing but the
     /// cost. A request no route takes is answered by admission alike, whoever serves it.
     fn serves(&self, req: &pingora::http::RequestHeader) -> bool {
-        if !relay::plain(req) || crate::grpc::is_grpc(req) {
+        if !shape(req) {
             return false;
         }
         if self.all_relayed {
@@ -36,6 +36,14 @@ impl Tollgate {
             _ => false,
         }
     }
+}
+
+/// Whether a request is of the shape the own codec serves at all, wherever it is routed: a
+/// plain request (`relay::plain`) that is not gRPC. A test seam too (`tests/differential.rs`
+/// holds what this codec serves to what Pingora's session reads).
+#[doc(hidden)]
+pub fn shape(req: &pingora::http::RequestHeader) -> bool {
+    relay::plain(req) && !crate::grpc::is_grpc(req)
 }
 
 impl Tollgate {

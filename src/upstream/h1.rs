@@ -228,6 +228,12 @@ impl Conn {
         let mut first = true;
         loop {
             if let Some((resp, body)) = self.parse_head(head_request, &replaced)? {
+                if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    // Never asked for (the fast path relays no upgrade, RFC 9110 §15.2.2):
+                    // what follows is no HTTP this client reads. (Pingora's relays the 101
+                    // and then the connection's bytes as its body.)
+                    return Err(invalid("a 101 response to a request for no upgrade"));
+                }
                 if resp.status.is_informational() {
                     first = false;
                     continue;
@@ -273,7 +279,12 @@ impl Conn {
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut headers);
-        let n = match parsed.parse(&self.buf) {
+        // Pingora's client parses as leniently (RFC 9112 §5.1, §5.2: a proxy removes the
+        // whitespace before a colon and replaces an obs-fold with spaces).
+        let mut config = httparse::ParserConfig::default();
+        config.allow_spaces_after_header_name_in_responses(true);
+        config.allow_obsolete_multiline_headers_in_responses(true);
+        let n = match config.parse_response(&mut parsed, &self.buf) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err(invalid("an invalid response head")),
@@ -291,16 +302,12 @@ impl Conn {
         // `chunked`: the last Transfer-Encoding line ends with chunked (`None`: no such line);
         // `close`: the backend ends the connection after this response (which says nothing
         // about where the body ends).
-        let (mut length, mut chunked, mut close) = (None, None, parsed.version == Some(0));
+        let (mut lengths, mut chunked, mut close) = (Vec::new(), None, parsed.version == Some(0));
         for h in parsed.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("content-length") {
-                let len = crate::headers::parse_length(h.value)
-                    .ok_or_else(|| invalid("a bad Content-Length"))?;
-                if length.is_some_and(|l| l != len) {
-                    return Err(invalid("conflicting Content-Length headers"));
-                }
-                length = Some(len);
+                // Checked once the head is read: a Transfer-Encoding overrides it.
+                lengths.push(h.value);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 // Only `chunked` is understood; a body whose final coding is another is read
                 // until close.
@@ -326,8 +333,8 @@ impl Conn {
                 continue;
             }
             let at = h.value.as_ptr() as usize - base;
-            let value = http::HeaderValue::from_maybe_shared(shared.slice(at..at + h.value.len()))
-                .map_err(|_| invalid("an invalid response header value"))?;
+            // As Pingora's client takes it: an obs-fold, a CR or a NUL becomes a space.
+            let value = pingora::http::header_value_from_raw(shared.slice(at..at + h.value.len()));
             let name = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid("an invalid response header name"))?;
             parts
@@ -335,6 +342,10 @@ impl Conn {
                 .try_append(name, value)
                 .map_err(|_| invalid("an invalid response header"))?;
         }
+        let length = match chunked {
+            Some(_) => None,
+            None => crate::headers::framing_length(lengths.into_iter()).map_err(invalid)?,
+        };
         let mut resp = ResponseHeader::from(parts);
         self.buf.advance(n);
         let status = resp.status.as_u16();
@@ -346,7 +357,7 @@ impl Conn {
             // so the client sees one framing.
             resp.remove_header(&http::header::CONTENT_LENGTH);
             Body::Chunked(Chunks::Size)
-        } else if let (Some(len), None) = (length, chunked) {
+        } else if let Some(len) = length {
             if len == 0 {
                 Body::Done
             } else {
@@ -444,6 +455,16 @@ impl Chunks {
         let bad = || invalid("an invalid chunked body");
         Ok(match self {
             Chunks::Size => match httparse::parse_chunk_size(buf) {
+                // A size Pingora's decoder cannot add to its buffer index (with the line and
+                // the data's CRLF) is refused as it refuses it.
+                Ok(httparse::Status::Complete((n, size)))
+                    if usize::try_from(size)
+                        .ok()
+                        .and_then(|s| s.checked_add(n + 2))
+                        .is_none() =>
+                {
+                    return Err(bad())
+                }
                 Ok(httparse::Status::Complete((n, size))) => {
                     buf.advance(n);
                     Some(if size == 0 {
@@ -455,13 +476,20 @@ impl Chunks {
                 Ok(httparse::Status::Partial) => None,
                 Err(_) => return Err(bad()),
             },
+            // Refused at its first wrong byte, as Pingora's decoder refuses it.
+            Chunks::DataEnd if buf.first().is_some_and(|&b| b != b'\r') => return Err(bad()),
             Chunks::DataEnd if buf.len() < 2 => None,
             Chunks::DataEnd if &buf[..2] == b"\r\n" => {
                 buf.advance(2);
                 Some(Chunks::Size)
             }
             Chunks::DataEnd => return Err(bad()),
-            Chunks::Trailers => match memchr::memmem::find(buf, b"\r\n") {
+            // Trailer lines end in CRLF, as Pingora's decoder holds them: a CR or LF alone
+            // is refused.
+            Chunks::Trailers => match memchr::memchr2(b'\r', b'\n', buf) {
+                Some(i) if buf[i] == b'\n' => return Err(bad()),
+                Some(i) if buf.len() < i + 2 => None,
+                Some(i) if buf[i + 1] != b'\n' => return Err(bad()),
                 Some(0) => {
                     buf.advance(2);
                     Some(Chunks::End)
