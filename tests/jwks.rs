@@ -522,3 +522,28 @@ fn check_config_reads_files_but_never_the_network_and_names_each_bad_key() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("state_dir: must not be empty"), "{out}");
 }
+
+#[test]
+fn the_new_process_of_an_upgrade_fetches_the_keys_before_it_serves() {
+    let (a, b) = (Key::new("a"), Key::new("b"));
+    let idp = Idp::start(&[&a]);
+    let state = tempfile::tempdir().unwrap();
+    let conf = body(
+        &remote(&idp, ", refresh: 24h, min_refresh: 1h"),
+        state.path(),
+    );
+    let gw = Gateway::start(&conf);
+    assert_eq!(idp.calls(), 1);
+    // Rotated at the identity provider: the running process will not ask again for an hour.
+    idp.serve(&[&b]);
+    let mut next = gw.upgrade(&conf);
+    assert!(eventually(WAIT, || idp.calls() == 2));
+    // Once the old process has drained, every answer is the new one's, with the new set.
+    assert!(
+        eventually(WAIT, || admitted(&gw, &b.token("bob"), "bob")
+            && bearer(&gw, &a.token("alice")).status == 401),
+        "{}",
+        gw.logs()
+    );
+    let _ = next.kill();
+}
