@@ -134,6 +134,12 @@ fn main() {
         std::process::exit(0);
     }
 
+    // Remote key sets: fetched now (never by `-t`), before anything is served.
+    if let Err(e) = tollgate::auth::remote::fetch_at_start(&loaded.gateway.auth.remotes()) {
+        eprintln!("tollgate: {source}: cannot start:\n{e}");
+        std::process::exit(1);
+    }
+
     if cli.demo {
         let upstreams = vec![
             ("127.0.0.1:8081".parse().expect("literal"), "public"),
@@ -184,6 +190,10 @@ fn run_command(cmd: Cmd) -> ! {
                 eprint!("tollgate: {conf}: {errs}");
                 std::process::exit(1)
             });
+            // Offline: a remote key set as the gateway last cached it.
+            for r in loaded.gateway.auth.remotes() {
+                let _ = r.load_cached();
+            }
             match tollgate::explain::Request::parse(&method, &url, &headers) {
                 Ok(req) => {
                     print!("{}", tollgate::explain::explain(&loaded.gateway, &req));

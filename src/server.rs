@@ -144,6 +144,15 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
         ));
     }
 
+    // Remote JWKS: refreshed in the background, and sooner on an unknown kid.
+    let remotes = gw.auth.remotes();
+    if !remotes.is_empty() {
+        server.add_service(pingora::services::background::background_service(
+            "jwks refresh",
+            crate::auth::remote::RefreshService { remotes },
+        ));
+    }
+
     // Serve this process's state to its successor (a background service: it must start after
     // daemonizing, which forks).
     server.add_service(pingora::services::background::background_service(

@@ -87,17 +87,6 @@ fn good_claims() -> serde_json::Value {
     json!({"sub": "alice", "role": "admin", "iss": "auth.example.com", "aud": "api", "exp": now() + 300})
 }
 
-fn assert_401(r: &Resp, contains: &str) {
-    assert_eq!(r.status, 401, "{r:?}");
-    assert_eq!(r.error_code(), "unauthorized");
-    assert!(r.header("www-authenticate").is_some(), "{r:?}");
-    let msg = r.json()["message"].as_str().unwrap().to_owned();
-    assert!(
-        msg.contains(contains),
-        "message {msg:?} should say {contains:?}"
-    );
-}
-
 #[test]
 fn api_keys_admit_plain_hashed_env_and_file_keys_and_strip_the_key() {
     let gw = gateway("");

@@ -46,16 +46,6 @@ fn bearer(gw: &Gateway, token: &str) -> Resp {
     )
 }
 
-fn assert_401(r: &Resp, says: &str) {
-    assert_eq!(
-        (r.status, r.error_code()),
-        (401, "unauthorized".into()),
-        "{r:?}"
-    );
-    let msg = r.json()["message"].as_str().unwrap().to_owned();
-    assert!(msg.contains(says), "message {msg:?} should say {says:?}");
-}
-
 #[test]
 fn a_token_repeating_a_member_name_is_refused_not_read_last_wins() {
     let gw = gateway();

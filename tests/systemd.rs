@@ -18,6 +18,7 @@ fn unit_file_verifies_and_wires_reload_and_hardening() {
         "DynamicUser=yes",
         "LimitNOFILE=",
         "TimeoutStopSec=",
+        "StateDirectory=tollgate",
     ] {
         assert!(unit.contains(needle), "unit lacks {needle}");
     }

@@ -7,9 +7,10 @@
 //! claims for `claim:NAME` rate-limit keys. A hit re-checks only the time window (`exp`,
 //! `nbf`, with the provider's leeway); a token that failed is never remembered.
 //!
-//! It is safe because nothing that decided a token's fate can change while the process runs:
-//! the keys, algorithms, issuer and audience are fixed at config load (a reload is a new
-//! process with an empty cache). A hit needs the whole token to match, compared in constant
+//! It is safe because nothing that decided a token's fate can change while the cache lives:
+//! the algorithms, issuer and audience are fixed at config load (a reload is a new process
+//! with an empty cache), and so are the keys, except a remote JWKS's, whose tokens are
+//! remembered in a cache of each key set (`super::jwks::KeySet`): a new set starts empty. A hit needs the whole token to match, compared in constant
 //! time, so a forged token never borrows a cached verdict and timing says nothing about the
 //! cached ones; the probe uses a per-process random hash, so nobody can aim tokens at a slot.
 //!

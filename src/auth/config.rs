@@ -7,7 +7,8 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::api_key::{ApiKey, KeyTable};
-use super::jwt::Jwt;
+use super::jwt::{Jwks, Jwt};
+use super::remote::{Remote, RemoteJwksFile};
 use super::{Auth, Provider, RouteAuth};
 use crate::config::file::Dur;
 use crate::config::ConfigErrors;
@@ -92,8 +93,9 @@ pub enum AuthFile {
         secret: Option<SecretFile>,
         #[serde(default)]
         public_key: Option<SecretFile>,
+        /// A document (`{file}`, `{env}`, inline), or `{url, ...}` (`super::remote`).
         #[serde(default)]
-        jwks: Option<SecretFile>,
+        jwks: Option<Box<serde_yaml::Value>>,
         #[serde(default)]
         issuer: Option<String>,
         #[serde(default)]
@@ -107,9 +109,28 @@ pub enum AuthFile {
     },
 }
 
+/// `jwks` at `base`: a document, or a remote set (a mapping with a `url`). `None` after an
+/// error (already reported).
+fn jwks(
+    name: &str,
+    base: &str,
+    v: serde_yaml::Value,
+    state_dir: &std::path::Path,
+    errs: &mut ConfigErrors,
+) -> Option<Jwks> {
+    let path = format!("{base}.jwks");
+    if v.as_mapping().is_some_and(|m| m.contains_key("url")) {
+        let f = crate::config::parse::<RemoteJwksFile>(&path, v, errs)?;
+        let r = Remote::compile(name, &path, f, state_dir, errs)?;
+        return Some(Jwks::Remote(std::sync::Arc::new(r)));
+    }
+    crate::config::parse::<SecretFile>(&path, v, errs).map(Jwks::Local)
+}
+
 pub fn compile(
     consumers: Vec<(String, ConsumerFile)>,
     auth: Vec<(String, AuthFile)>,
+    state_dir: &std::path::Path,
     errs: &mut ConfigErrors,
 ) -> Auth {
     let mut names = Vec::new();
@@ -183,12 +204,22 @@ pub fn compile(
                         ),
                     }
                 }
+                let jwks = match jwks {
+                    Some(v) => match self::jwks(&name, &base, *v, state_dir, errs) {
+                        Some(j) => Some(j),
+                        None => {
+                            out.broken.push(name);
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 match Jwt::compile(
                     &base,
                     &algorithms,
                     secret.as_ref(),
                     public_key.as_ref(),
-                    jwks.as_ref(),
+                    jwks,
                     issuer,
                     audience,
                     leeway.map(|d| d.0.as_secs()).unwrap_or(0),
@@ -197,7 +228,10 @@ pub fn compile(
                     errs,
                 ) {
                     Some(j) => Provider::Jwt(Box::new(j)),
-                    None => continue,
+                    None => {
+                        out.broken.push(name);
+                        continue;
+                    }
                 }
             }
         };
@@ -243,6 +277,8 @@ pub fn route(
     for (i, n) in names.iter().enumerate() {
         match auth.names.iter().position(|x| x == n) {
             Some(p) => providers.push(p),
+            // A provider in error has its own message; the route naming it is not wrong.
+            None if auth.broken.contains(n) => {}
             None => errs.push(
                 format!("{base}.auth[{i}]"),
                 format!("unknown auth {n:?} (known: {known})"),

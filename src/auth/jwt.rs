@@ -9,13 +9,23 @@ use std::sync::Arc;
 
 use super::cache::{TokenCache, Verified};
 use super::config::SecretFile;
+use super::jwks::KeySet;
+use super::remote::Remote;
 use super::token::{self, HmacKeys, Refusal, Rules, Verifier};
 use crate::config::ConfigErrors;
 
-/// The verification key: one, or a JWKS chosen by `kid`.
+/// The verification key: one, or a JWKS chosen by `kid`, read once or kept fresh from the
+/// identity provider.
 enum Keys {
     One(DecodingKey),
     Set(ahash::AHashMap<String, DecodingKey>),
+    Remote(Arc<Remote>),
+}
+
+/// A provider's `jwks`: a document read at load, or a remote set.
+pub enum Jwks {
+    Local(SecretFile),
+    Remote(Arc<Remote>),
 }
 
 pub struct Jwt {
@@ -48,7 +58,7 @@ impl Jwt {
         algorithms: &[String],
         secret: Option<&SecretFile>,
         public_key: Option<&SecretFile>,
-        jwks: Option<&SecretFile>,
+        jwks: Option<Jwks>,
         issuer: Option<String>,
         audience: Option<String>,
         leeway: u64,
@@ -90,32 +100,37 @@ impl Jwt {
                 errs.push(base, "give one of secret, public_key or jwks");
                 return None;
             }
-            let text = j.load(&format!("{base}.jwks"), errs)?;
-            let set: jsonwebtoken::jwk::JwkSet = match serde_json::from_slice(&text) {
-                Ok(s) => s,
-                Err(e) => {
-                    errs.push(format!("{base}.jwks"), format!("not a JWKS document: {e}"));
+            let key = match j {
+                Jwks::Local(file) => {
+                    let path = format!("{base}.jwks");
+                    let text = file.load(&path, errs)?;
+                    match super::jwks::decode(&text) {
+                        Ok(d) => {
+                            for p in d.problems {
+                                errs.push(&*path, p);
+                            }
+                            Keys::Set(d.keys)
+                        }
+                        Err(e) => {
+                            errs.push(path, e);
+                            return None;
+                        }
+                    }
+                }
+                Jwks::Remote(_) if hmac && !algs.is_empty() => {
+                    errs.push(
+                        format!("{base}.algorithms"),
+                        "a remote JWKS publishes public keys: list RS*, PS*, ES* or EdDSA",
+                    );
                     return None;
                 }
+                Jwks::Remote(r) => Keys::Remote(r),
             };
-            let mut map = ahash::AHashMap::new();
-            for (i, k) in set.keys.iter().enumerate() {
-                let Some(kid) = k.common.key_id.clone() else {
-                    errs.push(format!("{base}.jwks"), format!("key {i} has no kid"));
-                    continue;
-                };
-                match DecodingKey::from_jwk(k) {
-                    Ok(d) => {
-                        map.insert(kid, d);
-                    }
-                    Err(e) => errs.push(format!("{base}.jwks"), format!("key {kid:?}: {e}")),
-                }
-            }
             if errs.0.len() > before {
                 return None;
             }
             return Some(Jwt {
-                key: Keys::Set(map),
+                key,
                 hmac: None,
                 algorithms: algs,
                 rules: Rules {
@@ -231,10 +246,16 @@ impl Jwt {
     /// (`cache.rs`), with the consumer and the forwarded claim headers it gives.
     pub fn check(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
         let now = crate::clock::unix_seconds();
-        if let Some(v) = self.cache.get(token.as_bytes(), now, self.rules.leeway) {
+        // A remote set is read once; its tokens are remembered beside it.
+        let remote = match &self.key {
+            Keys::Remote(r) => Some(r.keys()),
+            _ => None,
+        };
+        let cache = remote.as_ref().map_or(&self.cache, |s| &s.cache);
+        if let Some(v) = cache.get(token.as_bytes(), now, self.rules.leeway) {
             return Ok(v);
         }
-        let claims = self.verify_at(token, now)?;
+        let claims = self.verify_at(token, now, remote.as_deref().map(|s| &**s))?;
         let headers = self
             .forward
             .iter()
@@ -249,30 +270,46 @@ impl Jwt {
             exp,
             nbf,
         });
-        self.cache.put(token.as_bytes(), v.clone());
+        cache.put(token.as_bytes(), v.clone());
         Ok(v)
     }
 
     /// Verify a token; the error is the refusal's reason and the message a client may read.
     pub fn verify(&self, token: &str) -> Result<Claims, Refusal> {
-        self.verify_at(token, crate::clock::unix_seconds())
+        let remote = match &self.key {
+            Keys::Remote(r) => Some(r.keys()),
+            _ => None,
+        };
+        self.verify_at(
+            token,
+            crate::clock::unix_seconds(),
+            remote.as_deref().map(|s| &**s),
+        )
     }
 
-    fn verify_at(&self, token: &str, now: u64) -> Result<Claims, Refusal> {
+    /// `remote`: the remote set read for this check (`None` for other keys).
+    fn verify_at(&self, token: &str, now: u64, remote: Option<&KeySet>) -> Result<Claims, Refusal> {
         let parts = token::split(token)?;
         let header = token::header(parts.header, &self.algorithms)?;
+        let kid = header.kid.as_deref();
         let verifier = match (&self.hmac, &self.key) {
             (Some(h), _) => Verifier::Hmac(h),
             (None, Keys::One(k)) => Verifier::Public(k),
-            (None, Keys::Set(m)) => match header.kid.as_deref().and_then(|kid| m.get(kid)) {
-                Some(k) => Verifier::Public(k),
-                None => {
-                    return Err((
-                        super::Reason::UnknownKid,
-                        "unknown key: the token's kid is not in the key set",
-                    ))
+            (None, Keys::Set(m)) => {
+                Verifier::Public(kid.and_then(|kid| m.get(kid)).ok_or(UNKNOWN_KID)?)
+            }
+            (None, Keys::Remote(r)) => {
+                let set = remote.ok_or(NO_KEYS)?;
+                match kid.and_then(|kid| set.get(kid)) {
+                    Some(k) => Verifier::Public(k),
+                    None => {
+                        if kid.is_some() {
+                            r.unknown_kid();
+                        }
+                        return Err(if set.is_empty() { NO_KEYS } else { UNKNOWN_KID });
+                    }
                 }
-            },
+            }
         };
         token::verify_signature(verifier, header.alg, &parts)?;
         token::claims(parts.payload, &self.rules, now)
@@ -283,11 +320,28 @@ impl Jwt {
         self.algorithms.iter().map(|a| format!("{a:?}")).collect()
     }
 
+    /// The remote key set, if the keys come from an identity provider.
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        match &self.key {
+            Keys::Remote(r) => Some(r),
+            _ => None,
+        }
+    }
+
     /// The required issuer and audience, for `tollgate explain`.
     pub fn issuer_audience(&self) -> (Option<String>, Option<String>) {
         (self.rules.issuer.clone(), self.rules.audience.clone())
     }
 }
+
+const UNKNOWN_KID: Refusal = (
+    super::Reason::UnknownKid,
+    "unknown key: the token's kid is not in the key set",
+);
+const NO_KEYS: Refusal = (
+    super::Reason::KeysUnavailable,
+    "the identity provider's keys are not available yet",
+);
 
 /// RFC 7518 §3.2: an HMAC key at least as long as the hash's output, so a guessable (empty,
 /// short) secret cannot pass the load. With several HS algorithms the largest hash rules.

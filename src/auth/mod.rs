@@ -4,7 +4,10 @@
 pub mod api_key;
 pub mod cache;
 pub mod config;
+pub mod fetch;
+pub mod jwks;
 pub mod jwt;
+pub mod remote;
 pub mod token;
 
 use std::sync::Arc;
@@ -31,6 +34,8 @@ pub enum Provider {
 pub struct Auth {
     pub names: Vec<String>,
     pub providers: Vec<Provider>,
+    /// Providers whose settings are in error (so routes naming them are not also wrong).
+    pub broken: Vec<String>,
     pub consumer_names: Vec<String>,
     /// `X-Consumer` for each consumer, precomputed.
     pub consumers: Vec<HeaderValue>,
@@ -91,6 +96,8 @@ pub enum Reason {
     WrongAudience,
     /// The token's `kid` is not in the JWKS.
     UnknownKid,
+    /// The provider's keys come from an identity provider, and none has arrived yet.
+    KeysUnavailable,
     /// Any other token refusal (no `exp`, critical header parameters...).
     InvalidToken,
     /// Authenticated, but not among the route's consumers or claims (403).
@@ -98,7 +105,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Missing,
         Reason::Duplicate,
         Reason::TooLarge,
@@ -111,6 +118,7 @@ impl Reason {
         Reason::WrongIssuer,
         Reason::WrongAudience,
         Reason::UnknownKid,
+        Reason::KeysUnavailable,
         Reason::InvalidToken,
         Reason::Forbidden,
     ];
@@ -129,6 +137,7 @@ impl Reason {
             Reason::WrongIssuer => "wrong_issuer",
             Reason::WrongAudience => "wrong_audience",
             Reason::UnknownKid => "unknown_kid",
+            Reason::KeysUnavailable => "keys_unavailable",
             Reason::InvalidToken => "invalid_token",
             Reason::Forbidden => "forbidden",
         }
@@ -209,10 +218,24 @@ impl Auth {
                 if let Some(a) = aud {
                     d.push_str(&format!(", audience {a}"));
                 }
+                if let Some(r) = j.remote() {
+                    d.push_str(&format!(", {}", r.describe()));
+                }
                 d.push(')');
                 d
             }
         }
+    }
+
+    /// The providers whose keys come from an identity provider.
+    pub fn remotes(&self) -> Vec<Arc<remote::Remote>> {
+        self.providers
+            .iter()
+            .filter_map(|p| match p {
+                Provider::Jwt(j) => j.remote().cloned(),
+                Provider::ApiKey(_) => None,
+            })
+            .collect()
     }
 
     /// Mint a token with the HMAC provider `name` (`tollgate token`).

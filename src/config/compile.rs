@@ -35,6 +35,36 @@ pub struct Gateway {
     /// connection and request takes Pingora's listener, session and proxy path.
     pub fast_path: bool,
     pub underscores: super::file::Underscores,
+    /// Where state that outlives a restart is kept (`state_dir`).
+    pub state_dir: std::path::PathBuf,
+}
+
+/// `state_dir`'s default: systemd's `StateDirectory=tollgate`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tollgate";
+
+/// `state_dir`: a directory path (created when first written; nothing is read or written
+/// unless a feature keeps state there).
+fn state_dir(v: Option<String>, errs: &mut ConfigErrors) -> std::path::PathBuf {
+    match v {
+        Some(d) if d.trim().is_empty() => {
+            errs.push(
+                "state_dir",
+                "must not be empty (leave it out for /var/lib/tollgate)",
+            );
+            DEFAULT_STATE_DIR.into()
+        }
+        Some(d) => {
+            let p = std::path::PathBuf::from(d);
+            if p.is_file() {
+                errs.push(
+                    "state_dir",
+                    format!("{} is a file, not a directory", p.display()),
+                );
+            }
+            p
+        }
+        None => DEFAULT_STATE_DIR.into(),
+    }
 }
 
 /// Headers tollgate owns on the response; a route may not override them.
@@ -101,7 +131,8 @@ pub fn compile(
     }
     let underscores = file.underscores_in_headers.unwrap_or_default();
     underscored_key_headers(underscores, &file.auth, errs);
-    let auth = crate::auth::config::compile(file.consumers, file.auth, errs);
+    let state_dir = state_dir(file.state_dir, errs);
+    let auth = crate::auth::config::compile(file.consumers, file.auth, &state_dir, errs);
     let limit_names: Vec<String> = file
         .rate_limits
         .iter()
@@ -163,6 +194,7 @@ pub fn compile(
         auth,
         fast_path: file.fast_path.unwrap_or(true),
         underscores,
+        state_dir,
     })
 }
 

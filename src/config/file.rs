@@ -149,6 +149,8 @@ pub struct FileConfig {
     /// `fast_path`: tollgate's own HTTP/1 engine on (the default) or off.
     pub fast_path: Option<bool>,
     pub underscores_in_headers: Option<Underscores>,
+    /// Where tollgate keeps what must outlive a restart (a remote JWKS's last good set).
+    pub state_dir: Option<String>,
 }
 
 /// `underscores_in_headers`: what becomes of a request header whose name has an underscore
@@ -180,6 +182,7 @@ pub const TOLLGATE_KEYS: &[&str] = &[
     "limits",
     "fast_path",
     "underscores_in_headers",
+    "state_dir",
 ];
 
 #[derive(Debug, Deserialize)]

@@ -246,6 +246,7 @@ fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErr
         "redis" => file.redis = parse(key, v, errs),
         "fast_path" => file.fast_path = parse(key, v, errs),
         "underscores_in_headers" => file.underscores_in_headers = parse(key, v, errs),
+        "state_dir" => file.state_dir = parse(key, v, errs),
         _ => errs.push(
             key,
             format!(

@@ -130,16 +130,7 @@ impl UpstreamTls {
                 errs.push(path, "only applies with verify: true");
                 return None;
             }
-            match std::fs::read(&file) {
-                Err(e) => errs.push(path, format!("cannot read {file:?}: {e}")),
-                Ok(pem) => match X509::stack_from_pem(&pem) {
-                    Ok(certs) if !certs.is_empty() => {
-                        return Some(Arc::new(certs.into_boxed_slice()))
-                    }
-                    _ => errs.push(path, format!("{file:?} holds no PEM certificate")),
-                },
-            }
-            None
+            read_ca(&path, &file, errs)
         });
         Some(UpstreamTls { sni, verify, ca })
     }
@@ -157,4 +148,17 @@ impl UpstreamTls {
         o.verify_hostname = self.verify;
         o.ca.clone_from(&self.ca);
     }
+}
+
+/// A `ca` bundle: the PEM certificates in `file`, to trust instead of the system roots; an
+/// error at `path` when it cannot be read or holds none.
+pub fn read_ca(path: &str, file: &str, errs: &mut ConfigErrors) -> Option<Arc<CaType>> {
+    match std::fs::read(file) {
+        Err(e) => errs.push(path, format!("cannot read {file:?}: {e}")),
+        Ok(pem) => match X509::stack_from_pem(&pem) {
+            Ok(certs) if !certs.is_empty() => return Some(Arc::new(certs.into_boxed_slice())),
+            _ => errs.push(path, format!("{file:?} holds no PEM certificate")),
+        },
+    }
+    None
 }

@@ -57,3 +57,15 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `r` is a 401 `unauthorized` with a `WWW-Authenticate` challenge, whose message says `says`.
+pub fn assert_401(r: &Resp, says: &str) {
+    assert_eq!(
+        (r.status, r.error_code()),
+        (401, "unauthorized".into()),
+        "{r:?}"
+    );
+    assert!(r.header("www-authenticate").is_some(), "{r:?}");
+    let msg = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains(says), "message {msg:?} should say {says:?}");
+}

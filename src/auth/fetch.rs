@@ -1,0 +1,190 @@
+//! One HTTPS GET for an identity provider's documents (a JWKS, an OpenID discovery document).
+//!
+//! Pingora's own HTTP/1 client, so no second HTTP stack is linked: TLS verified against the
+//! system roots, or only against a `ca` bundle, with the URL's host as SNI and the verified
+//! name. Bounded in time ([`TIMEOUT`] for the whole exchange) and size ([`MAX_DOCUMENT`]).
+//! Connections are not kept: a document is fetched every few minutes at most.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::connectors::http::v1::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::tls::CaType;
+use pingora::upstreams::peer::HttpPeer;
+
+/// The longest one fetch (resolve, connect, handshake, request, whole answer) may take.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest document accepted.
+pub const MAX_DOCUMENT: usize = 1024 * 1024;
+/// Each step (connect, read, write) on its own.
+const STEP: Duration = Duration::from_secs(5);
+
+/// An `https://host[:port]/path` URL, checked once at load.
+#[derive(Debug, Clone)]
+pub struct HttpsUrl {
+    /// As written, for messages.
+    pub text: String,
+    pub host: String,
+    pub port: u16,
+    /// `host[:port]` for the `Host` header.
+    authority: String,
+    path: String,
+}
+
+impl HttpsUrl {
+    /// The URL, or what is wrong with it.
+    pub fn parse(url: &str) -> Result<HttpsUrl, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(format!(
+                "{url:?} must be an https:// URL: the keys decide who gets in, so they are \
+                 fetched over verified TLS"
+            ));
+        }
+        let Some(auth) = uri.authority() else {
+            return Err(format!("{url:?} has no host"));
+        };
+        if auth.as_str().contains('@') {
+            return Err(format!("{url:?}: credentials in the URL are not supported"));
+        }
+        let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{url:?} has no host"));
+        }
+        Ok(HttpsUrl {
+            text: url.to_owned(),
+            host: host.to_owned(),
+            port: auth.port_u16().unwrap_or(443),
+            authority: auth.as_str().to_owned(),
+            path: uri
+                .path_and_query()
+                .map_or("/".to_owned(), |p| p.as_str().to_owned()),
+        })
+    }
+}
+
+/// A client for one trust setting: the system roots, or a `ca` bundle.
+pub struct Client {
+    connector: Connector,
+    ca: Option<Arc<CaType>>,
+}
+
+impl Client {
+    /// A client trusting `ca`, else the system roots. At startup (before the server's
+    /// threads) pass `startup`: a client with a `ca` then never loads the system store
+    /// ([`crate::upstream::trust`]).
+    pub fn new(ca: Option<Arc<CaType>>, startup: bool) -> Client {
+        let build = || Connector::new(None);
+        let connector = if startup {
+            crate::upstream::trust::build_connectors(ca.is_none(), build)
+        } else {
+            build()
+        };
+        Client { connector, ca }
+    }
+
+    /// GET `url`: the body of a `200` answer, or what went wrong.
+    pub async fn get(&self, url: &HttpsUrl) -> Result<Vec<u8>, String> {
+        match tokio::time::timeout(TIMEOUT, self.exchange(url)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no complete answer within {}s", TIMEOUT.as_secs())),
+        }
+    }
+
+    async fn exchange(&self, url: &HttpsUrl) -> Result<Vec<u8>, String> {
+        let addrs: Vec<_> = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
+            .collect();
+        let mut last = format!("{} resolved to no address", url.host);
+        for addr in addrs {
+            let mut peer = HttpPeer::new(addr, true, url.host.clone());
+            let o = &mut peer.options;
+            o.verify_cert = true;
+            o.verify_hostname = true;
+            o.ca.clone_from(&self.ca);
+            o.connection_timeout = Some(STEP);
+            o.total_connection_timeout = Some(STEP);
+            o.read_timeout = Some(STEP);
+            o.write_timeout = Some(STEP);
+            match self.connector.get_http_session(&peer).await {
+                Ok((mut session, _)) => {
+                    let r = request(&mut session, url).await;
+                    session.shutdown().await;
+                    return r;
+                }
+                Err(e) => last = format!("cannot connect to {addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+}
+
+async fn request(
+    s: &mut pingora::protocols::http::v1::client::HttpSession,
+    url: &HttpsUrl,
+) -> Result<Vec<u8>, String> {
+    let mut req = RequestHeader::build("GET", url.path.as_bytes(), None)
+        .map_err(|e| format!("bad request target {:?}: {e}", url.path))?;
+    for (k, v) in [
+        ("Host", url.authority.as_str()),
+        ("Accept", "application/json"),
+        ("User-Agent", "tollgate"),
+        ("Connection", "close"),
+    ] {
+        req.insert_header(k, v)
+            .map_err(|e| format!("bad header {k}: {e}"))?;
+    }
+    s.write_request_header(Box::new(req))
+        .await
+        .map_err(|e| format!("cannot send the request: {e}"))?;
+    s.read_response()
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    let status = s.get_status().map_or(0, |s| s.as_u16());
+    if status != 200 {
+        return Err(format!("answered {status}, not 200"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = s
+        .read_body_ref()
+        .await
+        .map_err(|e| format!("the answer was cut: {e}"))?
+    {
+        if body.len() + chunk.len() > MAX_DOCUMENT {
+            return Err(format!(
+                "the answer is larger than {} KiB",
+                MAX_DOCUMENT / 1024
+            ));
+        }
+        body.extend_from_slice(chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_urls_with_a_host() {
+        let u = HttpsUrl::parse("https://idp.example:8443/keys?x=1").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("idp.example", 8443));
+        assert_eq!(u.path, "/keys?x=1");
+        assert_eq!(u.authority, "idp.example:8443");
+        let u = HttpsUrl::parse("https://idp.example").unwrap();
+        assert_eq!((u.port, u.path.as_str()), (443, "/"));
+        for bad in [
+            "http://idp.example/keys",
+            "idp.example/keys",
+            "https:///keys",
+            "https://user:pw@idp.example/",
+            "not a url",
+        ] {
+            assert!(HttpsUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

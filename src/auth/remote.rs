@@ -1,0 +1,434 @@
+//! A JWT provider's keys from its identity provider: `jwks: {url, refresh, min_refresh, ca,
+//! on_unavailable}`.
+//!
+//! The network is never on the request path. The set is fetched when the gateway starts
+//! ([`fetch_at_start`]; `tollgate -t` and `explain` never fetch), then by a background service
+//! ([`RefreshService`]) every `refresh`, and sooner when a token names a `kid` the set does
+//! not have: the request is refused 401 at once and wakes the service, at most once per
+//! `min_refresh`, so a flood of made-up kids costs the identity provider one fetch. A failed
+//! fetch keeps the last good set (retried every `min_refresh`). Every new set is written to
+//! the state directory (temp file, then rename), and read back when the identity provider
+//! cannot be reached at start, so a restart during its outage still has keys.
+//!
+//! The request path reads the set once per verification from an `ArcSwap`; the tokens
+//! verified with a set are remembered beside it ([`KeySet`]), so a new set starts afresh.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, Guard};
+use async_trait::async_trait;
+use pingora::protocols::tls::CaType;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use super::fetch::{Client, HttpsUrl};
+use super::jwks::{self, KeySet, Origin};
+use crate::config::file::Dur;
+use crate::config::ConfigErrors;
+
+/// `jwks: {url, ...}` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwksFile {
+    pub url: String,
+    #[serde(default)]
+    pub refresh: Option<Dur>,
+    #[serde(default)]
+    pub min_refresh: Option<Dur>,
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub on_unavailable: Option<OnUnavailable>,
+}
+
+/// What the gateway does when it has no keys at start (neither the identity provider nor
+/// the state directory gives any).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// The start fails, with the reason.
+    #[default]
+    Fail,
+    /// It serves, refusing this provider's tokens (401) until the keys arrive.
+    Deny,
+}
+
+const DEFAULT_REFRESH: Duration = Duration::from_secs(600);
+const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(30);
+const SHORTEST: Duration = Duration::from_secs(1);
+const LONGEST: Duration = Duration::from_secs(24 * 3600);
+
+/// One provider's remote key set and how it is kept fresh.
+pub struct Remote {
+    /// `auth.NAME`, for logs.
+    pub provider: String,
+    pub url: HttpsUrl,
+    pub refresh: Duration,
+    pub min_refresh: Duration,
+    pub on_unavailable: OnUnavailable,
+    /// Where the last good set is kept.
+    pub state_file: PathBuf,
+    ca: Option<Arc<CaType>>,
+    keys: ArcSwap<KeySet>,
+    /// CLOCK_MONOTONIC milliseconds before which an unknown kid wakes no fetch.
+    next_fetch: AtomicU64,
+    /// Whether the last fetch failed (the service then retries every `min_refresh`).
+    failing: AtomicBool,
+    wake: Notify,
+    client: OnceLock<Client>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &self.url.text)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Remote {
+    /// Check `jwks: {url, ...}` at `base` (`auth.NAME.jwks`); nothing is fetched.
+    pub fn compile(
+        provider: &str,
+        base: &str,
+        f: RemoteJwksFile,
+        state_dir: &Path,
+        errs: &mut ConfigErrors,
+    ) -> Option<Remote> {
+        let before = errs.0.len();
+        let url = HttpsUrl::parse(&f.url)
+            .map_err(|m| errs.push(format!("{base}.url"), m))
+            .ok();
+        let mut within = |key: &str, v: Option<Dur>, default: Duration| match v {
+            Some(Dur(d)) if !(SHORTEST..=LONGEST).contains(&d) => {
+                errs.push(format!("{base}.{key}"), "must be between 1s and 24h");
+                default
+            }
+            Some(Dur(d)) => d,
+            None => default,
+        };
+        let refresh = within("refresh", f.refresh, DEFAULT_REFRESH);
+        let min_refresh = within("min_refresh", f.min_refresh, DEFAULT_MIN_REFRESH);
+        if min_refresh > refresh {
+            errs.push(
+                format!("{base}.min_refresh"),
+                format!(
+                    "must not be longer than refresh ({}): it bounds the fetches between two \
+                     refreshes",
+                    humantime::format_duration(refresh)
+                ),
+            );
+        }
+        let ca =
+            f.ca.and_then(|file| crate::upstream::tls::read_ca(&format!("{base}.ca"), &file, errs));
+        if errs.0.len() > before {
+            return None;
+        }
+        let url = url?;
+        Some(Remote {
+            state_file: state_dir.join(state_file_name(provider, &url.text)),
+            provider: format!("auth.{provider}"),
+            url,
+            refresh,
+            min_refresh,
+            on_unavailable: f.on_unavailable.unwrap_or_default(),
+            ca,
+            keys: ArcSwap::from_pointee(KeySet::empty()),
+            next_fetch: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            wake: Notify::new(),
+            client: OnceLock::new(),
+        })
+    }
+
+    /// The current set: read once per verification.
+    pub fn keys(&self) -> Guard<Arc<KeySet>> {
+        self.keys.load()
+    }
+
+    /// A token named a kid the set lacks: wake the refresher, unless it fetched (or was
+    /// woken) less than `min_refresh` ago. Lock-free; the request does not wait.
+    pub fn unknown_kid(&self) {
+        let now = crate::clock::mono_millis();
+        let next = self.next_fetch.load(Relaxed);
+        if now >= next
+            && self
+                .next_fetch
+                .compare_exchange(next, now + self.min_refresh_ms(), Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    fn min_refresh_ms(&self) -> u64 {
+        self.min_refresh.as_millis() as u64
+    }
+
+    fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| Client::new(self.ca.clone(), false))
+    }
+
+    /// Fetch the set now; a good one replaces the current set (when it differs) and is
+    /// written to the state directory. The number of keys, or why there are none new.
+    pub async fn fetch(&self) -> Result<usize, String> {
+        self.next_fetch
+            .store(crate::clock::mono_millis() + self.min_refresh_ms(), Relaxed);
+        let r = self.try_fetch().await;
+        self.failing.store(r.is_err(), Relaxed);
+        r
+    }
+
+    async fn try_fetch(&self) -> Result<usize, String> {
+        let doc = self.client().get(&self.url).await?;
+        let d = jwks::decode(&doc)?;
+        for p in &d.problems {
+            log::warn!("{}: {}: {p}: left out", self.provider, self.url.text);
+        }
+        if d.keys.is_empty() {
+            return Err("the set has no key tollgate can verify with".into());
+        }
+        let n = d.keys.len();
+        let current = self.keys.load();
+        if current.origin == Origin::Fetched && *current.document == *doc {
+            return Ok(n);
+        }
+        let set = KeySet::new(d.keys, doc.into_boxed_slice(), Origin::Fetched);
+        log::info!(
+            "{}: {n} keys from {} (kid {})",
+            self.provider,
+            self.url.text,
+            set.kids().join(", ")
+        );
+        if *current.document != *set.document {
+            if let Err(e) = write_atomically(&self.state_file, &set.document) {
+                log::warn!(
+                    "{}: cannot keep the keys in {}: {e} (a restart while {} is down would have none)",
+                    self.provider,
+                    self.state_file.display(),
+                    self.url.host
+                );
+            }
+        }
+        self.keys.store(Arc::new(set));
+        Ok(n)
+    }
+
+    /// Install the set kept in the state directory, if there is a usable one. Its time of
+    /// writing, or why there is none.
+    pub fn load_cached(&self) -> Result<SystemTime, String> {
+        let path = &self.state_file;
+        let doc = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let d = jwks::decode(&doc).map_err(|e| format!("{}: {e}", path.display()))?;
+        if d.keys.is_empty() {
+            return Err(format!("{}: no usable key", path.display()));
+        }
+        let at = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.keys.store(Arc::new(KeySet::new(
+            d.keys,
+            doc.into_boxed_slice(),
+            Origin::Cached,
+        )));
+        Ok(at)
+    }
+
+    /// Where the keys come from and what is held, for `tollgate explain`.
+    pub fn describe(&self) -> String {
+        let set = self.keys.load();
+        let kids = set.kids().join(", ");
+        let file = self.state_file.display();
+        match set.origin {
+            Origin::Nothing => format!(
+                "keys from {}; none cached in {file}: its tokens are refused until the \
+                 gateway fetches them",
+                self.url.text
+            ),
+            Origin::Cached => format!(
+                "keys from {}, as cached in {file}{}: kid {kids}",
+                self.url.text,
+                std::fs::metadata(&self.state_file)
+                    .and_then(|m| m.modified())
+                    .map(|t| format!(" at {}", humantime::format_rfc3339_seconds(t)))
+                    .unwrap_or_default()
+            ),
+            Origin::Fetched => format!("keys fetched from {}: kid {kids}", self.url.text),
+        }
+    }
+
+    /// The refresher's loop for this set, until shutdown.
+    async fn run(&self, mut shutdown: ShutdownWatch) {
+        let mut wait = if self.keys.load().is_empty() {
+            Duration::ZERO
+        } else {
+            self.refresh
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            let r = tokio::select! {
+                r = self.fetch() => r,
+                _ = shutdown.changed() => return,
+            };
+            if let Err(e) = r {
+                let held = self.keys.load();
+                if held.is_empty() {
+                    log::warn!(
+                        "{}: cannot fetch the keys from {}: {e}; its tokens are refused (401) \
+                         until the keys arrive (retrying every {})",
+                        self.provider,
+                        self.url.text,
+                        humantime::format_duration(self.min_refresh)
+                    );
+                } else {
+                    log::warn!(
+                        "{}: cannot refresh the keys from {}: {e}; keeping the {} held \
+                         (retrying every {})",
+                        self.provider,
+                        self.url.text,
+                        held.len(),
+                        humantime::format_duration(self.min_refresh)
+                    );
+                }
+            }
+            wait = if self.failing.load(Relaxed) {
+                self.min_refresh
+            } else {
+                self.refresh
+            };
+        }
+    }
+}
+
+/// `jwks-NAME-HASH.json`: the provider's name (for people; only its safe characters) and
+/// the URL's hash, so another URL never reads this one's keys.
+fn state_file_name(provider: &str, url: &str) -> String {
+    let safe: String = provider
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(64)
+        .collect();
+    let hash = hex::encode(&Sha256::digest(url.as_bytes())[..8]);
+    format!("jwks-{safe}-{hash}.json")
+}
+
+/// Write `bytes` to `path` so that a reader sees the old file or the new one, never a part:
+/// a temporary file beside it, flushed, then renamed over it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// Fetch every remote set before serving (`tollgate` and `tollgate -u`, never `-t`). A set
+/// that cannot be fetched falls back on the state directory's copy; with neither, an
+/// `on_unavailable: fail` provider makes this an error (the start fails), a `deny` one
+/// serves 401 until its keys arrive.
+pub fn fetch_at_start(remotes: &[Arc<Remote>]) -> Result<(), String> {
+    if remotes.is_empty() {
+        return Ok(());
+    }
+    for r in remotes {
+        let _ = r.client.set(Client::new(r.ca.clone(), true));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime to fetch the keys: {e}"))?;
+    let results = rt.block_on(futures::future::join_all(remotes.iter().map(|r| r.fetch())));
+    let mut fatal = Vec::new();
+    for (r, res) in remotes.iter().zip(results) {
+        let e = match res {
+            Ok(_) => continue,
+            Err(e) => e,
+        };
+        match r.load_cached() {
+            Ok(at) => log::warn!(
+                "{}: cannot fetch the keys from {}: {e}; using the set cached in {} at {}",
+                r.provider,
+                r.url.text,
+                r.state_file.display(),
+                humantime::format_rfc3339_seconds(at)
+            ),
+            Err(cached) => {
+                let why = format!(
+                    "{}.jwks: cannot fetch the keys from {}: {e}; and no cached set ({cached})",
+                    r.provider, r.url.text
+                );
+                match r.on_unavailable {
+                    OnUnavailable::Fail => fatal.push(why),
+                    OnUnavailable::Deny => log::warn!(
+                        "{why}; on_unavailable: deny, so its tokens are refused (401) until \
+                         the keys arrive"
+                    ),
+                }
+            }
+        }
+    }
+    if fatal.is_empty() {
+        Ok(())
+    } else {
+        Err(fatal.join("\n"))
+    }
+}
+
+/// Keeps every remote set fresh, off the request path.
+pub struct RefreshService {
+    pub remotes: Vec<Arc<Remote>>,
+}
+
+#[async_trait]
+impl BackgroundService for RefreshService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let loops = self.remotes.iter().map(|r| r.run(shutdown.clone()));
+        futures::future::join_all(loops).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_is_named_by_provider_and_url() {
+        let a = state_file_name("../idp/x", "https://a/keys");
+        assert!(a.starts_with("jwks-idpx-") && a.ends_with(".json"), "{a}");
+        assert_ne!(a, state_file_name("../idp/x", "https://b/keys"));
+    }
+
+    #[test]
+    fn a_written_file_is_whole_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("k.json");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
+            1
+        );
+    }
+}
