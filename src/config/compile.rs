@@ -384,6 +384,27 @@ fn timeouts(base: &str, t: TimeoutsFile, errs: &mut ConfigErrors) -> Timeouts {
         read: check("read", t.read, d.read),
         write: check("write", t.write, d.write),
         total: t.total.map(|v| check("total", Some(v), v.0)),
+        idle: idle(base, t.idle, d.idle, errs),
+    }
+}
+
+/// `timeouts.idle`: how long an idle upstream connection is kept, from 10ms to 1h.
+fn idle(
+    base: &str,
+    v: Option<super::file::Dur>,
+    default: Duration,
+    errs: &mut ConfigErrors,
+) -> Duration {
+    match v {
+        Some(d) if d.0 < Duration::from_millis(10) || d.0 > Duration::from_secs(3600) => {
+            errs.push(
+                format!("{base}.timeouts.idle"),
+                "must be between 10ms and 1h (e.g. \"60s\")",
+            );
+            default
+        }
+        Some(d) => d.0,
+        None => default,
     }
 }
 
