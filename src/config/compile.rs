@@ -37,15 +37,6 @@ pub struct Gateway {
     pub underscores: super::file::Underscores,
 }
 
-/// Headers tollgate owns on the response; a route may not override them.
-const RESERVED_RESPONSE_HEADERS: &[&str] = &[
-    "x-gateway",
-    "x-request-id",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-];
-
 /// Under `underscores_in_headers: drop`, an API key header with an underscore would never
 /// reach its provider: a config error, at the header's key path.
 fn underscored_key_headers(
@@ -569,7 +560,7 @@ fn response_headers(
                 continue;
             }
         };
-        if RESERVED_RESPONSE_HEADERS.contains(&name.as_str()) {
+        if crate::headers::names::RESERVED_RESPONSE.contains(&&name) {
             errs.push(path, "is set by tollgate itself and cannot be overridden");
             continue;
         }
