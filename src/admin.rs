@@ -10,6 +10,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::config::Gateway;
+use crate::headers::names::{GATEWAY_NAME, X_GATEWAY};
 use crate::observe::Observe;
 
 pub struct Admin {
@@ -33,7 +34,7 @@ impl Admin {
             .status(200)
             .header("content-type", "text/plain; version=0.0.4")
             .header("content-length", body.len())
-            .header("x-gateway", "tollgate")
+            .header(&X_GATEWAY, GATEWAY_NAME.clone())
             .body(body)
             .expect("static response parts are valid")
     }
@@ -78,7 +79,7 @@ fn json(status: u16, v: &serde_json::Value) -> Response<Vec<u8>> {
         .status(status)
         .header("content-type", "application/json")
         .header("content-length", body.len())
-        .header("x-gateway", "tollgate")
+        .header(&X_GATEWAY, GATEWAY_NAME.clone())
         .header("cache-control", "no-store")
         .body(body)
         .expect("static response parts are valid")

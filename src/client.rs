@@ -7,8 +7,7 @@ use http::header::HeaderMap;
 use http::HeaderValue;
 use ipnet::IpNet;
 
-pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-pub static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+use crate::headers::names::X_FORWARDED_FOR;
 
 /// The CIDRs whose `X-Forwarded-For` is believed.
 #[derive(Debug, Default, Clone)]

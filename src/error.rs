@@ -9,6 +9,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::ctx::Ctx;
+use crate::headers::names::{GATEWAY_NAME, X_GATEWAY, X_REQUEST_ID};
 
 /// What went wrong, with its status and stable code. The code is the contract clients key on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,9 +118,6 @@ impl Reject {
     }
 }
 
-static X_GATEWAY: HeaderName = HeaderName::from_static("x-gateway");
-pub static GATEWAY_NAME: HeaderValue = HeaderValue::from_static("tollgate");
-
 /// The JSON body, with the message and request id escaped as JSON strings.
 pub fn body(reject: Reject, message: &str, request_id: &str) -> Bytes {
     #[derive(serde::Serialize)]
@@ -161,7 +159,7 @@ pub fn gateway_headers(
 ) -> pingora::Result<()> {
     h.insert_header(X_GATEWAY.clone(), GATEWAY_NAME.clone())?;
     if let Some(id) = request_id {
-        h.insert_header(crate::client::X_REQUEST_ID.clone(), id.clone())?;
+        h.insert_header(X_REQUEST_ID.clone(), id.clone())?;
     }
     for (k, v) in extra {
         h.append_header(k.clone(), v.clone())?;

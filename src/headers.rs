@@ -1,32 +1,27 @@
 //! The headers tollgate sets on the way up and on the way down.
 //!
 //! Upstream: the path the route resolved to, `X-Forwarded-*`, `X-Real-IP`, `X-Request-Id`.
-//! Pingora 0.9 already strips the standard hop-by-hop request headers and the ones `Connection`
-//! names (`HttpUpstreamRequestPolicy::standard`), so this module does not do it twice.
-//! Downstream: Pingora writes its own `Connection`; this module removes the upstream's other
-//! hop-by-hop headers and adds the gateway's.
+//! Downstream: the gateway's own (`stamp`). The hop-by-hop headers of both directions are
+//! one list (`hop`), the gateway's own header names another (`names`).
 
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use http::{HeaderMap, HeaderValue, Uri};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
-use crate::client::{X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::router::Route;
 
 mod edit;
+mod hop;
+pub mod names;
 mod stamp;
 
 pub use edit::{Edit, Overlay};
+pub use hop::{is_hop_by_hop, remove_hop_by_hop, InResponse, HOP_BY_HOP};
+use names::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID};
 pub use stamp::{line, RouteHeaders, Stamp};
 
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-pub static X_GATEWAY: HeaderName = HeaderName::from_static("x-gateway");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
@@ -352,50 +347,6 @@ pub fn framing_length<'v>(
         length = Some(n);
     }
     Ok(length)
-}
-
-/// Remove the upstream's hop-by-hop headers (except `Connection`, which Pingora rewrites, and
-/// the framing headers it manages): first, so that none of the gateway's own is removed for a
-/// name the backend's `Connection` lists.
-pub fn remove_hop_by_hop(h: &mut HeaderMap, status: http::StatusCode) {
-    // Most responses carry none of these but `Connection`. One look over the few names is
-    // cheaper than a remove of each: `keep-alive` and `proxy-connection` are not standard
-    // names, so every remove would hash their bytes.
-    let (mut connection, mut hop_by_hop) = (false, false);
-    for name in h.keys() {
-        connection |= name == http::header::CONNECTION;
-        hop_by_hop |=
-            name == KEEP_ALIVE || name == PROXY_CONNECTION || name == http::header::UPGRADE;
-    }
-    let conn = match connection {
-        true => h.get(http::header::CONNECTION).cloned(),
-        false => None,
-    };
-    if let Some(conn) = conn {
-        if let Ok(s) = conn.to_str() {
-            const KEEP: [&str; 5] = [
-                "close",
-                "keep-alive",
-                "upgrade",
-                "transfer-encoding",
-                "content-length",
-            ];
-            for token in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                // The usual `Connection: keep-alive` is compared in place, never lower-cased
-                // into a new String.
-                if !KEEP.iter().any(|k| token.eq_ignore_ascii_case(k)) {
-                    h.remove(token.to_ascii_lowercase().as_str());
-                }
-            }
-        }
-    }
-    if hop_by_hop {
-        h.remove(&KEEP_ALIVE);
-        h.remove(&PROXY_CONNECTION);
-        if status != http::StatusCode::SWITCHING_PROTOCOLS {
-            h.remove(&http::header::UPGRADE);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -156,7 +156,8 @@ pub fn compile(
         consumer_names: names,
         ..Auth::default()
     };
-    out.identity_headers.push(super::X_CONSUMER.clone());
+    out.identity_headers
+        .push(crate::headers::names::X_CONSUMER.clone());
     for (name, a) in auth {
         let base = format!("auth.{name}");
         let p = match a {
@@ -170,7 +171,7 @@ pub fn compile(
                         }
                     },
                     (None, Some(_)) => None,
-                    (None, None) => Some(HeaderName::from_static("x-api-key")),
+                    (None, None) => Some(crate::headers::names::X_API_KEY.clone()),
                 };
                 Provider::ApiKey(ApiKey {
                     header,

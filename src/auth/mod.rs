@@ -16,8 +16,8 @@ use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
 use crate::error::Reject;
+use crate::headers::names::X_CONSUMER;
 
-pub static X_CONSUMER: HeaderName = HeaderName::from_static("x-consumer");
 /// A credential header larger than this is refused before any verification.
 pub const MAX_CREDENTIAL: usize = 8 * 1024;
 

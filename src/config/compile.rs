@@ -67,15 +67,6 @@ fn state_dir(v: Option<String>, errs: &mut ConfigErrors) -> std::path::PathBuf {
     }
 }
 
-/// Headers tollgate owns on the response; a route may not override them.
-const RESERVED_RESPONSE_HEADERS: &[&str] = &[
-    "x-gateway",
-    "x-request-id",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-];
-
 /// Under `underscores_in_headers: drop`, an API key header with an underscore would never
 /// reach its provider: a config error, at the header's key path.
 fn underscored_key_headers(
@@ -416,6 +407,27 @@ fn timeouts(base: &str, t: TimeoutsFile, errs: &mut ConfigErrors) -> Timeouts {
         read: check("read", t.read, d.read),
         write: check("write", t.write, d.write),
         total: t.total.map(|v| check("total", Some(v), v.0)),
+        idle: idle(base, t.idle, d.idle, errs),
+    }
+}
+
+/// `timeouts.idle`: how long an idle upstream connection is kept, from 10ms to 1h.
+fn idle(
+    base: &str,
+    v: Option<super::file::Dur>,
+    default: Duration,
+    errs: &mut ConfigErrors,
+) -> Duration {
+    match v {
+        Some(d) if d.0 < Duration::from_millis(10) || d.0 > Duration::from_secs(3600) => {
+            errs.push(
+                format!("{base}.timeouts.idle"),
+                "must be between 10ms and 1h (e.g. \"60s\")",
+            );
+            default
+        }
+        Some(d) => d.0,
+        None => default,
     }
 }
 
@@ -580,7 +592,7 @@ fn response_headers(
                 continue;
             }
         };
-        if RESERVED_RESPONSE_HEADERS.contains(&name.as_str()) {
+        if crate::headers::names::RESERVED_RESPONSE.contains(&&name) {
             errs.push(path, "is set by tollgate itself and cannot be overridden");
             continue;
         }

@@ -294,6 +294,8 @@ pub struct TimeoutsFile {
     pub write: Option<Dur>,
     #[serde(default)]
     pub total: Option<Dur>,
+    #[serde(default)]
+    pub idle: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -253,6 +253,7 @@ where
 /// The answer to a client over its connection cap, in the JSON error contract. It has sent
 /// nothing we read yet, so the connection is closed right after.
 fn too_many() -> Vec<u8> {
+    use crate::headers::names::{GATEWAY_NAME, X_GATEWAY, X_REQUEST_ID};
     let id = crate::client::new_request_id();
     let body = crate::error::body(
         crate::error::Reject::Unavailable,
@@ -261,12 +262,16 @@ fn too_many() -> Vec<u8> {
     );
     let mut out = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\
-         X-Gateway: tollgate\r\nX-Request-Id: {}\r\n\r\n",
+         Content-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n",
         body.len(),
-        id.to_str().unwrap_or("-"),
     )
     .into_bytes();
+    for (name, value) in [(&X_GATEWAY, &GATEWAY_NAME), (&X_REQUEST_ID, &id)] {
+        crate::headers::line(&mut out, name.as_str(), |o| {
+            o.extend_from_slice(value.as_bytes())
+        });
+    }
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
     out
 }

@@ -16,9 +16,7 @@ use std::ops::Deref;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::X_GATEWAY;
-use crate::client::X_REQUEST_ID;
-use crate::error::GATEWAY_NAME;
+use super::names::{GATEWAY_NAME, X_GATEWAY, X_REQUEST_ID};
 use crate::limit::{Decision, Limits};
 
 /// The gateway's headers for one response, described, not yet materialised.

@@ -7,12 +7,10 @@ use http::{HeaderName, HeaderValue};
 use super::{Decision, Limits, Policy};
 use crate::headers::line;
 
-pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-pub static RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
+use crate::headers::names::{
+    RATELIMIT, RATELIMIT_POLICY, RETRY_AFTER, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    X_RATELIMIT_RESET,
+};
 
 /// Which headers report a policy's budget. Every header is work on every response of the
 /// route, so the older `X-RateLimit-*` trio is opt-in: the IETF pair carries the same

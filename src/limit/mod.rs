@@ -9,10 +9,7 @@ mod headers;
 pub mod local;
 pub mod redis;
 
-pub use headers::{
-    Headers, RATELIMIT, RATELIMIT_POLICY, RETRY_AFTER, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
-    X_RATELIMIT_RESET,
-};
+pub use headers::Headers;
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;

@@ -9,11 +9,12 @@ use http::{HeaderName, HeaderValue};
 use pingora::Result;
 
 use super::{Ctx, Tollgate};
-use crate::client::{self, X_REQUEST_ID};
+use crate::client;
 use crate::cors::{self, Cors};
 use crate::downstream::Downstream;
 use crate::error::{self, Reject};
 use crate::headers;
+use crate::headers::names::X_REQUEST_ID;
 use crate::router::{self, Match, Route};
 
 impl Tollgate {

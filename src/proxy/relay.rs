@@ -25,22 +25,6 @@ use crate::upstream::h1::{self, Conn};
 use crate::upstream::protocol::Protocol;
 use crate::upstream::Upstream;
 
-/// Headers about the client's connection, never forwarded (Pingora's list).
-fn hop_by_hop(name: &http::HeaderName) -> bool {
-    use header::*;
-    [
-        CONNECTION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-    ]
-    .contains(name)
-        || ["keep-alive", "proxy-connection", "http2-settings"].contains(&name.as_str())
-}
-
 /// How an attempt failed: before anything reached the backend, or after.
 enum Failed {
     Connect(Box<Error>),
@@ -129,7 +113,9 @@ impl Tollgate {
         }
         let mut h = crate::headers::Overlay::new(&req.headers);
         self.forwarded(session.tls(), &mut h, ctx)?;
-        let kept = h.iter().filter(|(name, _)| !hop_by_hop(name));
+        let kept = h
+            .iter()
+            .filter(|(name, _)| !crate::headers::is_hop_by_hop(name));
         Ok(h1::request_head(
             &req.method,
             target,

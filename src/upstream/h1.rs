@@ -5,10 +5,8 @@
 //! of `proxy_1to1`) cost about 38k instructions per request in `benches/instructions.sh`, half
 //! of Pingora's whole engine (`hybrid` against `bare`); an idle-watch task is spawned for
 //! every connection put back in its pool. Here a connection is a tokio stream with its read
-//! buffer, and the pool is a plain per-thread list: each Pingora thread runs its own runtime,
-//! so a stream is only ever used on the thread it was made on and nothing is locked. An idle
-//! connection is watched by no task: at checkout, one that the backend closed (or wrote to
-//! unasked) is readable in tokio's readiness, which costs no system call, and is dropped.
+//! buffer, and the pool is a per-thread list (`super::pool`) that no task watches per
+//! connection.
 //!
 //! Errors are Pingora's (`Error` with an upstream source), with Pingora's rules for what may
 //! be retried: a pooled connection that fails before any byte of the response (but does not
@@ -17,11 +15,8 @@
 //! caller says are replaced anyway (the gateway's own, `headers::Stamp`): its hop-by-hop
 //! headers are removed where both paths remove them (`headers::remove_hop_by_hop`).
 
-use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::task::Context;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -30,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::{Timeouts, IDLE_TIMEOUT};
+use super::{pool, Timeouts};
 
 /// A response head starts in this much buffer, as Pingora's does.
 const READ: usize = 4096;
@@ -39,23 +34,6 @@ const MAX_HEAD: usize = 1 << 20;
 const MAX_HEADERS: usize = 256;
 /// The most one read of a body takes.
 const BODY_READ: usize = 16 * 1024;
-
-thread_local! {
-    /// Idle connections by backend, oldest first: checkout takes the newest (the one least
-    /// likely to have been closed), release drops stale ones from the old end.
-    static POOL: RefCell<HashMap<SocketAddr, VecDeque<Idle>>> = RefCell::new(HashMap::new());
-}
-
-struct Idle {
-    stream: TcpStream,
-    until: Instant,
-}
-
-/// Whether an idle stream can take a request: still quiet (neither closed nor written to).
-fn quiet(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-    stream.poll_read_ready(&mut cx).is_pending()
-}
 
 /// An HTTP/1.1 request head as this client writes it: `headers` as given (the caller leaves
 /// out what is not for the backend), names as `HeaderName` spells them.
@@ -92,6 +70,8 @@ pub struct Conn {
     keep: bool,
     read: Duration,
     write: Duration,
+    /// How long it may wait in the pool (the upstream's `timeouts.idle`).
+    idle: Duration,
 }
 
 /// How the response body is delimited.
@@ -122,17 +102,7 @@ fn invalid(context: &'static str) -> Box<Error> {
 impl Conn {
     /// An idle pooled connection to `addr`, or a new one within the connect timeouts.
     pub async fn get(addr: SocketAddr, t: &Timeouts) -> Result<Conn> {
-        let now = Instant::now();
-        let pooled = POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            let idle = p.get_mut(&addr)?;
-            while let Some(i) = idle.pop_back() {
-                if i.until > now && quiet(&i.stream) {
-                    return Some(i.stream);
-                }
-            }
-            None
-        });
+        let pooled = pool::checkout(addr);
         let (stream, reused) = match pooled {
             Some(s) => (s, true),
             None => {
@@ -158,6 +128,7 @@ impl Conn {
             keep: true,
             read: t.read,
             write: t.write,
+            idle: t.idle,
         })
     }
 
@@ -167,26 +138,7 @@ impl Conn {
         if !self.keep || !self.buf.is_empty() {
             return;
         }
-        let until = Instant::now() + IDLE_TIMEOUT;
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            let idle = p.entry(self.addr).or_default();
-            // The oldest may have expired or been closed meanwhile: those go first (only from
-            // the old end, so a release costs O(1) whatever the pool holds).
-            let now = until - IDLE_TIMEOUT;
-            while idle
-                .front()
-                .is_some_and(|i| i.until <= now || !quiet(&i.stream))
-            {
-                idle.pop_front();
-            }
-            if idle.len() < cap {
-                idle.push_back(Idle {
-                    stream: self.stream,
-                    until,
-                });
-            }
-        });
+        pool::release(self.addr, self.stream, self.idle, cap);
     }
 
     /// Send a request head (a bodiless request: the head is all there is).

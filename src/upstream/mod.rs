@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod h1;
 pub mod health;
 mod members;
+mod pool;
 pub mod protocol;
 pub mod tls;
 pub mod trust;
@@ -38,6 +39,9 @@ pub struct Timeouts {
     pub write: Duration,
     /// Optional bound on connect including the TCP handshake and any TLS.
     pub total: Option<Duration>,
+    /// How long an idle connection to a backend is kept for reuse, on either path (nginx's
+    /// upstream `keepalive_timeout`).
+    pub idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -47,6 +51,7 @@ impl Default for Timeouts {
             read: Duration::from_secs(30),
             write: Duration::from_secs(30),
             total: None,
+            idle: Duration::from_secs(60),
         }
     }
 }
@@ -101,9 +106,6 @@ pub struct Spec {
     /// TLS to the backends (`tls`), verified unless turned off.
     pub tls: Option<tls::UpstreamTls>,
 }
-
-/// How long an idle upstream connection is kept for reuse, on either path.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A compiled upstream.
 pub struct Upstream {
@@ -325,7 +327,7 @@ impl Upstream {
         o.total_connection_timeout = self.timeouts.total;
         o.read_timeout = Some(self.timeouts.read);
         o.write_timeout = Some(self.timeouts.write);
-        o.idle_timeout = Some(IDLE_TIMEOUT);
+        o.idle_timeout = Some(self.timeouts.idle);
         self.protocol.apply(o);
         peer
     }

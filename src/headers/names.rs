@@ -1,0 +1,113 @@
+//! The names of the headers that are the gateway's own: those it sets on the way up and on
+//! the way down, reads from clients, or keeps for itself. Defined here once and imported
+//! everywhere, so a name is spelt in one place (the README and docs list the same).
+
+use http::{HeaderName, HeaderValue};
+
+/// On every answer, proxied or local: which gateway answered, with [`GATEWAY_NAME`].
+pub static X_GATEWAY: HeaderName = HeaderName::from_static("x-gateway");
+/// `X-Gateway`'s value.
+pub static GATEWAY_NAME: HeaderValue = HeaderValue::from_static("tollgate");
+/// The request's id: a client's sane one kept, else made; forwarded, and echoed on every answer.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Forwarding headers set on the upstream request (`X-Forwarded-For` is also read from
+/// trusted proxies).
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The authenticated consumer, forwarded upstream (a client's copy is never forwarded).
+pub static X_CONSUMER: HeaderName = HeaderName::from_static("x-consumer");
+/// Where an `api_key` provider reads the key when the config names no header or query.
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// A limited route's budget (draft-ietf-httpapi-ratelimit-headers), the older trio, and
+/// `Retry-After` on a denial.
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+pub static RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
+
+/// Response headers tollgate owns: a route's `response_headers` may not set them.
+pub static RESERVED_RESPONSE: [&HeaderName; 5] = [
+    &X_GATEWAY,
+    &X_REQUEST_ID,
+    &http::header::CONTENT_LENGTH,
+    &http::header::TRANSFER_ENCODING,
+    &http::header::CONNECTION,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every name the gateway owns, lower case (as `HeaderName` spells it).
+    fn all() -> Vec<&'static str> {
+        [
+            &X_GATEWAY,
+            &X_REQUEST_ID,
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &X_REAL_IP,
+            &X_CONSUMER,
+            &X_API_KEY,
+            &RATELIMIT_POLICY,
+            &RATELIMIT,
+            &X_RATELIMIT_LIMIT,
+            &X_RATELIMIT_REMAINING,
+            &X_RATELIMIT_RESET,
+            &RETRY_AFTER,
+        ]
+        .iter()
+        .map(|n| n.as_str())
+        .collect()
+    }
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// No code in src/ (tests aside) spells one of these names in a string literal: a name
+    /// starting a literal (`"x-gateway"`, `"X-Gateway: ..."`) is one spelt again.
+    #[test]
+    fn no_other_module_spells_the_gateways_header_names() {
+        let mut files = Vec::new();
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        assert!(files.len() > 20);
+        let mut found = Vec::new();
+        for file in files.iter().filter(|f| !f.ends_with("headers/names.rs")) {
+            let text = std::fs::read_to_string(file).unwrap().to_ascii_lowercase();
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for name in all() {
+                for quoted in [format!("\"{name}\""), format!("\"{name}:")] {
+                    if code.contains(&quoted) {
+                        found.push(format!("{}: {quoted}", file.display()));
+                    }
+                }
+            }
+        }
+        assert!(found.is_empty(), "spelt outside names.rs: {found:#?}");
+    }
+
+    #[test]
+    fn the_reserved_response_headers_include_the_gateways_own() {
+        for own in [&X_GATEWAY, &X_REQUEST_ID] {
+            assert!(RESERVED_RESPONSE.contains(&own));
+        }
+    }
+}
