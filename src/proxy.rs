@@ -245,10 +245,19 @@ impl Tollgate {
             let upstream = self.upstream(ctx).map(|u| &*u.name);
             let msg = error::proxy_error_message(reject, upstream);
             if session.response_written().is_some() {
-                if let (true, Some(session)) = (ctx.grpc, session.pingora()) {
-                    if crate::grpc::end_with_status(session, reject, &msg) {
-                        ctx.grpc_status = Some(crate::grpc::status(reject));
+                match session.pingora() {
+                    Some(session) if ctx.grpc => {
+                        if crate::grpc::end_with_status(session, reject, &msg) {
+                            ctx.grpc_status = Some(crate::grpc::status(reject));
+                        }
                     }
+                    // Pingora's HTTP/1 session holds a head whose body has not finished in
+                    // its write buffer, and the connection ends after this: what the client
+                    // was promised leaves first, so it sees the response cut short.
+                    Some(session) if !session.as_downstream().is_http2() => {
+                        Downstream::cut_short(session).await
+                    }
+                    _ => {}
                 }
             } else {
                 let mut extra = Vec::new();

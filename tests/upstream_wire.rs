@@ -115,9 +115,12 @@ fn a_chunked_response_arrives_whole_and_its_connection_is_reused() {
         let data: String = decode_chunked(body);
         assert_eq!(data, "hello world", "{a}");
     }
-    // Each of the gateway's two threads keeps its own idle connections.
+    // Each of the gateway's two threads keeps its own idle connections. Pingora's proxy loop
+    // returns a connection to its pool only after the client has its answer, so the next
+    // request may race it there: reused at least once is what holds.
+    let most = if own_engine() { 2 } else { 5 };
     assert!(
-        up.accepted.load(SeqCst) <= 2,
+        up.accepted.load(SeqCst) <= most,
         "reused: {}",
         up.accepted.load(SeqCst)
     );
