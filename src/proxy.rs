@@ -247,9 +247,9 @@ impl Tollgate {
             if session.response_written().is_some() {
                 match session.pingora() {
                     Some(session) if ctx.grpc => {
-                        if crate::grpc::end_with_status(session, reject, &msg) {
-                            ctx.grpc_status = Some(crate::grpc::status(reject));
-                        }
+                        let ended = crate::grpc::end_with_status(session, reject, &msg);
+                        let status = ended.then(|| crate::grpc::status(reject));
+                        ctx.grpc_status = status.or(ctx.grpc_status);
                     }
                     // Pingora's HTTP/1 session holds a head whose body has not finished in
                     // its write buffer, and the connection ends after this: what the client
