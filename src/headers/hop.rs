@@ -57,9 +57,23 @@ pub static HOP_BY_HOP: [Hop; 10] = [
     ),
 ];
 
-/// Whether a request header is hop-by-hop: never forwarded upstream.
+/// Whether a request header is hop-by-hop: never forwarded upstream. Asked of every header
+/// the fast path forwards, so it is [`HOP_BY_HOP`]'s names as one `match` on the name (a
+/// dispatch on its length, then one compare), not ten compares; a test keeps the two equal.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.name == name)
+    matches!(
+        name.as_str(),
+        "upgrade"
+            | "keep-alive"
+            | "proxy-connection"
+            | "connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "http2-settings"
+    )
 }
 
 /// Whether a response header is one [`remove_hop_by_hop`] removes (`Upgrade` but on a 101).
@@ -154,7 +168,24 @@ mod tests {
                 .all(|h| h.response != InResponse::Removed),
             "the ones removed from responses come first"
         );
-        for end_to_end in ["host", "cookie", "x-forwarded-for", "content-length", "tee"] {
+        // The match in `is_hop_by_hop` holds no name beyond the list.
+        for end_to_end in [
+            "host",
+            "cookie",
+            "x-forwarded-for",
+            "content-length",
+            "tee",
+            "accept",
+            "authorization",
+            "cache-control",
+            "content-type",
+            "date",
+            "expect",
+            "proxy-authentication-info",
+            "sec-websocket-key",
+            "trailers",
+            "upgrade-insecure-requests",
+        ] {
             assert!(!is_hop_by_hop(&HeaderName::from_static(end_to_end)));
         }
     }
