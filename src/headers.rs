@@ -328,6 +328,26 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
 pub fn framing_length<'v>(
     values: impl Iterator<Item = &'v [u8]>,
 ) -> Result<Option<u64>, &'static str> {
+    let mut values = values.peekable();
+    // The usual single value of at most 19 plain digits: no split, no overflow check.
+    if let Some(v) =
+        values.next_if(|v| (1..=19).contains(&v.len()) && v.iter().all(u8::is_ascii_digit))
+    {
+        if values.peek().is_none() {
+            let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if usize::try_from(n).is_ok() {
+                return Ok(Some(n));
+            }
+            return Err("a Content-Length is too large");
+        }
+        return framing_length_of(std::iter::once(v).chain(values));
+    }
+    framing_length_of(values)
+}
+
+fn framing_length_of<'v>(
+    values: impl Iterator<Item = &'v [u8]>,
+) -> Result<Option<u64>, &'static str> {
     let mut length = None;
     for item in values.flat_map(|v| v.split(|&b| b == b',')) {
         let item = item.trim_ascii();

@@ -254,12 +254,17 @@ impl Conn {
         // `chunked`: the last Transfer-Encoding line ends with chunked (`None`: no such line);
         // `close`: the backend ends the connection after this response (which says nothing
         // about where the body ends).
-        let (mut lengths, mut chunked, mut close) = (Vec::new(), None, parsed.version == Some(0));
+        // `lengths`: the Content-Length values, the first apart (a second is rare: no vector).
+        let (mut length, mut more_lengths) = (None, Vec::new());
+        let (mut chunked, mut close) = (None, parsed.version == Some(0));
         for h in parsed.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("content-length") {
                 // Checked once the head is read: a Transfer-Encoding overrides it.
-                lengths.push(h.value);
+                match length {
+                    None => length = Some(h.value),
+                    Some(_) => more_lengths.push(h.value),
+                }
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 // Only `chunked` is understood; a body whose final coding is another is read
                 // until close.
@@ -285,15 +290,12 @@ impl Conn {
                 continue;
             }
             let at = h.value.as_ptr() as usize - base;
-            // As Pingora's client takes it: an obs-fold, a CR or a NUL becomes a space. Most
-            // values have none, found by one vectorised scan; the rest of a value httparse
-            // let through is a valid `HeaderValue` as it is.
-            let raw = shared.slice(at..at + h.value.len());
-            let value = match memchr::memchr3(b'\r', b'\n', 0, &raw) {
-                None => http::HeaderValue::from_maybe_shared(raw)
-                    .map_err(|_| invalid("an invalid response header value"))?,
-                Some(_) => pingora::http::header_value_from_raw(raw),
-            };
+            // As Pingora's client takes it: an obs-fold, a CR or a NUL becomes a space. A
+            // value httparse let through is a valid `HeaderValue` but for those (the check
+            // `from_maybe_shared` makes anyway), so only a value it refuses is normalised.
+            let raw = || shared.slice(at..at + h.value.len());
+            let value = http::HeaderValue::from_maybe_shared(raw())
+                .unwrap_or_else(|_| pingora::http::header_value_from_raw(raw()));
             let name = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid("an invalid response header name"))?;
             parts
@@ -303,7 +305,8 @@ impl Conn {
         }
         let length = match chunked {
             Some(_) => None,
-            None => crate::headers::framing_length(lengths.into_iter()).map_err(invalid)?,
+            None => crate::headers::framing_length(length.into_iter().chain(more_lengths))
+                .map_err(invalid)?,
         };
         let mut resp = ResponseHeader::from(parts);
         self.buf.advance(n);
