@@ -6,16 +6,20 @@
 use std::fmt::Write;
 
 use http::Method;
+use pingora::tls::x509::X509;
 
 use crate::config::Gateway;
+use crate::listen::client_auth::PeerCert;
 use crate::router::Match;
 
-/// A request to explain: method, URL (`http://host/path?query` or `/path`), headers.
+/// A request to explain: method, URL (`http://host/path?query` or `/path`), headers, and
+/// the client certificate (leaf first, then its intermediates) it would present.
 pub struct Request {
     pub method: Method,
     pub host: Option<String>,
     pub path_and_query: String,
     pub headers: Vec<(String, String)>,
+    pub client_cert: Vec<X509>,
 }
 
 impl Request {
@@ -42,7 +46,18 @@ impl Request {
                 .path_and_query()
                 .map_or("/".to_owned(), |p| p.to_string()),
             headers: hdrs,
+            client_cert: Vec::new(),
         })
+    }
+
+    /// Present the certificate (and chain) in the PEM file `path`.
+    pub fn with_client_cert(mut self, path: &str) -> Result<Request, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+        self.client_cert = X509::stack_from_pem(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| format!("{path:?} holds no PEM certificate"))?;
+        Ok(self)
     }
 }
 
@@ -185,7 +200,14 @@ fn explain_auth(
             return None;
         }
     };
-    match gw.auth.check(ra, &head) {
+    let cert = match ra.mtls {
+        true => explain_cert(o, gw, req),
+        false => None,
+    };
+    if ra.mtls && cert.is_none() && !req.client_cert.is_empty() {
+        return None;
+    }
+    match gw.auth.check(ra, &head, cert.as_ref()) {
         Ok(id) => {
             let who = id
                 .consumer
@@ -207,6 +229,55 @@ fn explain_auth(
             None
         }
     }
+}
+
+/// What a route reading client certificates needs, and what becomes of the certificate of
+/// `req` (if any): the listeners' handshake verdicts, then the certificate as the provider
+/// gets it (`None` when there is none, or no listener would accept it).
+fn explain_cert(o: &mut String, gw: &Gateway, req: &Request) -> Option<PeerCert> {
+    let asking: Vec<_> = gw
+        .listen
+        .iter()
+        .filter_map(|l| Some((l, l.tls.as_ref()?.client_auth.as_ref()?)))
+        .collect();
+    for (l, ca) in &asking {
+        let _ = writeln!(
+            o,
+            "          client certificate from {} (listener {}, {})",
+            ca.ca_file,
+            l.addr,
+            if ca.required {
+                "required at the handshake"
+            } else {
+                "optional at the handshake"
+            }
+        );
+    }
+    let Some((leaf, chain)) = req.client_cert.split_first() else {
+        o.push_str("          (no client certificate given: --cert FILE checks one)\n");
+        return None;
+    };
+    let mut accepted = false;
+    for (l, ca) in &asking {
+        match ca.verify(leaf, chain) {
+            Ok(()) => {
+                accepted = true;
+                let _ = writeln!(o, "          certificate accepted by listener {}", l.addr);
+            }
+            Err(why) => {
+                let _ = writeln!(
+                    o,
+                    "          certificate refused by listener {} at the handshake: {why}",
+                    l.addr
+                );
+            }
+        }
+    }
+    if !accepted {
+        o.push_str("answer:   TLS handshake refused: no listener accepts this certificate\n");
+        return None;
+    }
+    PeerCert::new(leaf.clone())
 }
 
 /// The route's rate-limit policies, described; no budget is consumed.

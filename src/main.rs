@@ -95,6 +95,9 @@ enum Cmd {
         /// A request header, `Name: value` (repeatable).
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+        /// The client certificate (PEM, leaf first) the request would present over TLS.
+        #[arg(long)]
+        cert: Option<String>,
     },
 }
 
@@ -185,6 +188,7 @@ fn run_command(cmd: Cmd) -> ! {
             method,
             url,
             headers,
+            cert,
         } => {
             let loaded = config::load_file(&conf).unwrap_or_else(|errs| {
                 eprint!("tollgate: {conf}: {errs}");
@@ -194,7 +198,12 @@ fn run_command(cmd: Cmd) -> ! {
             for r in loaded.gateway.auth.remotes() {
                 let _ = r.load_cached();
             }
-            match tollgate::explain::Request::parse(&method, &url, &headers) {
+            let req = tollgate::explain::Request::parse(&method, &url, &headers);
+            let req = match cert {
+                Some(path) => req.and_then(|r| r.with_client_cert(&path)),
+                None => req,
+            };
+            match req {
                 Ok(req) => {
                     print!("{}", tollgate::explain::explain(&loaded.gateway, &req));
                     std::process::exit(0)

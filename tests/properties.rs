@@ -133,7 +133,7 @@ proptest! {
         let _ = tollgate::guard::check_framing(&req, Some(head.as_bytes()));
         let route = gw.router.routes()[0].auth.as_ref().expect("an auth route");
         let start = Instant::now();
-        let verdict = gw.auth.check(route, &req);
+        let verdict = gw.auth.check(route, &req, None);
         prop_assert!(start.elapsed() < Duration::from_millis(500), "auth took {:?}", start.elapsed());
         // Random tokens never verify and random keys never match: only the real key admits.
         if let Ok(id) = verdict {

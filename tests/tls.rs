@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openssl::ssl::{Ssl, SslAcceptor, SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use support::tls_client::tls_handshake;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -89,13 +90,7 @@ impl Client<'_> {
         cfg.set_use_server_name_indication(self.sni.is_some());
         cfg.set_verify_hostname(false);
         let ssl: Ssl = cfg.into_ssl(self.sni.unwrap_or("unused")).unwrap();
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut s = SslStream::new(ssl, tcp).unwrap();
-        Pin::new(&mut s)
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(s)
+        tls_handshake(ssl, addr).await
     }
 }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::api_key::{ApiKey, KeyTable};
 use super::jwt::{Jwks, Jwt};
+use super::mtls::{ConsumerFrom, Mtls};
 use super::remote::{Remote, RemoteJwksFile};
 use super::{Auth, Provider, RouteAuth};
 use crate::config::file::Dur;
@@ -106,6 +107,15 @@ pub enum AuthFile {
         forward_claims: BTreeMap<String, String>,
         #[serde(default)]
         consumer_claim: Option<String>,
+    },
+    Mtls {
+        /// `cn` (default), `san_dns`, `san_email`, `san_uri`.
+        #[serde(default)]
+        consumer_from: Option<String>,
+        #[serde(default)]
+        forward_certificate: Option<String>,
+        #[serde(default)]
+        forward_fingerprint: Option<String>,
     },
 }
 
@@ -235,6 +245,50 @@ pub fn compile(
                     }
                 }
             }
+            AuthFile::Mtls {
+                consumer_from,
+                forward_certificate,
+                forward_fingerprint,
+            } => {
+                let consumer_from = match consumer_from.as_deref().map(ConsumerFrom::parse) {
+                    None => ConsumerFrom::default(),
+                    Some(Some(c)) => c,
+                    Some(None) => {
+                        errs.push(
+                            format!("{base}.consumer_from"),
+                            format!(
+                                "{:?} is not one of cn, san_dns, san_email, san_uri",
+                                consumer_from.unwrap_or_default()
+                            ),
+                        );
+                        out.broken.push(name);
+                        continue;
+                    }
+                };
+                let mut header = |key: &str, h: Option<String>| {
+                    let h = h?;
+                    match HeaderName::from_bytes(h.as_bytes()) {
+                        Ok(h) => {
+                            if !out.identity_headers.contains(&h) {
+                                out.identity_headers.push(h.clone());
+                            }
+                            Some(h)
+                        }
+                        Err(_) => {
+                            errs.push(
+                                format!("{base}.{key}"),
+                                format!("{h:?} is not a valid header name"),
+                            );
+                            None
+                        }
+                    }
+                };
+                Provider::Mtls(Mtls {
+                    consumer_from,
+                    forward_certificate: header("forward_certificate", forward_certificate),
+                    forward_fingerprint: header("forward_fingerprint", forward_fingerprint),
+                })
+            }
         };
         out.names.push(name);
         out.providers.push(p);
@@ -286,13 +340,17 @@ pub fn route(
             ),
         }
     }
+    let mtls = providers
+        .iter()
+        .any(|p| matches!(auth.providers[*p], Provider::Mtls(_)));
     let consumers = consumers.map(|cs| {
+        // A token or a certificate may name a caller the `consumers` section does not list.
+        let open_names = providers
+            .iter()
+            .any(|p| !matches!(auth.providers[*p], Provider::ApiKey(_)));
         for (i, c) in cs.iter().enumerate() {
             let known_key = auth.consumer_names.iter().any(|x| x == c);
-            let has_jwt = providers
-                .iter()
-                .any(|p| matches!(auth.providers[*p], Provider::Jwt(_)));
-            if !known_key && !has_jwt {
+            if !known_key && !open_names {
                 errs.push(
                     format!("{base}.consumers[{i}]"),
                     format!(
@@ -311,5 +369,6 @@ pub fn route(
         providers,
         consumers,
         claims,
+        mtls,
     })
 }

@@ -1,5 +1,5 @@
-//! Authentication per route (API keys, JWT), authorization (consumers / claims), and the
-//! identity tollgate forwards upstream.
+//! Authentication per route (API keys, JWT, client certificates), authorization (consumers /
+//! claims), and the identity tollgate forwards upstream.
 
 pub mod api_key;
 pub mod cache;
@@ -7,6 +7,7 @@ pub mod config;
 pub mod fetch;
 pub mod jwks;
 pub mod jwt;
+pub mod mtls;
 pub mod remote;
 pub mod token;
 
@@ -17,6 +18,7 @@ use pingora::http::RequestHeader;
 
 use crate::error::Reject;
 use crate::headers::names::X_CONSUMER;
+use crate::listen::client_auth::PeerCert;
 
 /// A credential header larger than this is refused before any verification.
 pub const MAX_CREDENTIAL: usize = 8 * 1024;
@@ -27,6 +29,7 @@ static WWW_KEY: HeaderValue = HeaderValue::from_static("ApiKey");
 pub enum Provider {
     ApiKey(api_key::ApiKey),
     Jwt(Box<jwt::Jwt>),
+    Mtls(mtls::Mtls),
 }
 
 /// Every provider and consumer, compiled.
@@ -49,6 +52,8 @@ pub struct RouteAuth {
     pub providers: Vec<usize>,
     pub consumers: Option<Vec<String>>,
     pub claims: Vec<(String, Vec<String>)>,
+    /// One of the providers reads the client certificate: only then is it looked up.
+    pub mtls: bool,
 }
 
 /// Who the caller is, and what goes upstream.
@@ -100,12 +105,16 @@ pub enum Reason {
     KeysUnavailable,
     /// Any other token refusal (no `exp`, critical header parameters...).
     InvalidToken,
+    /// The route takes only a client certificate, and the connection has none.
+    NoCertificate,
+    /// The client certificate lacks the part (`consumer_from`) that names the caller.
+    UnmappedCertificate,
     /// Authenticated, but not among the route's consumers or claims (403).
     Forbidden,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Missing,
         Reason::Duplicate,
         Reason::TooLarge,
@@ -120,6 +129,8 @@ impl Reason {
         Reason::UnknownKid,
         Reason::KeysUnavailable,
         Reason::InvalidToken,
+        Reason::NoCertificate,
+        Reason::UnmappedCertificate,
         Reason::Forbidden,
     ];
 
@@ -139,6 +150,8 @@ impl Reason {
             Reason::UnknownKid => "unknown_kid",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::InvalidToken => "invalid_token",
+            Reason::NoCertificate => "no_certificate",
+            Reason::UnmappedCertificate => "unmapped_certificate",
             Reason::Forbidden => "forbidden",
         }
     }
@@ -224,6 +237,7 @@ impl Auth {
                 d.push(')');
                 d
             }
+            Provider::Mtls(m) => format!("{name} ({})", m.describe()),
         }
     }
 
@@ -233,7 +247,7 @@ impl Auth {
             .iter()
             .filter_map(|p| match p {
                 Provider::Jwt(j) => j.remote().cloned(),
-                Provider::ApiKey(_) => None,
+                Provider::ApiKey(_) | Provider::Mtls(_) => None,
             })
             .collect()
     }
@@ -246,6 +260,7 @@ impl Auth {
                 Provider::ApiKey(_) => {
                     Err(format!("auth {name:?} is an api_key provider, not jwt"))
                 }
+                Provider::Mtls(_) => Err(format!("auth {name:?} is an mtls provider, not jwt")),
             },
             None => Err(format!(
                 "unknown auth {name:?} (known: {})",
@@ -254,14 +269,21 @@ impl Auth {
         }
     }
 
-    /// Authenticate and authorize a request for `route`.
-    pub fn check(&self, route: &RouteAuth, req: &RequestHeader) -> Result<Identity, Failure> {
+    /// Authenticate and authorize a request for `route`; `cert`: the client certificate of
+    /// the connection (looked up only for routes with [`RouteAuth::mtls`]).
+    pub fn check(
+        &self,
+        route: &RouteAuth,
+        req: &RequestHeader,
+        cert: Option<&PeerCert>,
+    ) -> Result<Identity, Failure> {
         let mut first_err: Option<Failure> = None;
         let mut seen = false;
         for &p in &route.providers {
             let r = match &self.providers[p] {
                 Provider::ApiKey(k) => self.check_key(k, req),
                 Provider::Jwt(j) => check_jwt(j, req),
+                Provider::Mtls(m) => check_mtls(m, cert),
             };
             match r {
                 Ok(None) => {}
@@ -274,23 +296,39 @@ impl Auth {
                 }
             }
         }
-        Err(first_err.filter(|_| seen).unwrap_or_else(|| {
-            let jwt = route
-                .providers
-                .iter()
-                .any(|p| matches!(self.providers[*p], Provider::Jwt(_)));
-            fail(
-                (
-                    Reason::Missing,
-                    "missing credential: send an API key or an Authorization: Bearer token",
-                ),
-                if jwt {
-                    HeaderValue::from_static("Bearer")
-                } else {
-                    WWW_KEY.clone()
-                },
-            )
-        }))
+        Err(first_err
+            .filter(|_| seen)
+            .unwrap_or_else(|| self.missing(route)))
+    }
+
+    /// The refusal of a request that carries no credential any of the route's providers
+    /// looks for.
+    fn missing(&self, route: &RouteAuth) -> Failure {
+        let has = |f: fn(&Provider) -> bool| route.providers.iter().any(|p| f(&self.providers[*p]));
+        let jwt = has(|p| matches!(p, Provider::Jwt(_)));
+        let others = has(|p| !matches!(p, Provider::Mtls(_)));
+        let challenge = if jwt {
+            HeaderValue::from_static("Bearer")
+        } else if others {
+            WWW_KEY.clone()
+        } else {
+            mtls::WWW_CERT.clone()
+        };
+        let why = match (route.mtls, others) {
+            (false, _) => (
+                Reason::Missing,
+                "missing credential: send an API key or an Authorization: Bearer token",
+            ),
+            (true, false) => (
+                Reason::NoCertificate,
+                "this route requires a client certificate (mutual TLS)",
+            ),
+            (true, true) => (
+                Reason::Missing,
+                "missing credential: send a client certificate, an API key or an Authorization: Bearer token",
+            ),
+        };
+        fail(why, challenge)
     }
 
     fn check_key(
@@ -396,6 +434,10 @@ fn check_jwt(j: &jwt::Jwt, req: &RequestHeader) -> Result<Option<Found>, Failure
         },
         Some(v.claims.clone()),
     )))
+}
+
+fn check_mtls(m: &mtls::Mtls, cert: Option<&PeerCert>) -> Result<Option<Found>, Failure> {
+    Ok(m.check(cert)?.map(|id| (id, None)))
 }
 
 /// Remove client copies of identity headers (every route), then set tollgate's own.

@@ -96,6 +96,30 @@ fn underscored_key_headers(
     }
 }
 
+/// An `mtls` provider admits nobody unless some listener asks clients for a certificate: a
+/// config error at the provider (unless a listener's own errors explain it).
+fn mtls_needs_client_auth(
+    listen: &[crate::listen::Listener],
+    auth: &crate::auth::Auth,
+    errs: &mut ConfigErrors,
+) {
+    let asked = listen
+        .iter()
+        .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()));
+    if asked || errs.0.iter().any(|e| e.path.starts_with("listen")) {
+        return;
+    }
+    for (name, p) in auth.names.iter().zip(&auth.providers) {
+        if matches!(p, crate::auth::Provider::Mtls(_)) {
+            errs.push(
+                format!("auth.{name}"),
+                "type mtls needs a TLS listener that asks clients for a certificate \
+                 (listen[i].tls.client_auth: {ca, required}); no listener does",
+            );
+        }
+    }
+}
+
 pub fn compile(
     file: FileConfig,
     resolver: &Arc<dyn Resolver>,
@@ -124,6 +148,7 @@ pub fn compile(
     underscored_key_headers(underscores, &file.auth, errs);
     let state_dir = state_dir(file.state_dir, errs);
     let auth = crate::auth::config::compile(file.consumers, file.auth, &state_dir, errs);
+    mtls_needs_client_auth(&listen, &auth, errs);
     let limit_names: Vec<String> = file
         .rate_limits
         .iter()

@@ -381,6 +381,10 @@ impl Downstream for H1<'_> {
         self.tls
     }
 
+    fn tls_digest(&self) -> Option<std::sync::Arc<pingora::protocols::tls::SslDigest>> {
+        self.stream.get_ssl_digest()
+    }
+
     fn response_written(&self) -> Option<&ResponseHeader> {
         self.response.as_deref()
     }

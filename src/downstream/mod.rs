@@ -11,9 +11,11 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::tls::SslDigest;
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -37,6 +39,9 @@ pub trait Downstream: Send + Sync {
 
     /// Whether the client connection is TLS.
     fn tls(&self) -> bool;
+
+    /// The TLS connection's digest (with the client's certificate, when it sent one).
+    fn tls_digest(&self) -> Option<Arc<SslDigest>>;
 
     /// The response head sent, once it is.
     fn response_written(&self) -> Option<&ResponseHeader>;
@@ -110,6 +115,10 @@ impl Downstream for Session {
     fn tls(&self) -> bool {
         // Only a TLS listener gives the connection an SSL digest (HTTP/1 and HTTP/2 alike).
         self.digest().is_some_and(|d| d.ssl_digest.is_some())
+    }
+
+    fn tls_digest(&self) -> Option<Arc<SslDigest>> {
+        self.digest()?.ssl_digest.clone()
     }
 
     fn response_written(&self) -> Option<&ResponseHeader> {

@@ -3,9 +3,11 @@
 //! An entry is either the plain `"IP:port"` (HTTP/1.1) or an object that adds protocol
 //! options: `{address: "IP:port", h2c: true}` also accepts HTTP/2 with prior knowledge in
 //! cleartext, and `tls: {...}` terminates TLS there ([`tls`]: certificates chosen by SNI,
-//! HTTP/2 offered by ALPN). Pingora sets h2c per service, not per listener, so [`Listener::service_key`]
-//! tells `server.rs` which listeners can share one service.
+//! HTTP/2 offered by ALPN; [`client_auth`]: client certificates). Pingora sets h2c per
+//! service, not per listener, so [`Listener::service_key`] tells `server.rs` which listeners
+//! can share one service.
 
+pub mod client_auth;
 pub mod tls;
 
 use std::collections::HashSet;
@@ -24,7 +26,7 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 #[derive(Debug)]
 pub enum ListenFile {
     Addr(String),
-    Full(ListenerFile),
+    Full(Box<ListenerFile>),
 }
 
 /// `{address: "IP:port", h2c: true}` or `{address: "IP:port", tls: {...}}`
@@ -36,6 +38,9 @@ pub struct ListenerFile {
     pub h2c: bool,
     #[serde(default)]
     pub tls: Option<tls::TlsFile>,
+    /// Only to say where it belongs: under `tls`.
+    #[serde(default)]
+    pub client_auth: Option<Value>,
 }
 
 /// A validated listening endpoint.
@@ -84,7 +89,10 @@ pub fn read(v: Value, errs: &mut ConfigErrors) -> Option<Vec<Option<ListenFile>>
             let path = format!("listen[{i}]");
             match item {
                 Value::String(s) => Some(ListenFile::Addr(s)),
-                m @ Value::Mapping(_) => crate::config::parse(&path, m, errs).map(ListenFile::Full),
+                m @ Value::Mapping(_) => {
+                    let f = crate::config::parse(&path, m, errs);
+                    f.map(|f| ListenFile::Full(Box::new(f)))
+                }
                 _ => {
                     errs.push(
                         path,
@@ -113,7 +121,17 @@ pub fn compile(l: Option<Vec<Option<ListenFile>>>, errs: &mut ConfigErrors) -> V
         let Some(entry) = entry else { continue };
         let (addr, path, h2c, tls) = match entry {
             ListenFile::Addr(a) => (a, format!("listen[{i}]"), false, None),
-            ListenFile::Full(f) => (f.address, format!("listen[{i}].address"), f.h2c, f.tls),
+            ListenFile::Full(f) => {
+                let f = *f;
+                if f.client_auth.is_some() {
+                    errs.push(
+                        format!("listen[{i}].client_auth"),
+                        "client certificates need TLS: give this listener \
+                         tls: {cert, key, client_auth: {ca, required}}",
+                    );
+                }
+                (f.address, format!("listen[{i}].address"), f.h2c, f.tls)
+            }
         };
         if check_socket_addr(&path, &addr, errs) && !seen.insert(addr.clone()) {
             errs.push(path, format!("{addr} is listed twice"));

@@ -5,7 +5,9 @@
 //! process of a reload), so a missing file, bad PEM or a key that does not belong to its
 //! certificate is a config error with the key's path, never a failed handshake later. The
 //! names a certificate answers for are its own SAN DNS names (its CN when it has no SAN);
-//! Pingora asks [`CertPicker`] for a certificate in the middle of each handshake.
+//! Pingora asks [`CertPicker`] for a certificate in the middle of each handshake, and, on a
+//! listener with `client_auth` ([`super::client_auth`]), hands it the client's certificate
+//! after.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use pingora::tls::ssl::{NameType, SslVersion};
 use pingora::tls::x509::X509;
 use serde::Deserialize;
 
+use super::client_auth::{ClientAuth, ClientAuthFile, PeerCert};
 use crate::config::ConfigErrors;
 
 /// `tls: {cert, key}` or `tls: {certificates: [{cert, key}, ...]}`, with `min_version` and
@@ -39,6 +42,9 @@ pub struct TlsFile {
     pub min_version: Option<serde_yaml::Value>,
     #[serde(default)]
     pub http2: Option<bool>,
+    /// Ask clients for a certificate (`{ca, required}`).
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +70,8 @@ pub struct ServerTls {
     wildcard: HashMap<String, usize>,
     tls13_only: bool,
     http2: bool,
+    /// Client certificates asked for and verified.
+    pub client_auth: Option<ClientAuth>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -73,6 +81,7 @@ impl std::fmt::Debug for ServerTls {
             .field("certificates", &names)
             .field("tls13_only", &self.tls13_only)
             .field("http2", &self.http2)
+            .field("client_auth", &self.client_auth)
             .finish()
     }
 }
@@ -122,6 +131,9 @@ impl ServerTls {
                 false
             }
         };
+        let client_auth = tls
+            .client_auth
+            .and_then(|c| ClientAuth::compile(&format!("{base}.client_auth"), c, errs));
         let mut certs = Vec::with_capacity(pairs.len());
         for (i, (path, c)) in pairs.into_iter().enumerate() {
             if let Some(cert) = load(&path, &c, errs) {
@@ -137,11 +149,9 @@ impl ServerTls {
         if errs.0.len() > before {
             return None;
         }
-        Some(ServerTls::index(
-            certs,
-            tls13_only,
-            tls.http2.unwrap_or(true),
-        ))
+        let mut t = ServerTls::index(certs, tls13_only, tls.http2.unwrap_or(true));
+        t.client_auth = client_auth;
+        Some(t)
     }
 
     /// Index the certificates' names; on a name given twice, the first certificate wins.
@@ -165,6 +175,7 @@ impl ServerTls {
             wildcard,
             tls13_only,
             http2,
+            client_auth: None,
         }
     }
 
@@ -182,7 +193,7 @@ impl ServerTls {
     }
 
     /// Pingora's settings for this listener: Mozilla's intermediate profile, our minimum
-    /// version, ALPN and the SNI picker.
+    /// version, ALPN, the SNI picker and client certificates.
     pub fn settings(self: &Arc<Self>) -> pingora::Result<TlsSettings> {
         let mut s = TlsSettings::with_callbacks(Box::new(CertPicker(self.clone())))?;
         let min = if self.tls13_only {
@@ -194,6 +205,11 @@ impl ServerTls {
             pingora::Error::because(pingora::ErrorType::InternalError, "TLS minimum version", e)
         })?;
         s.set_alpn(if self.http2 { ALPN::H2H1 } else { ALPN::H1 });
+        if let Some(ca) = &self.client_auth {
+            ca.apply(&mut s).map_err(|e| {
+                pingora::Error::because(pingora::ErrorType::InternalError, "TLS client_auth", e)
+            })?;
+        }
         Ok(s)
     }
 }
@@ -296,6 +312,16 @@ impl TlsAccept for CertPicker {
             // The handshake then fails for want of a certificate; the client sees an alert.
             log::warn!("TLS: cannot use the certificate for {:?}: {e}", cert.names);
         }
+    }
+
+    /// The client's certificate, verified by OpenSSL, for the HTTP layer: only on a listener
+    /// that asks for one.
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        self.0.client_auth.as_ref()?;
+        PeerCert::from_ssl(ssl).map(PeerCert::into_extension)
     }
 }
 

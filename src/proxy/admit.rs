@@ -15,6 +15,7 @@ use crate::downstream::Downstream;
 use crate::error::{self, Reject};
 use crate::headers;
 use crate::headers::names::X_REQUEST_ID;
+use crate::listen::client_auth::PeerCert;
 use crate::router::{self, Match, Route};
 
 impl Tollgate {
@@ -131,7 +132,9 @@ impl Tollgate {
         }
         ctx.route = Some(route.id);
         if let Some(ra) = &route.auth {
-            match self.gw.auth.check(ra, req) {
+            let tls = if ra.mtls { session.tls_digest() } else { None };
+            let cert = tls.as_deref().and_then(PeerCert::of);
+            match self.gw.auth.check(ra, req, cert) {
                 Ok(id) => ctx.identity = Some(id),
                 Err(f) => {
                     self.obs.auth_failed(route.id, &f);

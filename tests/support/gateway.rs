@@ -19,6 +19,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
+    /// `listen` entries after the plain one (kept by [`Gateway::upgrade`] and the like).
+    extra_listen: String,
 }
 
 impl Gateway {
@@ -70,20 +72,22 @@ impl Gateway {
 
     fn start_full(body: &str, env: &[(&str, &str)], extra_listen: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Ports the extra listeners took are not free to take again, though they are unbound.
+        let fresh = |taken: &str| loop {
+            let a = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            if !taken.contains(&a.to_string()) {
+                return a;
+            }
+        };
+        let addr = fresh(extra_listen);
+        let admin = fresh(&format!("{extra_listen} {addr}"));
         let log = dir.path().join("stderr.log");
         let conf = dir.path().join("tollgate.yaml");
-        let yaml = gateway_yaml(dir.path(), addr, admin, body);
-        let yaml = if extra_listen.is_empty() {
-            yaml
-        } else {
-            yaml.replacen(
-                &format!("listen: [\"{addr}\"]"),
-                &format!("listen: [\"{addr}\", {extra_listen}]"),
-                1,
-            )
-        };
+        let yaml = listening(
+            gateway_yaml(dir.path(), addr, admin, body),
+            addr,
+            extra_listen,
+        );
         std::fs::write(&conf, yaml).unwrap();
         let child = Command::new(bin())
             .arg("-c")
@@ -100,6 +104,7 @@ impl Gateway {
             admin,
             dir,
             log,
+            extra_listen: extra_listen.to_owned(),
         };
         gw.wait_ready();
         gw
@@ -174,7 +179,8 @@ impl Gateway {
 
     /// The full YAML for `body` on this gateway's ports and paths.
     pub fn yaml_for(&self, body: &str) -> String {
-        gateway_yaml(self.dir.path(), self.addr, self.admin, body)
+        let yaml = gateway_yaml(self.dir.path(), self.addr, self.admin, body);
+        listening(yaml, self.addr, &self.extra_listen)
     }
 
     /// Write the full YAML for `body` to `name` in this gateway's directory; its path.
@@ -257,6 +263,18 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `yaml` with `extra` (YAML flow items) after the plain listener `addr`.
+fn listening(yaml: String, addr: SocketAddr, extra: &str) -> String {
+    if extra.is_empty() {
+        return yaml;
+    }
+    yaml.replacen(
+        &format!("listen: [\"{addr}\"]"),
+        &format!("listen: [\"{addr}\", {extra}]"),
+        1,
+    )
 }
 
 /// Run `tollgate -t -c` on `yaml`; returns (exit code, stdout + stderr).

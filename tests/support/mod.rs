@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod h2client;
 mod http1;
 pub mod in_process;
+pub mod tls_client;
 pub mod ws;
 
 pub use backend::*;

@@ -1,0 +1,20 @@
+//! The client side of a TLS handshake with the gateway (OpenSSL, as a real client would).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use openssl::ssl::Ssl;
+use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
+
+/// Connect to `addr` and complete the handshake of `ssl`; OpenSSL's error (with the
+/// gateway's alert, if it sent one) when it fails.
+pub async fn tls_handshake(ssl: Ssl, addr: SocketAddr) -> Result<SslStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut s = SslStream::new(ssl, tcp).unwrap();
+    Pin::new(&mut s)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
