@@ -162,7 +162,7 @@ fn main() {
         test: false,
         conf: None,
     };
-    tollgate::server::build(loaded, opt).run_forever();
+    tollgate::server::run(loaded, opt);
 }
 
 fn run_command(cmd: Cmd) -> ! {

@@ -33,9 +33,22 @@ pub fn client_buffers(tls: bool) -> L4BufferSettings {
     L4BufferSettings::new(0, if tls { DEFAULT_L4_WRITE_BUFFER_SIZE } else { 0 })
 }
 
+/// Serve until told to stop (SIGTERM, or SIGQUIT after an upgrade's hand-over), then write
+/// out what the access log still holds, and exit.
+pub fn run(loaded: Loaded, opt: Opt) -> ! {
+    let (server, obs) = assemble(loaded, opt);
+    server.run(pingora::server::RunArgs::default());
+    obs.access_log.flush();
+    std::process::exit(0)
+}
+
 /// Build a ready-to-run server from a validated config and Pingora's command-line options
 /// (`-u` upgrade, `-d` daemonize).
 pub fn build(loaded: Loaded, opt: Opt) -> Server {
+    assemble(loaded, opt).0
+}
+
+fn assemble(loaded: Loaded, opt: Opt) -> (Server, Arc<Observe>) {
     let Loaded {
         server: conf,
         gateway,
@@ -164,10 +177,14 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
     ));
 
     if let Some(addr) = &gw.admin {
-        let mut admin = Service::new("tollgate admin".to_owned(), Admin::new(gw.clone(), obs));
+        let admin_obs = obs.clone();
+        let mut admin = Service::new(
+            "tollgate admin".to_owned(),
+            Admin::new(gw.clone(), admin_obs),
+        );
         admin.threads = Some(1);
         admin.add_tcp(addr);
         server.add_service(admin);
     }
-    server
+    (server, obs)
 }

@@ -53,6 +53,7 @@ MIN_IDLE=${MIN_IDLE:-90}          # busy if less idle CPU (%) over a 1 s sample
 NGINX_KEEPALIVE=${NGINX_KEEPALIVE:-64}  # nginx upstream keepalive pool (idle conns)
 READY_TIMEOUT=${READY_TIMEOUT:-30}      # seconds a service gets to answer
 KEEP_TMP=${KEEP_TMP:-0}           # 1: keep the temp dir (configs, logs, wrk output)
+ACCESS_LOG=${ACCESS_LOG:-off}     # combined: both proxies write a combined access log to a file in the temp dir
 PARTS=${PARTS:-"throughput latency memory keys"}
 LAT_DURATION=${LAT_DURATION:-10s} # one open-loop oha run
 LAT_REPS=${LAT_REPS:-3}           # open-loop runs per target (each paired with a direct run)
@@ -153,6 +154,7 @@ median() {
 # shellcheck disable=SC2015 # "A && B || die": die if either fails, on purpose
 check_knobs() {
     is_uint "$REPS" && ((REPS > 0)) || die "REPS must be a positive integer (got '$REPS')"
+    [[ $ACCESS_LOG == off || $ACCESS_LOG == combined ]] || die "ACCESS_LOG must be off or combined (got '$ACCESS_LOG')"
     local c
     for c in $CONNS; do
         is_uint "$c" && ((c > 0)) || die "CONNS must be positive integers (got '$CONNS')"
@@ -457,6 +459,11 @@ start_nginx_proxy() {
     render proxy.nginx.conf "$TMP/nginx.conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
         NGINX_PORT="$NGINX_PORT" NGINX_KEEPALIVE="$NGINX_KEEPALIVE" WORKER_CONNECTIONS="$WORKER_CONNECTIONS" \
         API_KEY="$API_KEY"
+    if [[ $ACCESS_LOG == combined ]]; then
+        # As nginx is usually run: one unbuffered line per request.
+        sed -i "s|^    access_log off;|    access_log $TMP/nginx-access.log combined;|" "$TMP/nginx.conf"
+        grep -q "nginx-access.log" "$TMP/nginx.conf" || die "proxy.nginx.conf: no 'access_log off;' to replace"
+    fi
     nginx -t -q -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf" ||
         die "proxy nginx config rejected (see above; $TMP/nginx.conf)"
     start_bg nginx "$PROXY_CPU" TERM nginx -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf"
@@ -475,6 +482,11 @@ start_nginx_proxy() {
 start_tollgate() {
     render tollgate.yaml "$TMP/tollgate.yaml" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
         TOLLGATE_PORT="$TOLLGATE_PORT" TOLLGATE_ADMIN_PORT="$TOLLGATE_ADMIN_PORT" API_KEY="$API_KEY"
+    if [[ $ACCESS_LOG == combined ]]; then
+        sed -i "s|^access_log: {enabled: false}|access_log: {format: combined, path: \"$TMP/tollgate-access.log\"}|" \
+            "$TMP/tollgate.yaml"
+        grep -q "tollgate-access.log" "$TMP/tollgate.yaml" || die "tollgate.yaml: no 'access_log: {enabled: false}' to replace"
+    fi
     # The JWT scenario's token, minted by tollgate itself from the same config.
     JWT=$("$TG_BIN" token -c "$TMP/tollgate.yaml" --auth tokens --sub bench --ttl 24h) ||
         die "tollgate token failed"

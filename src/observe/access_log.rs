@@ -1,23 +1,34 @@
-//! One access-log line per request, written off the hot path.
+//! One access-log line per request, written off the hot path as nginx's `buffer=`/`flush=`.
 //!
-//! The request's task only formats its line and hands it to a bounded channel; a dedicated
-//! thread writes through a buffer and flushes at least every 200 ms. When the disk is slower
-//! than the traffic the channel fills, and further lines are dropped and counted instead of
-//! stalling requests. The query string is never logged: it may carry credentials. Nor is
-//! any credential header: the caller appears only as its consumer name.
+//! A request formats its line straight into its thread's buffer (no allocation, no lock
+//! anyone else holds but for a swap). A buffer past [`BATCH`] bytes is handed whole to a
+//! writer thread, which also collects every buffer each [`FLUSH_EVERY`]: one `write` and at
+//! most one cross-thread wake per batch, never per line. When the writer falls behind (the
+//! queue of batches is full) or the destination refuses a write, the lines are counted in
+//! `tollgate_access_log_dropped_total` and the count is logged, never lost silently;
+//! [`AccessLog::flush`] writes everything held when the server stops. The query string is
+//! never logged (it may carry credentials), nor any credential header: the caller appears
+//! only as its consumer name.
+
+mod format;
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 
-/// How many lines may wait for the writer before new ones are dropped.
-const QUEUE: usize = 64 * 1024;
-const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// A thread's buffer is handed to the writer past this many bytes.
+const BATCH: usize = 32 * 1024;
+/// Every buffer reaches the file at least this often.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Batches that may wait for the writer before new ones are dropped (8 MiB).
+const QUEUE: usize = 256;
+/// Buffers, one per thread that logs (threads beyond this share).
+const SHARDS: usize = 64;
 
 /// `access_log:` in the config.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -92,10 +103,13 @@ pub struct Entry<'a> {
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub upstream: Option<std::net::SocketAddr>,
-    pub upstream_ms: Option<f64>,
-    pub total_ms: f64,
-    /// How long the connection was a WebSocket tunnel (from the 101 to its close).
-    pub websocket_ms: Option<f64>,
+    /// From the upstream request to its response head (`upstream_ms`).
+    pub upstream_time: Option<Duration>,
+    /// From the request head to the end of the answer (`total_ms`).
+    pub total: Duration,
+    /// How long the connection was a WebSocket tunnel, from the 101 to its close
+    /// (`websocket_ms`).
+    pub websocket: Option<Duration>,
     pub rate_limit: Option<RateLimitEntry>,
     pub user_agent: Option<&'a str>,
     pub referer: Option<&'a str>,
@@ -108,7 +122,27 @@ pub struct Entry<'a> {
 /// it is born after Pingora daemonizes (threads do not survive the fork).
 pub struct AccessLog {
     conf: AccessLogFile,
-    tx: OnceLock<Option<SyncSender<Vec<u8>>>>,
+    sink: OnceLock<Option<Arc<Sink>>>,
+}
+
+/// A thread's buffer and the lines in it.
+#[derive(Default)]
+struct Shard {
+    buf: Vec<u8>,
+    lines: u64,
+    clock: format::Clock,
+}
+
+/// What the writer thread is sent.
+enum Msg {
+    Batch(Vec<u8>, u64),
+    /// Write every buffer now, then answer.
+    Flush(SyncSender<()>),
+}
+
+struct Sink {
+    shards: Box<[Mutex<Shard>]>,
+    tx: SyncSender<Msg>,
     dropped: AtomicU64,
 }
 
@@ -116,8 +150,7 @@ impl AccessLog {
     pub fn new(conf: AccessLogFile) -> Self {
         AccessLog {
             conf,
-            tx: OnceLock::new(),
-            dropped: AtomicU64::new(0),
+            sink: OnceLock::new(),
         }
     }
 
@@ -129,10 +162,10 @@ impl AccessLog {
         Ok(())
     }
 
-    fn sender(&self) -> Option<&SyncSender<Vec<u8>>> {
-        self.tx
+    fn sink(&self) -> Option<&Arc<Sink>> {
+        self.sink
             .get_or_init(|| match start(&self.conf) {
-                Ok(tx) => tx,
+                Ok(sink) => sink,
                 Err(e) => {
                     log::error!("access log {} cannot be written: {e}", self.conf.path);
                     None
@@ -145,24 +178,54 @@ impl AccessLog {
         self.conf.enabled
     }
 
-    /// Lines dropped because the writer could not keep up.
+    /// Lines dropped because the writer could not keep up or the destination refused them.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        let sink = self.sink.get().and_then(Option::as_ref);
+        sink.map_or(0, |s| s.dropped.load(Ordering::Relaxed))
     }
 
     pub fn write(&self, e: &Entry) {
         if !self.conf.enabled {
             return;
         }
-        let Some(tx) = self.sender() else { return };
-        let line = match self.conf.format {
-            Format::Combined => combined(e),
-            Format::Json => json(e),
-        };
-        if let Err(TrySendError::Full(_)) = tx.try_send(line) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let Some(sink) = self.sink() else { return };
+        let mut shard = sink.shards[shard_index()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let shard = &mut *shard;
+        format::line(&mut shard.buf, &mut shard.clock, self.conf.format, e);
+        shard.lines += 1;
+        if shard.buf.len() >= BATCH {
+            let buf = std::mem::replace(&mut shard.buf, Vec::with_capacity(BATCH + BATCH / 4));
+            let lines = std::mem::take(&mut shard.lines);
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                sink.tx.try_send(Msg::Batch(buf, lines))
+            {
+                sink.dropped.fetch_add(lines, Ordering::Relaxed);
+            }
         }
     }
+
+    /// Write every line held, and wait until it is written (at most a few seconds): when the
+    /// server stops, after its last request.
+    pub fn flush(&self) {
+        let Some(sink) = self.sink.get().and_then(Option::as_ref) else {
+            return;
+        };
+        let (ack, done) = sync_channel(1);
+        if sink.tx.send(Msg::Flush(ack)).is_ok() {
+            let _ = done.recv_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// This thread's buffer: threads take the next one the first time they log.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
 }
 
 fn open(path: &str) -> std::io::Result<std::fs::File> {
@@ -173,7 +236,7 @@ fn open(path: &str) -> std::io::Result<std::fs::File> {
 }
 
 /// Open the destination and start the writer thread.
-fn start(conf: &AccessLogFile) -> std::io::Result<Option<SyncSender<Vec<u8>>>> {
+fn start(conf: &AccessLogFile) -> std::io::Result<Option<Arc<Sink>>> {
     if !conf.enabled {
         return Ok(None);
     }
@@ -182,132 +245,116 @@ fn start(conf: &AccessLogFile) -> std::io::Result<Option<SyncSender<Vec<u8>>>> {
     } else {
         Box::new(open(&conf.path)?)
     };
-    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
+    let (tx, rx) = sync_channel::<Msg>(QUEUE);
+    let sink = Arc::new(Sink {
+        shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        tx,
+        dropped: AtomicU64::new(0),
+    });
+    let writer = Writer {
+        sink: Arc::downgrade(&sink),
+        out,
+        path: conf.path.clone(),
+        reported: 0,
+        reported_at: None,
+    };
     std::thread::Builder::new()
         .name("access-log".into())
-        .spawn(move || {
-            let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
-            loop {
-                match rx.recv_timeout(FLUSH_EVERY) {
-                    Ok(line) => {
-                        let _ = w.write_all(&line);
+        .spawn(move || writer.run(rx))?;
+    Ok(Some(sink))
+}
+
+/// The writer thread's side.
+struct Writer {
+    sink: std::sync::Weak<Sink>,
+    out: Box<dyn Write + Send>,
+    path: String,
+    /// The dropped count last logged, and when.
+    reported: u64,
+    reported_at: Option<Instant>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            match rx.recv_timeout(FLUSH_EVERY) {
+                Ok(Msg::Batch(buf, lines)) => self.put(&buf, lines),
+                Ok(Msg::Flush(ack)) => {
+                    // What was queued before the flush was asked for is written first.
+                    while let Ok(Msg::Batch(buf, lines)) = rx.try_recv() {
+                        self.put(&buf, lines);
                     }
-                    Err(RecvTimeoutError::Timeout) => {
-                        let _ = w.flush();
-                    }
-                    Err(RecvTimeoutError::Disconnected) => {
-                        let _ = w.flush();
-                        return;
-                    }
+                    self.collect();
+                    let _ = ack.send(());
                 }
+                Err(RecvTimeoutError::Timeout) => self.collect(),
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-        })?;
-    Ok(Some(tx))
-}
-
-fn dash<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
-}
-
-/// An unquoted combined-format field: spaces, quotes and control bytes escaped, `-` if empty.
-fn bare(s: &str) -> String {
-    if s.is_empty() {
-        return "-".to_owned();
-    }
-    escape(s, true)
-}
-
-/// Quote a value for the combined format (escape `"` and `\` and control bytes like nginx).
-fn quoted(s: &str) -> String {
-    escape(s, false)
-}
-
-fn escape(s: &str, spaces: bool) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                o.push('\\');
-                o.push(c);
-            }
-            c if c.is_control() || (spaces && c == ' ') => {
-                o.push_str(&format!("\\x{:02X}", c as u32))
-            }
-            c => o.push(c),
+            self.report();
         }
     }
-    o
-}
 
-fn combined(e: &Entry) -> Vec<u8> {
-    let line = format!(
-        "{ip} - {consumer} [{time}] \"{method} {path} {version}\" {status} {out} \"{referer}\" \"{ua}\" \
-         request_id={rid} route={route} upstream={up} upstream_ms={ums} total_ms={tms:.3} bytes_in={bin} rate_limit={rl}{ws}{err}{grpc}\n",
-        ip = dash(e.client_ip),
-        consumer = e.consumer.map_or_else(|| "-".to_owned(), bare),
-        time = humantime::format_rfc3339_millis(e.time),
-        method = e.method,
-        path = quoted(e.path),
-        version = e.version,
-        status = e.status,
-        out = e.bytes_out,
-        referer = quoted(e.referer.unwrap_or("-")),
-        ua = quoted(e.user_agent.unwrap_or("-")),
-        rid = e.request_id,
-        route = e.route.unwrap_or("-"),
-        up = dash(e.upstream),
-        ums = e.upstream_ms.map_or_else(|| "-".to_owned(), |m| format!("{m:.3}")),
-        tms = e.total_ms,
-        bin = e.bytes_in,
-        rl = e
-            .rate_limit
-            .map_or_else(|| "-".to_owned(), |r| format!("{}:{}", r.outcome(), r.remaining)),
-        ws = e
-            .websocket_ms
-            .map(|m| format!(" websocket_ms={m:.3}"))
-            .unwrap_or_default(),
-        err = e.error.map(|x| format!(" error={x}")).unwrap_or_default(),
-        grpc = e
-            .grpc_status
-            .map(|g| format!(" grpc_status={g}"))
-            .unwrap_or_default(),
-    );
-    line.into_bytes()
-}
+    /// Write every thread's buffer.
+    fn collect(&mut self) {
+        let Some(sink) = self.sink.upgrade() else {
+            return;
+        };
+        for shard in sink.shards.iter() {
+            let (buf, lines) = {
+                let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
+                if s.buf.is_empty() {
+                    continue;
+                }
+                (std::mem::take(&mut s.buf), std::mem::take(&mut s.lines))
+            };
+            self.put(&buf, lines);
+        }
+    }
 
-fn json(e: &Entry) -> Vec<u8> {
-    let v = serde_json::json!({
-        "time": humantime::format_rfc3339_millis(e.time).to_string(),
-        "request_id": e.request_id,
-        "client_ip": e.client_ip.map(|i| i.to_string()),
-        "consumer": e.consumer,
-        "method": e.method,
-        "path": e.path,
-        "protocol": e.version,
-        "route": e.route,
-        "status": e.status,
-        "bytes_in": e.bytes_in,
-        "bytes_out": e.bytes_out,
-        "upstream": e.upstream.map(|u| u.to_string()),
-        "upstream_ms": e.upstream_ms,
-        "total_ms": e.total_ms,
-        "websocket_ms": e.websocket_ms,
-        "rate_limit": e.rate_limit.map(|r| serde_json::json!({
-            "outcome": r.outcome(),
-            "remaining": r.remaining,
-        })),
-        "user_agent": e.user_agent,
-        "error": e.error,
-        "grpc_status": e.grpc_status,
-    });
-    let mut out = serde_json::to_vec(&v).unwrap_or_default();
-    out.push(b'\n');
-    out
+    fn put(&mut self, buf: &[u8], lines: u64) {
+        if self.out.write_all(buf).is_err() {
+            if let Some(sink) = self.sink.upgrade() {
+                sink.dropped.fetch_add(lines, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Log the dropped count when it grew, at most once a second.
+    fn report(&mut self) {
+        let Some(sink) = self.sink.upgrade() else {
+            return;
+        };
+        let dropped = sink.dropped.load(Ordering::Relaxed);
+        let due = self
+            .reported_at
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if dropped > self.reported && due {
+            log::warn!(
+                "access log {}: {} lines dropped so far (the writer fell behind or the destination refused them)",
+                self.path,
+                dropped
+            );
+            self.reported = dropped;
+            self.reported_at = Some(Instant::now());
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn combined(e: &Entry) -> Vec<u8> {
+        let mut o = Vec::new();
+        format::line(&mut o, &mut format::Clock::default(), Format::Combined, e);
+        o
+    }
+
+    fn json(e: &Entry) -> Vec<u8> {
+        let mut o = Vec::new();
+        format::line(&mut o, &mut format::Clock::default(), Format::Json, e);
+        o
+    }
 
     fn entry() -> Entry<'static> {
         Entry {
@@ -323,9 +370,9 @@ mod tests {
             bytes_in: 0,
             bytes_out: 12,
             upstream: None,
-            upstream_ms: Some(1.5),
-            total_ms: 2.25,
-            websocket_ms: None,
+            upstream_time: Some(Duration::from_micros(1500)),
+            total: Duration::from_micros(2250),
+            websocket: None,
             rate_limit: None,
             user_agent: Some("curl"),
             referer: None,
@@ -364,7 +411,7 @@ mod tests {
         let l = String::from_utf8(combined(&e)).unwrap();
         assert!(l.starts_with("10.0.0.1 - ci\\x20bot ["), "{l}");
         assert!(l.contains(" rate_limit=limited:0"), "{l}");
-        e.websocket_ms = Some(1500.0);
+        e.websocket = Some(Duration::from_millis(1500));
         let l = String::from_utf8(combined(&e)).unwrap();
         assert!(
             l.contains(" rate_limit=limited:0 websocket_ms=1500.000\n"),

@@ -37,7 +37,7 @@ impl Observe {
         let dropped = self.access_log.dropped();
         let redis = gw.rate_limits.redis.as_ref().map_or(0, |r| r.failures());
         self.metrics.render(&|o: &mut String| {
-            o.push_str("# HELP tollgate_access_log_dropped_total Access-log lines dropped because the writer fell behind.\n");
+            o.push_str("# HELP tollgate_access_log_dropped_total Access-log lines dropped because the writer fell behind or the destination refused them.\n");
             o.push_str("# TYPE tollgate_access_log_dropped_total counter\n");
             o.push_str(&format!("tollgate_access_log_dropped_total {dropped}\n"));
             o.push_str("# HELP tollgate_redis_errors_total Rate-limit store calls to Redis that failed or timed out.\n");
@@ -74,9 +74,9 @@ impl Observe {
             bytes_in: 0,
             bytes_out,
             upstream: None,
-            upstream_ms: None,
-            total_ms: total.as_secs_f64() * 1000.0,
-            websocket_ms: None,
+            upstream_time: None,
+            total,
+            websocket: None,
             rate_limit: None,
             user_agent: None,
             referer: None,
@@ -131,9 +131,9 @@ impl Observe {
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
             upstream: ctx.backend,
-            upstream_ms: upstream.map(|d| d.as_secs_f64() * 1000.0),
-            total_ms: total.as_secs_f64() * 1000.0,
-            websocket_ms: ctx.tunnel.map(|t| t.elapsed().as_secs_f64() * 1000.0),
+            upstream_time: upstream,
+            total,
+            websocket: ctx.tunnel.map(|t| t.elapsed()),
             rate_limit: ctx.limit.map(|d| RateLimitEntry {
                 allowed: d.allowed,
                 remaining: d.remaining,
