@@ -7,6 +7,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::api_key::{ApiKey, KeyTable};
+use super::discovery::Discovery;
 use super::jwt::{Jwks, Jwt};
 use super::remote::{Remote, RemoteJwksFile};
 use super::{Auth, Provider, RouteAuth};
@@ -98,6 +99,9 @@ pub enum AuthFile {
         jwks: Option<Box<serde_yaml::Value>>,
         #[serde(default)]
         issuer: Option<String>,
+        /// OpenID discovery: the keys are at the `jwks_uri` of the issuer's document.
+        #[serde(default)]
+        discovery: bool,
         #[serde(default)]
         audience: Option<String>,
         #[serde(default)]
@@ -109,22 +113,72 @@ pub enum AuthFile {
     },
 }
 
-/// `jwks` at `base`: a document, or a remote set (a mapping with a `url`). `None` after an
-/// error (already reported).
+/// The keys of a remote set (`super::remote::RemoteJwksFile`).
+const REMOTE_KEYS: [&str; 5] = ["url", "refresh", "min_refresh", "ca", "on_unavailable"];
+
+/// `jwks` at `base`: a document, or a remote set (a mapping with a `url` or another key of a
+/// remote set); with `discovery: Some(issuer)`, the settings of the set the issuer's discovery
+/// document names. `None` after an error (already reported).
 fn jwks(
     name: &str,
     base: &str,
-    v: serde_yaml::Value,
+    v: Option<serde_yaml::Value>,
+    discovery: Option<Option<&str>>,
     state_dir: &std::path::Path,
     errs: &mut ConfigErrors,
-) -> Option<Jwks> {
+) -> Option<Option<Jwks>> {
     let path = format!("{base}.jwks");
-    if v.as_mapping().is_some_and(|m| m.contains_key("url")) {
-        let f = crate::config::parse::<RemoteJwksFile>(&path, v, errs)?;
-        let r = Remote::compile(name, &path, f, state_dir, errs)?;
-        return Some(Jwks::Remote(std::sync::Arc::new(r)));
+    let remote = v.as_ref().is_some_and(|v| {
+        v.as_mapping()
+            .is_some_and(|m| REMOTE_KEYS.iter().any(|k| m.contains_key(*k)))
+    });
+    let remote_set = |f, d, errs: &mut ConfigErrors| {
+        let r = Remote::compile(name, &path, f, d, state_dir, errs)?;
+        Some(Some(Jwks::Remote(std::sync::Arc::new(r))))
+    };
+    let Some(issuer) = discovery else {
+        return match v {
+            None => Some(None),
+            Some(v) if remote => {
+                let f = crate::config::parse::<RemoteJwksFile>(&path, v, errs)?;
+                remote_set(f, None, errs)
+            }
+            Some(v) => {
+                crate::config::parse::<SecretFile>(&path, v, errs).map(|f| Some(Jwks::Local(f)))
+            }
+        };
+    };
+    let d = discovered(base, issuer, errs);
+    let f = match v.filter(|v| !v.is_null()) {
+        None => Some(RemoteJwksFile::default()),
+        Some(v) if remote => crate::config::parse::<RemoteJwksFile>(&path, v, errs),
+        Some(_) => {
+            errs.push(
+                &*path,
+                "with discovery: true, jwks takes only the settings of the set the discovery \
+                 document names: refresh, min_refresh, ca, on_unavailable",
+            );
+            None
+        }
+    };
+    remote_set(f?, Some(d?), errs)
+}
+
+/// `discovery: true`: the issuer it needs, as an https URL.
+fn discovered(base: &str, issuer: Option<&str>, errs: &mut ConfigErrors) -> Option<Discovery> {
+    match issuer {
+        None => {
+            errs.push(
+                format!("{base}.discovery"),
+                "needs issuer: the discovery document is read from \
+                 <issuer>/.well-known/openid-configuration",
+            );
+            None
+        }
+        Some(i) => Discovery::new(i)
+            .map_err(|m| errs.push(format!("{base}.issuer"), m))
+            .ok(),
     }
-    crate::config::parse::<SecretFile>(&path, v, errs).map(Jwks::Local)
 }
 
 pub fn compile(
@@ -185,6 +239,7 @@ pub fn compile(
                 public_key,
                 jwks,
                 issuer,
+                discovery,
                 audience,
                 leeway,
                 forward_claims,
@@ -205,16 +260,15 @@ pub fn compile(
                         ),
                     }
                 }
-                let jwks = match jwks {
-                    Some(v) => match self::jwks(&name, &base, *v, state_dir, errs) {
-                        Some(j) => Some(j),
+                let discovery = discovery.then_some(issuer.as_deref());
+                let jwks =
+                    match self::jwks(&name, &base, jwks.map(|v| *v), discovery, state_dir, errs) {
+                        Some(j) => j,
                         None => {
                             out.broken.push(name);
                             continue;
                         }
-                    },
-                    None => None,
-                };
+                    };
                 match Jwt::compile(
                     &base,
                     &algorithms,

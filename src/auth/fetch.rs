@@ -40,8 +40,8 @@ impl HttpsUrl {
             .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
         if uri.scheme_str() != Some("https") {
             return Err(format!(
-                "{url:?} must be an https:// URL: the keys decide who gets in, so they are \
-                 fetched over verified TLS"
+                "{url:?} must be an https:// URL: what it answers decides who gets in, so it \
+                 is asked over verified TLS"
             ));
         }
         let Some(auth) = uri.authority() else {

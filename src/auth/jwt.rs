@@ -97,7 +97,10 @@ impl Jwt {
         }
         if let Some(j) = jwks {
             if secret.is_some() || public_key.is_some() {
-                errs.push(base, "give one of secret, public_key or jwks");
+                errs.push(
+                    base,
+                    "give one of secret, public_key, jwks or discovery: true",
+                );
                 return None;
             }
             let key = match j {

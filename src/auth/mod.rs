@@ -4,6 +4,7 @@
 pub mod api_key;
 pub mod cache;
 pub mod config;
+pub mod discovery;
 pub mod fetch;
 pub mod jwks;
 pub mod jwt;
