@@ -185,7 +185,23 @@ fn explain_auth(
             return None;
         }
     };
+    // Offline: an introspection provider is described, never asked.
+    let asks: Vec<&str> = gw
+        .auth
+        .introspections()
+        .filter(|(n, _)| ra.providers.iter().any(|p| gw.auth.names[*p] == *n))
+        .map(|(_, i)| i.endpoint.text.as_str())
+        .collect();
+    let bearer = head.headers.contains_key(http::header::AUTHORIZATION);
+    if bearer && !asks.is_empty() {
+        let _ = writeln!(
+            o,
+            "          would call {} to introspect the token (not called: explain is offline)",
+            asks.join(", ")
+        );
+    }
     match gw.auth.check(ra, &head) {
+        Err(f) if bearer && !asks.is_empty() && f.reason == crate::auth::Reason::Missing => None,
         Ok(id) => {
             let who = id
                 .consumer

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::api_key::{ApiKey, KeyTable};
 use super::discovery::Discovery;
+use super::introspect::Introspection;
 use super::jwt::{Jwks, Jwt};
 use super::remote::{Remote, RemoteJwksFile};
 use super::{Auth, Provider, RouteAuth};
@@ -79,38 +80,81 @@ pub struct ConsumerFile {
     pub api_keys: Vec<SecretFile>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// `auth.NAME`, by its `type` ([`read`]).
+#[derive(Debug)]
 pub enum AuthFile {
-    ApiKey {
-        #[serde(default)]
-        header: Option<String>,
-        #[serde(default)]
-        query: Option<String>,
-    },
-    Jwt {
-        algorithms: Vec<String>,
-        #[serde(default)]
-        secret: Option<SecretFile>,
-        #[serde(default)]
-        public_key: Option<SecretFile>,
-        /// A document (`{file}`, `{env}`, inline), or `{url, ...}` (`super::remote`).
-        #[serde(default)]
-        jwks: Option<Box<serde_yaml::Value>>,
-        #[serde(default)]
-        issuer: Option<String>,
-        /// OpenID discovery: the keys are at the `jwks_uri` of the issuer's document.
-        #[serde(default)]
-        discovery: bool,
-        #[serde(default)]
-        audience: Option<String>,
-        #[serde(default)]
-        leeway: Option<Dur>,
-        #[serde(default)]
-        forward_claims: BTreeMap<String, String>,
-        #[serde(default)]
-        consumer_claim: Option<String>,
-    },
+    ApiKey(ApiKeyFile),
+    Jwt(JwtFile),
+    /// OAuth2 token introspection (`super::introspect`).
+    Introspection(super::introspect::IntrospectionFile),
+    /// In error (reported): routes naming it are not also wrong.
+    Broken,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub secret: Option<SecretFile>,
+    #[serde(default)]
+    pub public_key: Option<SecretFile>,
+    /// A document (`{file}`, `{env}`, inline), or `{url, ...}` (`super::remote`).
+    #[serde(default)]
+    pub jwks: Option<Box<serde_yaml::Value>>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// OpenID discovery: the keys are at the `jwks_uri` of the issuer's document.
+    #[serde(default)]
+    pub discovery: bool,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub leeway: Option<Dur>,
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    #[serde(default)]
+    pub consumer_claim: Option<String>,
+}
+
+/// `auth.NAME` at `path`: its `type`, then that type's settings, so that an error names its
+/// key (an internally tagged serde enum loses the path). [`AuthFile::Broken`] after an error.
+pub fn read(path: &str, v: serde_yaml::Value, errs: &mut ConfigErrors) -> AuthFile {
+    use crate::config::parse;
+    const TYPES: &str = "api_key, jwt or introspection";
+    let serde_yaml::Value::Mapping(mut m) = v else {
+        errs.push(path, format!("must be a mapping with a type: {TYPES}"));
+        return AuthFile::Broken;
+    };
+    let ty = m.remove("type");
+    let v = serde_yaml::Value::Mapping(m);
+    let read = match ty.as_ref().map(|t| (t, t.as_str())) {
+        Some((_, Some("api_key"))) => parse(path, v, errs).map(AuthFile::ApiKey),
+        Some((_, Some("jwt"))) => parse(path, v, errs).map(AuthFile::Jwt),
+        Some((_, Some("introspection"))) => parse(path, v, errs).map(AuthFile::Introspection),
+        Some((t, _)) => {
+            let t = serde_yaml::to_string(t).unwrap_or_default();
+            errs.push(
+                format!("{path}.type"),
+                format!("unknown type {:?} ({TYPES})", t.trim()),
+            );
+            None
+        }
+        None => {
+            errs.push(format!("{path}.type"), format!("missing: {TYPES}"));
+            None
+        }
+    };
+    read.unwrap_or(AuthFile::Broken)
 }
 
 /// The keys of a remote set (`super::remote::RemoteJwksFile`).
@@ -215,7 +259,11 @@ pub fn compile(
     for (name, a) in auth {
         let base = format!("auth.{name}");
         let p = match a {
-            AuthFile::ApiKey { header, query } => {
+            AuthFile::Broken => {
+                out.broken.push(name);
+                continue;
+            }
+            AuthFile::ApiKey(ApiKeyFile { header, query }) => {
                 let header = match (&header, &query) {
                     (Some(h), _) => match HeaderName::from_bytes(h.as_bytes()) {
                         Ok(h) => Some(h),
@@ -233,7 +281,7 @@ pub fn compile(
                     table: table.clone(),
                 })
             }
-            AuthFile::Jwt {
+            AuthFile::Jwt(JwtFile {
                 algorithms,
                 secret,
                 public_key,
@@ -244,22 +292,8 @@ pub fn compile(
                 leeway,
                 forward_claims,
                 consumer_claim,
-            } => {
-                let mut fwd = Vec::new();
-                for (claim, h) in forward_claims {
-                    match HeaderName::from_bytes(h.as_bytes()) {
-                        Ok(h) => {
-                            if !out.identity_headers.contains(&h) {
-                                out.identity_headers.push(h.clone());
-                            }
-                            fwd.push((claim, h));
-                        }
-                        Err(_) => errs.push(
-                            format!("{base}.forward_claims.{claim}"),
-                            format!("{h:?} is not a valid header name"),
-                        ),
-                    }
-                }
+            }) => {
+                let fwd = forwarded(&base, forward_claims, &mut out.identity_headers, errs);
                 let discovery = discovery.then_some(issuer.as_deref());
                 let jwks =
                     match self::jwks(&name, &base, jwks.map(|v| *v), discovery, state_dir, errs) {
@@ -289,11 +323,48 @@ pub fn compile(
                     }
                 }
             }
+            AuthFile::Introspection(mut f) => {
+                let claims = std::mem::take(&mut f.forward_claims);
+                let fwd = forwarded(&base, claims, &mut out.identity_headers, errs);
+                match Introspection::compile(&base, f, fwd, errs) {
+                    Some(i) => Provider::Introspection(Box::new(i)),
+                    None => {
+                        out.broken.push(name);
+                        continue;
+                    }
+                }
+            }
         };
         out.names.push(name);
         out.providers.push(p);
     }
     out
+}
+
+/// `forward_claims` at `base`: claim and header, each header also among the identity headers
+/// (client copies removed on every route).
+fn forwarded(
+    base: &str,
+    forward_claims: BTreeMap<String, String>,
+    identity_headers: &mut Vec<HeaderName>,
+    errs: &mut ConfigErrors,
+) -> Vec<(String, HeaderName)> {
+    let mut fwd = Vec::new();
+    for (claim, h) in forward_claims {
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(h) => {
+                if !identity_headers.contains(&h) {
+                    identity_headers.push(h.clone());
+                }
+                fwd.push((claim, h));
+            }
+            Err(_) => errs.push(
+                format!("{base}.forward_claims.{claim}"),
+                format!("{h:?} is not a valid header name"),
+            ),
+        }
+    }
+    fwd
 }
 
 /// A route's `auth: [names]`, `consumers: [names]`, `claims: {claim: [values]}`.
@@ -340,13 +411,16 @@ pub fn route(
             ),
         }
     }
+    // A provider in error may be one whose tokens name their consumer: not known here.
+    let broken = names.iter().any(|n| auth.broken.contains(n));
     let consumers = consumers.map(|cs| {
-        for (i, c) in cs.iter().enumerate() {
+        for (i, c) in cs.iter().enumerate().filter(|_| !broken) {
             let known_key = auth.consumer_names.iter().any(|x| x == c);
-            let has_jwt = providers
+            // A token names its consumer by a claim: any name may come.
+            let has_token = providers
                 .iter()
-                .any(|p| matches!(auth.providers[*p], Provider::Jwt(_)));
-            if !known_key && !has_jwt {
+                .any(|p| !matches!(auth.providers[*p], Provider::ApiKey(_)));
+            if !known_key && !has_token {
                 errs.push(
                     format!("{base}.consumers[{i}]"),
                     format!(
@@ -361,9 +435,13 @@ pub fn route(
     let claims = claims
         .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
+    let introspects = providers
+        .iter()
+        .any(|p| matches!(auth.providers[*p], Provider::Introspection(_)));
     Some(RouteAuth {
         providers,
         consumers,
         claims,
+        introspects,
     })
 }

@@ -1,11 +1,12 @@
-//! Authentication per route (API keys, JWT), authorization (consumers / claims), and the
-//! identity tollgate forwards upstream.
+//! Authentication per route (API keys, JWT, token introspection), authorization (consumers /
+//! claims), and the identity tollgate forwards upstream.
 
 pub mod api_key;
 pub mod cache;
 pub mod config;
 pub mod discovery;
 pub mod fetch;
+pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod remote;
@@ -28,6 +29,7 @@ static WWW_KEY: HeaderValue = HeaderValue::from_static("ApiKey");
 pub enum Provider {
     ApiKey(api_key::ApiKey),
     Jwt(Box<jwt::Jwt>),
+    Introspection(Box<introspect::Introspection>),
 }
 
 /// Every provider and consumer, compiled.
@@ -50,6 +52,8 @@ pub struct RouteAuth {
     pub providers: Vec<usize>,
     pub consumers: Option<Vec<String>>,
     pub claims: Vec<(String, Vec<String>)>,
+    /// A provider asks an introspection endpoint: checked by [`Auth::check_introspecting`].
+    pub introspects: bool,
 }
 
 /// Who the caller is, and what goes upstream.
@@ -61,7 +65,7 @@ pub struct Identity {
     pub credential: Option<HeaderName>,
     /// The query parameter that carried the key, removed from the upstream target.
     pub credential_query: Option<std::sync::Arc<str>>,
-    /// A JWT caller's verified claims, for `claim:NAME` rate-limit keys.
+    /// A token caller's claims (JWT, introspection), for `claim:NAME` rate-limit keys.
     pub claims: Option<Arc<jwt::Claims>>,
 }
 
@@ -103,10 +107,14 @@ pub enum Reason {
     InvalidToken,
     /// Authenticated, but not among the route's consumers or claims (403).
     Forbidden,
+    /// The introspection endpoint says the token is not active.
+    Inactive,
+    /// The introspection endpoint could not answer (503).
+    IntrospectionUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Missing,
         Reason::Duplicate,
         Reason::TooLarge,
@@ -122,6 +130,8 @@ impl Reason {
         Reason::KeysUnavailable,
         Reason::InvalidToken,
         Reason::Forbidden,
+        Reason::Inactive,
+        Reason::IntrospectionUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -141,6 +151,8 @@ impl Reason {
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::InvalidToken => "invalid_token",
             Reason::Forbidden => "forbidden",
+            Reason::Inactive => "inactive",
+            Reason::IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 
@@ -225,6 +237,38 @@ impl Auth {
                 d.push(')');
                 d
             }
+            Provider::Introspection(i) => format!("{name} ({})", i.describe()),
+        }
+    }
+
+    /// The introspection providers, by name.
+    pub fn introspections(&self) -> impl Iterator<Item = (&str, &introspect::Introspection)> {
+        self.names
+            .iter()
+            .zip(&self.providers)
+            .filter_map(|(n, p)| match p {
+                Provider::Introspection(i) => Some((n.as_str(), &**i)),
+                _ => None,
+            })
+    }
+
+    /// Before serving (never for `-t` or `explain`): introspection clients built, remote key
+    /// sets fetched ([`remote::fetch_at_start`]).
+    pub fn start(&self) -> Result<(), String> {
+        for (_, i) in self.introspections() {
+            i.start();
+        }
+        remote::fetch_at_start(&self.remotes())
+    }
+
+    /// `tollgate_introspection_total`, when a provider introspects.
+    pub fn render_metrics(&self, o: &mut String) {
+        let mut head = Some(introspect::METRIC_HEAD);
+        for (name, i) in self.introspections() {
+            if let Some(h) = head.take() {
+                o.push_str(h);
+            }
+            i.render(o, &crate::observe::metrics::label(name));
         }
     }
 
@@ -234,7 +278,7 @@ impl Auth {
             .iter()
             .filter_map(|p| match p {
                 Provider::Jwt(j) => j.remote().cloned(),
-                Provider::ApiKey(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -244,9 +288,7 @@ impl Auth {
         match self.names.iter().position(|n| n == name) {
             Some(i) => match &self.providers[i] {
                 Provider::Jwt(j) => j.mint(claims),
-                Provider::ApiKey(_) => {
-                    Err(format!("auth {name:?} is an api_key provider, not jwt"))
-                }
+                _ => Err(format!("auth {name:?} is not a jwt provider")),
             },
             None => Err(format!(
                 "unknown auth {name:?} (known: {})",
@@ -255,43 +297,45 @@ impl Auth {
         }
     }
 
-    /// Authenticate and authorize a request for `route`.
+    /// Authenticate and authorize a request for `route`, without the network: an
+    /// introspection provider is passed over (routes with one use
+    /// [`Auth::check_introspecting`]; `tollgate explain` is offline).
     pub fn check(&self, route: &RouteAuth, req: &RequestHeader) -> Result<Identity, Failure> {
-        let mut first_err: Option<Failure> = None;
-        let mut seen = false;
+        let mut tally = Tally::default();
         for &p in &route.providers {
-            let r = match &self.providers[p] {
-                Provider::ApiKey(k) => self.check_key(k, req),
-                Provider::Jwt(j) => check_jwt(j, req),
-            };
-            match r {
-                Ok(None) => {}
-                Ok(Some(id)) => return self.authorize(route, id),
-                Err(f) => {
-                    seen = true;
-                    if first_err.is_none() {
-                        first_err = Some(f);
-                    }
-                }
+            if let Some(found) = tally.add(self.check_local(p, req)) {
+                return self.authorize(route, found);
             }
         }
-        Err(first_err.filter(|_| seen).unwrap_or_else(|| {
-            let jwt = route
-                .providers
-                .iter()
-                .any(|p| matches!(self.providers[*p], Provider::Jwt(_)));
-            fail(
-                (
-                    Reason::Missing,
-                    "missing credential: send an API key or an Authorization: Bearer token",
-                ),
-                if jwt {
-                    HeaderValue::from_static("Bearer")
-                } else {
-                    WWW_KEY.clone()
-                },
-            )
-        }))
+        Err(tally.refusal(self, route))
+    }
+
+    /// [`Auth::check`] asking the introspection endpoints too (within the request, async).
+    pub async fn check_introspecting(
+        &self,
+        route: &RouteAuth,
+        req: &RequestHeader,
+    ) -> Result<Identity, Failure> {
+        let mut tally = Tally::default();
+        for &p in &route.providers {
+            let r = match &self.providers[p] {
+                Provider::Introspection(i) => check_introspection(i, req).await,
+                _ => self.check_local(p, req),
+            };
+            if let Some(found) = tally.add(r) {
+                return self.authorize(route, found);
+            }
+        }
+        Err(tally.refusal(self, route))
+    }
+
+    /// Provider `p` on `req`, when it needs no network (`Ok(None)` for one that does).
+    fn check_local(&self, p: usize, req: &RequestHeader) -> Result<Option<Found>, Failure> {
+        match &self.providers[p] {
+            Provider::ApiKey(k) => self.check_key(k, req),
+            Provider::Jwt(j) => check_jwt(j, req),
+            Provider::Introspection(_) => Ok(None),
+        }
     }
 
     fn check_key(
@@ -370,24 +414,67 @@ type Found = (Identity, Option<Arc<jwt::Claims>>);
 
 static AUTHORIZATION: HeaderName = http::header::AUTHORIZATION;
 
-fn check_jwt(j: &jwt::Jwt, req: &RequestHeader) -> Result<Option<Found>, Failure> {
+/// The route's providers' verdicts, in order: the first credential accepted wins; else the
+/// first refusal, or "missing" when no provider found a credential.
+#[derive(Default)]
+struct Tally {
+    first_err: Option<Failure>,
+}
+
+impl Tally {
+    fn add(&mut self, r: Result<Option<Found>, Failure>) -> Option<Found> {
+        match r {
+            Ok(found) => found,
+            Err(f) => {
+                self.first_err.get_or_insert(f);
+                None
+            }
+        }
+    }
+
+    fn refusal(self, auth: &Auth, route: &RouteAuth) -> Failure {
+        self.first_err.unwrap_or_else(|| {
+            let bearer = route
+                .providers
+                .iter()
+                .any(|p| !matches!(auth.providers[*p], Provider::ApiKey(_)));
+            fail(
+                (
+                    Reason::Missing,
+                    "missing credential: send an API key or an Authorization: Bearer token",
+                ),
+                if bearer {
+                    HeaderValue::from_static("Bearer")
+                } else {
+                    WWW_KEY.clone()
+                },
+            )
+        })
+    }
+}
+
+/// The `Authorization: Bearer` token, if the request has one.
+fn bearer_token(req: &RequestHeader) -> Result<Option<&str>, Failure> {
     let value = match single(req, &AUTHORIZATION) {
         Ok(Some(v)) => v,
         Ok(None) => return Ok(None),
         Err(m) => return Err(fail(m, bearer_www(m.1))),
     };
-    let token = match std::str::from_utf8(value).ok().and_then(|v| {
+    match std::str::from_utf8(value).ok().and_then(|v| {
         v.strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
     }) {
-        Some(t) => t.trim(),
+        Some(t) => Ok(Some(t.trim())),
         None => {
             let m = "malformed Authorization header: expected Bearer <token>";
-            return Err(fail((Reason::Malformed, m), bearer_www(m)));
+            Err(fail((Reason::Malformed, m), bearer_www(m)))
         }
-    };
-    let v = j.check(token).map_err(|m| fail(m, bearer_www(m.1)))?;
-    Ok(Some((
+    }
+}
+
+/// What a token (verified, or introspected) gives the request.
+fn found(v: &cache::Verified) -> Found {
+    (
         Identity {
             consumer: v.consumer.clone(),
             headers: v.headers.clone(),
@@ -396,7 +483,49 @@ fn check_jwt(j: &jwt::Jwt, req: &RequestHeader) -> Result<Option<Found>, Failure
             claims: None,
         },
         Some(v.claims.clone()),
-    )))
+    )
+}
+
+fn check_jwt(j: &jwt::Jwt, req: &RequestHeader) -> Result<Option<Found>, Failure> {
+    let Some(token) = bearer_token(req)? else {
+        return Ok(None);
+    };
+    let v = j.check(token).map_err(|m| fail(m, bearer_www(m.1)))?;
+    Ok(Some(found(&v)))
+}
+
+/// An opaque token, as its introspection endpoint judges it. A token that is not RFC 6750's
+/// `b64token` is refused without asking.
+async fn check_introspection(
+    i: &introspect::Introspection,
+    req: &RequestHeader,
+) -> Result<Option<Found>, Failure> {
+    let Some(token) = bearer_token(req)? else {
+        return Ok(None);
+    };
+    let b64token = token.trim_end_matches('=');
+    if b64token.is_empty()
+        || !b64token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+    {
+        let m = "malformed token: not an RFC 6750 bearer token";
+        return Err(fail((Reason::Malformed, m), bearer_www(m)));
+    }
+    match i.check(token).await {
+        Ok(v) => Ok(Some(found(&v))),
+        Err(introspect::Denied::Inactive) => {
+            let m = "the token is not active (expired, revoked or unknown)";
+            Err(fail((Reason::Inactive, m), bearer_www(m)))
+        }
+        Err(introspect::Denied::Unavailable) => Err(Failure {
+            reject: Reject::Unavailable,
+            reason: Reason::IntrospectionUnavailable,
+            message: "the token cannot be checked now: the identity provider's introspection \
+                      endpoint is unavailable",
+            www: None,
+        }),
+    }
 }
 
 /// Remove client copies of identity headers (every route), then set tollgate's own.

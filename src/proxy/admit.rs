@@ -131,7 +131,13 @@ impl Tollgate {
         }
         ctx.route = Some(route.id);
         if let Some(ra) = &route.auth {
-            match self.gw.auth.check(ra, req) {
+            let checked = if ra.introspects {
+                // Boxed: only these routes carry the call's state.
+                Box::pin(self.gw.auth.check_introspecting(ra, req)).await
+            } else {
+                self.gw.auth.check(ra, req)
+            };
+            match checked {
                 Ok(id) => ctx.identity = Some(id),
                 Err(f) => {
                     self.obs.auth_failed(route.id, &f);
