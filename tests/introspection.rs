@@ -293,6 +293,20 @@ fn claims_rules_consumers_and_claim_limits_read_the_introspected_claims() {
 }
 
 #[test]
+fn the_connection_to_the_endpoint_is_kept_for_the_next_call() {
+    let idp = Idp::start(&[]);
+    active(&idp, "tok-alice", "alice", "user");
+    let gw = Gateway::start(&body(&idp, "cache_ttl", "0s"));
+    for _ in 0..5 {
+        assert_eq!(bearer(&gw, "tok-alice").status, 200);
+    }
+    // One connection; rarely two: Pingora's pool misses, now and then, a connection another
+    // thread has just returned (its idle watcher still holds it).
+    assert_eq!(idp.calls(CALLS), 5);
+    assert!(idp.connections() <= 2, "{} connections", idp.connections());
+}
+
+#[test]
 fn concurrent_requests_with_one_unknown_token_make_one_call() {
     let idp = Idp::start(&[]);
     active(&idp, "tok-busy", "alice", "user");
@@ -422,4 +436,65 @@ fn check_config_names_each_bad_key_and_never_calls_the_endpoint() {
         "{out}"
     );
     assert_eq!(idp.calls(CALLS), 0);
+}
+
+/// Not a check: the numbers of the report (`cargo test --test introspection -- --ignored
+/// --nocapture`). Median latency over one keep-alive client connection of a public route, a
+/// remembered token, and a token asked every time (`cache_ttl: 0s`, the endpoint's
+/// connection kept), against the test identity provider on loopback.
+#[test]
+#[ignore]
+fn measure_a_miss_and_a_hit() {
+    let idp = Idp::start(&[]);
+    active(&idp, "tok-alice", "alice", "user");
+    let up = echo("up");
+    let p = |ttl: &str| {
+        let s: Vec<String> = with(settings(&idp.introspect_url(), &idp), "cache_ttl", ttl)
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        format!("{{type: introspection, {}}}", s.join(", "))
+    };
+    let gw = Gateway::start(&format!(
+        "upstreams: {{u: {{targets: [\"{up}\"]}}}}\n\
+         auth: {{kept: {}, asked: {}}}\n\
+         routes:\n\
+         - {{name: pub, path_prefix: /pub, upstream: u}}\n\
+         - {{name: hit, path_prefix: /hit, upstream: u, auth: [kept]}}\n\
+         - {{name: miss, path_prefix: /miss, upstream: u, auth: [asked]}}\n",
+        p("60s"),
+        p("0s")
+    ));
+    let mut c = support::Client::connect(gw.addr);
+    let auth = "Authorization: Bearer tok-alice\r\n";
+    let first = Instant::now();
+    assert_eq!(c.get("/miss/x", auth).status, 200);
+    println!(
+        "first miss (new TLS connection to the endpoint): {:?}",
+        first.elapsed()
+    );
+    let mut median = |path: &str| {
+        let mut t: Vec<Duration> = (0..300)
+            .map(|_| {
+                let at = Instant::now();
+                assert_eq!(c.get(path, auth).status, 200);
+                at.elapsed()
+            })
+            .collect();
+        t.sort();
+        t[t.len() / 2]
+    };
+    let (public, hit, miss) = (median("/pub/x"), median("/hit/x"), median("/miss/x"));
+    println!(
+        "median: public route {public:?}, remembered token {hit:?}, asked every time {miss:?}"
+    );
+    println!(
+        "a miss costs {:?} more than a hit; a hit {:?} more than no auth",
+        miss.saturating_sub(hit),
+        hit.saturating_sub(public)
+    );
+    // The first request of each route asks. Each provider keeps a connection (Pingora's pool
+    // now and then misses a connection just returned on another thread: a few more).
+    assert_eq!(idp.calls(CALLS), 302);
+    println!("{} TLS connections to the endpoint", idp.connections());
 }

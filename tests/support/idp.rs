@@ -161,6 +161,8 @@ struct State {
     calls: HashMap<String, usize>,
     /// How each introspection call authenticated: `basic`, `post`, or `none`.
     auth_methods: Vec<&'static str>,
+    /// TLS connections accepted.
+    connections: usize,
 }
 
 /// The identity provider: `https://localhost:PORT`.
@@ -198,6 +200,7 @@ impl Idp {
             garbled: false,
             calls: HashMap::new(),
             auth_methods: Vec::new(),
+            connections: 0,
         }));
         let s = state.clone();
         runtime().spawn(async move {
@@ -207,6 +210,7 @@ impl Idp {
                 tokio::spawn(async move {
                     let mut tls = SslStream::new(ssl, tcp).unwrap();
                     if Pin::new(&mut tls).accept().await.is_ok() {
+                        s.lock().unwrap().connections += 1;
                         serve(tls, s).await;
                     }
                 });
@@ -277,6 +281,11 @@ impl Idp {
             .get(path)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// TLS connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     /// How each introspection call authenticated (`basic`, `post`, `none`), in order.
