@@ -118,22 +118,50 @@ impl Verdicts {
 /// One call in flight for a token: its outcome, once there is one.
 pub type Flight = Arc<OnceCell<Outcome>>;
 
+/// A request's part in a call in flight. Dropped (answered, or the request cancelled), it
+/// lands the call, so no call is left in the map with nobody to finish it.
+pub struct Joined<'a> {
+    flights: &'a Flights,
+    digest: &'a Digest,
+    flight: Flight,
+}
+
+impl std::ops::Deref for Joined<'_> {
+    type Target = OnceCell<Outcome>;
+    fn deref(&self) -> &OnceCell<Outcome> {
+        &self.flight
+    }
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        self.flights.land(self.digest, &self.flight);
+    }
+}
+
 /// The calls in flight, by token digest.
 #[derive(Default)]
 pub struct Flights(Mutex<HashMap<Digest, Flight>>);
 
 impl Flights {
-    /// The call in flight for `d`, joined, or a new one.
-    pub fn join(&self, d: &Digest) -> Flight {
+    /// The call in flight for `d`, joined, or a new one; left when dropped.
+    pub fn join<'a>(&'a self, d: &'a Digest) -> Joined<'a> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(*d).or_default().clone()
+        let flight = m.entry(*d).or_default().clone();
+        Joined {
+            flights: self,
+            digest: d,
+            flight,
+        }
     }
 
     /// `flight` has its outcome (now remembered, or a failure not to share with later
-    /// requests): the next request for `d` starts afresh.
-    pub fn land(&self, d: &Digest, flight: &Flight) {
+    /// requests), or its last request went away: the next request for `d` starts afresh.
+    fn land(&self, d: &Digest, flight: &Flight) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if m.get(d).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+        // Held by the map and this request only, unless others still wait for it.
+        let done = flight.initialized() || Arc::strong_count(flight) <= 2;
+        if done && m.get(d).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             m.remove(d);
         }
     }
@@ -197,16 +225,13 @@ mod tests {
                 let (flights, calls) = (flights.clone(), calls.clone());
                 tokio::spawn(async move {
                     let f = flights.join(&d);
-                    let out = f
-                        .get_or_init(|| async {
-                            calls.fetch_add(1, Relaxed);
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            Outcome::Answered(None)
-                        })
-                        .await
-                        .clone();
-                    flights.land(&d, &f);
-                    out
+                    f.get_or_init(|| async {
+                        calls.fetch_add(1, Relaxed);
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        Outcome::Answered(None)
+                    })
+                    .await
+                    .clone()
                 })
             })
             .collect();
@@ -215,5 +240,28 @@ mod tests {
         }
         assert_eq!(calls.load(Relaxed), 1);
         assert_eq!(flights.len(), 0, "nothing left in flight");
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_requests_all_went_away_is_not_left_behind() {
+        let flights = Flights::default();
+        let d = digest("gone");
+        let f = flights.join(&d);
+        let call = f.get_or_init(std::future::pending::<Outcome>);
+        // The client disconnects: the request's future is dropped mid-call.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), call)
+                .await
+                .is_err()
+        );
+        drop(f);
+        assert_eq!(flights.len(), 0);
+
+        // One of two waiting goes away: the call stays for the other.
+        let (a, b) = (flights.join(&d), flights.join(&d));
+        drop(a);
+        assert_eq!(flights.len(), 1);
+        drop(b);
+        assert_eq!(flights.len(), 0);
     }
 }

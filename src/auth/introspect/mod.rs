@@ -230,7 +230,7 @@ impl Introspection {
                     })
                     .await
                     .clone();
-                self.flights.land(&d, &flight);
+                drop(flight);
                 let result = match (&out, asked) {
                     (_, false) => HIT,
                     (Outcome::Failed, true) => ERROR,
@@ -267,7 +267,9 @@ impl Introspection {
         let now = crate::clock::mono_millis();
         match answer {
             Ok(Some(claims)) => {
-                let exp = claims.get("exp").and_then(serde_json::Value::as_u64);
+                let exp = claims
+                    .get("exp")
+                    .and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f as u64)));
                 let v = Arc::new(Verified::new(
                     claims,
                     &self.forward,
