@@ -200,8 +200,22 @@ fn explain_auth(
             asks.join(", ")
         );
     }
+    let refusal = |f: &crate::auth::Failure| {
+        let (status, code) = (f.reject.status(), f.reject.code());
+        format!("{status} {code} ({}): {}", f.reason.as_str(), f.message)
+    };
     match gw.auth.check(ra, &head) {
-        Err(f) if bearer && !asks.is_empty() && f.reason == crate::auth::Reason::Missing => None,
+        // The answer is the endpoint's: what the other providers say is only part of it.
+        Err(f) if bearer && !asks.is_empty() => {
+            if f.reason != crate::auth::Reason::Missing {
+                let _ = writeln!(
+                    o,
+                    "          the other providers refuse it: {}",
+                    refusal(&f)
+                );
+            }
+            None
+        }
         Ok(id) => {
             let who = id
                 .consumer
@@ -212,14 +226,7 @@ fn explain_auth(
             id.credential_query
         }
         Err(f) => {
-            let _ = writeln!(
-                o,
-                "answer:   {} {} ({}): {}",
-                f.reject.status(),
-                f.reject.code(),
-                f.reason.as_str(),
-                f.message
-            );
+            let _ = writeln!(o, "answer:   {}", refusal(&f));
             None
         }
     }

@@ -325,33 +325,55 @@ fn concurrent_requests_with_one_unknown_token_make_one_call() {
     assert_eq!((metric(&gw, "miss"), metric(&gw, "hit")), (1, 7));
 }
 
-#[test]
-fn explain_says_which_endpoint_it_would_call_and_calls_none() {
-    let idp = Idp::start(&[]);
-    let gw = Gateway::start(&config(&with(
-        with(settings(&idp.introspect_url(), &idp), "auth_method", "post"),
-        "cache_ttl",
-        "30s",
-    )));
+/// `tollgate explain` of `GET /t/x` with a bearer token, on `conf`.
+fn explain(conf: &std::path::Path) -> String {
     let out = Command::new(bin())
         .args(["explain", "-c"])
-        .arg(gw.conf_path())
+        .arg(conf)
         .args(["GET", "http://gw/t/x", "-H", "Authorization: Bearer tok-x"])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn explain_says_which_endpoint_it_would_call_and_calls_none() {
+    let idp = Idp::start(&[]);
+    let body = config(&with(
+        with(settings(&idp.introspect_url(), &idp), "auth_method", "post"),
+        "cache_ttl",
+        "30s",
+    ));
+    let gw = Gateway::start(&body);
+    let text = explain(&gw.conf_path());
     let url = idp.introspect_url();
+    let would_call =
+        format!("would call {url} to introspect the token (not called: explain is offline)");
     assert!(
         text.contains(&format!(
             "p (introspection: would call {url} as client gateway (post auth); active tokens \
              kept 30s (at most until exp), inactive 5s; timeout 2s)"
-        )) && text.contains(&format!(
-            "would call {url} to introspect the token (not called: explain is offline)"
-        )),
+        )) && text.contains(&would_call),
         "{text}"
     );
-    assert!(!text.contains("missing credential"), "{text}");
+    assert!(!text.contains("answer:"), "the endpoint's to give: {text}");
     assert!(!text.contains(CLIENT_SECRET), "{text}");
+
+    // Beside a JWT provider, which refuses an opaque token: still the endpoint's answer.
+    let both = body
+        .replace(
+            "auth: {p:",
+            "auth: {j: {type: jwt, algorithms: [HS256], \
+             secret: \"0123456789abcdef0123456789abcdef\"}, p:",
+        )
+        .replace("upstream: u, auth: [p]}", "upstream: u, auth: [j, p]}");
+    let text = explain(&gw.write_conf("both.yaml", &both));
+    assert!(
+        text.contains(&would_call)
+            && text.contains("the other providers refuse it: 401 unauthorized (malformed)")
+            && !text.contains("answer:"),
+        "{text}"
+    );
     assert_eq!(idp.calls(CALLS), 0);
 }
 

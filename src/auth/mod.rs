@@ -10,6 +10,7 @@ pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod remote;
+pub mod state;
 pub mod token;
 
 use std::sync::Arc;
@@ -319,7 +320,7 @@ impl Auth {
         let mut tally = Tally::default();
         for &p in &route.providers {
             let r = match &self.providers[p] {
-                Provider::Introspection(i) => check_introspection(i, req).await,
+                Provider::Introspection(i) => introspect::check_request(i, req).await,
                 _ => self.check_local(p, req),
             };
             if let Some(found) = tally.add(r) {
@@ -492,40 +493,6 @@ fn check_jwt(j: &jwt::Jwt, req: &RequestHeader) -> Result<Option<Found>, Failure
     };
     let v = j.check(token).map_err(|m| fail(m, bearer_www(m.1)))?;
     Ok(Some(found(&v)))
-}
-
-/// An opaque token, as its introspection endpoint judges it. A token that is not RFC 6750's
-/// `b64token` is refused without asking.
-async fn check_introspection(
-    i: &introspect::Introspection,
-    req: &RequestHeader,
-) -> Result<Option<Found>, Failure> {
-    let Some(token) = bearer_token(req)? else {
-        return Ok(None);
-    };
-    let b64token = token.trim_end_matches('=');
-    if b64token.is_empty()
-        || !b64token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
-    {
-        let m = "malformed token: not an RFC 6750 bearer token";
-        return Err(fail((Reason::Malformed, m), bearer_www(m)));
-    }
-    match i.check(token).await {
-        Ok(v) => Ok(Some(found(&v))),
-        Err(introspect::Denied::Inactive) => {
-            let m = "the token is not active (expired, revoked or unknown)";
-            Err(fail((Reason::Inactive, m), bearer_www(m)))
-        }
-        Err(introspect::Denied::Unavailable) => Err(Failure {
-            reject: Reject::Unavailable,
-            reason: Reason::IntrospectionUnavailable,
-            message: "the token cannot be checked now: the identity provider's introspection \
-                      endpoint is unavailable",
-            www: None,
-        }),
-    }
 }
 
 /// Remove client copies of identity headers (every route), then set tollgate's own.

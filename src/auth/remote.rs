@@ -24,12 +24,12 @@ use pingora::protocols::tls::CaType;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::discovery::{self, Discovery};
 use super::fetch::{Client, HttpsUrl};
 use super::jwks::{self, KeySet, Origin};
+use super::state::{state_file_name, write_atomically};
 use crate::config::file::Dur;
 use crate::config::ConfigErrors;
 
@@ -422,38 +422,6 @@ impl Remote {
     }
 }
 
-/// `jwks-NAME-HASH.json`: the provider's name (for people; only its safe characters) and
-/// the URL's hash, so another URL never reads this one's keys.
-fn state_file_name(provider: &str, url: &str) -> String {
-    let safe: String = provider
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-        .take(64)
-        .collect();
-    let hash = hex::encode(&Sha256::digest(url.as_bytes())[..8]);
-    format!("jwks-{safe}-{hash}.json")
-}
-
-/// Write `bytes` to `path` so that a reader sees the old file or the new one, never a part:
-/// a temporary file beside it, flushed, then renamed over it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
-}
-
 /// Fetch every remote set before serving (`tollgate` and `tollgate -u`, never `-t`). A set
 /// that cannot be fetched falls back on the state directory's copy; with neither, an
 /// `on_unavailable: fail` provider makes this an error (the start fails), a `deny` one
@@ -522,30 +490,5 @@ impl BackgroundService for RefreshService {
     async fn start(&self, shutdown: ShutdownWatch) {
         let loops = self.remotes.iter().map(|r| r.run(shutdown.clone()));
         futures::future::join_all(loops).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_state_file_is_named_by_provider_and_url() {
-        let a = state_file_name("../idp/x", "https://a/keys");
-        assert!(a.starts_with("jwks-idpx-") && a.ends_with(".json"), "{a}");
-        assert_ne!(a, state_file_name("../idp/x", "https://b/keys"));
-    }
-
-    #[test]
-    fn a_written_file_is_whole_and_leaves_no_temporary() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub").join("k.json");
-        write_atomically(&path, b"one").unwrap();
-        write_atomically(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
-            1
-        );
     }
 }

@@ -28,10 +28,13 @@ use serde::Deserialize;
 use super::cache::Verified;
 use super::config::SecretFile;
 use super::fetch::{Client, HttpsUrl};
+use super::{Failure, Reason};
 use crate::config::file::Dur;
 use crate::config::ConfigErrors;
+use crate::error::Reject;
 use cache::{Digest, Flights, Outcome, Verdicts};
 use call::{AuthMethod, Credentials};
+use pingora::http::RequestHeader;
 
 /// `type: introspection` as written.
 #[derive(Debug, Deserialize)]
@@ -352,6 +355,40 @@ impl Introspection {
                 self.counts[i].load(Relaxed)
             );
         }
+    }
+}
+
+/// An opaque token, as its introspection endpoint judges it. A token that is not RFC 6750's
+/// `b64token` is refused without asking.
+pub(super) async fn check_request(
+    i: &Introspection,
+    req: &RequestHeader,
+) -> Result<Option<super::Found>, Failure> {
+    let Some(token) = super::bearer_token(req)? else {
+        return Ok(None);
+    };
+    let b64token = token.trim_end_matches('=');
+    if b64token.is_empty()
+        || !b64token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+    {
+        let m = "malformed token: not an RFC 6750 bearer token";
+        return Err(super::fail((Reason::Malformed, m), super::bearer_www(m)));
+    }
+    match i.check(token).await {
+        Ok(v) => Ok(Some(super::found(&v))),
+        Err(Denied::Inactive) => {
+            let m = "the token is not active (expired, revoked or unknown)";
+            Err(super::fail((Reason::Inactive, m), super::bearer_www(m)))
+        }
+        Err(Denied::Unavailable) => Err(Failure {
+            reject: Reject::Unavailable,
+            reason: Reason::IntrospectionUnavailable,
+            message: "the token cannot be checked now: the identity provider's introspection \
+                      endpoint is unavailable",
+            www: None,
+        }),
     }
 }
 
