@@ -207,7 +207,37 @@ fn explain_auth(
     if ra.mtls && cert.is_none() && !req.client_cert.is_empty() {
         return None;
     }
+    // Offline: an introspection provider is described, never asked.
+    let asks: Vec<&str> = gw
+        .auth
+        .introspections()
+        .filter(|(n, _)| ra.providers.iter().any(|p| gw.auth.names[*p] == *n))
+        .map(|(_, i)| i.endpoint.text.as_str())
+        .collect();
+    let bearer = head.headers.contains_key(http::header::AUTHORIZATION);
+    if bearer && !asks.is_empty() {
+        let _ = writeln!(
+            o,
+            "          would call {} to introspect the token (not called: explain is offline)",
+            asks.join(", ")
+        );
+    }
+    let refusal = |f: &crate::auth::Failure| {
+        let (status, code) = (f.reject.status(), f.reject.code());
+        format!("{status} {code} ({}): {}", f.reason.as_str(), f.message)
+    };
     match gw.auth.check(ra, &head, cert.as_ref()) {
+        // The answer is the endpoint's: what the other providers say is only part of it.
+        Err(f) if bearer && !asks.is_empty() => {
+            if f.reason != crate::auth::Reason::Missing {
+                let _ = writeln!(
+                    o,
+                    "          the other providers refuse it: {}",
+                    refusal(&f)
+                );
+            }
+            None
+        }
         Ok(id) => {
             let who = id
                 .consumer
@@ -218,14 +248,7 @@ fn explain_auth(
             id.credential_query
         }
         Err(f) => {
-            let _ = writeln!(
-                o,
-                "answer:   {} {} ({}): {}",
-                f.reject.status(),
-                f.reject.code(),
-                f.reason.as_str(),
-                f.message
-            );
+            let _ = writeln!(o, "answer:   {}", refusal(&f));
             None
         }
     }

@@ -137,8 +137,9 @@ fn main() {
         std::process::exit(0);
     }
 
-    // Remote key sets: fetched now (never by `-t`), before anything is served.
-    if let Err(e) = tollgate::auth::remote::fetch_at_start(&loaded.gateway.auth.remotes()) {
+    // Remote key sets fetched now (never by `-t`), introspection clients built, before
+    // anything is served.
+    if let Err(e) = loaded.gateway.auth.start() {
         eprintln!("tollgate: {source}: cannot start:\n{e}");
         std::process::exit(1);
     }

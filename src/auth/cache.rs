@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use http::{HeaderName, HeaderValue};
 use subtle::ConstantTimeEq;
 
-use super::jwt::Claims;
+use super::jwt::{claim_value, Claims};
 
 const SHARDS: usize = 16;
 /// 16 × 256 = 4,096 tokens per provider.
@@ -46,6 +46,28 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// What `claims` give: the consumer named by `consumer_claim`, the headers of `forward`
+    /// (claim, header), and the time window.
+    pub fn new(
+        claims: Claims,
+        forward: &[(String, HeaderName)],
+        consumer_claim: &str,
+        exp: u64,
+        nbf: Option<u64>,
+    ) -> Verified {
+        let headers = forward
+            .iter()
+            .filter_map(|(claim, h)| Some((h.clone(), claim_value(claims.get(claim)?)?)))
+            .collect();
+        Verified {
+            consumer: claims.get(consumer_claim).and_then(claim_value),
+            claims: Arc::new(claims),
+            headers,
+            exp,
+            nbf,
+        }
+    }
+
     /// Whether the token is inside its time window at `now`, with `leeway` seconds either side:
     /// the same test `token::claims` applies.
     pub fn current(&self, now: u64, leeway: u64) -> bool {
@@ -116,7 +138,7 @@ impl TokenCache {
 
 /// The probe is already a keyed hash of the token: the map uses it as it is.
 #[derive(Default, Clone, Copy)]
-struct NoHash;
+pub(crate) struct NoHash;
 
 impl BuildHasher for NoHash {
     type Hasher = Passthrough;
@@ -125,7 +147,7 @@ impl BuildHasher for NoHash {
     }
 }
 
-struct Passthrough(u64);
+pub(crate) struct Passthrough(u64);
 
 impl std::hash::Hasher for Passthrough {
     fn finish(&self) -> u64 {

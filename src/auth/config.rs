@@ -7,6 +7,8 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::api_key::{ApiKey, KeyTable};
+use super::discovery::Discovery;
+use super::introspect::Introspection;
 use super::jwt::{Jwks, Jwt};
 use super::mtls::{ConsumerFrom, Mtls};
 use super::remote::{Remote, RemoteJwksFile};
@@ -79,62 +81,163 @@ pub struct ConsumerFile {
     pub api_keys: Vec<SecretFile>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// `auth.NAME`, by its `type` ([`read`]).
+#[derive(Debug)]
 pub enum AuthFile {
-    ApiKey {
-        #[serde(default)]
-        header: Option<String>,
-        #[serde(default)]
-        query: Option<String>,
-    },
-    Jwt {
-        algorithms: Vec<String>,
-        #[serde(default)]
-        secret: Option<SecretFile>,
-        #[serde(default)]
-        public_key: Option<SecretFile>,
-        /// A document (`{file}`, `{env}`, inline), or `{url, ...}` (`super::remote`).
-        #[serde(default)]
-        jwks: Option<Box<serde_yaml::Value>>,
-        #[serde(default)]
-        issuer: Option<String>,
-        #[serde(default)]
-        audience: Option<String>,
-        #[serde(default)]
-        leeway: Option<Dur>,
-        #[serde(default)]
-        forward_claims: BTreeMap<String, String>,
-        #[serde(default)]
-        consumer_claim: Option<String>,
-    },
-    Mtls {
-        /// `cn` (default), `san_dns`, `san_email`, `san_uri`.
-        #[serde(default)]
-        consumer_from: Option<String>,
-        #[serde(default)]
-        forward_certificate: Option<String>,
-        #[serde(default)]
-        forward_fingerprint: Option<String>,
-    },
+    ApiKey(ApiKeyFile),
+    Jwt(JwtFile),
+    /// OAuth2 token introspection (`super::introspect`).
+    Introspection(super::introspect::IntrospectionFile),
+    Mtls(MtlsFile),
+    /// In error (reported): routes naming it are not also wrong.
+    Broken,
 }
 
-/// `jwks` at `base`: a document, or a remote set (a mapping with a `url`). `None` after an
-/// error (already reported).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub secret: Option<SecretFile>,
+    #[serde(default)]
+    pub public_key: Option<SecretFile>,
+    /// A document (`{file}`, `{env}`, inline), or `{url, ...}` (`super::remote`).
+    #[serde(default)]
+    pub jwks: Option<Box<serde_yaml::Value>>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// OpenID discovery: the keys are at the `jwks_uri` of the issuer's document.
+    #[serde(default)]
+    pub discovery: bool,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub leeway: Option<Dur>,
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    #[serde(default)]
+    pub consumer_claim: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsFile {
+    /// `cn` (default), `san_dns`, `san_email`, `san_uri`.
+    #[serde(default)]
+    pub consumer_from: Option<String>,
+    #[serde(default)]
+    pub forward_certificate: Option<String>,
+    #[serde(default)]
+    pub forward_fingerprint: Option<String>,
+}
+
+/// `auth.NAME` at `path`: its `type`, then that type's settings, so that an error names its
+/// key (an internally tagged serde enum loses the path). [`AuthFile::Broken`] after an error.
+pub fn read(path: &str, v: serde_yaml::Value, errs: &mut ConfigErrors) -> AuthFile {
+    use crate::config::parse;
+    const TYPES: &str = "api_key, jwt, introspection or mtls";
+    let serde_yaml::Value::Mapping(mut m) = v else {
+        errs.push(path, format!("must be a mapping with a type: {TYPES}"));
+        return AuthFile::Broken;
+    };
+    let ty = m.remove("type");
+    let v = serde_yaml::Value::Mapping(m);
+    let read = match ty.as_ref().map(|t| (t, t.as_str())) {
+        Some((_, Some("api_key"))) => parse(path, v, errs).map(AuthFile::ApiKey),
+        Some((_, Some("jwt"))) => parse(path, v, errs).map(AuthFile::Jwt),
+        Some((_, Some("introspection"))) => parse(path, v, errs).map(AuthFile::Introspection),
+        Some((_, Some("mtls"))) => parse(path, v, errs).map(AuthFile::Mtls),
+        Some((t, _)) => {
+            let t = serde_yaml::to_string(t).unwrap_or_default();
+            errs.push(
+                format!("{path}.type"),
+                format!("unknown type {:?} ({TYPES})", t.trim()),
+            );
+            None
+        }
+        None => {
+            errs.push(format!("{path}.type"), format!("missing: {TYPES}"));
+            None
+        }
+    };
+    read.unwrap_or(AuthFile::Broken)
+}
+
+/// The keys of a remote set (`super::remote::RemoteJwksFile`).
+const REMOTE_KEYS: [&str; 5] = ["url", "refresh", "min_refresh", "ca", "on_unavailable"];
+
+/// `jwks` at `base`: a document, or a remote set (a mapping with a `url` or another key of a
+/// remote set); with `discovery: Some(issuer)`, the settings of the set the issuer's discovery
+/// document names. `None` after an error (already reported).
 fn jwks(
     name: &str,
     base: &str,
-    v: serde_yaml::Value,
+    v: Option<serde_yaml::Value>,
+    discovery: Option<Option<&str>>,
     state_dir: &std::path::Path,
     errs: &mut ConfigErrors,
-) -> Option<Jwks> {
+) -> Option<Option<Jwks>> {
     let path = format!("{base}.jwks");
-    if v.as_mapping().is_some_and(|m| m.contains_key("url")) {
-        let f = crate::config::parse::<RemoteJwksFile>(&path, v, errs)?;
-        let r = Remote::compile(name, &path, f, state_dir, errs)?;
-        return Some(Jwks::Remote(std::sync::Arc::new(r)));
+    let remote = v.as_ref().is_some_and(|v| {
+        v.as_mapping()
+            .is_some_and(|m| REMOTE_KEYS.iter().any(|k| m.contains_key(*k)))
+    });
+    let remote_set = |f, d, errs: &mut ConfigErrors| {
+        let r = Remote::compile(name, &path, f, d, state_dir, errs)?;
+        Some(Some(Jwks::Remote(std::sync::Arc::new(r))))
+    };
+    let Some(issuer) = discovery else {
+        return match v {
+            None => Some(None),
+            Some(v) if remote => {
+                let f = crate::config::parse::<RemoteJwksFile>(&path, v, errs)?;
+                remote_set(f, None, errs)
+            }
+            Some(v) => {
+                crate::config::parse::<SecretFile>(&path, v, errs).map(|f| Some(Jwks::Local(f)))
+            }
+        };
+    };
+    let d = discovered(base, issuer, errs);
+    let f = match v.filter(|v| !v.is_null()) {
+        None => Some(RemoteJwksFile::default()),
+        Some(v) if remote => crate::config::parse::<RemoteJwksFile>(&path, v, errs),
+        Some(_) => {
+            errs.push(
+                &*path,
+                "with discovery: true, jwks takes only the settings of the set the discovery \
+                 document names: refresh, min_refresh, ca, on_unavailable",
+            );
+            None
+        }
+    };
+    remote_set(f?, Some(d?), errs)
+}
+
+/// `discovery: true`: the issuer it needs, as an https URL.
+fn discovered(base: &str, issuer: Option<&str>, errs: &mut ConfigErrors) -> Option<Discovery> {
+    match issuer {
+        None => {
+            errs.push(
+                format!("{base}.discovery"),
+                "needs issuer: the discovery document is read from \
+                 <issuer>/.well-known/openid-configuration",
+            );
+            None
+        }
+        Some(i) => Discovery::new(i)
+            .map_err(|m| errs.push(format!("{base}.issuer"), m))
+            .ok(),
     }
-    crate::config::parse::<SecretFile>(&path, v, errs).map(Jwks::Local)
 }
 
 pub fn compile(
@@ -171,7 +274,11 @@ pub fn compile(
     for (name, a) in auth {
         let base = format!("auth.{name}");
         let p = match a {
-            AuthFile::ApiKey { header, query } => {
+            AuthFile::Broken => {
+                out.broken.push(name);
+                continue;
+            }
+            AuthFile::ApiKey(ApiKeyFile { header, query }) => {
                 let header = match (&header, &query) {
                     (Some(h), _) => match HeaderName::from_bytes(h.as_bytes()) {
                         Ok(h) => Some(h),
@@ -189,42 +296,28 @@ pub fn compile(
                     table: table.clone(),
                 })
             }
-            AuthFile::Jwt {
+            AuthFile::Jwt(JwtFile {
                 algorithms,
                 secret,
                 public_key,
                 jwks,
                 issuer,
+                discovery,
                 audience,
                 leeway,
                 forward_claims,
                 consumer_claim,
-            } => {
-                let mut fwd = Vec::new();
-                for (claim, h) in forward_claims {
-                    match HeaderName::from_bytes(h.as_bytes()) {
-                        Ok(h) => {
-                            if !out.identity_headers.contains(&h) {
-                                out.identity_headers.push(h.clone());
-                            }
-                            fwd.push((claim, h));
-                        }
-                        Err(_) => errs.push(
-                            format!("{base}.forward_claims.{claim}"),
-                            format!("{h:?} is not a valid header name"),
-                        ),
-                    }
-                }
-                let jwks = match jwks {
-                    Some(v) => match self::jwks(&name, &base, *v, state_dir, errs) {
-                        Some(j) => Some(j),
+            }) => {
+                let fwd = forwarded(&base, forward_claims, &mut out.identity_headers, errs);
+                let discovery = discovery.then_some(issuer.as_deref());
+                let jwks =
+                    match self::jwks(&name, &base, jwks.map(|v| *v), discovery, state_dir, errs) {
+                        Some(j) => j,
                         None => {
                             out.broken.push(name);
                             continue;
                         }
-                    },
-                    None => None,
-                };
+                    };
                 match Jwt::compile(
                     &base,
                     &algorithms,
@@ -245,11 +338,11 @@ pub fn compile(
                     }
                 }
             }
-            AuthFile::Mtls {
+            AuthFile::Mtls(MtlsFile {
                 consumer_from,
                 forward_certificate,
                 forward_fingerprint,
-            } => {
+            }) => {
                 let consumer_from = match consumer_from.as_deref().map(ConsumerFrom::parse) {
                     None => ConsumerFrom::default(),
                     Some(Some(c)) => c,
@@ -289,11 +382,48 @@ pub fn compile(
                     forward_fingerprint: header("forward_fingerprint", forward_fingerprint),
                 })
             }
+            AuthFile::Introspection(mut f) => {
+                let claims = std::mem::take(&mut f.forward_claims);
+                let fwd = forwarded(&base, claims, &mut out.identity_headers, errs);
+                match Introspection::compile(&base, f, fwd, errs) {
+                    Some(i) => Provider::Introspection(Box::new(i)),
+                    None => {
+                        out.broken.push(name);
+                        continue;
+                    }
+                }
+            }
         };
         out.names.push(name);
         out.providers.push(p);
     }
     out
+}
+
+/// `forward_claims` at `base`: claim and header, each header also among the identity headers
+/// (client copies removed on every route).
+fn forwarded(
+    base: &str,
+    forward_claims: BTreeMap<String, String>,
+    identity_headers: &mut Vec<HeaderName>,
+    errs: &mut ConfigErrors,
+) -> Vec<(String, HeaderName)> {
+    let mut fwd = Vec::new();
+    for (claim, h) in forward_claims {
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(h) => {
+                if !identity_headers.contains(&h) {
+                    identity_headers.push(h.clone());
+                }
+                fwd.push((claim, h));
+            }
+            Err(_) => errs.push(
+                format!("{base}.forward_claims.{claim}"),
+                format!("{h:?} is not a valid header name"),
+            ),
+        }
+    }
+    fwd
 }
 
 /// A route's `auth: [names]`, `consumers: [names]`, `claims: {claim: [values]}`.
@@ -343,14 +473,16 @@ pub fn route(
     let mtls = providers
         .iter()
         .any(|p| matches!(auth.providers[*p], Provider::Mtls(_)));
+    // A provider in error may be one whose tokens name their consumer: not known here.
+    let broken = names.iter().any(|n| auth.broken.contains(n));
     let consumers = consumers.map(|cs| {
-        // A token or a certificate may name a caller the `consumers` section does not list.
-        let open_names = providers
-            .iter()
-            .any(|p| !matches!(auth.providers[*p], Provider::ApiKey(_)));
-        for (i, c) in cs.iter().enumerate() {
+        for (i, c) in cs.iter().enumerate().filter(|_| !broken) {
             let known_key = auth.consumer_names.iter().any(|x| x == c);
-            if !known_key && !open_names {
+            // A token or a certificate names its caller: any name may come.
+            let has_token = providers
+                .iter()
+                .any(|p| !matches!(auth.providers[*p], Provider::ApiKey(_)));
+            if !known_key && !has_token {
                 errs.push(
                     format!("{base}.consumers[{i}]"),
                     format!(
@@ -365,10 +497,14 @@ pub fn route(
     let claims = claims
         .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
+    let introspects = providers
+        .iter()
+        .any(|p| matches!(auth.providers[*p], Provider::Introspection(_)));
     Some(RouteAuth {
         providers,
         consumers,
         claims,
         mtls,
+        introspects,
     })
 }

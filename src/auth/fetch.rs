@@ -3,7 +3,8 @@
 //! Pingora's own HTTP/1 client, so no second HTTP stack is linked: TLS verified against the
 //! system roots, or only against a `ca` bundle, with the URL's host as SNI and the verified
 //! name. Bounded in time ([`TIMEOUT`] for the whole exchange) and size ([`MAX_DOCUMENT`]).
-//! Connections are not kept: a document is fetched every few minutes at most.
+//! A document's connection is not kept (it is fetched every few minutes at most); a form
+//! POST's is (token introspection asks on the request path).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +41,8 @@ impl HttpsUrl {
             .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
         if uri.scheme_str() != Some("https") {
             return Err(format!(
-                "{url:?} must be an https:// URL: the keys decide who gets in, so they are \
-                 fetched over verified TLS"
+                "{url:?} must be an https:// URL: what it answers decides who gets in, so it \
+                 is asked over verified TLS"
             ));
         }
         let Some(auth) = uri.authority() else {
@@ -72,6 +73,9 @@ pub struct Client {
     ca: Option<Arc<CaType>>,
 }
 
+/// How long a connection kept for the next POST may stay unused.
+const KEEP_IDLE: Duration = Duration::from_secs(60);
+
 impl Client {
     /// A client trusting `ca`, else the system roots. At startup (before the server's
     /// threads) pass `startup`: a client with a `ca` then never loads the system store
@@ -86,68 +90,138 @@ impl Client {
         Client { connector, ca }
     }
 
-    /// GET `url`: the body of a `200` answer, or what went wrong.
+    /// GET `url`: the body of a `200` answer, or what went wrong. A new connection, closed
+    /// after the answer.
     pub async fn get(&self, url: &HttpsUrl) -> Result<Vec<u8>, String> {
-        match tokio::time::timeout(TIMEOUT, self.exchange(url)).await {
+        let exchange = async {
+            let mut last = format!("{} resolved to no address", url.host);
+            for addr in resolve(url).await? {
+                let peer = self.peer(addr, url, STEP);
+                match self.connector.get_http_session(&peer).await {
+                    Ok((mut session, _)) => {
+                        let r = request(&mut session, url, "GET", &[], b"").await;
+                        session.shutdown().await;
+                        return match r? {
+                            (200, body) => Ok(body),
+                            (status, _) => Err(format!("answered {status}, not 200")),
+                        };
+                    }
+                    Err(e) => last = format!("cannot connect to {addr}: {e}"),
+                }
+            }
+            Err(last)
+        };
+        match tokio::time::timeout(TIMEOUT, exchange).await {
             Ok(r) => r,
             Err(_) => Err(format!("no complete answer within {}s", TIMEOUT.as_secs())),
         }
     }
 
-    async fn exchange(&self, url: &HttpsUrl) -> Result<Vec<u8>, String> {
-        let addrs: Vec<_> = tokio::net::lookup_host((url.host.as_str(), url.port))
-            .await
-            .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
-            .collect();
+    /// POST a form to `url` (`authorization`: the header's value): the status and body.
+    /// The connection is kept for the next call (a stale kept one is replaced once); the
+    /// caller bounds the whole call in time, `step` each connect, read and write.
+    pub async fn post_form(
+        &self,
+        url: &HttpsUrl,
+        authorization: Option<&str>,
+        form: &str,
+        step: Duration,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        if let Some(a) = authorization {
+            headers.push(("Authorization", a));
+        }
         let mut last = format!("{} resolved to no address", url.host);
-        for addr in addrs {
-            let mut peer = HttpPeer::new(addr, true, url.host.clone());
-            let o = &mut peer.options;
-            o.verify_cert = true;
-            o.verify_hostname = true;
-            o.ca.clone_from(&self.ca);
-            o.connection_timeout = Some(STEP);
-            o.total_connection_timeout = Some(STEP);
-            o.read_timeout = Some(STEP);
-            o.write_timeout = Some(STEP);
-            match self.connector.get_http_session(&peer).await {
-                Ok((mut session, _)) => {
-                    let r = request(&mut session, url).await;
-                    session.shutdown().await;
-                    return r;
+        for addr in resolve(url).await? {
+            let peer = self.peer(addr, url, step);
+            for _ in 0..2 {
+                let (mut session, reused) = match self.connector.get_http_session(&peer).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = format!("cannot connect to {addr}: {e}");
+                        break;
+                    }
+                };
+                match request(&mut session, url, "POST", &headers, form.as_bytes()).await {
+                    Ok(answer) => {
+                        self.connector
+                            .release_http_session(session, &peer, Some(KEEP_IDLE))
+                            .await;
+                        return Ok(answer);
+                    }
+                    // A kept connection the server had closed: once more on a new one.
+                    Err(e) if reused => last = e,
+                    Err(e) => return Err(e),
                 }
-                Err(e) => last = format!("cannot connect to {addr}: {e}"),
             }
         }
         Err(last)
     }
+
+    fn peer(&self, addr: std::net::SocketAddr, url: &HttpsUrl, step: Duration) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, true, url.host.clone());
+        let o = &mut peer.options;
+        o.verify_cert = true;
+        o.verify_hostname = true;
+        o.ca.clone_from(&self.ca);
+        o.connection_timeout = Some(step);
+        o.total_connection_timeout = Some(step);
+        o.read_timeout = Some(step);
+        o.write_timeout = Some(step);
+        peer
+    }
 }
 
+async fn resolve(url: &HttpsUrl) -> Result<Vec<std::net::SocketAddr>, String> {
+    Ok(tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
+        .collect())
+}
+
+/// One exchange on `s`: the answer's status and whole body. A GET says `Connection: close`.
 async fn request(
     s: &mut pingora::protocols::http::v1::client::HttpSession,
     url: &HttpsUrl,
-) -> Result<Vec<u8>, String> {
-    let mut req = RequestHeader::build("GET", url.path.as_bytes(), None)
+    method: &str,
+    headers: &[(&'static str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let mut req = RequestHeader::build(method, url.path.as_bytes(), None)
         .map_err(|e| format!("bad request target {:?}: {e}", url.path))?;
+    let length = body.len().to_string();
+    let framing = if method == "GET" {
+        ("Connection", "close")
+    } else {
+        ("Content-Length", length.as_str())
+    };
     for (k, v) in [
         ("Host", url.authority.as_str()),
         ("Accept", "application/json"),
         ("User-Agent", "tollgate"),
-        ("Connection", "close"),
-    ] {
-        req.insert_header(k, v)
+        framing,
+    ]
+    .iter()
+    .chain(headers)
+    {
+        req.insert_header(*k, *v)
             .map_err(|e| format!("bad header {k}: {e}"))?;
     }
     s.write_request_header(Box::new(req))
         .await
         .map_err(|e| format!("cannot send the request: {e}"))?;
+    if !body.is_empty() {
+        s.write_body(body)
+            .await
+            .map_err(|e| format!("cannot send the request: {e}"))?;
+        s.finish_body()
+            .await
+            .map_err(|e| format!("cannot send the request: {e}"))?;
+    }
     s.read_response()
         .await
         .map_err(|e| format!("no answer: {e}"))?;
     let status = s.get_status().map_or(0, |s| s.as_u16());
-    if status != 200 {
-        return Err(format!("answered {status}, not 200"));
-    }
     let mut body = Vec::new();
     while let Some(chunk) = s
         .read_body_ref()
@@ -162,7 +236,7 @@ async fn request(
         }
         body.extend_from_slice(chunk);
     }
-    Ok(body)
+    Ok((status, body))
 }
 
 #[cfg(test)]

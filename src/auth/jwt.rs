@@ -97,7 +97,10 @@ impl Jwt {
         }
         if let Some(j) = jwks {
             if secret.is_some() || public_key.is_some() {
-                errs.push(base, "give one of secret, public_key or jwks");
+                errs.push(
+                    base,
+                    "give one of secret, public_key, jwks or discovery: true",
+                );
                 return None;
             }
             let key = match j {
@@ -256,20 +259,14 @@ impl Jwt {
             return Ok(v);
         }
         let claims = self.verify_at(token, now, remote.as_deref().map(|s| &**s))?;
-        let headers = self
-            .forward
-            .iter()
-            .filter_map(|(claim, h)| Some((h.clone(), claim_value(claims.get(claim)?)?)))
-            .collect();
-        let consumer = claims.get(&self.consumer_claim).and_then(claim_value);
         let (exp, nbf) = token::window(&claims);
-        let v = Arc::new(Verified {
-            claims: Arc::new(claims),
-            consumer,
-            headers,
+        let v = Arc::new(Verified::new(
+            claims,
+            &self.forward,
+            &self.consumer_claim,
             exp,
             nbf,
-        });
+        ));
         cache.put(token.as_bytes(), v.clone());
         Ok(v)
     }

@@ -1,14 +1,17 @@
-//! Authentication per route (API keys, JWT, client certificates), authorization (consumers /
-//! claims), and the identity tollgate forwards upstream.
+//! Authentication per route (API keys, JWT, token introspection, client certificates),
+//! authorization (consumers / claims), and the identity tollgate forwards upstream.
 
 pub mod api_key;
 pub mod cache;
 pub mod config;
+pub mod discovery;
 pub mod fetch;
+pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod mtls;
 pub mod remote;
+pub mod state;
 pub mod token;
 
 use std::sync::Arc;
@@ -30,6 +33,7 @@ pub enum Provider {
     ApiKey(api_key::ApiKey),
     Jwt(Box<jwt::Jwt>),
     Mtls(mtls::Mtls),
+    Introspection(Box<introspect::Introspection>),
 }
 
 /// Every provider and consumer, compiled.
@@ -54,6 +58,8 @@ pub struct RouteAuth {
     pub claims: Vec<(String, Vec<String>)>,
     /// One of the providers reads the client certificate: only then is it looked up.
     pub mtls: bool,
+    /// A provider asks an introspection endpoint: checked by [`Auth::check_introspecting`].
+    pub introspects: bool,
 }
 
 /// Who the caller is, and what goes upstream.
@@ -65,7 +71,7 @@ pub struct Identity {
     pub credential: Option<HeaderName>,
     /// The query parameter that carried the key, removed from the upstream target.
     pub credential_query: Option<std::sync::Arc<str>>,
-    /// A JWT caller's verified claims, for `claim:NAME` rate-limit keys.
+    /// A token caller's claims (JWT, introspection), for `claim:NAME` rate-limit keys.
     pub claims: Option<Arc<jwt::Claims>>,
 }
 
@@ -111,10 +117,14 @@ pub enum Reason {
     UnmappedCertificate,
     /// Authenticated, but not among the route's consumers or claims (403).
     Forbidden,
+    /// The introspection endpoint says the token is not active.
+    Inactive,
+    /// The introspection endpoint could not answer (503).
+    IntrospectionUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 19] = [
         Reason::Missing,
         Reason::Duplicate,
         Reason::TooLarge,
@@ -132,6 +142,8 @@ impl Reason {
         Reason::NoCertificate,
         Reason::UnmappedCertificate,
         Reason::Forbidden,
+        Reason::Inactive,
+        Reason::IntrospectionUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -153,6 +165,8 @@ impl Reason {
             Reason::NoCertificate => "no_certificate",
             Reason::UnmappedCertificate => "unmapped_certificate",
             Reason::Forbidden => "forbidden",
+            Reason::Inactive => "inactive",
+            Reason::IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 
@@ -238,6 +252,38 @@ impl Auth {
                 d
             }
             Provider::Mtls(m) => format!("{name} ({})", m.describe()),
+            Provider::Introspection(i) => format!("{name} ({})", i.describe()),
+        }
+    }
+
+    /// The introspection providers, by name.
+    pub fn introspections(&self) -> impl Iterator<Item = (&str, &introspect::Introspection)> {
+        self.names
+            .iter()
+            .zip(&self.providers)
+            .filter_map(|(n, p)| match p {
+                Provider::Introspection(i) => Some((n.as_str(), &**i)),
+                _ => None,
+            })
+    }
+
+    /// Before serving (never for `-t` or `explain`): introspection clients built, remote key
+    /// sets fetched ([`remote::fetch_at_start`]).
+    pub fn start(&self) -> Result<(), String> {
+        for (_, i) in self.introspections() {
+            i.start();
+        }
+        remote::fetch_at_start(&self.remotes())
+    }
+
+    /// `tollgate_introspection_total`, when a provider introspects.
+    pub fn render_metrics(&self, o: &mut String) {
+        let mut head = Some(introspect::METRIC_HEAD);
+        for (name, i) in self.introspections() {
+            if let Some(h) = head.take() {
+                o.push_str(h);
+            }
+            i.render(o, &crate::observe::metrics::label(name));
         }
     }
 
@@ -247,7 +293,7 @@ impl Auth {
             .iter()
             .filter_map(|p| match p {
                 Provider::Jwt(j) => j.remote().cloned(),
-                Provider::ApiKey(_) | Provider::Mtls(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -257,10 +303,7 @@ impl Auth {
         match self.names.iter().position(|n| n == name) {
             Some(i) => match &self.providers[i] {
                 Provider::Jwt(j) => j.mint(claims),
-                Provider::ApiKey(_) => {
-                    Err(format!("auth {name:?} is an api_key provider, not jwt"))
-                }
-                Provider::Mtls(_) => Err(format!("auth {name:?} is an mtls provider, not jwt")),
+                _ => Err(format!("auth {name:?} is not a jwt provider")),
             },
             None => Err(format!(
                 "unknown auth {name:?} (known: {})",
@@ -269,45 +312,68 @@ impl Auth {
         }
     }
 
-    /// Authenticate and authorize a request for `route`; `cert`: the client certificate of
-    /// the connection (looked up only for routes with [`RouteAuth::mtls`]).
+    /// Authenticate and authorize a request for `route`, without the network: an
+    /// introspection provider is passed over (routes with one use
+    /// [`Auth::check_introspecting`]; `tollgate explain` is offline).
+    /// `cert`: the client certificate of the connection (looked up only for routes with
+    /// [`RouteAuth::mtls`]).
     pub fn check(
         &self,
         route: &RouteAuth,
         req: &RequestHeader,
         cert: Option<&PeerCert>,
     ) -> Result<Identity, Failure> {
-        let mut first_err: Option<Failure> = None;
-        let mut seen = false;
+        let mut tally = Tally::default();
         for &p in &route.providers {
-            let r = match &self.providers[p] {
-                Provider::ApiKey(k) => self.check_key(k, req),
-                Provider::Jwt(j) => check_jwt(j, req),
-                Provider::Mtls(m) => check_mtls(m, cert),
-            };
-            match r {
-                Ok(None) => {}
-                Ok(Some(id)) => return self.authorize(route, id),
-                Err(f) => {
-                    seen = true;
-                    if first_err.is_none() {
-                        first_err = Some(f);
-                    }
-                }
+            if let Some(found) = tally.add(self.check_local(p, req, cert)) {
+                return self.authorize(route, found);
             }
         }
-        Err(first_err
-            .filter(|_| seen)
-            .unwrap_or_else(|| self.missing(route)))
+        Err(tally.refusal(self, route))
+    }
+
+    /// [`Auth::check`] asking the introspection endpoints too (within the request, async).
+    pub async fn check_introspecting(
+        &self,
+        route: &RouteAuth,
+        req: &RequestHeader,
+        cert: Option<&PeerCert>,
+    ) -> Result<Identity, Failure> {
+        let mut tally = Tally::default();
+        for &p in &route.providers {
+            let r = match &self.providers[p] {
+                Provider::Introspection(i) => introspect::check_request(i, req).await,
+                _ => self.check_local(p, req, cert),
+            };
+            if let Some(found) = tally.add(r) {
+                return self.authorize(route, found);
+            }
+        }
+        Err(tally.refusal(self, route))
+    }
+
+    /// Provider `p` on `req`, when it needs no network (`Ok(None)` for one that does).
+    fn check_local(
+        &self,
+        p: usize,
+        req: &RequestHeader,
+        cert: Option<&PeerCert>,
+    ) -> Result<Option<Found>, Failure> {
+        match &self.providers[p] {
+            Provider::ApiKey(k) => self.check_key(k, req),
+            Provider::Jwt(j) => check_jwt(j, req),
+            Provider::Mtls(m) => check_mtls(m, cert),
+            Provider::Introspection(_) => Ok(None),
+        }
     }
 
     /// The refusal of a request that carries no credential any of the route's providers
     /// looks for.
     fn missing(&self, route: &RouteAuth) -> Failure {
         let has = |f: fn(&Provider) -> bool| route.providers.iter().any(|p| f(&self.providers[*p]));
-        let jwt = has(|p| matches!(p, Provider::Jwt(_)));
+        let bearer = has(|p| matches!(p, Provider::Jwt(_) | Provider::Introspection(_)));
         let others = has(|p| !matches!(p, Provider::Mtls(_)));
-        let challenge = if jwt {
+        let challenge = if bearer {
             HeaderValue::from_static("Bearer")
         } else if others {
             WWW_KEY.clone()
@@ -407,24 +473,51 @@ type Found = (Identity, Option<Arc<jwt::Claims>>);
 
 static AUTHORIZATION: HeaderName = http::header::AUTHORIZATION;
 
-fn check_jwt(j: &jwt::Jwt, req: &RequestHeader) -> Result<Option<Found>, Failure> {
+/// The route's providers' verdicts, in order: the first credential accepted wins; else the
+/// first refusal, or "missing" when no provider found a credential.
+#[derive(Default)]
+struct Tally {
+    first_err: Option<Failure>,
+}
+
+impl Tally {
+    fn add(&mut self, r: Result<Option<Found>, Failure>) -> Option<Found> {
+        match r {
+            Ok(found) => found,
+            Err(f) => {
+                self.first_err.get_or_insert(f);
+                None
+            }
+        }
+    }
+
+    fn refusal(self, auth: &Auth, route: &RouteAuth) -> Failure {
+        self.first_err.unwrap_or_else(|| auth.missing(route))
+    }
+}
+
+/// The `Authorization: Bearer` token, if the request has one.
+fn bearer_token(req: &RequestHeader) -> Result<Option<&str>, Failure> {
     let value = match single(req, &AUTHORIZATION) {
         Ok(Some(v)) => v,
         Ok(None) => return Ok(None),
         Err(m) => return Err(fail(m, bearer_www(m.1))),
     };
-    let token = match std::str::from_utf8(value).ok().and_then(|v| {
+    match std::str::from_utf8(value).ok().and_then(|v| {
         v.strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
     }) {
-        Some(t) => t.trim(),
+        Some(t) => Ok(Some(t.trim())),
         None => {
             let m = "malformed Authorization header: expected Bearer <token>";
-            return Err(fail((Reason::Malformed, m), bearer_www(m)));
+            Err(fail((Reason::Malformed, m), bearer_www(m)))
         }
-    };
-    let v = j.check(token).map_err(|m| fail(m, bearer_www(m.1)))?;
-    Ok(Some((
+    }
+}
+
+/// What a token (verified, or introspected) gives the request.
+fn found(v: &cache::Verified) -> Found {
+    (
         Identity {
             consumer: v.consumer.clone(),
             headers: v.headers.clone(),
@@ -433,7 +526,15 @@ fn check_jwt(j: &jwt::Jwt, req: &RequestHeader) -> Result<Option<Found>, Failure
             claims: None,
         },
         Some(v.claims.clone()),
-    )))
+    )
+}
+
+fn check_jwt(j: &jwt::Jwt, req: &RequestHeader) -> Result<Option<Found>, Failure> {
+    let Some(token) = bearer_token(req)? else {
+        return Ok(None);
+    };
+    let v = j.check(token).map_err(|m| fail(m, bearer_www(m.1)))?;
+    Ok(Some(found(&v)))
 }
 
 fn check_mtls(m: &mtls::Mtls, cert: Option<&PeerCert>) -> Result<Option<Found>, Failure> {

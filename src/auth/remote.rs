@@ -1,5 +1,5 @@
 //! A JWT provider's keys from its identity provider: `jwks: {url, refresh, min_refresh, ca,
-//! on_unavailable}`.
+//! on_unavailable}`, or the `jwks_uri` of OpenID discovery (`super::discovery`).
 //!
 //! The network is never on the request path. The set is fetched when the gateway starts
 //! ([`fetch_at_start`]; `tollgate -t` and `explain` never fetch), then by a background service
@@ -24,19 +24,21 @@ use pingora::protocols::tls::CaType;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use super::discovery::{self, Discovery};
 use super::fetch::{Client, HttpsUrl};
 use super::jwks::{self, KeySet, Origin};
+use super::state::{state_file_name, write_atomically};
 use crate::config::file::Dur;
 use crate::config::ConfigErrors;
 
-/// `jwks: {url, ...}` as written.
-#[derive(Debug, Deserialize)]
+/// `jwks: {url, ...}` as written (`url` left out with `discovery: true`).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteJwksFile {
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
     #[serde(default)]
     pub refresh: Option<Dur>,
     #[serde(default)]
@@ -64,11 +66,46 @@ const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(30);
 const SHORTEST: Duration = Duration::from_secs(1);
 const LONGEST: Duration = Duration::from_secs(24 * 3600);
 
+/// Where the key set is: a URL, or the `jwks_uri` of a discovery document.
+pub enum Source {
+    Url(HttpsUrl),
+    Discovery(Discovery),
+}
+
+/// Why no new set was had.
+#[derive(Debug)]
+pub struct FetchError {
+    pub message: String,
+    /// The discovery document names another issuer: a configuration error, fatal at start.
+    pub wrong_issuer: bool,
+}
+
+impl From<String> for FetchError {
+    fn from(message: String) -> FetchError {
+        FetchError {
+            message,
+            wrong_issuer: false,
+        }
+    }
+}
+
+impl From<&str> for FetchError {
+    fn from(message: &str) -> FetchError {
+        FetchError::from(message.to_owned())
+    }
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// One provider's remote key set and how it is kept fresh.
 pub struct Remote {
     /// `auth.NAME`, for logs.
     pub provider: String,
-    pub url: HttpsUrl,
+    pub source: Source,
     pub refresh: Duration,
     pub min_refresh: Duration,
     pub on_unavailable: OnUnavailable,
@@ -87,24 +124,46 @@ pub struct Remote {
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.debug_struct("Remote")
-            .field("url", &self.url.text)
+            .field("from", &self.from())
             .finish_non_exhaustive()
     }
 }
 
 impl Remote {
-    /// Check `jwks: {url, ...}` at `base` (`auth.NAME.jwks`); nothing is fetched.
+    /// Check `jwks: {url, ...}` at `base` (`auth.NAME.jwks`), or with `discovery` the same
+    /// keys but `url`; nothing is fetched.
     pub fn compile(
         provider: &str,
         base: &str,
         f: RemoteJwksFile,
+        discovery: Option<Discovery>,
         state_dir: &Path,
         errs: &mut ConfigErrors,
     ) -> Option<Remote> {
         let before = errs.0.len();
-        let url = HttpsUrl::parse(&f.url)
-            .map_err(|m| errs.push(format!("{base}.url"), m))
-            .ok();
+        let source = match (f.url, discovery) {
+            (None, Some(d)) => Some(Source::Discovery(d)),
+            (Some(_), Some(_)) => {
+                errs.push(
+                    format!("{base}.url"),
+                    "not with discovery: true: the key set's URL is the discovery document's \
+                     jwks_uri (leave url out, or discovery)",
+                );
+                None
+            }
+            (Some(u), None) => HttpsUrl::parse(&u)
+                .map_err(|m| errs.push(format!("{base}.url"), m))
+                .ok()
+                .map(Source::Url),
+            (None, None) => {
+                errs.push(
+                    format!("{base}.url"),
+                    "missing: the identity provider's key set URL (or discovery: true with an \
+                     https issuer)",
+                );
+                None
+            }
+        };
         let mut within = |key: &str, v: Option<Dur>, default: Duration| match v {
             Some(Dur(d)) if !(SHORTEST..=LONGEST).contains(&d) => {
                 errs.push(format!("{base}.{key}"), "must be between 1s and 24h");
@@ -130,11 +189,15 @@ impl Remote {
         if errs.0.len() > before {
             return None;
         }
-        let url = url?;
+        let source = source?;
+        let named_by = match &source {
+            Source::Url(u) => &u.text,
+            Source::Discovery(d) => &d.document.text,
+        };
         Some(Remote {
-            state_file: state_dir.join(state_file_name(provider, &url.text)),
+            state_file: state_dir.join(state_file_name(provider, named_by)),
             provider: format!("auth.{provider}"),
-            url,
+            source,
             refresh,
             min_refresh,
             on_unavailable: f.on_unavailable.unwrap_or_default(),
@@ -167,6 +230,26 @@ impl Remote {
         }
     }
 
+    /// Where the keys come from, for messages: the URL, or the discovery document's
+    /// `jwks_uri` (with the URL when one was found).
+    pub fn from(&self) -> String {
+        match &self.source {
+            Source::Url(u) => u.text.clone(),
+            Source::Discovery(d) => match d.jwks_uri() {
+                Some(u) => format!("{} (the jwks_uri of {})", u.text, d.document.text),
+                None => format!("the jwks_uri of {}", d.document.text),
+            },
+        }
+    }
+
+    /// The key path of the setting that names where the keys are.
+    pub fn key_path(&self) -> String {
+        match &self.source {
+            Source::Url(_) => format!("{}.jwks", self.provider),
+            Source::Discovery(_) => format!("{}.discovery", self.provider),
+        }
+    }
+
     fn min_refresh_ms(&self) -> u64 {
         self.min_refresh.as_millis() as u64
     }
@@ -178,7 +261,7 @@ impl Remote {
 
     /// Fetch the set now; a good one replaces the current set (when it differs) and is
     /// written to the state directory. The number of keys, or why there are none new.
-    pub async fn fetch(&self) -> Result<usize, String> {
+    pub async fn fetch(&self) -> Result<usize, FetchError> {
         self.next_fetch
             .store(crate::clock::mono_millis() + self.min_refresh_ms(), Relaxed);
         let r = self.try_fetch().await;
@@ -186,11 +269,36 @@ impl Remote {
         r
     }
 
-    async fn try_fetch(&self) -> Result<usize, String> {
-        let doc = self.client().get(&self.url).await?;
+    async fn try_fetch(&self) -> Result<usize, FetchError> {
+        let found;
+        let url: &HttpsUrl = match &self.source {
+            Source::Url(u) => u,
+            Source::Discovery(d) => match d.url(self.client(), self.refresh).await {
+                Ok(u) => {
+                    found = u;
+                    &found
+                }
+                Err(discovery::Failed::Unavailable(m)) => return Err(m.into()),
+                Err(discovery::Failed::WrongIssuer(message)) => {
+                    return Err(FetchError {
+                        message,
+                        wrong_issuer: true,
+                    })
+                }
+            },
+        };
+        let doc = match self.client().get(url).await {
+            Ok(d) => d,
+            Err(e) => {
+                if let Source::Discovery(d) = &self.source {
+                    d.stale();
+                }
+                return Err(e.into());
+            }
+        };
         let d = jwks::decode(&doc)?;
         for p in &d.problems {
-            log::warn!("{}: {}: {p}: left out", self.provider, self.url.text);
+            log::warn!("{}: {}: {p}: left out", self.provider, url.text);
         }
         if d.keys.is_empty() {
             return Err("the set has no key tollgate can verify with".into());
@@ -204,7 +312,7 @@ impl Remote {
         log::info!(
             "{}: {n} keys from {} (kid {})",
             self.provider,
-            self.url.text,
+            url.text,
             set.kids().join(", ")
         );
         if *current.document != *set.document {
@@ -213,7 +321,7 @@ impl Remote {
                     "{}: cannot keep the keys in {}: {e} (a restart while {} is down would have none)",
                     self.provider,
                     self.state_file.display(),
-                    self.url.host
+                    url.host
                 );
             }
         }
@@ -250,17 +358,17 @@ impl Remote {
             Origin::Nothing => format!(
                 "keys from {}; none cached in {file}: its tokens are refused until the \
                  gateway fetches them",
-                self.url.text
+                self.from()
             ),
             Origin::Cached => format!(
                 "keys from {}, as cached in {file}{}: kid {kids}",
-                self.url.text,
+                self.from(),
                 std::fs::metadata(&self.state_file)
                     .and_then(|m| m.modified())
                     .map(|t| format!(" at {}", humantime::format_rfc3339_seconds(t)))
                     .unwrap_or_default()
             ),
-            Origin::Fetched => format!("keys fetched from {}: kid {kids}", self.url.text),
+            Origin::Fetched => format!("keys fetched from {}: kid {kids}", self.from()),
         }
     }
 
@@ -268,6 +376,9 @@ impl Remote {
     async fn run(&self, mut shutdown: ShutdownWatch) {
         let mut wait = if self.keys.load().is_empty() {
             Duration::ZERO
+        } else if self.failing.load(Relaxed) {
+            // Serving the state directory's copy: ask again soon.
+            self.min_refresh
         } else {
             self.refresh
         };
@@ -288,7 +399,7 @@ impl Remote {
                         "{}: cannot fetch the keys from {}: {e}; its tokens are refused (401) \
                          until the keys arrive (retrying every {})",
                         self.provider,
-                        self.url.text,
+                        self.from(),
                         humantime::format_duration(self.min_refresh)
                     );
                 } else {
@@ -296,7 +407,7 @@ impl Remote {
                         "{}: cannot refresh the keys from {}: {e}; keeping the {} held \
                          (retrying every {})",
                         self.provider,
-                        self.url.text,
+                        self.from(),
                         held.len(),
                         humantime::format_duration(self.min_refresh)
                     );
@@ -309,38 +420,6 @@ impl Remote {
             };
         }
     }
-}
-
-/// `jwks-NAME-HASH.json`: the provider's name (for people; only its safe characters) and
-/// the URL's hash, so another URL never reads this one's keys.
-fn state_file_name(provider: &str, url: &str) -> String {
-    let safe: String = provider
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-        .take(64)
-        .collect();
-    let hash = hex::encode(&Sha256::digest(url.as_bytes())[..8]);
-    format!("jwks-{safe}-{hash}.json")
-}
-
-/// Write `bytes` to `path` so that a reader sees the old file or the new one, never a part:
-/// a temporary file beside it, flushed, then renamed over it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
 }
 
 /// Fetch every remote set before serving (`tollgate` and `tollgate -u`, never `-t`). A set
@@ -363,20 +442,26 @@ pub fn fetch_at_start(remotes: &[Arc<Remote>]) -> Result<(), String> {
     for (r, res) in remotes.iter().zip(results) {
         let e = match res {
             Ok(_) => continue,
+            // A wrong issuer is the configuration's error, whatever keys are at hand.
+            Err(e) if e.wrong_issuer => {
+                fatal.push(format!("{}.issuer: {e}", r.provider));
+                continue;
+            }
             Err(e) => e,
         };
         match r.load_cached() {
             Ok(at) => log::warn!(
                 "{}: cannot fetch the keys from {}: {e}; using the set cached in {} at {}",
                 r.provider,
-                r.url.text,
+                r.from(),
                 r.state_file.display(),
                 humantime::format_rfc3339_seconds(at)
             ),
             Err(cached) => {
                 let why = format!(
-                    "{}.jwks: cannot fetch the keys from {}: {e}; and no cached set ({cached})",
-                    r.provider, r.url.text
+                    "{}: cannot fetch the keys from {}: {e}; and no cached set ({cached})",
+                    r.key_path(),
+                    r.from()
                 );
                 match r.on_unavailable {
                     OnUnavailable::Fail => fatal.push(why),
@@ -405,30 +490,5 @@ impl BackgroundService for RefreshService {
     async fn start(&self, shutdown: ShutdownWatch) {
         let loops = self.remotes.iter().map(|r| r.run(shutdown.clone()));
         futures::future::join_all(loops).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_state_file_is_named_by_provider_and_url() {
-        let a = state_file_name("../idp/x", "https://a/keys");
-        assert!(a.starts_with("jwks-idpx-") && a.ends_with(".json"), "{a}");
-        assert_ne!(a, state_file_name("../idp/x", "https://b/keys"));
-    }
-
-    #[test]
-    fn a_written_file_is_whole_and_leaves_no_temporary() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub").join("k.json");
-        write_atomically(&path, b"one").unwrap();
-        write_atomically(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
-            1
-        );
     }
 }

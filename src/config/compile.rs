@@ -78,9 +78,10 @@ fn underscored_key_headers(
         return;
     }
     for (name, a) in auth {
-        if let crate::auth::config::AuthFile::ApiKey {
-            header: Some(h), ..
-        } = a
+        if let crate::auth::config::AuthFile::ApiKey(crate::auth::config::ApiKeyFile {
+            header: Some(h),
+            ..
+        }) = a
         {
             if h.contains('_') {
                 errs.push(

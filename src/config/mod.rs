@@ -232,7 +232,8 @@ fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErr
                         if let Some(c) = parse(&path, x, errs) {
                             file.consumers.push((name, c));
                         }
-                    } else if let Some(a) = parse(&path, x, errs) {
+                    } else {
+                        let a = crate::auth::config::read(&path, x, errs);
                         file.auth.push((name, a));
                     }
                 }

@@ -77,7 +77,7 @@ impl Histogram {
 }
 
 /// A Prometheus label value: `\`, `"` and newlines escaped.
-fn label(s: &str) -> Arc<str> {
+pub(crate) fn label(s: &str) -> Arc<str> {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -43,6 +43,7 @@ impl Observe {
             o.push_str("# HELP tollgate_redis_errors_total Rate-limit store calls to Redis that failed or timed out.\n");
             o.push_str("# TYPE tollgate_redis_errors_total counter\n");
             o.push_str(&format!("tollgate_redis_errors_total {redis}\n"));
+            gw.auth.render_metrics(o);
             metrics::render_upstreams(o, &gw.upstreams);
         })
     }

@@ -134,7 +134,13 @@ impl Tollgate {
         if let Some(ra) = &route.auth {
             let tls = if ra.mtls { session.tls_digest() } else { None };
             let cert = tls.as_deref().and_then(PeerCert::of);
-            match self.gw.auth.check(ra, req, cert) {
+            let checked = if ra.introspects {
+                // Boxed: only these routes carry the call's state.
+                Box::pin(self.gw.auth.check_introspecting(ra, req, cert)).await
+            } else {
+                self.gw.auth.check(ra, req, cert)
+            };
+            match checked {
                 Ok(id) => ctx.identity = Some(id),
                 Err(f) => {
                     self.obs.auth_failed(route.id, &f);

@@ -277,6 +277,40 @@ fn listening(yaml: String, addr: SocketAddr, extra: &str) -> String {
     )
 }
 
+/// Run the gateway on `body`, expecting it to refuse to start: its stderr.
+pub fn start_fails(body: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("tollgate.yaml");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::write(&conf, gateway_yaml(dir.path(), addr, admin, body)).unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(bin())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "tollgate kept running:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    err
+}
+
 /// Run `tollgate -t -c` on `yaml`; returns (exit code, stdout + stderr).
 pub fn check_config(yaml: &str) -> (i32, String) {
     check_config_with_env(yaml, &[])

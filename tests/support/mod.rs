@@ -17,6 +17,7 @@ mod gateway;
 pub mod grpc;
 pub mod h2client;
 mod http1;
+pub mod idp;
 pub mod in_process;
 pub mod tls_client;
 pub mod ws;

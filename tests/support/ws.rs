@@ -61,14 +61,7 @@ async fn ws_conn(mut s: tokio::net::TcpStream, heads: Arc<Mutex<Vec<String>>>) {
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     buf.drain(..end);
     heads.lock().unwrap().push(head.clone());
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    };
+    let header = |name: &str| super::header_in(&head, name);
     let upgrade = header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
     let Some(key) = header("sec-websocket-key").filter(|_| upgrade) else {
         let _ = s
