@@ -26,6 +26,12 @@
 #   nginx   GET /bench        nginx as a plain proxy (benches/load/proxy.nginx.conf, one
 #                             process), the reference of the load harness
 #   nginx-apikey  GET /api/bench  nginx with tollgate's API-key policy (map, limit_req, headers)
+#   jwks-file    GET /jwks-file/bench    "jwt" with an RS256 key from a JWKS file
+#   jwks-remote  GET /jwks-remote/bench  the same key from an identity provider (jwks: {url}):
+#                             a python3 HTTPS server of this script, self-signed, which
+#                             counts its requests: asked at start, never while serving
+#   (both: benches/load/tollgate-jwks.yaml, one config for the two, so they differ only in
+#   the route; key, JWKS and token made with openssl and python3 at run time)
 #
 # Exit status: 0, or 1 when a scenario grew by more than THRESHOLD percent
 # over the recorded number (a drop is reported, never a failure: re-record it).
@@ -40,7 +46,7 @@ N=${N:-2000}                         # requests of the short run (the long one i
 THRESHOLD=${THRESHOLD:-5}            # percent growth that fails
 RECORD=${RECORD:-0}                  # 1: write the numbers to RESULTS
 RESULTS=${RESULTS:-$HERE/instructions.txt}
-ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey"
+ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote"
 SCENARIOS=${SCENARIOS:-$ALL}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}       # use this binary instead of building
 BARE_BIN=${BARE_BIN:-}               # bare Pingora (default: beside TOLLGATE_BIN, or built)
@@ -58,7 +64,7 @@ die() { printf '[instructions] ERROR: %s\n' "$*" >&2; exit 2; }
 
 if ! [[ $N =~ ^[1-9][0-9]*$ ]]; then die "N must be a positive integer (got '$N')"; fi
 [[ $THRESHOLD =~ ^[0-9]+([.][0-9]+)?$ ]] || die "THRESHOLD must be a number (got '$THRESHOLD')"
-for t in valgrind nginx curl python3; do
+for t in valgrind nginx curl python3 openssl; do
     command -v "$t" >/dev/null 2>&1 || die "$t not found (scripts/install-deps.sh --bench installs valgrind and nginx)"
 done
 
@@ -124,9 +130,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-read -r UPSTREAM_PORT TOLLGATE_PORT ADMIN_PORT < <(python3 -c '
+read -r UPSTREAM_PORT TOLLGATE_PORT ADMIN_PORT IDP_PORT < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(3)]
+ss = [socket.socket() for _ in range(4)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in ss))')
 
@@ -139,15 +145,89 @@ render "$HERE/load/tollgate.yaml" "$TMP/tollgate.yaml" TMP="$TMP" UPSTREAM_PORT=
     TOLLGATE_PORT="$TOLLGATE_PORT" TOLLGATE_ADMIN_PORT="$ADMIN_PORT" API_KEY="$API_KEY"
 JWT=$("$TG_BIN" token -c "$TMP/tollgate.yaml" --auth tokens --sub bench --ttl 24h) || die "tollgate token failed"
 
-wait_200() { # wait_200 URL PID — poll every 0.5 s (few polls: they are counted too)
+wait_200() { # wait_200 URL PID [CURL_ARG...] — poll every 0.5 s (few polls: they are counted too)
     local deadline=$((SECONDS + READY_TIMEOUT))
-    until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true) == 200 ]]; do
+    until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "${@:3}" "$1" || true) == 200 ]]; do
         kill -0 "$2" 2>/dev/null || die "process $2 exited while starting"
         ((SECONDS < deadline)) || die "$1 not ready after ${READY_TIMEOUT}s"
         sleep 0.5
     done
 }
 wait_200 "http://127.0.0.1:$UPSTREAM_PORT/" "${PIDS[0]}"
+
+# The jwks-* scenarios: an RS256 key, its JWKS (for the file and for the identity provider)
+# and one token, made with openssl and python3 (not tollgate's code); the identity provider,
+# a python3 HTTPS server with a self-signed certificate, writes how many requests it has
+# answered to $TMP/idp.count.
+if [[ " $SCENARIOS " == *" jwks-"* ]]; then
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/jwt.key" 2>/dev/null ||
+        die "openssl: cannot make the RS256 key"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$TMP/idp.key" -out "$TMP/idp.pem" -subj "/CN=tollgate bench idp" \
+        -addext "subjectAltName=DNS:localhost" 2>/dev/null ||
+        die "openssl: cannot make the identity provider's certificate"
+    JWKS_JWT=$(python3 - "$TMP/jwt.key" "$TMP/jwks.json" <<'EOF'
+import base64, json, subprocess, sys, time
+key, out = sys.argv[1], sys.argv[2]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+def openssl(*args, data=None):
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, check=True).stdout
+n = int(openssl("rsa", "-in", key, "-noout", "-modulus").decode().strip().split("=", 1)[1], 16)
+text = openssl("rsa", "-in", key, "-noout", "-text").decode()
+e = int(next(l for l in text.splitlines() if l.startswith("publicExponent:")).split()[1])
+big = lambda i: i.to_bytes((i.bit_length() + 7) // 8, "big")
+jwk = {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "bench", "n": b64(big(n)), "e": b64(big(e))}
+with open(out, "w") as f:
+    json.dump({"keys": [jwk]}, f)
+compact = lambda o: b64(json.dumps(o, separators=(",", ":")).encode())
+signing_input = compact({"alg": "RS256", "typ": "JWT", "kid": "bench"}) + "." + \
+    compact({"sub": "bench", "exp": int(time.time()) + 24 * 3600})
+sig = openssl("dgst", "-sha256", "-sign", key, "-binary", data=signing_input.encode())
+print(signing_input + "." + b64(sig))
+EOF
+    ) || die "cannot make the JWKS and the RS256 token"
+    python3 - "$IDP_PORT" "$TMP/idp.pem" "$TMP/idp.key" "$TMP/jwks.json" "$TMP/idp.count" \
+        >"$TMP/idp.log" 2>&1 <<'EOF' &
+import http.server, os, ssl, sys
+port, cert, key, doc, count_file = int(sys.argv[1]), *sys.argv[2:6]
+doc = open(doc, "rb").read()
+count = 0
+def record():  # written whole (rename) before the answer is sent
+    with open(count_file + ".tmp", "w") as f:
+        f.write(f"{count}\n")
+    os.replace(count_file + ".tmp", count_file)
+class Idp(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        global count
+        count += 1
+        record()
+        if self.path != "/jwks.json":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(doc)))
+        self.end_headers()
+        self.wfile.write(doc)
+    def log_message(self, fmt, *args):
+        sys.stderr.write("idp: " + fmt % args + "\n")
+        sys.stderr.flush()
+record()
+server = http.server.HTTPServer(("127.0.0.1", port), Idp)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+EOF
+    PIDS+=($!)
+    wait_200 "https://localhost:$IDP_PORT/jwks.json" "${PIDS[-1]}" --cacert "$TMP/idp.pem"
+    render "$HERE/load/tollgate-jwks.yaml" "$TMP/tollgate-jwks.yaml" TMP="$TMP" \
+        UPSTREAM_PORT="$UPSTREAM_PORT" TOLLGATE_PORT="$TOLLGATE_PORT" \
+        TOLLGATE_ADMIN_PORT="$ADMIN_PORT" IDP_PORT="$IDP_PORT"
+    "$TG_BIN" -t -c "$TMP/tollgate-jwks.yaml" >"$TMP/tollgate-jwks.check" 2>&1 ||
+        die "$TMP/tollgate-jwks.yaml is refused: $(cat "$TMP/tollgate-jwks.check")"
+fi
+idp_count() { cat "$TMP/idp.count"; }
 
 # The client: COUNT sequential GETs on one keep-alive connection; every answer must
 # be a 200 with the upstream's body, so a fast error path is never measured.
@@ -173,12 +253,16 @@ EOF
 # measure SCENARIO COUNT — sets TOTAL: the instructions of one tollgate process that
 # served COUNT requests (not in a subshell, so cleanup knows every pid).
 measure() {
-    local sc=$1 count=$2 path header out="$TMP/callgrind.$1.$2.out" pid
+    local sc=$1 count=$2 path header out="$TMP/callgrind.$1.$2.out" pid idp0 idp1 idp2
     local cmd=("$TG_BIN" -c "$TMP/tollgate.yaml") ready="http://127.0.0.1:$ADMIN_PORT/health"
     case $sc in
         plain) path=/bench header="" ;;
         apikey) path=/api/bench header="X-Api-Key: $API_KEY" ;;
         jwt) path=/jwt/bench header="Authorization: Bearer $JWT" ;;
+        jwks-file | jwks-remote)
+            path=/$sc/bench header="Authorization: Bearer $JWKS_JWT"
+            cmd=("$TG_BIN" -c "$TMP/tollgate-jwks.yaml")
+            ;;
         bare | hybrid | floor)
             path=/bench header=""
             cmd=("$BARE_BIN" "127.0.0.1:$TOLLGATE_PORT" "127.0.0.1:$UPSTREAM_PORT")
@@ -204,8 +288,18 @@ measure() {
         "${cmd[@]}" >"$TMP/tollgate.$sc.$count.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
+    [[ $sc != jwks-* ]] || idp0=$(idp_count)
     wait_200 "$ready" "$pid"
+    [[ $sc != jwks-* ]] || idp1=$(idp_count)
     client "$path" "$count" "$header" || die "$sc: the client failed (see above)"
+    if [[ $sc == jwks-* ]]; then
+        # The keys are fetched before anything is served, and never on the request path.
+        idp2=$(idp_count)
+        log "$sc: the identity provider was asked $((idp1 - idp0)) time(s) at start," \
+            "$((idp2 - idp1)) time(s) during the $count requests"
+        ((idp1 > idp0)) || die "$sc: the identity provider was not asked at start"
+        ((idp2 == idp1)) || die "$sc: the identity provider was asked while serving requests"
+    fi
     kill -s INT "$pid" # Pingora's fast shutdown; callgrind writes its totals at exit
     wait "$pid" || true
     TOTAL=$(awk '/^(summary|totals):/ { print $2; exit }' "$out")
@@ -260,6 +354,7 @@ if [[ $RECORD == 1 ]]; then
         echo "# hybrid: bare_pingora --own-upstream, Pingora's client side with an upstream leg of its own."
         echo "# floor: examples/h1_floor.rs, the same job on tokio without Pingora."
         echo "# nginx, nginx-apikey: benches/load/proxy.nginx.conf in one process, plain and with the policy."
+        echo "# jwks-file, jwks-remote: benches/load/tollgate-jwks.yaml, jwt's policy with an RS256 JWKS from a file / an HTTPS IdP."
         echo "# measured: $(date -u '+%Y-%m-%d') $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(valgrind --version)"
         if ((${#OLD[@]})); then
             printf '# was: %s:' "${old_when:-earlier}"
