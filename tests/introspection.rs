@@ -453,7 +453,7 @@ fn check_config_names_each_bad_key_and_never_calls_the_endpoint() {
     );
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("auth.p.type: unknown type \"oauth\" (api_key, jwt or introspection)")
+        out.contains("auth.p.type: unknown type \"oauth\" (api_key, jwt, introspection or mtls)")
             && out.contains("invalid config: 1 error\n"),
         "{out}"
     );

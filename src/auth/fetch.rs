@@ -55,6 +55,15 @@ impl HttpsUrl {
         if host.is_empty() {
             return Err(format!("{url:?} has no host"));
         }
+        // Pingora's TLS connector checks the certificate against the host as a DNS name
+        // (`X509_VERIFY_PARAM_add1_host`), which never matches an IP address SAN: such a URL
+        // could never be verified.
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            return Err(format!(
+                "{url:?} names an IP address: the identity provider's certificate is checked \
+                 against a host name, so use a name its certificate carries"
+            ));
+        }
         Ok(HttpsUrl {
             text: url.to_owned(),
             host: host.to_owned(),
@@ -242,6 +251,14 @@ async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_address_hosts_are_refused_with_the_reason() {
+        for url in ["https://127.0.0.1:8443/jwks", "https://[::1]/jwks"] {
+            let e = HttpsUrl::parse(url).unwrap_err();
+            assert!(e.contains("names an IP address"), "{e}");
+        }
+    }
 
     #[test]
     fn only_https_urls_with_a_host() {
