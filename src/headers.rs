@@ -87,28 +87,33 @@ pub fn edit_response(
     Ok(())
 }
 
+/// An IPv4 address in dotted decimal without `fmt`: the text is `buf[..n]`.
+pub fn ipv4_text(v4: std::net::Ipv4Addr) -> ([u8; 15], usize) {
+    let (mut buf, mut n) = ([0u8; 15], 0);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    (buf, n)
+}
+
 /// An IP address as a header value; IPv4 (the common case) without `fmt`.
 pub fn ip_value(ip: IpAddr) -> HeaderValue {
     match ip {
         IpAddr::V4(v4) => {
-            let mut buf = [0u8; 15];
-            let mut n = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if octet >= 100 {
-                    buf[n] = b'0' + octet / 100;
-                    n += 1;
-                }
-                if octet >= 10 {
-                    buf[n] = b'0' + octet / 10 % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + octet % 10;
-                n += 1;
-            }
+            let (buf, n) = ipv4_text(v4);
             HeaderValue::from_bytes(&buf[..n]).expect("digits and dots are a valid header value")
         }
         IpAddr::V6(_) => {

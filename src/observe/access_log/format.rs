@@ -71,11 +71,7 @@ fn combined(o: &mut Vec<u8>, clock: &mut Clock, e: &Entry) {
     o.extend_from_slice(e.route.unwrap_or("-").as_bytes());
     o.extend_from_slice(b" upstream=");
     match e.upstream {
-        Some(a) => {
-            ip_addr(o, a.ip());
-            o.push(b':');
-            int(o, a.port());
-        }
+        Some(a) => socket_addr(o, a),
         None => o.push(b'-'),
     }
     o.extend_from_slice(b" upstream_ms=");
@@ -146,9 +142,7 @@ fn json(o: &mut Vec<u8>, clock: &mut Clock, e: &Entry) {
     match e.upstream {
         Some(a) => {
             o.push(b'"');
-            ip_addr(o, a.ip());
-            o.push(b':');
-            int(o, a.port());
+            socket_addr(o, a);
             o.push(b'"');
         }
         None => o.extend_from_slice(b"null"),
@@ -211,27 +205,24 @@ fn json_millis(o: &mut Vec<u8>, d: Option<Duration>) {
     }
 }
 
+/// As `SocketAddr`'s `Display` (`[v6]:port` for IPv6).
+fn socket_addr(o: &mut Vec<u8>, a: std::net::SocketAddr) {
+    match a {
+        std::net::SocketAddr::V4(v4) => ip_addr(o, IpAddr::V4(*v4.ip())),
+        std::net::SocketAddr::V6(v6) => {
+            o.push(b'[');
+            ip_addr(o, IpAddr::V6(*v6.ip()));
+            o.push(b']');
+        }
+    }
+    o.push(b':');
+    int(o, a.port());
+}
+
 fn ip_addr(o: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            // Into a stack buffer, then one copy: the usual address, in a few instructions.
-            let (mut text, mut n) = ([0u8; 15], 0);
-            for (i, b) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text[n] = b'.';
-                    n += 1;
-                }
-                if b >= 100 {
-                    text[n] = b'0' + b / 100;
-                    n += 1;
-                }
-                if b >= 10 {
-                    text[n] = b'0' + b / 10 % 10;
-                    n += 1;
-                }
-                text[n] = b'0' + b % 10;
-                n += 1;
-            }
+            let (text, n) = crate::headers::ipv4_text(v4);
             o.extend_from_slice(&text[..n]);
         }
         IpAddr::V6(v6) => {
@@ -320,6 +311,8 @@ mod tests {
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(with(|o| ip_addr(o, ip)), ip.to_string());
+            let a = std::net::SocketAddr::new(ip, 8080);
+            assert_eq!(with(|o| socket_addr(o, a)), a.to_string());
         }
     }
 
