@@ -32,6 +32,12 @@
 #                             counts its requests: asked at start, never while serving
 #   (both: benches/load/tollgate-jwks.yaml, one config for the two, so they differ only in
 #   the route; key, JWKS and token made with openssl and python3 at run time)
+# Production shape (issue 25): apikey's request, on benches/load/tollgate.yaml changed so
+#   logged  GET /api/bench    + a combined access log to a file
+#   tls     GET /api/bench    over TLS 1.3 (an ECDSA P-256 certificate made at run time),
+#                             HTTP/1.1 keep-alive; the handshake cancels out with start-up
+#   prod    GET /api/bench    both: TLS and the access log
+#   nginx-tls  GET /api/bench  nginx-apikey over TLS 1.3 with the same certificate (tls's reference)
 #
 # Exit status: 0, or 1 when a scenario grew by more than THRESHOLD percent
 # over the recorded number (a drop is reported, never a failure: re-record it).
@@ -46,7 +52,7 @@ N=${N:-2000}                         # requests of the short run (the long one i
 THRESHOLD=${THRESHOLD:-5}            # percent growth that fails
 RECORD=${RECORD:-0}                  # 1: write the numbers to RESULTS
 RESULTS=${RESULTS:-$HERE/instructions.txt}
-ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote"
+ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote logged tls prod nginx-tls"
 SCENARIOS=${SCENARIOS:-$ALL}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}       # use this binary instead of building
 BARE_BIN=${BARE_BIN:-}               # bare Pingora (default: beside TOLLGATE_BIN, or built)
@@ -229,17 +235,43 @@ EOF
 fi
 idp_count() { cat "$TMP/idp.count"; }
 
+# The production-shape scenarios' configs: tollgate.yaml with the access log on, or a TLS
+# listener, or both.
+if [[ " $SCENARIOS " == *" tls "* || " $SCENARIOS " == *" prod "* || " $SCENARIOS " == *" nginx-tls "* ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+        -keyout "$TMP/tls.key" -out "$TMP/tls.pem" >/dev/null 2>&1 || die "openssl req failed"
+fi
+shape() { # shape SCENARIO: write $TMP/tollgate-SCENARIO.yaml
+    local out="$TMP/tollgate-$1.yaml" tls log
+    tls="listen: [{address: \"127.0.0.1:$TOLLGATE_PORT\", tls: {cert: \"$TMP/tls.pem\", key: \"$TMP/tls.key\", min_version: \"1.3\"}}]"
+    log="access_log: {format: combined, path: \"$TMP/access.$1.log\"}"
+    cp "$TMP/tollgate.yaml" "$out"
+    if [[ $1 != tls ]]; then sed -i "s|^access_log: {enabled: false}|$log|" "$out"; fi
+    if [[ $1 != logged ]]; then sed -i "s|^listen: \[\"127.0.0.1:$TOLLGATE_PORT\"\]|$tls|" "$out"; fi
+    "$TG_BIN" -t -c "$out" >"$out.check" 2>&1 || die "$out is refused: $(cat "$out.check")"
+    [[ $1 == tls ]] || grep -q "access\.$1\.log" "$out" || die "$out: the access log was not turned on"
+    [[ $1 == logged ]] || grep -q "tls.pem" "$out" || die "$out: no TLS listener"
+}
+for sc in logged tls prod; do
+    [[ " $SCENARIOS " != *" $sc "* ]] || shape "$sc"
+done
+
 # The client: COUNT sequential GETs on one keep-alive connection; every answer must
 # be a 200 with the upstream's body, so a fast error path is never measured.
-client() { # client PATH COUNT HEADER
-    python3 - "$TOLLGATE_PORT" "$1" "$2" "$3" "$BODY" <<'EOF'
-import http.client, sys
-port, path, count, header, body = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+client() { # client PATH COUNT HEADER [CA]: with CA, over TLS (host name localhost)
+    python3 - "$TOLLGATE_PORT" "$1" "$2" "$3" "$BODY" "${4:-}" <<'EOF'
+import http.client, ssl, sys
+port, path, count, header, body, ca = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 headers = {}
 if header:
     k, v = header.split(": ", 1)
     headers[k] = v
-c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=60)
+if ca:
+    ctx = ssl.create_default_context(cafile=ca)
+    c = http.client.HTTPSConnection("localhost", int(port), timeout=60, context=ctx)
+else:
+    c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=60)
 for i in range(count):
     c.request("GET", path, headers=headers)
     r = c.getresponse()
@@ -253,12 +285,17 @@ EOF
 # measure SCENARIO COUNT — sets TOTAL: the instructions of one tollgate process that
 # served COUNT requests (not in a subshell, so cleanup knows every pid).
 measure() {
-    local sc=$1 count=$2 path header out="$TMP/callgrind.$1.$2.out" pid idp0 idp1 idp2
+    local sc=$1 count=$2 path header out="$TMP/callgrind.$1.$2.out" pid idp0 idp1 idp2 ca=""
     local cmd=("$TG_BIN" -c "$TMP/tollgate.yaml") ready="http://127.0.0.1:$ADMIN_PORT/health"
     case $sc in
         plain) path=/bench header="" ;;
         apikey) path=/api/bench header="X-Api-Key: $API_KEY" ;;
         jwt) path=/jwt/bench header="Authorization: Bearer $JWT" ;;
+        logged | tls | prod)
+            path=/api/bench header="X-Api-Key: $API_KEY"
+            cmd=("$TG_BIN" -c "$TMP/tollgate-$sc.yaml")
+            [[ $sc == logged ]] || ca=$TMP/tls.pem
+            ;;
         jwks-file | jwks-remote)
             path=/$sc/bench header="Authorization: Bearer $JWKS_JWT"
             cmd=("$TG_BIN" -c "$TMP/tollgate-jwks.yaml")
@@ -270,7 +307,7 @@ measure() {
             [[ $sc != floor ]] || cmd[0]=$FLOOR_BIN
             ready="http://127.0.0.1:$TOLLGATE_PORT/bench" # no admin port: its polls are counted
             ;;
-        nginx | nginx-apikey)
+        nginx | nginx-apikey | nginx-tls)
             path=/bench header=""
             [[ $sc == nginx ]] || path=/api/bench header="X-Api-Key: $API_KEY"
             # One process (no master), so callgrind counts the one that serves.
@@ -278,9 +315,16 @@ measure() {
                 UPSTREAM_PORT="$UPSTREAM_PORT" NGINX_PORT="$TOLLGATE_PORT" NGINX_KEEPALIVE=64 \
                 WORKER_CONNECTIONS=1024 API_KEY="$API_KEY"
             sed -i 's/^master_process on;/master_process off;/' "$TMP/nginx.conf"
+            if [[ $sc == nginx-tls ]]; then
+                # tls's counterpart: the policy over TLS 1.3 with the same certificate.
+                sed -i "s|^        listen 127.0.0.1:$TOLLGATE_PORT backlog=4096;|        listen 127.0.0.1:$TOLLGATE_PORT ssl backlog=4096; ssl_certificate $TMP/tls.pem; ssl_certificate_key $TMP/tls.key; ssl_protocols TLSv1.3;|" "$TMP/nginx.conf"
+                grep -q "ssl_certificate" "$TMP/nginx.conf" || die "proxy.nginx.conf: no listen line to put TLS on"
+                ca=$TMP/tls.pem
+            fi
             mkdir -p "$TMP/nginx_tmp"
             cmd=(nginx -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf")
             ready="http://127.0.0.1:$TOLLGATE_PORT/bench"
+            [[ $sc != nginx-tls ]] || ready="https://localhost:$TOLLGATE_PORT/api/bench"
             ;;
         *) die "unknown scenario $sc ($ALL)" ;;
     esac
@@ -289,9 +333,11 @@ measure() {
     pid=$!
     PIDS+=("$pid")
     [[ $sc != jwks-* ]] || idp0=$(idp_count)
-    wait_200 "$ready" "$pid"
+    local ready_args=()
+    [[ $ready != https:* ]] || ready_args=(--cacert "$ca" -H "X-Api-Key: $API_KEY")
+    wait_200 "$ready" "$pid" "${ready_args[@]}"
     [[ $sc != jwks-* ]] || idp1=$(idp_count)
-    client "$path" "$count" "$header" || die "$sc: the client failed (see above)"
+    client "$path" "$count" "$header" "$ca" || die "$sc: the client failed (see above)"
     if [[ $sc == jwks-* ]]; then
         # The keys are fetched before anything is served, and never on the request path.
         idp2=$(idp_count)
@@ -355,6 +401,7 @@ if [[ $RECORD == 1 ]]; then
         echo "# floor: examples/h1_floor.rs, the same job on tokio without Pingora."
         echo "# nginx, nginx-apikey: benches/load/proxy.nginx.conf in one process, plain and with the policy."
         echo "# jwks-file, jwks-remote: benches/load/tollgate-jwks.yaml, jwt's policy with an RS256 JWKS from a file / an HTTPS IdP."
+        echo "# logged, tls, prod: apikey's request with a combined access log to a file, over TLS 1.3 (ECDSA P-256), both."
         echo "# measured: $(date -u '+%Y-%m-%d') $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(valgrind --version)"
         if ((${#OLD[@]})); then
             printf '# was: %s:' "${old_when:-earlier}"

@@ -32,6 +32,7 @@ use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -245,6 +246,24 @@ pub(super) async fn next_head(
     }
 }
 
+/// A future just polled with this task's waker and found pending: its first poll by the
+/// wait is answered without asking again (its wakeup is registered), later ones are its own.
+struct Looked<F> {
+    inner: F,
+    fresh: bool,
+}
+
+impl<F: Future + Unpin> Future for Looked<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if std::mem::take(&mut self.fresh) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll(cx)
+    }
+}
+
 /// How a keep-alive wait ended.
 pub(super) enum Waited<T> {
     /// The client sent bytes.
@@ -271,10 +290,17 @@ pub(super) async fn idle_wait<T>(
     first: bool,
 ) -> Waited<T> {
     let came = |v: Option<T>| v.map_or(Waited::Ended, Waited::Arrived);
-    // `Unpin`, so the wait below holds the future itself, not the future and a pin of it.
-    if let Some(now) = futures::FutureExt::now_or_never(&mut arrived) {
+    // One look with this task's waker: bytes already here arm no timer, and a look that
+    // finds none has registered the wakeup, so the wait below does not look again before
+    // the task parks (over TLS a look is a whole SSL_read).
+    let look = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut arrived).poll(cx)));
+    if let Poll::Ready(now) = look.await {
         return came(now);
     }
+    let arrived = Looked {
+        inner: arrived,
+        fresh: true,
+    };
     if first {
         return match tokio::time::timeout(idle, arrived).await {
             Ok(v) => came(v),
