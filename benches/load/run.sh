@@ -53,7 +53,8 @@ MIN_IDLE=${MIN_IDLE:-90}          # busy if less idle CPU (%) over a 1 s sample
 NGINX_KEEPALIVE=${NGINX_KEEPALIVE:-64}  # nginx upstream keepalive pool (idle conns)
 READY_TIMEOUT=${READY_TIMEOUT:-30}      # seconds a service gets to answer
 KEEP_TMP=${KEEP_TMP:-0}           # 1: keep the temp dir (configs, logs, wrk output)
-ACCESS_LOG=${ACCESS_LOG:-off}     # combined: both proxies write a combined access log to a file in the temp dir
+ACCESS_LOG=${ACCESS_LOG:-off}     # combined: both proxies write a combined access log to a file in the temp dir;
+                                  # both: as off, plus nginx-apikey-log and tollgate-apikey-log (second instances that log)
 PARTS=${PARTS:-"throughput latency memory keys"}
 LAT_DURATION=${LAT_DURATION:-10s} # one open-loop oha run
 LAT_REPS=${LAT_REPS:-3}           # open-loop runs per target (each paired with a direct run)
@@ -154,7 +155,7 @@ median() {
 # shellcheck disable=SC2015 # "A && B || die": die if either fails, on purpose
 check_knobs() {
     is_uint "$REPS" && ((REPS > 0)) || die "REPS must be a positive integer (got '$REPS')"
-    [[ $ACCESS_LOG == off || $ACCESS_LOG == combined ]] || die "ACCESS_LOG must be off or combined (got '$ACCESS_LOG')"
+    [[ $ACCESS_LOG =~ ^(off|combined|both)$ ]] || die "ACCESS_LOG must be off, combined or both (got '$ACCESS_LOG')"
     local c
     for c in $CONNS; do
         is_uint "$c" && ((c > 0)) || die "CONNS must be positive integers (got '$CONNS')"
@@ -454,48 +455,57 @@ start_upstream() {
     log "upstream nginx ready on :$UPSTREAM_PORT (pid $UPSTREAM_PID, cpu $LOADGEN_CPU)"
 }
 
-start_nginx_proxy() {
+start_nginx_proxy() { # start_nginx_proxy [PORT LOG TAG]: LOG on|off, TAG names a second instance
+    local port=${1:-$NGINX_PORT} logged=${2:-$ACCESS_LOG} tag=${3:-}
+    local conf="$TMP/nginx$tag.conf" pid
     mkdir -p "$TMP/nginx_tmp"
-    render proxy.nginx.conf "$TMP/nginx.conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
-        NGINX_PORT="$NGINX_PORT" NGINX_KEEPALIVE="$NGINX_KEEPALIVE" WORKER_CONNECTIONS="$WORKER_CONNECTIONS" \
+    render proxy.nginx.conf "$conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
+        NGINX_PORT="$port" NGINX_KEEPALIVE="$NGINX_KEEPALIVE" WORKER_CONNECTIONS="$WORKER_CONNECTIONS" \
         API_KEY="$API_KEY"
-    if [[ $ACCESS_LOG == combined ]]; then
+    if [[ $logged == combined ]]; then
         # As nginx is usually run: one unbuffered line per request.
-        sed -i "s|^    access_log off;|    access_log $TMP/nginx-access.log combined;|" "$TMP/nginx.conf"
-        grep -q "nginx-access.log" "$TMP/nginx.conf" || die "proxy.nginx.conf: no 'access_log off;' to replace"
+        sed -i "s|^    access_log off;|    access_log $TMP/nginx$tag-access.log combined;|" "$conf"
+        grep -q "nginx$tag-access.log" "$conf" || die "proxy.nginx.conf: no 'access_log off;' to replace"
     fi
-    nginx -t -q -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf" ||
-        die "proxy nginx config rejected (see above; $TMP/nginx.conf)"
-    start_bg nginx "$PROXY_CPU" TERM nginx -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf"
-    NGINX_PID=$LAST_PID
-    wait_http "nginx proxy" "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/bench" \
-        "$TMP/nginx.out" "$TMP/nginx.error.log"
+    # A second instance: its own pid file.
+    [[ -z $tag ]] || sed -i "s|^pid .*;|pid $TMP/nginx$tag.pid;|" "$conf"
+    nginx -t -q -p "$TMP" -e "$TMP/nginx$tag.error.log" -c "$conf" ||
+        die "proxy nginx config rejected (see above; $conf)"
+    start_bg "nginx$tag" "$PROXY_CPU" TERM nginx -p "$TMP" -e "$TMP/nginx$tag.error.log" -c "$conf"
+    pid=$LAST_PID
+    wait_http "nginx proxy$tag" "$pid" "http://127.0.0.1:$port/bench" \
+        "$TMP/nginx$tag.out" "$TMP/nginx$tag.error.log"
     # The master only supervises; the worker does the proxying, so its CPU and
     # RSS are what compares with tollgate's single process.
-    remember_children "$NGINX_PID"
-    ((${#NEW_CHILDREN[@]})) || die "nginx proxy (pid $NGINX_PID) has no worker process"
+    remember_children "$pid"
+    ((${#NEW_CHILDREN[@]})) || die "nginx proxy (pid $pid) has no worker process"
     local workers="${NEW_CHILDREN[*]}"
-    PIDS_ON_PORT[$NGINX_PORT]=$workers
-    log "nginx proxy ready on :$NGINX_PORT (master $NGINX_PID, worker $workers, cpu $PROXY_CPU)"
+    PIDS_ON_PORT[$port]=$workers
+    log "nginx proxy$tag ready on :$port (master $pid, worker $workers, cpu $PROXY_CPU)"
 }
 
-start_tollgate() {
-    render tollgate.yaml "$TMP/tollgate.yaml" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
-        TOLLGATE_PORT="$TOLLGATE_PORT" TOLLGATE_ADMIN_PORT="$TOLLGATE_ADMIN_PORT" API_KEY="$API_KEY"
-    if [[ $ACCESS_LOG == combined ]]; then
-        sed -i "s|^access_log: {enabled: false}|access_log: {format: combined, path: \"$TMP/tollgate-access.log\"}|" \
-            "$TMP/tollgate.yaml"
-        grep -q "tollgate-access.log" "$TMP/tollgate.yaml" || die "tollgate.yaml: no 'access_log: {enabled: false}' to replace"
+start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG]: as start_nginx_proxy
+    local port=${1:-$TOLLGATE_PORT} admin=${2:-$TOLLGATE_ADMIN_PORT} logged=${3:-$ACCESS_LOG} tag=${4:-}
+    local conf="$TMP/tollgate$tag.yaml" pid
+    render tollgate.yaml "$conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
+        TOLLGATE_PORT="$port" TOLLGATE_ADMIN_PORT="$admin" API_KEY="$API_KEY"
+    if [[ $logged == combined ]]; then
+        sed -i "s|^access_log: {enabled: false}|access_log: {format: combined, path: \"$TMP/tollgate$tag-access.log\"}|" \
+            "$conf"
+        grep -q "tollgate$tag-access.log" "$conf" || die "tollgate.yaml: no 'access_log: {enabled: false}' to replace"
     fi
+    # A second instance: its own pid file and upgrade socket.
+    [[ -z $tag ]] || sed -i "s|tollgate.pid|tollgate$tag.pid|; s|tollgate_upgrade.sock|tollgate$tag""_upgrade.sock|" "$conf"
     # The JWT scenario's token, minted by tollgate itself from the same config.
-    JWT=$("$TG_BIN" token -c "$TMP/tollgate.yaml" --auth tokens --sub bench --ttl 24h) ||
+    JWT=$("$TG_BIN" token -c "$conf" --auth tokens --sub bench --ttl 24h) ||
         die "tollgate token failed"
     # SIGINT is Pingora's fast shutdown; SIGTERM would wait out the grace period.
-    start_bg tollgate "$PROXY_CPU" INT env RUST_LOG=error "$TG_BIN" -c "$TMP/tollgate.yaml"
-    TOLLGATE_PID=$LAST_PID
-    wait_http "tollgate" "$TOLLGATE_PID" "http://127.0.0.1:$TOLLGATE_ADMIN_PORT/health" "$TMP/tollgate.out"
-    PIDS_ON_PORT[$TOLLGATE_PORT]=$TOLLGATE_PID
-    log "tollgate ready on :$TOLLGATE_PORT, admin :$TOLLGATE_ADMIN_PORT (pid $TOLLGATE_PID, cpu $PROXY_CPU)"
+    start_bg "tollgate$tag" "$PROXY_CPU" INT env RUST_LOG=error "$TG_BIN" -c "$conf"
+    pid=$LAST_PID
+    [[ -n $tag ]] || TOLLGATE_PID=$pid
+    wait_http "tollgate$tag" "$pid" "http://127.0.0.1:$admin/health" "$TMP/tollgate$tag.out"
+    PIDS_ON_PORT[$port]=$pid
+    log "tollgate$tag ready on :$port, admin :$admin (pid $pid, cpu $PROXY_CPU)"
 }
 
 start_example() { # start_example NAME BIN PORT — a floor: LISTEN_ADDR UPSTREAM_ADDR, SIGINT stops it
@@ -779,13 +789,19 @@ main() {
     HAPROXY_MAXCONN=$(((nofile - 100) / 2 < WORKER_CONNECTIONS ? (nofile - 100) / 2 : WORKER_CONNECTIONS))
 
     local ports
-    ports=$(free_ports 7)
+    ports=$(free_ports 10)
     read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT HAPROXY_PORT BARE_PORT \
-        FLOOR_PORT <<<"$ports"
+        FLOOR_PORT NGINX_LOG_PORT TOLLGATE_LOG_PORT TOLLGATE_LOG_ADMIN_PORT <<<"$ports"
 
     start_upstream
-    start_nginx_proxy
-    [[ $SKIP_TOLLGATE == 1 ]] || start_tollgate
+    # ACCESS_LOG=both: the plain instances without a log, and a second of each with one.
+    local first_log=$ACCESS_LOG
+    [[ $ACCESS_LOG != both ]] || first_log=off
+    start_nginx_proxy "$NGINX_PORT" "$first_log"
+    [[ $ACCESS_LOG != both ]] || start_nginx_proxy "$NGINX_LOG_PORT" combined -log
+    [[ $SKIP_TOLLGATE == 1 ]] || start_tollgate "$TOLLGATE_PORT" "$TOLLGATE_ADMIN_PORT" "$first_log"
+    [[ $SKIP_TOLLGATE == 1 || $ACCESS_LOG != both ]] ||
+        start_tollgate "$TOLLGATE_LOG_PORT" "$TOLLGATE_LOG_ADMIN_PORT" combined -log
     [[ $SKIP_TOLLGATE == 1 || $SKIP_BARE == 1 ]] || start_example pingora "$BARE_BIN" "$BARE_PORT"
     [[ $SKIP_TOLLGATE == 1 || $SKIP_FLOOR == 1 ]] || start_example h1-floor "$FLOOR_BIN" "$FLOOR_PORT"
     [[ $HAVE_HAPROXY == 0 ]] || start_haproxy
@@ -813,6 +829,14 @@ main() {
         # No JWT in nginx (open source) to compare with: its base is the API-key route.
         scenario --vs nginx-apikey --base tollgate-apikey --path /jwt/bench --auth \
             tollgate-jwt "$TOLLGATE_PORT" -H "Authorization: Bearer $JWT"
+    fi
+    if [[ $ACCESS_LOG == both ]]; then
+        # Each with a combined access log to a file: "vs base" is what the log costs it.
+        scenario --base nginx-apikey --path /api/bench --auth nginx-apikey-log "$NGINX_LOG_PORT" -H "$key_hdr"
+        if [[ $SKIP_TOLLGATE != 1 ]]; then
+            scenario --vs nginx-apikey-log --base tollgate-apikey --path /api/bench --auth \
+                tollgate-apikey-log "$TOLLGATE_LOG_PORT" -H "$key_hdr"
+        fi
     fi
 
     local name conns rep
