@@ -22,7 +22,6 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use http::{HeaderName, HeaderValue};
-use subtle::ConstantTimeEq;
 
 use super::jwt::{claim_value, Claims};
 
@@ -109,7 +108,7 @@ impl TokenCache {
         let (h, shard) = self.slot(token);
         let mut m = shard.lock().unwrap_or_else(|e| e.into_inner());
         let (kept, verified) = m.get(&h)?;
-        if !bool::from(kept.as_ref().ct_eq(token)) {
+        if !super::ct::eq(kept, token) {
             return None;
         }
         if verified.current(now, leeway) {

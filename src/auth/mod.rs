@@ -4,6 +4,7 @@
 pub mod api_key;
 pub mod cache;
 pub mod config;
+pub mod ct;
 pub mod discovery;
 pub mod fetch;
 pub mod introspect;
