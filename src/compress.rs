@@ -6,7 +6,7 @@
 //! the client's first listed coding, has a fixed 20-byte minimum and a fixed type list, does
 //! not look at `Cache-Control: no-transform` or `206`, and its brotli encoder only *flushes*
 //! at the end of the body instead of finishing the stream (pingora-core 0.9.1
-//! `compression/brotli.rs:112-116`), so a strict decoder (the `brotli` crate's) reports
+//! `compression/brotli.rs`), so a strict decoder (the `brotli` crate's) reports
 //! invalid data after the last byte. So the decision is made here, in the proxy's
 //! `response_filter` ([`Compression::start`]), and the body is encoded in
 //! `response_body_filter` ([`Encoder`]) with the same `flate2`/`brotli` crates Pingora links.

@@ -36,8 +36,7 @@ pub(crate) const HEADROOM: usize = 8;
 ///
 /// Why: Pingora's heads keep, beside the `HeaderMap`, a second map with each name's original
 /// case, and its `insert_header` parses the name again (allocating for any non-standard one,
-/// twice) and writes both maps, about 1.4k instructions a header
-/// (`benches/instructions.sh`). tollgate sets about a dozen headers per request. Without the
+/// twice) and writes both maps, for each of the dozen headers tollgate sets. Without the
 /// case map, HTTP/1 names go out as Pingora writes them itself: standard ones in their usual
 /// Title-Case, others in lower case, as HAProxy and Envoy send them (field names are
 /// case-insensitive, RFC 9110 section 5.1). A request target that does not round-trip through

@@ -1,11 +1,10 @@
 //! Where a cleartext keep-alive connection waits once it has been idle for [`PARK_AFTER`]:
 //! not in a task of its own but as an entry in its service's lot, a table of sockets behind
-//! one epoll instance, so that a long-idle connection costs about 150 bytes (its entry and its
-//! deadline), and the memory its task held goes back to the OS (`crate::alloc`).
+//! one epoll instance, so that a long-idle connection costs only its entry and its deadline,
+//! and the memory its task held goes back to the OS (`crate::alloc`).
 //!
-//! Why: a tokio connection's idle floor is its task (header, future and idle timer, about
-//! 1 KiB) and its socket's registration with the reactor (256 bytes), more than twice
-//! nginx's whole idle connection. A connection that has said nothing for a second is
+//! Why: a tokio connection's idle floor is its task (header, future and idle timer) and its
+//! socket's registration with the reactor, several times nginx's whole idle connection. A connection that has said nothing for a second is
 //! unlikely to speak within microseconds, so it gives both up: its socket leaves tokio's
 //! reactor for the lot's epoll set (level-triggered, one-shot) with its address, per-IP slot
 //! and keep-alive deadline. The lot's one task watches that set through a single tokio
@@ -41,9 +40,9 @@ use super::keepalive::Carried;
 use super::{Gate, Serve, Slot};
 
 /// How long a connection waits for its next request in its own task before it is parked.
-/// Well above the gap between the requests of a busy client (under a closed-loop load of
-/// 256 connections on one core, about 13 ms), so only connections that are really idle pay
-/// the syscalls of parking.
+/// Well above the gap between the requests of a busy client, even under a closed-loop load
+/// of hundreds of connections on one core, so only connections that are really idle pay the
+/// syscalls of parking.
 pub(super) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Most readiness events taken from the epoll set in one call.

@@ -2,9 +2,9 @@
 //! that an idle keep-alive connection holds its socket and nothing else.
 //!
 //! Behind Pingora's listener an idle connection kept, for its whole life, the listener's task
-//! (sized for a TLS handshake: 2,560 bytes), Pingora's boxed `l4::Stream` and its socket
-//! digest (about 850 bytes), tollgate's boxed `Gate::process_new` future (688) and [`Guarded`]
-//! (128 + its timer): 4.5 KiB of heap per connection, against nginx's 0.4 KiB. Here the
+//! (sized for a TLS handshake), Pingora's boxed `l4::Stream` and its socket digest,
+//! tollgate's boxed `Gate::process_new` future and [`Guarded`] with its timer: many times
+//! nginx's idle connection. Here the
 //! connection's task holds the tokio socket, the client's address and per-IP slot, and the
 //! idle wait's timer; between requests it waits for readability only. When bytes arrive it
 //! builds the stream Pingora and the own codec take ([`Plain`] under [`Guarded`]) and a

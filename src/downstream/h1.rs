@@ -3,8 +3,8 @@
 //! CONNECT, which Pingora refuses).
 //!
 //! Why: Pingora's server session costs about as much per request as all of tollgate's policy
-//! and upstream relay together (`benches/instructions.sh`, `hybrid` against `floor`): a boxed
-//! 10 KiB future, a session object, a head buffer, a case-preserving header map. This codec
+//! and upstream relay together: a large boxed future, a session object, a head buffer, a
+//! case-preserving header map. This codec
 //! reads such a request into a [`RequestHeader`] and writes the response straight to the
 //! connection; everything else (a body, `Expect`, upgrades, a head split over reads) is
 //! handed to Pingora untouched, byte for byte, so no rule of Pingora's for those is restated

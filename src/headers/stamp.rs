@@ -5,8 +5,8 @@
 //! codec does.
 //!
 //! Why: a map insert hashes the name, probes, and stores a value built for it (the `RateLimit`
-//! value allocated, then validated byte by byte): about 500 instructions a header of a name
-//! that is not a standard one (`benches/instructions.sh`). Nothing after `decorate` reads the
+//! value allocated, then validated byte by byte), dear for a name that is not a standard
+//! one. Nothing after `decorate` reads the
 //! gateway's headers, and on a route without CORS or compression nothing reads the route's
 //! either (compression reads `Content-Type`, `Cache-Control` and `Vary`, CORS `Vary`; the
 //! framing headers cannot be set by a route), so on the own codec they need never be more

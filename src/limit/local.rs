@@ -9,8 +9,8 @@
 //!
 //! Why not pingora-limits' `Rate` for the decision: it is a count-min sketch whose collisions
 //! only over-count, so under a million active keys a quiet client would share slots with busy
-//! ones and get false 429s. Exact state costs about 16 bytes of payload per key (plus the
-//! hash table's slack, measured by `benches/limit.rs`).
+//! ones and get false 429s. Exact state is a few words per key (`benches/limit.rs` measures
+//! it).
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -20,7 +20,8 @@ use parking_lot::Mutex;
 /// Number of shards (a power of two). 64 mutexes: contention is negligible with a few threads.
 const SHARDS: usize = 64;
 
-/// The default bound on stored keys across all local policies (~40 MB at 1M keys measured).
+/// The default bound on stored keys across all local policies, well within the memory target
+/// of the rate-limiter's keys.
 pub const DEFAULT_MAX_KEYS: usize = 4 << 20;
 
 /// The key is already a good hash; do not hash it again.

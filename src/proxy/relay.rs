@@ -8,8 +8,7 @@
 //! written by the codec itself where it can, `headers::Stamp`), compression; an error goes back
 //! to the caller, which answers it as `fail_to_proxy` does.
 //!
-//! Why: Pingora's upstream leg is half of its engine's cost per request (`benches/
-//! instructions.sh`, `hybrid` against `bare`). What takes the fast path is the common case
+//! Why: Pingora's upstream leg is half of its engine's cost per request. What takes the fast path is the common case
 //! only; everything else keeps Pingora's path, whose rules for it are not repeated here: a
 //! request body, HTTP/2 from the client, an upgrade (WebSocket or other), gRPC, a TLS or h2
 //! upstream, an absolute-form target, `Expect`, a missing or repeated `Host`, or a `Connection`

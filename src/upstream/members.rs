@@ -3,7 +3,7 @@
 //!
 //! Round robin and random pick here rather than through Pingora's `LoadBalancer`: its
 //! `select_with` asks the health registry about every candidate, and each question hashes
-//! the backend twice with SipHash (about 2k instructions a request). The active checks still
+//! the backend twice with SipHash, on every request. The active checks still
 //! run in Pingora; their verdicts land in [`BackendState::healthy`] through the checks'
 //! change callback, so a pick reads one atomic per candidate.
 

@@ -2,12 +2,12 @@
 //!
 //! gRPC backends speak only HTTP/2, and often without TLS (h2c). Pingora 0.9.1 reaches such a
 //! backend with prior knowledge when the peer's ALPN is `H2` (minimum version 2) and the peer
-//! is not TLS: `connectors/http/mod.rs:118` then skips the HTTP/1 pool, and
-//! `connectors/http/v2.rs:372` starts the HTTP/2 handshake on the plain TCP stream ("we trust
+//! is not TLS: `connectors/http/mod.rs` then skips the HTTP/1 pool, and
+//! `connectors/http/v2.rs` starts the HTTP/2 handshake on the plain TCP stream ("we trust
 //! the caller that the server speaks h2c"). On a TLS peer the same ALPN offers only `h2`.
 //!
 //! Pingora opens one HTTP/2 connection per concurrent request unless told otherwise: its peers
-//! default to `max_h2_streams: 1` (`upstreams/peer.rs:599`). tollgate raises that to
+//! default to `max_h2_streams: 1` (`upstreams/peer.rs`). tollgate raises that to
 //! [`DEFAULT_MAX_H2_STREAMS`], so concurrent requests share a connection as HTTP/2 intends; the
 //! backend's own `SETTINGS_MAX_CONCURRENT_STREAMS` still caps it (`v2.rs`, `more_streams_allowed`).
 

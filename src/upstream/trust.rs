@@ -4,9 +4,8 @@
 //! it is built, and keeps it for the life of the process: `SslConnector::builder` loads the
 //! default paths, and pingora-core 0.9.1 (`connectors/tls/boringssl_openssl/mod.rs`,
 //! `Connector::new`) loads them again. The proxy builds two connectors (HTTP/1 and HTTP/2),
-//! and so does every HTTP health check (a TCP check one). On Debian that is about 3 MiB of
-//! heap for the proxy and 0.6 MiB for every health-checked upstream
-//! (`benches/load/results.md`), whether or not anything is verified against it.
+//! and so does every HTTP health check (a TCP check one): each holds a parsed copy of the
+//! whole bundle, whether or not anything is verified against it.
 //!
 //! Only a TLS upstream that is verified and has no `ca` of its own uses it: a peer with a `ca`
 //! gets a store of just those certificates for its handshake, and one with `verify: false` none.
