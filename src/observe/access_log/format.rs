@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Entry, Format, RateLimitEntry};
+use super::{Entry, Format};
 
 /// The part of an RFC 3339 time that changes once a second (`2026-12-07T01:02:03`), kept by
 /// each buffer so that a line only adds its milliseconds.
@@ -111,71 +111,74 @@ fn combined(o: &mut Vec<u8>, clock: &mut Clock, e: &Entry) {
 fn json(o: &mut Vec<u8>, clock: &mut Clock, e: &Entry) {
     o.extend_from_slice(b"{\"time\":\"");
     clock.write(o, e.time);
-    o.extend_from_slice(b"\",\"request_id\":");
+    o.push(b'"');
+    key(o, "request_id");
     string(o, Some(e.request_id));
-    o.extend_from_slice(b",\"client_ip\":");
-    match e.client_ip {
-        Some(ip) => {
-            o.push(b'"');
-            ip_addr(o, ip);
-            o.push(b'"');
-        }
-        None => o.extend_from_slice(b"null"),
-    }
-    o.extend_from_slice(b",\"consumer\":");
+    key(o, "client_ip");
+    quoted_or_null(o, e.client_ip, ip_addr);
+    key(o, "consumer");
     string(o, e.consumer);
-    o.extend_from_slice(b",\"method\":");
+    key(o, "method");
     string(o, Some(e.method));
-    o.extend_from_slice(b",\"path\":");
+    key(o, "path");
     string(o, Some(e.path));
-    o.extend_from_slice(b",\"protocol\":");
+    key(o, "protocol");
     string(o, Some(e.version));
-    o.extend_from_slice(b",\"route\":");
+    key(o, "route");
     string(o, e.route);
-    o.extend_from_slice(b",\"status\":");
+    key(o, "status");
     int(o, e.status);
-    o.extend_from_slice(b",\"bytes_in\":");
+    key(o, "bytes_in");
     int(o, e.bytes_in);
-    o.extend_from_slice(b",\"bytes_out\":");
+    key(o, "bytes_out");
     int(o, e.bytes_out);
-    o.extend_from_slice(b",\"upstream\":");
-    match e.upstream {
-        Some(a) => {
-            o.push(b'"');
-            socket_addr(o, a);
-            o.push(b'"');
-        }
-        None => o.extend_from_slice(b"null"),
-    }
-    o.extend_from_slice(b",\"upstream_ms\":");
-    json_millis(o, e.upstream_time);
-    o.extend_from_slice(b",\"total_ms\":");
+    key(o, "upstream");
+    quoted_or_null(o, e.upstream, socket_addr);
+    key(o, "upstream_ms");
+    or_null(o, e.upstream_time, millis);
+    key(o, "total_ms");
     millis(o, e.total);
-    o.extend_from_slice(b",\"websocket_ms\":");
-    json_millis(o, e.websocket);
-    o.extend_from_slice(b",\"rate_limit\":");
-    match e.rate_limit {
-        Some(RateLimitEntry { remaining, .. }) => {
-            o.extend_from_slice(b"{\"outcome\":\"");
-            o.extend_from_slice(e.rate_limit.map_or("", |r| r.outcome()).as_bytes());
-            o.extend_from_slice(b"\",\"remaining\":");
-            int(o, remaining);
-            o.push(b'}');
-        }
-        None => o.extend_from_slice(b"null"),
-    }
-    o.extend_from_slice(b",\"user_agent\":");
+    key(o, "websocket_ms");
+    or_null(o, e.websocket, millis);
+    key(o, "rate_limit");
+    or_null(o, e.rate_limit, |o, r| {
+        o.extend_from_slice(b"{\"outcome\":\"");
+        o.extend_from_slice(r.outcome().as_bytes());
+        o.extend_from_slice(b"\",\"remaining\":");
+        int(o, r.remaining);
+        o.push(b'}');
+    });
+    key(o, "user_agent");
     string(o, e.user_agent);
-    o.extend_from_slice(b",\"referer\":");
-    string(o, e.referer);
-    o.extend_from_slice(b",\"error\":");
+    key(o, "error");
     string(o, e.error);
-    o.extend_from_slice(b",\"grpc_status\":");
-    match e.grpc_status {
-        Some(g) => int(o, g),
+    key(o, "grpc_status");
+    or_null(o, e.grpc_status, int);
+    o.extend_from_slice(b"}\n");
+}
+
+/// `,"name":`, before every member but the first.
+fn key(o: &mut Vec<u8>, name: &str) {
+    o.extend_from_slice(b",\"");
+    o.extend_from_slice(name.as_bytes());
+    o.extend_from_slice(b"\":");
+}
+
+/// `v` as `write` puts it, or `null`.
+fn or_null<T>(o: &mut Vec<u8>, v: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {
+    match v {
+        Some(v) => write(o, v),
         None => o.extend_from_slice(b"null"),
     }
-    o.extend_from_slice(b"}\n");
+}
+
+/// `v` as `write` puts it, between quotes (text that needs no escaping), or `null`.
+fn quoted_or_null<T>(o: &mut Vec<u8>, v: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {
+    or_null(o, v, |o, v| {
+        o.push(b'"');
+        write(o, v);
+        o.push(b'"');
+    });
 }
 
 fn int(o: &mut Vec<u8>, n: impl itoa::Integer) {
@@ -196,13 +199,6 @@ fn millis(o: &mut Vec<u8>, d: Duration) {
     int(o, micros / 1000);
     o.push(b'.');
     three_digits(o, (micros % 1000) as u32);
-}
-
-fn json_millis(o: &mut Vec<u8>, d: Option<Duration>) {
-    match d {
-        Some(d) => millis(o, d),
-        None => o.extend_from_slice(b"null"),
-    }
 }
 
 /// As `SocketAddr`'s `Display` (`[v6]:port` for IPv6).
