@@ -87,10 +87,12 @@ impl LocalGateway {
             admin,
             _dir: dir,
         };
+        // The admin service can listen before the proxy does: wait for both.
         assert!(
             super::eventually(Duration::from_secs(10), || gw
                 .try_admin_get("/health")
-                .is_ok()),
+                .is_ok()
+                && std::net::TcpStream::connect(gw.addr).is_ok()),
             "in-process gateway did not start"
         );
         gw
