@@ -4,10 +4,10 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use tollgate::auth::api_key::KeyTable;
-use tollgate::auth::config::SecretFile;
-use tollgate::auth::jwt::Jwt;
 use tollgate::config::ConfigErrors;
+use tollgate::policy::auth::api_key::KeyTable;
+use tollgate::policy::auth::config::SecretFile;
+use tollgate::policy::auth::jwt::Jwt;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -89,8 +89,8 @@ fn benches(c: &mut Criterion) {
 /// (12,000 tokens), what a request with a known opaque token costs beyond the JWT-free path.
 fn introspection(c: &mut Criterion) {
     use std::sync::Arc;
-    use tollgate::auth::cache::Verified;
-    use tollgate::auth::introspect::cache::{digest, Verdicts};
+    use tollgate::policy::auth::cache::Verified;
+    use tollgate::policy::auth::introspect::cache::{digest, Verdicts};
     let v = Verdicts::default();
     let claims = serde_json::json!({"sub": "alice", "scope": "read write"});
     let verified = Arc::new(Verified::new(

@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use tollgate::limit::local::{Gcra, LocalStore};
+use tollgate::policy::limit::local::{Gcra, LocalStore};
 
 struct Counting;
 

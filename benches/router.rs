@@ -3,7 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::Method;
-use tollgate::router::{normalise_prefix, HostPattern, MethodSet, Route, Router};
+use tollgate::policy::router::{normalise_prefix, HostPattern, MethodSet, Route, Router};
 
 fn table(n: usize) -> Router {
     let routes = (0..n)
@@ -69,10 +69,12 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
     c.bench_function("path_normalise_clean", |b| {
-        b.iter(|| tollgate::path::normalise(black_box("/api/v1/users/42/orders")))
+        b.iter(|| tollgate::policy::path::normalise(black_box("/api/v1/users/42/orders")))
     });
     c.bench_function("path_normalise_dirty", |b| {
-        b.iter(|| tollgate::path::normalise(black_box("/api/v1/../v1/./users//42/%7eorders")))
+        b.iter(|| {
+            tollgate::policy::path::normalise(black_box("/api/v1/../v1/./users//42/%7eorders"))
+        })
     });
 }
 

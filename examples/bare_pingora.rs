@@ -113,7 +113,7 @@ fn main() {
     // pool, work stealing, grace periods), from the load harness's `threads: 1`, and the
     // upstream peer as tollgate builds it (connect, read and write timeouts, which Pingora
     // times on every read and write); the route only satisfies the loader.
-    let loaded = tollgate::config::load_str(&format!(
+    let loaded = tollgate::gateway::load_str(&format!(
         "threads: 1\nupstreams: {{u: {{targets: [\"{upstream}\"]}}}}\n\
          routes: [{{name: r, path_prefix: /, upstream: u}}]\n"
     ))

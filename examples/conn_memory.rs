@@ -31,7 +31,7 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let loaded = tollgate::config::load_str(
+        let loaded = tollgate::gateway::load_str(
             "upstreams: {u: {targets: [\"127.0.0.1:1\"]}}\nroutes: [{name: r, path_prefix: /, upstream: u}]\n",
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
@@ -39,7 +39,7 @@ fn main() {
         let conf = Arc::new(loaded.server);
         let obs = Arc::new(tollgate::observe::Observe {
             metrics: tollgate::observe::metrics::Metrics::with_layout(
-                tollgate::observe::metrics::Layout::of(&gw),
+                tollgate::observe::metrics::Layout::of(gw.router.routes(), &gw.rate_limits),
             ),
             access_log: tollgate::observe::access_log::AccessLog::new(gw.access_log.clone()),
         });
@@ -85,9 +85,9 @@ fn main() {
         let serve = tollgate::conn::Serve::serve(&own, &mut s, bytes::BytesMut::new(), false);
         println!("own codec's per-request future:        {:>6} bytes (boxed per request; moved whole into its box)", std::mem::size_of_val(&serve));
         drop(serve);
-        let ctx = tollgate::proxy::Ctx::default();
+        let who = tollgate::policy::limit::Caller { client_ip: None, identity: None };
         let h = http::HeaderMap::new();
-        let check = gw.rate_limits.check(&[], "r", &ctx, &h);
+        let check = gw.rate_limits.check(&[], "r", who, &h);
         println!("  of which Limits::check:              {:>6} bytes", std::mem::size_of_val(&check));
         drop(check);
         println!("cleartext connection idle > 1 s:       {:>6} bytes (its entry in the listener's table of idle sockets: no task, no registration)", tollgate::conn::parked_connection_size());

@@ -9,7 +9,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::config::Gateway;
+use crate::gateway::Gateway;
 use crate::headers::names::{GATEWAY_NAME, X_GATEWAY};
 use crate::observe::Observe;
 
@@ -29,7 +29,10 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
-        let body = self.obs.render(&self.gw).into_bytes();
+        let body = self
+            .obs
+            .render(&self.gw.auth, &self.gw.rate_limits, &self.gw.upstreams)
+            .into_bytes();
         Response::builder()
             .status(200)
             .header("content-type", "text/plain; version=0.0.4")

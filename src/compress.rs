@@ -32,8 +32,8 @@ use pingora::{Error, ErrorType, OrErr, Result};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use crate::config::file::Size;
 use crate::config::ConfigErrors;
+use crate::config::Size;
 
 const DEFAULT_GZIP: u32 = 6;
 const DEFAULT_BROTLI: u32 = 4;

@@ -35,9 +35,9 @@ pub struct Ctx {
     /// How the last attempt on a backend failed, for the answer when no backend is left.
     pub last_failure: Option<Reject>,
     /// The rate-limit decision of a limited route, for the response's RateLimit headers.
-    pub limit: Option<crate::limit::Decision>,
+    pub limit: Option<crate::policy::limit::Decision>,
     /// The authenticated caller, forwarded upstream.
-    pub identity: Option<crate::auth::Identity>,
+    pub identity: Option<crate::policy::auth::Identity>,
     /// A gRPC call (by its Content-Type): refusals are answered with a gRPC status.
     pub grpc: bool,
     /// The `grpc-status` the call ended with (ours or the backend's), for the access log.
@@ -63,8 +63,7 @@ impl Ctx {
     /// [`Self::consumer`] as bytes, for keying (no check of every byte): a name that is not
     /// ASCII is as good a key.
     pub fn consumer_bytes(&self) -> Option<&[u8]> {
-        let c = self.identity.as_ref()?.consumer.as_ref()?;
-        Some(c.as_bytes())
+        self.identity.as_ref()?.consumer_bytes()
     }
 
     /// The current attempt failed with `e`: remember how, for the answer when no backend is
@@ -78,7 +77,7 @@ impl Ctx {
 
     /// A verified JWT claim, for `key: claim:NAME` limits.
     pub fn claim(&self, name: &str) -> Option<&serde_json::Value> {
-        self.identity.as_ref()?.claims.as_ref()?.get(name)
+        self.identity.as_ref()?.claim(name)
     }
 }
 

@@ -8,9 +8,9 @@ use std::fmt::Write;
 use http::Method;
 use pingora::tls::x509::X509;
 
-use crate::config::Gateway;
+use crate::gateway::Gateway;
 use crate::listen::client_auth::PeerCert;
-use crate::router::Match;
+use crate::policy::router::Match;
 
 /// A request to explain: method, URL (`http://host/path?query` or `/path`), headers, and
 /// the client certificate (leaf first, then its intermediates) it would present.
@@ -75,7 +75,7 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
         req.host.as_deref().unwrap_or("(no host)"),
         req.path_and_query
     );
-    let path = match crate::path::normalise(raw_path) {
+    let path = match crate::policy::path::normalise(raw_path) {
         Ok(p) => p,
         Err(e) => {
             let _ = writeln!(o, "answer:   400 bad_request: {}", e.message());
@@ -132,14 +132,9 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
             let mut auth = String::new();
             // As the proxy does: a key carried in the query is not forwarded.
             let key_param = explain_auth(&mut auth, gw, r, req);
-            let target = crate::headers::forwarded_target(
-                r,
-                &path,
-                query,
-                key_param.as_deref(),
-                path != raw_path,
-            )
-            .unwrap_or_else(|| req.path_and_query.clone());
+            let target = r
+                .forwarded_target(&path, query, key_param.as_deref(), path != raw_path)
+                .unwrap_or_else(|| req.path_and_query.clone());
             let up = &gw.upstreams[r.upstream];
             let _ = writeln!(o, "route:    {} -> upstream {}", r.name, up.name);
             let _ = writeln!(o, "forward:  {} {target}", req.method);
@@ -178,7 +173,7 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
 fn explain_auth(
     o: &mut String,
     gw: &Gateway,
-    r: &crate::router::Route,
+    r: &crate::policy::router::Route,
     req: &Request,
 ) -> Option<std::sync::Arc<str>> {
     let Some(ra) = &r.auth else {
@@ -222,14 +217,14 @@ fn explain_auth(
             asks.join(", ")
         );
     }
-    let refusal = |f: &crate::auth::Failure| {
+    let refusal = |f: &crate::policy::auth::Failure| {
         let (status, code) = (f.reject.status(), f.reject.code());
         format!("{status} {code} ({}): {}", f.reason.as_str(), f.message)
     };
     match gw.auth.check(ra, &head, cert.as_ref()) {
         // The answer is the endpoint's: what the other providers say is only part of it.
         Err(f) if bearer && !asks.is_empty() => {
-            if f.reason != crate::auth::Reason::Missing {
+            if f.reason != crate::policy::auth::Reason::Missing {
                 let _ = writeln!(
                     o,
                     "          the other providers refuse it: {}",
@@ -304,7 +299,7 @@ fn explain_cert(o: &mut String, gw: &Gateway, req: &Request) -> Option<PeerCert>
 }
 
 /// The route's rate-limit policies, described; no budget is consumed.
-fn explain_limits(o: &mut String, gw: &Gateway, r: &crate::router::Route) {
+fn explain_limits(o: &mut String, gw: &Gateway, r: &crate::policy::router::Route) {
     if r.rate_limits.is_empty() {
         o.push_str("limits:   none\n");
         return;
@@ -337,10 +332,10 @@ fn request_header(req: &Request) -> Result<pingora::http::RequestHeader, String>
     Ok(h)
 }
 
-fn describe_host(r: &crate::router::Route) -> String {
+fn describe_host(r: &crate::policy::router::Route) -> String {
     match &r.host {
         None => "*".to_owned(),
-        Some(crate::router::HostPattern::Exact(h)) => h.clone(),
-        Some(crate::router::HostPattern::Wildcard(s)) => format!("*{s}"),
+        Some(crate::policy::router::HostPattern::Exact(h)) => h.clone(),
+        Some(crate::policy::router::HostPattern::Wildcard(s)) => format!("*{s}"),
     }
 }

@@ -32,14 +32,15 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Gateway;
+use crate::gateway::Gateway;
 use crate::upstream::breaker::{Saved, State};
 
 const MAGIC: &[u8; 8] = b"TGSTATE1";
 
 /// The largest limiter snapshot: the local store's key bound times 16 bytes, plus room for
 /// the header.
-pub const MAX_SNAPSHOT_BYTES: usize = crate::limit::local::DEFAULT_MAX_KEYS * 16 + (1 << 20);
+pub const MAX_SNAPSHOT_BYTES: usize =
+    crate::policy::limit::local::DEFAULT_MAX_KEYS * 16 + (1 << 20);
 
 /// How long a new process waits for the old one's snapshot before starting empty.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(2);

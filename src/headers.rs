@@ -1,7 +1,7 @@
 //! The headers tollgate sets on the way up and on the way down.
 //!
 //! Upstream: the path the route resolved to, `X-Forwarded-*`, `X-Real-IP`, `X-Request-Id`.
-//! Downstream: the gateway's own (`stamp`). The hop-by-hop headers of both directions are
+//! Downstream: the gateway's own are `crate::policy::stamp`'s. The hop-by-hop headers of both directions are
 //! one list (`hop`), the gateway's own header names another (`names`).
 
 use std::net::IpAddr;
@@ -10,17 +10,22 @@ use http::{HeaderMap, HeaderValue, Uri};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
-use crate::router::Route;
-
 mod edit;
 mod hop;
 pub mod names;
-mod stamp;
 
 pub use edit::{Edit, Overlay};
 pub use hop::{is_hop_by_hop, remove_hop_by_hop, InResponse, HOP_BY_HOP};
 use names::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID};
-pub use stamp::{line, RouteHeaders, Stamp};
+
+/// `name: value\r\n`, the value written in place by `value`. The gateway's names go out in
+/// lower case, as Pingora writes a name it has no case for.
+pub fn line(out: &mut Vec<u8>, name: &str, value: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    value(out);
+    out.extend_from_slice(b"\r\n");
+}
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
@@ -121,55 +126,7 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
     }
 }
 
-/// The request target the upstream receives: the normalised path, minus the route prefix when
-/// `strip_prefix` is on, plus the original query. `None` when the target is unchanged.
-pub fn upstream_target(
-    route: &Route,
-    path: &str,
-    query: Option<&str>,
-    changed: bool,
-) -> Option<String> {
-    let strip = route.strip_prefix && route.prefix != "/";
-    if !strip && !changed {
-        return None;
-    }
-    let rest = if strip {
-        &path[route.prefix.len().min(path.len())..]
-    } else {
-        path
-    };
-    let rest = if rest.is_empty() { "/" } else { rest };
-    let mut t = String::with_capacity(rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
-    if !rest.starts_with('/') {
-        t.push('/');
-    }
-    t.push_str(rest);
-    if let Some(q) = query {
-        t.push('?');
-        t.push_str(q);
-    }
-    Some(t)
-}
-
-/// [`upstream_target`] for a request whose API key may sit in the query parameter
-/// `key_param`: that parameter is never forwarded. `changed`: the path was rewritten.
-pub fn forwarded_target(
-    route: &Route,
-    path: &str,
-    query: Option<&str>,
-    key_param: Option<&str>,
-    changed: bool,
-) -> Option<String> {
-    match key_param {
-        Some(k) => {
-            let kept = query.and_then(|q| crate::auth::strip_query_param(q, k));
-            upstream_target(route, path, kept.as_deref(), true)
-        }
-        None => upstream_target(route, path, query, changed),
-    }
-}
-
-/// Point the upstream request at `target` (see [`forwarded_target`]); `None` leaves it.
+/// Point the upstream request at `target` (see `Route::forwarded_target`); `None` leaves it.
 ///
 /// Only the path and query change: a URI that carries a scheme and authority (an HTTP/2
 /// client's `:scheme` and `:authority`, an HTTP/1.1 absolute-form target) keeps them, as an
@@ -376,28 +333,7 @@ fn framing_length_of<'v>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::normalise_prefix;
-    use std::sync::Arc;
-
-    fn route(prefix: &str, strip: bool) -> Route {
-        Route {
-            id: 0,
-            name: Arc::from("r"),
-            host: None,
-            prefix: normalise_prefix(prefix),
-            methods: None,
-            strip_prefix: strip,
-            upstream: 0,
-            response_headers: Default::default(),
-            max_body: 0,
-            ip_rules: None,
-            cors: None,
-            rate_limits: vec![],
-            auth: None,
-            websocket: None,
-            compression: None,
-        }
-    }
+    use crate::policy::stamp::Stamp;
 
     #[test]
     fn ip_values_match_display() {
@@ -413,26 +349,6 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_value(ip).to_str().unwrap(), ip.to_string());
         }
-    }
-
-    #[test]
-    fn targets() {
-        let r = route("/private", true);
-        assert_eq!(
-            upstream_target(&r, "/private/data", Some("a=1"), false).unwrap(),
-            "/data?a=1"
-        );
-        assert_eq!(upstream_target(&r, "/private", None, false).unwrap(), "/");
-        assert_eq!(upstream_target(&r, "/private/", None, false).unwrap(), "/");
-        assert_eq!(upstream_target(&route("/", true), "/x", None, false), None);
-        assert_eq!(
-            upstream_target(&route("/p", false), "/p/x", None, false),
-            None
-        );
-        assert_eq!(
-            upstream_target(&route("/p", false), "/p/x", Some("q"), true).unwrap(),
-            "/p/x?q"
-        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
 
-use tollgate::config;
+use tollgate::gateway;
 
 /// Pingora allocates per request (headers, buffers, tasks), and glibc's malloc spends much of
 /// that in consolidation; mimalloc's per-thread free lists do not.
@@ -109,9 +109,9 @@ fn main() {
     }
 
     let (loaded, source) = match (&cli.conf, cli.demo) {
-        (Some(path), _) => (config::load_file(path), path.clone()),
+        (Some(path), _) => (gateway::load_file(path), path.clone()),
         (None, true) => (
-            config::load_str(DEMO_CONFIG),
+            gateway::load_str(DEMO_CONFIG),
             "the embedded demo config".to_owned(),
         ),
         (None, false) => {
@@ -191,7 +191,7 @@ fn run_command(cmd: Cmd) -> ! {
             headers,
             cert,
         } => {
-            let loaded = config::load_file(&conf).unwrap_or_else(|errs| {
+            let loaded = gateway::load_file(&conf).unwrap_or_else(|errs| {
                 eprint!("tollgate: {conf}: {errs}");
                 std::process::exit(1)
             });
@@ -228,7 +228,7 @@ fn run_command(cmd: Cmd) -> ! {
     }
 }
 
-fn print_demo_help(gw: &tollgate::config::Gateway) {
+fn print_demo_help(gw: &tollgate::gateway::Gateway) {
     let port = gw
         .listen
         .first()
@@ -263,7 +263,7 @@ fn token(
     claims: &[String],
     ttl: &str,
 ) -> Result<String, String> {
-    let loaded = config::load_file(path).map_err(|e| format!("{path}: {e}"))?;
+    let loaded = gateway::load_file(path).map_err(|e| format!("{path}: {e}"))?;
     let ttl = humantime::parse_duration(ttl).map_err(|e| format!("bad --ttl {ttl:?}: {e}"))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

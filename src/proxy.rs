@@ -12,13 +12,13 @@ use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
-use crate::config::Gateway;
-use crate::cors;
 use crate::downstream::Downstream;
 use crate::error::{self, Reject};
+use crate::gateway::Gateway;
 use crate::headers;
 use crate::observe::Observe;
-use crate::router::Route;
+use crate::policy::cors;
+use crate::policy::router::Route;
 use crate::upstream::{self, Upstream};
 
 pub use crate::ctx::Ctx;
@@ -169,13 +169,13 @@ impl Tollgate {
     /// credential.
     fn forwarded(&self, tls: bool, h: &mut impl headers::Edit, ctx: &Ctx) -> Result<()> {
         headers::forwarding(h, tls, ctx.peer_ip, ctx.client_ip, &ctx.request_id)?;
-        crate::auth::forward(&self.gw.auth, ctx.identity.as_ref(), h);
+        crate::policy::auth::forward(&self.gw.auth, ctx.identity.as_ref(), h);
         Ok(())
     }
 
     /// A response head from the backend: its outcome for the circuit breaker, then the gateway
     /// headers, and compression if the route asks for it. `stamp_later`: the writer of the
-    /// head writes the [`headers::Stamp`] itself (tollgate's own codec); `true` back when it
+    /// head writes the [`crate::policy::stamp::Stamp`] itself (tollgate's own codec); `true` back when it
     /// is left to it, which it is unless the map must hold it (a route with CORS or
     /// compression, or a route header of one of the gateway's names).
     fn decorate(
@@ -220,10 +220,10 @@ impl Tollgate {
     }
 
     /// The gateway's own headers for this request's response, and its route's.
-    fn stamp<'a>(&'a self, ctx: &'a Ctx) -> headers::Stamp<'a> {
+    fn stamp<'a>(&'a self, ctx: &'a Ctx) -> crate::policy::stamp::Stamp<'a> {
         let limit = ctx.limit.as_ref().map(|d| (&self.gw.rate_limits, d));
         let route = self.route(ctx).map(|r| &r.response_headers);
-        headers::Stamp::new(&ctx.request_id, limit, route)
+        crate::policy::stamp::Stamp::new(&ctx.request_id, limit, route)
     }
 
     /// Answer a failure to proxy with the JSON error contract, unless a response already

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::config;
+use crate::gateway;
 
 /// How long the new process may take to be ready for the sockets.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,7 +29,7 @@ impl std::fmt::Display for ReloadError {
 pub fn reload(conf: &str, pid: Option<i32>) -> Result<i32, ReloadError> {
     let conf_path = std::fs::canonicalize(conf)
         .map_err(|e| ReloadError(format!("cannot read config file {conf}: {e}")))?;
-    let loaded = config::load_file(&conf_path.to_string_lossy()).map_err(|errs| {
+    let loaded = gateway::load_file(&conf_path.to_string_lossy()).map_err(|errs| {
         ReloadError(format!(
             "{conf}: {errs}refusing to reload: the running instance keeps serving"
         ))

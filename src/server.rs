@@ -10,8 +10,8 @@ use pingora::server::Server;
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
-use crate::config::Loaded;
 use crate::conn::{ConnLimits, Front, Gate, Guards};
+use crate::gateway::Loaded;
 use crate::listen::ServiceKey;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
@@ -54,7 +54,7 @@ fn assemble(loaded: Loaded, opt: Opt) -> (Server, Arc<Observe>) {
         gateway,
     } = loaded;
     let gw = Arc::new(gateway);
-    let layout = crate::observe::metrics::Layout::of(&gw);
+    let layout = crate::observe::metrics::Layout::of(gw.router.routes(), &gw.rate_limits);
     let obs = Arc::new(Observe {
         metrics: Metrics::with_layout(layout),
         access_log: AccessLog::new(gw.access_log.clone()),
@@ -162,7 +162,7 @@ fn assemble(loaded: Loaded, opt: Opt) -> (Server, Arc<Observe>) {
     if !remotes.is_empty() {
         server.add_service(pingora::services::background::background_service(
             "jwks refresh",
-            crate::auth::remote::RefreshService { remotes },
+            crate::policy::auth::remote::RefreshService { remotes },
         ));
     }
 

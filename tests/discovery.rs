@@ -171,7 +171,7 @@ fn addresses_that_stay_keep_health_and_breaker_state() {
 }
 
 fn errors(yaml: &str) -> Vec<String> {
-    match tollgate::config::load_str(yaml) {
+    match tollgate::gateway::load_str(yaml) {
         Ok(_) => Vec::new(),
         Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
     }

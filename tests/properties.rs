@@ -7,13 +7,13 @@
 use proptest::prelude::*;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use tollgate::path::normalise;
+use tollgate::policy::path::normalise;
 
 /// A gateway with an API-key route and a JWT route, compiled once.
-fn gateway() -> &'static tollgate::config::compile::Gateway {
-    static GW: OnceLock<tollgate::config::Loaded> = OnceLock::new();
+fn gateway() -> &'static tollgate::gateway::compile::Gateway {
+    static GW: OnceLock<tollgate::gateway::Loaded> = OnceLock::new();
     &GW.get_or_init(|| {
-        tollgate::config::load_str(
+        tollgate::gateway::load_str(
             "consumers: {alice: {api_keys: [\"alice-key-0123456789\"]}}\n\
              auth:\n  keys: {type: api_key}\n  tokens: {type: jwt, algorithms: [HS256], secret: \"s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t\", forward_claims: {sub: X-User-ID, role: X-User-Role}}\n\
              upstreams: {u: {targets: [\"127.0.0.1:1\"]}}\n\
@@ -85,7 +85,7 @@ proptest! {
 
     #[test]
     fn router_never_panics(host in proptest::option::of("\\PC{0,40}"), p in tricky_path(), m in "[A-Z]{1,8}") {
-        let gw = tollgate::config::load_str(
+        let gw = tollgate::gateway::load_str(
             "upstreams: {u: {targets: [\"127.0.0.1:1\"]}}\nroutes:\n  - {name: a, path_prefix: /a, upstream: u, methods: [GET]}\n  - {name: b, host: \"*.x.org\", path_prefix: /, upstream: u}\n",
         ).unwrap().gateway;
         let method = http::Method::from_bytes(m.as_bytes()).unwrap();
@@ -94,7 +94,7 @@ proptest! {
 
     #[test]
     fn config_loader_never_panics(text in "\\PC{0,200}") {
-        let _ = tollgate::config::load_str(&text);
+        let _ = tollgate::gateway::load_str(&text);
     }
 
     #[test]
@@ -102,7 +102,7 @@ proptest! {
         key in prop::sample::select(vec!["routes", "upstreams", "listen", "limits", "access_log", "threads", "admin"]),
         val in prop::sample::select(vec!["[]", "{}", "1", "-1", "\"x\"", "[{name: a}]", "{a: {targets: [1]}}", "null", "[[[]]]"]),
     ) {
-        let _ = tollgate::config::load_str(&format!("{key}: {val}\n"));
+        let _ = tollgate::gateway::load_str(&format!("{key}: {val}\n"));
     }
 
     #[test]
@@ -130,7 +130,7 @@ proptest! {
         if let Ok(v) = http::HeaderValue::from_str(&key) {
             let _ = req.append_header("X-Api-Key", v);
         }
-        let _ = tollgate::guard::check_framing(&req, Some(head.as_bytes()));
+        let _ = tollgate::policy::guard::check_framing(&req, Some(head.as_bytes()));
         let route = gw.router.routes()[0].auth.as_ref().expect("an auth route");
         let start = Instant::now();
         let verdict = gw.auth.check(route, &req, None);
@@ -151,6 +151,6 @@ proptest! {
             "{url: \"redis://\", timeout: 0s}", "{a: {type: jwt, algorithms: [RS256], jwks: {file: /nonexistent}}}",
         ]),
     ) {
-        let _ = tollgate::config::load_str(&format!("{key}: {val}\n"));
+        let _ = tollgate::gateway::load_str(&format!("{key}: {val}\n"));
     }
 }

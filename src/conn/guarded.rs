@@ -16,7 +16,7 @@
 //! for its preface only; its frames are timed by h2's own settings. Tested below.
 //!
 //! A WebSocket handshake turns the connection into a tunnel ([`tunnel`]): from then on no head
-//! is scanned, and [`crate::websocket::Idle`] closes it when no byte moved either way for the
+//! is scanned, and [`super::Idle`] closes it when no byte moved either way for the
 //! route's `websocket_idle_timeout` (the stream sees both directions; Pingora's timeouts see one).
 
 use std::future::Future;
@@ -36,8 +36,8 @@ use tokio::time::{Instant, Sleep};
 
 use super::coalesce::Coalesce;
 use super::frame::{Body, Frame};
+use super::idle::Idle;
 use super::Slot;
-use crate::websocket::Idle;
 
 /// Where a [`Guarded`] stream is in receiving a request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,6 +31,7 @@ mod accept;
 mod coalesce;
 mod frame;
 mod guarded;
+mod idle;
 mod keepalive;
 mod park;
 mod plain;
@@ -38,6 +39,7 @@ mod screen;
 
 pub use accept::Front;
 pub use guarded::{idled, rearm, tunnel, EndOfHead, Guarded};
+pub use idle::Idle;
 pub use screen::Refusal;
 // Test seams: what the connection layer decides of a head for Pingora's session
 // (`tests/differential.rs`).

@@ -33,7 +33,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::Downstream;
-use crate::headers::Stamp;
+use crate::policy::stamp::Stamp;
 
 /// Header lines a head may have to be taken here; more go to Pingora (which takes 256).
 const MAX_HEADERS: usize = 64;

@@ -19,8 +19,9 @@ use pingora::protocols::tls::SslDigest;
 use pingora::proxy::Session;
 use pingora::Result;
 
-use crate::headers::Stamp;
+use crate::policy::stamp::Stamp;
 
+pub mod answer;
 pub mod h1;
 
 /// A client's request and the means to answer it.

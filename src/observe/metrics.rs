@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::auth::Reason;
+use crate::policy::auth::Reason;
 use crate::upstream::Upstream;
 
 const METHODS: [&str; 8] = [
@@ -100,13 +100,14 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn of(gw: &crate::config::Gateway) -> Layout {
-        let routes = gw.router.routes();
+    pub fn of(
+        routes: &[crate::policy::router::Route],
+        limits: &crate::policy::limit::Limits,
+    ) -> Layout {
         Layout {
             routes: routes.iter().map(|r| r.name.clone()).collect(),
             auth: routes.iter().map(|r| r.auth.is_some()).collect(),
-            policies: gw
-                .rate_limits
+            policies: limits
                 .policies
                 .iter()
                 .map(|p| Arc::from(&*p.name))
@@ -360,6 +361,29 @@ impl Metrics {
 
 /// Backend health, circuit state and in-flight requests, read at scrape time from the same
 /// state `/health` shows (nothing is recorded on the request path for them).
+/// The help and type lines of `tollgate_introspection_total`.
+const INTROSPECTION_HEAD: &str = "# HELP tollgate_introspection_total Token introspection, by \
+    provider: hit (answered without a call: remembered, or another request's call), miss (the \
+    endpoint was asked and answered), error (it could not answer; the request got 503).\n\
+    # TYPE tollgate_introspection_total counter\n";
+
+/// `tollgate_introspection_total`, when a provider introspects.
+pub fn render_introspection(o: &mut String, auth: &crate::policy::auth::Auth) {
+    let mut head = Some(INTROSPECTION_HEAD);
+    for (name, i) in auth.introspections() {
+        if let Some(h) = head.take() {
+            o.push_str(h);
+        }
+        let name = label(name);
+        for (result, n) in i.counts() {
+            let _ = writeln!(
+                o,
+                "tollgate_introspection_total{{provider=\"{name}\",result=\"{result}\"}} {n}"
+            );
+        }
+    }
+}
+
 pub fn render_upstreams(o: &mut String, upstreams: &[Arc<Upstream>]) {
     use crate::upstream::breaker::State;
     let gauges: [(&str, &str, &str); 3] = [

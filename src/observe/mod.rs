@@ -7,10 +7,9 @@ use std::time::{Instant, SystemTime};
 
 use pingora::Error;
 
-use crate::config::Gateway;
 use crate::ctx::Ctx;
 use crate::downstream::Downstream;
-use crate::router::Route;
+use crate::policy::router::Route;
 use access_log::{AccessLog, Entry, RateLimitEntry};
 use metrics::Metrics;
 
@@ -22,20 +21,25 @@ pub struct Observe {
 
 impl Observe {
     /// A credential was refused on `route`.
-    pub fn auth_failed(&self, route: usize, f: &crate::auth::Failure) {
+    pub fn auth_failed(&self, route: usize, f: &crate::policy::auth::Failure) {
         self.metrics.auth_failed(route, f.reason);
     }
 
     /// A request on `route` was answered 429 after `d`.
-    pub fn rate_limited(&self, route: usize, d: &crate::limit::Decision) {
+    pub fn rate_limited(&self, route: usize, d: &crate::policy::limit::Decision) {
         self.metrics.rate_limited(route, d.policy);
     }
 
     /// The `/metrics` page: the request series, then what other modules count (the access
     /// log's drops, the Redis store's failures) and the backends' state, read now.
-    pub fn render(&self, gw: &Gateway) -> String {
+    pub fn render(
+        &self,
+        auth: &crate::policy::auth::Auth,
+        limits: &crate::policy::limit::Limits,
+        upstreams: &[std::sync::Arc<crate::upstream::Upstream>],
+    ) -> String {
         let dropped = self.access_log.dropped();
-        let redis = gw.rate_limits.redis.as_ref().map_or(0, |r| r.failures());
+        let redis = limits.redis.as_ref().map_or(0, |r| r.failures());
         self.metrics.render(&|o: &mut String| {
             o.push_str("# HELP tollgate_access_log_dropped_total Access-log lines dropped because the writer fell behind or the destination refused them.\n");
             o.push_str("# TYPE tollgate_access_log_dropped_total counter\n");
@@ -43,8 +47,8 @@ impl Observe {
             o.push_str("# HELP tollgate_redis_errors_total Rate-limit store calls to Redis that failed or timed out.\n");
             o.push_str("# TYPE tollgate_redis_errors_total counter\n");
             o.push_str(&format!("tollgate_redis_errors_total {redis}\n"));
-            gw.auth.render_metrics(o);
-            metrics::render_upstreams(o, &gw.upstreams);
+            metrics::render_introspection(o, auth);
+            metrics::render_upstreams(o, upstreams);
         })
     }
 

@@ -10,13 +10,12 @@ use pingora::Result;
 
 use super::{Ctx, Tollgate};
 use crate::client;
-use crate::cors::{self, Cors};
-use crate::downstream::Downstream;
-use crate::error::{self, Reject};
-use crate::headers;
+use crate::downstream::{answer, Downstream};
+use crate::error::Reject;
 use crate::headers::names::X_REQUEST_ID;
 use crate::listen::client_auth::PeerCert;
-use crate::router::{self, Match, Route};
+use crate::policy::cors::{self, Cors};
+use crate::policy::router::{self, Match, Route};
 
 impl Tollgate {
     /// Who is calling: the client IP and the request id, before anything else looks.
@@ -47,7 +46,9 @@ impl Tollgate {
     ) -> Result<bool> {
         let limits = &self.gw.limits;
         session.set_write_timeout(limits.send_timeout);
-        if let Err((reject, why)) = crate::guard::check_request(session, limits) {
+        if let Err((reject, why)) =
+            crate::policy::guard::check_request(session.req_header(), || session.raw_head(), limits)
+        {
             // Refused before the body: its extent is unknown, so never read what follows as
             // another request.
             session.set_keepalive(None);
@@ -70,7 +71,7 @@ impl Tollgate {
             .get(http::header::HOST)
             .map(|h| h.as_bytes())
             .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
-        let path = match crate::path::normalise(req.uri.path()) {
+        let path = match crate::policy::path::normalise(req.uri.path()) {
             Ok(p) => p,
             Err(e) => {
                 return self
@@ -84,7 +85,7 @@ impl Tollgate {
                 if let (Some(policy), Some(origin)) = (&r.cors, origin) {
                     ctx.route = Some(r.id);
                     return match policy.preflight(&origin, &wanted) {
-                        Some(headers) => error::answer_empty(session, ctx, 204, &headers).await,
+                        Some(headers) => answer::answer_empty(session, ctx, 204, &headers).await,
                         None => {
                             let msg = "CORS preflight refused for this origin or method";
                             self.reject(session, ctx, Reject::Forbidden, msg, &[]).await
@@ -94,7 +95,7 @@ impl Tollgate {
             }
         }
         let verdict = self.gw.router.find(host, &path, &req.method);
-        let bare = crate::path::without_params(&path);
+        let bare = crate::policy::path::without_params(&path);
         if bare != path
             && !router::same_verdict(&verdict, &self.gw.router.find(host, &bare, &req.method))
         {
@@ -123,7 +124,7 @@ impl Tollgate {
                 return self.reject(session, ctx, Reject::Forbidden, msg, &[]).await;
             }
         }
-        if crate::guard::declared_body(req).is_some_and(|len| len > route.max_body) {
+        if crate::policy::guard::declared_body(req).is_some_and(|len| len > route.max_body) {
             // Refused before reading: the body is never read, so the connection closes.
             let msg = "the request body is larger than this route accepts";
             return self
@@ -164,7 +165,7 @@ impl Tollgate {
             .as_ref()
             .and_then(|id| id.credential_query.as_deref());
         let changed = matches!(path, std::borrow::Cow::Owned(_));
-        ctx.target = headers::forwarded_target(route, &path, req.uri.query(), key_param, changed);
+        ctx.target = route.forwarded_target(&path, req.uri.query(), key_param, changed);
         self.rate_limit(session, ctx, route).await
     }
 
@@ -172,7 +173,7 @@ impl Tollgate {
     /// them: `true` when the request is to be refused (`reject`); under `drop` such headers
     /// are removed. One look over the names when none has an underscore.
     fn underscored<D: Downstream>(&self, session: &mut D) -> bool {
-        use crate::config::file::Underscores;
+        use crate::gateway::file::Underscores;
         // A byte loop: names are short, a `memchr` call per name costs more.
         let underscored = |n: &HeaderName| n.as_str().bytes().any(|b| b == b'_');
         if self.gw.underscores == Underscores::Allow
@@ -196,7 +197,7 @@ impl Tollgate {
         false
     }
 
-    /// Answer locally with the error contract ([`error::reject`]), counted in the metrics.
+    /// Answer locally with the error contract ([`answer::reject`]), counted in the metrics.
     pub(super) async fn reject<D: Downstream>(
         &self,
         session: &mut D,
@@ -206,7 +207,7 @@ impl Tollgate {
         extra: &[(HeaderName, HeaderValue)],
     ) -> Result<bool> {
         self.obs.metrics.rejected(reject.code());
-        error::reject(session, ctx, reject, message, extra).await
+        answer::reject(session, ctx, reject, message, extra).await
     }
 
     /// The route's rate limits (all must pass): records the decision for the response
@@ -221,14 +222,18 @@ impl Tollgate {
             return Ok(false);
         }
         let headers = &session.req_header().headers;
+        let who = crate::policy::limit::Caller {
+            client_ip: ctx.client_ip,
+            identity: ctx.identity.as_ref(),
+        };
         ctx.limit = match self
             .gw
             .rate_limits
-            .check(&route.rate_limits, &route.name, ctx, headers)
+            .check(&route.rate_limits, &route.name, who, headers)
             .await
         {
             Ok(d) => d,
-            Err(crate::limit::StoreUnavailable) => {
+            Err(crate::policy::limit::StoreUnavailable) => {
                 let msg = "the rate limit store is unavailable";
                 return self
                     .reject(session, ctx, Reject::Unavailable, msg, &[])

@@ -12,9 +12,9 @@ use pingora::protocols::Stream;
 use super::{relay, Ctx, Tollgate};
 use crate::conn::{Refusal, Serve, Served};
 use crate::downstream::h1::{self, Head, H1};
-use crate::downstream::Downstream;
-use crate::error::{self, Reject};
-use crate::router::Match;
+use crate::downstream::{answer, Downstream};
+use crate::error::Reject;
+use crate::policy::router::Match;
 
 impl Tollgate {
     /// Whether the own codec serves this request: it takes the fast path whatever admission
@@ -27,7 +27,7 @@ impl Tollgate {
         if self.all_relayed {
             return true;
         }
-        let Ok(path) = crate::path::normalise(req.uri.path()) else {
+        let Ok(path) = crate::policy::path::normalise(req.uri.path()) else {
             return false;
         };
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
@@ -62,7 +62,7 @@ impl Tollgate {
         let mut session = H1::new(stream, placeholder, true);
         let id = crate::client::new_request_id();
         let reject = refusal.reject;
-        let _ = error::respond(&mut session, reject, &refusal.why, Some(&id), &[], false).await;
+        let _ = answer::respond(&mut session, reject, &refusal.why, Some(&id), &[], false).await;
         let sent = session.body_bytes_sent();
         self.obs
             .head_refused(session.peer_ip(), &id, reject, sent, started.elapsed());

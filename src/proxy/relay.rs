@@ -5,7 +5,7 @@
 //! decides the same things: `pick` and the retry rules of `fail_to_connect` /
 //! `error_while_proxy`, the upstream request edits of `upstream_request_filter`, the gateway
 //! headers and circuit-breaker outcome of `response_filter` (the gateway's own headers
-//! written by the codec itself where it can, `headers::Stamp`), compression; an error goes back
+//! written by the codec itself where it can, `crate::policy::stamp::Stamp`), compression; an error goes back
 //! to the caller, which answers it as `fail_to_proxy` does.
 //!
 //! Why: Pingora's upstream leg is half of its engine's cost per request. What takes the fast path is the common case

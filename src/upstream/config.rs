@@ -6,8 +6,10 @@ use std::time::Duration;
 use super::breaker::BreakerConfig;
 use super::health::{CheckKind, HealthConfig};
 use super::{Balance, HashKey};
-use crate::config::file::{CircuitBreakerFile, HealthCheckFile};
+use serde::Deserialize;
+
 use crate::config::ConfigErrors;
+use crate::config::Dur;
 
 pub fn balance(
     base: &str,
@@ -178,4 +180,40 @@ pub fn breaker(base: &str, c: CircuitBreakerFile, errs: &mut ConfigErrors) -> Br
         ),
         failure_statuses,
     }
+}
+
+/// `health_check: {type: http, path: /health, status: 200, interval: 2s, timeout: 500ms,
+/// healthy: 2, unhealthy: 3}`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub healthy: Option<u32>,
+    #[serde(default)]
+    pub unhealthy: Option<u32>,
+}
+
+/// `circuit_breaker: {failures: 5, open_for: 10s, half_open_requests: 1,
+/// failure_statuses: [502, 503, 504]}`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerFile {
+    #[serde(default)]
+    pub failures: Option<u32>,
+    #[serde(default)]
+    pub open_for: Option<Dur>,
+    #[serde(default)]
+    pub half_open_requests: Option<u32>,
+    #[serde(default)]
+    pub failure_statuses: Option<Vec<u16>>,
 }

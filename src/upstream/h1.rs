@@ -11,7 +11,7 @@
 //! be retried: a pooled connection that fails before any byte of the response (but does not
 //! time out) is `RetryType::ReusedOnly`, so tollgate's retry policy (`error_while_proxy`) treats both paths
 //! alike. The response head is passed on as the backend sent it, but for the headers its
-//! caller says are replaced anyway (the gateway's own, `headers::Stamp`): its hop-by-hop
+//! caller says are replaced anyway (the gateway's own, `crate::policy::stamp::Stamp`): its hop-by-hop
 //! headers are removed where both paths remove them (`headers::remove_hop_by_hop`).
 
 use std::net::SocketAddr;

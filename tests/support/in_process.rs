@@ -74,7 +74,7 @@ impl LocalGateway {
             dir.path().join("access.log").display()
         );
         let yaml = gateway_yaml(dir.path(), addr, admin, &body);
-        let loaded = tollgate::config::load_str_with(&yaml, Arc::new(dns.clone()))
+        let loaded = tollgate::gateway::load_str_with(&yaml, Arc::new(dns.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
         let server = tollgate::server::build(loaded, Opt::default());
         std::thread::spawn(move || {

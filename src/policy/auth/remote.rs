@@ -30,8 +30,8 @@ use super::discovery::{self, Discovery};
 use super::fetch::{Client, HttpsUrl};
 use super::jwks::{self, KeySet, Origin};
 use super::state::{state_file_name, write_atomically};
-use crate::config::file::Dur;
 use crate::config::ConfigErrors;
+use crate::config::Dur;
 
 /// `jwks: {url, ...}` as written (`url` left out with `discovery: true`).
 #[derive(Debug, Default, Deserialize)]

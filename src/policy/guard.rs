@@ -8,7 +8,6 @@
 //! `Host` that is not a `host[:port]` (RFC 9112 §3.2: a server MUST answer such a request 400;
 //! forwarded, `Host: gw/evil` reaches an upstream that may build URLs or route on it).
 
-use crate::downstream::Downstream;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::Version;
 use pingora::http::RequestHeader;
@@ -288,26 +287,25 @@ impl Limits {
 
 /// The checks of a request head before anything reads it, in order: ambiguous framing
 /// ([`check_framing`], 400), then the size limits ([`Limits::check_head`], 414 or 431).
-pub fn check_request<D: Downstream>(
-    session: &D,
+/// `raw_head` gives the head's bytes as received, asked for only when framing needs them.
+pub fn check_request(
+    req: &RequestHeader,
+    raw_head: impl FnOnce() -> Option<bytes::Bytes>,
     limits: &Limits,
 ) -> Result<(), (Reject, &'static str)> {
-    let raw = session
-        .req_header()
+    let raw = req
         .headers
         .contains_key(TRANSFER_ENCODING)
-        .then(|| session.raw_head())
+        .then(raw_head)
         .flatten();
-    check_framing(session.req_header(), raw.as_deref()).map_err(|why| (Reject::BadRequest, why))?;
-    limits
-        .check_head(session.req_header())
-        .map_err(|(kind, why)| {
-            let reject = match kind {
-                HeadTooLarge::Uri => Reject::UriTooLong,
-                HeadTooLarge::Headers => Reject::HeadersTooLarge,
-            };
-            (reject, why)
-        })
+    check_framing(req, raw.as_deref()).map_err(|why| (Reject::BadRequest, why))?;
+    limits.check_head(req).map_err(|(kind, why)| {
+        let reject = match kind {
+            HeadTooLarge::Uri => Reject::UriTooLong,
+            HeadTooLarge::Headers => Reject::HeadersTooLarge,
+        };
+        (reject, why)
+    })
 }
 
 /// The body length the client declared, if any.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::OnceCell;
 
-use crate::auth::cache::{NoHash, Verified};
+use crate::policy::auth::cache::{NoHash, Verified};
 
 const SHARDS: usize = 16;
 /// 16 × 1,024 = 16,384 tokens per provider.

@@ -8,67 +8,15 @@
 pub mod compile;
 pub mod file;
 
-use std::fmt;
 use std::sync::Arc;
 
 use pingora::server::configuration::ServerConf;
-use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
+use crate::config::{parse, ConfigErrors};
 use crate::upstream::discovery::{Resolver, SystemResolver};
 pub use compile::Gateway;
 use file::{FileConfig, TOLLGATE_KEYS};
-
-/// One problem in the config, at a key path such as `routes[1].upstream`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Every problem found in a config file, in file order.
-#[derive(Debug, Default)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl ConfigErrors {
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        let n = self.0.len();
-        writeln!(
-            f,
-            "invalid config: {n} error{}",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for e in &self.0 {
-            writeln!(f, "  {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
 
 /// A fully validated config: what Pingora needs and what tollgate runs.
 pub struct Loaded {
@@ -233,7 +181,7 @@ fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErr
                             file.consumers.push((name, c));
                         }
                     } else {
-                        let a = crate::auth::config::read(&path, x, errs);
+                        let a = crate::policy::auth::config::read(&path, x, errs);
                         file.auth.push((name, a));
                     }
                 }
@@ -265,29 +213,6 @@ fn yaml_key(k: &Value) -> String {
             .unwrap_or_default()
             .trim()
             .to_owned(),
-    }
-}
-
-/// Deserialize `v` as `T`, reporting a failure at `base` + the path inside `v`.
-pub(crate) fn parse<T: DeserializeOwned>(
-    base: &str,
-    v: Value,
-    errs: &mut ConfigErrors,
-) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(v) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let inner = e.path().to_string();
-            let path = if inner == "." || inner.is_empty() {
-                base.to_owned()
-            } else if inner.starts_with('[') || base.is_empty() {
-                format!("{base}{inner}")
-            } else {
-                format!("{base}.{inner}")
-            };
-            errs.push(path, e.into_inner().to_string());
-            None
-        }
     }
 }
 

@@ -80,6 +80,19 @@ pub struct Identity {
     pub claims: Option<Arc<jwt::Claims>>,
 }
 
+impl Identity {
+    /// The consumer's name as bytes, for keying (no check of every byte): a name that is not
+    /// ASCII is as good a key.
+    pub fn consumer_bytes(&self) -> Option<&[u8]> {
+        Some(self.consumer.as_ref()?.as_bytes())
+    }
+
+    /// A verified claim, for `key: claim:NAME` limits.
+    pub fn claim(&self, name: &str) -> Option<&serde_json::Value> {
+        self.claims.as_ref()?.get(name)
+    }
+}
+
 /// `query` without the parameter `name` (`None` when nothing is left).
 pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
     let kept: Vec<&str> = query
@@ -163,17 +176,6 @@ impl Auth {
             i.start();
         }
         remote::fetch_at_start(&self.remotes())
-    }
-
-    /// `tollgate_introspection_total`, when a provider introspects.
-    pub fn render_metrics(&self, o: &mut String) {
-        let mut head = Some(introspect::METRIC_HEAD);
-        for (name, i) in self.introspections() {
-            if let Some(h) = head.take() {
-                o.push_str(h);
-            }
-            i.render(o, &crate::observe::metrics::label(name));
-        }
     }
 
     /// The providers whose keys come from an identity provider.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use http::header::HeaderMap;
 use http::{HeaderName, HeaderValue};
 
-use crate::proxy::Ctx;
+use crate::policy::auth::Identity;
 use local::{Gcra, LocalStore, Verdict};
 
 /// Index of a policy in [`Limits::policies`].
@@ -33,9 +33,9 @@ pub enum KeyKind {
     Route,
     /// The value of a request header; a request without it is keyed by client IP.
     Header(HeaderName),
-    /// The authenticated consumer ([`Ctx::consumer`]); falls back to client IP.
+    /// The authenticated consumer ([`Identity::consumer`]); falls back to client IP.
     Consumer,
-    /// A JWT claim ([`Ctx::claim`]); falls back to client IP.
+    /// A JWT claim ([`Identity::claim`]); falls back to client IP.
     Claim(Box<str>),
 }
 
@@ -153,7 +153,14 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreUnavailable;
 
-/// The outcome of one policy for one request, kept in `Ctx` for the response headers.
+/// Who a request comes from, as a limit keys it.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    pub client_ip: Option<std::net::IpAddr>,
+    pub identity: Option<&'a Identity>,
+}
+
+/// The outcome of one policy for one request, kept with the request for its response headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     pub policy: PolicyId,
@@ -226,14 +233,14 @@ impl Limits {
     /// allocation). It depends only on names and the request, never on positions in the
     /// config: the same client has the same key in the next process after a reload, which is
     /// what lets [`crate::handover`] carry the local state over as it is.
-    pub fn key_hash(&self, id: PolicyId, route: &str, ctx: &Ctx, headers: &HeaderMap) -> u64 {
+    pub fn key_hash(&self, id: PolicyId, route: &str, who: Caller, headers: &HeaderMap) -> u64 {
         let p = &self.policies[id];
         let mut h = seeded();
         // Every budget is per route: a policy named by two routes limits each separately.
         (p.scope, route).hash(&mut h);
         let ip = |h: &mut ahash::AHasher| {
             0u8.hash(h);
-            ctx.client_ip.map(|ip| ip_key(ip, p.ipv6_prefix)).hash(h);
+            who.client_ip.map(|ip| ip_key(ip, p.ipv6_prefix)).hash(h);
         };
         match &p.key {
             KeyKind::ClientIp => ip(&mut h),
@@ -245,7 +252,7 @@ impl Limits {
                 }
                 None => ip(&mut h),
             },
-            KeyKind::Consumer => match ctx.consumer_bytes() {
+            KeyKind::Consumer => match who.identity.and_then(Identity::consumer_bytes) {
                 Some(c) => {
                     3u8.hash(&mut h);
                     // What `str::hash` feeds the hasher (the bytes, then 0xff), so the keys
@@ -256,7 +263,7 @@ impl Limits {
                 }
                 None => ip(&mut h),
             },
-            KeyKind::Claim(name) => match ctx.claim(name) {
+            KeyKind::Claim(name) => match who.identity.and_then(|i| i.claim(name)) {
                 Some(serde_json::Value::String(c)) => {
                     4u8.hash(&mut h);
                     c.hash(&mut h);
@@ -306,13 +313,13 @@ impl Limits {
         &self,
         ids: &[PolicyId],
         route: &str,
-        ctx: &Ctx,
+        who: Caller<'_>,
         headers: &HeaderMap,
     ) -> Result<Option<Decision>, StoreUnavailable> {
         let now = local::now_nanos();
         let mut best: Option<Decision> = None;
         for &id in ids {
-            let key = self.key_hash(id, route, ctx, headers);
+            let key = self.key_hash(id, route, who, headers);
             let p = &self.policies[id];
             let v = match (p.store, &self.redis) {
                 // Boxed: the call's future is 3 KiB, which every request's future would
@@ -372,16 +379,14 @@ mod tests {
         p.scope = 42;
         limits.policies.push(p);
         let client_ip = Some("10.0.0.1".parse().unwrap());
-        let ctx = |name: &[u8]| Ctx {
+        let id = |name: &[u8]| Identity {
+            consumer: Some(HeaderValue::from_bytes(name).unwrap()),
+            ..Identity::default()
+        };
+        let (alice, jose) = (id(b"alice"), id("jos\u{e9}".as_bytes()));
+        let ctx = |identity| Caller {
             client_ip,
-            identity: Some(crate::auth::Identity {
-                consumer: Some(HeaderValue::from_bytes(name).unwrap()),
-                headers: Vec::new(),
-                credential: None,
-                credential_query: None,
-                claims: None,
-            }),
-            ..Ctx::default()
+            identity: Some(identity),
         };
         let as_str = |name: &str| {
             let mut h = seeded();
@@ -391,15 +396,15 @@ mod tests {
             h.finish()
         };
         let headers = HeaderMap::new();
-        let alice = limits.key_hash(0, "r", &ctx(b"alice"), &headers);
+        let alice = limits.key_hash(0, "r", ctx(&alice), &headers);
         assert_eq!(alice, as_str("alice"));
-        let jose = limits.key_hash(0, "r", &ctx("jos\u{e9}".as_bytes()), &headers);
+        let jose = limits.key_hash(0, "r", ctx(&jose), &headers);
         assert_eq!(jose, as_str("jos\u{e9}"));
-        let anonymous = Ctx {
+        let anonymous = Caller {
             client_ip,
-            ..Ctx::default()
+            identity: None,
         };
-        let by_ip = limits.key_hash(0, "r", &anonymous, &headers);
+        let by_ip = limits.key_hash(0, "r", anonymous, &headers);
         assert_ne!(jose, by_ip);
     }
 }

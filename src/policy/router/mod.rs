@@ -4,6 +4,8 @@
 //! table, each on a slice of the request path: no allocation, no regex, no linear scan over
 //! routes.
 
+mod target;
+
 use std::sync::Arc;
 
 use ahash::AHashMap;
@@ -24,15 +26,15 @@ pub struct Route {
     pub methods: Option<MethodSet>,
     pub strip_prefix: bool,
     pub upstream: UpstreamId,
-    pub response_headers: crate::headers::RouteHeaders,
+    pub response_headers: crate::policy::stamp::RouteHeaders,
     pub max_body: u64,
     /// `ip_allow` / `ip_deny`, when the route has any.
-    pub ip_rules: Option<crate::guard::IpRules>,
-    pub cors: Option<crate::cors::Cors>,
+    pub ip_rules: Option<crate::policy::guard::IpRules>,
+    pub cors: Option<crate::policy::cors::Cors>,
     /// Rate-limit policies of the route (all must pass).
-    pub rate_limits: Vec<crate::limit::PolicyId>,
+    pub rate_limits: Vec<crate::policy::limit::PolicyId>,
     /// `None`: a public route.
-    pub auth: Option<crate::auth::RouteAuth>,
+    pub auth: Option<crate::policy::auth::RouteAuth>,
     /// Idle timeout of the route's WebSocket tunnels; `None`: upgrades are refused.
     pub websocket: Option<std::time::Duration>,
     /// Response compression, when the route has it.
@@ -356,10 +358,15 @@ pub fn normalise_prefix(p: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn route(name: &str, host: Option<&str>, prefix: &str, methods: Option<&[&str]>) -> Route {
+    pub(crate) fn route(
+        name: &str,
+        host: Option<&str>,
+        prefix: &str,
+        methods: Option<&[&str]>,
+    ) -> Route {
         Route {
             id: 0,
             name: name.into(),

@@ -5,9 +5,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use crate::config::file::Dur;
 use crate::config::ConfigErrors;
-use crate::router::MethodSet;
+use crate::config::Dur;
+use crate::policy::router::MethodSet;
 
 /// `routes[i].cors` in the file.
 #[derive(Debug, Deserialize)]

@@ -8,8 +8,8 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::{Headers, KeyKind, Limits, Policy, PolicyId, Store};
-use crate::config::file::Dur;
 use crate::config::ConfigErrors;
+use crate::config::Dur;
 
 /// `rate_limits:` — policy name → policy.
 pub type RateLimitsFile = BTreeMap<String, PolicyFile>;

@@ -13,8 +13,8 @@ use super::jwt::{Jwks, Jwt};
 use super::mtls::{ConsumerFrom, Mtls};
 use super::remote::{Remote, RemoteJwksFile};
 use super::{Auth, Provider, RouteAuth};
-use crate::config::file::Dur;
 use crate::config::ConfigErrors;
+use crate::config::Dur;
 
 /// A secret: inline, `{env: NAME}` or `{file: path}`.
 #[derive(Debug, Clone, Deserialize)]

@@ -5,100 +5,12 @@
 //! owns every error message.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::time::Duration;
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-/// The longest duration any setting takes: beyond it, arithmetic on it (a rate limit's period,
-/// a `Retry-After`) stops meaning anything.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// The largest size any setting takes (1 TiB).
-const MAX_SIZE: u64 = 1 << 40;
-
-/// A duration written as a string (`500ms`, `2s`, `1m`), parsed with `humantime`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = Dur;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration string such as \"500ms\", \"2s\" or \"1m\"")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                let d = humantime::parse_duration(s.trim()).map_err(|e| {
-                    E::custom(format!(
-                        "bad duration {s:?}: {e} (write e.g. \"500ms\", \"2s\", \"1m\")"
-                    ))
-                })?;
-                if d > MAX_DURATION {
-                    return Err(E::custom(format!(
-                        "bad duration {s:?}: longer than a year (365d), the most any setting takes"
-                    )));
-                }
-                Ok(Dur(d))
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Dur, E> {
-                Err(E::custom(format!(
-                    "bad duration {n}: durations need a unit, e.g. \"{n}s\" or \"{n}ms\""
-                )))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Dur, E> {
-                self.visit_u64(n.unsigned_abs())
-            }
-            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Dur, E> {
-                Err(E::custom(format!(
-                    "bad duration {n}: durations are strings with a unit, e.g. \"500ms\""
-                )))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A size written as a number of bytes or a string with a unit (`64KiB`, `10MB`), parsed with
-/// `bytesize`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Size(pub u64);
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (bytes, written) = match serde_yaml::Value::deserialize(d)? {
-            serde_yaml::Value::Number(n) => match n.as_u64() {
-                Some(b) => (b, n.to_string()),
-                None => {
-                    return Err(de::Error::custom(format!(
-                        "bad size {n}: a whole number of bytes"
-                    )))
-                }
-            },
-            serde_yaml::Value::String(s) => match s.trim().parse::<bytesize::ByteSize>() {
-                Ok(b) => (b.as_u64(), format!("{s:?}")),
-                Err(e) => {
-                    return Err(de::Error::custom(format!(
-                        "bad size {s:?}: {e} (write e.g. 8192, \"64KiB\", \"10MB\")"
-                    )))
-                }
-            },
-            _ => {
-                return Err(de::Error::custom(
-                    "a size is a number of bytes or a string like \"64KiB\"",
-                ))
-            }
-        };
-        if bytes > MAX_SIZE {
-            return Err(de::Error::custom(format!(
-                "bad size {written}: larger than 1TiB, the most any setting takes"
-            )));
-        }
-        Ok(Size(bytes))
-    }
-}
+pub use crate::config::{Dur, Size};
+use crate::upstream::config::{CircuitBreakerFile, HealthCheckFile};
 
 /// `limits:`: what a client may send before tollgate refuses it.
 #[derive(Debug, Default, Deserialize)]
@@ -139,13 +51,13 @@ pub struct FileConfig {
     /// `None` where an entry failed to parse, so indexes stay those of the file.
     pub routes: Vec<Option<RouteFile>>,
     /// Authentication: consumers and providers, in file order.
-    pub consumers: Vec<(String, crate::auth::config::ConsumerFile)>,
-    pub auth: Vec<(String, crate::auth::config::AuthFile)>,
+    pub consumers: Vec<(String, crate::policy::auth::config::ConsumerFile)>,
+    pub auth: Vec<(String, crate::policy::auth::config::AuthFile)>,
     pub access_log: Option<crate::observe::access_log::AccessLogFile>,
     pub limits: Option<LimitsFile>,
-    /// Rate limiting (`crate::limit::config`).
-    pub rate_limits: Option<crate::limit::config::RateLimitsFile>,
-    pub redis: Option<crate::limit::config::RedisFile>,
+    /// Rate limiting (`crate::policy::limit::config`).
+    pub rate_limits: Option<crate::policy::limit::config::RateLimitsFile>,
+    pub redis: Option<crate::policy::limit::config::RedisFile>,
     /// `fast_path`: tollgate's own HTTP/1 engine on (the default) or off.
     pub fast_path: Option<bool>,
     pub underscores_in_headers: Option<Underscores>,
@@ -210,42 +122,6 @@ pub struct UpstreamFile {
     pub max_h2_streams: Option<u32>,
     #[serde(default)]
     pub tls: Option<crate::upstream::tls::UpstreamTlsFile>,
-}
-
-/// `health_check: {type: http, path: /health, status: 200, interval: 2s, timeout: 500ms,
-/// healthy: 2, unhealthy: 3}`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthCheckFile {
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub path: Option<String>,
-    #[serde(default)]
-    pub status: Option<u16>,
-    #[serde(default)]
-    pub interval: Option<Dur>,
-    #[serde(default)]
-    pub timeout: Option<Dur>,
-    #[serde(default)]
-    pub healthy: Option<u32>,
-    #[serde(default)]
-    pub unhealthy: Option<u32>,
-}
-
-/// `circuit_breaker: {failures: 5, open_for: 10s, half_open_requests: 1,
-/// failure_statuses: [502, 503, 504]}`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CircuitBreakerFile {
-    #[serde(default)]
-    pub failures: Option<u32>,
-    #[serde(default)]
-    pub open_for: Option<Dur>,
-    #[serde(default)]
-    pub half_open_requests: Option<u32>,
-    #[serde(default)]
-    pub failure_statuses: Option<Vec<u16>>,
 }
 
 /// A backend: `"10.0.0.1:8080"` or `{address: "10.0.0.1:8080", weight: 2}`.
@@ -319,7 +195,7 @@ pub struct RouteFile {
     #[serde(default)]
     pub ip_deny: Option<Vec<String>>,
     #[serde(default)]
-    pub cors: Option<crate::cors::CorsFile>,
+    pub cors: Option<crate::policy::cors::CorsFile>,
     /// Authentication: providers (any one admits), allowed consumers, required claims.
     #[serde(default)]
     pub auth: Option<Vec<String>>,
@@ -329,7 +205,7 @@ pub struct RouteFile {
     pub claims: Option<BTreeMap<String, Vec<String>>>,
     /// A rate limit name or a list of names (all must pass).
     #[serde(default)]
-    pub rate_limit: Option<crate::limit::config::RateLimitRef>,
+    pub rate_limit: Option<crate::policy::limit::config::RateLimitRef>,
     /// Whether WebSocket upgrades are forwarded (default `true`), and how long an upgraded
     /// connection may stay silent.
     #[serde(default)]

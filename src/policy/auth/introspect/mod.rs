@@ -16,7 +16,6 @@ pub mod cache;
 pub mod call;
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -29,8 +28,8 @@ use super::cache::Verified;
 use super::config::SecretFile;
 use super::fetch::{Client, HttpsUrl};
 use super::{Failure, Reason};
-use crate::config::file::Dur;
 use crate::config::ConfigErrors;
+use crate::config::Dur;
 use crate::error::Reject;
 use cache::{Digest, Flights, Outcome, Verdicts};
 use call::{AuthMethod, Credentials};
@@ -346,15 +345,12 @@ impl Introspection {
         )
     }
 
-    /// `tollgate_introspection_total` for this provider (`name`, a label value).
-    pub fn render(&self, o: &mut String, name: &str) {
-        for (i, r) in RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "tollgate_introspection_total{{provider=\"{name}\",result=\"{r}\"}} {}",
-                self.counts[i].load(Relaxed)
-            );
-        }
+    /// How many introspections ended each way (`tollgate_introspection_total`), by result.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        RESULTS
+            .iter()
+            .zip(&self.counts)
+            .map(|(r, c)| (*r, c.load(Relaxed)))
     }
 }
 
@@ -391,9 +387,3 @@ pub(super) async fn check_request(
         }),
     }
 }
-
-/// The help and type lines of `tollgate_introspection_total`.
-pub const METRIC_HEAD: &str = "# HELP tollgate_introspection_total Token introspection, by \
-    provider: hit (answered without a call: remembered, or another request's call), miss (the \
-    endpoint was asked and answered), error (it could not answer; the request got 503).\n\
-    # TYPE tollgate_introspection_total counter\n";

@@ -9,13 +9,13 @@ use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use super::file::{FileConfig, LimitsFile, RouteFile, TimeoutsFile, UpstreamFile};
-use super::ConfigErrors;
 use crate::client::TrustedProxies;
-use crate::guard::{IpRules, Limits};
-use crate::headers::RouteHeaders;
+use crate::config::ConfigErrors;
 use crate::listen::check_socket_addr;
 use crate::observe::access_log::{AccessLog, AccessLogFile};
-use crate::router::{normalise_prefix, HostPattern, MethodSet, Route, Router};
+use crate::policy::guard::{IpRules, Limits};
+use crate::policy::router::{normalise_prefix, HostPattern, MethodSet, Route, Router};
+use crate::policy::stamp::RouteHeaders;
 use crate::upstream::discovery::{self, Compiled, Discovery, NamedTarget, Resolver, TargetAddr};
 use crate::upstream::{Timeouts, Upstream};
 
@@ -29,8 +29,8 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<Upstream>>,
     pub access_log: AccessLogFile,
     pub limits: Limits,
-    pub rate_limits: crate::limit::Limits,
-    pub auth: crate::auth::Auth,
+    pub rate_limits: crate::policy::limit::Limits,
+    pub auth: crate::policy::auth::Auth,
     /// tollgate's own HTTP/1 engine serves what it can (`fast_path`, default on); off, every
     /// connection and request takes Pingora's listener, session and proxy path.
     pub fast_path: bool,
@@ -71,17 +71,18 @@ fn state_dir(v: Option<String>, errs: &mut ConfigErrors) -> std::path::PathBuf {
 /// reach its provider: a config error, at the header's key path.
 fn underscored_key_headers(
     policy: super::file::Underscores,
-    auth: &[(String, crate::auth::config::AuthFile)],
+    auth: &[(String, crate::policy::auth::config::AuthFile)],
     errs: &mut ConfigErrors,
 ) {
     if policy != super::file::Underscores::Drop {
         return;
     }
     for (name, a) in auth {
-        if let crate::auth::config::AuthFile::ApiKey(crate::auth::config::ApiKeyFile {
-            header: Some(h),
-            ..
-        }) = a
+        if let crate::policy::auth::config::AuthFile::ApiKey(
+            crate::policy::auth::config::ApiKeyFile {
+                header: Some(h), ..
+            },
+        ) = a
         {
             if h.contains('_') {
                 errs.push(
@@ -101,7 +102,7 @@ fn underscored_key_headers(
 /// config error at the provider (unless a listener's own errors explain it).
 fn mtls_needs_client_auth(
     listen: &[crate::listen::Listener],
-    auth: &crate::auth::Auth,
+    auth: &crate::policy::auth::Auth,
     errs: &mut ConfigErrors,
 ) {
     let asked = listen
@@ -111,7 +112,7 @@ fn mtls_needs_client_auth(
         return;
     }
     for (name, p) in auth.names.iter().zip(&auth.providers) {
-        if matches!(p, crate::auth::Provider::Mtls(_)) {
+        if matches!(p, crate::policy::auth::Provider::Mtls(_)) {
             errs.push(
                 format!("auth.{name}"),
                 "type mtls needs a TLS listener that asks clients for a certificate \
@@ -148,14 +149,14 @@ pub fn compile(
     let underscores = file.underscores_in_headers.unwrap_or_default();
     underscored_key_headers(underscores, &file.auth, errs);
     let state_dir = state_dir(file.state_dir, errs);
-    let auth = crate::auth::config::compile(file.consumers, file.auth, &state_dir, errs);
+    let auth = crate::policy::auth::config::compile(file.consumers, file.auth, &state_dir, errs);
     mtls_needs_client_auth(&listen, &auth, errs);
     let limit_names: Vec<String> = file
         .rate_limits
         .iter()
         .flat_map(|m| m.keys().cloned())
         .collect();
-    let rate_limits = crate::limit::config::compile(file.rate_limits, file.redis, errs);
+    let rate_limits = crate::policy::limit::config::compile(file.rate_limits, file.redis, errs);
 
     let mut names = Vec::new();
     let mut upstreams = Vec::new();
@@ -217,7 +218,7 @@ pub fn compile(
 
 fn limits(l: LimitsFile, errs: &mut ConfigErrors) -> Limits {
     let d = Limits::default();
-    let mut size = |key: &str, v: Option<super::file::Size>, default: u64| match v {
+    let mut size = |key: &str, v: Option<crate::config::Size>, default: u64| match v {
         Some(s) if s.0 == 0 => {
             errs.push(format!("limits.{key}"), "must be greater than 0");
             default
@@ -410,7 +411,7 @@ fn upstream(
 /// A configured duration that must be positive, or the default when absent.
 fn positive(
     path: String,
-    v: Option<super::file::Dur>,
+    v: Option<crate::config::Dur>,
     default: Duration,
     errs: &mut ConfigErrors,
 ) -> Duration {
@@ -440,7 +441,7 @@ fn timeouts(base: &str, t: TimeoutsFile, errs: &mut ConfigErrors) -> Timeouts {
 /// `timeouts.idle`: how long an idle upstream connection is kept, from 10ms to 1h.
 fn idle(
     base: &str,
-    v: Option<super::file::Dur>,
+    v: Option<crate::config::Dur>,
     default: Duration,
     errs: &mut ConfigErrors,
 ) -> Duration {
@@ -461,8 +462,8 @@ fn routes(
     files: Vec<Option<RouteFile>>,
     (upstreams, broken): (&[String], &[String]),
     limits: &Limits,
-    (rate_limits, limit_names): (&crate::limit::Limits, &[String]),
-    auth: &crate::auth::Auth,
+    (rate_limits, limit_names): (&crate::policy::limit::Limits, &[String]),
+    auth: &crate::policy::auth::Auth,
     errs: &mut ConfigErrors,
 ) -> Vec<Route> {
     let mut out = Vec::new();
@@ -494,9 +495,9 @@ fn routes(
                 format!("{base}.path_prefix"),
                 format!("{:?} must start with /", r.path_prefix),
             );
-        } else if let Err(e) = crate::path::normalise(&r.path_prefix) {
+        } else if let Err(e) = crate::policy::path::normalise(&r.path_prefix) {
             errs.push(format!("{base}.path_prefix"), e.message());
-        } else if crate::path::normalise(&r.path_prefix).is_ok_and(|n| n != r.path_prefix) {
+        } else if crate::policy::path::normalise(&r.path_prefix).is_ok_and(|n| n != r.path_prefix) {
             errs.push(
                 format!("{base}.path_prefix"),
                 format!(
@@ -547,7 +548,7 @@ fn routes(
         };
         let cors = r
             .cors
-            .and_then(|c| crate::cors::Cors::compile(&format!("{base}.cors"), c, errs));
+            .and_then(|c| crate::policy::cors::Cors::compile(&format!("{base}.cors"), c, errs));
         let ip_rules = (r.ip_allow.is_some() || r.ip_deny.is_some()).then(|| IpRules {
             allow: cidrs(
                 &format!("{base}.ip_allow"),
@@ -560,7 +561,7 @@ fn routes(
                 errs,
             ),
         });
-        let route_auth = crate::auth::config::route(
+        let route_auth = crate::policy::auth::config::route(
             &base,
             auth,
             r.auth.as_ref(),
@@ -568,7 +569,7 @@ fn routes(
             r.claims.as_ref(),
             errs,
         );
-        let route_rate_limits = crate::limit::config::route_limits(
+        let route_rate_limits = crate::policy::limit::config::route_limits(
             &base,
             r.rate_limit.as_ref(),
             rate_limits,

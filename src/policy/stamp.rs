@@ -16,8 +16,9 @@ use std::ops::Deref;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::names::{GATEWAY_NAME, X_GATEWAY, X_REQUEST_ID};
-use crate::limit::{Decision, Limits};
+use crate::headers::line;
+use crate::headers::names::{GATEWAY_NAME, X_GATEWAY, X_REQUEST_ID};
+use crate::policy::limit::{Decision, Limits};
 
 /// The gateway's headers for one response, described, not yet materialised.
 #[derive(Clone, Copy)]
@@ -103,15 +104,6 @@ impl<'a> Stamp<'a> {
     }
 }
 
-/// `name: value\r\n`, the value written in place by `value`. The gateway's names go out in
-/// lower case, as Pingora writes a name it has no case for.
-pub fn line(out: &mut Vec<u8>, name: &str, value: impl FnOnce(&mut Vec<u8>)) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    value(out);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// A route's `response_headers`, compiled once: the pairs for a head's map, and the same
 /// already written as HTTP/1 lines (`Name: value\r\n`, the name as the config writes it).
 #[derive(Debug, Clone, Default)]
@@ -155,7 +147,7 @@ impl Deref for RouteHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limit::Headers;
+    use crate::policy::limit::Headers;
 
     fn limits(mode: Headers) -> Limits {
         Limits::one_for_tests(mode)

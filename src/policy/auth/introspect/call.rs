@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::auth::jwt::Claims;
+use crate::policy::auth::jwt::Claims;
 
 /// How the gateway authenticates to the introspection endpoint (RFC 6749 §2.3.1).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
