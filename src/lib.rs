@@ -2,10 +2,17 @@
 //!
 //! The request's walk is told in [`proxy`]; every step lives in its own module. The config is
 //! loaded and compiled once by [`config`]; [`server`] assembles the Pingora services.
+//!
+//! No `unsafe` outside the modules allowed it below, each a system call or foreign function
+//! the standard library does not wrap, with a `// SAFETY:` comment on every block.
+
+#![deny(unsafe_code)]
 
 pub mod admin;
+#[allow(unsafe_code)] // prctl(2), mimalloc's mi_collect
 pub mod alloc;
 pub mod client;
+#[allow(unsafe_code)] // clock_gettime(2)
 pub mod clock;
 pub mod compress;
 pub mod config;
@@ -23,6 +30,7 @@ pub mod listen;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
+#[allow(unsafe_code)] // kill(2)
 pub mod reload;
 pub mod server;
 pub mod upstream;

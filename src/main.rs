@@ -1,5 +1,7 @@
 //! The tollgate binary: parse the command line, load and validate the config, run.
 
+#![deny(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
 
@@ -15,6 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// (`tollgate::alloc::no_huge_pages` says why).
 #[cfg(target_os = "linux")]
 #[used]
+#[allow(unsafe_code)] // a constructor entry: the attribute is the only unsafe part
 #[link_section = ".init_array"]
 static NO_HUGE_PAGES: extern "C" fn() = {
     extern "C" fn before_main() {

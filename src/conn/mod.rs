@@ -27,12 +27,14 @@ use pingora::protocols::{Shutdown, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
+#[allow(unsafe_code)] // inherited listening sockets from their fds
 mod accept;
 mod coalesce;
 mod frame;
 mod guarded;
 mod idle;
 mod keepalive;
+#[allow(unsafe_code)] // epoll(7)
 mod park;
 mod plain;
 mod screen;

@@ -14,6 +14,7 @@ mod members;
 mod pool;
 pub mod protocol;
 pub mod tls;
+#[allow(unsafe_code)] // openssl-probe sets the environment (set_var)
 pub mod trust;
 
 pub use attempt::Attempt;
