@@ -9,7 +9,7 @@
 //!     target/release/examples/bare_pingora 127.0.0.1:8085 127.0.0.1:8081
 //!
 //! With `--own-upstream` (the hybrid), Pingora still serves the client, but `request_filter`
-//! relays each request through tollgate's own upstream client (`src/upstream/h1.rs`, the one
+//! relays each request through tollgate's own upstream client (`src/fastpath/h1/client.rs`, the one
 //! tollgate's fast path uses) and answers through the session: Pingora's client side with
 //! tollgate's upstream leg, and no policy. Bodiless requests only.
 //!
@@ -27,7 +27,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
-use tollgate::upstream::h1::{self, Conn};
+use tollgate::fastpath::h1::client::{self as h1, Conn};
 
 // tollgate's allocator (src/main.rs), so the floor is not glibc malloc's.
 #[global_allocator]
@@ -67,7 +67,7 @@ impl ProxyHttp for Bare {
 
 impl Own {
     /// The request head as received (hooks that do nothing change nothing), then the response
-    /// through tollgate's `upstream::h1` client, as its fast path relays it, without the policy.
+    /// through tollgate's `fastpath::h1::client`, as its fast path relays it, without the policy.
     /// Bodiless requests only; a failure is Pingora's 502.
     async fn relay(&self, session: &mut Session) -> pingora::Result<()> {
         let req = session.req_header();

@@ -22,6 +22,7 @@ pub mod demo;
 pub mod downstream;
 pub mod error;
 pub mod explain;
+pub mod fastpath;
 pub mod gateway;
 pub mod grpc;
 pub mod handover;

@@ -27,9 +27,6 @@ mod admit;
 mod own;
 mod relay;
 
-#[doc(hidden)]
-pub use own::shape as own_codec_shape;
-
 /// Compress a piece of the response body when `response_filter` chose to.
 fn encode(ctx: &mut Ctx, body: &mut Option<bytes::Bytes>, end: bool) -> Result<()> {
     if let Some(enc) = ctx.encoder.as_mut() {
@@ -60,7 +57,7 @@ impl Tollgate {
     /// The proxy for `gw`, with Pingora's server settings that bound the relay's upstream
     /// connections and attempts (`upstream_keepalive_pool_size`, `max_retries`).
     pub fn new(gw: Arc<Gateway>, obs: Arc<Observe>, conf: &ServerConf) -> Self {
-        let all_relayed = gw.upstreams.iter().all(|u| relay::relays_to(u));
+        let all_relayed = gw.upstreams.iter().all(|u| crate::fastpath::relays_to(u));
         Tollgate {
             fast_path: gw.fast_path,
             gw,
@@ -318,7 +315,7 @@ impl ProxyHttp for Tollgate {
         if self.fast_path
             && self
                 .upstream(ctx)
-                .is_some_and(|up| relay::takes_fast_path(session.req_header(), ctx, up))
+                .is_some_and(|up| crate::fastpath::carries(session.req_header(), up))
         {
             return self.relay(session, ctx).await;
         }

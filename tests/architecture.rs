@@ -36,6 +36,48 @@ fn no_import_circle_spans_two_top_level_modules() {
 }
 
 #[test]
+fn the_readme_code_map_lists_every_module_after_those_it_uses() {
+    let graph = module_graph(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")));
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let map = readme
+        .split("## Code map")
+        .nth(1)
+        .and_then(|m| m.split("```").nth(1))
+        .expect("README.md has a code map in a code block");
+    // The map's order: the first `src/NAME` of each line that starts with one.
+    let order: Vec<&str> = map
+        .lines()
+        .filter_map(|l| l.strip_prefix("src/"))
+        .map(|l| {
+            l.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .next()
+                .unwrap()
+        })
+        .collect();
+    let missing: Vec<_> = graph
+        .keys()
+        .filter(|m| !order.contains(&m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the README's code map leaves out {missing:?}"
+    );
+    let mut late = Vec::new();
+    for (i, m) in order.iter().enumerate() {
+        for dep in graph.get(*m).into_iter().flatten() {
+            if !order[..i].contains(&dep.as_str()) {
+                late.push(format!("{m} uses {dep}, listed after it"));
+            }
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "README code map out of order:\n{}",
+        late.join("\n")
+    );
+}
+
+#[test]
 fn the_checker_sees_what_it_should() {
     // Paths in `use` trees, expressions and `super::` from a top-level file are edges;
     // comments, strings and `#[cfg(test)]` items are not.

@@ -1,5 +1,5 @@
 //! Codec parity: the same raw HTTP/1 requests through tollgate's own HTTP/1 codec
-//! (`src/downstream/h1.rs`) and through Pingora's session, and the client must see the same.
+//! (`src/fastpath/h1/server.rs`) and through Pingora's session, and the client must see the same.
 //!
 //! Why: a plain bodiless request is served by one codec or the other depending on where it
 //! goes (`Tollgate::serves` in `src/proxy/own.rs`), and the policy code behind both is shared,

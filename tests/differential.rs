@@ -1,7 +1,7 @@
 //! Differential tests: tollgate's own HTTP/1 parsers against Pingora's, on the same bytes.
 //!
-//! Why: tollgate serves the common plain request with its own codec (`src/downstream/h1.rs`)
-//! and relays it with its own upstream client (`src/upstream/h1.rs`); every other request goes
+//! Why: tollgate serves the common plain request with its own codec (`src/fastpath/h1/server.rs`)
+//! and relays it with its own upstream client (`src/fastpath/h1/client.rs`); every other request goes
 //! through Pingora's sessions, after the connection layer has screened and framed its head
 //! (`src/conn/screen.rs`, `src/conn/frame.rs`). Where the two read the same bytes differently,
 //! a client or backend could smuggle a request or response past one of them. So:
@@ -35,8 +35,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate::conn::{RequestBody, Screened};
-use tollgate::downstream::h1::{self, Head};
-use tollgate::upstream::h1::Conn;
+use tollgate::fastpath::h1::client::Conn;
+use tollgate::fastpath::h1::server::{self as h1, Head};
 
 /// Cases per property (in CI; `PROPTEST_CASES` asks for more): the file stays within seconds.
 const CASES: u32 = 512;
@@ -201,7 +201,7 @@ fn check_request(input: &[u8]) {
     let show = input.escape_ascii().to_string();
     let (pingora, own, screened) = block_on(|l| {
         l.rt.block_on(async {
-            let own = h1::parse(BytesMut::from(input), tollgate::proxy::own_codec_shape);
+            let own = h1::parse(BytesMut::from(input), tollgate::fastpath::plain);
             let screened = match &own {
                 Head::Pass(bytes) => {
                     assert_eq!(&bytes[..], input, "handed over as read: {show}");
@@ -408,7 +408,7 @@ async fn own_response(l: &Local, input: &[u8], head: bool) -> Response {
     let mut conn = Conn::get(l.addr, &timeouts).await.unwrap();
     let (mut backend, _) = l.backend.accept().await.unwrap();
     let req = upstream_request(head);
-    let wire = tollgate::upstream::h1::request_head(
+    let wire = tollgate::fastpath::h1::client::request_head(
         &req.method,
         req.raw_path(),
         req.headers.iter(),

@@ -29,7 +29,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use super::park::Lot;
 use super::{Gate, Serve};
 
-/// What Pingora passes `listen(2)`: the kernel caps it at `net.core.somaxconn`.
+/// What Pingora passes `listen(2)` (`pingora_core::listeners::l4::LISTENER_BACKLOG`); the
+/// kernel caps it at `net.core.somaxconn`.
 const BACKLOG: u32 = 65535;
 /// How long Pingora keeps trying a bind whose address is in use (a previous process still
 /// closing), one try a second.

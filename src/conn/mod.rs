@@ -144,7 +144,7 @@ impl Guards {
 }
 
 /// A server of some HTTP/1 requests of its own, asked before Pingora's session is made
-/// ([`crate::downstream::h1`]), and the voice of every refusal made before there is one.
+/// ([`crate::fastpath::h1::server`]), and the voice of every refusal made before there is one.
 pub trait Serve: Send + Sync + 'static {
     /// Serve the request whose head is `head` (the bytes of one read), or leave it, and the
     /// connection, untouched. Owned, so a request it serves keeps its header values as

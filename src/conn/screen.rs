@@ -162,7 +162,7 @@ fn why_refused(e: &pingora::Error) -> Cow<'static, str> {
         .as_ref()
         .and_then(|c| c.downcast_ref::<httparse::Error>())
     {
-        return crate::downstream::h1::refused(*parse)
+        return crate::fastpath::h1::server::refused(*parse)
             .unwrap_or("the request line is malformed")
             .into();
     }

@@ -22,7 +22,6 @@ use pingora::Result;
 use crate::policy::stamp::Stamp;
 
 pub mod answer;
-pub mod h1;
 
 /// A client's request and the means to answer it.
 pub trait Downstream: Send + Sync {

@@ -1,5 +1,5 @@
 //! The request's story when tollgate's own HTTP/1 codec serves the client
-//! ([`crate::downstream::h1`]): the same steps as Pingora's hooks, in the same order, on the
+//! ([`crate::fastpath::h1::server`]): the same steps as Pingora's hooks, in the same order, on the
 //! same code: who is calling, admission, the fast-path relay, the answer to a failure, the
 //! log. Taken only by a request both ends of which the fast path handles (a plain request
 //! routed to a plaintext HTTP/1 upstream); the codec hands every other one to Pingora.
@@ -9,41 +9,30 @@ use std::future::Future;
 use bytes::BytesMut;
 use pingora::protocols::Stream;
 
-use super::{relay, Ctx, Tollgate};
+use super::{Ctx, Tollgate};
 use crate::conn::{Refusal, Serve, Served};
-use crate::downstream::h1::{self, Head, H1};
 use crate::downstream::{answer, Downstream};
 use crate::error::Reject;
+use crate::fastpath::{self, h1::server as h1, h1::server::Head, h1::server::H1};
 use crate::policy::router::Match;
 
 impl Tollgate {
-    /// Whether the own codec serves this request: it takes the fast path whatever admission
-    /// decides (if it is not answered before), so serving it here changes nothing but the
-    /// cost. A request no route takes is answered by admission alike, whoever serves it.
+    /// Whether the own codec serves this request: it is carried by the own engine whatever
+    /// admission decides (if it is not answered before), so serving it here changes nothing
+    /// but the cost. A request no route takes is answered by admission alike, whoever serves it.
     fn serves(&self, req: &pingora::http::RequestHeader) -> bool {
-        if !shape(req) {
-            return false;
-        }
         if self.all_relayed {
-            return true;
+            return fastpath::plain(req);
         }
         let Ok(path) = crate::policy::path::normalise(req.uri.path()) else {
             return false;
         };
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
         match self.gw.router.find(host, &path, &req.method) {
-            Match::Route(r) => relay::relays_to(&self.gw.upstreams[r.upstream]),
+            Match::Route(r) => fastpath::carries(req, &self.gw.upstreams[r.upstream]),
             _ => false,
         }
     }
-}
-
-/// Whether a request is of the shape the own codec serves at all, wherever it is routed: a
-/// plain request (`relay::plain`) that is not gRPC. A test seam too (`tests/differential.rs`
-/// holds what this codec serves to what Pingora's session reads).
-#[doc(hidden)]
-pub fn shape(req: &pingora::http::RequestHeader) -> bool {
-    relay::plain(req) && !crate::grpc::is_grpc(req)
 }
 
 impl Tollgate {

@@ -1,5 +1,5 @@
-//! The fast path: a plain request to a plaintext HTTP/1 upstream is relayed by tollgate itself,
-//! over its own upstream connections ([`crate::upstream::h1`]), instead of by Pingora's proxy
+//! The relay: a request the own engine carries ([`crate::fastpath::carries`]) is relayed by
+//! tollgate itself, over its own upstream connections ([`crate::fastpath::h1::client`]), instead of by Pingora's proxy
 //! loop: from `request_filter` when Pingora's session serves the client, from
 //! [`super::own`] when tollgate's own codec does (both through [`Downstream`]). The same code
 //! decides the same things: `pick` and the retry rules of `fail_to_connect` /
@@ -7,58 +7,17 @@
 //! headers and circuit-breaker outcome of `response_filter` (the gateway's own headers
 //! written by the codec itself where it can, `crate::policy::stamp::Stamp`), compression; an error goes back
 //! to the caller, which answers it as `fail_to_proxy` does.
-//!
-//! Why: Pingora's upstream leg is half of its engine's cost per request. What takes the fast path is the common case
-//! only; everything else keeps Pingora's path, whose rules for it are not repeated here: a
-//! request body, HTTP/2 from the client, an upgrade (WebSocket or other), gRPC, a TLS or h2
-//! upstream, an absolute-form target, `Expect`, a missing or repeated `Host`, or a `Connection`
-//! header that names other headers (which Pingora strips).
 
-use http::header;
-use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, Result};
 
 use super::{Ctx, Tollgate};
 use crate::downstream::Downstream;
-use crate::upstream::h1::{self, Conn};
-use crate::upstream::protocol::Protocol;
-use crate::upstream::Upstream;
+use crate::fastpath::h1::client::{self as h1, Conn};
 
 /// How an attempt failed: before anything reached the backend, or after.
 enum Failed {
     Connect(Box<Error>),
     Exchange { e: Box<Error>, reused: bool },
-}
-
-/// Whether this request is one the fast path relays (see the module doc for the others).
-pub(super) fn takes_fast_path(req: &RequestHeader, ctx: &Ctx, up: &Upstream) -> bool {
-    ctx.websocket.is_none() && !ctx.grpc && relays_to(up) && plain(req)
-}
-
-/// Whether the fast path can relay to this upstream: plaintext HTTP/1.
-pub(super) fn relays_to(up: &Upstream) -> bool {
-    up.tls.is_none() && up.protocol == Protocol::Http1
-}
-
-/// Whether the request itself is one the fast path relays: not CONNECT, no body, no upgrade,
-/// an origin-form target and one `Host`, a `Connection` header about this connection only.
-pub(super) fn plain(req: &RequestHeader) -> bool {
-    let h = &req.headers;
-    // CONNECT changes the framing of what follows (RFC 9112 §6.3): Pingora refuses it (405).
-    req.method != http::Method::CONNECT
-        && matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10)
-        && req.raw_path().first() == Some(&b'/')
-        && h.get_all(header::HOST).iter().count() == 1
-        && !h.contains_key(header::TRANSFER_ENCODING)
-        && !h.contains_key(header::UPGRADE)
-        && !h.contains_key(header::EXPECT)
-        && h.get_all(header::CONTENT_LENGTH)
-            .iter()
-            .all(|v| v.as_bytes().trim_ascii() == b"0")
-        && h.get_all(header::CONNECTION).iter().all(|v| {
-            crate::headers::tokens(v.as_bytes())
-                .all(|t| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close"))
-        })
 }
 
 impl Tollgate {
@@ -186,60 +145,5 @@ impl Tollgate {
         }
         conn.release(self.pool);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(extra: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", b"/x?y=1", None).unwrap();
-        r.insert_header("host", "example.com").unwrap();
-        for (k, v) in extra {
-            r.append_header(k.to_string(), *v).unwrap();
-        }
-        r
-    }
-
-    fn upstream() -> Upstream {
-        let spec = crate::upstream::Spec {
-            targets: vec![("127.0.0.1:1".parse().unwrap(), 1)],
-            ..Default::default()
-        };
-        Upstream::new("u", spec)
-    }
-
-    #[test]
-    fn only_plain_requests_take_the_fast_path() {
-        let up = upstream();
-        let ctx = Ctx::default();
-        assert!(takes_fast_path(&req(&[]), &ctx, &up));
-        assert!(takes_fast_path(
-            &req(&[("connection", "Keep-Alive")]),
-            &ctx,
-            &up
-        ));
-        assert!(takes_fast_path(&req(&[("content-length", "0")]), &ctx, &up));
-        for (k, v) in [
-            ("content-length", "5"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("expect", "100-continue"),
-            ("connection", "close, x-secret"),
-            ("host", "other.example"),
-        ] {
-            assert!(!takes_fast_path(&req(&[(k, v)]), &ctx, &up), "{k}: {v}");
-        }
-        let absolute = RequestHeader::build("GET", b"http://a.example/x", None).unwrap();
-        assert!(!takes_fast_path(&absolute, &ctx, &up));
-        let mut connect = RequestHeader::build("CONNECT", b"/x", None).unwrap();
-        connect.insert_header("host", "example.com").unwrap();
-        assert!(!takes_fast_path(&connect, &ctx, &up), "CONNECT with a path");
-        let grpc = Ctx {
-            grpc: true,
-            ..Ctx::default()
-        };
-        assert!(!takes_fast_path(&req(&[]), &grpc, &up));
     }
 }

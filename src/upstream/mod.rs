@@ -8,10 +8,8 @@ mod balancer;
 pub mod breaker;
 pub mod config;
 pub mod discovery;
-pub mod h1;
 pub mod health;
 mod members;
-mod pool;
 pub mod protocol;
 pub mod tls;
 #[allow(unsafe_code)] // openssl-probe sets the environment (set_var)

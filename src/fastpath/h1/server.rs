@@ -32,11 +32,9 @@ use pingora::protocols::Stream;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
-use super::Downstream;
+use super::{encode_chunk, response_framing, Framing, LAST_CHUNK, SERVED_HEADERS};
+use crate::downstream::Downstream;
 use crate::policy::stamp::Stamp;
-
-/// Header lines a head may have to be taken here; more go to Pingora (which takes 256).
-const MAX_HEADERS: usize = 64;
 
 /// What a read holds, for this codec.
 // Returned once per request and matched at once: moving the head beats boxing it.
@@ -65,7 +63,7 @@ pub fn parse(buf: BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Head {
     // unchanged (and uncopied: nothing else holds them by then) when Pingora is to have them.
     let buf = buf.freeze();
     let pass = |buf: Bytes| Head::Pass(BytesMut::from(buf));
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; SERVED_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let len = match parsed.parse(&buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -149,16 +147,6 @@ fn client_keepalive(req: &RequestHeader) -> bool {
     req.version == http::Version::HTTP_11
 }
 
-/// How the response body is delimited for the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// `Content-Length` (or none at all for HEAD, 204, 304): this many bytes still to send.
-    Length(u64),
-    Chunked,
-    /// Until the connection closes.
-    Close,
-}
-
 /// One request on a connection this codec serves.
 pub struct H1<'s> {
     stream: &'s mut Stream,
@@ -196,7 +184,7 @@ impl<'s> H1<'s> {
             allowed,
             keepalive: allowed,
             response: None,
-            framing: Framing::Length(0),
+            framing: Framing::Done,
             out: Vec::new(),
             sent: 0,
             complete: false,
@@ -212,7 +200,7 @@ impl<'s> H1<'s> {
 
     async fn send(&mut self) -> Result<()> {
         let out = std::mem::take(&mut self.out);
-        let written = super::write_within(self.stream, &out, self.write_timeout).await;
+        let written = crate::downstream::write_within(self.stream, &out, self.write_timeout).await;
         written.map_err(|e| {
             self.keepalive = false;
             let kind = match e.kind() {
@@ -228,17 +216,12 @@ impl<'s> H1<'s> {
     }
 
     fn framing_of(&self, resp: &ResponseHeader) -> Framing {
-        let status = resp.status.as_u16();
-        if status == 204 || status == 304 || self.req.method == http::Method::HEAD {
-            return Framing::Length(0);
-        }
         let last_coding = resp.headers.get_all(TRANSFER_ENCODING).iter().next_back();
-        if last_coding.is_some_and(|v| crate::headers::ends_chunked(v.as_bytes())) {
-            return Framing::Chunked;
-        }
+        let chunked = last_coding.is_some_and(|v| crate::headers::ends_chunked(v.as_bytes()));
         let length = resp.headers.get(CONTENT_LENGTH);
         let length = length.and_then(|v| crate::headers::parse_length(v.as_bytes()));
-        length.map_or(Framing::Close, Framing::Length)
+        let head_request = self.req.method == http::Method::HEAD;
+        response_framing(resp.status.as_u16(), head_request, chunked, length)
     }
 
     async fn write_header(
@@ -251,7 +234,8 @@ impl<'s> H1<'s> {
             return Ok(());
         }
         self.framing = self.framing_of(&resp);
-        if self.framing == Framing::Chunked && self.req.version == http::Version::HTTP_10 {
+        if matches!(self.framing, Framing::Chunked(_)) && self.req.version == http::Version::HTTP_10
+        {
             // An HTTP/1.0 client does not know chunked framing (RFC 9112 §6.1): its body is
             // sent as it is and ends with the connection.
             resp.remove_header(&TRANSFER_ENCODING);
@@ -306,11 +290,11 @@ impl<'s> H1<'s> {
     fn finish_body(&mut self) {
         match self.framing {
             Framing::Length(left) => self.complete = left == 0,
-            Framing::Chunked => {
-                self.out.extend_from_slice(b"0\r\n\r\n");
+            Framing::Chunked(_) => {
+                self.out.extend_from_slice(LAST_CHUNK);
                 self.complete = true;
             }
-            Framing::Close => self.complete = true,
+            Framing::Close | Framing::Done => self.complete = true,
         }
     }
 
@@ -327,14 +311,11 @@ impl<'s> H1<'s> {
                 self.framing = Framing::Length(left - take as u64);
                 self.sent += take;
             }
-            Framing::Chunked if !data.is_empty() => {
-                push_hex(&mut self.out, data.len());
-                self.out.extend_from_slice(b"\r\n");
-                self.out.extend_from_slice(data);
-                self.out.extend_from_slice(b"\r\n");
+            Framing::Chunked(_) => {
+                encode_chunk(&mut self.out, data);
                 self.sent += data.len();
             }
-            Framing::Chunked => {}
+            Framing::Done => {}
             Framing::Close => {
                 self.out.extend_from_slice(data);
                 self.sent += data.len();
@@ -347,15 +328,6 @@ impl<'s> H1<'s> {
             self.send().await?;
         }
         Ok(())
-    }
-}
-
-/// `n` in hexadecimal, as a chunk size.
-fn push_hex(out: &mut Vec<u8>, n: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..digits).rev() {
-        out.push(HEX[(n >> (i * 4)) & 0xf]);
     }
 }
 
@@ -483,7 +455,7 @@ mod tests {
         assert_eq!(req.headers.get("x-a").unwrap(), "1");
         let many: Vec<u8> = [
             &b"GET / HTTP/1.1\r\nHost: gw\r\n"[..],
-            &b"X-N: n\r\n".repeat(MAX_HEADERS),
+            &b"X-N: n\r\n".repeat(SERVED_HEADERS),
             b"\r\n",
         ]
         .concat();
@@ -533,27 +505,6 @@ mod tests {
             panic!("a pipelined head is served");
         };
         assert_eq!((req.raw_path(), &rest[..]), (&b"/a?b=1"[..], &next[..]));
-    }
-
-    #[test]
-    fn chunk_sizes_are_hex() {
-        for n in [
-            0usize,
-            1,
-            9,
-            10,
-            15,
-            16,
-            255,
-            4096,
-            65535,
-            1 << 20,
-            usize::MAX,
-        ] {
-            let mut out = Vec::new();
-            push_hex(&mut out, n);
-            assert_eq!(String::from_utf8(out).unwrap(), format!("{n:x}"));
-        }
     }
 
     #[test]

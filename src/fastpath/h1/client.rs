@@ -24,13 +24,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::{pool, Timeouts};
+use super::{pool, response_framing, Chunks, Framing, MAX_HEAD, MAX_HEADERS};
+use crate::upstream::Timeouts;
 
-/// A response head starts in this much buffer, as Pingora's does.
+/// A response head starts in this much buffer: Pingora's `INIT_HEADER_BUF_SIZE`
+/// (`pingora_core::protocols::http::v1::common::INIT_HEADER_BUF_SIZE`).
 const READ: usize = 4096;
-/// The most a response head may take, as Pingora's limit.
-const MAX_HEAD: usize = 1 << 20;
-const MAX_HEADERS: usize = 256;
 /// The most one read of a body takes.
 const BODY_READ: usize = 16 * 1024;
 
@@ -71,21 +70,6 @@ pub struct Conn {
     write: Duration,
     /// How long it may wait in the pool (the upstream's `timeouts.idle`).
     idle: Duration,
-}
-
-/// How the response body is delimited.
-pub enum Body {
-    Length(u64),
-    Chunked(Chunks),
-    /// Until the backend closes (never pooled).
-    Close,
-    Done,
-}
-
-impl Body {
-    pub fn is_done(&self) -> bool {
-        matches!(self, Body::Done)
-    }
 }
 
 fn upstream(etype: ErrorType, context: &'static str) -> Box<Error> {
@@ -175,7 +159,7 @@ impl Conn {
         &mut self,
         head_request: bool,
         replaced: impl Fn(&str) -> bool,
-    ) -> Result<(ResponseHeader, Body)> {
+    ) -> Result<(ResponseHeader, Framing)> {
         let mut first = true;
         loop {
             if let Some((resp, body)) = self.parse_head(head_request, &replaced)? {
@@ -224,7 +208,7 @@ impl Conn {
         &mut self,
         head_request: bool,
         replaced: &impl Fn(&str) -> bool,
-    ) -> Result<Option<(ResponseHeader, Body)>> {
+    ) -> Result<Option<(ResponseHeader, Framing)>> {
         if self.buf.is_empty() {
             return Ok(None);
         }
@@ -270,7 +254,7 @@ impl Conn {
                 chunked = Some(crate::headers::ends_chunked(h.value));
             } else if name.eq_ignore_ascii_case("date") {
                 // Replaced by the client side's own whichever codec writes the response
-                // (`downstream::h1`, and Pingora's sessions: pingora-core 0.9.1
+                // (`super::server`, and Pingora's sessions: pingora-core 0.9.1
                 // protocols/http/v1/server.rs, v2/server.rs): not copied.
                 continue;
             } else if name.eq_ignore_ascii_case("connection") {
@@ -309,43 +293,41 @@ impl Conn {
         };
         let mut resp = ResponseHeader::from(parts);
         self.buf.advance(n);
-        let status = resp.status.as_u16();
-        let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status)
-        {
-            Body::Done
-        } else if chunked == Some(true) {
+        let body = response_framing(
+            resp.status.as_u16(),
+            head_request,
+            chunked == Some(true),
+            length,
+        );
+        match body {
             // A Content-Length beside chunked framing is ignored (RFC 9112 §6.3) and dropped,
             // so the client sees one framing.
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            Body::Chunked(Chunks::Size)
-        } else if let Some(len) = length {
-            if len == 0 {
-                Body::Done
-            } else {
-                Body::Length(len)
+            Framing::Chunked(_) => {
+                resp.remove_header(&http::header::CONTENT_LENGTH);
             }
-        } else {
             // Sent to the client chunked, as Pingora does, so its connection survives the
             // backend's close.
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
-                .map_err(|_| invalid("an invalid response header"))?;
-            Body::Close
-        };
-        self.keep &= !close && !matches!(body, Body::Close);
+            Framing::Close => {
+                resp.remove_header(&http::header::CONTENT_LENGTH);
+                resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+                    .map_err(|_| invalid("an invalid response header"))?;
+            }
+            _ => {}
+        }
+        self.keep &= !close && !matches!(body, Framing::Close);
         Ok(Some((resp, body)))
     }
 
     /// The next piece of the body, or `None` once it is complete.
-    pub async fn body(&mut self, body: &mut Body) -> Result<Option<Bytes>> {
+    pub async fn body(&mut self, body: &mut Framing) -> Result<Option<Bytes>> {
         loop {
             match body {
-                Body::Done => {
+                Framing::Done => {
                     // Bytes past the response's end: the connection's framing is lost.
                     self.keep &= self.buf.is_empty();
                     return Ok(None);
                 }
-                Body::Length(n) | Body::Chunked(Chunks::Data(n)) => {
+                Framing::Length(n) | Framing::Chunked(Chunks::Data(n)) => {
                     if self.buf.is_empty() {
                         let want = (*n).min(BODY_READ as u64) as usize;
                         if self.fill(want).await? == 0 {
@@ -360,24 +342,24 @@ impl Conn {
                     *n -= take;
                     if *n == 0 {
                         *body = match body {
-                            Body::Length(_) => Body::Done,
-                            _ => Body::Chunked(Chunks::DataEnd),
+                            Framing::Length(_) => Framing::Done,
+                            _ => Framing::Chunked(Chunks::DataEnd),
                         };
                     }
                     return Ok(Some(piece));
                 }
-                Body::Close => {
+                Framing::Close => {
                     if self.buf.is_empty() && self.fill(BODY_READ).await? == 0 {
-                        *body = Body::Done;
+                        *body = Framing::Done;
                         continue;
                     }
                     return Ok(Some(self.buf.split().freeze()));
                 }
-                Body::Chunked(c) => {
+                Framing::Chunked(c) => {
                     if let Some(next) = c.advance(&mut self.buf)? {
                         *c = next;
                         if matches!(c, Chunks::End) {
-                            *body = Body::Done;
+                            *body = Framing::Done;
                         }
                         continue;
                     }
@@ -393,75 +375,5 @@ impl Conn {
                 }
             }
         }
-    }
-}
-
-/// Where a chunked body's decoder is.
-pub enum Chunks {
-    /// Before a chunk-size line.
-    Size,
-    /// Inside a chunk's data: bytes left.
-    Data(u64),
-    /// After a chunk's data: its CRLF.
-    DataEnd,
-    /// After the last chunk: trailer lines (dropped) up to the empty one.
-    Trailers,
-    End,
-}
-
-impl Chunks {
-    /// Consume framing at the front of `buf`: the next state, or `None` for more bytes.
-    /// Only called outside `Data`.
-    fn advance(&self, buf: &mut BytesMut) -> Result<Option<Chunks>> {
-        let bad = || invalid("an invalid chunked body");
-        Ok(match self {
-            Chunks::Size => match httparse::parse_chunk_size(buf) {
-                // A size Pingora's decoder cannot add to its buffer index (with the line and
-                // the data's CRLF) is refused as it refuses it.
-                Ok(httparse::Status::Complete((n, size)))
-                    if usize::try_from(size)
-                        .ok()
-                        .and_then(|s| s.checked_add(n + 2))
-                        .is_none() =>
-                {
-                    return Err(bad())
-                }
-                Ok(httparse::Status::Complete((n, size))) => {
-                    buf.advance(n);
-                    Some(if size == 0 {
-                        Chunks::Trailers
-                    } else {
-                        Chunks::Data(size)
-                    })
-                }
-                Ok(httparse::Status::Partial) => None,
-                Err(_) => return Err(bad()),
-            },
-            // Refused at its first wrong byte, as Pingora's decoder refuses it.
-            Chunks::DataEnd if buf.first().is_some_and(|&b| b != b'\r') => return Err(bad()),
-            Chunks::DataEnd if buf.len() < 2 => None,
-            Chunks::DataEnd if &buf[..2] == b"\r\n" => {
-                buf.advance(2);
-                Some(Chunks::Size)
-            }
-            Chunks::DataEnd => return Err(bad()),
-            // Trailer lines end in CRLF, as Pingora's decoder holds them: a CR or LF alone
-            // is refused.
-            Chunks::Trailers => match memchr::memchr2(b'\r', b'\n', buf) {
-                Some(i) if buf[i] == b'\n' => return Err(bad()),
-                Some(i) if buf.len() < i + 2 => None,
-                Some(i) if buf[i + 1] != b'\n' => return Err(bad()),
-                Some(0) => {
-                    buf.advance(2);
-                    Some(Chunks::End)
-                }
-                Some(i) => {
-                    buf.advance(i + 2);
-                    Some(Chunks::Trailers)
-                }
-                None => None,
-            },
-            Chunks::Data(_) | Chunks::End => Some(Chunks::End),
-        })
     }
 }

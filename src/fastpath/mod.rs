@@ -1,0 +1,102 @@
+//! tollgate's own HTTP/1 engine: a server codec for the client's side and a client with a
+//! per-thread pool for the backend's ([`h1`]), and the one rule for what it carries
+//! ([`carries`]).
+//!
+//! Why: Pingora's HTTP/1 session and its upstream leg are most of what a plain request costs
+//! it. The engine takes the common case only: a plain request (no body, HTTP/1.0 or 1.1, an
+//! origin-form target, one `Host`, no upgrade, no `Expect`, no gRPC, a `Connection` header
+//! about this connection only) routed to a plaintext HTTP/1 upstream. Everything else (a
+//! request body, HTTP/2, upgrades, gRPC, TLS or h2 upstreams) keeps Pingora's path, whose
+//! rules for it are not repeated here. The request's steps are the proxy's either way
+//! (`crate::proxy`): the engine only reads and writes the bytes.
+
+use http::header;
+use pingora::http::RequestHeader;
+
+use crate::upstream::protocol::Protocol;
+use crate::upstream::Upstream;
+
+pub mod h1;
+
+/// Whether the own engine carries `req` to `up`: the request is [`plain`] and the upstream
+/// [`relays_to`]. Both engines ask this one question: the server codec before it takes a
+/// request from a connection, the proxy before it relays one Pingora's session read.
+pub fn carries(req: &RequestHeader, up: &Upstream) -> bool {
+    relays_to(up) && plain(req)
+}
+
+/// Whether the engine's client can relay to this upstream: plaintext HTTP/1.
+pub fn relays_to(up: &Upstream) -> bool {
+    up.tls.is_none() && up.protocol == Protocol::Http1
+}
+
+/// Whether the request is one the engine carries wherever it is routed: not CONNECT, no body,
+/// no upgrade, not gRPC, an origin-form target and one `Host`, a `Connection` header about
+/// this connection only.
+pub fn plain(req: &RequestHeader) -> bool {
+    let h = &req.headers;
+    // CONNECT changes the framing of what follows (RFC 9112 §6.3): Pingora refuses it (405).
+    req.method != http::Method::CONNECT
+        && matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10)
+        && req.raw_path().first() == Some(&b'/')
+        && h.get_all(header::HOST).iter().count() == 1
+        && !h.contains_key(header::TRANSFER_ENCODING)
+        && !h.contains_key(header::UPGRADE)
+        && !h.contains_key(header::EXPECT)
+        && h.get_all(header::CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes().trim_ascii() == b"0")
+        && h.get_all(header::CONNECTION).iter().all(|v| {
+            crate::headers::tokens(v.as_bytes())
+                .all(|t| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close"))
+        })
+        && !crate::grpc::is_grpc(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Upstream;
+
+    fn req(extra: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/x?y=1", None).unwrap();
+        r.insert_header("host", "example.com").unwrap();
+        for (k, v) in extra {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn upstream() -> Upstream {
+        let spec = crate::upstream::Spec {
+            targets: vec![("127.0.0.1:1".parse().unwrap(), 1)],
+            ..Default::default()
+        };
+        Upstream::new("u", spec)
+    }
+
+    #[test]
+    fn only_plain_requests_are_carried() {
+        let up = upstream();
+        assert!(carries(&req(&[]), &up));
+        assert!(carries(&req(&[("connection", "Keep-Alive")]), &up));
+        assert!(carries(&req(&[("content-length", "0")]), &up));
+        for (k, v) in [
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("expect", "100-continue"),
+            ("connection", "close, x-secret"),
+            ("host", "other.example"),
+        ] {
+            assert!(!carries(&req(&[(k, v)]), &up), "{k}: {v}");
+        }
+        let absolute = RequestHeader::build("GET", b"http://a.example/x", None).unwrap();
+        assert!(!carries(&absolute, &up));
+        let mut connect = RequestHeader::build("CONNECT", b"/x", None).unwrap();
+        connect.insert_header("host", "example.com").unwrap();
+        assert!(!carries(&connect, &up), "CONNECT with a path");
+        let grpc = req(&[("content-type", "application/grpc")]);
+        assert!(!carries(&grpc, &up));
+    }
+}
