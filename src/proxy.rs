@@ -18,6 +18,7 @@ use crate::gateway::Gateway;
 use crate::headers;
 use crate::observe::Observe;
 use crate::policy::cors;
+use crate::policy::finish::Finish;
 use crate::policy::router::Route;
 use crate::upstream::{self, Upstream};
 
@@ -170,18 +171,9 @@ impl Tollgate {
         Ok(())
     }
 
-    /// A response head from the backend: its outcome for the circuit breaker, then the gateway
-    /// headers, and compression if the route asks for it. `stamp_later`: the writer of the
-    /// head writes the [`crate::policy::stamp::Stamp`] itself (tollgate's own codec); `true` back when it
-    /// is left to it, which it is unless the map must hold it (a route with CORS or
-    /// compression, or a route header of one of the gateway's names).
-    fn decorate(
-        &self,
-        req: &RequestHeader,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-        stamp_later: bool,
-    ) -> Result<bool> {
+    /// A response head came from the backend: its outcome for the circuit breaker, and the
+    /// gRPC status a trailers-only answer carries in its headers.
+    fn answered(&self, resp: &ResponseHeader, ctx: &mut Ctx) {
         ctx.upstream_answered = Some(Instant::now());
         if let Some(a) = ctx.attempt.as_mut() {
             if a.upstream().is_failure_status(resp.status.as_u16()) {
@@ -190,30 +182,34 @@ impl Tollgate {
                 a.success();
             }
         }
-        let route = self.route(ctx);
         if ctx.grpc {
-            // A trailers-only answer carries its status in the headers.
             ctx.grpc_status = crate::grpc::reported_status(&resp.headers);
         }
-        let stamp = self.stamp(ctx);
-        // A route's CORS and compression read and add headers the route's may name (`Vary`,
-        // `Cache-Control`): they see them in the map, as ever.
-        let stamp_later = stamp_later
-            && stamp.writable()
-            && route.is_none_or(|r| r.cors.is_none() && r.compression.is_none());
-        headers::edit_response(resp, |h, status| {
-            headers::remove_hop_by_hop(h, status);
-            if let Some(policy) = route.and_then(|r| r.cors.as_ref()) {
-                policy.decorate(h, req.headers.get(&cors::ORIGIN));
-            }
-            if !stamp_later {
-                stamp.insert(h);
-            }
-        })?;
-        if let Some(c) = route.and_then(|r| r.compression.as_ref()) {
-            ctx.encoder = c.start(req, resp)?;
+    }
+
+    /// How this request's response head is finished (the route's CORS, the gateway's
+    /// headers), for the writer to apply.
+    fn finish<'a>(&'a self, ctx: &'a Ctx) -> Finish<'a> {
+        let route = self.route(ctx);
+        Finish {
+            stamp: self.stamp(ctx),
+            cors: route.and_then(|r| r.cors.as_ref()),
+            compresses: route.is_some_and(|r| r.compression.is_some()),
         }
-        Ok(stamp_later)
+    }
+
+    /// The body encoder of a route that compresses, when the client accepts its coding and
+    /// the finished head calls for it (which it then says).
+    fn compression(
+        &self,
+        req: &RequestHeader,
+        resp: &mut ResponseHeader,
+        ctx: &Ctx,
+    ) -> Result<Option<crate::compress::Encoder>> {
+        match self.route(ctx).and_then(|r| r.compression.as_ref()) {
+            Some(c) => c.start(req, resp),
+            None => Ok(None),
+        }
     }
 
     /// The gateway's own headers for this request's response, and its route's.
@@ -389,7 +385,10 @@ impl ProxyHttp for Tollgate {
                 self.obs.metrics.websocket(route, 1);
             }
         }
-        self.decorate(session.req_header(), resp, ctx, false)?;
+        self.answered(resp, ctx);
+        let origin = session.req_header().headers.get(&cors::ORIGIN);
+        self.finish(ctx).apply(resp, origin)?;
+        ctx.encoder = self.compression(session.req_header(), resp, ctx)?;
         // An HTTP/1.0 client cannot read chunked framing (RFC 9112 §6.1), which Pingora adds
         // to a body of unknown length: it gets the body as it is, ended by the close, as
         // from the own engine.

@@ -19,6 +19,8 @@ use pingora::protocols::tls::SslDigest;
 use pingora::proxy::Session;
 use pingora::Result;
 
+use crate::policy::finish::Finish;
+use crate::policy::guard::Limits;
 use crate::policy::stamp::Stamp;
 
 pub mod answer;
@@ -51,13 +53,11 @@ pub trait Downstream: Send + Sync {
 
     /// Keep the connection for another request (`Some`, for that many seconds idle) or not.
     fn set_keepalive(&mut self, secs: Option<u64>);
-    fn get_keepalive(&self) -> Option<u64>;
 
-    /// How long a read of the request body may wait.
-    fn set_read_timeout(&mut self, timeout: std::time::Duration);
-
-    /// How long a write of the response may wait on a client that takes none of it.
-    fn set_write_timeout(&mut self, timeout: std::time::Duration);
+    /// The connection's `limits`: how long a write of the response may wait on a client that
+    /// takes none of it (`send_timeout`), a read of the request body (`body_idle_timeout`),
+    /// and an idle kept-alive connection (`keepalive_timeout`).
+    fn set_limits(&mut self, limits: &Limits);
 
     fn body_bytes_read(&self) -> usize;
     fn body_bytes_sent(&self) -> usize;
@@ -65,20 +65,26 @@ pub trait Downstream: Send + Sync {
     /// Whether the request body outgrew what is kept for a retry.
     fn retry_buffer_truncated(&self) -> bool;
 
+    /// Make a backend's response head the client's, as `finish` says, the way this writer
+    /// does it: the stamp it leaves for [`Self::write_response_header`] to write, if any.
+    /// Pingora's session writes only the head's map, so everything goes there.
+    fn finish_head<'a>(
+        &self,
+        resp: &mut ResponseHeader,
+        finish: Finish<'a>,
+    ) -> Result<Option<Stamp<'a>>> {
+        let origin = self.req_header().headers.get(http::header::ORIGIN);
+        finish.apply(resp, origin).map(|()| None)
+    }
+
     /// Write the response head; `stamp`: with the gateway's headers, which are not in the
-    /// head's map yet (see [`Self::writes_stamp`]).
+    /// head's map yet (left by [`Self::finish_head`]).
     fn write_response_header(
         &mut self,
         resp: Box<ResponseHeader>,
         stamp: Option<Stamp<'_>>,
         end: bool,
     ) -> impl Future<Output = Result<()>> + Send;
-
-    /// Whether this writer puts a [`Stamp`] on the wire itself, after the head's own headers
-    /// (tollgate's codec), which is cheaper than inserting it into the head's map. Pingora's
-    /// session writes only the map: the stamp goes in there while the head is edited anyway
-    /// (`decorate`), not afterwards.
-    fn writes_stamp(&self) -> bool;
 
     fn write_response_body(
         &mut self,
@@ -133,16 +139,13 @@ impl Downstream for Session {
         self.as_downstream_mut().set_keepalive(secs)
     }
 
-    fn get_keepalive(&self) -> Option<u64> {
-        self.as_downstream().get_keepalive()
-    }
-
-    fn set_read_timeout(&mut self, timeout: std::time::Duration) {
-        self.as_downstream_mut().set_read_timeout(Some(timeout))
-    }
-
-    fn set_write_timeout(&mut self, timeout: std::time::Duration) {
-        self.as_downstream_mut().set_write_timeout(Some(timeout))
+    fn set_limits(&mut self, limits: &Limits) {
+        let s = self.as_downstream_mut();
+        s.set_write_timeout(Some(limits.send_timeout));
+        s.set_read_timeout(Some(limits.body_idle_timeout));
+        if s.get_keepalive().is_some() {
+            s.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
+        }
     }
 
     fn body_bytes_read(&self) -> usize {
@@ -167,10 +170,6 @@ impl Downstream for Session {
             crate::headers::edit_response(&mut resp, |h, _| stamp.insert(h))?;
         }
         Session::write_response_header(self, resp, end).await
-    }
-
-    fn writes_stamp(&self) -> bool {
-        false
     }
 
     fn write_response_body(

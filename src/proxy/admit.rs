@@ -45,7 +45,7 @@ impl Tollgate {
         ctx: &mut Ctx,
     ) -> Result<bool> {
         let limits = &self.gw.limits;
-        session.set_write_timeout(limits.send_timeout);
+        session.set_limits(limits);
         if let Err((reject, why)) =
             crate::policy::guard::check_request(session.req_header(), || session.raw_head(), limits)
         {
@@ -60,11 +60,6 @@ impl Tollgate {
                 .reject(session, ctx, Reject::BadRequest, msg, &[])
                 .await;
         }
-        if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
-        }
-        session.set_read_timeout(limits.body_idle_timeout);
-
         let req = session.req_header();
         let host = req
             .headers

@@ -103,15 +103,19 @@ impl Tollgate {
             .response(head_request, |name| stamp.sets(name))
             .await
             .map_err(fail)?;
-        let later = self
-            .decorate(session.req_header(), &mut resp, ctx, session.writes_stamp())
+        self.answered(&resp, ctx);
+        let stamp = session
+            .finish_head(&mut resp, self.finish(ctx))
             .map_err(fail)?;
-        let encoded = ctx.encoder.is_some();
-        let stamp = later.then(|| self.stamp(ctx));
+        let encoder = self
+            .compression(session.req_header(), &mut resp, ctx)
+            .map_err(fail)?;
+        let encoded = encoder.is_some();
         session
             .write_response_header(Box::new(resp), stamp, body.is_done() && !encoded)
             .await
             .map_err(fail)?;
+        ctx.encoder = encoder;
         if body.is_done() && !encoded {
             conn.release(self.pool);
             return Ok(());

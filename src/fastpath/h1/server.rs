@@ -34,6 +34,8 @@ use pingora::{Error, ErrorType, Result};
 
 use super::{encode_chunk, response_framing, Framing, LAST_CHUNK, SERVED_HEADERS};
 use crate::downstream::Downstream;
+use crate::policy::finish::Finish;
+use crate::policy::guard::Limits;
 use crate::policy::stamp::Stamp;
 
 /// What a read holds, for this codec.
@@ -370,17 +372,9 @@ impl Downstream for H1<'_> {
         self.keepalive = self.allowed && self.keepalive && secs.is_some();
     }
 
-    fn get_keepalive(&self) -> Option<u64> {
-        // The idle wait between requests is the keep-alive loop's (`limits.keepalive_timeout`).
-        self.keepalive.then_some(0)
-    }
-
-    fn set_read_timeout(&mut self, _: std::time::Duration) {
-        // No body is read here.
-    }
-
-    fn set_write_timeout(&mut self, timeout: std::time::Duration) {
-        self.write_timeout = Some(timeout);
+    /// No body is read here, and the idle wait between requests is the keep-alive loop's.
+    fn set_limits(&mut self, limits: &Limits) {
+        self.write_timeout = Some(limits.send_timeout);
     }
 
     fn body_bytes_read(&self) -> usize {
@@ -404,8 +398,15 @@ impl Downstream for H1<'_> {
         self.write_header(resp, stamp, end)
     }
 
-    fn writes_stamp(&self) -> bool {
-        true
+    /// The stamp is written as lines after the head's own when it can be: cheaper than
+    /// inserting it into the head's map.
+    fn finish_head<'a>(
+        &self,
+        resp: &mut ResponseHeader,
+        finish: Finish<'a>,
+    ) -> Result<Option<Stamp<'a>>> {
+        let origin = self.req.headers.get(http::header::ORIGIN);
+        finish.apply_but_stamp(resp, origin)
     }
 
     fn write_response_body(
