@@ -1,21 +1,18 @@
 //! The one conversion from what the file says to what the proxy runs. It owns every config
 //! error message: each names the key path and, where it can, says what would be valid.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use super::file::{FileConfig, LimitsFile, RouteFile, TimeoutsFile, UpstreamFile};
+use super::file::{FileConfig, LimitsFile, TimeoutsFile, UpstreamFile};
 use crate::client::TrustedProxies;
 use crate::config::ConfigErrors;
 use crate::listen::check_socket_addr;
 use crate::observe::access_log::{AccessLog, AccessLogFile};
-use crate::policy::guard::{IpRules, Limits};
-use crate::policy::router::{normalise_prefix, HostPattern, MethodSet, Route, Router};
-use crate::policy::stamp::RouteHeaders;
+use crate::policy::guard::Limits;
+use crate::policy::router::Router;
 use crate::upstream::discovery::{self, Compiled, Discovery, NamedTarget, Resolver, TargetAddr};
 use crate::upstream::{Timeouts, Upstream};
 
@@ -171,7 +168,7 @@ pub fn compile(
         }
     }
     let limits = limits(file.limits.unwrap_or_default(), errs);
-    let routes = routes(
+    let routes = super::routes::routes(
         file.routes,
         (&names, &broken),
         &limits,
@@ -276,7 +273,7 @@ fn limits(l: LimitsFile, errs: &mut ConfigErrors) -> Limits {
     }
 }
 
-fn cidrs(path: &str, list: &[String], errs: &mut ConfigErrors) -> Vec<IpNet> {
+pub(super) fn cidrs(path: &str, list: &[String], errs: &mut ConfigErrors) -> Vec<IpNet> {
     let mut nets = Vec::new();
     for (i, c) in list.iter().enumerate() {
         let parsed = c
@@ -456,177 +453,4 @@ fn idle(
         Some(d) => d.0,
         None => default,
     }
-}
-
-fn routes(
-    files: Vec<Option<RouteFile>>,
-    (upstreams, broken): (&[String], &[String]),
-    limits: &Limits,
-    (rate_limits, limit_names): (&crate::policy::limit::Limits, &[String]),
-    auth: &crate::policy::auth::Auth,
-    errs: &mut ConfigErrors,
-) -> Vec<Route> {
-    let mut out = Vec::new();
-    let mut seen_names: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, r) in files.into_iter().enumerate() {
-        let Some(r) = r else { continue };
-        let base = format!("routes[{i}]");
-        let before = errs.0.len();
-        if r.name.trim().is_empty() {
-            errs.push(format!("{base}.name"), "must not be empty");
-        } else if let Some(j) = seen_names.insert(r.name.clone(), i) {
-            errs.push(
-                format!("{base}.name"),
-                format!("duplicate route name {:?} (also routes[{j}])", r.name),
-            );
-        }
-        let host = r.host.as_deref().and_then(|h| {
-            let p = HostPattern::parse(h);
-            if p.is_none() {
-                errs.push(
-                    format!("{base}.host"),
-                    format!("{h:?} is not a host name or *.wildcard"),
-                );
-            }
-            p
-        });
-        if !r.path_prefix.starts_with('/') {
-            errs.push(
-                format!("{base}.path_prefix"),
-                format!("{:?} must start with /", r.path_prefix),
-            );
-        } else if let Err(e) = crate::policy::path::normalise(&r.path_prefix) {
-            errs.push(format!("{base}.path_prefix"), e.message());
-        } else if crate::policy::path::normalise(&r.path_prefix).is_ok_and(|n| n != r.path_prefix) {
-            errs.push(
-                format!("{base}.path_prefix"),
-                format!(
-                    "{:?} is not in normal form (no '.', '..', '//' or escapes)",
-                    r.path_prefix
-                ),
-            );
-        }
-        let methods = r.methods.as_ref().map(|ms| {
-            let mut set = MethodSet::default();
-            if ms.is_empty() {
-                errs.push(
-                    format!("{base}.methods"),
-                    "must list at least one method, or be left out for all",
-                );
-            }
-            for (j, m) in ms.iter().enumerate() {
-                if !set.insert_name(m) {
-                    errs.push(
-                        format!("{base}.methods[{j}]"),
-                        format!("unknown method {m:?} (one of: {})", MethodSet::ALL_KNOWN),
-                    );
-                }
-            }
-            set
-        });
-        let upstream = upstreams.iter().position(|u| *u == r.upstream);
-        // An upstream in error has its own message; the route naming it is not wrong.
-        if upstream.is_none() && !broken.contains(&r.upstream) {
-            let known = if upstreams.is_empty() {
-                "none defined".to_owned()
-            } else {
-                upstreams.join(", ")
-            };
-            errs.push(
-                format!("{base}.upstream"),
-                format!("unknown upstream {:?} (known: {known})", r.upstream),
-            );
-        }
-        let response_headers = response_headers(&base, &r.response_headers, errs);
-        let max_body = match r.max_body {
-            Some(s) if s.0 == 0 => {
-                errs.push(format!("{base}.max_body"), "must be greater than 0");
-                0
-            }
-            Some(s) => s.0,
-            None => limits.max_body,
-        };
-        let cors = r
-            .cors
-            .and_then(|c| crate::policy::cors::Cors::compile(&format!("{base}.cors"), c, errs));
-        let ip_rules = (r.ip_allow.is_some() || r.ip_deny.is_some()).then(|| IpRules {
-            allow: cidrs(
-                &format!("{base}.ip_allow"),
-                r.ip_allow.as_deref().unwrap_or_default(),
-                errs,
-            ),
-            deny: cidrs(
-                &format!("{base}.ip_deny"),
-                r.ip_deny.as_deref().unwrap_or_default(),
-                errs,
-            ),
-        });
-        let route_auth = crate::policy::auth::config::route(
-            &base,
-            auth,
-            r.auth.as_ref(),
-            r.consumers.as_ref(),
-            r.claims.as_ref(),
-            errs,
-        );
-        let route_rate_limits = crate::policy::limit::config::route_limits(
-            &base,
-            r.rate_limit.as_ref(),
-            rate_limits,
-            limit_names,
-            errs,
-        );
-        let websocket =
-            crate::websocket::route_setting(&base, r.websocket, r.websocket_idle_timeout, errs);
-        let compression = r
-            .compression
-            .and_then(|c| crate::compress::compile(&format!("{base}.compression"), c, errs));
-        if errs.0.len() == before {
-            out.push(Route {
-                id: 0,
-                name: r.name.as_str().into(),
-                host,
-                prefix: normalise_prefix(&r.path_prefix),
-                methods,
-                strip_prefix: r.strip_prefix.unwrap_or(true),
-                upstream: upstream.unwrap_or_default(),
-                response_headers,
-                max_body,
-                ip_rules,
-                cors,
-                rate_limits: route_rate_limits,
-                auth: route_auth,
-                websocket,
-                compression,
-            });
-        }
-    }
-    out
-}
-
-fn response_headers(
-    base: &str,
-    h: &BTreeMap<String, String>,
-    errs: &mut ConfigErrors,
-) -> RouteHeaders {
-    let mut out = Vec::new();
-    for (k, v) in h {
-        let path = format!("{base}.response_headers.{k}");
-        let name = match HeaderName::from_bytes(k.as_bytes()) {
-            Ok(n) => n,
-            Err(_) => {
-                errs.push(path, "is not a valid header name");
-                continue;
-            }
-        };
-        if crate::headers::names::RESERVED_RESPONSE.contains(&&name) {
-            errs.push(path, "is set by tollgate itself and cannot be overridden");
-            continue;
-        }
-        match HeaderValue::from_str(v) {
-            Ok(val) => out.push((k.as_str(), name, val)),
-            Err(_) => errs.push(path, "value has characters not allowed in a header"),
-        }
-    }
-    RouteHeaders::new(out)
 }

@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod file;
+mod routes;
 
 use std::sync::Arc;
 
