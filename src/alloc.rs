@@ -1,22 +1,17 @@
-//! Keeping RSS to what is used: no transparent huge pages, and freed memory given back to the
-//! OS once a burst of connections has gone idle.
+//! Keeping RSS to what is used: no transparent huge pages, and freed memory given back to the OS
+//! once a burst of connections has gone idle.
 //!
-//! mimalloc reserves its memory in one large arena. Where the kernel backs anonymous memory
-//! with transparent huge pages (`/sys/kernel/mm/transparent_hugepage/enabled` is `always`,
-//! Debian's default), each 2 MiB of that arena the process touches at all becomes 2 MiB of
-//! RSS: a fresh tollgate held 8 MiB of it for a few hundred KiB of heap, a third of its RSS.
-//! A proxy's working set is small and its allocations scattered, so huge pages buy it little
-//! TLB reach and cost it memory; [`no_huge_pages`] turns them off for the process (as Redis
-//! and most databases advise), before the heap grows.
+//! mimalloc, tollgate's allocator (`src/main.rs`), reserves its memory in one large arena. Where
+//! the kernel backs anonymous memory with transparent huge pages
+//! (`/sys/kernel/mm/transparent_hugepage/enabled` is `always`, Debian's default), each huge page
+//! of it the process touches at all is resident whole. A proxy's working set is small and its
+//! allocations scattered, so huge pages buy it little and cost it memory: [`no_huge_pages`] turns
+//! them off for the process (as Redis and most databases advise), before the heap grows.
 //!
-//! tollgate's allocator is mimalloc (`src/main.rs`). Like most allocators it keeps the pages
-//! it has freed for the next allocation, and returns them to the OS only lazily, from within
-//! later allocation calls on the same thread. A worker thread that has just moved thousands
-//! of idle connections out of their tasks (`conn/park.rs`) makes no such calls: the tasks'
-//! memory stayed resident, and RSS stayed at the burst's peak (1.5 KiB per connection
-//! instead of 0.3). So a thread that parked a connection collects its heap shortly after,
-//! once per [`SETTLE`] however many it parked. It costs a walk of that thread's heap, only
-//! after connections went idle, never per request.
+//! mimalloc returns freed pages to the OS only lazily, from later allocation calls on the same
+//! thread, which a thread that has just parked thousands of idle connections (`conn/park.rs`)
+//! does not make. So a thread that parked a connection collects its heap once per [`SETTLE`],
+//! however many it parked: a walk of its heap, only after connections went idle, never per request.
 
 use std::cell::Cell;
 use std::time::Duration;

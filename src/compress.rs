@@ -1,23 +1,17 @@
-//! Response compression per route: gzip or brotli, when the client accepts it and the response
-//! is worth it.
+//! Response compression per route: gzip or brotli, when the client accepts it and the response is
+//! worth it. Pingora's compression module does not fit a gateway's contract: it ignores `q` values
+//! and `Cache-Control: no-transform`, takes the client's first coding, has a fixed minimum size
+//! and type list, and its brotli encoder flushes at the end instead of finishing the stream, which
+//! a strict decoder rejects. So [`Compression::start`] decides in `response_filter` and
+//! [`Encoder`] encodes in `response_body_filter`, with the crates Pingora links (`flate2`,
+//! `brotli`).
 //!
-//! Pingora has a response compression module (`protocols::http::compression`), but it does not
-//! fit a gateway's contract: it ignores `q` values (`gzip;q=0` still gets gzip), always picks
-//! the client's first listed coding, has a fixed 20-byte minimum and a fixed type list, does
-//! not look at `Cache-Control: no-transform` or `206`, and its brotli encoder only *flushes*
-//! at the end of the body instead of finishing the stream (pingora-core 0.9.1
-//! `compression/brotli.rs`), so a strict decoder (the `brotli` crate's) reports
-//! invalid data after the last byte. So the decision is made here, in the proxy's
-//! `response_filter` ([`Compression::start`]), and the body is encoded in
-//! `response_body_filter` ([`Encoder`]) with the same `flate2`/`brotli` crates Pingora links.
-//!
-//! The rule: a response is *eligible* when its status has a body that may be transformed (not
-//! 1xx, 204, 206, 304, nor an answer to HEAD), it carries no `Content-Encoding`, no
-//! `Cache-Control: no-transform`, a compressible `Content-Type`, and a `Content-Length` (when
-//! known) of at least `min_size`. Eligible responses get `Vary: Accept-Encoding`, whether or
-//! not this client gets them compressed. Then the coding with the highest `q` among those the
-//! route offers wins (brotli on a tie); the body is streamed, so `Content-Length` is dropped,
-//! a strong `ETag` is weakened and `Accept-Ranges` removed.
+//! A response is *eligible* when its status has a body that may be transformed (not 1xx, 204, 206,
+//! 304, nor an answer to HEAD), it has no `Content-Encoding` and no `Cache-Control: no-transform`,
+//! a compressible `Content-Type`, and a `Content-Length` (if known) of at least `min_size`.
+//! Eligible responses get `Vary: Accept-Encoding`, compressed or not. The offered coding with the
+//! highest `q` wins (brotli on a tie); the body is streamed, so `Content-Length` is dropped, a
+//! strong `ETag` weakened and `Accept-Ranges` removed.
 
 use std::io::Write;
 

@@ -138,8 +138,9 @@ pub fn head(
 /// body left unread is not kept alive.
 ///
 /// Over HTTP/2 the head goes straight to Pingora's h2 session: `Session::write_response_header`
-/// drops its `end_of_stream` flag for h2 (pingora-proxy `lib.rs` calls pingora-core
-/// `protocols/http/server.rs`, which passes `end: false`), so the stream would end with a
+/// drops its `end_of_stream` flag for h2 (it calls
+/// `pingora_core::protocols::http::ServerSession::write_response_header`, which passes
+/// `end: false`), so the stream would end with a
 /// separate empty DATA frame (or, after `fail_to_proxy`, with RST_STREAM CANCEL), and gRPC
 /// clients read headers without END_STREAM as initial metadata, not as the call's status.
 pub async fn respond(

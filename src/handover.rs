@@ -1,23 +1,17 @@
-//! State that survives a graceful upgrade: the local rate-limit buckets and the circuit
-//! breakers of the old process are handed to the new one, so a reload neither frees a limited
-//! client nor sends traffic to a backend whose circuit is open.
+//! State that survives a graceful upgrade: the old process hands its local rate-limit buckets and
+//! circuit breakers to the new one, so a reload neither frees a limited client nor sends traffic
+//! to a backend whose circuit is open.
 //!
-//! How: every process serves a snapshot on a Unix socket beside the upgrade socket
-//! (`<upgrade_sock>.state`, [`state_sock_path`]). A process started with `-u` connects to it
-//! right after Pingora handed it the listening sockets (the old process has been told to quit
-//! but still serves for about 5 s and keeps its state), imports the snapshot, and only then
-//! starts serving and binds the state socket itself for the next reload.
-//!
-//! Why this is cheap: limiter keys are hashes of names and request data (never of positions
-//! in the config), and both the limiter and the breaker keep time on CLOCK_MONOTONIC, which is
-//! system-wide ([`crate::clock`]). So the snapshot is the stored values as they are; nothing is
-//! re-mapped or re-timed. What drifts: requests the old process admits after the snapshot
-//! (during its last seconds of serving) are not counted by the new one.
-//!
-//! Wire format: `TGSTATE1`, a little-endian `u32` length and a JSON [`Header`] (the breakers
-//! and the number of limiter entries), then that many `(key u64, tat u64)` little-endian pairs.
-//! A snapshot is bounded ([`MAX_SNAPSHOT_BYTES`]); a malformed one is rejected as a whole and
-//! the new process starts empty.
+//! Every process serves a snapshot on a Unix socket beside the upgrade socket
+//! (`<upgrade_sock>.state`, [`state_sock_path`]). A process started with `-u` fetches it once
+//! Pingora has handed it the listening sockets (the old process, told to quit, still serves for
+//! Pingora's `CLOSE_TIMEOUT` and keeps its state), imports it, and only then serves and binds that
+//! socket itself. Limiter keys are hashes of names and request data (never of config positions),
+//! and both stores keep CLOCK_MONOTONIC time ([`crate::clock`]), so values cross as they are;
+//! requests the old process admits after the snapshot are not counted by the new one. Wire
+//! format: `TGSTATE1`, a little-endian `u32` length and a JSON [`Header`], then that many
+//! `(key u64, tat u64)` little-endian pairs; bounded by [`MAX_SNAPSHOT_BYTES`], and rejected
+//! whole if malformed (the new process then starts empty).
 
 use std::io::Read;
 use std::net::SocketAddr;

@@ -1,8 +1,8 @@
 //! The headers tollgate sets on the way up and on the way down.
 //!
 //! Upstream: the path the route resolved to, `X-Forwarded-*`, `X-Real-IP`, `X-Request-Id`.
-//! Downstream: the gateway's own are `crate::policy::stamp`'s. The hop-by-hop headers of both directions are
-//! one list (`hop`), the gateway's own header names another (`names`).
+//! Downstream: the gateway's own are `crate::policy::stamp`'s. The hop-by-hop headers of both
+//! directions are one list (`hop`), the gateway's own header names another (`names`).
 
 use std::net::IpAddr;
 

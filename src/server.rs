@@ -19,16 +19,16 @@ use crate::observe::Observe;
 use crate::proxy::Tollgate;
 use crate::upstream::trust;
 
-/// Socket buffers of an accepted client connection. Pingora's default puts a 64 KiB read
-/// buffer (zeroed, so resident) under every connection, idle or not: 10,000 idle keep-alive
-/// clients cost over 600 MiB. Pingora's HTTP/1 code reads heads and bodies into buffers of its
-/// own, so reads go straight to the socket (no second buffer, no extra copy).
+/// Socket buffers of an accepted client connection. Pingora's default puts a read buffer
+/// (zeroed, so resident) under every connection, idle or not. Pingora's HTTP/1 code reads heads
+/// and bodies into buffers of its own, so reads go straight to the socket (no second buffer, no
+/// extra copy).
 ///
 /// Writes are coalesced above, by the connection's [`crate::conn::Guarded`] stream, whose
-/// buffer exists only while a response is being written; Pingora's would hold its 1,460 bytes
-/// for the connection's whole life. A TLS listener keeps Pingora's under the TLS stream too,
-/// so a handshake's flight leaves in one write: a TLS connection holds tens of KiB of
-/// OpenSSL state anyway.
+/// buffer exists only while a response is being written; Pingora's
+/// (`DEFAULT_L4_WRITE_BUFFER_SIZE`) would be held for the connection's whole life. A TLS
+/// listener keeps Pingora's under the TLS stream too, so a handshake's flight leaves in one
+/// write: a TLS connection holds far more OpenSSL state anyway.
 pub fn client_buffers(tls: bool) -> L4BufferSettings {
     L4BufferSettings::new(0, if tls { DEFAULT_L4_WRITE_BUFFER_SIZE } else { 0 })
 }

@@ -3,7 +3,7 @@
 //!
 //! Why: Pingora's listener spawns one task per connection whose future is sized for a TLS
 //! handshake and lives as long as the connection, and hands the app a boxed `l4::Stream`
-//! built at accept; an idle keep-alive connection kept all of it (`plain.rs` has the sums).
+//! built at accept; an idle keep-alive connection kept all of it (`examples/conn_memory.rs`).
 //! Our accept loop spawns a task that holds only the socket between requests.
 //!
 //! The listening sockets keep Pingora's contract for graceful upgrades: each is looked up by

@@ -1,12 +1,11 @@
 //! The write buffer of a client connection, which exists only while a response is written.
 //!
 //! Pingora writes a response head and its body separately and flushes at the end; without a
-//! buffer each write would be its own segment and syscall. Pingora's own buffer (1,460 bytes
-//! under every accepted stream) is allocated at accept and kept for the connection's life:
-//! 14 MiB for 10,000 idle keep-alive clients. This one is allocated at a response's first
-//! write and freed once its bytes are passed on, so an idle connection holds none, at the
-//! cost of one allocation per response. Same rules as tokio's `BufWriter`: bytes are held
-//! while they fit, and a write as large as the buffer goes straight on after what is held.
+//! buffer each write would be its own segment and syscall. Pingora's own buffer sits under every
+//! accepted stream from accept to close; this one is allocated at a response's first write and
+//! freed once its bytes are passed on, so an idle connection holds none, at the cost of one
+//! allocation per response. Same rules as tokio's `BufWriter`: bytes are held while they fit, and
+//! a write as large as the buffer goes straight on after what is held.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

@@ -1,26 +1,16 @@
-//! Where one HTTP/1 request ends on its connection, so that Pingora's session only ever holds
-//! the bytes of the request it serves.
+//! Where one HTTP/1 request ends on its connection, so that Pingora's session only ever holds the
+//! bytes of the request it serves: a client may pipeline (RFC 9112 §9.3.2), and a session keeps
+//! what it reads past its request, out of reach of tollgate's screening, own codec and idle wait.
+//! So the head and the body bytes already read go in as the session's prefix, [`Frame`] on the
+//! connection's [`super::Guarded`] stream lets Pingora read the rest of that body and no further,
+//! and bytes past it become the next request's first bytes in tollgate's loop. An upgrade request
+//! is not framed: what follows its head is the tunnel's, or the connection ends (`screen.rs`).
 //!
-//! Why: a client may pipeline (RFC 9112 §9.3.2): send its next request before the answer to
-//! the last. Pingora's session keeps what it reads past a request's end inside itself, where
-//! tollgate's keep-alive loop cannot see it (Pingora then either drops it, or, with its
-//! pipelining on, carries it into a session of its own that tollgate's screening, own codec
-//! and idle wait never see). So the connection layer frames each request it hands to Pingora:
-//! the head and as much of the body as is already here go in as the session's prefix, and
-//! [`Frame`], set on the connection's [`super::Guarded`] stream, lets Pingora read the rest of
-//! that body and no further. Bytes past it are kept here, and become the next request's first
-//! bytes in tollgate's loop, exactly as if they had arrived after the answer.
-//!
-//! An upgrade request is not framed: what follows its head belongs to the tunnel if the
-//! upgrade is accepted, and the connection ends if not (`screen.rs`).
-//!
-//! A body's extent comes from its head (`Content-Length`, or chunked framing followed by
-//! [`Chunks`]). Chunked framing is held to what Pingora's decoder accepts (a size it can add
-//! to its buffer index, trailer lines ending in CRLF), minus the shapes two parsers read
-//! differently (nginx refuses them too): a chunk-size line without a size (which Pingora
-//! reads as the last chunk), and a bare LF in a chunk extension (which Pingora takes as part
-//! of the extension, where others end the line). Pingora's limits on a chunk-size line (8 KiB) and on trailers
-//! (64 KiB) depend on how its reads fall; here they hold whatever the reads.
+//! A body's extent comes from its head: `Content-Length`, or chunked framing read by [`Chunks`],
+//! held to what Pingora's decoder accepts (a size it can add to its buffer index, trailer lines
+//! ending in CRLF) minus two shapes parsers read differently, which nginx refuses too: a
+//! chunk-size line without a size (Pingora's last chunk), and a bare LF in a chunk extension.
+//! Pingora's limits on a chunk-size line and on trailers hold here whatever the reads.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

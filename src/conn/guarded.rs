@@ -1,23 +1,16 @@
-//! The [`Guarded`] stream: a total deadline for receiving each request head, and the idle
-//! timer of a WebSocket tunnel.
+//! The [`Guarded`] stream: a total deadline for receiving each request head, and the idle timer
+//! of a WebSocket tunnel.
 //!
-//! Pingora times a request head per read (cloudflare/pingora#447), so a client trickling one
-//! byte just inside the read timeout holds a connection forever (slowloris). [`Guarded`] wraps
-//! the accepted stream: from the first byte of a head it allows `head_timeout` until the blank
-//! line that ends the head, then stands aside for the body and the response. The proxy re-arms
-//! it when a request finishes ([`rearm`]), so every request on a keep-alive connection gets the
-//! same deadline. The scan runs only while a head is being received, over the bytes just read.
-//!
-//! HTTP/2 connections (h2c with prior knowledge, or ALPN `h2` over TLS) pass through the same
-//! wrapper unharmed: the client preface `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` contains an
-//! empty line, so the scan ends within the preface's 24 bytes and the stream stands aside for
-//! the connection's life. [`rearm`] only ever sees HTTP/1 streams (Pingora's `stream()` is
-//! `None` for an h2 session), so h2 frames are never scanned. Hence h2 gets the head deadline
-//! for its preface only; its frames are timed by h2's own settings. Tested below.
-//!
-//! A WebSocket handshake turns the connection into a tunnel ([`tunnel`]): from then on no head
-//! is scanned, and [`super::Idle`] closes it when no byte moved either way for the
-//! route's `websocket_idle_timeout` (the stream sees both directions; Pingora's timeouts see one).
+//! Pingora times a request head per read (cloudflare/pingora#447), so a client trickling bytes
+//! just inside the read timeout holds a connection forever (slowloris). [`Guarded`] allows
+//! `head_timeout` from a head's first byte to the blank line that ends it, scanning only the bytes
+//! just read while a head is being received, then stands aside; the proxy re-arms it when a
+//! request finishes ([`rearm`]). HTTP/2 passes through unharmed: the client preface contains an
+//! empty line, so the scan ends within it, and [`rearm`] only ever sees HTTP/1 streams, so h2 gets
+//! the deadline for its preface only (its frames are timed by h2's own settings). After a
+//! WebSocket handshake ([`tunnel`]) no head is scanned, and [`super::Idle`] closes the tunnel when
+//! no byte moved either way for the route's `websocket_idle_timeout` (Pingora's timeouts see one
+//! direction; the stream sees both).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,32 +1,14 @@
-//! The HTTP/1 keep-alive loop, so that an idle client connection costs its stream and little
-//! else.
+//! The HTTP/1 keep-alive loop, so that an idle client connection holds its stream and nothing
+//! else. Pingora's own loop keeps the next request's session, its boxed future and a head buffer
+//! on every idle connection; here the next head's first bytes are read into a stack buffer and
+//! handed to a new session as its pipelined prefix, so a session exists only while a request does.
 //!
-//! Pingora's own loop (`ServerApp for HttpServerApp`) builds the next request's session and
-//! calls `process_new_http` as soon as a response is done: the per-request future (10.6 KiB with
-//! tollgate's hooks, boxed by async-trait) and, once it reads, a 4 KiB head buffer sit on every
-//! idle connection until the client speaks again (`examples/conn_memory.rs`). At 10,000 idle
-//! connections that was 28 KiB each. Here a connection waits for the first bytes of its next
-//! head holding only its stream; those bytes are read through a stack buffer and handed to the
-//! new session as its pipelined prefix (which Pingora parses before reading the stream again),
-//! so a session, its future and its buffer exist only while a request does.
-//!
-//! The wait ends the connection when the client closes, when `limits.keepalive_timeout` passes
-//! with nothing sent, or when the server starts shutting down (as Pingora's loop does on a
-//! graceful upgrade), so no connection sits idle through a hand-over.
-//!
-//! Requests a client pipelines (RFC 9112 §9.3.2) are answered in order: bytes read past a
-//! request, by the own codec or by Pingora's session (which is framed to its request, so
-//! they are handed back, `frame.rs`), are the next request's first bytes, served without
-//! waiting for the socket.
-//!
-//! This loop serves the HTTP/1 connections of Pingora's listeners (TLS; h2c, whose clients
-//! that do not start with the HTTP/2 preface speak HTTP/1.1 and are served by Pingora's
-//! session only). Those of tollgate's own cleartext listeners wait between requests holding
-//! less still, their bare socket (`plain.rs`), and take [`serve_one`] and [`next_head`] from
-//! here for each request.
-//!
-//! HTTP/2 (ALPN `h2`, and an h2c connection that starts with the preface) keeps Pingora's
-//! path: an h2 connection multiplexes requests and has no such loop.
+//! The wait ends when the client closes, when `limits.keepalive_timeout` passes with nothing sent,
+//! or when the server starts shutting down (as in Pingora's loop), so no connection idles through
+//! a hand-over. Pipelined requests (RFC 9112 §9.3.2) are answered in order: bytes read past one
+//! (by the own codec, or handed back by Pingora's framed session, `frame.rs`) start the next. This
+//! loop serves HTTP/1 on Pingora's listeners (TLS, h2c without the preface); cleartext listeners
+//! take [`serve_one`] and [`next_head`] from here (`plain.rs`). HTTP/2 keeps Pingora's path.
 
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -49,8 +31,9 @@ use super::{Serve, Served};
 /// `limits.keepalive_timeout` for every request it admits.
 const FIRST_KEEPALIVE_SECS: u64 = 60;
 
-/// The most bytes the read that ends an idle wait takes: Pingora's head buffer starts at
-/// 4 KiB too, so a typical head (and a small body) arrives in one read, as before.
+/// The most bytes the read that ends an idle wait takes: the size Pingora's head buffer starts
+/// at (`pingora_core::protocols::http::v1::common::INIT_HEADER_BUF_SIZE`), so a typical head
+/// (and a small body) arrives in one read.
 const FIRST_READ: usize = 4096;
 
 /// What Pingora carries from one request of a connection to the next: `None` until it has

@@ -1,26 +1,16 @@
-//! Where a cleartext keep-alive connection waits once it has been idle for [`PARK_AFTER`]:
-//! not in a task of its own but as an entry in its service's lot, a table of sockets behind
-//! one epoll instance, so that a long-idle connection costs only its entry and its deadline,
-//! and the memory its task held goes back to the OS (`crate::alloc`).
+//! Where a cleartext keep-alive connection waits once it has been idle for [`PARK_AFTER`]: not
+//! in a task of its own but as an entry in its service's lot, a table of sockets behind one epoll
+//! instance, so that a long-idle connection holds only its entry and its deadline, and the memory
+//! its task held goes back to the OS (`crate::alloc`).
 //!
-//! Why: a tokio connection's idle floor is its task (header, future and idle timer) and its
-//! socket's registration with the reactor, several times nginx's whole idle connection. A connection that has said nothing for a second is
-//! unlikely to speak within microseconds, so it gives both up: its socket leaves tokio's
-//! reactor for the lot's epoll set (level-triggered, one-shot) with its address, per-IP slot
-//! and keep-alive deadline. The lot's one task watches that set through a single tokio
-//! registration; when a parked socket becomes readable (a request, or its client closing),
-//! the task takes it out and spawns a fresh connection task for it on a random worker, which
-//! registers it with its own reactor and carries on (`plain.rs`). Busy connections never get
-//! here: the second's wait costs nothing but their idle timer, which they have anyway.
-//!
-//! Parking costs two `epoll_ctl` calls and leaving three syscalls and a task, once per idle
-//! period, never per request of a busy connection. The table is behind one mutex, shared by
-//! the workers, for the same reason: it is taken when a connection parks or leaves, not per
-//! request.
-//!
-//! The lot keeps the wait's rules (`keepalive::idle_wait`): a parked connection is closed at
-//! its keep-alive deadline; when the server starts shutting down, every parked connection is
-//! closed except one still waiting for its first request, which is kept until its deadline.
+//! A connection silent that long is unlikely to speak within microseconds, so it gives up its
+//! task and its tokio registration: its socket moves to the lot's epoll set (level-triggered,
+//! one-shot). The lot's one task watches that set through one tokio registration; a socket that
+//! turns readable (a request, or its client closing) is taken out and served by a fresh task on a
+//! random worker (`plain.rs`). Parking and leaving cost a few syscalls once per idle period, never
+//! per request, so one mutex over the table, shared by the workers, is enough. The wait's rules
+//! hold (`keepalive::idle_wait`): a parked connection is closed at its keep-alive deadline, and
+//! on shutdown all are closed but those still waiting for a first request, kept to their deadline.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -1,22 +1,17 @@
-//! A cleartext HTTP/1 client connection accepted by tollgate itself ([`super::accept`]), so
-//! that an idle keep-alive connection holds its socket and nothing else.
+//! A cleartext HTTP/1 client connection accepted by tollgate itself ([`super::accept`]), so that
+//! an idle keep-alive connection holds its socket and nothing else: behind Pingora's listener it
+//! would keep a task sized for a TLS handshake, a boxed `l4::Stream`, tollgate's boxed future
+//! and [`Guarded`] with its timer for its whole life.
 //!
-//! Behind Pingora's listener an idle connection kept, for its whole life, the listener's task
-//! (sized for a TLS handshake), Pingora's boxed `l4::Stream` and its socket digest,
-//! tollgate's boxed `Gate::process_new` future and [`Guarded`] with its timer: many times
-//! nginx's idle connection. Here the
-//! connection's task holds the tokio socket, the client's address and per-IP slot, and the
-//! idle wait's timer; between requests it waits for readability only. When bytes arrive it
-//! builds the stream Pingora and the own codec take ([`Plain`] under [`Guarded`]) and a
-//! boxed future for the request, and once the request is done and the connection may carry
-//! another, takes the socket back out and drops the rest. After a second without a request
-//! the connection leaves its task too, for its service's table of idle sockets (`park.rs`),
-//! and comes back here ([`resume`]) when its client speaks.
-//!
-//! The wait follows `keepalive.rs`: a connection's first request is waited for (up to
-//! `limits.keepalive_timeout`) even when the server is shutting down; a later one ends the
-//! connection at the keep-alive timeout or the start of a shutdown, unless its bytes are
-//! already here.
+//! Between requests the connection's task holds the tokio socket, the client's address and per-IP
+//! slot, and the idle wait's timer, and waits for readability only. When bytes arrive it builds
+//! the stream Pingora and the own codec take ([`Plain`] under [`Guarded`]) and a boxed future for
+//! the request, and once the connection may carry another, takes the socket back and drops the
+//! rest. After a second without a request it leaves its task too, for its service's table of idle
+//! sockets (`park.rs`), and comes back here ([`resume`]) when its client speaks. The wait follows
+//! `keepalive.rs`: a first request is waited for (up to `limits.keepalive_timeout`) even while the
+//! server shuts down; a later one ends the connection at that timeout or at the start of a
+//! shutdown, unless its bytes are already here.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,18 +1,15 @@
-//! An HTTP/1 request head checked with Pingora's own parser before Pingora's session is given
-//! it, and the request framed (`frame.rs`).
+//! An HTTP/1 request head checked with Pingora's own parser before Pingora's session is given it,
+//! and the request framed (`frame.rs`).
 //!
-//! Why: a head Pingora's session refuses (a header name with a space before its colon, a
-//! repeated `Host`, conflicting `Content-Length`s, ...) is answered by Pingora itself, before
-//! any hook of tollgate's runs: a bare 400 (405 for CONNECT), no JSON body, no access-log
-//! line, no metric. Parsing the head here first, with the very code the session runs
-//! (`ServerSession::read_request` over the head alone), tells exactly which heads those are,
-//! so tollgate answers them in its contract instead. A head that passes is parsed again by
-//! the session: a second parse on Pingora's path only, never on the own codec's.
-//!
-//! The head is read whole here (its end found as `Guarded` finds it, within the same
-//! `limits.head_timeout`), and with it comes the request's extent: its body's framing, and
-//! how much of the bytes already read belongs to it. A chunked body whose first chunks are
-//! already here is checked now, so a malformed one is refused before anything is forwarded.
+//! A head Pingora's session refuses (a space before a header name's colon, a repeated `Host`,
+//! conflicting `Content-Length`s, ...) is answered by Pingora before any hook of tollgate's runs:
+//! a bare 400 (405 for CONNECT), no JSON body, no access-log line, no metric. Parsing the head here
+//! first with the code the session runs (`ServerSession::read_request` over the head alone) finds
+//! exactly those heads, so tollgate answers them in its contract. A head that passes is parsed
+//! again by the session, on Pingora's path only, never on the own codec's. The head is read whole
+//! (its end found as `Guarded` finds it, within `limits.head_timeout`), with the request's extent:
+//! its body's framing, and how much of what was read belongs to it. A chunked body whose first
+//! chunks are already here is checked now, so a malformed one is refused before anything is sent.
 
 use std::borrow::Cow;
 

@@ -136,8 +136,8 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, status: StatusCode) {
 mod tests {
     use super::*;
 
-    /// The list is Pingora's (`strip_standard_hop_by_hop_headers`, pingora-proxy 0.9.1
-    /// proxy_common.rs), each name once; a request loses every one of them.
+    /// The list is Pingora's (`pingora_proxy::proxy_common::strip_standard_hop_by_hop_headers`),
+    /// each name once; a request loses every one of them.
     #[test]
     fn the_list_is_every_hop_by_hop_header_once() {
         let mut names: Vec<&str> = HOP_BY_HOP.iter().map(|h| h.name.as_str()).collect();

@@ -1,12 +1,12 @@
 //! The relay: a request the own engine carries ([`crate::fastpath::carries`]) is relayed by
-//! tollgate itself, over its own upstream connections ([`crate::fastpath::h1::client`]), instead of by Pingora's proxy
-//! loop: from `request_filter` when Pingora's session serves the client, from
-//! [`super::own`] when tollgate's own codec does (both through [`Downstream`]). The same code
-//! decides the same things: `pick` and the retry rules of `fail_to_connect` /
+//! tollgate itself, over its own upstream connections ([`crate::fastpath::h1::client`]),
+//! instead of by Pingora's proxy loop: from `request_filter` when Pingora's session serves the
+//! client, from [`super::own`] when tollgate's own codec does (both through [`Downstream`]).
+//! The same code decides the same things: `pick` and the retry rules of `fail_to_connect` /
 //! `error_while_proxy`, the upstream request edits of `upstream_request_filter`, the gateway
 //! headers and circuit-breaker outcome of `response_filter` (the gateway's own headers
-//! written by the codec itself where it can, `crate::policy::stamp::Stamp`), compression; an error goes back
-//! to the caller, which answers it as `fail_to_proxy` does.
+//! written by the codec itself where it can, `crate::policy::stamp::Stamp`), compression; an
+//! error goes back to the caller, which answers it as `fail_to_proxy` does.
 
 use pingora::{Error, ErrorType, Result};
 

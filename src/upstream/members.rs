@@ -1,11 +1,11 @@
 //! An upstream's backends as the request path sees them: one lock-free snapshot holding each
 //! backend's live state and the weighted order round robin and random walk them in.
 //!
-//! Round robin and random pick here rather than through Pingora's `LoadBalancer`: its
-//! `select_with` asks the health registry about every candidate, and each question hashes
-//! the backend twice with SipHash, on every request. The active checks still
-//! run in Pingora; their verdicts land in [`BackendState::healthy`] through the checks'
-//! change callback, so a pick reads one atomic per candidate.
+//! Round robin and random pick here rather than through Pingora's `LoadBalancer`, whose
+//! `select_with` asks the health registry about every candidate, hashing the backend twice with
+//! SipHash, on every request. The active checks still run in Pingora; their verdicts land in
+//! [`BackendState::healthy`] through the checks' change callback, so a pick reads one atomic per
+//! candidate.
 
 use std::net::SocketAddr;
 use std::ops::Deref;

@@ -1,15 +1,17 @@
 //! Which HTTP version tollgate speaks to an upstream (`protocol`, `max_h2_streams`).
 //!
-//! gRPC backends speak only HTTP/2, and often without TLS (h2c). Pingora 0.9.1 reaches such a
+//! gRPC backends speak only HTTP/2, and often without TLS (h2c). Pingora 0.9 reaches such a
 //! backend with prior knowledge when the peer's ALPN is `H2` (minimum version 2) and the peer
-//! is not TLS: `connectors/http/mod.rs` then skips the HTTP/1 pool, and
-//! `connectors/http/v2.rs` starts the HTTP/2 handshake on the plain TCP stream ("we trust
-//! the caller that the server speaks h2c"). On a TLS peer the same ALPN offers only `h2`.
+//! is not TLS: `pingora_core::connectors::http::Connector::get_http_session` then skips the
+//! HTTP/1 pool, and `pingora_core::connectors::http::v2::Connector::new_http_session` starts
+//! the HTTP/2 handshake on the plain TCP stream ("we trust the caller that the server speaks
+//! h2c"). On a TLS peer the same ALPN offers only `h2`.
 //!
 //! Pingora opens one HTTP/2 connection per concurrent request unless told otherwise: its peers
-//! default to `max_h2_streams: 1` (`upstreams/peer.rs`). tollgate raises that to
-//! [`DEFAULT_MAX_H2_STREAMS`], so concurrent requests share a connection as HTTP/2 intends; the
-//! backend's own `SETTINGS_MAX_CONCURRENT_STREAMS` still caps it (`v2.rs`, `more_streams_allowed`).
+//! default to `max_h2_streams: 1` (`pingora_core::upstreams::peer::PeerOptions::new`). tollgate
+//! raises that to [`DEFAULT_MAX_H2_STREAMS`], so concurrent requests share a connection as
+//! HTTP/2 intends; the backend's own `SETTINGS_MAX_CONCURRENT_STREAMS` still caps it
+//! (`pingora_core::connectors::http::v2::ConnectionRef::more_streams_allowed`).
 
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::PeerOptions;

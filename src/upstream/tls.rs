@@ -3,9 +3,9 @@
 //! `tls: true` or `tls: {sni: NAME, verify: true|false, ca: FILE}`. The name sent as SNI and
 //! checked against the upstream's certificate is `sni`, else the host name the targets are
 //! written with. Pingora skips verification entirely when the SNI is empty
-//! (pingora-core 0.9.1 src/connectors/tls/boringssl_openssl/mod.rs), so verifying an
-//! upstream given by IP address needs `sni`: without it the config is refused rather than
-//! silently unverified. The `ca` bundle is read at config time.
+//! (`pingora_core::connectors::tls::connect`), so verifying an upstream given by IP address
+//! needs `sni`: without it the config is refused rather than silently unverified. The `ca`
+//! bundle is read at config time.
 
 use std::sync::Arc;
 

@@ -1,23 +1,19 @@
 //! The system trust store: loaded only by the connectors that verify against it.
 //!
-//! Every Pingora connector is an OpenSSL `SslConnector` that parses the system CA bundle when
-//! it is built, and keeps it for the life of the process: `SslConnector::builder` loads the
-//! default paths, and pingora-core 0.9.1 (`connectors/tls/boringssl_openssl/mod.rs`,
-//! `Connector::new`) loads them again. The proxy builds two connectors (HTTP/1 and HTTP/2),
-//! and so does every HTTP health check (a TCP check one): each holds a parsed copy of the
-//! whole bundle, whether or not anything is verified against it.
+//! Every Pingora connector is an OpenSSL `SslConnector` that parses the system CA bundle when it
+//! is built (`SslConnector::builder`, then `pingora_core::connectors::tls::Connector::new` again)
+//! and keeps it for the process's life; the proxy builds two, and so does every HTTP health check
+//! (a TCP check one). Only a verified TLS upstream without a `ca` of its own uses it (one with a
+//! `ca` gets a store of just those certificates, one with `verify: false` none), so every other
+//! connector is built with OpenSSL's bundle path (`SSL_CERT_FILE`) pointed at an empty file. The
+//! certificate directory is looked up lazily, on a verification against the connector's own
+//! store, which then never happens.
 //!
-//! Only a TLS upstream that is verified and has no `ca` of its own uses it: a peer with a `ca`
-//! gets a store of just those certificates for its handshake, and one with `verify: false` none.
-//! So every other connector is built with OpenSSL's bundle path (`SSL_CERT_FILE`) pointed at
-//! an empty file. The certificate directory OpenSSL also adds is looked up lazily, on a
-//! verification that uses the connector's own store, which then never happens.
-//!
-//! OpenSSL reads that path only from the environment. Connectors are built at startup, before
-//! the server's threads; the lock serialises the builds of concurrent config compilations (the
-//! unit tests), so one never sees another's empty path. Once the probe below has run, the
-//! variable exists wherever there is a bundle, so switching it is an in-place replacement in
-//! the C environment, not a reallocation under a concurrent `getenv`.
+//! OpenSSL reads that path only from the environment. Connectors are built at startup, before the
+//! server's threads; the lock serialises concurrent config compilations (the unit tests), so one
+//! never sees another's empty path. Once the probe below has run, the variable exists wherever
+//! there is a bundle, so switching it replaces it in place in the C environment, never
+//! reallocating under a concurrent `getenv`.
 
 use std::ffi::OsString;
 use std::sync::{Mutex, Once, PoisonError};

@@ -1,18 +1,15 @@
 //! tollgate's own HTTP/1.1 client for plaintext upstreams: the upstream leg of the fast path
-//! (`src/proxy/relay.rs`).
+//! (`src/proxy/relay.rs`). Pingora's upstream leg (its connector, its pooled `HttpSession`, the
+//! two tasks and channels of `proxy_1to1`) is a large share of what its engine costs a request,
+//! and spawns an idle-watch task for every connection put back in its pool. Here a connection is
+//! a tokio stream with its read buffer, and the pool a per-thread list (`super::pool`).
 //!
-//! Pingora's upstream leg (its connector, its pooled `HttpSession`, the two tasks and channels
-//! of `proxy_1to1`) is half of what Pingora's engine costs a request, and an idle-watch task
-//! is spawned for every connection put back in its pool. Here a connection is a tokio stream with its read
-//! buffer, and the pool is a per-thread list (`super::pool`) that no task watches per
-//! connection.
-//!
-//! Errors are Pingora's (`Error` with an upstream source), with Pingora's rules for what may
-//! be retried: a pooled connection that fails before any byte of the response (but does not
-//! time out) is `RetryType::ReusedOnly`, so tollgate's retry policy (`error_while_proxy`) treats both paths
-//! alike. The response head is passed on as the backend sent it, but for the headers its
-//! caller says are replaced anyway (the gateway's own, `crate::policy::stamp::Stamp`): its hop-by-hop
-//! headers are removed where both paths remove them (`headers::remove_hop_by_hop`).
+//! Errors are Pingora's (`Error` with an upstream source), with its rules for what may be retried:
+//! a pooled connection that fails before any byte of the response (but does not time out) is
+//! `RetryType::ReusedOnly`, so tollgate's retry policy (`error_while_proxy`) treats both paths
+//! alike. The response head is passed on as the backend sent it, but for the headers its caller
+//! replaces anyway (the gateway's own, `crate::policy::stamp::Stamp`), which are not copied, and
+//! its hop-by-hop headers, removed where both paths remove them (`headers::remove_hop_by_hop`).
 
 use std::net::SocketAddr;
 use std::time::Duration;

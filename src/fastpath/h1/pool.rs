@@ -1,19 +1,16 @@
-//! The idle connections of tollgate's own HTTP/1 client (`h1.rs`): one pool per worker thread,
+//! The idle connections of tollgate's own HTTP/1 client (`client.rs`): one pool per worker thread,
 //! by backend address, and one sweeper task per pool that closes connections past their
 //! upstream's `timeouts.idle`, whether or not their backend is used again.
 //!
-//! Why this shape: Pingora's pool spawns an idle-watch task for every connection it takes
-//! back; here checkout and release cost a lock nobody else holds and a comparison. A connection
-//! the backend closed (or wrote to unasked) is readable in tokio's readiness, which costs no
-//! system call, and is dropped at checkout. The sweeper is armed by the release that finds none
-//! armed: it sleeps until the first idle deadline, closes what is past its own, and ends when
-//! its pool is empty (the next release arms another). A backend that gets no more traffic (one
-//! that DNS discovery dropped) still has its sockets closed in time.
-//!
-//! The sweeper holds its pool, not the thread-local: with one runtime per worker thread
-//! (`work_stealing: false`, tollgate's default) it runs on the pool's own thread; with a
-//! work-stealing runtime it may run on another worker of the same runtime, which is why the
-//! pool sits behind a lock.
+//! Pingora's pool spawns an idle-watch task for every connection it takes back; here checkout and
+//! release cost a lock nobody else holds and a comparison. A connection the backend closed (or
+//! wrote to unasked) is readable in tokio's readiness, which costs no system call, and is dropped
+//! at checkout. The release that finds no sweeper armed arms one: it sleeps until the first idle
+//! deadline, closes what is past its own, and ends when its pool is empty, so a backend that gets
+//! no more traffic (one DNS discovery dropped) still has its sockets closed in time. The sweeper
+//! holds its pool, not the thread-local: with one runtime per worker (`work_stealing: false`, the
+//! default) it runs on the pool's thread, but a work-stealing runtime may move it to another
+//! worker, hence the lock.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -1,25 +1,16 @@
-//! tollgate's own HTTP/1 server codec, for the one request shape that is most of the traffic:
-//! a complete, bodiless head from an HTTP/1.0 or 1.1 client, at the start of its read (never
-//! CONNECT, which Pingora refuses).
+//! tollgate's own HTTP/1 server codec, for the request that is most of the traffic: a complete,
+//! bodiless head from an HTTP/1.0 or 1.1 client at the start of its read (not CONNECT, which
+//! Pingora refuses). Pingora's session is heavy for it (a boxed future, a session, a head buffer,
+//! a case-preserving header map), so this codec parses it into a [`RequestHeader`] and writes the
+//! response itself. Anything else (a body, `Expect`, upgrades, a head split over reads) goes to
+//! Pingora untouched, so none of its rules is restated here. A refused head is answered here (400,
+//! JSON); bytes after a served head are a pipelined request (RFC 9112 §9.3.2), handed back.
 //!
-//! Why: Pingora's server session costs about as much per request as all of tollgate's policy
-//! and upstream relay together: a large boxed future, a session object, a head buffer, a
-//! case-preserving header map. This codec
-//! reads such a request into a [`RequestHeader`] and writes the response straight to the
-//! connection; everything else (a body, `Expect`, upgrades, a head split over reads) is
-//! handed to Pingora untouched, byte for byte, so no rule of Pingora's for those is restated
-//! here. A head the parse refuses, as Pingora's would, is answered here (400, JSON). Bytes
-//! after a served head in the same read are a pipelined next request (RFC 9112 §9.3.2): they
-//! are handed back with it, to be served next.
-//!
-//! What is kept the same as Pingora's HTTP/1 session, so a client cannot tell them apart: the
-//! parse (httparse, strict, Pingora's authority checks), the keep-alive decision (RFC 9112:
-//! 1.1 unless `Connection: close`, 1.0 only with `Connection: keep-alive`, off while the
-//! server shuts down), `Date` and `Connection` on every response, and body framing from the
-//! final head (nothing for HEAD, 204 and 304; chunked; `Content-Length`; else until close).
-//! Two things differ, on purpose: an HTTP/1.0 client never gets a chunked body (it is sent
-//! as it is, until close, RFC 9112 §6.1), and a connection about to be closed after an error
-//! says `Connection: close`.
+//! Kept as Pingora's session has it, so a client cannot tell them apart: the parse (httparse,
+//! strict, Pingora's authority checks), keep-alive (1.1 unless `Connection: close`, 1.0 only with
+//! `Connection: keep-alive`, off while shutting down), `Date` and `Connection` on every response,
+//! body framing from the final head. On purpose, an HTTP/1.0 client never gets a chunked body
+//! (RFC 9112 §6.1), and a connection closed after an error says `Connection: close`.
 
 use std::future::Future;
 use std::net::IpAddr;

@@ -1,21 +1,18 @@
 //! Verified JWTs, remembered until they expire.
 //!
-//! A client sends the same token on every request until it expires, and checking its
-//! signature (HMAC-SHA2, or RSA/ECDSA/EdDSA) and decoding its claims is most of what a JWT
-//! route costs. So each provider keeps the tokens it verified (as Envoy's `jwt_cache_config`
-//! does), with what was derived from them: the consumer, the forwarded claim headers, the
-//! claims for `claim:NAME` rate-limit keys. A hit re-checks only the time window (`exp`,
-//! `nbf`, with the provider's leeway); a token that failed is never remembered.
+//! A client sends the same token on every request until it expires, and checking its signature
+//! and decoding its claims is most of what a JWT route costs. So each provider keeps the tokens it
+//! verified (as Envoy's `jwt_cache_config` does) with what was derived from them: the consumer, the
+//! forwarded claim headers, the claims for `claim:NAME` rate-limit keys. A hit re-checks only the
+//! time window (`exp`, `nbf`, with the provider's leeway); a token that failed is never kept.
 //!
-//! It is safe because nothing that decided a token's fate can change while the cache lives:
-//! the algorithms, issuer and audience are fixed at config load (a reload is a new process
-//! with an empty cache), and so are the keys, except a remote JWKS's, whose tokens are
-//! remembered in a cache of each key set (`super::jwks::KeySet`): a new set starts empty. A hit needs the whole token to match, compared in constant
-//! time, so a forged token never borrows a cached verdict and timing says nothing about the
-//! cached ones; the probe uses a per-process random hash, so nobody can aim tokens at a slot.
-//!
-//! Bounded: [`SHARDS`] shards of at most [`PER_SHARD`] tokens each; a full shard drops an
-//! arbitrary entry for the new one. Sharded so threads rarely meet on a lock.
+//! Nothing that decided a token's fate changes while the cache lives: algorithms, issuer, audience
+//! and keys are fixed at load (a reload is a new process), except a remote JWKS's keys, whose
+//! tokens are kept per key set (`super::jwks::KeySet`), so a new set starts empty. A hit needs the
+//! whole token to match, compared in constant time, so a forged token never borrows a verdict and
+//! timing says nothing of cached ones; the probe hash is random per process, so nobody can aim
+//! tokens at a slot. [`SHARDS`] shards (so threads rarely meet on a lock) of at most
+//! [`PER_SHARD`] tokens each; a full shard drops an arbitrary entry for a new one.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
