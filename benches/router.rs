@@ -20,6 +20,7 @@ fn table(n: usize) -> Router {
                 methods: Some(methods),
                 strip_prefix: true,
                 upstream: 0,
+                split: None,
                 response_headers: Default::default(),
                 max_body: 1 << 20,
                 ip_rules: None,

@@ -16,6 +16,8 @@ pub struct Ctx {
     pub client_ip: Option<IpAddr>,
     /// Index of the matched route.
     pub route: Option<usize>,
+    /// The upstream the request goes to: the route's, or the branch its `split` chose.
+    pub upstream: Option<usize>,
     /// The request target for the upstream when it differs from the client's.
     pub target: Option<String>,
     /// Backends this request already tried (failed), so a retry goes elsewhere.
@@ -90,6 +92,7 @@ impl Default for Ctx {
             peer_ip: None,
             client_ip: None,
             route: None,
+            upstream: None,
             target: None,
             tried: Vec::new(),
             backend: None,

@@ -136,7 +136,12 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
                 .forwarded_target(&path, query, key_param.as_deref(), path != raw_path)
                 .unwrap_or_else(|| req.path_and_query.clone());
             let up = &gw.upstreams[r.upstream];
-            let _ = writeln!(o, "route:    {} -> upstream {}", r.name, up.name);
+            match &r.split {
+                None => {
+                    let _ = writeln!(o, "route:    {} -> upstream {}", r.name, up.name);
+                }
+                Some(split) => explain_split(&mut o, gw, r, split, req),
+            }
             let _ = writeln!(o, "forward:  {} {target}", req.method);
             o.push_str(&auth);
             explain_limits(&mut o, gw, r);
@@ -164,6 +169,63 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
         }
     }
     o
+}
+
+/// A split's branches, and where this request goes when its sticky key decides it (the
+/// consumer is not known offline). The backends shown after are the first branch's.
+fn explain_split(
+    o: &mut String,
+    gw: &Gateway,
+    r: &crate::policy::router::Route,
+    split: &crate::policy::split::Split,
+    req: &Request,
+) {
+    let total: u32 = split.branches.iter().map(|b| b.1).sum();
+    let branches: Vec<_> = split
+        .branches
+        .iter()
+        .map(|&(u, w)| format!("{} {w}/{total}", gw.upstreams[u].name))
+        .collect();
+    let _ = writeln!(o, "route:    {} -> split {}", r.name, branches.join(", "));
+    let failover = if split.failover {
+        "a branch without a healthy backend yields"
+    } else {
+        "no failover"
+    };
+    let Some(sticky) = &split.sticky else {
+        let _ = writeln!(o, "          a random branch by weight; {failover}");
+        return;
+    };
+    let head = request_header(req).ok();
+    let key = head.as_ref().and_then(|h| {
+        split.key(&crate::policy::split::Caller {
+            client_ip: None,
+            consumer: None,
+            headers: &h.headers,
+        })
+    });
+    let by = match sticky {
+        crate::policy::split::Sticky::ClientIp => "client_ip".to_owned(),
+        crate::policy::split::Sticky::Consumer => "consumer".to_owned(),
+        crate::policy::split::Sticky::Header(n) => format!("header:{n}"),
+        crate::policy::split::Sticky::Cookie(n) => format!("cookie:{n}"),
+    };
+    match key {
+        Some(k) => {
+            let up = split.choose(Some(k), |u| gw.upstreams[u].available());
+            let name = &gw.upstreams[up].name;
+            let _ = writeln!(
+                o,
+                "          sticky by {by}: key hash {k:016x} -> {name}; {failover}"
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "          sticky by {by}: not known here, so not decided; {failover}"
+            );
+        }
+    }
 }
 
 /// Which providers the route requires, its consumers/claims constraints, and whether the

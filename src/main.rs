@@ -246,6 +246,7 @@ Try:
   curl -i -X POST http://127.0.0.1:{port}/public/hello    # 405 method_not_allowed (GET only)
   curl -i http://127.0.0.1:{port}/nowhere                 # 404 no_route, JSON error
   curl -i http://127.0.0.1:{port}/private/data            # another upstream, Cache-Control added
+  curl -i -H 'X-User: ann' http://127.0.0.1:{port}/canary/x  # canary split 90/10, ann keeps her branch
   curl -i 'http://127.0.0.1:{port}/slow/x?delay_ms=3000'  # 504 gateway_timeout after 1s
   curl -i http://{admin}/health                          # admin endpoint
   curl -i http://{admin}/metrics                         # Prometheus metrics

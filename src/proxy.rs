@@ -73,18 +73,22 @@ impl Tollgate {
         ctx.route.map(|i| &self.gw.router.routes()[i])
     }
 
-    /// The matched route's upstream.
+    /// The upstream the request goes to (the route's, or its split's choice).
     fn upstream(&self, ctx: &Ctx) -> Option<&Upstream> {
-        self.route(ctx).map(|r| &*self.gw.upstreams[r.upstream])
+        let id = ctx
+            .upstream
+            .or_else(|| self.route(ctx).map(|r| r.upstream))?;
+        Some(&*self.gw.upstreams[id])
     }
 
-    /// Pick a backend of the route's upstream that is healthy, whose circuit lets requests
+    /// Pick a backend of the request's upstream that is healthy, whose circuit lets requests
     /// through and that this request has not already failed on; it becomes `ctx.attempt`.
     fn pick<'c>(&self, req: &RequestHeader, ctx: &'c mut Ctx) -> Result<&'c upstream::Attempt> {
-        let route = self.route(ctx).ok_or_else(|| {
+        let id = ctx.upstream.or_else(|| self.route(ctx).map(|r| r.upstream));
+        let id = id.ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "upstream_peer without a route")
         })?;
-        let up = &self.gw.upstreams[route.upstream];
+        let up = &self.gw.upstreams[id];
         ctx.attempt = None;
         let key = upstream::hash_key(up, req, ctx.consumer_bytes(), ctx.client_ip);
         let Some(attempt) = up.select(&key, &ctx.tried) else {

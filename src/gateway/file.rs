@@ -185,7 +185,15 @@ pub struct RouteFile {
     pub methods: Option<Vec<String>>,
     #[serde(default)]
     pub strip_prefix: Option<bool>,
-    pub upstream: String,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// A weighted choice among upstreams instead of `upstream` (`crate::policy::split`).
+    #[serde(default)]
+    pub split: Option<Vec<crate::policy::split::BranchFile>>,
+    #[serde(default)]
+    pub sticky: Option<String>,
+    #[serde(default)]
+    pub failover: Option<bool>,
     #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
     #[serde(default)]

@@ -10,6 +10,7 @@ use super::file::RouteFile;
 use crate::config::ConfigErrors;
 use crate::policy::guard::{IpRules, Limits};
 use crate::policy::router::{normalise_prefix, HostPattern, MethodSet, Route};
+use crate::policy::split::{Split, Sticky};
 use crate::policy::stamp::RouteHeaders;
 
 pub(super) fn routes(
@@ -78,19 +79,7 @@ pub(super) fn routes(
             }
             set
         });
-        let upstream = upstreams.iter().position(|u| *u == r.upstream);
-        // An upstream in error has its own message; the route naming it is not wrong.
-        if upstream.is_none() && !broken.contains(&r.upstream) {
-            let known = if upstreams.is_empty() {
-                "none defined".to_owned()
-            } else {
-                upstreams.join(", ")
-            };
-            errs.push(
-                format!("{base}.upstream"),
-                format!("unknown upstream {:?} (known: {known})", r.upstream),
-            );
-        }
+        let (upstream, split) = route_upstreams(&base, &r, (upstreams, broken), errs);
         let response_headers = response_headers(&base, &r.response_headers, errs);
         let max_body = match r.max_body {
             Some(s) if s.0 == 0 => {
@@ -144,6 +133,7 @@ pub(super) fn routes(
                 methods,
                 strip_prefix: r.strip_prefix.unwrap_or(true),
                 upstream: upstream.unwrap_or_default(),
+                split,
                 response_headers,
                 max_body,
                 ip_rules,
@@ -156,6 +146,83 @@ pub(super) fn routes(
         }
     }
     out
+}
+
+/// The route's upstream, or its `split` (whose first branch is the route's upstream); `None`
+/// when one is unknown (an upstream in error has its own message: the route naming it is not
+/// wrong).
+fn route_upstreams(
+    base: &str,
+    r: &RouteFile,
+    (upstreams, broken): (&[String], &[String]),
+    errs: &mut ConfigErrors,
+) -> (Option<usize>, Option<Split>) {
+    let find = |path: String, name: &str, errs: &mut ConfigErrors| {
+        let found = upstreams.iter().position(|u| u == name);
+        if found.is_none() && !broken.iter().any(|b| b == name) {
+            let known = if upstreams.is_empty() {
+                "none defined".to_owned()
+            } else {
+                upstreams.join(", ")
+            };
+            errs.push(path, format!("unknown upstream {name:?} (known: {known})"));
+        }
+        found
+    };
+    let sticky = r.sticky.as_deref().and_then(|s| {
+        let path = format!("{base}.sticky");
+        if r.split.is_none() {
+            errs.push(path, "only a route with a split has sticky callers");
+            return None;
+        }
+        Sticky::parse(&path, s, errs)
+    });
+    if r.failover.is_some() && r.split.is_none() {
+        errs.push(
+            format!("{base}.failover"),
+            "only a route with a split fails over",
+        );
+    }
+    match (&r.upstream, &r.split) {
+        (Some(u), None) => (find(format!("{base}.upstream"), u, errs), None),
+        (None, Some(branches)) => {
+            if branches.is_empty() {
+                errs.push(format!("{base}.split"), "needs at least one branch");
+                return (None, None);
+            }
+            let mut out = Vec::new();
+            for (i, b) in branches.iter().enumerate() {
+                let path = format!("{base}.split[{i}]");
+                let weight = b.weight.unwrap_or(1);
+                if weight == 0 {
+                    errs.push(format!("{path}.weight"), "must be greater than 0");
+                }
+                if let Some(up) = find(format!("{path}.upstream"), &b.upstream, errs) {
+                    out.push((up, weight));
+                }
+            }
+            if out.len() != branches.len() {
+                return (None, None);
+            }
+            let split = Split {
+                branches: out,
+                sticky,
+                failover: r.failover.unwrap_or(true),
+            };
+            (Some(split.branches[0].0), Some(split))
+        }
+        (Some(_), Some(_)) => {
+            errs.push(
+                base,
+                "upstream and split are exclusive: name one upstream, or split among several",
+            );
+            (None, None)
+        }
+        (None, None) => {
+            errs.push(base, "needs an upstream or a split");
+            (None, None)
+        }
+    }
 }
 
 fn response_headers(

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
 use pingora::Result;
 
 use super::{Ctx, Tollgate};
@@ -16,6 +17,7 @@ use crate::headers::names::X_REQUEST_ID;
 use crate::listen::client_auth::PeerCert;
 use crate::policy::cors::{self, Cors};
 use crate::policy::router::{self, Match, Route};
+use crate::policy::split::Split;
 
 impl Tollgate {
     /// Who is calling: the client IP and the request id, before anything else looks.
@@ -146,6 +148,10 @@ impl Tollgate {
                 }
             }
         }
+        ctx.upstream = Some(match &route.split {
+            None => route.upstream,
+            Some(split) => self.branch(split, req, ctx),
+        });
         if crate::websocket::is_handshake(req) {
             let Some(idle) = route.websocket else {
                 let msg = "this route does not accept WebSocket upgrades";
@@ -162,6 +168,17 @@ impl Tollgate {
         let changed = matches!(path, std::borrow::Cow::Owned(_));
         ctx.target = route.forwarded_target(&path, req.uri.query(), key_param, changed);
         self.rate_limit(session, ctx, route).await
+    }
+
+    /// The upstream a `split` sends this request to: by its sticky key when it has one, at
+    /// random by weight otherwise; a branch with no healthy backend yields (`failover`).
+    fn branch(&self, split: &Split, req: &RequestHeader, ctx: &Ctx) -> usize {
+        let caller = crate::policy::split::Caller {
+            client_ip: ctx.client_ip,
+            consumer: ctx.consumer_bytes(),
+            headers: &req.headers,
+        };
+        split.choose(split.key(&caller), |up| self.gw.upstreams[up].available())
     }
 
     /// Apply `underscores_in_headers` to the request's headers, before routing and auth read

@@ -29,7 +29,9 @@ impl Tollgate {
         };
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
         match self.gw.router.find(host, &path, &req.method) {
-            Match::Route(r) => fastpath::carries(req, &self.gw.upstreams[r.upstream]),
+            Match::Route(r) => r
+                .upstreams()
+                .all(|up| fastpath::carries(req, &self.gw.upstreams[up])),
             _ => false,
         }
     }

@@ -25,7 +25,10 @@ pub struct Route {
     pub prefix: String,
     pub methods: Option<MethodSet>,
     pub strip_prefix: bool,
+    /// The upstream; of a `split`, its first branch's.
     pub upstream: UpstreamId,
+    /// A weighted choice among upstreams, when the route has one.
+    pub split: Option<crate::policy::split::Split>,
     pub response_headers: crate::policy::stamp::RouteHeaders,
     pub max_body: u64,
     /// `ip_allow` / `ip_deny`, when the route has any.
@@ -39,6 +42,14 @@ pub struct Route {
     pub websocket: Option<std::time::Duration>,
     /// Response compression, when the route has it.
     pub compression: Option<crate::compress::Compression>,
+}
+
+impl Route {
+    /// Every upstream the route may send a request to.
+    pub fn upstreams(&self) -> impl Iterator<Item = UpstreamId> + '_ {
+        let split = self.split.iter().flat_map(|s| s.upstreams());
+        std::iter::once(self.upstream).chain(split)
+    }
 }
 
 /// `example.com` (exact) or `*.example.com` (any subdomain, at any depth; not the apex).
@@ -381,6 +392,7 @@ pub(crate) mod tests {
             }),
             strip_prefix: true,
             upstream: 0,
+            split: None,
             response_headers: Default::default(),
             max_body: 0,
             ip_rules: None,
