@@ -29,9 +29,16 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
+        let routes = self.gw.router.routes();
+        let mirrors: Vec<_> = routes
+            .iter()
+            .zip(&self.gw.mirrors)
+            .filter_map(|(r, m)| Some((&*r.name, &**m.as_ref()?)))
+            .collect();
+        let gw = &self.gw;
         let body = self
             .obs
-            .render(&self.gw.auth, &self.gw.rate_limits, &self.gw.upstreams)
+            .render(&gw.auth, &gw.rate_limits, &gw.upstreams, &mirrors)
             .into_bytes();
         Response::builder()
             .status(200)

@@ -8,6 +8,12 @@ use http::HeaderValue;
 use crate::error::Reject;
 use crate::upstream;
 
+/// Where a copy of the request body goes as it is read (a route's `mirror`).
+pub trait BodyCopy: Send + Sync {
+    /// A piece of the body (`end`: the last); `false` once the copy needs no more.
+    fn piece(&mut self, piece: Option<&[u8]>, end: bool) -> bool;
+}
+
 /// What one request learns on its way through the hooks.
 pub struct Ctx {
     pub started: Instant,
@@ -50,6 +56,8 @@ pub struct Ctx {
     pub tunnel: Option<Instant>,
     /// The tunnel was closed by its idle timeout.
     pub tunnel_idled: bool,
+    /// A mirrored request's copy, waiting for its body.
+    pub mirror: Option<Box<dyn BodyCopy>>,
     /// The body encoder of a compressed response.
     pub encoder: Option<crate::compress::Encoder>,
 }
@@ -110,6 +118,7 @@ impl Default for Ctx {
             websocket: None,
             tunnel: None,
             tunnel_idled: false,
+            mirror: None,
             encoder: None,
         }
     }

@@ -28,6 +28,7 @@ pub mod grpc;
 pub mod handover;
 pub mod headers;
 pub mod listen;
+pub mod mirror;
 pub mod observe;
 pub mod policy;
 pub mod proxy;

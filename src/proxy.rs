@@ -191,6 +191,28 @@ impl Tollgate {
         }
     }
 
+    /// Send a sampled copy of an admitted request to its route's shadow (`mirror`): at once
+    /// for a request without a body, at the body's end for one with (`request_body_filter`).
+    fn mirror<D: Downstream>(&self, session: &mut D, ctx: &mut Ctx) {
+        let Some(m) = ctx.route.and_then(|r| self.gw.mirrors[r].as_ref()) else {
+            return;
+        };
+        if !m.sampled() {
+            return;
+        }
+        let framing = |n: &http::HeaderName| {
+            n != http::header::CONTENT_LENGTH && n != http::header::TRANSFER_ENCODING
+        };
+        let Ok(head) = self.head_for_upstream(session, ctx, framing) else {
+            return;
+        };
+        if session.is_body_empty() {
+            m.send(&head, None);
+        } else {
+            ctx.mirror = Some(Box::new(crate::mirror::Pending::new(m.clone(), head)));
+        }
+    }
+
     /// How this request's response head is finished (the route's CORS, the gateway's
     /// headers), for the writer to apply.
     fn finish<'a>(&'a self, ctx: &'a Ctx) -> Finish<'a> {
@@ -312,6 +334,7 @@ impl ProxyHttp for Tollgate {
         if self.admit(session, ctx).await? {
             return Ok(true);
         }
+        self.mirror(session, ctx);
         if self.fast_path
             && self
                 .upstream(ctx)
@@ -330,11 +353,16 @@ impl ProxyHttp for Tollgate {
         &self,
         session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if session.was_upgraded() {
             return Ok(());
+        }
+        if let Some(copy) = ctx.mirror.as_mut() {
+            if !copy.piece(body.as_deref(), end_of_stream) {
+                ctx.mirror = None;
+            }
         }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;

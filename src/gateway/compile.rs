@@ -24,6 +24,8 @@ pub struct Gateway {
     pub trusted_proxies: TrustedProxies,
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Each route's `mirror`, by route id.
+    pub mirrors: Vec<Option<Arc<crate::mirror::Mirror>>>,
     pub access_log: AccessLogFile,
     pub limits: Limits,
     pub rate_limits: crate::policy::limit::Limits,
@@ -168,8 +170,18 @@ pub fn compile(
         }
     }
     let limits = limits(file.limits.unwrap_or_default(), errs);
+    let mut route_files = file.routes;
+    let mirrors: Vec<Option<Arc<crate::mirror::Mirror>>> = route_files
+        .iter_mut()
+        .enumerate()
+        .map(|(i, r)| {
+            let f = r.as_mut()?.mirror.take()?;
+            let base = format!("routes[{i}].mirror");
+            crate::mirror::Mirror::compile(&base, f, &upstreams, errs).map(Arc::new)
+        })
+        .collect();
     let routes = super::routes::routes(
-        file.routes,
+        route_files,
         (&names, &broken),
         &limits,
         (&rate_limits, &limit_names),
@@ -203,6 +215,7 @@ pub fn compile(
         trusted_proxies,
         router,
         upstreams,
+        mirrors,
         access_log,
         limits,
         rate_limits,

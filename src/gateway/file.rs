@@ -194,6 +194,9 @@ pub struct RouteFile {
     pub sticky: Option<String>,
     #[serde(default)]
     pub failover: Option<bool>,
+    /// A sampled copy of the route's requests to a shadow upstream (`crate::mirror`).
+    #[serde(default)]
+    pub mirror: Option<crate::mirror::MirrorFile>,
     #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
     #[serde(default)]

@@ -384,6 +384,34 @@ pub fn render_introspection(o: &mut String, auth: &crate::policy::auth::Auth) {
     }
 }
 
+/// `tollgate_mirror_requests_total`, when a route mirrors: each route's copies by outcome.
+pub fn render_mirrors(o: &mut String, mirrors: &[(&str, &crate::mirror::Mirror)]) {
+    if mirrors.is_empty() {
+        return;
+    }
+    o.push_str("# HELP tollgate_mirror_requests_total Copies of requests sent to a route's mirror, by outcome: sent, dropped (too many in flight), failed (no answer in time), or the shadow's status class.\n");
+    o.push_str("# TYPE tollgate_mirror_requests_total counter\n");
+    for (route, m) in mirrors {
+        let route = label(route);
+        for (outcome, n) in m.counts() {
+            let _ = writeln!(
+                o,
+                "tollgate_mirror_requests_total{{route=\"{route}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+    o.push_str("# HELP tollgate_mirror_bodies_too_large_total Mirrored requests whose body outgrew the mirror's max_body: copied without it.\n");
+    o.push_str("# TYPE tollgate_mirror_bodies_too_large_total counter\n");
+    for (route, m) in mirrors {
+        let n = m.truncated.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            o,
+            "tollgate_mirror_bodies_too_large_total{{route=\"{}\"}} {n}",
+            label(route)
+        );
+    }
+}
+
 pub fn render_upstreams(o: &mut String, upstreams: &[Arc<Upstream>]) {
     use crate::upstream::breaker::State;
     let gauges: [(&str, &str, &str); 3] = [

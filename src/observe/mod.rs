@@ -37,6 +37,7 @@ impl Observe {
         auth: &crate::policy::auth::Auth,
         limits: &crate::policy::limit::Limits,
         upstreams: &[std::sync::Arc<crate::upstream::Upstream>],
+        mirrors: &[(&str, &crate::mirror::Mirror)],
     ) -> String {
         let dropped = self.access_log.dropped();
         let redis = limits.redis.as_ref().map_or(0, |r| r.failures());
@@ -49,6 +50,7 @@ impl Observe {
             o.push_str(&format!("tollgate_redis_errors_total {redis}\n"));
             metrics::render_introspection(o, auth);
             metrics::render_upstreams(o, upstreams);
+            metrics::render_mirrors(o, mirrors);
         })
     }
 

@@ -86,7 +86,10 @@ impl Serve for Tollgate {
         self.identify(&session, &mut ctx);
         let outcome = match self.admit(&mut session, &mut ctx).await {
             Ok(true) => Ok(true),
-            Ok(false) => self.relay(&mut session, &mut ctx).await,
+            Ok(false) => {
+                self.mirror(&mut session, &mut ctx);
+                self.relay(&mut session, &mut ctx).await
+            }
             Err(e) => Err(e),
         };
         let error = outcome.err();

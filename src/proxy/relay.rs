@@ -58,6 +58,17 @@ impl Tollgate {
     /// without the hop-by-hop headers. Written from the client's head through an overlay of
     /// the edits, never a copy of it.
     fn upstream_head<D: Downstream>(&self, session: &D, ctx: &Ctx) -> Result<Vec<u8>> {
+        self.head_for_upstream(session, ctx, |_| true)
+    }
+
+    /// The upstream request head of [`Self::upstream_head`] with only the headers `keep`
+    /// also keeps.
+    pub(super) fn head_for_upstream<D: Downstream>(
+        &self,
+        session: &D,
+        ctx: &Ctx,
+        keep: impl Fn(&http::HeaderName) -> bool,
+    ) -> Result<Vec<u8>> {
         let req = session.req_header();
         let target = match ctx.target.as_deref() {
             Some(t) => crate::headers::checked_target(t)?.as_bytes(),
@@ -73,7 +84,7 @@ impl Tollgate {
         self.forwarded(session.tls(), &mut h, ctx)?;
         let kept = h
             .iter()
-            .filter(|(name, _)| !crate::headers::is_hop_by_hop(name));
+            .filter(|(name, _)| !crate::headers::is_hop_by_hop(name) && keep(name));
         Ok(h1::request_head(
             &req.method,
             target,
