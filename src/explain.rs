@@ -143,6 +143,16 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
                 Some(split) => explain_split(&mut o, gw, r, split, req),
             }
             let _ = writeln!(o, "forward:  {} {target}", req.method);
+            if let Some(m) = &gw.mirrors[r.id] {
+                let _ = writeln!(
+                    o,
+                    "mirror:   a copy of {}% to upstream {} (timeout {:?}, body up to {} bytes)",
+                    m.sample * 100.0,
+                    m.upstream.name,
+                    m.timeout,
+                    m.max_body
+                );
+            }
             o.push_str(&auth);
             explain_limits(&mut o, gw, r);
             let _ = writeln!(

@@ -208,3 +208,24 @@ fn mirror_settings_are_checked_with_their_key_path() {
     let out = check("{upstream: s, every: 2}");
     assert!(out.contains("routes[0].mirror"), "{out}");
 }
+
+#[test]
+fn explain_says_a_route_is_mirrored() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("t.yaml");
+    std::fs::write(
+        &conf,
+        "upstreams:\n  a: {targets: [\"127.0.0.1:1\"]}\n  s: {targets: [\"127.0.0.1:2\"]}\n\
+         routes:\n  - {name: r, path_prefix: /r, upstream: a, mirror: {upstream: s, sample: 0.25}}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["explain", "-c", conf.to_str().unwrap(), "GET", "/r/x"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("mirror:   a copy of 25% to upstream s (timeout 2s, body up to 65536 bytes)"),
+        "{out}"
+    );
+}
