@@ -38,6 +38,8 @@
 #                             HTTP/1.1 keep-alive; the handshake cancels out with start-up
 #   prod    GET /api/bench    both: TLS and the access log
 #   nginx-tls  GET /api/bench  nginx-apikey over TLS 1.3 with the same certificate (tls's reference)
+#   h2c        GET /api/bench  apikey over HTTP/2 with prior knowledge (h2load -c 1 -m 10)
+#   nginx-h2c  GET /api/bench  nginx-apikey over h2c (h2c's reference)
 #
 # Exit status: 0, or 1 when a scenario grew by more than THRESHOLD percent
 # over the recorded number (a drop is reported, never a failure: re-record it).
@@ -52,7 +54,7 @@ N=${N:-2000}                         # requests of the short run (the long one i
 THRESHOLD=${THRESHOLD:-5}            # percent growth that fails
 RECORD=${RECORD:-0}                  # 1: write the numbers to RESULTS
 RESULTS=${RESULTS:-$HERE/instructions.txt}
-ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote logged tls prod nginx-tls"
+ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote logged tls prod nginx-tls h2c nginx-h2c"
 SCENARIOS=${SCENARIOS:-$ALL}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}       # use this binary instead of building
 BARE_BIN=${BARE_BIN:-}               # bare Pingora (default: beside TOLLGATE_BIN, or built)
@@ -256,6 +258,15 @@ shape() { # shape SCENARIO: write $TMP/tollgate-SCENARIO.yaml
 for sc in logged tls prod; do
     [[ " $SCENARIOS " != *" $sc "* ]] || shape "$sc"
 done
+if [[ " $SCENARIOS " == *" h2c "* ]]; then
+    # h2c: apikey's request from HTTP/2 clients with prior knowledge (Pingora's h2 path).
+    sed "s|^listen: \[\"127.0.0.1:$TOLLGATE_PORT\"\]|listen: [{address: \"127.0.0.1:$TOLLGATE_PORT\", h2c: true}]|" \
+        "$TMP/tollgate.yaml" >"$TMP/tollgate-h2c.yaml"
+    grep -q "h2c: true" "$TMP/tollgate-h2c.yaml" || die "tollgate.yaml: no listen line to put h2c on"
+fi
+if [[ " $SCENARIOS " == *" h2c"* ]]; then
+    command -v h2load >/dev/null 2>&1 || die "h2load not found (scripts/install-deps.sh --bench installs nghttp2-client)"
+fi
 
 # The client: COUNT sequential GETs on one keep-alive connection; every answer must
 # be a 200 with the upstream's body, so a fast error path is never measured.
@@ -282,6 +293,17 @@ c.close()
 EOF
 }
 
+# The HTTP/2 client: COUNT GETs on one h2c connection, ten streams at a time (h2load); every
+# answer must be a 2xx.
+h2client() { # h2client PATH COUNT HEADER
+    local out
+    out=$(h2load -n "$2" -c 1 -m 10 -H "$3" "http://127.0.0.1:$TOLLGATE_PORT$1" 2>&1) || {
+        echo "$out" >&2
+        return 1
+    }
+    grep -q "status codes: $2 2xx" <<<"$out" || { echo "$out" >&2; return 1; }
+}
+
 # measure SCENARIO COUNT — sets TOTAL: the instructions of one tollgate process that
 # served COUNT requests (not in a subshell, so cleanup knows every pid).
 measure() {
@@ -291,6 +313,10 @@ measure() {
         plain) path=/bench header="" ;;
         apikey) path=/api/bench header="X-Api-Key: $API_KEY" ;;
         jwt) path=/jwt/bench header="Authorization: Bearer $JWT" ;;
+        h2c)
+            path=/api/bench header="X-Api-Key: $API_KEY"
+            cmd=("$TG_BIN" -c "$TMP/tollgate-h2c.yaml")
+            ;;
         logged | tls | prod)
             path=/api/bench header="X-Api-Key: $API_KEY"
             cmd=("$TG_BIN" -c "$TMP/tollgate-$sc.yaml")
@@ -307,7 +333,7 @@ measure() {
             [[ $sc != floor ]] || cmd[0]=$FLOOR_BIN
             ready="http://127.0.0.1:$TOLLGATE_PORT/bench" # no admin port: its polls are counted
             ;;
-        nginx | nginx-apikey | nginx-tls)
+        nginx | nginx-apikey | nginx-tls | nginx-h2c)
             path=/bench header=""
             [[ $sc == nginx ]] || path=/api/bench header="X-Api-Key: $API_KEY"
             # One process (no master), so callgrind counts the one that serves.
@@ -320,6 +346,11 @@ measure() {
                 sed -i "s|^        listen 127.0.0.1:$TOLLGATE_PORT backlog=4096;|        listen 127.0.0.1:$TOLLGATE_PORT ssl backlog=4096; ssl_certificate $TMP/tls.pem; ssl_certificate_key $TMP/tls.key; ssl_protocols TLSv1.3;|" "$TMP/nginx.conf"
                 grep -q "ssl_certificate" "$TMP/nginx.conf" || die "proxy.nginx.conf: no listen line to put TLS on"
                 ca=$TMP/tls.pem
+            fi
+            if [[ $sc == nginx-h2c ]]; then
+                # h2c's counterpart: the policy, HTTP/2 with prior knowledge.
+                sed -i "s|^        listen 127.0.0.1:$TOLLGATE_PORT backlog=4096;|        listen 127.0.0.1:$TOLLGATE_PORT http2 backlog=4096;|" "$TMP/nginx.conf"
+                grep -q " http2 backlog" "$TMP/nginx.conf" || die "proxy.nginx.conf: no listen line to put http2 on"
             fi
             mkdir -p "$TMP/nginx_tmp"
             cmd=(nginx -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf")
@@ -335,9 +366,14 @@ measure() {
     [[ $sc != jwks-* ]] || idp0=$(idp_count)
     local ready_args=()
     [[ $ready != https:* ]] || ready_args=(--cacert "$ca" -H "X-Api-Key: $API_KEY")
+    [[ $sc != nginx-h2c ]] || ready_args=(--http2-prior-knowledge)
     wait_200 "$ready" "$pid" "${ready_args[@]}"
     [[ $sc != jwks-* ]] || idp1=$(idp_count)
-    client "$path" "$count" "$header" "$ca" || die "$sc: the client failed (see above)"
+    if [[ $sc == *h2c ]]; then
+        h2client "$path" "$count" "$header" || die "$sc: h2load failed (see above)"
+    else
+        client "$path" "$count" "$header" "$ca" || die "$sc: the client failed (see above)"
+    fi
     if [[ $sc == jwks-* ]]; then
         # The keys are fetched before anything is served, and never on the request path.
         idp2=$(idp_count)
@@ -402,6 +438,7 @@ if [[ $RECORD == 1 ]]; then
         echo "# nginx, nginx-apikey: benches/load/proxy.nginx.conf in one process, plain and with the policy."
         echo "# jwks-file, jwks-remote: benches/load/tollgate-jwks.yaml, jwt's policy with an RS256 JWKS from a file / an HTTPS IdP."
         echo "# logged, tls, prod: apikey's request with a combined access log to a file, over TLS 1.3 (ECDSA P-256), both."
+        echo "# h2c, nginx-h2c: apikey's request over HTTP/2 with prior knowledge, h2load, 10 streams at a time."
         echo "# measured: $(date -u '+%Y-%m-%d') $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(valgrind --version)"
         if ((${#OLD[@]})); then
             printf '# was: %s:' "${old_when:-earlier}"

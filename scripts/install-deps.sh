@@ -7,11 +7,12 @@
 #   nginx, wrk   the load harness in benches/load (only with --bench)
 #   haproxy      the load harness's third reference (only with --bench)
 #   valgrind     benches/instructions.sh: instructions per request (only with --bench)
+#   h2load       benches/instructions.sh h2c scenarios (nghttp2-client; only with --bench)
 set -euo pipefail
 
 want=(cmake:cmake redis-server:redis-server)
 if [[ "${1:-}" == "--bench" ]]; then
-  want+=(nginx:nginx-light wrk:wrk haproxy:haproxy valgrind:valgrind)
+  want+=(nginx:nginx-light wrk:wrk haproxy:haproxy valgrind:valgrind h2load:nghttp2-client)
 fi
 
 missing=()
