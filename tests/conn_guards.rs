@@ -212,6 +212,21 @@ fn connections_over_the_per_ip_cap_get_503() {
     assert!(r.json()["request_id"]
         .as_str()
         .is_some_and(|id| !id.is_empty()));
+    assert_eq!(r.header("Retry-After"), Some("1"), "{r:?}");
+    // The refusal is logged and counted like any answer the gateway makes itself.
+    let id = r.json()["request_id"].as_str().unwrap().to_owned();
+    assert!(
+        eventually(Duration::from_secs(5), || gw.logs().lines().any(|l| l
+            .contains(&format!("request_id={id} "))
+            && l.contains("\"- - -\" 503 "))),
+        "no access-log line for the 503: {}",
+        gw.logs()
+    );
+    let metrics = gw.admin_get("/metrics").body;
+    assert!(
+        metrics.contains("tollgate_local_answers_total{error=\"unavailable\"} 1"),
+        "{metrics}"
+    );
     // Closing one gives its slot back.
     drop(a);
     assert!(

@@ -229,6 +229,29 @@ impl<A, S> Gate<A, S> {
     }
 }
 
+impl<A, S: Serve> Gate<A, S> {
+    /// Refuse a connection over its address's cap, before reading anything of it: the JSON
+    /// 503 (with `Retry-After`), an access-log line and a metric (the own server's voice of
+    /// refusals), then close.
+    async fn over_cap(&self, stream: &mut Stream) {
+        match self.own() {
+            Some(own) => {
+                let refusal = Refusal {
+                    reject: crate::error::Reject::Unavailable,
+                    why: "too many open connections from your address".into(),
+                    head_request: false,
+                };
+                own.refuse(stream, refusal).await;
+            }
+            None => {
+                let _ = stream.write_all(&too_many()).await;
+                let _ = stream.flush().await;
+            }
+        }
+        Shutdown::shutdown(&mut **stream).await;
+    }
+}
+
 /// The bytes a cleartext connection idle past `park::PARK_AFTER` keeps in its listener's
 /// table of idle sockets, its entry (beside a deadline's 24 in a heap), for
 /// `examples/conn_memory.rs`.
@@ -291,9 +314,7 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: Serve> ServerApp for Gate<A, S
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let Ok(slot) = self.admit(ip) else {
-            let _ = stream.write_all(&too_many()).await;
-            let _ = stream.flush().await;
-            Shutdown::shutdown(&mut *stream).await;
+            self.over_cap(&mut stream).await;
             return None;
         };
         let mut stream: Stream = Box::new(Guarded::new(stream, self.guards.head_timeout, slot));

@@ -75,7 +75,7 @@ impl Plain {
 pub(super) async fn serve<A, S>(
     gate: Arc<Gate<A, S>>,
     lot: Arc<Lot>,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     shutdown: ShutdownWatch,
 ) where
@@ -86,8 +86,9 @@ pub(super) async fn serve<A, S>(
     let slot = match gate.admit(Some(peer.ip())) {
         Ok(slot) => slot,
         Err(()) => {
-            let _ = tcp.write_all(&super::too_many()).await;
-            let _ = tcp.shutdown().await;
+            let head = gate.guards.head_timeout;
+            let mut stream = Plain::stream(tcp, peer, accepted, head);
+            gate.over_cap(&mut stream).await;
             return;
         }
     };

@@ -53,7 +53,17 @@ impl Tollgate {
         let mut session = H1::new(stream, placeholder, true);
         let id = crate::client::new_request_id();
         let reject = refusal.reject;
-        let _ = answer::respond(&mut session, reject, &refusal.why, Some(&id), &[], false).await;
+        // An address over its connection cap may try again in a second.
+        let retry = [(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        )];
+        let extra: &[_] = if reject == Reject::Unavailable {
+            &retry
+        } else {
+            &[]
+        };
+        let _ = answer::respond(&mut session, reject, &refusal.why, Some(&id), extra, false).await;
         let sent = session.body_bytes_sent();
         self.obs
             .head_refused(session.peer_ip(), &id, reject, sent, started.elapsed());
