@@ -19,10 +19,7 @@ use bytes::BytesMut;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// The longest chunk-size line (size and extensions) and trailer section taken: Pingora's
-/// decoder's limits.
-const MAX_SIZE_LINE: usize = 8 * 1024;
-const MAX_TRAILERS: usize = 64 * 1024;
+use crate::fastpath::h1::{MAX_CHUNK_LINE as MAX_SIZE_LINE, MAX_TRAILERS};
 
 /// What remains of a request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

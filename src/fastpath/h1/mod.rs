@@ -20,6 +20,14 @@ pub const MAX_HEADERS: usize = 256;
 /// past which its sessions refuse one.
 pub const MAX_HEAD: usize = 1 << 20;
 
+/// The most of a chunk-size line (the size and its extensions) held without its end:
+/// Pingora's `PARTIAL_CHUNK_HEAD_LIMIT` (`pingora_core::protocols::http::v1::body`).
+pub const MAX_CHUNK_LINE: usize = 8 * 1024;
+
+/// The most trailer bytes after the last chunk: Pingora's `TRAILER_SIZE_LIMIT` (the same
+/// module).
+pub const MAX_TRAILERS: usize = 64 * 1024;
+
 /// Header lines the server role parses in place. A head with more is handed to Pingora's
 /// session whole, which applies [`MAX_HEADERS`]: the limit is the same, only the parser is not.
 pub const SERVED_HEADERS: usize = 64;
@@ -95,8 +103,8 @@ pub enum Chunks {
     Data(u64),
     /// After a chunk's data: its CRLF.
     DataEnd,
-    /// After the last chunk: trailer lines (dropped) up to the empty one.
-    Trailers,
+    /// After the last chunk: trailer lines (dropped) up to the empty one; bytes of them so far.
+    Trailers(usize),
     End,
 }
 
@@ -124,11 +132,13 @@ impl Chunks {
                 Ok(httparse::Status::Complete((n, size))) => {
                     buf.advance(n);
                     Some(if size == 0 {
-                        Chunks::Trailers
+                        Chunks::Trailers(0)
                     } else {
                         Chunks::Data(size)
                     })
                 }
+                // A line that outgrows Pingora's limit unfinished is refused as it refuses it.
+                Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => return Err(bad()),
                 Ok(httparse::Status::Partial) => None,
                 Err(_) => return Err(bad()),
             },
@@ -142,7 +152,8 @@ impl Chunks {
             Chunks::DataEnd => return Err(bad()),
             // Trailer lines end in CRLF, as Pingora's decoder holds them: a CR or LF alone
             // is refused.
-            Chunks::Trailers => match memchr::memchr2(b'\r', b'\n', buf) {
+            Chunks::Trailers(read) => match memchr::memchr2(b'\r', b'\n', buf) {
+                Some(i) if read + i > MAX_TRAILERS => return Err(bad()),
                 Some(i) if buf[i] == b'\n' => return Err(bad()),
                 Some(i) if buf.len() < i + 2 => None,
                 Some(i) if buf[i + 1] != b'\n' => return Err(bad()),
@@ -152,8 +163,9 @@ impl Chunks {
                 }
                 Some(i) => {
                     buf.advance(i + 2);
-                    Some(Chunks::Trailers)
+                    Some(Chunks::Trailers(read + i))
                 }
+                None if read + buf.len() > MAX_TRAILERS => return Err(bad()),
                 None => None,
             },
             Chunks::Data(_) | Chunks::End => Some(Chunks::End),
@@ -164,6 +176,61 @@ impl Chunks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feed `wire` to a decoder in `Size`, as the client role reads it: the state it ends in,
+    /// or the refusal.
+    fn decode(wire: &[u8]) -> Result<Chunks> {
+        let mut buf = BytesMut::from(wire);
+        let mut state = Chunks::Size;
+        loop {
+            match state {
+                Chunks::Data(n) => {
+                    let take = buf.len().min(n as usize);
+                    buf.advance(take);
+                    state = if take as u64 == n {
+                        Chunks::DataEnd
+                    } else {
+                        return Ok(Chunks::Data(n - take as u64));
+                    };
+                }
+                Chunks::End => return Ok(Chunks::End),
+                s => match s.advance(&mut buf)? {
+                    Some(next) => state = next,
+                    None => return Ok(s),
+                },
+            }
+        }
+    }
+
+    /// Pingora's decoder refuses a chunk-size line that outgrows 8 KiB unfinished, and
+    /// trailers past 64 KiB; so does the client role (it read up to a 1 MiB before).
+    #[test]
+    fn chunk_lines_and_trailers_have_pingoras_limits() {
+        let ext = |n: usize| format!("5;x={}", "a".repeat(n)).into_bytes();
+        assert_eq!(
+            decode(&ext(8_000)).unwrap(),
+            Chunks::Size,
+            "unfinished, within the limit"
+        );
+        assert!(decode(&ext(9_000)).is_err(), "unfinished past 8 KiB");
+        let mut whole = ext(9_000);
+        whole.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        assert_eq!(
+            decode(&whole).unwrap(),
+            Chunks::End,
+            "a whole line is taken, as by Pingora"
+        );
+        let trailers = |n: usize| {
+            let mut w = b"0\r\n".to_vec();
+            for _ in 0..n {
+                w.extend_from_slice(format!("x-t: {}\r\n", "b".repeat(1000)).as_bytes());
+            }
+            w.extend_from_slice(b"\r\n");
+            w
+        };
+        assert_eq!(decode(&trailers(60)).unwrap(), Chunks::End);
+        assert!(decode(&trailers(70)).is_err(), "trailers past 64 KiB");
+    }
 
     #[test]
     fn chunk_sizes_are_hex() {
