@@ -28,6 +28,7 @@ fn table(n: usize) -> Router {
                 auth: None,
                 websocket: None,
                 compression: None,
+                transform: None,
             }
         })
         .collect();

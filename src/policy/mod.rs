@@ -14,3 +14,4 @@ pub mod limit;
 pub mod path;
 pub mod router;
 pub mod stamp;
+pub mod transform;

@@ -39,6 +39,9 @@ pub struct Route {
     pub websocket: Option<std::time::Duration>,
     /// Response compression, when the route has it.
     pub compression: Option<crate::compress::Compression>,
+    /// Path rewrite, request header and query edits (`crate::policy::transform`); `None`:
+    /// the route has none.
+    pub transform: Option<Box<crate::policy::transform::Transform>>,
 }
 
 /// `example.com` (exact) or `*.example.com` (any subdomain, at any depth; not the apex).
@@ -389,6 +392,7 @@ pub(crate) mod tests {
             auth: None,
             websocket: None,
             compression: None,
+            transform: None,
         }
     }
 
