@@ -84,7 +84,8 @@ impl<'a> Overlay<'a> {
     pub fn new(base: &'a HeaderMap) -> Self {
         Overlay {
             base,
-            changes: Vec::with_capacity(8),
+            // The forwarding and identity edits, and a route's few header edits.
+            changes: Vec::with_capacity(12),
             added: Vec::new(),
         }
     }

@@ -62,9 +62,18 @@ impl Route {
             None => None,
         };
         let edited = t.query.as_ref().map(|q| q.apply(query));
-        let changed = changed || rewritten.is_some() || edited.is_some();
         let query = edited.as_ref().map_or(query, |e| e.as_deref());
-        Ok(self.upstream_target(rewritten.as_deref().unwrap_or(path), query, changed))
+        match rewritten {
+            // The rewritten path is the target's start: no second copy.
+            Some(mut target) => {
+                if let Some(q) = query {
+                    target.push('?');
+                    target.push_str(q);
+                }
+                Ok(Some(target))
+            }
+            None => Ok(self.upstream_target(path, query, changed || edited.is_some())),
+        }
     }
 }
 

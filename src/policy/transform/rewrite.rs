@@ -102,7 +102,8 @@ impl Rewrite {
         let Some(caps) = self.regex.captures(path) else {
             return Ok(None);
         };
-        let mut out = String::with_capacity(path.len() + 16);
+        // Room for the query the caller appends.
+        let mut out = String::with_capacity(path.len() + 64);
         for p in &*self.to {
             match p {
                 To::Literal(l) => out.push_str(l),
@@ -123,6 +124,15 @@ impl Rewrite {
 fn statically_safe(parts: &[To]) -> Result<(), String> {
     for p in parts {
         if let To::Literal(l) = p {
+            if l.contains(['?', '#']) {
+                return Err(
+                    "has a '?' or '#': the rewrite makes the path only (the route's query: edits the query)"
+                        .into(),
+                );
+            }
+            if http::uri::PathAndQuery::try_from(format!("/{l}")).is_err() {
+                return Err(format!("{l:?} has characters not allowed in a path"));
+            }
             let lower = l.to_ascii_lowercase();
             if ["%2f", "%5c", "%00"].iter().any(|s| lower.contains(s)) {
                 return Err(
@@ -222,6 +232,8 @@ mod tests {
             ("^/(.*)", "/$rest", "to", "no such group"),
             ("^/(.*)", "/${1", "to", "no closing"),
             ("^/(.*)", "/$-", "to", "write $$"),
+            ("^/(.*)", "/x?a=$1", "to", "path only"),
+            ("^/(.*)", "/x y/$1", "to", "not allowed in a path"),
         ] {
             let e = Rewrite::compile(regex, to)
                 .err()
