@@ -414,3 +414,59 @@ fn explain_shows_the_rewritten_target() {
     let out = explain("/r/a");
     assert!(out.contains("refused, 400"), "{out}");
 }
+
+/// The requests tollgate's own engine does not carry (an HTTP/2 client, a request with a
+/// body) go through Pingora's proxy loop whatever the mode: the same edits reach the upstream.
+#[test]
+fn edits_apply_on_pingoras_path_too() {
+    let up = echo("up");
+    let h2c = |a| format!("{{address: \"{a}\", h2c: true}}");
+    let (gw, h2c_addr) = Gateway::with_listener(
+        h2c,
+        &format!(
+            r#"
+upstreams:
+  up: {{targets: ["{up}"]}}
+routes:
+  - name: r
+    path_prefix: /api
+    upstream: up
+    rewrite: {{regex: "^/api/(?P<rest>.*)$", to: "/v2/$rest"}}
+    request_headers: {{set: {{X-Tenant: acme, X-Route: $route}}, add: {{Via: tollgate}}, remove: [X-Debug]}}
+    query: {{set: {{source: gw}}, remove: [debug]}}
+"#
+        ),
+    );
+    let r = runtime()
+        .block_on(async {
+            let tcp = tokio::net::TcpStream::connect(h2c_addr).await.unwrap();
+            let req = http::Request::get("http://gw/api/items?debug=1&a=2")
+                .header("x-tenant", "evil")
+                .header("x-debug", "1")
+                .body(())
+                .unwrap();
+            h2client::send(tcp, req).await
+        })
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["path"], "/v2/items");
+    assert_eq!(j["query"], "a=2&source=gw");
+    assert_eq!(j["headers"]["x-tenant"], "acme");
+    assert_eq!(j["headers"]["x-route"], "r");
+    assert_eq!(j["headers"]["via"], "tollgate");
+    assert!(j["headers"].get("x-debug").is_none(), "{j}");
+    let r = gw.raw(
+        b"POST /api/items?debug=1 HTTP/1.1\r\nHost: gw\r\nX-Tenant: evil\r\nVia: 1.1 cdn\r\n\
+          Content-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["path"], "/v2/items");
+    assert_eq!(j["query"], "source=gw");
+    assert_eq!(j["headers"]["x-tenant"], "acme");
+    assert_eq!(
+        j["headers"]["via"],
+        serde_json::json!(["1.1 cdn", "tollgate"])
+    );
+}
