@@ -357,6 +357,7 @@ fn unknown_variables_and_owned_headers_are_config_errors() {
         ("remove: [X-Consumer]", "remove[0]"),
         ("remove: [Connection]", "remove[0]"),
         ("set: {Content-Length: \"1\"}", "set.Content-Length"),
+        ("remove: [Host]", "remove[0]"),
     ] {
         refused(
             &format!("request_headers: {{{edit}}}"),

@@ -216,6 +216,8 @@ fn request_edits(
         };
         if let Some(why) = owned_request(&name, identity) {
             errs.push(path, why);
+        } else if name == http::header::HOST {
+            errs.push(path, "an HTTP/1.1 request needs a Host: set it instead");
         } else if once(&mut seen, &name, &path, errs) {
             out.remove.push(name);
         }

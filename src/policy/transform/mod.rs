@@ -102,8 +102,10 @@ fn decoded_eq(raw: &str, want: &str) -> bool {
     while i < raw.len() {
         let c = match raw[i] {
             b'%' => {
+                // Two hex digits (not `from_str_radix` alone, which takes a sign: `%+1`).
                 let hex = raw
                     .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
                 match hex {
                     Some(c) => {
@@ -183,6 +185,8 @@ mod tests {
         assert!(!decoded_eq("debugx", "debug"));
         assert!(!decoded_eq("debu", "debug"));
         assert!(decoded_eq("%zz", "%zz"));
+        assert!(decoded_eq("%+1", "% 1"));
+        assert!(!decoded_eq("%+1", "\u{1}"));
         assert!(!decoded_eq("", "a"));
     }
 
