@@ -433,8 +433,8 @@ routes:
     path_prefix: /api
     upstream: up
     rewrite: {{regex: "^/api/(?P<rest>.*)$", to: "/v2/$rest"}}
-    request_headers: {{set: {{X-Tenant: acme, X-Route: $route}}, add: {{Via: tollgate}}, remove: [X-Debug]}}
-    query: {{set: {{source: gw}}, remove: [debug]}}
+    request_headers: {{set: {{X-Tenant: acme, X-Route: $route, X-Version: 2}}, add: {{Via: tollgate}}, remove: [X-Debug]}}
+    query: {{set: {{source: gw, v: 2}}, remove: [debug]}}
 "#
         ),
     );
@@ -452,8 +452,10 @@ routes:
     assert_eq!(r.status, 200, "{r:?}");
     let j = r.json();
     assert_eq!(j["path"], "/v2/items");
-    assert_eq!(j["query"], "a=2&source=gw");
+    // A number in the config is its text.
+    assert_eq!(j["query"], "a=2&source=gw&v=2");
     assert_eq!(j["headers"]["x-tenant"], "acme");
+    assert_eq!(j["headers"]["x-version"], "2");
     assert_eq!(j["headers"]["x-route"], "r");
     assert_eq!(j["headers"]["via"], "tollgate");
     assert!(j["headers"].get("x-debug").is_none(), "{j}");
@@ -464,7 +466,7 @@ routes:
     assert_eq!(r.status, 200, "{r:?}");
     let j = r.json();
     assert_eq!(j["path"], "/v2/items");
-    assert_eq!(j["query"], "source=gw");
+    assert_eq!(j["query"], "source=gw&v=2");
     assert_eq!(j["headers"]["x-tenant"], "acme");
     assert_eq!(
         j["headers"]["via"],

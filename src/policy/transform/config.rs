@@ -24,9 +24,9 @@ pub struct RewriteFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestHeadersFile {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalars")]
     pub set: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalars")]
     pub add: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
@@ -36,7 +36,7 @@ pub struct RequestHeadersFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryFile {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalars")]
     pub set: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
@@ -57,7 +57,7 @@ impl<'de> Deserialize<'de> for ResponseHeadersFile {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Full {
-            #[serde(default)]
+            #[serde(default, deserialize_with = "scalars")]
             set: BTreeMap<String, String>,
             #[serde(default)]
             remove: Vec<String>,
@@ -81,13 +81,29 @@ impl<'de> Deserialize<'de> for ResponseHeadersFile {
                 full: true,
             });
         }
-        let set = serde_yaml::from_value(v).map_err(de::Error::custom)?;
+        let set = scalars(v).map_err(de::Error::custom)?;
         Ok(ResponseHeadersFile {
             set,
             remove: Vec::new(),
             full: false,
         })
     }
+}
+
+/// A map of names to values, where a value may be written as a number or `true`/`false`
+/// (`{version: 2}` is `"2"`).
+fn scalars<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let m = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
+    m.into_iter()
+        .map(|(k, v)| match v {
+            serde_yaml::Value::String(s) => Ok((k, s)),
+            serde_yaml::Value::Number(n) => Ok((k, n.to_string())),
+            serde_yaml::Value::Bool(b) => Ok((k, b.to_string())),
+            _ => Err(de::Error::custom(format!(
+                "{k}: a value is a string, a number or true/false"
+            ))),
+        })
+        .collect()
 }
 
 /// A route's request-side transformation keys, together.
