@@ -29,6 +29,7 @@ fn table(n: usize) -> Router {
                 auth: None,
                 websocket: None,
                 compression: None,
+                transform: None,
             }
         })
         .collect();

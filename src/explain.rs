@@ -132,9 +132,11 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
             let mut auth = String::new();
             // As the proxy does: a key carried in the query is not forwarded.
             let key_param = explain_auth(&mut auth, gw, r, req);
-            let target = r
-                .forwarded_target(&path, query, key_param.as_deref(), path != raw_path)
-                .unwrap_or_else(|| req.path_and_query.clone());
+            let target =
+                match r.forwarded_target(&path, query, key_param.as_deref(), path != raw_path) {
+                    Ok(t) => t.unwrap_or_else(|| req.path_and_query.clone()),
+                    Err(e) => format!("refused, 400: {}", crate::policy::transform::refusal(e)),
+                };
             let up = &gw.upstreams[r.upstream];
             match &r.split {
                 None => {
@@ -175,6 +177,11 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
                     .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("")))
                     .collect();
                 let _ = writeln!(o, "response: + {}", hs.join(", "));
+            }
+            let removed = r.response_headers.removed();
+            if !removed.is_empty() {
+                let hs: Vec<&str> = removed.iter().map(|h| h.as_str()).collect();
+                let _ = writeln!(o, "response: - {}", hs.join(", "));
             }
         }
     }

@@ -167,11 +167,25 @@ impl Tollgate {
         })
     }
 
-    /// The upstream request's headers: forwarding, and the caller's identity in place of its
-    /// credential.
+    /// The upstream request's headers: forwarding, the caller's identity in place of its
+    /// credential, then the route's `request_headers` edits.
     fn forwarded(&self, tls: bool, h: &mut impl headers::Edit, ctx: &Ctx) -> Result<()> {
         headers::forwarding(h, tls, ctx.peer_ip, ctx.client_ip, &ctx.request_id)?;
         crate::policy::auth::forward(&self.gw.auth, ctx.identity.as_ref(), h);
+        let route = self.route(ctx);
+        if let Some(edits) = route.and_then(|r| r.transform.as_ref()?.request.as_ref()) {
+            let host = match edits.uses_host() {
+                true => h.get(&http::header::HOST).cloned(),
+                false => None,
+            };
+            let vars = crate::policy::transform::Vars {
+                client_ip: ctx.client_ip,
+                identity: ctx.identity.as_ref(),
+                request_id: &ctx.request_id,
+                host: host.as_ref(),
+            };
+            edits.apply(h, &vars);
+        }
         Ok(())
     }
 

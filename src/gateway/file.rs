@@ -198,7 +198,7 @@ pub struct RouteFile {
     #[serde(default)]
     pub mirror: Option<crate::mirror::MirrorFile>,
     #[serde(default)]
-    pub response_headers: BTreeMap<String, String>,
+    pub response_headers: crate::policy::transform::config::ResponseHeadersFile,
     #[serde(default)]
     pub max_body: Option<Size>,
     #[serde(default)]
@@ -226,4 +226,12 @@ pub struct RouteFile {
     /// Response compression (`crate::compress`).
     #[serde(default)]
     pub compression: Option<crate::compress::CompressionFile>,
+    /// Transformation (`crate::policy::transform`): path rewrite, request header and query
+    /// edits.
+    #[serde(default)]
+    pub rewrite: Option<crate::policy::transform::config::RewriteFile>,
+    #[serde(default)]
+    pub request_headers: Option<crate::policy::transform::config::RequestHeadersFile>,
+    #[serde(default)]
+    pub query: Option<crate::policy::transform::config::QueryFile>,
 }

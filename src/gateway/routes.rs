@@ -3,15 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use http::{HeaderName, HeaderValue};
-
 use super::compile::cidrs;
 use super::file::RouteFile;
 use crate::config::ConfigErrors;
 use crate::policy::guard::{IpRules, Limits};
 use crate::policy::router::{normalise_prefix, HostPattern, MethodSet, Route};
 use crate::policy::split::{Split, Sticky};
-use crate::policy::stamp::RouteHeaders;
 
 pub(super) fn routes(
     files: Vec<Option<RouteFile>>,
@@ -80,7 +77,11 @@ pub(super) fn routes(
             set
         });
         let (upstream, split) = route_upstreams(&base, &r, (upstreams, broken), errs);
-        let response_headers = response_headers(&base, &r.response_headers, errs);
+        let response_headers = crate::policy::transform::config::response_headers(
+            &format!("{base}.response_headers"),
+            &r.response_headers,
+            errs,
+        );
         let max_body = match r.max_body {
             Some(s) if s.0 == 0 => {
                 errs.push(format!("{base}.max_body"), "must be greater than 0");
@@ -124,6 +125,19 @@ pub(super) fn routes(
         let compression = r
             .compression
             .and_then(|c| crate::compress::compile(&format!("{base}.compression"), c, errs));
+        let rewrites = r.rewrite.is_some();
+        let transform = crate::policy::transform::config::compile(
+            &base,
+            &r.name,
+            crate::policy::transform::config::TransformFile {
+                rewrite: r.rewrite,
+                request_headers: r.request_headers,
+                query: r.query,
+            },
+            r.strip_prefix,
+            &auth.identity_headers,
+            errs,
+        );
         if errs.0.len() == before {
             out.push(Route {
                 id: 0,
@@ -131,7 +145,7 @@ pub(super) fn routes(
                 host,
                 prefix: normalise_prefix(&r.path_prefix),
                 methods,
-                strip_prefix: r.strip_prefix.unwrap_or(true),
+                strip_prefix: r.strip_prefix.unwrap_or(!rewrites),
                 upstream: upstream.unwrap_or_default(),
                 split,
                 response_headers,
@@ -142,6 +156,7 @@ pub(super) fn routes(
                 auth: route_auth,
                 websocket,
                 compression,
+                transform,
             });
         }
     }
@@ -223,31 +238,4 @@ fn route_upstreams(
             (None, None)
         }
     }
-}
-
-fn response_headers(
-    base: &str,
-    h: &BTreeMap<String, String>,
-    errs: &mut ConfigErrors,
-) -> RouteHeaders {
-    let mut out = Vec::new();
-    for (k, v) in h {
-        let path = format!("{base}.response_headers.{k}");
-        let name = match HeaderName::from_bytes(k.as_bytes()) {
-            Ok(n) => n,
-            Err(_) => {
-                errs.push(path, "is not a valid header name");
-                continue;
-            }
-        };
-        if crate::headers::names::RESERVED_RESPONSE.contains(&&name) {
-            errs.push(path, "is set by tollgate itself and cannot be overridden");
-            continue;
-        }
-        match HeaderValue::from_str(v) {
-            Ok(val) => out.push((k.as_str(), name, val)),
-            Err(_) => errs.push(path, "value has characters not allowed in a header"),
-        }
-    }
-    RouteHeaders::new(out)
 }

@@ -17,6 +17,8 @@ pub trait Edit {
     }
     /// Replace every value of `name` with `value`.
     fn insert(&mut self, name: &HeaderName, value: HeaderValue);
+    /// Add `value` after the values of `name`.
+    fn append(&mut self, name: &HeaderName, value: HeaderValue);
     fn remove(&mut self, name: &HeaderName);
 }
 
@@ -24,6 +26,12 @@ pub trait Edit {
 pub enum Values<'a> {
     One(Option<&'a HeaderValue>),
     All(ValueIter<'a, HeaderValue>),
+    /// An overlay's values of the name, then those appended to it.
+    Then(
+        Box<Values<'a>>,
+        HeaderName,
+        std::slice::Iter<'a, (HeaderName, HeaderValue)>,
+    ),
 }
 
 impl<'a> Iterator for Values<'a> {
@@ -33,6 +41,9 @@ impl<'a> Iterator for Values<'a> {
         match self {
             Values::One(v) => v.take(),
             Values::All(it) => it.next(),
+            Values::Then(first, name, added) => first
+                .next()
+                .or_else(|| added.find(|(n, _)| n == name).map(|(_, v)| v)),
         }
     }
 }
@@ -50,23 +61,32 @@ impl Edit for HeaderMap {
         HeaderMap::insert(self, name.clone(), value);
     }
 
+    fn append(&mut self, name: &HeaderName, value: HeaderValue) {
+        HeaderMap::append(self, name.clone(), value);
+    }
+
     fn remove(&mut self, name: &HeaderName) {
         HeaderMap::remove(self, name);
     }
 }
 
-/// A map seen through a few changes: a name set or removed here hides all its values there.
+/// A map seen through a few changes: a name set or removed here hides all its values there;
+/// values appended come after the name's others.
 pub struct Overlay<'a> {
     base: &'a HeaderMap,
     /// Each name once; `None`: removed.
     changes: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Appended values, in order (a route's `request_headers.add`).
+    added: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl<'a> Overlay<'a> {
     pub fn new(base: &'a HeaderMap) -> Self {
         Overlay {
             base,
-            changes: Vec::with_capacity(8),
+            // The forwarding and identity edits, and a route's few header edits.
+            changes: Vec::with_capacity(12),
+            added: Vec::new(),
         }
     }
 
@@ -75,6 +95,9 @@ impl<'a> Overlay<'a> {
     }
 
     fn set(&mut self, name: &HeaderName, value: Option<HeaderValue>) {
+        if !self.added.is_empty() {
+            self.added.retain(|(n, _)| n != name);
+        }
         match self.changes.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = value,
             None => self.changes.push((name.clone(), value)),
@@ -88,27 +111,37 @@ impl<'a> Overlay<'a> {
             .changes
             .iter()
             .filter_map(|(n, v)| v.as_ref().map(|v| (n, v)));
-        kept.chain(set)
+        let added = self.added.iter().map(|(n, v)| (n, v));
+        kept.chain(set).chain(added)
     }
 }
 
 impl Edit for Overlay<'_> {
     fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        match self.change(name) {
+        let first = match self.change(name) {
             Some(v) => v.as_ref(),
             None => self.base.get(name),
-        }
+        };
+        first.or_else(|| self.added.iter().find(|(n, _)| n == name).map(|(_, v)| v))
     }
 
     fn get_all(&self, name: &HeaderName) -> Values<'_> {
-        match self.change(name) {
+        let first = match self.change(name) {
             Some(v) => Values::One(v.as_ref()),
             None => Values::All(self.base.get_all(name).iter()),
+        };
+        if self.added.iter().any(|(n, _)| n == name) {
+            return Values::Then(Box::new(first), name.clone(), self.added.iter());
         }
+        first
     }
 
     fn insert(&mut self, name: &HeaderName, value: HeaderValue) {
         self.set(name, Some(value));
+    }
+
+    fn append(&mut self, name: &HeaderName, value: HeaderValue) {
+        self.added.push((name.clone(), value));
     }
 
     fn remove(&mut self, name: &HeaderName) {
@@ -179,5 +212,35 @@ mod tests {
             .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
             .collect();
         assert_eq!(a_b, ["b=3", "a=9", "d=6"]);
+    }
+
+    /// Appended values follow the name's others, on a map and on an overlay alike; a set
+    /// after them replaces them.
+    #[test]
+    fn appended_values_come_last() {
+        let n = |s: &'static str| HeaderName::from_static(s);
+        let v = HeaderValue::from_static;
+        let mut map = base();
+        let b = base();
+        let mut overlay = Overlay::new(&b);
+        for h in [&mut map as &mut dyn Edit, &mut overlay] {
+            h.append(&n("a"), v("x"));
+            h.append(&n("z"), v("y"));
+            h.remove(&n("b"));
+            h.append(&n("b"), v("w"));
+            h.append(&n("c"), v("u"));
+            h.insert(&n("c"), v("t"));
+        }
+        for name in ["a", "b", "c", "z"] {
+            let m: Vec<_> = Edit::get_all(&map, &n(name)).collect();
+            let o: Vec<_> = overlay.get_all(&n(name)).collect();
+            assert_eq!(m, o, "{name}");
+            assert_eq!(Edit::get(&map, &n(name)), overlay.get(&n(name)), "{name}");
+        }
+        let listed: Vec<_> = overlay
+            .iter()
+            .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
+            .collect();
+        assert_eq!(listed, ["a=1", "a=2", "c=t", "a=x", "z=y", "b=w"]);
     }
 }

@@ -16,3 +16,4 @@ pub mod path;
 pub mod router;
 pub mod split;
 pub mod stamp;
+pub mod transform;

@@ -70,8 +70,11 @@ impl<'a> Stamp<'a> {
     }
 
     /// Put the headers into a head's map, replacing any of the same names; the route's last,
-    /// so that they win.
+    /// so that they win. The route's removed names go first: they are the backend's.
     pub fn insert(&self, h: &mut HeaderMap) {
+        for name in self.route.map_or(&[][..], |r| &r.removed) {
+            h.remove(name);
+        }
         if let Some((limits, d)) = self.limit {
             limits.apply(d, h);
         }
@@ -105,11 +108,14 @@ impl<'a> Stamp<'a> {
 }
 
 /// A route's `response_headers`, compiled once: the pairs for a head's map, and the same
-/// already written as HTTP/1 lines (`Name: value\r\n`, the name as the config writes it).
+/// already written as HTTP/1 lines (`Name: value\r\n`, the name as the config writes it);
+/// and the names it removes from the backend's head (`remove`), which a codec reading that
+/// head does not copy ([`Stamp::sets`]).
 #[derive(Debug, Clone, Default)]
 pub struct RouteHeaders {
     pairs: Vec<(HeaderName, HeaderValue)>,
     lines: Box<[u8]>,
+    removed: Box<[HeaderName]>,
 }
 
 impl RouteHeaders {
@@ -126,13 +132,29 @@ impl RouteHeaders {
         RouteHeaders {
             pairs,
             lines: lines.into(),
+            removed: Box::default(),
         }
+    }
+
+    /// These headers, and the backend's of the `removed` names taken out.
+    pub fn removing(self, removed: Vec<HeaderName>) -> Self {
+        RouteHeaders {
+            removed: removed.into(),
+            ..self
+        }
+    }
+
+    /// The names the route removes from the backend's head.
+    pub fn removed(&self) -> &[HeaderName] {
+        &self.removed
     }
 
     fn sets(&self, name: &str) -> bool {
         self.pairs
             .iter()
-            .any(|(k, _)| name.eq_ignore_ascii_case(k.as_str()))
+            .map(|(k, _)| k)
+            .chain(self.removed.iter())
+            .any(|k| name.eq_ignore_ascii_case(k.as_str()))
     }
 }
 
@@ -242,6 +264,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A removed name is taken out of the map, and is one a codec reading the backend's head
+    /// does not copy, in any case; nothing is written for it.
+    #[test]
+    fn removed_names_go_both_ways() {
+        let id = HeaderValue::from_static("id");
+        let route = RouteHeaders::new([(
+            "Cache-Control",
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        )])
+        .removing(vec![
+            http::header::SERVER,
+            HeaderName::from_static("x-powered-by"),
+        ]);
+        let stamp = Stamp::new(&id, None, Some(&route));
+        for name in ["server", "Server", "X-Powered-By", "cache-control"] {
+            assert!(stamp.sets(name), "{name}");
+        }
+        assert!(!stamp.sets("x-powered"));
+        assert!(stamp.writable());
+        let mut out = Vec::new();
+        stamp.write(&mut out);
+        let names: Vec<String> = lines(&out).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(names, ["x-gateway", "x-request-id", "Cache-Control"]);
+        let mut map = HeaderMap::new();
+        map.insert("server", HeaderValue::from_static("backend"));
+        map.append("x-powered-by", HeaderValue::from_static("a"));
+        map.append("x-powered-by", HeaderValue::from_static("b"));
+        map.insert("x-kept", HeaderValue::from_static("1"));
+        stamp.insert(&mut map);
+        let mut left: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["cache-control", "x-gateway", "x-kept", "x-request-id"]
+        );
     }
 
     #[test]

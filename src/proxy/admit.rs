@@ -166,7 +166,15 @@ impl Tollgate {
             .as_ref()
             .and_then(|id| id.credential_query.as_deref());
         let changed = matches!(path, std::borrow::Cow::Owned(_));
-        ctx.target = route.forwarded_target(&path, req.uri.query(), key_param, changed);
+        ctx.target = match route.forwarded_target(&path, req.uri.query(), key_param, changed) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = crate::policy::transform::refusal(e);
+                return self
+                    .reject(session, ctx, Reject::BadRequest, msg, &[])
+                    .await;
+            }
+        };
         self.rate_limit(session, ctx, route).await
     }
 

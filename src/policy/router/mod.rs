@@ -42,6 +42,9 @@ pub struct Route {
     pub websocket: Option<std::time::Duration>,
     /// Response compression, when the route has it.
     pub compression: Option<crate::compress::Compression>,
+    /// Path rewrite, request header and query edits (`crate::policy::transform`); `None`:
+    /// the route has none.
+    pub transform: Option<Box<crate::policy::transform::Transform>>,
 }
 
 impl Route {
@@ -401,6 +404,7 @@ pub(crate) mod tests {
             auth: None,
             websocket: None,
             compression: None,
+            transform: None,
         }
     }
 

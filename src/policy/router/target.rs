@@ -36,20 +36,43 @@ impl Route {
     }
 
     /// [`Self::upstream_target`] for a request whose API key may sit in the query parameter
-    /// `key_param`: that parameter is never forwarded.
+    /// `key_param`: that parameter is never forwarded. A route's `rewrite` makes the path and
+    /// its `query` edits the query (`crate::policy::transform`); a rewrite the result of which
+    /// is no path the upstream may get is the error.
     pub fn forwarded_target(
         &self,
         path: &str,
         query: Option<&str>,
         key_param: Option<&str>,
         changed: bool,
-    ) -> Option<String> {
-        match key_param {
+    ) -> Result<Option<String>, crate::policy::path::PathError> {
+        let kept;
+        let (query, changed) = match key_param {
             Some(k) => {
-                let kept = query.and_then(|q| crate::policy::auth::strip_query_param(q, k));
-                self.upstream_target(path, kept.as_deref(), true)
+                kept = query.and_then(|q| crate::policy::auth::strip_query_param(q, k));
+                (kept.as_deref(), true)
             }
-            None => self.upstream_target(path, query, changed),
+            None => (query, changed),
+        };
+        let Some(t) = &self.transform else {
+            return Ok(self.upstream_target(path, query, changed));
+        };
+        let rewritten = match &t.rewrite {
+            Some(rw) => rw.apply(path)?,
+            None => None,
+        };
+        let edited = t.query.as_ref().map(|q| q.apply(query));
+        let query = edited.as_ref().map_or(query, |e| e.as_deref());
+        match rewritten {
+            // The rewritten path is the target's start: no second copy.
+            Some(mut target) => {
+                if let Some(q) = query {
+                    target.push('?');
+                    target.push_str(q);
+                }
+                Ok(Some(target))
+            }
+            None => Ok(self.upstream_target(path, query, changed || edited.is_some())),
         }
     }
 }

@@ -82,15 +82,7 @@ impl Credentials {
 
 /// `application/x-www-form-urlencoded`: unreserved characters as they are, the rest `%XX`.
 fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::policy::path::escape(s.as_bytes())
 }
 
 /// The endpoint's answer: the token's members (claims) when `active: true`, `None` when not
