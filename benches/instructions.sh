@@ -38,6 +38,7 @@
 #                             HTTP/1.1 keep-alive; the handshake cancels out with start-up
 #   prod    GET /api/bench    both: TLS and the access log
 #   nginx-tls  GET /api/bench  nginx-apikey over TLS 1.3 with the same certificate (tls's reference)
+#   transform GET /xf/bench   plain's, on a route with a rewrite and three request header edits
 #   h2c        GET /api/bench  apikey over HTTP/2 with prior knowledge (h2load -c 1 -m 10)
 #   nginx-h2c  GET /api/bench  nginx-apikey over h2c (h2c's reference)
 #
@@ -54,7 +55,7 @@ N=${N:-2000}                         # requests of the short run (the long one i
 THRESHOLD=${THRESHOLD:-5}            # percent growth that fails
 RECORD=${RECORD:-0}                  # 1: write the numbers to RESULTS
 RESULTS=${RESULTS:-$HERE/instructions.txt}
-ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote logged tls prod nginx-tls h2c nginx-h2c"
+ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote logged tls prod nginx-tls h2c nginx-h2c transform"
 SCENARIOS=${SCENARIOS:-$ALL}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}       # use this binary instead of building
 BARE_BIN=${BARE_BIN:-}               # bare Pingora (default: beside TOLLGATE_BIN, or built)
@@ -311,6 +312,7 @@ measure() {
     local cmd=("$TG_BIN" -c "$TMP/tollgate.yaml") ready="http://127.0.0.1:$ADMIN_PORT/health"
     case $sc in
         plain) path=/bench header="" ;;
+        transform) path=/xf/bench header="" ;;
         apikey) path=/api/bench header="X-Api-Key: $API_KEY" ;;
         jwt) path=/jwt/bench header="Authorization: Bearer $JWT" ;;
         h2c)
@@ -438,6 +440,7 @@ if [[ $RECORD == 1 ]]; then
         echo "# nginx, nginx-apikey: benches/load/proxy.nginx.conf in one process, plain and with the policy."
         echo "# jwks-file, jwks-remote: benches/load/tollgate-jwks.yaml, jwt's policy with an RS256 JWKS from a file / an HTTPS IdP."
         echo "# logged, tls, prod: apikey's request with a combined access log to a file, over TLS 1.3 (ECDSA P-256), both."
+        echo "# transform: plain's request on a route with a rewrite and three request header edits."
         echo "# h2c, nginx-h2c: apikey's request over HTTP/2 with prior knowledge, h2load, 10 streams at a time."
         echo "# measured: $(date -u '+%Y-%m-%d') $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(valgrind --version)"
         if ((${#OLD[@]})); then
