@@ -215,4 +215,10 @@ pub struct RouteFile {
     /// Response compression (`crate::compress`).
     #[serde(default)]
     pub compression: Option<crate::compress::CompressionFile>,
+    /// Conditions on headers, query and cookies (`crate::policy::router::matching`), and the
+    /// order among routes at one host and prefix (higher first; default 0).
+    #[serde(default, rename = "match")]
+    pub match_rules: Option<crate::policy::router::matching::MatchFile>,
+    #[serde(default)]
+    pub priority: Option<i32>,
 }

@@ -135,6 +135,9 @@ pub(super) fn routes(
         let compression = r
             .compression
             .and_then(|c| crate::compress::compile(&format!("{base}.compression"), c, errs));
+        let match_rules = r.match_rules.and_then(|m| {
+            crate::policy::router::matching::compile(&format!("{base}.match"), m, errs)
+        });
         if errs.0.len() == before {
             out.push(Route {
                 id: 0,
@@ -152,6 +155,8 @@ pub(super) fn routes(
                 auth: route_auth,
                 websocket,
                 compression,
+                match_rules,
+                priority: r.priority.unwrap_or(0),
             });
         }
     }

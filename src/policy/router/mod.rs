@@ -1,15 +1,20 @@
-//! The route table: host, then the longest path prefix on a segment boundary, then method.
+//! The route table: host, then the longest path prefix on a segment boundary, then priority
+//! and `match` rules (headers, query, cookies: `matching`), then method.
 //!
 //! Compiled once at load. A lookup is at most (path depth + 1) hash probes per candidate host
-//! table, each on a slice of the request path: no allocation, no regex, no linear scan over
-//! routes.
+//! table, each on a slice of the request path, then a look at the routes sharing that host and
+//! prefix: no allocation, no linear scan over the table. A prefix none of whose routes' `match`
+//! rules hold yields to shorter prefixes and less specific hosts; a route without `match`
+//! costs what it did before rules existed.
 
+pub mod matching;
 mod target;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ahash::AHashMap;
 use http::{HeaderValue, Method};
+use pingora::http::RequestHeader;
 
 /// Index of an upstream in `Gateway::upstreams`.
 pub type UpstreamId = usize;
@@ -39,6 +44,10 @@ pub struct Route {
     pub websocket: Option<std::time::Duration>,
     /// Response compression, when the route has it.
     pub compression: Option<crate::compress::Compression>,
+    /// `match:` rules (all must hold); `None`: the route takes any request at its prefix.
+    pub match_rules: Option<Box<matching::MatchRules>>,
+    /// Among routes at one host and prefix, higher goes first (then more `match` rules).
+    pub priority: i32,
 }
 
 /// `example.com` (exact) or `*.example.com` (any subdomain, at any depth; not the apex).
@@ -120,6 +129,20 @@ impl MethodSet {
         self.0 & other.0 != 0
     }
 
+    /// The `Allow` header value of this set, built once for every set.
+    fn allow_value(&self) -> &'static HeaderValue {
+        static VALUES: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+        let all = VALUES.get_or_init(|| {
+            (0..1u16 << METHODS.len())
+                .map(|bits| {
+                    HeaderValue::from_str(&MethodSet(bits).allow_header())
+                        .unwrap_or_else(|_| HeaderValue::from_static(""))
+                })
+                .collect()
+        });
+        &all[usize::from(self.0) & (all.len() - 1)]
+    }
+
     fn union(&self, other: &MethodSet) -> MethodSet {
         MethodSet(self.0 | other.0)
     }
@@ -138,11 +161,11 @@ impl MethodSet {
     pub const ALL_KNOWN: &'static str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 }
 
-/// The routes sharing one (host, prefix), and the `Allow` value when none admits the method.
+/// The routes sharing one (host, prefix): higher `priority` first, then more `match` rules,
+/// then file order.
 #[derive(Debug)]
 struct Group {
     routes: Vec<usize>,
-    allow: HeaderValue,
 }
 
 #[derive(Debug, Default)]
@@ -169,7 +192,8 @@ pub fn same_verdict(a: &Match, b: &Match) -> bool {
     }
 }
 
-/// Two routes that can never be told apart.
+/// Two routes that can never be told apart: same host, prefix, `match` and `priority`, and
+/// overlapping methods.
 #[derive(Debug)]
 pub struct Conflict {
     pub route: usize,
@@ -186,7 +210,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// Build the table. Routes with the same host and prefix must not share a method.
+    /// Build the table. Routes with the same host, prefix, `match` rules and priority must not
+    /// share a method.
     pub fn new(mut routes: Vec<Route>) -> Result<Router, Vec<Conflict>> {
         for (i, r) in routes.iter_mut().enumerate() {
             r.id = i;
@@ -203,15 +228,17 @@ impl Router {
             let group = table
                 .groups
                 .entry(route.prefix.as_str().into())
-                .or_insert_with(|| Group {
-                    routes: Vec::new(),
-                    allow: HeaderValue::from_static(""),
-                });
+                .or_insert_with(|| Group { routes: Vec::new() });
             for &j in &group.routes {
-                let clash = match (&routes[j].methods, &route.methods) {
+                let other = &routes[j];
+                let clash = match (&other.methods, &route.methods) {
                     (Some(a), Some(b)) => a.overlaps(b),
                     _ => true,
-                };
+                } && other.priority == route.priority
+                    && matching::same_rules(
+                        other.match_rules.as_deref(),
+                        route.match_rules.as_deref(),
+                    );
                 if clash {
                     conflicts.push(Conflict { route: i, other: j });
                 }
@@ -231,13 +258,12 @@ impl Router {
             .chain(std::iter::once(&mut r.any_host));
         for table in tables {
             for group in table.groups.values_mut() {
-                let set = group
-                    .routes
-                    .iter()
-                    .filter_map(|&i| routes[i].methods)
-                    .fold(MethodSet::default(), |a, b| a.union(&b));
-                group.allow = HeaderValue::from_str(&set.allow_header())
-                    .unwrap_or_else(|_| HeaderValue::from_static(""));
+                // Stable: file order breaks the remaining ties.
+                group.routes.sort_by_key(|&i| {
+                    let r = &routes[i];
+                    let rules = r.match_rules.as_ref().map_or(0, |m| m.len());
+                    (std::cmp::Reverse(r.priority), std::cmp::Reverse(rules))
+                });
             }
         }
         r.routes = routes;
@@ -249,51 +275,75 @@ impl Router {
     }
 
     /// Match a request. `host` is the Host header or authority (any case, port allowed);
-    /// `path` is the normalised path, without query.
-    pub fn find(&self, host: Option<&[u8]>, path: &str, method: &Method) -> Match<'_> {
+    /// `path` is the normalised path, without query; `req` is read only by `match` rules.
+    pub fn find(
+        &self,
+        host: Option<&[u8]>,
+        path: &str,
+        method: &Method,
+        req: &RequestHeader,
+    ) -> Match<'_> {
         let mut buf = [0u8; 253];
         let host = host.and_then(|h| host_key(h, &mut buf));
         if let Some(host) = host {
             if let Some(t) = self.exact.get(host) {
-                if let Some(m) = self.find_in(t, path, method) {
+                if let Some(m) = self.find_in(t, path, method, req) {
                     return m;
                 }
             }
             for (suffix, t) in &self.wildcard {
                 if host.len() > suffix.len() && host.ends_with(&**suffix) {
-                    if let Some(m) = self.find_in(t, path, method) {
+                    if let Some(m) = self.find_in(t, path, method, req) {
                         return m;
                     }
                 }
             }
         }
-        self.find_in(&self.any_host, path, method)
+        self.find_in(&self.any_host, path, method, req)
             .unwrap_or(Match::NotFound)
     }
 
-    fn find_in<'a>(&'a self, t: &'a PrefixTable, path: &str, method: &Method) -> Option<Match<'a>> {
+    fn find_in<'a>(
+        &'a self,
+        t: &'a PrefixTable,
+        path: &str,
+        method: &Method,
+        req: &RequestHeader,
+    ) -> Option<Match<'a>> {
         if t.groups.is_empty() {
             return None;
         }
         let mut candidate = path.strip_suffix('/').unwrap_or(path);
         loop {
             let key = if candidate.is_empty() { "/" } else { candidate };
-            if let Some(g) = t.groups.get(key) {
-                let hit = g
-                    .routes
-                    .iter()
-                    .map(|&i| &self.routes[i])
-                    .find(|r| r.methods.as_ref().is_none_or(|m| m.contains(method)));
-                return Some(match hit {
-                    Some(r) => Match::Route(r),
-                    None => Match::MethodNotAllowed(&g.allow),
-                });
+            if let Some(m) = t.groups.get(key).and_then(|g| self.pick(g, method, req)) {
+                return Some(m);
             }
             if candidate.is_empty() {
                 return None;
             }
             candidate = &candidate[..candidate.rfind('/').unwrap_or(0)];
         }
+    }
+
+    /// The first route of `g` whose `match` rules and method hold; 405 when some route's
+    /// rules hold but no such route takes the method (`Allow`: their methods); `None` when
+    /// no route's rules hold, so that a shorter prefix is tried.
+    fn pick<'a>(&'a self, g: &Group, method: &Method, req: &RequestHeader) -> Option<Match<'a>> {
+        let mut allow: Option<MethodSet> = None;
+        for &i in &g.routes {
+            let r = &self.routes[i];
+            if r.match_rules.as_ref().is_some_and(|m| !m.holds(req)) {
+                continue;
+            }
+            match r.methods {
+                Some(m) if !m.contains(method) => {
+                    allow = Some(allow.unwrap_or_default().union(&m));
+                }
+                _ => return Some(Match::Route(r)),
+            }
+        }
+        allow.map(|a| Match::MethodNotAllowed(a.allow_value()))
     }
 }
 
@@ -389,7 +439,15 @@ pub(crate) mod tests {
             auth: None,
             websocket: None,
             compression: None,
+            match_rules: None,
+            priority: 0,
         }
+    }
+
+    /// `Router::find` for a request with no headers.
+    fn find<'a>(r: &'a Router, host: Option<&[u8]>, path: &str, method: &Method) -> Match<'a> {
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        r.find(host, path, method, &req)
     }
 
     fn name(m: Match) -> String {
@@ -409,13 +467,13 @@ pub(crate) mod tests {
         ])
         .unwrap();
         let get = Method::GET;
-        assert_eq!(name(r.find(None, "/api", &get)), "api");
-        assert_eq!(name(r.find(None, "/api/", &get)), "api");
-        assert_eq!(name(r.find(None, "/apix", &get)), "root");
-        assert_eq!(name(r.find(None, "/api/users", &get)), "users");
-        assert_eq!(name(r.find(None, "/api/users/7", &get)), "users");
-        assert_eq!(name(r.find(None, "/api/usersx", &get)), "api");
-        assert_eq!(name(r.find(None, "/", &get)), "root");
+        assert_eq!(name(find(&r, None, "/api", &get)), "api");
+        assert_eq!(name(find(&r, None, "/api/", &get)), "api");
+        assert_eq!(name(find(&r, None, "/apix", &get)), "root");
+        assert_eq!(name(find(&r, None, "/api/users", &get)), "users");
+        assert_eq!(name(find(&r, None, "/api/users/7", &get)), "users");
+        assert_eq!(name(find(&r, None, "/api/usersx", &get)), "api");
+        assert_eq!(name(find(&r, None, "/", &get)), "root");
     }
 
     #[test]
@@ -429,14 +487,14 @@ pub(crate) mod tests {
         .unwrap();
         let get = Method::GET;
         assert_eq!(
-            name(r.find(Some(b"API.example.com:8080"), "/", &get)),
+            name(find(&r, Some(b"API.example.com:8080"), "/", &get)),
             "exact"
         );
-        assert_eq!(name(r.find(Some(b"www.example.com"), "/", &get)), "wild");
-        assert_eq!(name(r.find(Some(b"a.eu.example.com"), "/", &get)), "deep");
-        assert_eq!(name(r.find(Some(b"example.com"), "/", &get)), "404");
-        assert_eq!(name(r.find(Some(b"example.com"), "/x/y", &get)), "any");
-        assert_eq!(name(r.find(None, "/x", &get)), "any");
+        assert_eq!(name(find(&r, Some(b"www.example.com"), "/", &get)), "wild");
+        assert_eq!(name(find(&r, Some(b"a.eu.example.com"), "/", &get)), "deep");
+        assert_eq!(name(find(&r, Some(b"example.com"), "/", &get)), "404");
+        assert_eq!(name(find(&r, Some(b"example.com"), "/x/y", &get)), "any");
+        assert_eq!(name(find(&r, None, "/x", &get)), "any");
     }
 
     #[test]
@@ -446,16 +504,16 @@ pub(crate) mod tests {
             route("write", None, "/items", Some(&["POST", "PUT"])),
         ])
         .unwrap();
-        assert_eq!(name(r.find(None, "/items", &Method::GET)), "read");
-        assert_eq!(name(r.find(None, "/items", &Method::HEAD)), "read");
-        assert_eq!(name(r.find(None, "/items/1", &Method::PUT)), "write");
+        assert_eq!(name(find(&r, None, "/items", &Method::GET)), "read");
+        assert_eq!(name(find(&r, None, "/items", &Method::HEAD)), "read");
+        assert_eq!(name(find(&r, None, "/items/1", &Method::PUT)), "write");
         assert_eq!(
-            name(r.find(None, "/items", &Method::DELETE)),
+            name(find(&r, None, "/items", &Method::DELETE)),
             "405 GET, HEAD, POST, PUT"
         );
         let ext = Method::from_bytes(b"PURGE").unwrap();
         assert_eq!(
-            name(r.find(None, "/items", &ext)),
+            name(find(&r, None, "/items", &ext)),
             "405 GET, HEAD, POST, PUT"
         );
     }
@@ -467,6 +525,139 @@ pub(crate) mod tests {
             route("b", None, "/a/", Some(&["GET", "POST"])),
         ])
         .unwrap_err();
+        assert_eq!((e[0].route, e[0].other), (1, 0));
+    }
+
+    /// A route with `match` rules (YAML of `match:`) and a priority.
+    fn ruled(
+        name: &str,
+        prefix: &str,
+        methods: Option<&[&str]>,
+        rules: &str,
+        priority: i32,
+    ) -> Route {
+        let file: matching::MatchFile = serde_yaml::from_str(rules).unwrap();
+        let mut errs = crate::config::ConfigErrors::default();
+        Route {
+            match_rules: matching::compile("m", file, &mut errs),
+            priority,
+            ..route(name, None, prefix, methods)
+        }
+    }
+
+    fn with(r: &Router, path: &str, method: Method, headers: &[(&str, &str)]) -> String {
+        let mut req = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        let path = path.split('?').next().unwrap();
+        name(r.find(None, path, &method, &req))
+    }
+
+    #[test]
+    fn priority_then_rule_count_then_file_order() {
+        let r = Router::new(vec![
+            route("stable", None, "/api", None),
+            ruled("one", "/api", None, "headers: {X-Env: canary}", 0),
+            ruled(
+                "two",
+                "/api",
+                None,
+                "headers: {X-Env: canary, X-Beta: \"~1\"}",
+                0,
+            ),
+            ruled("pinned", "/api", None, "query: {pin: \"!\"}", -1),
+            ruled("vip", "/api", None, "cookies: {vip: \"1\"}", 5),
+        ])
+        .unwrap();
+        let get = || Method::GET;
+        assert_eq!(with(&r, "/api?pin=1", get(), &[]), "stable");
+        assert_eq!(with(&r, "/api?pin=1", get(), &[("x-env", "canary")]), "one");
+        let both = [("x-env", "canary"), ("x-beta", "1")];
+        assert_eq!(with(&r, "/api?pin=1", get(), &both), "two");
+        let vip = [("x-env", "canary"), ("cookie", "vip=1")];
+        assert_eq!(with(&r, "/api/x?pin=1", get(), &vip), "vip");
+        // `stable` (no rules, priority 0) comes before `pinned` (priority -1).
+        assert_eq!(with(&r, "/api", get(), &[]), "stable");
+    }
+
+    #[test]
+    fn a_prefix_whose_rules_fail_yields_to_a_shorter_one_and_hosts_after() {
+        let r = Router::new(vec![
+            route("root", None, "/", Some(&["GET"])),
+            ruled("canary", "/api/v2", None, "headers: {X-Env: canary}", 0),
+            ruled(
+                "beta",
+                "/api",
+                Some(&["POST"]),
+                "headers: {X-Beta: \"1\"}",
+                0,
+            ),
+            Route {
+                match_rules: ruled("h", "/", None, "headers: {X-Env: canary}", 0).match_rules,
+                ..route("host", Some("a.example.com"), "/api/v2", None)
+            },
+        ])
+        .unwrap();
+        let canary = [("x-env", "canary")];
+        assert_eq!(with(&r, "/api/v2/x", Method::GET, &canary), "canary");
+        assert_eq!(with(&r, "/api/v2/x", Method::GET, &[]), "root");
+        // Rules held, method did not: 405 with the methods of the routes whose rules held.
+        assert_eq!(
+            with(&r, "/api/v2/x", Method::GET, &[("x-beta", "1")]),
+            "405 POST"
+        );
+        assert_eq!(with(&r, "/api/v2/x", Method::PUT, &[]), "405 GET, HEAD");
+        let mut req = RequestHeader::build("GET", b"/api/v2", None).unwrap();
+        req.append_header("x-env", "canary").unwrap();
+        let host = Some(&b"a.example.com"[..]);
+        assert_eq!(name(r.find(host, "/api/v2", &Method::GET, &req)), "host");
+        let plain = RequestHeader::build("GET", b"/api/v2", None).unwrap();
+        assert_eq!(name(r.find(host, "/api/v2", &Method::GET, &plain)), "root");
+    }
+
+    #[test]
+    fn routes_differing_only_in_match_or_priority_are_not_conflicts() {
+        let e = Router::new(vec![
+            route("a", None, "/a", Some(&["GET"])),
+            ruled("b", "/a", Some(&["GET"]), "headers: {X-Env: canary}", 0),
+            ruled(
+                "c",
+                "/a",
+                Some(&["GET"]),
+                "headers: {X-Env: \"~canary\"}",
+                0,
+            ),
+            route("d", None, "/a", Some(&["GET"])),
+        ])
+        .unwrap_err();
+        assert_eq!(e.len(), 1, "only the plain twins clash");
+        assert_eq!((e[0].route, e[0].other), (3, 0));
+        let e = Router::new(vec![
+            ruled(
+                "a",
+                "/a",
+                Some(&["GET"]),
+                "headers: {X-Env: canary, x-b: \"1\"}",
+                0,
+            ),
+            ruled(
+                "b",
+                "/a",
+                Some(&["GET"]),
+                "headers: {X-B: \"1\", x-env: canary}",
+                0,
+            ),
+            ruled(
+                "c",
+                "/a",
+                Some(&["GET"]),
+                "headers: {X-B: \"1\", x-env: canary}",
+                1,
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(e.len(), 1);
         assert_eq!((e[0].route, e[0].other), (1, 0));
     }
 }
