@@ -289,7 +289,7 @@ pub fn compile(base: &str, file: MatchFile, errs: &mut ConfigErrors) -> Option<B
             Ok(Test::Exact(e)) if HeaderValue::from_bytes(&e).is_err() => {
                 errs.push(path, "value has characters not allowed in a header");
             }
-            Ok(Test::Exact(e)) if e.first().or(e.last()).is_some_and(u8::is_ascii_whitespace) => {
+            Ok(Test::Exact(e)) if e.trim_ascii().len() != e.len() => {
                 errs.push(
                     path,
                     "value starts or ends with whitespace, which no request header value does",
@@ -449,6 +449,7 @@ mod tests {
             ),
             (r#"headers: {X-A: "a\nb"}"#, "characters not allowed"),
             (r#"headers: {X-A: " a"}"#, "whitespace"),
+            (r#"headers: {X-A: "a\t"}"#, "whitespace"),
             (r#"headers: {X-A: a, x-a: b}"#, "is given twice"),
             (r#"query: {"": a}"#, "m.query.: the name must not be empty"),
             (
