@@ -86,19 +86,34 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
         let _ = writeln!(o, "path:     normalised to {path}");
     }
     let host = req.host.as_deref().map(str::as_bytes);
-    let verdict = gw.router.find(host, &path, &req.method);
+    // The head as the proxy would see it: `match` rules read its headers and query.
+    let head = match request_header(req) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = writeln!(o, "answer:   400 bad_request: {e}");
+            return o;
+        }
+    };
+    let verdict = gw.router.find(host, &path, &req.method, &head);
     let chosen = match &verdict {
         Match::Route(r) => Some(r.id),
         _ => None,
     };
     o.push_str("routes:\n");
     for r in gw.router.routes() {
+        let candidate = r.admits_host(host) && r.admits_path(&path);
+        let rules = match &r.match_rules {
+            Some(m) if candidate => m.explain(&head),
+            _ => Vec::new(),
+        };
         let why = if Some(r.id) == chosen {
             "MATCH".to_owned()
         } else if !r.admits_host(host) {
             format!("host is not {}", describe_host(r))
         } else if !r.admits_path(&path) {
             format!("path is not under {}", r.prefix)
+        } else if rules.iter().any(|(_, held)| !held) {
+            "match rules fail".to_owned()
         } else if r.methods.is_some_and(|m| !m.contains(&req.method)) {
             format!(
                 "method {} not in [{}]",
@@ -106,7 +121,7 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
                 r.methods.map(|m| m.allow_header()).unwrap_or_default()
             )
         } else {
-            "a more specific route (host or longer prefix) wins".to_owned()
+            "a route before it decides (host, longer prefix, priority, more match rules)".to_owned()
         };
         let _ = writeln!(
             o,
@@ -116,6 +131,13 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
             r.prefix,
             why
         );
+        if r.priority != 0 && candidate {
+            let _ = writeln!(o, "  {:<20} priority {}", "", r.priority);
+        }
+        for (rule, held) in rules {
+            let verdict = if held { "holds" } else { "fails" };
+            let _ = writeln!(o, "  {:<20} match {rule}: {verdict}", "");
+        }
     }
     match verdict {
         Match::NotFound => {

@@ -154,3 +154,81 @@ fn explains_auth_requirements_verdicts_and_limits_of_an_authenticated_route() {
         "{out}"
     );
 }
+
+const MATCHED: &str = r#"
+upstreams: {u: {targets: ["127.0.0.1:9"]}}
+routes:
+  - {name: stable, path_prefix: /api, upstream: u}
+  - name: canary
+    path_prefix: /api
+    upstream: u
+    priority: 10
+    match: {headers: {X-Env: canary, X-Beta: "~^(1|true)$"}, query: {debug: "!"}, cookies: {tier: gold}}
+  - {name: other, path_prefix: /other, upstream: u, match: {headers: {X-Env: canary}}}
+"#;
+
+#[test]
+fn explains_which_match_rules_held_or_failed_for_each_candidate() {
+    let (code, out) = run_with(
+        MATCHED,
+        &[
+            "explain",
+            "GET",
+            "/api/x?debug=1",
+            "-H",
+            "X-Env: canary",
+            "-H",
+            "Cookie: tier=gold",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let line = |start: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start:?} in:\n{out}"))
+            .to_owned()
+    };
+    assert!(line("canary").ends_with("match rules fail"), "{out}");
+    assert!(line("priority").ends_with("priority 10"), "{out}");
+    assert!(
+        line("match headers.x-env").ends_with("= \"canary\": holds"),
+        "{out}"
+    );
+    assert!(
+        line("match headers.x-beta").ends_with("~ \"^(1|true)$\": fails"),
+        "{out}"
+    );
+    assert!(
+        line("match query.debug").ends_with("absent: fails"),
+        "{out}"
+    );
+    assert!(
+        line("match cookies.tier").ends_with("= \"gold\": holds"),
+        "{out}"
+    );
+    assert!(line("stable").ends_with("MATCH"), "{out}");
+    // Not a candidate (another prefix): its rules are not shown.
+    assert!(line("other").contains("path is not under /other"), "{out}");
+    assert_eq!(out.matches("match headers.x-env").count(), 1, "{out}");
+
+    let (_, out) = run_with(
+        MATCHED,
+        &[
+            "explain",
+            "GET",
+            "/api/x",
+            "-H",
+            "X-Env: canary",
+            "-H",
+            "X-Beta: 1",
+            "-H",
+            "Cookie: a=1; tier=gold",
+        ],
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("canary") && l.ends_with("MATCH")),
+        "{out}"
+    );
+    assert!(!out.contains(": fails"), "{out}");
+}

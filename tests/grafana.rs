@@ -32,7 +32,10 @@ fn queried(expr: &str) -> Vec<(String, BTreeSet<String>)> {
 /// The scrape's series: metric name → every label name seen on it.
 fn series(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
         let labels = out.entry(line[..name_end].to_owned()).or_default();
         if let Some(inner) = line[name_end..]
@@ -121,6 +124,9 @@ fn the_checker_reads_names_and_grouping_labels() {
     assert_eq!(q[0].0, "tollgate_request_duration_seconds_bucket");
     assert_eq!(q[0].1, BTreeSet::from(["route".to_owned()]));
     let s = series("# HELP x\ntollgate_a{route=\"r\",status=\"2xx\"} 1\ntollgate_b 2\n");
-    assert_eq!(s["tollgate_a"], BTreeSet::from(["route".into(), "status".into()]));
+    assert_eq!(
+        s["tollgate_a"],
+        BTreeSet::from(["route".into(), "status".into()])
+    );
     assert!(s["tollgate_b"].is_empty());
 }

@@ -89,7 +89,8 @@ proptest! {
             "upstreams: {u: {targets: [\"127.0.0.1:1\"]}}\nroutes:\n  - {name: a, path_prefix: /a, upstream: u, methods: [GET]}\n  - {name: b, host: \"*.x.org\", path_prefix: /, upstream: u}\n",
         ).unwrap().gateway;
         let method = http::Method::from_bytes(m.as_bytes()).unwrap();
-        let _ = gw.router.find(host.as_deref().map(str::as_bytes), &p, &method);
+        let head = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        let _ = gw.router.find(host.as_deref().map(str::as_bytes), &p, &method, &head);
     }
 
     #[test]

@@ -198,7 +198,7 @@ pub fn compile(
                 errs.push(
                     format!("routes[{}]", c.route),
                     format!(
-                        "same host, path_prefix and overlapping methods as routes[{}]: one of them could never match",
+                        "same host, path_prefix and overlapping methods as routes[{}], and the same match and priority: one of them could never match",
                         c.other
                     ),
                 );

@@ -234,4 +234,10 @@ pub struct RouteFile {
     pub request_headers: Option<crate::policy::transform::config::RequestHeadersFile>,
     #[serde(default)]
     pub query: Option<crate::policy::transform::config::QueryFile>,
+    /// Conditions on headers, query and cookies (`crate::policy::router::matching`), and the
+    /// order among routes at one host and prefix (higher first; default 0).
+    #[serde(default, rename = "match")]
+    pub match_rules: Option<crate::policy::router::matching::MatchFile>,
+    #[serde(default)]
+    pub priority: Option<i32>,
 }

@@ -138,6 +138,9 @@ pub(super) fn routes(
             &auth.identity_headers,
             errs,
         );
+        let match_rules = r.match_rules.and_then(|m| {
+            crate::policy::router::matching::compile(&format!("{base}.match"), m, errs)
+        });
         if errs.0.len() == before {
             out.push(Route {
                 id: 0,
@@ -157,6 +160,8 @@ pub(super) fn routes(
                 websocket,
                 compression,
                 transform,
+                match_rules,
+                priority: r.priority.unwrap_or(0),
             });
         }
     }

@@ -78,7 +78,7 @@ impl Tollgate {
         };
         if let Some(wanted) = Cors::preflight_method(req) {
             let origin = req.headers.get(&cors::ORIGIN).cloned();
-            if let Match::Route(r) = self.gw.router.find(host, &path, &wanted) {
+            if let Match::Route(r) = self.gw.router.find(host, &path, &wanted, req) {
                 if let (Some(policy), Some(origin)) = (&r.cors, origin) {
                     ctx.route = Some(r.id);
                     return match policy.preflight(&origin, &wanted) {
@@ -91,10 +91,13 @@ impl Tollgate {
                 }
             }
         }
-        let verdict = self.gw.router.find(host, &path, &req.method);
+        let verdict = self.gw.router.find(host, &path, &req.method, req);
         let bare = crate::policy::path::without_params(&path);
         if bare != path
-            && !router::same_verdict(&verdict, &self.gw.router.find(host, &bare, &req.method))
+            && !router::same_verdict(
+                &verdict,
+                &self.gw.router.find(host, &bare, &req.method, req),
+            )
         {
             let msg = "the request path has ';' parameters that would change which route it takes";
             return self

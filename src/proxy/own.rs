@@ -28,7 +28,7 @@ impl Tollgate {
             return false;
         };
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
-        match self.gw.router.find(host, &path, &req.method) {
+        match self.gw.router.find(host, &path, &req.method, req) {
             Match::Route(r) => r
                 .upstreams()
                 .all(|up| fastpath::carries(req, &self.gw.upstreams[up])),

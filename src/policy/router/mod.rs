@@ -1,15 +1,22 @@
-//! The route table: host, then the longest path prefix on a segment boundary, then method.
+//! The route table: host, then the longest path prefix on a segment boundary, then priority
+//! and `match` rules (headers, query, cookies: `matching`), then method.
 //!
 //! Compiled once at load. A lookup is at most (path depth + 1) hash probes per candidate host
-//! table, each on a slice of the request path: no allocation, no regex, no linear scan over
-//! routes.
+//! table, each on a slice of the request path, then a look at the routes sharing that host and
+//! prefix: no allocation, no linear scan over the table. A prefix none of whose routes' `match`
+//! rules hold yields to shorter prefixes and less specific hosts; a route without `match`
+//! costs what it did before rules existed.
 
+pub mod matching;
+#[cfg(test)]
+mod order_tests;
 mod target;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ahash::AHashMap;
 use http::{HeaderValue, Method};
+use pingora::http::RequestHeader;
 
 /// Index of an upstream in `Gateway::upstreams`.
 pub type UpstreamId = usize;
@@ -45,6 +52,10 @@ pub struct Route {
     /// Path rewrite, request header and query edits (`crate::policy::transform`); `None`:
     /// the route has none.
     pub transform: Option<Box<crate::policy::transform::Transform>>,
+    /// `match:` rules (all must hold); `None`: the route takes any request at its prefix.
+    pub match_rules: Option<Box<matching::MatchRules>>,
+    /// Among routes at one host and prefix, higher goes first (then more `match` rules).
+    pub priority: i32,
 }
 
 impl Route {
@@ -134,6 +145,20 @@ impl MethodSet {
         self.0 & other.0 != 0
     }
 
+    /// The `Allow` header value of this set, built once for every set.
+    fn allow_value(&self) -> &'static HeaderValue {
+        static VALUES: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+        let all = VALUES.get_or_init(|| {
+            (0..1u16 << METHODS.len())
+                .map(|bits| {
+                    HeaderValue::from_str(&MethodSet(bits).allow_header())
+                        .unwrap_or_else(|_| HeaderValue::from_static(""))
+                })
+                .collect()
+        });
+        &all[usize::from(self.0) & (all.len() - 1)]
+    }
+
     fn union(&self, other: &MethodSet) -> MethodSet {
         MethodSet(self.0 | other.0)
     }
@@ -152,11 +177,11 @@ impl MethodSet {
     pub const ALL_KNOWN: &'static str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 }
 
-/// The routes sharing one (host, prefix), and the `Allow` value when none admits the method.
+/// The routes sharing one (host, prefix): higher `priority` first, then more `match` rules,
+/// then file order.
 #[derive(Debug)]
 struct Group {
     routes: Vec<usize>,
-    allow: HeaderValue,
 }
 
 #[derive(Debug, Default)]
@@ -183,7 +208,8 @@ pub fn same_verdict(a: &Match, b: &Match) -> bool {
     }
 }
 
-/// Two routes that can never be told apart.
+/// Two routes that can never be told apart: same host, prefix, `match` and `priority`, and
+/// overlapping methods.
 #[derive(Debug)]
 pub struct Conflict {
     pub route: usize,
@@ -200,7 +226,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// Build the table. Routes with the same host and prefix must not share a method.
+    /// Build the table. Routes with the same host, prefix, `match` rules and priority must not
+    /// share a method.
     pub fn new(mut routes: Vec<Route>) -> Result<Router, Vec<Conflict>> {
         for (i, r) in routes.iter_mut().enumerate() {
             r.id = i;
@@ -217,15 +244,17 @@ impl Router {
             let group = table
                 .groups
                 .entry(route.prefix.as_str().into())
-                .or_insert_with(|| Group {
-                    routes: Vec::new(),
-                    allow: HeaderValue::from_static(""),
-                });
+                .or_insert_with(|| Group { routes: Vec::new() });
             for &j in &group.routes {
-                let clash = match (&routes[j].methods, &route.methods) {
+                let other = &routes[j];
+                let clash = match (&other.methods, &route.methods) {
                     (Some(a), Some(b)) => a.overlaps(b),
                     _ => true,
-                };
+                } && other.priority == route.priority
+                    && matching::same_rules(
+                        other.match_rules.as_deref(),
+                        route.match_rules.as_deref(),
+                    );
                 if clash {
                     conflicts.push(Conflict { route: i, other: j });
                 }
@@ -245,13 +274,12 @@ impl Router {
             .chain(std::iter::once(&mut r.any_host));
         for table in tables {
             for group in table.groups.values_mut() {
-                let set = group
-                    .routes
-                    .iter()
-                    .filter_map(|&i| routes[i].methods)
-                    .fold(MethodSet::default(), |a, b| a.union(&b));
-                group.allow = HeaderValue::from_str(&set.allow_header())
-                    .unwrap_or_else(|_| HeaderValue::from_static(""));
+                // Stable: file order breaks the remaining ties.
+                group.routes.sort_by_key(|&i| {
+                    let r = &routes[i];
+                    let rules = r.match_rules.as_ref().map_or(0, |m| m.len());
+                    (std::cmp::Reverse(r.priority), std::cmp::Reverse(rules))
+                });
             }
         }
         r.routes = routes;
@@ -263,51 +291,77 @@ impl Router {
     }
 
     /// Match a request. `host` is the Host header or authority (any case, port allowed);
-    /// `path` is the normalised path, without query.
-    pub fn find(&self, host: Option<&[u8]>, path: &str, method: &Method) -> Match<'_> {
+    /// `path` is the normalised path, without query; `req` is read only by `match` rules.
+    pub fn find(
+        &self,
+        host: Option<&[u8]>,
+        path: &str,
+        method: &Method,
+        req: &RequestHeader,
+    ) -> Match<'_> {
         let mut buf = [0u8; 253];
         let host = host.and_then(|h| host_key(h, &mut buf));
         if let Some(host) = host {
             if let Some(t) = self.exact.get(host) {
-                if let Some(m) = self.find_in(t, path, method) {
+                if let Some(m) = self.find_in(t, path, method, req) {
                     return m;
                 }
             }
             for (suffix, t) in &self.wildcard {
                 if host.len() > suffix.len() && host.ends_with(&**suffix) {
-                    if let Some(m) = self.find_in(t, path, method) {
+                    if let Some(m) = self.find_in(t, path, method, req) {
                         return m;
                     }
                 }
             }
         }
-        self.find_in(&self.any_host, path, method)
+        self.find_in(&self.any_host, path, method, req)
             .unwrap_or(Match::NotFound)
     }
 
-    fn find_in<'a>(&'a self, t: &'a PrefixTable, path: &str, method: &Method) -> Option<Match<'a>> {
+    fn find_in<'a>(
+        &'a self,
+        t: &'a PrefixTable,
+        path: &str,
+        method: &Method,
+        req: &RequestHeader,
+    ) -> Option<Match<'a>> {
         if t.groups.is_empty() {
             return None;
         }
         let mut candidate = path.strip_suffix('/').unwrap_or(path);
         loop {
             let key = if candidate.is_empty() { "/" } else { candidate };
-            if let Some(g) = t.groups.get(key) {
-                let hit = g
-                    .routes
-                    .iter()
-                    .map(|&i| &self.routes[i])
-                    .find(|r| r.methods.as_ref().is_none_or(|m| m.contains(method)));
-                return Some(match hit {
-                    Some(r) => Match::Route(r),
-                    None => Match::MethodNotAllowed(&g.allow),
-                });
+            if let Some(m) = t.groups.get(key).and_then(|g| self.pick(g, method, req)) {
+                return Some(m);
             }
             if candidate.is_empty() {
                 return None;
             }
-            candidate = &candidate[..candidate.rfind('/').unwrap_or(0)];
+            // A byte loop: segments are short, and `str::rfind` is not always inlined.
+            let cut = candidate.bytes().rposition(|b| b == b'/').unwrap_or(0);
+            candidate = &candidate[..cut];
         }
+    }
+
+    /// The first route of `g` whose `match` rules and method hold; 405 when some route's
+    /// rules hold but no such route takes the method (`Allow`: their methods); `None` when
+    /// no route's rules hold, so that a shorter prefix is tried.
+    fn pick<'a>(&'a self, g: &Group, method: &Method, req: &RequestHeader) -> Option<Match<'a>> {
+        let mut allow: Option<MethodSet> = None;
+        for &i in &g.routes {
+            let r = &self.routes[i];
+            if r.match_rules.as_ref().is_some_and(|m| !m.holds(req)) {
+                continue;
+            }
+            match r.methods {
+                Some(m) if !m.contains(method) => {
+                    allow = Some(allow.unwrap_or_default().union(&m));
+                }
+                _ => return Some(Match::Route(r)),
+            }
+        }
+        allow.map(|a| Match::MethodNotAllowed(a.allow_value()))
     }
 }
 
@@ -405,10 +459,18 @@ pub(crate) mod tests {
             websocket: None,
             compression: None,
             transform: None,
+            match_rules: None,
+            priority: 0,
         }
     }
 
-    fn name(m: Match) -> String {
+    /// `Router::find` for a request with no headers.
+    fn find<'a>(r: &'a Router, host: Option<&[u8]>, path: &str, method: &Method) -> Match<'a> {
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        r.find(host, path, method, &req)
+    }
+
+    pub(crate) fn name(m: Match) -> String {
         match m {
             Match::Route(r) => r.name.to_string(),
             Match::MethodNotAllowed(a) => format!("405 {}", a.to_str().unwrap()),
@@ -425,13 +487,13 @@ pub(crate) mod tests {
         ])
         .unwrap();
         let get = Method::GET;
-        assert_eq!(name(r.find(None, "/api", &get)), "api");
-        assert_eq!(name(r.find(None, "/api/", &get)), "api");
-        assert_eq!(name(r.find(None, "/apix", &get)), "root");
-        assert_eq!(name(r.find(None, "/api/users", &get)), "users");
-        assert_eq!(name(r.find(None, "/api/users/7", &get)), "users");
-        assert_eq!(name(r.find(None, "/api/usersx", &get)), "api");
-        assert_eq!(name(r.find(None, "/", &get)), "root");
+        assert_eq!(name(find(&r, None, "/api", &get)), "api");
+        assert_eq!(name(find(&r, None, "/api/", &get)), "api");
+        assert_eq!(name(find(&r, None, "/apix", &get)), "root");
+        assert_eq!(name(find(&r, None, "/api/users", &get)), "users");
+        assert_eq!(name(find(&r, None, "/api/users/7", &get)), "users");
+        assert_eq!(name(find(&r, None, "/api/usersx", &get)), "api");
+        assert_eq!(name(find(&r, None, "/", &get)), "root");
     }
 
     #[test]
@@ -445,14 +507,14 @@ pub(crate) mod tests {
         .unwrap();
         let get = Method::GET;
         assert_eq!(
-            name(r.find(Some(b"API.example.com:8080"), "/", &get)),
+            name(find(&r, Some(b"API.example.com:8080"), "/", &get)),
             "exact"
         );
-        assert_eq!(name(r.find(Some(b"www.example.com"), "/", &get)), "wild");
-        assert_eq!(name(r.find(Some(b"a.eu.example.com"), "/", &get)), "deep");
-        assert_eq!(name(r.find(Some(b"example.com"), "/", &get)), "404");
-        assert_eq!(name(r.find(Some(b"example.com"), "/x/y", &get)), "any");
-        assert_eq!(name(r.find(None, "/x", &get)), "any");
+        assert_eq!(name(find(&r, Some(b"www.example.com"), "/", &get)), "wild");
+        assert_eq!(name(find(&r, Some(b"a.eu.example.com"), "/", &get)), "deep");
+        assert_eq!(name(find(&r, Some(b"example.com"), "/", &get)), "404");
+        assert_eq!(name(find(&r, Some(b"example.com"), "/x/y", &get)), "any");
+        assert_eq!(name(find(&r, None, "/x", &get)), "any");
     }
 
     #[test]
@@ -462,16 +524,16 @@ pub(crate) mod tests {
             route("write", None, "/items", Some(&["POST", "PUT"])),
         ])
         .unwrap();
-        assert_eq!(name(r.find(None, "/items", &Method::GET)), "read");
-        assert_eq!(name(r.find(None, "/items", &Method::HEAD)), "read");
-        assert_eq!(name(r.find(None, "/items/1", &Method::PUT)), "write");
+        assert_eq!(name(find(&r, None, "/items", &Method::GET)), "read");
+        assert_eq!(name(find(&r, None, "/items", &Method::HEAD)), "read");
+        assert_eq!(name(find(&r, None, "/items/1", &Method::PUT)), "write");
         assert_eq!(
-            name(r.find(None, "/items", &Method::DELETE)),
+            name(find(&r, None, "/items", &Method::DELETE)),
             "405 GET, HEAD, POST, PUT"
         );
         let ext = Method::from_bytes(b"PURGE").unwrap();
         assert_eq!(
-            name(r.find(None, "/items", &ext)),
+            name(find(&r, None, "/items", &ext)),
             "405 GET, HEAD, POST, PUT"
         );
     }
