@@ -28,7 +28,7 @@ run_oha() {
     scenario_args "$name"
     taskset -c "$LOADGEN_CPU" oha --no-tui "${fmt[@]}" --latency-correction -q "$rate" \
         -z "$LAT_DURATION" -c "$LAT_CONNS" "${ARGS[@]}" \
-        "http://127.0.0.1:${SC_PORT[$name]}${SC_PATH[$name]}" >"$out" 2>"$out.err" ||
+        "${SC_SCHEME[$name]}://127.0.0.1:${SC_PORT[$name]}${SC_PATH[$name]}" >"$out" 2>"$out.err" ||
         { cat "$out.err" >&2; die "oha failed against $name"; }
 }
 

@@ -11,6 +11,7 @@
 #   throughput  closed loop (wrk), every target at each CONNS: req/s, latency, CPU/request
 #   latency     open loop (oha --latency-correction -q) at LAT_LOAD % of each proxy's maximum
 #               and the same rate at the upstream directly: the proxy's added p99
+#   (TLS=1 adds nginx-prod and tollgate-prod: the API-key route over TLS 1.3 with a combined log)
 #   memory      RSS of each proxy holding IDLE_CONNS idle keep-alive client connections
 #   keys        tollgate's RSS growth over KEYS distinct rate-limiter keys
 #
@@ -55,6 +56,8 @@ READY_TIMEOUT=${READY_TIMEOUT:-30}      # seconds a service gets to answer
 KEEP_TMP=${KEEP_TMP:-0}           # 1: keep the temp dir (configs, logs, wrk output)
 ACCESS_LOG=${ACCESS_LOG:-off}     # combined: both proxies write a combined access log to a file in the temp dir;
                                   # both: as off, plus nginx-apikey-log and tollgate-apikey-log (second instances that log)
+TLS=${TLS:-0}                     # 1: also nginx-prod and tollgate-prod: the API-key route over TLS 1.3
+                                  # (ECDSA P-256) with a combined access log to a file, the production shape
 PARTS=${PARTS:-"throughput latency memory keys"}
 LAT_DURATION=${LAT_DURATION:-10s} # one open-loop oha run
 LAT_REPS=${LAT_REPS:-3}           # open-loop runs per target (each paired with a direct run)
@@ -416,7 +419,7 @@ wait_http() {
             show_logs "$@"
             die "$name exited while starting (exit status $status; output in $1)"
         fi
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null) || true
+        code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null) || true
         [[ $code == 200 ]] && return 0
         if ((SECONDS >= deadline)); then
             show_logs "$@"
@@ -455,8 +458,8 @@ start_upstream() {
     log "upstream nginx ready on :$UPSTREAM_PORT (pid $UPSTREAM_PID, cpu $LOADGEN_CPU)"
 }
 
-start_nginx_proxy() { # start_nginx_proxy [PORT LOG TAG]: LOG on|off, TAG names a second instance
-    local port=${1:-$NGINX_PORT} logged=${2:-$ACCESS_LOG} tag=${3:-}
+start_nginx_proxy() { # start_nginx_proxy [PORT LOG TAG TLS]: LOG on|off, TAG names a second instance
+    local port=${1:-$NGINX_PORT} logged=${2:-$ACCESS_LOG} tag=${3:-} tls=${4:-0} scheme=http
     local conf="$TMP/nginx$tag.conf" pid
     mkdir -p "$TMP/nginx_tmp"
     render proxy.nginx.conf "$conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
@@ -469,11 +472,16 @@ start_nginx_proxy() { # start_nginx_proxy [PORT LOG TAG]: LOG on|off, TAG names 
     fi
     # A second instance: its own pid file.
     [[ -z $tag ]] || sed -i "s|^pid .*;|pid $TMP/nginx$tag.pid;|" "$conf"
+    if [[ $tls == 1 ]]; then
+        sed -i "s|^        listen 127.0.0.1:$port backlog=4096;|        listen 127.0.0.1:$port ssl backlog=4096; ssl_certificate $TMP/tls.pem; ssl_certificate_key $TMP/tls.key; ssl_protocols TLSv1.3;|" "$conf"
+        grep -q "ssl_certificate" "$conf" || die "proxy.nginx.conf: no listen line to put TLS on"
+        scheme=https
+    fi
     nginx -t -q -p "$TMP" -e "$TMP/nginx$tag.error.log" -c "$conf" ||
         die "proxy nginx config rejected (see above; $conf)"
     start_bg "nginx$tag" "$PROXY_CPU" TERM nginx -p "$TMP" -e "$TMP/nginx$tag.error.log" -c "$conf"
     pid=$LAST_PID
-    wait_http "nginx proxy$tag" "$pid" "http://127.0.0.1:$port/bench" \
+    wait_http "nginx proxy$tag" "$pid" "$scheme://127.0.0.1:$port/bench" \
         "$TMP/nginx$tag.out" "$TMP/nginx$tag.error.log"
     # The master only supervises; the worker does the proxying, so its CPU and
     # RSS are what compares with tollgate's single process.
@@ -484,8 +492,8 @@ start_nginx_proxy() { # start_nginx_proxy [PORT LOG TAG]: LOG on|off, TAG names 
     log "nginx proxy$tag ready on :$port (master $pid, worker $workers, cpu $PROXY_CPU)"
 }
 
-start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG]: as start_nginx_proxy
-    local port=${1:-$TOLLGATE_PORT} admin=${2:-$TOLLGATE_ADMIN_PORT} logged=${3:-$ACCESS_LOG} tag=${4:-}
+start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG TLS]: as start_nginx_proxy
+    local port=${1:-$TOLLGATE_PORT} admin=${2:-$TOLLGATE_ADMIN_PORT} logged=${3:-$ACCESS_LOG} tag=${4:-} tls=${5:-0}
     local conf="$TMP/tollgate$tag.yaml" pid
     render tollgate.yaml "$conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
         TOLLGATE_PORT="$port" TOLLGATE_ADMIN_PORT="$admin" API_KEY="$API_KEY"
@@ -496,6 +504,10 @@ start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG]: as start_nginx_pr
     fi
     # A second instance: its own pid file and upgrade socket.
     [[ -z $tag ]] || sed -i "s|tollgate.pid|tollgate$tag.pid|; s|tollgate_upgrade.sock|tollgate$tag""_upgrade.sock|" "$conf"
+    if [[ $tls == 1 ]]; then
+        sed -i "s|^listen: \[\"127.0.0.1:$port\"\]|listen: [{address: \"127.0.0.1:$port\", tls: {cert: \"$TMP/tls.pem\", key: \"$TMP/tls.key\", min_version: \"1.3\"}}]|" "$conf"
+        grep -q "tls.pem" "$conf" || die "tollgate.yaml: no listen line to put TLS on"
+    fi
     # The JWT scenario's token, minted by tollgate itself from the same config.
     JWT=$("$TG_BIN" token -c "$conf" --auth tokens --sub bench --ttl 24h) ||
         die "tollgate token failed"
@@ -545,16 +557,17 @@ start_haproxy() {
 # --auth: the smoke test also checks that the same request without the -H
 # headers (the credential) is refused with 401: the policy is really applied.
 SCENARIOS=()
-declare -A SC_PORT SC_ARGS SC_VS SC_PIDS SC_BASE SC_PATH SC_AUTH
+declare -A SC_PORT SC_ARGS SC_VS SC_PIDS SC_BASE SC_PATH SC_AUTH SC_SCHEME
 
 scenario() {
-    local vs=nginx base="" path=/bench auth=0
+    local vs=nginx base="" path=/bench auth=0 scheme=http
     while [[ ${1:-} == --* ]]; do
         case $1 in
             --vs) vs=$2 ;;
             --base) base=$2 ;;
             --path) path=$2 ;;
             --auth) auth=1 && shift && continue ;;
+            --tls) scheme=https && shift && continue ;;
             *) die "scenario: unknown option $1" ;;
         esac
         shift 2
@@ -567,6 +580,7 @@ scenario() {
     SC_BASE[$name]=$base
     SC_PATH[$name]=$path
     SC_AUTH[$name]=$auth
+    SC_SCHEME[$name]=$scheme
     SC_PIDS[$name]=${PIDS_ON_PORT[$port]:-} # empty: no proxy to measure (direct)
     SC_ARGS[$name]=""
     if (($#)); then SC_ARGS[$name]=$(printf '%q ' "$@"); fi
@@ -580,7 +594,7 @@ scenario_args() { # scenario_args NAME — sets the array ARGS
 # Before measuring anything: one request per scenario must be a 200 with the
 # upstream's exact body, so a gateway answering 404s fast is caught here.
 smoke() {
-    local name=$1 url="http://127.0.0.1:${SC_PORT[$1]}${SC_PATH[$1]}" curl_args=() i code body
+    local name=$1 url="${SC_SCHEME[$1]}://127.0.0.1:${SC_PORT[$1]}${SC_PATH[$1]}" curl_args=(-k) i code body
     scenario_args "$name"
     for ((i = 0; i < ${#ARGS[@]}; i++)); do # pass wrk's -H headers on to curl
         if [[ ${ARGS[i]} == -H || ${ARGS[i]} == --header ]]; then
@@ -594,7 +608,7 @@ smoke() {
         die "$name does not proxy correctly; not measuring it"
     fi
     if [[ ${SC_AUTH[$name]} == 1 ]]; then
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url") || true
+        code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 5 "$url") || true
         [[ $code == 401 ]] || die "$name: without its credential GET $url answered $code, not 401: the policy is not applied"
     fi
 }
@@ -604,7 +618,7 @@ run_wrk() {
     local name=$1 conns=$2 dur=$3 out=$4
     scenario_args "$name"
     if ! taskset -c "$LOADGEN_CPU" wrk -t1 -c"$conns" -d"$dur" --latency "${ARGS[@]}" \
-        "http://127.0.0.1:${SC_PORT[$name]}${SC_PATH[$name]}" >"$out" 2>&1; then
+        "${SC_SCHEME[$name]}://127.0.0.1:${SC_PORT[$name]}${SC_PATH[$name]}" >"$out" 2>&1; then
         cat "$out" >&2
         die "wrk failed against $name"
     fi
@@ -789,9 +803,10 @@ main() {
     HAPROXY_MAXCONN=$(((nofile - 100) / 2 < WORKER_CONNECTIONS ? (nofile - 100) / 2 : WORKER_CONNECTIONS))
 
     local ports
-    ports=$(free_ports 10)
+    ports=$(free_ports 13)
     read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT HAPROXY_PORT BARE_PORT \
-        FLOOR_PORT NGINX_LOG_PORT TOLLGATE_LOG_PORT TOLLGATE_LOG_ADMIN_PORT <<<"$ports"
+        FLOOR_PORT NGINX_LOG_PORT TOLLGATE_LOG_PORT TOLLGATE_LOG_ADMIN_PORT NGINX_PROD_PORT \
+        TOLLGATE_PROD_PORT TOLLGATE_PROD_ADMIN_PORT <<<"$ports"
 
     start_upstream
     # ACCESS_LOG=both: the plain instances without a log, and a second of each with one.
@@ -802,6 +817,15 @@ main() {
     [[ $SKIP_TOLLGATE == 1 ]] || start_tollgate "$TOLLGATE_PORT" "$TOLLGATE_ADMIN_PORT" "$first_log"
     [[ $SKIP_TOLLGATE == 1 || $ACCESS_LOG != both ]] ||
         start_tollgate "$TOLLGATE_LOG_PORT" "$TOLLGATE_LOG_ADMIN_PORT" combined -log
+    if [[ $TLS == 1 ]]; then
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+            -keyout "$TMP/tls.key" -out "$TMP/tls.pem" >/dev/null 2>&1 || die "openssl req failed"
+        chmod 0644 "$TMP/tls.key" # nginx workers run unprivileged when started as root
+        start_nginx_proxy "$NGINX_PROD_PORT" combined -prod 1
+        [[ $SKIP_TOLLGATE == 1 ]] ||
+            start_tollgate "$TOLLGATE_PROD_PORT" "$TOLLGATE_PROD_ADMIN_PORT" combined -prod 1
+    fi
     [[ $SKIP_TOLLGATE == 1 || $SKIP_BARE == 1 ]] || start_example pingora "$BARE_BIN" "$BARE_PORT"
     [[ $SKIP_TOLLGATE == 1 || $SKIP_FLOOR == 1 ]] || start_example h1-floor "$FLOOR_BIN" "$FLOOR_PORT"
     [[ $HAVE_HAPROXY == 0 ]] || start_haproxy
@@ -836,6 +860,15 @@ main() {
         if [[ $SKIP_TOLLGATE != 1 ]]; then
             scenario --vs nginx-apikey-log --base tollgate-apikey --path /api/bench --auth \
                 tollgate-apikey-log "$TOLLGATE_LOG_PORT" -H "$key_hdr"
+        fi
+    fi
+
+    if [[ $TLS == 1 ]]; then
+        # The production shape: TLS 1.3, a combined access log, the API key and limit.
+        scenario --tls --base nginx-apikey --path /api/bench --auth nginx-prod "$NGINX_PROD_PORT" -H "$key_hdr"
+        if [[ $SKIP_TOLLGATE != 1 ]]; then
+            scenario --tls --vs nginx-prod --base tollgate-apikey --path /api/bench --auth \
+                tollgate-prod "$TOLLGATE_PROD_PORT" -H "$key_hdr"
         fi
     fi
 
