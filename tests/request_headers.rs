@@ -120,6 +120,34 @@ fn an_underscored_api_key_header_under_drop_is_a_config_error() {
     assert!(out.contains("underscores_in_headers"), "{out}");
 }
 
+/// A route rule on a client header whose name has an underscore could never hold under
+/// `drop` (the header is gone before routing): refused with its key path, accepted under
+/// `allow`.
+#[test]
+fn an_underscored_match_or_sticky_header_under_drop_is_a_config_error() {
+    let up = echo("up");
+    let yaml = format!(
+        "listen: [\"127.0.0.1:{}\"]\n\
+         upstreams: {{a: {{targets: [\"{up}\"]}}, b: {{targets: [\"{up}\"]}}}}\n\
+         routes:\n\
+         \x20 - {{name: canary, path_prefix: /, upstream: a, match: {{headers: {{X_Env: canary}}}}}}\n\
+         \x20 - {{name: rest, path_prefix: /, split: [{{upstream: a}}, {{upstream: b}}], sticky: \"header:X_User\"}}\n",
+        free_port()
+    );
+    let (code, out) = check_config(&yaml);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("routes[0].match.headers.X_Env: \"X_Env\" has an underscore"),
+        "{out}"
+    );
+    assert!(
+        out.contains("routes[1].sticky: \"X_User\" has an underscore"),
+        "{out}"
+    );
+    let (code, out) = check_config(&format!("{yaml}underscores_in_headers: allow\n"));
+    assert_eq!(code, 0, "{out}");
+}
+
 /// `Content-Length: 05` reaches the upstream as `5`, with its 5 bytes, on both listeners
 /// (a body is always Pingora's session's to read).
 #[test]

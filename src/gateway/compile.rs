@@ -99,6 +99,38 @@ fn underscored_key_headers(
 
 /// An `mtls` provider admits nobody unless some listener asks clients for a certificate: a
 /// config error at the provider (unless a listener's own errors explain it).
+/// A route rule that reads a client header whose name has an underscore (a `match` header, a
+/// `sticky: header:NAME`), where `underscores_in_headers: drop` removes such headers before
+/// routing: the rule could never see one, so it is refused rather than silently never held.
+fn underscored_route_headers(
+    policy: super::file::Underscores,
+    routes: &[Option<super::file::RouteFile>],
+    errs: &mut ConfigErrors,
+) {
+    if policy != super::file::Underscores::Drop {
+        return;
+    }
+    let why = |name: &str| {
+        format!(
+            "{name:?} has an underscore, and underscores_in_headers: drop (the default) removes \
+             such request headers before routing: name it with a dash, or set \
+             underscores_in_headers: allow"
+        )
+    };
+    for (i, r) in routes.iter().enumerate() {
+        let Some(r) = r else { continue };
+        let headers = r.match_rules.iter().flat_map(|m| m.headers.keys());
+        for name in headers.filter(|n| n.contains('_')) {
+            errs.push(format!("routes[{i}].match.headers.{name}"), why(name));
+        }
+        if let Some(name) = r.sticky.as_deref().and_then(|s| s.strip_prefix("header:")) {
+            if name.contains('_') {
+                errs.push(format!("routes[{i}].sticky"), why(name));
+            }
+        }
+    }
+}
+
 fn mtls_needs_client_auth(
     listen: &[crate::listen::Listener],
     auth: &crate::policy::auth::Auth,
@@ -147,6 +179,7 @@ pub fn compile(
     }
     let underscores = file.underscores_in_headers.unwrap_or_default();
     underscored_key_headers(underscores, &file.auth, errs);
+    underscored_route_headers(underscores, &file.routes, errs);
     let state_dir = state_dir(file.state_dir, errs);
     let auth = crate::policy::auth::config::compile(file.consumers, file.auth, &state_dir, errs);
     mtls_needs_client_auth(&listen, &auth, errs);
