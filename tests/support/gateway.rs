@@ -70,7 +70,20 @@ impl Gateway {
         (gw, addr)
     }
 
+    /// A port is free when `free_port` hands it out, but anything on the machine (another
+    /// test's gateway or backend, a client's source port) may take it before the gateway
+    /// binds it; the gateway then waits for it, and a test could talk to whatever holds it.
+    /// Such a start is abandoned and made again on fresh ports.
     fn start_full(body: &str, env: &[(&str, &str)], extra_listen: &str) -> Gateway {
+        for _ in 0..4 {
+            if let Some(gw) = Self::try_start(body, env, extra_listen) {
+                return gw;
+            }
+        }
+        panic!("tollgate found a port taken at every start");
+    }
+
+    fn try_start(body: &str, env: &[(&str, &str)], extra_listen: &str) -> Option<Gateway> {
         let dir = tempfile::tempdir().unwrap();
         // Ports the extra listeners took are not free to take again, though they are unbound.
         let fresh = |taken: &str| loop {
@@ -106,15 +119,20 @@ impl Gateway {
             log,
             extra_listen: extra_listen.to_owned(),
         };
-        gw.wait_ready();
-        gw
+        gw.wait_ready().then_some(gw)
     }
 
-    fn wait_ready(&mut self) {
+    /// Whether the gateway came up on its own ports (`false`: one was taken; it is stopped).
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("tollgate exited early ({status}):\n{}", self.logs());
+            }
+            if self.logs().contains(" is in use, will try again") {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return false;
             }
             let admin_ok = request(
                 self.admin,
@@ -122,8 +140,8 @@ impl Gateway {
             )
             .map(|r| r.status == 200)
             .unwrap_or(false);
-            if admin_ok && TcpStream::connect(self.addr).is_ok() {
-                return;
+            if admin_ok && listens_on(self.child.id(), self.addr.port()) {
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
@@ -278,6 +296,29 @@ fn listening(yaml: String, addr: SocketAddr, extra: &str) -> String {
 }
 
 /// Run the gateway on `body`, expecting it to refuse to start: its stderr.
+/// Whether process `pid` itself holds a listening TCP socket on `port` (so a connection there
+/// reaches it, not whatever else took the port): its socket inodes against /proc/net/tcp.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: Vec<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = format!(":{port:04X}");
+    tcp.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // local address, state (0A: LISTEN), inode
+        f.len() > 9 && f[1].ends_with(&port) && f[3] == "0A" && inodes.iter().any(|i| i == f[9])
+    })
+}
+
 pub fn start_fails(body: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("tollgate.yaml");
