@@ -242,6 +242,27 @@ pub fn join_cookie_crumbs(h: &mut HeaderMap) -> Result<()> {
     Ok(())
 }
 
+/// The `name=value` pairs of a request's `Cookie` header(s) (RFC 6265 §5.4), trimmed; a
+/// piece without `=` is not a pair.
+pub fn cookies(h: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    h.get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
+        })
+}
+
+/// Whether `name` can be a cookie's name (an RFC 6265 token: no controls, spaces or
+/// separators).
+pub fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name
+            .bytes()
+            .any(|b| b <= b' ' || b >= 0x7f || b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
 /// The comma-separated tokens of a header value (`Connection`, `Transfer-Encoding`), trimmed.
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value

@@ -45,12 +45,7 @@ impl Sticky {
                 Ok(n) => Some(Sticky::Header(n)),
                 Err(_) => bad(errs, "not a valid header name"),
             },
-            Some(("cookie", name))
-                if !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) =>
-            {
+            Some(("cookie", name)) if crate::headers::valid_cookie_name(name) => {
                 Some(Sticky::Cookie(name.to_owned()))
             }
             Some(("cookie", _)) => bad(errs, "not a valid cookie name"),
@@ -131,15 +126,7 @@ impl Split {
 
 /// The value of cookie `name` in the request's `Cookie` header(s), if any.
 fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
-        })
+    crate::headers::cookies(headers).find_map(|(k, v)| (k == name.as_bytes()).then_some(v))
 }
 
 #[cfg(test)]

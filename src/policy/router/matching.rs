@@ -17,6 +17,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::config::ConfigErrors;
+use crate::policy::path::form_decode;
 
 /// `match:` as the file says it: name → value, `~regex`, `"!"` (absent) or `=literal`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -225,49 +226,13 @@ fn query_holds(query: Option<&str>, name: &[u8], t: &Test) -> bool {
     let pairs = query.unwrap_or("").split('&').filter(|p| !p.is_empty());
     t.admits(pairs.filter_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (*percent_decode(k.as_bytes()) == *name).then(|| percent_decode(v.as_bytes()))
+        (*form_decode(k.as_bytes()) == *name).then(|| form_decode(v.as_bytes()))
     }))
 }
 
 fn cookie_holds(headers: &HeaderMap, name: &[u8], t: &Test) -> bool {
-    let pairs = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|h| h.as_bytes().split(|&b| b == b';'));
-    t.admits(pairs.filter_map(|pair| {
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        (pair[..eq].trim_ascii() == name).then(|| Cow::Borrowed(pair[eq + 1..].trim_ascii()))
-    }))
-}
-
-/// `%XX` escapes decoded and `+` read as a space (form encoding); a malformed escape stays
-/// as it is. Borrowed unless there is something to decode.
-fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
-    if !s.iter().any(|&b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(s);
-    }
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'%' => match (
-                s.get(i + 1).and_then(|&b| hex(b)),
-                s.get(i + 2).and_then(|&b| hex(b)),
-            ) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(out)
+    let pairs = crate::headers::cookies(headers);
+    t.admits(pairs.filter_map(|(k, v)| (k == name).then_some(Cow::Borrowed(v))))
 }
 
 /// Compile `match:` at `base` (`routes[2].match`); `None` when it has no rules or an error
@@ -303,11 +268,7 @@ pub fn compile(base: &str, file: MatchFile, errs: &mut ConfigErrors) -> Option<B
     let cookies = named(
         &format!("{base}.cookies"),
         &file.cookies,
-        |k| {
-            k.bytes()
-                .any(|b| b <= b' ' || b == 0x7f || b"=;,\"\\".contains(&b))
-                .then_some("is not a valid cookie name")
-        },
+        |k| (!crate::headers::valid_cookie_name(k)).then_some("is not a valid cookie name"),
         errs,
     );
     if errs.0.len() > before {

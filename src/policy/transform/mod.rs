@@ -97,42 +97,7 @@ impl QueryEdits {
 /// Whether a raw query name (`%`-escapes and `+` for space) reads as `want`: `debu%67` is
 /// `debug`, so a client cannot keep a removed parameter by spelling it another way.
 fn decoded_eq(raw: &str, want: &str) -> bool {
-    let (raw, want) = (raw.as_bytes(), want.as_bytes());
-    let (mut i, mut j) = (0, 0);
-    while i < raw.len() {
-        let c = match raw[i] {
-            b'%' => {
-                // Two hex digits (not `from_str_radix` alone, which takes a sign: `%+1`).
-                let hex = raw
-                    .get(i + 1..i + 3)
-                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                    .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-                match hex {
-                    Some(c) => {
-                        i += 3;
-                        c
-                    }
-                    None => {
-                        i += 1;
-                        b'%'
-                    }
-                }
-            }
-            b'+' => {
-                i += 1;
-                b' '
-            }
-            c => {
-                i += 1;
-                c
-            }
-        };
-        if want.get(j) != Some(&c) {
-            return false;
-        }
-        j += 1;
-    }
-    j == want.len()
+    *crate::policy::path::form_decode(raw.as_bytes()) == *want.as_bytes()
 }
 
 /// A query component, escaped: unreserved characters as they are, every other byte `%XX`.
