@@ -166,14 +166,15 @@ fn bad_target(e: impl std::error::Error + Send + Sync + 'static) -> Box<pingora:
 }
 
 /// Set the forwarding headers of an upstream request. `tls`: the client reached a TLS
-/// listener (`X-Forwarded-Proto: https`, whatever the client sent).
+/// listener (`X-Forwarded-Proto: https`, whatever the client sent). Returns the client
+/// address as a header value (X-Real-IP's), for whatever else names it.
 pub fn forwarding(
     h: &mut impl Edit,
     tls: bool,
     peer_ip: Option<IpAddr>,
     client_ip: Option<IpAddr>,
     request_id: &HeaderValue,
-) -> Result<()> {
+) -> Result<Option<HeaderValue>> {
     let peer_value = peer_ip.map(ip_value);
     if let Some(peer) = &peer_value {
         // Append the socket peer to whatever chain the client sent, as nginx's
@@ -199,12 +200,12 @@ pub fn forwarding(
         };
         h.insert(&X_FORWARDED_FOR, xff);
     }
-    if let Some(ip) = client_ip {
-        let value = match &peer_value {
-            Some(v) if peer_ip == Some(ip) => v.clone(),
-            _ => ip_value(ip),
-        };
-        h.insert(&X_REAL_IP, value);
+    let real_ip = client_ip.map(|ip| match &peer_value {
+        Some(v) if peer_ip == Some(ip) => v.clone(),
+        _ => ip_value(ip),
+    });
+    if let Some(value) = &real_ip {
+        h.insert(&X_REAL_IP, value.clone());
     }
     let proto = if tls { &HTTPS } else { &HTTP };
     h.insert(&X_FORWARDED_PROTO, proto.clone());
@@ -213,7 +214,7 @@ pub fn forwarding(
         None => h.remove(&X_FORWARDED_HOST),
     }
     h.insert(&X_REQUEST_ID, request_id.clone());
-    Ok(())
+    Ok(real_ip)
 }
 
 /// Join an HTTP/2 request's `cookie` fields into one, separated by `"; "`, before it goes

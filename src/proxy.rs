@@ -170,7 +170,7 @@ impl Tollgate {
     /// The upstream request's headers: forwarding, the caller's identity in place of its
     /// credential, then the route's `request_headers` edits.
     fn forwarded(&self, tls: bool, h: &mut impl headers::Edit, ctx: &Ctx) -> Result<()> {
-        headers::forwarding(h, tls, ctx.peer_ip, ctx.client_ip, &ctx.request_id)?;
+        let client_ip = headers::forwarding(h, tls, ctx.peer_ip, ctx.client_ip, &ctx.request_id)?;
         crate::policy::auth::forward(&self.gw.auth, ctx.identity.as_ref(), h);
         let route = self.route(ctx);
         if let Some(edits) = route.and_then(|r| r.transform.as_ref()?.request.as_ref()) {
@@ -179,7 +179,7 @@ impl Tollgate {
                 false => None,
             };
             let vars = crate::policy::transform::Vars {
-                client_ip: ctx.client_ip,
+                client_ip: client_ip.as_ref(),
                 identity: ctx.identity.as_ref(),
                 request_id: &ctx.request_id,
                 host: host.as_ref(),

@@ -6,8 +6,6 @@
 //! `$$` is a literal `$`. A value whose variable has nothing this request (no consumer, no
 //! such claim) is absent, and its header is not set.
 
-use std::net::IpAddr;
-
 use bytes::Bytes;
 use http::HeaderValue;
 
@@ -18,7 +16,8 @@ pub const VARIABLES: &str = "$client_ip, $consumer, $request_id, $route, $claim.
 
 /// What a request knows that a template may name.
 pub struct Vars<'a> {
-    pub client_ip: Option<IpAddr>,
+    /// The client's address as a header value (the one X-Real-IP gets).
+    pub client_ip: Option<&'a HeaderValue>,
     pub identity: Option<&'a crate::policy::auth::Identity>,
     pub request_id: &'a HeaderValue,
     /// The client's `Host` (or HTTP/2 authority).
@@ -120,7 +119,7 @@ impl Template {
         if let [one] = &*self.parts {
             // A value that is one variable: that value itself, no copy.
             return match one {
-                Part::ClientIp => v.client_ip.map(crate::headers::ip_value),
+                Part::ClientIp => v.client_ip.cloned(),
                 Part::Consumer => v.identity?.consumer.clone(),
                 Part::RequestId => Some(v.request_id.clone()),
                 Part::Host => v.host.cloned(),
@@ -132,13 +131,7 @@ impl Template {
         for p in &*self.parts {
             match p {
                 Part::Literal(l) => out.extend_from_slice(l),
-                Part::ClientIp => match v.client_ip? {
-                    IpAddr::V4(v4) => {
-                        let (buf, n) = crate::headers::ipv4_text(v4);
-                        out.extend_from_slice(&buf[..n]);
-                    }
-                    ip @ IpAddr::V6(_) => out.extend_from_slice(ip.to_string().as_bytes()),
-                },
+                Part::ClientIp => out.extend_from_slice(v.client_ip?.as_bytes()),
                 Part::Consumer => out.extend_from_slice(v.identity?.consumer.as_ref()?.as_bytes()),
                 Part::RequestId => out.extend_from_slice(v.request_id.as_bytes()),
                 Part::Host => out.extend_from_slice(v.host?.as_bytes()),
@@ -207,8 +200,9 @@ mod tests {
         let t = Template::compile(text, "api").unwrap();
         let rid = HeaderValue::from_static("rid1");
         let host = HeaderValue::from_static("shop.test");
+        let ip = HeaderValue::from_static("10.1.2.3");
         let v = Vars {
-            client_ip: Some("10.1.2.3".parse().unwrap()),
+            client_ip: Some(&ip),
             identity: id,
             request_id: &rid,
             host: Some(&host),
