@@ -19,6 +19,9 @@ enum To {
 #[derive(Debug, Clone)]
 pub struct Rewrite {
     regex: Regex,
+    /// `Some(literal)` when the regex is `^literal(.*)$` (the common "move this prefix"):
+    /// matching is then a prefix test and group 1 the rest, with no regex run.
+    prefix: Option<Box<str>>,
     to: Box<[To]>,
 }
 
@@ -90,8 +93,10 @@ impl Rewrite {
             parts.push(To::Literal(lit.into()));
         }
         statically_safe(&parts).map_err(|why| error("to", why))?;
+        let prefix = literal_prefix(regex.as_str());
         Ok(Rewrite {
             regex,
+            prefix,
             to: parts.into(),
         })
     }
@@ -99,23 +104,74 @@ impl Rewrite {
     /// The rewritten, normalised path; `Ok(None)` when the regex does not match `path` (it
     /// then goes upstream as it is).
     pub fn apply(&self, path: &str) -> Result<Option<String>, PathError> {
-        let Some(caps) = self.regex.captures(path) else {
-            return Ok(None);
-        };
-        // Room for the query the caller appends.
-        let mut out = String::with_capacity(path.len() + 64);
-        for p in &*self.to {
-            match p {
-                To::Literal(l) => out.push_str(l),
-                To::Group(g) => out.push_str(caps.get(*g).map_or("", |m| m.as_str())),
+        let rest = self.prefix.as_deref().map(|p| path.strip_prefix(p));
+        let out = match rest {
+            // `.` does not match a line feed (a normalised path has none).
+            Some(Some(rest)) if !rest.contains('\n') => {
+                self.render(path.len(), |g| [path, rest][g])
             }
-        }
+            Some(None) => return Ok(None),
+            _ => {
+                let Some(caps) = self.regex.captures(path) else {
+                    return Ok(None);
+                };
+                self.render(path.len(), |g| caps.get(g).map_or("", |m| m.as_str()))
+            }
+        };
         let normal = match normalise(&out)? {
             std::borrow::Cow::Owned(n) => Some(n),
             std::borrow::Cow::Borrowed(_) => None,
         };
         Ok(Some(normal.unwrap_or(out)))
     }
+}
+
+impl Rewrite {
+    /// `to` with each group's text from `group`, with room for the query the caller appends.
+    fn render<'a>(&self, len: usize, group: impl Fn(usize) -> &'a str) -> String {
+        let mut out = String::with_capacity(len + 64);
+        for p in &*self.to {
+            match p {
+                To::Literal(l) => out.push_str(l),
+                To::Group(g) => out.push_str(group(*g)),
+            }
+        }
+        out
+    }
+}
+
+/// The literal of a regex that is exactly `^literal(.*)$`, `^literal(.*)` or with a named
+/// group: anchored at the start, then one group of any characters but a line feed to the end.
+fn literal_prefix(regex: &str) -> Option<Box<str>> {
+    use regex_syntax::hir::{Dot, Hir, HirKind, Look};
+    let hir = regex_syntax::parse(regex).ok()?;
+    let HirKind::Concat(parts) = hir.kind() else {
+        return None;
+    };
+    let (start, literal, group, end) = match parts.as_slice() {
+        [s, l, g] => (s, l, g, None),
+        [s, l, g, e] => (s, l, g, Some(e)),
+        _ => return None,
+    };
+    let (HirKind::Look(Look::Start), HirKind::Literal(lit), HirKind::Capture(cap)) =
+        (start.kind(), literal.kind(), group.kind())
+    else {
+        return None;
+    };
+    let anchored_end = match end.map(Hir::kind) {
+        None => false,
+        Some(HirKind::Look(Look::End)) => true,
+        Some(_) => return None,
+    };
+    let HirKind::Repetition(rep) = cap.sub.kind() else {
+        return None;
+    };
+    let any = *rep.sub == Hir::dot(Dot::AnyCharExceptLF);
+    let whole = rep.min == 0 && rep.max.is_none() && (rep.greedy || anchored_end);
+    if cap.index != 1 || !any || !whole {
+        return None;
+    }
+    std::str::from_utf8(&lit.0).ok().map(Into::into)
 }
 
 /// Refuse at load what `to` shows on its own: a `to` without captures that is not a normal
@@ -197,6 +253,49 @@ mod tests {
         // A group that did not take part is empty.
         let r = rw("^/x(/(?P<opt>y))?", "/z$opt");
         assert_eq!(r.apply("/x").unwrap().unwrap(), "/z");
+    }
+
+    #[test]
+    fn prefix_moves_skip_the_regex_and_agree_with_it() {
+        for (regex, prefix) in [
+            ("^/api/v1/(?P<rest>.*)$", Some("/api/v1/")),
+            ("^/api/(.*)", Some("/api/")),
+            ("^/a(.*?)$", Some("/a")),
+            ("^/a(.*?)", None),
+            ("^/a(.+)$", None),
+            ("^/a/(.*)/$", None),
+            ("/a(.*)$", None),
+            ("^(?i)/a(.*)$", None),
+            ("^(?s)/a(.*)$", None),
+            ("^/a(x*)$", None),
+            ("^/(a)(.*)$", None),
+        ] {
+            assert_eq!(literal_prefix(regex).as_deref(), prefix, "{regex}");
+        }
+        let paths = [
+            "/api",
+            "/api/",
+            "/api/x",
+            "/api/v1/",
+            "/api/v1/a/b",
+            "/apix",
+            "/b/api/",
+        ];
+        for (regex, to) in [
+            ("^/api/v1/(?P<rest>.*)$", "/v1-legacy/$rest"),
+            ("^/api/(.*)", "/b/$1/${1}x"),
+            ("^/api(.*?)$", "/c$0"),
+        ] {
+            let fast = rw(regex, to);
+            assert!(fast.prefix.is_some(), "{regex}");
+            let slow = Rewrite {
+                prefix: None,
+                ..fast.clone()
+            };
+            for p in paths {
+                assert_eq!(fast.apply(p), slow.apply(p), "{regex} on {p}");
+            }
+        }
     }
 
     #[test]
