@@ -60,6 +60,8 @@ pub struct Ctx {
     pub mirror: Option<Box<dyn BodyCopy>>,
     /// The body encoder of a compressed response.
     pub encoder: Option<crate::compress::Encoder>,
+    /// The route's `response_headers` that name variables, rendered for this request.
+    pub response_values: Box<[Option<HeaderValue>]>,
 }
 
 impl Ctx {
@@ -118,6 +120,7 @@ impl Default for Ctx {
             websocket: None,
             tunnel: None,
             tunnel_idled: false,
+            response_values: Box::default(),
             mirror: None,
             encoder: None,
         }

@@ -192,12 +192,16 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
                 up.timeouts.read,
                 up.retries
             );
-            if !r.response_headers.is_empty() {
-                let hs: Vec<_> = r
+            if !r.response_headers.is_empty() || r.response_headers.renders() {
+                let fixed = r
                     .response_headers
                     .iter()
-                    .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("")))
-                    .collect();
+                    .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("")));
+                let rendered = r
+                    .response_headers
+                    .rendered_names()
+                    .map(|k| format!("{k}: (its variables, per request)"));
+                let hs: Vec<_> = fixed.chain(rendered).collect();
                 let _ = writeln!(o, "response: + {}", hs.join(", "));
             }
             let removed = r.response_headers.removed();

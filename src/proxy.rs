@@ -257,6 +257,7 @@ impl Tollgate {
         let limit = ctx.limit.as_ref().map(|d| (&self.gw.rate_limits, d));
         let route = self.route(ctx).map(|r| &r.response_headers);
         crate::policy::stamp::Stamp::new(&ctx.request_id, limit, route)
+            .with_values(&ctx.response_values)
     }
 
     /// Answer a failure to proxy with the JSON error contract, unless a response already

@@ -285,6 +285,72 @@ routes:
     assert_eq!(r.header("x-powered-by"), Some("PHP"));
 }
 
+/// Response header values name variables too: rendered per request, and a header whose
+/// variable is absent is not sent (nor the backend's of that name), on both engines.
+#[test]
+fn response_headers_with_variables() {
+    let up = scripted(chatty);
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  up: {{targets: ["{up}"]}}
+auth:
+  tokens: {{type: jwt, algorithms: [HS256], secret: "{SECRET}"}}
+routes:
+  - name: vars
+    path_prefix: /vars
+    upstream: up
+    auth: [tokens]
+    response_headers:
+      set:
+        X-Served-For: $consumer
+        X-Rid: $request_id
+        X-Kept: "tenant $claim.tenant"
+        X-Price: "$$5 on $route"
+"#
+    ));
+    let with_tenant = token(serde_json::json!({"sub": "ann", "tenant": "acme", "exp": exp()}));
+    let r = gw.send(
+        "GET",
+        "/vars/x",
+        &[("Authorization", &format!("Bearer {with_tenant}"))],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-served-for"), Some("ann"), "{r:?}");
+    assert_eq!(r.header("x-rid"), r.header("x-request-id"), "{r:?}");
+    assert!(r.header("x-rid").is_some_and(|v| !v.is_empty()), "{r:?}");
+    assert_eq!(r.header("x-kept"), Some("tenant acme"), "{r:?}");
+    assert_eq!(r.header("x-price"), Some("$5 on vars"), "{r:?}");
+    let kept = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("x-kept"));
+    assert_eq!(kept.count(), 1, "{r:?}");
+    // No `tenant` claim: X-Kept is not sent, not even the backend's; a body goes through
+    // Pingora's path, with the same answer.
+    let without = token(serde_json::json!({"sub": "bob", "exp": exp()}));
+    for body in [false, true] {
+        let r = match body {
+            false => gw.send(
+                "GET",
+                "/vars/x",
+                &[("Authorization", &format!("Bearer {without}"))],
+            ),
+            true => gw.raw(
+                format!(
+                    "POST /vars/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {without}\r\n\
+                     Content-Length: 2\r\nConnection: close\r\n\r\nhi"
+                )
+                .as_bytes(),
+            ),
+        };
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-served-for"), Some("bob"), "{r:?}");
+        assert_eq!(r.header("x-kept"), None, "{r:?}");
+        assert_eq!(r.header("x-price"), Some("$5 on vars"), "{r:?}");
+    }
+}
+
 const BASE: &str = r#"
 upstreams:
   up: {targets: ["127.0.0.1:8081"]}
@@ -342,6 +408,10 @@ fn unknown_variables_and_owned_headers_are_config_errors() {
             "routes[0].request_headers.set.X-A:",
             "unknown variable $nope",
         ],
+    );
+    refused(
+        r#"response_headers: {X-A: "$nope"}"#,
+        &["routes[0].response_headers.X-A:", "unknown variable $nope"],
     );
     refused(
         r#"request_headers: {add: {X-A: "5$"}}"#,

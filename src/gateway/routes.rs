@@ -79,6 +79,7 @@ pub(super) fn routes(
         let (upstream, split) = route_upstreams(&base, &r, (upstreams, broken), errs);
         let response_headers = crate::policy::transform::config::response_headers(
             &format!("{base}.response_headers"),
+            &r.name,
             &r.response_headers,
             errs,
         );

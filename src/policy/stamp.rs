@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::headers::line;
 use crate::headers::names::{GATEWAY_NAME, X_GATEWAY, X_REQUEST_ID};
 use crate::policy::limit::{Decision, Limits};
+use crate::policy::transform::{Template, Vars};
 
 /// The gateway's headers for one response, described, not yet materialised.
 #[derive(Clone, Copy)]
@@ -26,6 +27,9 @@ pub struct Stamp<'a> {
     request_id: &'a HeaderValue,
     limit: Option<(&'a Limits, &'a Decision)>,
     route: Option<&'a RouteHeaders>,
+    /// The values of the route's headers that name variables, rendered for this request
+    /// ([`RouteHeaders::render`]).
+    values: &'a [Option<HeaderValue>],
 }
 
 impl<'a> Stamp<'a> {
@@ -40,7 +44,26 @@ impl<'a> Stamp<'a> {
             request_id,
             limit,
             route,
+            values: &[],
         }
+    }
+
+    /// The rendered values of the route's headers that name variables.
+    pub fn with_values(self, values: &'a [Option<HeaderValue>]) -> Self {
+        Stamp { values, ..self }
+    }
+
+    /// The route's headers that name variables, each with this request's value (`None`: a
+    /// variable it names is absent, and the header is not sent).
+    fn rendered(&self) -> impl Iterator<Item = (&'a str, &'a HeaderName, Option<&'a HeaderValue>)> {
+        let values = self.values;
+        self.route
+            .map_or(&[][..], |r| &r.dynamic)
+            .iter()
+            .enumerate()
+            .map(move |(i, (written, name, _))| {
+                (&**written, name, values.get(i).and_then(Option::as_ref))
+            })
     }
 
     /// Whether the stamp sets a header of this name (any case). A backend's header of that
@@ -83,6 +106,13 @@ impl<'a> Stamp<'a> {
         for (k, v) in self.route.map_or(&[][..], |r| &r.pairs) {
             h.insert(k, v.clone());
         }
+        for (_, name, value) in self.rendered() {
+            match value {
+                Some(v) => h.insert(name, v.clone()),
+                // The backend's never stands in for a value the route would set.
+                None => h.remove(name),
+            };
+        }
     }
 
     /// Append the headers as HTTP/1 head lines: the gateway's names in lower case, as Pingora
@@ -104,17 +134,24 @@ impl<'a> Stamp<'a> {
         if let Some(r) = self.route {
             out.extend_from_slice(&r.lines);
         }
+        for (written, _, value) in self.rendered() {
+            if let Some(v) = value {
+                line(out, written, |o| o.extend_from_slice(v.as_bytes()));
+            }
+        }
     }
 }
 
-/// A route's `response_headers`, compiled once: the pairs for a head's map, and the same
-/// already written as HTTP/1 lines (`Name: value\r\n`, the name as the config writes it);
-/// and the names it removes from the backend's head (`remove`), which a codec reading that
-/// head does not copy ([`Stamp::sets`]).
+/// A route's `response_headers`, compiled once: the fixed pairs for a head's map, and the
+/// same already written as HTTP/1 lines (`Name: value\r\n`, the name as the config writes
+/// it); the headers whose values name variables, rendered per request; and the names it
+/// removes from the backend's head (`remove`), which a codec reading that head does not copy
+/// ([`Stamp::sets`]).
 #[derive(Debug, Clone, Default)]
 pub struct RouteHeaders {
     pairs: Vec<(HeaderName, HeaderValue)>,
     lines: Box<[u8]>,
+    dynamic: Box<[(Box<str>, HeaderName, Template)]>,
     removed: Box<[HeaderName]>,
 }
 
@@ -132,8 +169,38 @@ impl RouteHeaders {
         RouteHeaders {
             pairs,
             lines: lines.into(),
+            dynamic: Box::default(),
             removed: Box::default(),
         }
+    }
+
+    /// These headers, and those whose values name variables (name as written, name, value).
+    pub fn rendering(self, dynamic: Vec<(Box<str>, HeaderName, Template)>) -> Self {
+        RouteHeaders {
+            dynamic: dynamic.into(),
+            ..self
+        }
+    }
+
+    /// Whether a value names a variable: the caller renders them ([`Self::render`]) once per
+    /// request and gives them to the stamp ([`Stamp::with_values`]).
+    pub fn renders(&self) -> bool {
+        !self.dynamic.is_empty()
+    }
+
+    /// Whether a value names `$host`.
+    pub fn uses_host(&self) -> bool {
+        self.dynamic.iter().any(|(_, _, t)| t.uses_host())
+    }
+
+    /// This request's values of the headers that name variables, in order.
+    pub fn render(&self, v: &Vars) -> Box<[Option<HeaderValue>]> {
+        self.dynamic.iter().map(|(_, _, t)| t.render(v)).collect()
+    }
+
+    /// The names of the headers whose values name variables.
+    pub fn rendered_names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.dynamic.iter().map(|(_, n, _)| n)
     }
 
     /// These headers, and the backend's of the `removed` names taken out.
@@ -153,6 +220,7 @@ impl RouteHeaders {
         self.pairs
             .iter()
             .map(|(k, _)| k)
+            .chain(self.dynamic.iter().map(|(_, k, _)| k))
             .chain(self.removed.iter())
             .any(|k| name.eq_ignore_ascii_case(k.as_str()))
     }

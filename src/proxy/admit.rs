@@ -178,6 +178,9 @@ impl Tollgate {
                     .await;
             }
         };
+        if route.response_headers.renders() {
+            ctx.response_values = response_values(route, req, ctx);
+        }
         self.rate_limit(session, ctx, route).await
     }
 
@@ -273,4 +276,27 @@ impl Tollgate {
         }
         Ok(false)
     }
+}
+
+/// The values of a route's `response_headers` that name variables, for this request.
+fn response_values(
+    route: &crate::policy::router::Route,
+    req: &RequestHeader,
+    ctx: &Ctx,
+) -> Box<[Option<HeaderValue>]> {
+    let headers = &route.response_headers;
+    let host = match headers.uses_host() {
+        true => req.headers.get(http::header::HOST).cloned().or_else(|| {
+            let authority = req.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        }),
+        false => None,
+    };
+    let client_ip = ctx.client_ip.map(crate::headers::ip_value);
+    headers.render(&crate::policy::transform::Vars {
+        client_ip: client_ip.as_ref(),
+        identity: ctx.identity.as_ref(),
+        request_id: &ctx.request_id,
+        host: host.as_ref(),
+    })
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
@@ -278,10 +278,11 @@ fn query_edits(base: &str, f: QueryFile, errs: &mut ConfigErrors) -> QueryEdits 
 /// `routes[i].response_headers` (`base`), compiled into the stamp's route headers.
 pub fn response_headers(
     base: &str,
+    route: &str,
     f: &ResponseHeadersFile,
     errs: &mut ConfigErrors,
 ) -> RouteHeaders {
-    let mut set = Vec::new();
+    let (mut set, mut rendered) = (Vec::new(), Vec::new());
     let mut seen = Vec::new();
     for (k, v) in &f.set {
         // The map form's key path is `response_headers.NAME`, as it always was.
@@ -297,9 +298,12 @@ pub fn response_headers(
             continue;
         }
         seen.push(name.clone());
-        match HeaderValue::from_str(v) {
-            Ok(val) => set.push((k.as_str(), name, val)),
-            Err(_) => errs.push(path, "value has characters not allowed in a header"),
+        match Template::compile(v, route) {
+            Ok(t) => match t.fixed() {
+                Some(val) => set.push((k.as_str(), name, val.clone())),
+                None => rendered.push((k.as_str().into(), name, t)),
+            },
+            Err(why) => errs.push(path, why),
         }
     }
     let mut removed = Vec::new();
@@ -314,5 +318,5 @@ pub fn response_headers(
             removed.push(name);
         }
     }
-    RouteHeaders::new(set).removing(removed)
+    RouteHeaders::new(set).rendering(rendered).removing(removed)
 }

@@ -106,6 +106,11 @@ impl Template {
         })
     }
 
+    /// The value, when it names no variable: the same for every request.
+    pub fn fixed(&self) -> Option<&HeaderValue> {
+        self.fixed.as_ref()
+    }
+
     /// Whether the value names `$host` (the caller then looks it up).
     pub fn uses_host(&self) -> bool {
         self.parts.contains(&Part::Host)
