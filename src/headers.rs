@@ -155,19 +155,29 @@ pub fn set_target(req: &mut RequestHeader, target: Option<&str>) -> Result<()> {
 /// from `/` and an optional query, of the bytes `http`'s URI parser accepts there, no
 /// fragment. The same test as that parser's, without the copy it makes.
 pub fn checked_target(target: &str) -> Result<&str> {
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
+    // Bit 1: allowed in the path; bit 2: in the query (`?` ends the path).
+    const CLASSES: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            let path = matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E)
+                || matches!(b, b'"' | b'{' | b'}' | 0x80..);
+            let query = matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E | 0x80..) && b != b'#';
+            t[c] = path as u8 | (query as u8) << 1;
+            c += 1;
+        }
+        t
     };
-    let in_path = |c: u8| {
-        matches!(c, 0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E)
-            || matches!(c, b'"' | b'{' | b'}' | 0x80..)
-    };
-    let in_query = |c: u8| matches!(c, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E | 0x80..);
-    let valid = path.starts_with('/')
-        && target.len() < usize::from(u16::MAX)
-        && path.bytes().all(in_path)
-        && query.is_none_or(|q| q.bytes().all(|c| c != b'#' && in_query(c)));
+    let b = target.as_bytes();
+    let mut need = 1;
+    let mut valid = b.first() == Some(&b'/') && b.len() < usize::from(u16::MAX);
+    for &c in b {
+        if c == b'?' {
+            need = 2;
+        }
+        valid &= CLASSES[usize::from(c)] & need != 0;
+    }
     if !valid {
         return Err(pingora::Error::explain(
             pingora::ErrorType::InvalidHTTPHeader,

@@ -76,6 +76,9 @@ pub struct Overlay<'a> {
     base: &'a HeaderMap,
     /// Each name once; `None`: removed.
     changes: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Bit `len % 64` of each changed name's length: most names looked up were not
+    /// changed, and their length alone says so without comparing them to each change.
+    lengths: u64,
     /// Appended values, in order (a route's `request_headers.add`).
     added: Vec<(HeaderName, HeaderValue)>,
 }
@@ -86,11 +89,19 @@ impl<'a> Overlay<'a> {
             base,
             // The forwarding and identity edits, and a route's few header edits.
             changes: Vec::with_capacity(12),
+            lengths: 0,
             added: Vec::new(),
         }
     }
 
+    fn length_bit(name: &HeaderName) -> u64 {
+        1 << (name.as_str().len() % 64)
+    }
+
     fn change(&self, name: &HeaderName) -> Option<&Option<HeaderValue>> {
+        if self.lengths & Self::length_bit(name) == 0 {
+            return None;
+        }
         self.changes.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
@@ -98,9 +109,17 @@ impl<'a> Overlay<'a> {
         if !self.added.is_empty() {
             self.added.retain(|(n, _)| n != name);
         }
-        match self.changes.iter_mut().find(|(n, _)| n == name) {
+        let bit = Self::length_bit(name);
+        let slot = match self.lengths & bit {
+            0 => None,
+            _ => self.changes.iter_mut().find(|(n, _)| n == name),
+        };
+        match slot {
             Some(slot) => slot.1 = value,
-            None => self.changes.push((name.clone(), value)),
+            None => {
+                self.lengths |= bit;
+                self.changes.push((name.clone(), value));
+            }
         }
     }
 
@@ -242,5 +261,57 @@ mod tests {
             .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
             .collect();
         assert_eq!(listed, ["a=1", "a=2", "c=t", "a=x", "z=y", "b=w"]);
+    }
+
+    /// Many random edits of names of many lengths (some 64 apart) read the same on a map
+    /// and on an overlay of it.
+    #[test]
+    fn random_edits_of_names_of_any_length_agree() {
+        let names: Vec<HeaderName> = ["a", "bb", "x-tenant", "x-caller", "via", "host"]
+            .into_iter()
+            .map(String::from)
+            .chain(["a", "q"].map(|c| c.repeat(65)))
+            .chain(["b".repeat(64), "b".repeat(128)])
+            .map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap())
+            .collect();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |m: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % m as u64) as usize
+        };
+        for _ in 0..200 {
+            let mut base = HeaderMap::new();
+            for _ in 0..next(6) {
+                base.append(&names[next(names.len())], HeaderValue::from_static("base"));
+            }
+            let mut map = base.clone();
+            let mut overlay = Overlay::new(&base);
+            for i in 0..next(12) {
+                let n = &names[next(names.len())];
+                let v = HeaderValue::from(i);
+                match next(3) {
+                    0 => {
+                        Edit::insert(&mut map, n, v.clone());
+                        overlay.insert(n, v);
+                    }
+                    1 => {
+                        Edit::append(&mut map, n, v.clone());
+                        overlay.append(n, v);
+                    }
+                    _ => {
+                        Edit::remove(&mut map, n);
+                        overlay.remove(n);
+                    }
+                }
+            }
+            for n in &names {
+                let m: Vec<_> = Edit::get_all(&map, n).collect();
+                let o: Vec<_> = overlay.get_all(n).collect();
+                assert_eq!(m, o, "{n}");
+            }
+            assert_eq!(overlay.iter().count(), map.len());
+        }
     }
 }

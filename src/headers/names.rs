@@ -41,6 +41,37 @@ pub static RESERVED_RESPONSE: [&HeaderName; 5] = [
     &http::header::CONNECTION,
 ];
 
+/// `name` as a name whose copies are free: kept for the life of the process, as the gateway's
+/// own names are. For names read from the config, which are copied onto every request or
+/// response that uses them (a name made at run time is reference-counted instead, paid on
+/// each copy and drop). Each distinct name is kept once, however often the config is loaded.
+pub fn lasting_name(name: HeaderName) -> HeaderName {
+    match std::str::from_utf8(interned(name.as_str().as_bytes())) {
+        Ok(s) => HeaderName::from_static(s),
+        Err(_) => name,
+    }
+}
+
+/// [`lasting_name`] for a header value from the config.
+pub fn lasting_value(value: HeaderValue) -> HeaderValue {
+    let bytes = bytes::Bytes::from_static(interned(value.as_bytes()));
+    HeaderValue::from_maybe_shared(bytes).unwrap_or(value)
+}
+
+fn interned(b: &[u8]) -> &'static [u8] {
+    static KEPT: std::sync::Mutex<std::collections::BTreeSet<&'static [u8]>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    match kept.get(b) {
+        Some(k) => k,
+        None => {
+            let k: &'static [u8] = Box::leak(b.into());
+            kept.insert(k);
+            k
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,6 +153,7 @@ pub fn compile(
 
 fn header_name(path: &str, k: &str, errs: &mut ConfigErrors) -> Option<HeaderName> {
     HeaderName::from_bytes(k.as_bytes())
+        .map(crate::headers::names::lasting_name)
         .map_err(|_| errs.push(path, "is not a valid header name"))
         .ok()
 }

@@ -97,7 +97,9 @@ impl Template {
         }
         let fixed = match parts.as_slice() {
             [] => Some(HeaderValue::from_static("")),
-            [Part::Literal(l)] => HeaderValue::from_bytes(l).ok(),
+            [Part::Literal(l)] => HeaderValue::from_bytes(l)
+                .ok()
+                .map(crate::headers::names::lasting_value),
             _ => None,
         };
         Ok(Template {
