@@ -1,5 +1,6 @@
 //! The shipped unit file is valid for systemd (checked with `systemd-analyze verify` where the
-//! machine has it) and wires reload to `tollgate reload`.
+//! machine has it), runs tollgate in the foreground as `Type=notify` (what it sends:
+//! tests/notify.rs), and wires reload to `tollgate reload`.
 
 mod support;
 
@@ -9,8 +10,9 @@ fn unit_file_verifies_and_wires_reload_and_hardening() {
     for needle in [
         "ExecReload=/usr/local/bin/tollgate reload -c /etc/tollgate/tollgate.yaml --pid $MAINPID",
         "ExecStartPre=/usr/local/bin/tollgate -t -c",
-        "Type=forking",
-        "PIDFile=/run/tollgate/tollgate.pid",
+        "ExecStart=/usr/local/bin/tollgate -c /etc/tollgate/tollgate.yaml\n",
+        "Type=notify\n",
+        "NotifyAccess=all\n",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",
@@ -21,6 +23,14 @@ fn unit_file_verifies_and_wires_reload_and_hardening() {
         "StateDirectory=tollgate",
     ] {
         assert!(unit.contains(needle), "unit lacks {needle}");
+    }
+    // Foreground under Type=notify: no daemonizing, no pid file to follow.
+    let settings: Vec<&str> = unit.lines().filter(|l| !l.starts_with('#')).collect();
+    for gone in ["PIDFile=", "Type=forking", " -d "] {
+        assert!(
+            !settings.iter().any(|l| l.contains(gone)),
+            "unit still has {gone}"
+        );
     }
     if std::process::Command::new("systemd-analyze")
         .arg("--version")
