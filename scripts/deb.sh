@@ -22,8 +22,9 @@ $sudo dpkg -i "$deb"
 /usr/bin/tollgate -t -c /etc/tollgate/tollgate.yaml
 if command -v systemd-analyze >/dev/null; then
   # Prints nothing and exits 0 when the unit is fine.
-  systemd-analyze verify /lib/systemd/system/tollgate.service
-  echo "systemd-analyze verify: ok"
+  unit=$(dpkg -L tollgate | grep '/systemd/system/tollgate\.service$')
+  systemd-analyze verify "$unit"
+  echo "systemd-analyze verify $unit: ok"
 else
   echo "systemd-analyze not installed: unit not verified" >&2
 fi
