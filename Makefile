@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, and a few more.
-.PHONY: deps demo test check bench load instructions
+.PHONY: deps demo test check bench load instructions deb
 
 deps:
 	./scripts/install-deps.sh
@@ -32,3 +32,7 @@ load:
 instructions:
 	./scripts/install-deps.sh --bench
 	benches/instructions.sh
+
+# The Debian package (target/debian/tollgate_*.deb), installed here and checked, as CI does.
+deb: deps
+	./scripts/deb.sh

@@ -29,6 +29,7 @@ pub mod handover;
 pub mod headers;
 pub mod listen;
 pub mod mirror;
+pub mod notify;
 pub mod observe;
 pub mod policy;
 pub mod proxy;

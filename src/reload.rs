@@ -4,6 +4,10 @@
 //! instance is never signalled. Then the dance of DESIGN §4: start `tollgate -u -d -c FILE`,
 //! wait until it listens on the upgrade socket, and only then SIGQUIT the old process, which
 //! hands its listening sockets over and drains.
+//!
+//! Under systemd (`Type=notify`, `NotifyAccess=all`) this runs as `ExecReload`: the new process
+//! inherits `$NOTIFY_SOCKET` and takes the old one's `WATCHDOG_USEC`, and reports its own pid
+//! as `MAINPID=` with `READY=1` ([`crate::notify`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,7 +48,14 @@ pub fn reload(conf: &str, pid: Option<i32>) -> Result<i32, ReloadError> {
     let sock = PathBuf::from(&loaded.server.upgrade_sock);
     let exe =
         std::env::current_exe().map_err(|e| ReloadError(format!("cannot find own binary: {e}")))?;
-    let mut child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    // The watchdog is the new process's duty once it is the main one; `WATCHDOG_PID` (this
+    // command's, if systemd set it) would tell it the duty is someone else's.
+    cmd.env_remove("WATCHDOG_PID");
+    if let Some(usec) = watchdog_usec(old) {
+        cmd.env("WATCHDOG_USEC", usec);
+    }
+    let mut child = cmd
         .arg("-u")
         .arg("-d")
         .arg("-c")
@@ -81,6 +92,18 @@ pub fn reload(conf: &str, pid: Option<i32>) -> Result<i32, ReloadError> {
     }
     let _ = child.wait();
     Ok(old)
+}
+
+/// The service manager's watchdog interval for the successor of `old`: this command's own
+/// `WATCHDOG_USEC`, else the one `old` runs with (from its environment).
+fn watchdog_usec(old: i32) -> Option<String> {
+    if let Ok(v) = std::env::var("WATCHDOG_USEC") {
+        return Some(v);
+    }
+    let env = std::fs::read(format!("/proc/{old}/environ")).ok()?;
+    env.split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"WATCHDOG_USEC="))
+        .and_then(|v| String::from_utf8(v.to_vec()).ok())
 }
 
 fn read_pid(path: &Path) -> Result<i32, ReloadError> {

@@ -13,10 +13,12 @@ use crate::admin::Admin;
 use crate::conn::{ConnLimits, Front, Gate, Guards};
 use crate::gateway::Loaded;
 use crate::listen::ServiceKey;
+use crate::notify::Notifier;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::Observe;
 use crate::proxy::Tollgate;
+use crate::upstream::health::FirstRound;
 use crate::upstream::trust;
 
 /// Socket buffers of an accepted client connection. Pingora's default puts a read buffer
@@ -35,9 +37,17 @@ pub fn client_buffers(tls: bool) -> L4BufferSettings {
 
 /// Serve until told to stop (SIGTERM, or SIGQUIT after an upgrade's hand-over), then write
 /// out what the access log still holds, and exit.
+///
+/// Under a service manager (`$NOTIFY_SOCKET`), the process also tells it when it is ready,
+/// reloading or stopping ([`crate::notify`]).
 pub fn run(loaded: Loaded, opt: Opt) -> ! {
-    let (server, obs) = assemble(loaded, opt);
-    server.run(pingora::server::RunArgs::default());
+    let notifier = Notifier::from_env().map(Arc::new);
+    let (server, obs) = assemble(loaded, opt, notifier.clone());
+    let mut args = pingora::server::RunArgs::default();
+    if let Some(n) = notifier {
+        args.shutdown_signal = Box::new(crate::notify::Announcing(n));
+    }
+    server.run(args);
     obs.access_log.flush();
     std::process::exit(0)
 }
@@ -45,10 +55,10 @@ pub fn run(loaded: Loaded, opt: Opt) -> ! {
 /// Build a ready-to-run server from a validated config and Pingora's command-line options
 /// (`-u` upgrade, `-d` daemonize).
 pub fn build(loaded: Loaded, opt: Opt) -> Server {
-    assemble(loaded, opt).0
+    assemble(loaded, opt, None).0
 }
 
-fn assemble(loaded: Loaded, opt: Opt) -> (Server, Arc<Observe>) {
+fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Server, Arc<Observe>) {
     let Loaded {
         server: conf,
         gateway,
@@ -132,8 +142,12 @@ fn assemble(loaded: Loaded, opt: Opt) -> (Server, Arc<Observe>) {
         .filter(|u| u.health.is_some())
         .cloned()
         .collect();
+    let first_round = FirstRound::new(checked.len());
     if !checked.is_empty() {
-        let hc = crate::upstream::health::HealthService { upstreams: checked };
+        let hc = crate::upstream::health::HealthService {
+            upstreams: checked,
+            first_round: first_round.clone(),
+        };
         server.add_service(pingora::services::background::background_service(
             "health checks",
             hc,
@@ -175,6 +189,21 @@ fn assemble(loaded: Loaded, opt: Opt) -> (Server, Arc<Observe>) {
             path: state_sock,
         },
     ));
+
+    if let Some(notifier) = notifier {
+        let mut listen: Vec<String> = gw.listen.iter().map(|l| l.addr.clone()).collect();
+        listen.extend(gw.admin.clone());
+        let health = gw.upstreams.iter().any(|u| u.health.is_some());
+        server.add_service(pingora::services::background::background_service(
+            "service manager notifications",
+            crate::notify::Readiness {
+                notifier,
+                listen,
+                health: health.then_some(first_round),
+                watchdog: crate::notify::watchdog_interval(),
+            },
+        ));
+    }
 
     if let Some(addr) = &gw.admin {
         let admin_obs = obs.clone();

@@ -221,21 +221,6 @@ fn reload_command_hands_over_to_a_daemonized_new_process() {
     assert_eq!(gw.get("/api/x").status, 200);
 }
 
-/// Kills the process named by a pid file when dropped: a daemonized gateway is not the test's
-/// child, so nothing else would stop it.
-struct KillPidFile(std::path::PathBuf);
-
-impl Drop for KillPidFile {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.0) {
-            let _ = std::process::Command::new("kill")
-                .arg("-9")
-                .arg(pid.trim())
-                .status();
-        }
-    }
-}
-
 /// Routes keyed per `X-Client`, so one test can tell a limited client from a fresh one.
 fn limited_body(up: std::net::SocketAddr, policies: &str, routes: &str) -> String {
     format!("upstreams: {{up: {{targets: [\"{up}\"]}}}}\nrate_limits:\n{policies}routes:\n{routes}")

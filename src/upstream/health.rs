@@ -142,6 +142,29 @@ impl HealthObserve for Verdicts {
 /// One background service probing all upstreams that have a `health_check`.
 pub struct HealthService {
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Told when each upstream's first round of probes is over.
+    pub first_round: FirstRound,
+}
+
+/// How many upstreams have not finished their first round of probes yet: what a service
+/// manager's `READY=1` waits for ([`crate::notify`]), so a backend that is down is known
+/// to be down before the first request.
+#[derive(Clone)]
+pub struct FirstRound(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl FirstRound {
+    pub fn new(upstreams: usize) -> Self {
+        FirstRound(Arc::new(tokio::sync::watch::Sender::new(upstreams)))
+    }
+
+    fn one_done(&self) {
+        self.0.send_modify(|left| *left = left.saturating_sub(1));
+    }
+
+    /// Returns once every upstream has been probed once.
+    pub async fn wait(&self) {
+        let _ = self.0.subscribe().wait_for(|left| *left == 0).await;
+    }
 }
 
 #[async_trait]
@@ -151,11 +174,15 @@ impl BackgroundService for HealthService {
             let interval = u.health.as_ref()?.interval;
             let mut shutdown = shutdown.clone();
             let u = u.clone();
+            let mut first = Some(self.first_round.clone());
             Some(async move {
                 loop {
                     tokio::select! {
                         _ = u.run_health_check() => {}
                         _ = shutdown.changed() => return,
+                    }
+                    if let Some(first) = first.take() {
+                        first.one_done();
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(interval) => {}

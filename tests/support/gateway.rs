@@ -283,6 +283,21 @@ impl Drop for Gateway {
     }
 }
 
+/// Kills the process named by a pid file when dropped: a daemonized gateway is not the test's
+/// child, so nothing else would stop it.
+pub struct KillPidFile(pub std::path::PathBuf);
+
+impl Drop for KillPidFile {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = std::process::Command::new("kill")
+                .arg("-9")
+                .arg(pid.trim())
+                .status();
+        }
+    }
+}
+
 /// `yaml` with `extra` (YAML flow items) after the plain listener `addr`.
 fn listening(yaml: String, addr: SocketAddr, extra: &str) -> String {
     if extra.is_empty() {
