@@ -42,6 +42,7 @@ fn main() {
                 tollgate::observe::metrics::Layout::of(gw.router.routes(), &gw.rate_limits),
             ),
             access_log: tollgate::observe::access_log::AccessLog::new(gw.access_log.clone()),
+            refusals: tollgate::observe::refusals::Refusals::new(0),
         });
         let proxy = || pingora::proxy::http_proxy(&conf, tollgate::proxy::Tollgate::new(gw.clone(), obs.clone(), &conf));
         let app = Arc::new(proxy());

@@ -62,6 +62,19 @@ pub struct Ctx {
     pub encoder: Option<crate::compress::Encoder>,
     /// The route's `response_headers` that name variables, rendered for this request.
     pub response_values: Box<[Option<HeaderValue>]>,
+    /// Why tollgate refused the request, when a policy did (the dashboard's refusals).
+    pub why: Option<Why>,
+}
+
+/// Which policy refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// A credential was missing or refused (`bad_signature`, `expired`, ...).
+    Auth(crate::policy::auth::Reason),
+    /// The rate limit decision in `Ctx::limit` said no.
+    RateLimited,
+    /// Another refusal: its error code.
+    Refused(&'static str),
 }
 
 impl Ctx {
@@ -121,6 +134,7 @@ impl Default for Ctx {
             tunnel: None,
             tunnel_idled: false,
             response_values: Box::default(),
+            why: None,
             mirror: None,
             encoder: None,
         }

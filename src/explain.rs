@@ -438,9 +438,5 @@ fn request_header(req: &Request) -> Result<pingora::http::RequestHeader, String>
 }
 
 fn describe_host(r: &crate::policy::router::Route) -> String {
-    match &r.host {
-        None => "*".to_owned(),
-        Some(crate::policy::router::HostPattern::Exact(h)) => h.clone(),
-        Some(crate::policy::router::HostPattern::Wildcard(s)) => format!("*{s}"),
-    }
+    r.host.as_ref().map_or("*".to_owned(), |h| h.describe())
 }

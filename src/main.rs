@@ -237,7 +237,7 @@ fn print_demo_help(gw: &tollgate::gateway::Gateway) {
         .first()
         .and_then(|l| l.addr.rsplit(':').next())
         .unwrap_or("8080");
-    let admin = gw.admin.as_deref().unwrap_or("127.0.0.1:9090");
+    let admin = gw.admin.as_ref().map_or("127.0.0.1:9090", |a| &a.address);
     println!(
         r#"
 tollgate demo: gateway on :{port}, sample upstreams on :8081 (public) and :8082 (private)

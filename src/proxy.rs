@@ -27,6 +27,7 @@ pub use crate::ctx::Ctx;
 mod admit;
 mod own;
 mod relay;
+mod why;
 
 /// Compress a piece of the response body when `response_filter` chose to.
 fn encode(ctx: &mut Ctx, body: &mut Option<bytes::Bytes>, end: bool) -> Result<()> {
@@ -316,7 +317,10 @@ impl Tollgate {
                 a.success();
             }
         }
-        self.obs.finish(session, e, ctx, self.route(ctx));
+        let status = self.obs.finish(session, e, ctx, self.route(ctx));
+        if self.obs.refusals.enabled() && crate::observe::refusals::is_refusal(status) {
+            self.record_refusal(session, e, ctx, status);
+        }
     }
 }
 

@@ -68,6 +68,9 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
     let obs = Arc::new(Observe {
         metrics: Metrics::with_layout(layout),
         access_log: AccessLog::new(gw.access_log.clone()),
+        refusals: crate::observe::refusals::Refusals::new(
+            gw.admin.as_ref().map_or(0, |a| a.refusals_kept),
+        ),
     });
     let state_sock = crate::handover::state_sock_path(&conf.upgrade_sock);
     let upgrading = opt.upgrade;
@@ -192,7 +195,7 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
 
     if let Some(notifier) = notifier {
         let mut listen: Vec<String> = gw.listen.iter().map(|l| l.addr.clone()).collect();
-        listen.extend(gw.admin.clone());
+        listen.extend(gw.admin.as_ref().map(|a| a.address.clone()));
         let health = gw.upstreams.iter().any(|u| u.health.is_some());
         server.add_service(pingora::services::background::background_service(
             "service manager notifications",
@@ -205,7 +208,7 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
         ));
     }
 
-    if let Some(addr) = &gw.admin {
+    if let Some(addr) = gw.admin.as_ref().map(|a| &a.address) {
         let admin_obs = obs.clone();
         let mut admin = Service::new(
             "tollgate admin".to_owned(),

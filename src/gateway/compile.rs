@@ -20,7 +20,7 @@ use crate::upstream::{Timeouts, Upstream};
 #[derive(Debug)]
 pub struct Gateway {
     pub listen: Vec<crate::listen::Listener>,
-    pub admin: Option<String>,
+    pub admin: Option<Admin>,
     pub trusted_proxies: TrustedProxies,
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
@@ -160,15 +160,7 @@ pub fn compile(
 ) -> Option<Gateway> {
     let before = errs.0.len();
     let listen = crate::listen::compile(file.listen, errs);
-    let admin = file.admin.filter(|a| check_socket_addr("admin", a, errs));
-    if let Some(a) = &admin {
-        if listen.iter().any(|l| l.addr == *a) {
-            errs.push(
-                "admin",
-                format!("{a} is also in listen: give the admin endpoint its own address"),
-            );
-        }
-    }
+    let admin = file.admin.and_then(|a| admin(a, &listen, errs));
     let trusted_proxies = trusted(&file.trusted_proxies, errs);
     let access_log = file.access_log.unwrap_or_default();
     if let Err(e) = AccessLog::check(&access_log) {
@@ -499,4 +491,83 @@ fn idle(
         Some(d) => d.0,
         None => default,
     }
+}
+
+/// The admin listener's compiled settings.
+#[derive(Debug)]
+pub struct Admin {
+    pub address: String,
+    /// When set, every admin path but `/health` requires it (`Authorization: Bearer`, or a
+    /// browser's Basic credentials with it as the password).
+    pub token: Option<Box<[u8]>>,
+    pub refusals_kept: usize,
+}
+
+/// The shortest admin token: one that can be guessed protects nothing.
+const MIN_ADMIN_TOKEN: usize = 16;
+
+fn admin(
+    a: super::file::AdminFile,
+    listen: &[crate::listen::Listener],
+    errs: &mut ConfigErrors,
+) -> Option<Admin> {
+    let key = |k: &str| match k {
+        "" => "admin".to_owned(),
+        k => format!("admin.{k}"),
+    };
+    let path = match a.short {
+        true => key(""),
+        false => key("address"),
+    };
+    let mut ok = check_socket_addr(&path, &a.address, errs);
+    if ok && listen.iter().any(|l| l.addr == a.address) {
+        let why = "is also in listen: give the admin endpoint its own address";
+        errs.push(path, format!("{} {why}", a.address));
+        ok = false;
+    }
+    let token = match &a.token {
+        None => None,
+        Some(t) => match t.load(&key("token"), errs) {
+            Some(v) if v.len() >= MIN_ADMIN_TOKEN => Some(v.into_boxed_slice()),
+            Some(v) => {
+                errs.push(
+                    key("token"),
+                    format!(
+                        "is {} bytes{}: an admin token must have at least {MIN_ADMIN_TOKEN}",
+                        v.len(),
+                        t.describe()
+                    ),
+                );
+                None
+            }
+            None => None,
+        },
+    };
+    let refusals_kept = match a.refusals_kept {
+        Some(0) => {
+            errs.push(key("refusals_kept"), "must be at least 1");
+            200
+        }
+        Some(n) if n > 100_000 => {
+            errs.push(key("refusals_kept"), "must be at most 100000");
+            200
+        }
+        n => n.unwrap_or(200),
+    };
+    let loopback = a
+        .address
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|s| s.ip().is_loopback());
+    if ok && token.is_none() && !loopback {
+        log::warn!(
+            "admin: {} is not a loopback address and has no token: anyone who reaches it \
+             sees routes, backends, refused requests and metrics (set admin.token)",
+            a.address
+        );
+    }
+    ok.then_some(Admin {
+        address: a.address,
+        token,
+        refusals_kept,
+    })
 }

@@ -43,7 +43,7 @@ pub struct LimitsFile {
 pub struct FileConfig {
     /// `None` entries failed to parse (see `crate::listen::read`).
     pub listen: Option<Vec<Option<crate::listen::ListenFile>>>,
-    pub admin: Option<String>,
+    pub admin: Option<AdminFile>,
     pub trusted_proxies: Vec<String>,
     /// In file order: the order matters for messages and `/health`. `None` where an entry
     /// failed to parse: its name is still known, so routes naming it are not also in error.
@@ -240,4 +240,21 @@ pub struct RouteFile {
     pub match_rules: Option<crate::policy::router::matching::MatchFile>,
     #[serde(default)]
     pub priority: Option<i32>,
+}
+
+/// `admin`: an address, or `{address, token, refusals_kept}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub address: String,
+    /// A bearer token every admin path but `/health` requires.
+    #[serde(default)]
+    pub token: Option<crate::policy::auth::config::SecretFile>,
+    /// How many recent refusals the dashboard keeps.
+    #[serde(default)]
+    pub refusals_kept: Option<usize>,
+    /// Written as the address alone (`admin: "ADDR"`): errors name `admin`, not
+    /// `admin.address`.
+    #[serde(skip)]
+    pub short: bool,
 }

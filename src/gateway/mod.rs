@@ -147,7 +147,18 @@ fn too_deep(text: &str) -> Option<usize> {
 fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErrors) {
     match key {
         "listen" => file.listen = crate::listen::read(v, errs),
-        "admin" => file.admin = parse(key, v, errs),
+        "admin" => {
+            file.admin = match v {
+                // The older form: the address alone.
+                Value::String(address) => Some(file::AdminFile {
+                    address,
+                    token: None,
+                    refusals_kept: None,
+                    short: true,
+                }),
+                v => parse(key, v, errs),
+            }
+        }
         "trusted_proxies" => file.trusted_proxies = parse(key, v, errs).unwrap_or_default(),
         "upstreams" => match v {
             Value::Mapping(m) => {

@@ -202,6 +202,20 @@ impl Metrics {
             .unwrap_or(self.routes.len())
     }
 
+    /// The requests route `route` answered so far, by status class (`1xx` to `5xx`, and
+    /// `none` for those that got no answer).
+    pub fn route_classes(&self, route: usize) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        let slot = self.slot(Some(route));
+        CLASSES.iter().enumerate().map(move |(c, class)| {
+            let n = (0..METHODS.len())
+                .map(|m| {
+                    self.requests[(slot * METHODS.len() + m) * CLASSES.len() + c].load(Relaxed)
+                })
+                .sum();
+            (*class, n)
+        })
+    }
+
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Relaxed);
     }

@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod refusals;
 
 use std::time::{Instant, SystemTime};
 
@@ -17,6 +18,8 @@ use metrics::Metrics;
 pub struct Observe {
     pub metrics: Metrics,
     pub access_log: AccessLog,
+    /// The last refusals, for the admin dashboard.
+    pub refusals: refusals::Refusals,
 }
 
 impl Observe {
@@ -92,14 +95,15 @@ impl Observe {
         });
     }
 
-    /// Called once per request, from `logging`, whatever happened.
+    /// Called once per request, from `logging`, whatever happened; the status answered
+    /// (0: none).
     pub fn finish<D: Downstream>(
         &self,
         session: &D,
         e: Option<&Error>,
         ctx: &Ctx,
         route: Option<&Route>,
-    ) {
+    ) -> u16 {
         let req = session.req_header();
         let status = session
             .response_written()
@@ -117,7 +121,7 @@ impl Observe {
         self.metrics
             .request_finished(ctx.route, &req.method, status, total, upstream);
         if !self.access_log.enabled() {
-            return;
+            return status;
         }
         let header =
             |name: http::header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
@@ -155,5 +159,6 @@ impl Observe {
             },
             grpc_status: ctx.grpc_status,
         });
+        status
     }
 }

@@ -145,6 +145,7 @@ impl Tollgate {
                 Ok(id) => ctx.identity = Some(id),
                 Err(f) => {
                     self.obs.auth_failed(route.id, &f);
+                    ctx.why = Some(crate::ctx::Why::Auth(f.reason));
                     let www = f.www.map(|v| (http::header::WWW_AUTHENTICATE, v));
                     let extra = www.as_slice();
                     return self.reject(session, ctx, f.reject, f.message, extra).await;
@@ -233,6 +234,8 @@ impl Tollgate {
         extra: &[(HeaderName, HeaderValue)],
     ) -> Result<bool> {
         self.obs.metrics.rejected(reject.code());
+        ctx.why
+            .get_or_insert(crate::ctx::Why::Refused(reject.code()));
         answer::reject(session, ctx, reject, message, extra).await
     }
 
@@ -268,6 +271,7 @@ impl Tollgate {
         };
         if let Some(d) = ctx.limit.filter(|d| !d.allowed) {
             self.obs.rate_limited(route.id, &d);
+            ctx.why = Some(crate::ctx::Why::RateLimited);
             let extra = self.gw.rate_limits.headers(&d);
             let msg = "rate limit exceeded: retry after the time in Retry-After";
             return self

@@ -48,6 +48,8 @@ impl Attempt {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        self.backend.answered.fetch_add(1, Relaxed);
+        self.backend.failed.fetch_add(1, Relaxed);
         if let Some(c) = &self.up.breaker {
             if self.backend.breaker.failure(c) {
                 log::warn!(
@@ -63,6 +65,7 @@ impl Attempt {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        self.backend.answered.fetch_add(1, Relaxed);
         if self.up.breaker.is_some() && self.backend.breaker.success() {
             log::warn!(
                 "upstream {} backend {}: circuit closed",

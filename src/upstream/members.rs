@@ -26,6 +26,9 @@ pub struct BackendState {
     pub(super) backend: Backend,
     pub breaker: Breaker,
     pub inflight: AtomicU64,
+    /// Attempts that ended, and of them those that failed (the dashboard's error rate).
+    pub answered: AtomicU64,
+    pub failed: AtomicU64,
     /// The active checks' verdict (healthy until they say otherwise, as in Pingora).
     pub(super) healthy: AtomicBool,
 }
@@ -42,6 +45,8 @@ impl BackendState {
             },
             breaker: Breaker::default(),
             inflight: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
         }
     }

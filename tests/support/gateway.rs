@@ -32,13 +32,19 @@ impl Gateway {
 
     /// As `start`, with extra environment variables for the gateway process.
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
-        Gateway::start_full(body, env, "")
+        Gateway::start_full(body, env, "", "")
+    }
+
+    /// As `start`, with the admin section's map form: `admin` its keys after `address`
+    /// (`token: "..."`). `/health` stays open, so readiness is seen as before.
+    pub fn start_with_admin(admin: &str, body: &str) -> Gateway {
+        Gateway::start_full(body, &[], "", admin)
     }
 
     /// As `start`, with more `listen` entries (YAML flow items, e.g.
     /// `{address: "127.0.0.1:1234", h2c: true}`) after the harness's plain listener.
     pub fn start_listening(extra_listen: &str, body: &str) -> Gateway {
-        Gateway::start_full(body, &[], extra_listen)
+        Gateway::start_full(body, &[], extra_listen, "")
     }
 
     /// A gateway with one more listener on a fresh port, `entry(addr)` its YAML flow
@@ -74,16 +80,21 @@ impl Gateway {
     /// test's gateway or backend, a client's source port) may take it before the gateway
     /// binds it; the gateway then waits for it, and a test could talk to whatever holds it.
     /// Such a start is abandoned and made again on fresh ports.
-    fn start_full(body: &str, env: &[(&str, &str)], extra_listen: &str) -> Gateway {
+    fn start_full(body: &str, env: &[(&str, &str)], extra_listen: &str, admin: &str) -> Gateway {
         for _ in 0..4 {
-            if let Some(gw) = Self::try_start(body, env, extra_listen) {
+            if let Some(gw) = Self::try_start(body, env, extra_listen, admin) {
                 return gw;
             }
         }
         panic!("tollgate found a port taken at every start");
     }
 
-    fn try_start(body: &str, env: &[(&str, &str)], extra_listen: &str) -> Option<Gateway> {
+    fn try_start(
+        body: &str,
+        env: &[(&str, &str)],
+        extra_listen: &str,
+        admin_keys: &str,
+    ) -> Option<Gateway> {
         let dir = tempfile::tempdir().unwrap();
         // Ports the extra listeners took are not free to take again, though they are unbound.
         let fresh = |taken: &str| loop {
@@ -96,11 +107,15 @@ impl Gateway {
         let admin = fresh(&format!("{extra_listen} {addr}"));
         let log = dir.path().join("stderr.log");
         let conf = dir.path().join("tollgate.yaml");
-        let yaml = listening(
+        let mut yaml = listening(
             gateway_yaml(dir.path(), addr, admin, body),
             addr,
             extra_listen,
         );
+        if !admin_keys.is_empty() {
+            let map = format!("admin: {{address: \"{admin}\", {admin_keys}}}\n");
+            yaml = yaml.replace(&format!("admin: \"{admin}\"\n"), &map);
+        }
         std::fs::write(&conf, yaml).unwrap();
         let child = Command::new(bin())
             .arg("-c")

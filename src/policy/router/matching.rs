@@ -173,21 +173,35 @@ impl MatchRules {
 
     /// Each rule as written (`headers.x-env = "canary"`) and whether it holds for `req`.
     pub fn explain(&self, req: &RequestHeader) -> Vec<(String, bool)> {
+        let headers = self
+            .headers
+            .iter()
+            .map(|(n, t)| header_holds(&req.headers, n, t));
+        let query = self
+            .query
+            .iter()
+            .map(|(n, t)| query_holds(req.uri.query(), n, t));
+        let cookies = self
+            .cookies
+            .iter()
+            .map(|(n, t)| cookie_holds(&req.headers, n, t));
+        let held = headers.chain(query).chain(cookies);
+        self.describe().into_iter().zip(held).collect()
+    }
+
+    /// Each rule as written (`headers.x-env = "canary"`).
+    pub fn describe(&self) -> Vec<String> {
         let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let mut out = Vec::with_capacity(self.len());
-        for (n, t) in self.headers.iter() {
-            let held = header_holds(&req.headers, n, t);
-            out.push((format!("headers.{n} {t}"), held));
-        }
-        for (n, t) in self.query.iter() {
-            let held = query_holds(req.uri.query(), n, t);
-            out.push((format!("query.{} {t}", lossy(n)), held));
-        }
-        for (n, t) in self.cookies.iter() {
-            let held = cookie_holds(&req.headers, n, t);
-            out.push((format!("cookies.{} {t}", lossy(n)), held));
-        }
-        out
+        let headers = self.headers.iter().map(|(n, t)| format!("headers.{n} {t}"));
+        let query = self
+            .query
+            .iter()
+            .map(|(n, t)| format!("query.{} {t}", lossy(n)));
+        let cookies = self
+            .cookies
+            .iter()
+            .map(|(n, t)| format!("cookies.{} {t}", lossy(n)));
+        headers.chain(query).chain(cookies).collect()
     }
 
     /// Whether two rule sets ask exactly the same (routes differing only here are distinct).

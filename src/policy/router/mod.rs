@@ -75,6 +75,16 @@ pub enum HostPattern {
 }
 
 impl HostPattern {
+    /// As the config writes it (`api.example.com`, `*.example.com`).
+    pub fn describe(&self) -> String {
+        match self {
+            HostPattern::Exact(h) => h.clone(),
+            HostPattern::Wildcard(s) => format!("*{s}"),
+        }
+    }
+}
+
+impl HostPattern {
     /// Parse a configured host; `None` when it is not a plausible host name.
     pub fn parse(s: &str) -> Option<Self> {
         let s = s.trim().to_ascii_lowercase();
