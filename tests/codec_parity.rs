@@ -4,7 +4,7 @@
 //! Why: a plain bodiless request is served by one codec or the other depending on where it
 //! goes (`Tollgate::serves` in `src/proxy/own.rs`), and the policy code behind both is shared,
 //! so any difference a client can see is a bug in one codec, not a decision. The only allowed
-//! differences are those README's "How a request is handled" lists.
+//! differences are those docs/request-flow.md lists.
 //!
 //! How each engine is forced, for the same request, route, config and backend: two gateway
 //! processes run the same config and share the echo upstream, both asked on a plain listener.

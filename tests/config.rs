@@ -34,6 +34,24 @@ fn the_demo_config_is_valid() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// The config a newcomer reads first, in the README's tour, is one tollgate takes.
+#[test]
+fn the_readme_tour_config_is_valid() {
+    let readme = include_str!("../README.md");
+    let yaml = readme
+        .split("## A short tour")
+        .nth(1)
+        .and_then(|t| t.split("```yaml").nth(1))
+        .and_then(|t| t.split("```").next())
+        .expect("the README's tour has a YAML block");
+    let env = [
+        ("TOLLGATE_ADMIN_TOKEN", "tour-admin-token-0123456789"),
+        ("FRONTEND_KEY", "tour-frontend-key-0123"),
+    ];
+    let (code, out) = check_config_with_env(yaml, &env);
+    assert_eq!(code, 0, "{yaml}\n{out}");
+}
+
 #[test]
 fn unknown_upstream_names_the_route_and_the_known_ones() {
     rejects(
