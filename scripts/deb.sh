@@ -3,16 +3,19 @@
 # the packaged /etc/tollgate/tollgate.yaml with the packaged binary, and `systemd-analyze
 # verify` the packaged unit. CI runs it after the tests (.ci/run); `make deb` too.
 #   cargo-deb is installed (pinned) when missing; the binary is built with [profile.deb]
-#   (release without fat LTO), then packaged with `cargo deb --no-build`.
+#   (release without fat LTO), then packaged with `cargo deb --no-build`. DEB_PROFILE=dev
+#   packages the debug binary the tests already built instead (CI: the package's layout,
+#   conffile and unit are what is checked, and a second build would double CI's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO_DEB_VERSION=3.8.0
 command -v cargo-deb >/dev/null || cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
 
+profile=${DEB_PROFILE:-deb}
 start=$(date +%s)
-cargo build --profile deb --locked
-cargo deb --no-build --profile deb
+[[ $profile == dev ]] || cargo build --profile "$profile" --locked
+cargo deb --no-build --profile "$profile"
 deb=$(ls -t target/debian/tollgate_*.deb | head -n1)
 echo "package: $deb, $(stat -c %s "$deb") bytes (built in $(($(date +%s) - start)) s)"
 
