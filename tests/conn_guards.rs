@@ -227,6 +227,14 @@ fn connections_over_the_per_ip_cap_get_503() {
         metrics.contains("tollgate_local_answers_total{error=\"unavailable\"} 1"),
         "{metrics}"
     );
+    // And listed among the dashboard's refusals, with why.
+    let status = gw.admin_get("/api/status").json();
+    let refusal = &status["refusals"][0];
+    assert_eq!(refusal["reason"], "connection_cap", "{status}");
+    assert_eq!(
+        (refusal["status"].as_u64(), refusal["request_id"].as_str()),
+        (Some(503), Some(&*id))
+    );
     // Closing one gives its slot back.
     drop(a);
     assert!(

@@ -71,6 +71,23 @@ impl Observe {
         let status = reject.status();
         self.metrics.rejected(reject.code());
         self.metrics.head_refused(status, total);
+        if self.refusals.enabled() && refusals::is_refusal(status) {
+            self.refusals.record(refusals::Refusal {
+                at: SystemTime::now(),
+                status,
+                method: "-".into(),
+                path: "-".into(),
+                route: None,
+                client_ip,
+                consumer: None,
+                // Before a request: only the connection cap answers 503 here.
+                reason: match reject {
+                    crate::error::Reject::Unavailable => "connection_cap".to_owned(),
+                    r => r.code().to_owned(),
+                },
+                request_id: request_id.to_str().unwrap_or("").into(),
+            });
+        }
         self.access_log.write(&Entry {
             time: SystemTime::now(),
             request_id: request_id.to_str().unwrap_or("-"),
