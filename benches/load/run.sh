@@ -11,7 +11,9 @@
 #   throughput  closed loop (wrk), every target at each CONNS: req/s, latency, CPU/request
 #   latency     open loop (oha --latency-correction -q) at LAT_LOAD % of each proxy's maximum
 #               and the same rate at the upstream directly: the proxy's added p99
-#   (TLS=1 adds nginx-prod and tollgate-prod: the API-key route over TLS 1.3 with a combined log)
+#   (TLS=1 adds nginx-prod and tollgate-prod: the API-key route over TLS 1.3 with a combined log;
+#    H2=1 adds nginx-h2/tollgate-h2, HTTP/2 over TLS 1.3, and nginx-h2c/tollgate-h2c, HTTP/2
+#    with prior knowledge, on the plain route, driven by h2load with 10 streams a connection)
 #   memory      RSS of each proxy holding IDLE_CONNS idle keep-alive client connections
 #   keys        tollgate's RSS growth over KEYS distinct rate-limiter keys
 #
@@ -56,6 +58,8 @@ READY_TIMEOUT=${READY_TIMEOUT:-30}      # seconds a service gets to answer
 KEEP_TMP=${KEEP_TMP:-0}           # 1: keep the temp dir (configs, logs, wrk output)
 ACCESS_LOG=${ACCESS_LOG:-off}     # combined: both proxies write a combined access log to a file in the temp dir;
                                   # both: as off, plus nginx-apikey-log and tollgate-apikey-log (second instances that log)
+H2=${H2:-0}                       # 1: also the HTTP/2 rows (h2 over TLS, h2c), with h2load -m H2_STREAMS
+H2_STREAMS=${H2_STREAMS:-10}      # concurrent streams per HTTP/2 connection
 TLS=${TLS:-0}                     # 1: also nginx-prod and tollgate-prod: the API-key route over TLS 1.3
                                   # (ECDSA P-256) with a combined access log to a file, the production shape
 PARTS=${PARTS:-"throughput latency memory keys"}
@@ -159,6 +163,8 @@ median() {
 check_knobs() {
     is_uint "$REPS" && ((REPS > 0)) || die "REPS must be a positive integer (got '$REPS')"
     [[ $ACCESS_LOG =~ ^(off|combined|both)$ ]] || die "ACCESS_LOG must be off, combined or both (got '$ACCESS_LOG')"
+    [[ $TLS =~ ^[01]$ && $H2 =~ ^[01]$ ]] || die "TLS and H2 must be 0 or 1 (got '$TLS', '$H2')"
+    is_uint "$H2_STREAMS" && ((H2_STREAMS > 0)) || die "H2_STREAMS must be a positive integer (got '$H2_STREAMS')"
     local c
     for c in $CONNS; do
         is_uint "$c" && ((c > 0)) || die "CONNS must be positive integers (got '$CONNS')"
@@ -188,6 +194,7 @@ check_knobs() {
 ensure_tools() {
     local -A pkg_of=([nginx]=nginx-light [wrk]=wrk [curl]=curl [taskset]=util-linux
         [python3]=python3 [awk]=mawk [sort]=coreutils)
+    [[ $H2 != 1 ]] || pkg_of[h2load]=nghttp2-client
     local tool missing=()
     for tool in "${!pkg_of[@]}"; do
         command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg_of[$tool]}")
@@ -408,6 +415,7 @@ show_logs() {
 }
 
 # wait_http NAME PID URL LOG... — poll URL until it answers 200, with a deadline.
+WAIT_CURL=() # extra curl arguments of the next wait_http (an h2c-only listener)
 wait_http() {
     local name=$1 pid=$2 url=$3 code=000
     shift 3
@@ -419,7 +427,7 @@ wait_http() {
             show_logs "$@"
             die "$name exited while starting (exit status $status; output in $1)"
         fi
-        code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null) || true
+        code=$(curl -sk "${WAIT_CURL[@]}" -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null) || true
         [[ $code == 200 ]] && return 0
         if ((SECONDS >= deadline)); then
             show_logs "$@"
@@ -458,8 +466,8 @@ start_upstream() {
     log "upstream nginx ready on :$UPSTREAM_PORT (pid $UPSTREAM_PID, cpu $LOADGEN_CPU)"
 }
 
-start_nginx_proxy() { # start_nginx_proxy [PORT LOG TAG TLS]: LOG on|off, TAG names a second instance
-    local port=${1:-$NGINX_PORT} logged=${2:-$ACCESS_LOG} tag=${3:-} tls=${4:-0} scheme=http
+start_nginx_proxy() { # start_nginx_proxy [PORT LOG TAG TLS H2]: LOG on|off, TAG names a second instance, H2 1: http2
+    local port=${1:-$NGINX_PORT} logged=${2:-$ACCESS_LOG} tag=${3:-} tls=${4:-0} h2=${5:-0} scheme=http
     local conf="$TMP/nginx$tag.conf" pid
     mkdir -p "$TMP/nginx_tmp"
     render proxy.nginx.conf "$conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
@@ -477,12 +485,20 @@ start_nginx_proxy() { # start_nginx_proxy [PORT LOG TAG TLS]: LOG on|off, TAG na
         grep -q "ssl_certificate" "$conf" || die "proxy.nginx.conf: no listen line to put TLS on"
         scheme=https
     fi
+    if [[ $h2 == 1 ]]; then
+        # HTTP/2: by ALPN over TLS, with prior knowledge (h2c) without.
+        sed -i "s|^        listen 127.0.0.1:$port |        listen 127.0.0.1:$port http2 |" "$conf"
+        grep -q "listen 127.0.0.1:$port http2 " "$conf" || die "proxy.nginx.conf: no listen line to put http2 on"
+    fi
     nginx -t -q -p "$TMP" -e "$TMP/nginx$tag.error.log" -c "$conf" ||
         die "proxy nginx config rejected (see above; $conf)"
     start_bg "nginx$tag" "$PROXY_CPU" TERM nginx -p "$TMP" -e "$TMP/nginx$tag.error.log" -c "$conf"
     pid=$LAST_PID
+    # An h2c listener speaks only HTTP/2.
+    [[ $h2 == 0 || $tls == 1 ]] || WAIT_CURL=(--http2-prior-knowledge)
     wait_http "nginx proxy$tag" "$pid" "$scheme://127.0.0.1:$port/bench" \
         "$TMP/nginx$tag.out" "$TMP/nginx$tag.error.log"
+    WAIT_CURL=()
     # The master only supervises; the worker does the proxying, so its CPU and
     # RSS are what compares with tollgate's single process.
     remember_children "$pid"
@@ -492,8 +508,8 @@ start_nginx_proxy() { # start_nginx_proxy [PORT LOG TAG TLS]: LOG on|off, TAG na
     log "nginx proxy$tag ready on :$port (master $pid, worker $workers, cpu $PROXY_CPU)"
 }
 
-start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG TLS]: as start_nginx_proxy
-    local port=${1:-$TOLLGATE_PORT} admin=${2:-$TOLLGATE_ADMIN_PORT} logged=${3:-$ACCESS_LOG} tag=${4:-} tls=${5:-0}
+start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG TLS H2C]: as start_nginx_proxy (TLS offers h2 by ALPN)
+    local port=${1:-$TOLLGATE_PORT} admin=${2:-$TOLLGATE_ADMIN_PORT} logged=${3:-$ACCESS_LOG} tag=${4:-} tls=${5:-0} h2c=${6:-0}
     local conf="$TMP/tollgate$tag.yaml" pid
     render tollgate.yaml "$conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
         TOLLGATE_PORT="$port" TOLLGATE_ADMIN_PORT="$admin" API_KEY="$API_KEY"
@@ -507,6 +523,10 @@ start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG TLS]: as start_ngin
     if [[ $tls == 1 ]]; then
         sed -i "s|^listen: \[\"127.0.0.1:$port\"\]|listen: [{address: \"127.0.0.1:$port\", tls: {cert: \"$TMP/tls.pem\", key: \"$TMP/tls.key\", min_version: \"1.3\"}}]|" "$conf"
         grep -q "tls.pem" "$conf" || die "tollgate.yaml: no listen line to put TLS on"
+    fi
+    if [[ $h2c == 1 ]]; then
+        sed -i "s|^listen: \[\"127.0.0.1:$port\"\]|listen: [{address: \"127.0.0.1:$port\", h2c: true}]|" "$conf"
+        grep -q "h2c: true" "$conf" || die "tollgate.yaml: no listen line to put h2c on"
     fi
     # The JWT scenario's token, minted by tollgate itself from the same config.
     JWT=$("$TG_BIN" token -c "$conf" --auth tokens --sub bench --ttl 24h) ||
@@ -557,12 +577,14 @@ start_haproxy() {
 # --auth: the smoke test also checks that the same request without the -H
 # headers (the credential) is refused with 401: the policy is really applied.
 SCENARIOS=()
-declare -A SC_PORT SC_ARGS SC_VS SC_PIDS SC_BASE SC_PATH SC_AUTH SC_SCHEME
+declare -A SC_PORT SC_ARGS SC_VS SC_PIDS SC_BASE SC_PATH SC_AUTH SC_SCHEME SC_H2
 
 scenario() {
-    local vs=nginx base="" path=/bench auth=0 scheme=http
+    local vs=nginx base="" path=/bench auth=0 scheme=http h2=""
     while [[ ${1:-} == --* ]]; do
         case $1 in
+            --h2) h2=h2 && scheme=https && shift && continue ;;
+            --h2c) h2=h2c && shift && continue ;;
             --vs) vs=$2 ;;
             --base) base=$2 ;;
             --path) path=$2 ;;
@@ -581,6 +603,7 @@ scenario() {
     SC_PATH[$name]=$path
     SC_AUTH[$name]=$auth
     SC_SCHEME[$name]=$scheme
+    SC_H2[$name]=$h2 # empty: HTTP/1.1 with wrk; h2 or h2c: HTTP/2 with h2load
     SC_PIDS[$name]=${PIDS_ON_PORT[$port]:-} # empty: no proxy to measure (direct)
     SC_ARGS[$name]=""
     if (($#)); then SC_ARGS[$name]=$(printf '%q ' "$@"); fi
@@ -596,6 +619,10 @@ scenario_args() { # scenario_args NAME — sets the array ARGS
 smoke() {
     local name=$1 url="${SC_SCHEME[$1]}://127.0.0.1:${SC_PORT[$1]}${SC_PATH[$1]}" curl_args=(-k) i code body
     scenario_args "$name"
+    case ${SC_H2[$name]} in
+        h2) curl_args+=(--http2) ;;
+        h2c) curl_args+=(--http2-prior-knowledge) ;;
+    esac
     for ((i = 0; i < ${#ARGS[@]}; i++)); do # pass wrk's -H headers on to curl
         if [[ ${ARGS[i]} == -H || ${ARGS[i]} == --header ]]; then
             curl_args+=(-H "${ARGS[i + 1]}")
@@ -607,6 +634,11 @@ smoke() {
         log "$name: GET $url answered $code with body: ${body:0:300}"
         die "$name does not proxy correctly; not measuring it"
     fi
+    if [[ -n ${SC_H2[$name]} ]]; then
+        # The smoke request must have been HTTP/2, or the row measures something else.
+        code=$(curl -s "${curl_args[@]}" -o /dev/null -w '%{http_version}' --max-time 5 "$url") || true
+        [[ $code == 2 ]] || die "$name: GET $url was answered over HTTP/$code, not HTTP/2"
+    fi
     if [[ ${SC_AUTH[$name]} == 1 ]]; then
         code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 5 "$url") || true
         [[ $code == 401 ]] || die "$name: without its credential GET $url answered $code, not 401: the policy is not applied"
@@ -617,11 +649,50 @@ smoke() {
 run_wrk() {
     local name=$1 conns=$2 dur=$3 out=$4
     scenario_args "$name"
+    if [[ -n ${SC_H2[$name]} ]]; then
+        run_h2load "$@"
+        return
+    fi
     if ! taskset -c "$LOADGEN_CPU" wrk -t1 -c"$conns" -d"$dur" --latency "${ARGS[@]}" \
         "${SC_SCHEME[$name]}://127.0.0.1:${SC_PORT[$name]}${SC_PATH[$name]}" >"$out" 2>&1; then
         cat "$out" >&2
         die "wrk failed against $name"
     fi
+}
+
+# run_h2load NAME CONNS DURATION OUT — as run_wrk, for an HTTP/2 scenario: h2load, CONNS
+# connections of H2_STREAMS concurrent streams each, wrk's -H headers passed on.
+run_h2load() {
+    local name=$1 conns=$2 dur=$3 out=$4 args=() i
+    for ((i = 0; i < ${#ARGS[@]}; i++)); do
+        [[ ${ARGS[i]} != -H ]] || args+=(-H "${ARGS[i + 1]}")
+    done
+    if ! taskset -c "$LOADGEN_CPU" h2load -t1 -c"$conns" -m"$H2_STREAMS" -D "$dur" "${args[@]}" \
+        "${SC_SCHEME[$name]}://127.0.0.1:${SC_PORT[$name]}${SC_PATH[$name]}" >"$out" 2>&1; then
+        cat "$out" >&2
+        die "h2load failed against $name"
+    fi
+}
+
+# parse_h2load FILE — as parse_wrk; h2load reports no percentiles: the p50 and p99 columns
+# of HTTP/2 rows are its mean and max time per request.
+parse_h2load() {
+    awk '
+        function us(v,   n, u) {
+            n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+            if (u == "us") return n
+            if (u == "ms") return n * 1000
+            if (u == "s")  return n * 1000000
+            return -1
+        }
+        /^finished in/        { split($0, f, ", "); rps = f[2] + 0 }
+        /^requests:/          { reqs = $8; bad = $10 + $12 + $14 }
+        /^status codes:/      { bad += $5 + $7 + $9 }
+        /^time for request:/  { max = us($5); mean = us($6) }
+        END {
+            if (rps == "" || reqs == "" || mean == "" || mean < 0 || max < 0) exit 1
+            printf "%s %s %.1f %.1f 0 %d\n", rps, reqs, mean, max, bad
+        }' "$1"
 }
 
 # parse_wrk FILE — prints: req/s requests p50_us p99_us socket_errors non_2xx
@@ -653,7 +724,9 @@ parse_wrk() {
 # a broken target is never reported as a fast one.
 check_run() {
     local name=$1 conns=$2 out=$3 serr bad reqs
-    PARSED=$(parse_wrk "$out") || { cat "$out" >&2; die "could not parse wrk output for $name"; }
+    local parse=parse_wrk
+    [[ -z ${SC_H2[$name]} ]] || parse=parse_h2load
+    PARSED=$($parse "$out") || { cat "$out" >&2; die "could not parse the load output for $name"; }
     read -r _ reqs _ _ serr bad <<<"$PARSED"
     if ((serr > 0 || bad > 0 || reqs == 0)); then
         cat "$out" >&2
@@ -803,10 +876,11 @@ main() {
     HAPROXY_MAXCONN=$(((nofile - 100) / 2 < WORKER_CONNECTIONS ? (nofile - 100) / 2 : WORKER_CONNECTIONS))
 
     local ports
-    ports=$(free_ports 13)
+    ports=$(free_ports 19)
     read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT HAPROXY_PORT BARE_PORT \
         FLOOR_PORT NGINX_LOG_PORT TOLLGATE_LOG_PORT TOLLGATE_LOG_ADMIN_PORT NGINX_PROD_PORT \
-        TOLLGATE_PROD_PORT TOLLGATE_PROD_ADMIN_PORT <<<"$ports"
+        TOLLGATE_PROD_PORT TOLLGATE_PROD_ADMIN_PORT NGINX_H2_PORT TOLLGATE_H2_PORT \
+        TOLLGATE_H2_ADMIN_PORT NGINX_H2C_PORT TOLLGATE_H2C_PORT TOLLGATE_H2C_ADMIN_PORT <<<"$ports"
 
     start_upstream
     # ACCESS_LOG=both: the plain instances without a log, and a second of each with one.
@@ -817,14 +891,25 @@ main() {
     [[ $SKIP_TOLLGATE == 1 ]] || start_tollgate "$TOLLGATE_PORT" "$TOLLGATE_ADMIN_PORT" "$first_log"
     [[ $SKIP_TOLLGATE == 1 || $ACCESS_LOG != both ]] ||
         start_tollgate "$TOLLGATE_LOG_PORT" "$TOLLGATE_LOG_ADMIN_PORT" combined -log
-    if [[ $TLS == 1 ]]; then
+    if [[ $TLS == 1 || $H2 == 1 ]]; then
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
             -subj /CN=localhost -addext subjectAltName=DNS:localhost \
             -keyout "$TMP/tls.key" -out "$TMP/tls.pem" >/dev/null 2>&1 || die "openssl req failed"
         chmod 0644 "$TMP/tls.key" # nginx workers run unprivileged when started as root
+    fi
+    if [[ $TLS == 1 ]]; then
         start_nginx_proxy "$NGINX_PROD_PORT" combined -prod 1
         [[ $SKIP_TOLLGATE == 1 ]] ||
             start_tollgate "$TOLLGATE_PROD_PORT" "$TOLLGATE_PROD_ADMIN_PORT" combined -prod 1
+    fi
+    if [[ $H2 == 1 ]]; then
+        # HTTP/2 from clients, HTTP/1.1 to the upstream, as the first-level rows (no log).
+        start_nginx_proxy "$NGINX_H2_PORT" off -h2 1 1
+        start_nginx_proxy "$NGINX_H2C_PORT" off -h2c 0 1
+        if [[ $SKIP_TOLLGATE != 1 ]]; then
+            start_tollgate "$TOLLGATE_H2_PORT" "$TOLLGATE_H2_ADMIN_PORT" off -h2 1
+            start_tollgate "$TOLLGATE_H2C_PORT" "$TOLLGATE_H2C_ADMIN_PORT" off -h2c 0 1
+        fi
     fi
     [[ $SKIP_TOLLGATE == 1 || $SKIP_BARE == 1 ]] || start_example pingora "$BARE_BIN" "$BARE_PORT"
     [[ $SKIP_TOLLGATE == 1 || $SKIP_FLOOR == 1 ]] || start_example h1-floor "$FLOOR_BIN" "$FLOOR_PORT"
@@ -869,6 +954,15 @@ main() {
         if [[ $SKIP_TOLLGATE != 1 ]]; then
             scenario --tls --vs nginx-prod --base tollgate-apikey --path /api/bench --auth \
                 tollgate-prod "$TOLLGATE_PROD_PORT" -H "$key_hdr"
+        fi
+    fi
+
+    if [[ $H2 == 1 ]]; then
+        scenario --h2 --base nginx nginx-h2 "$NGINX_H2_PORT"
+        scenario --h2c --base nginx nginx-h2c "$NGINX_H2C_PORT"
+        if [[ $SKIP_TOLLGATE != 1 ]]; then
+            scenario --h2 --vs nginx-h2 --base tollgate tollgate-h2 "$TOLLGATE_H2_PORT"
+            scenario --h2c --vs nginx-h2c --base tollgate tollgate-h2c "$TOLLGATE_H2C_PORT"
         fi
     fi
 
