@@ -62,6 +62,7 @@ routes:
   - {{name: both, path_prefix: /both, upstream: u, auth: [keys, tokens]}}
   - {{name: alice-only, path_prefix: /alice, upstream: u, auth: [keys], consumers: [alice]}}
   - {{name: admins, path_prefix: /admin, upstream: u, auth: [tokens], claims: {{role: [admin]}}}}
+  - {{name: scoped, path_prefix: /orders, upstream: u, auth: [tokens], claims: {{scope: ["orders:read"]}}}}
 "#,
         keypath = keypath.display()
     );
@@ -169,6 +170,31 @@ fn wrong_consumer_or_claim_is_403() {
         &[("Authorization", &bearer(&token(good_claims())))],
     );
     assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// OAuth 2 scopes are one space-separated string (RFC 6749 §3.3, RFC 9068): a route's
+/// `claims: {scope: [...]}` admits a token holding any listed scope among its others.
+#[test]
+fn a_scope_claim_is_a_list_of_scopes() {
+    let gw = gateway("");
+    for (scope, status) in [
+        (json!("openid orders:read profile"), 200),
+        (json!("orders:read"), 200),
+        (json!(["openid", "orders:read"]), 200),
+        (json!("orders:write orders:readx"), 403),
+        (json!("openid  orders:read\tx"), 403),
+        (json!(""), 403),
+    ] {
+        let mut c = good_claims();
+        c["scope"] = scope.clone();
+        let r = gw.send("GET", "/orders/x", &[("Authorization", &bearer(&token(c)))]);
+        assert_eq!(r.status, status, "scope {scope}: {r:?}");
+    }
+    // Only scopes are split: another claim's value is compared whole.
+    let mut c = good_claims();
+    c["role"] = json!("user admin");
+    let r = gw.send("GET", "/admin/x", &[("Authorization", &bearer(&token(c)))]);
+    assert_eq!(r.status, 403, "{r:?}");
 }
 
 #[test]

@@ -344,6 +344,10 @@ impl Auth {
                 .as_ref()
                 .and_then(|c| c.get(claim))
                 .is_some_and(|v| match v {
+                    // OAuth 2 scopes: one string, space-separated (RFC 6749 §3.3).
+                    serde_json::Value::String(s) if is_scope(claim) => {
+                        s.split(' ').any(|t| values.iter().any(|v| v == t))
+                    }
                     serde_json::Value::String(s) => values.contains(s),
                     serde_json::Value::Array(a) => a
                         .iter()
@@ -357,6 +361,12 @@ impl Auth {
         id.claims = claims;
         Ok(id)
     }
+}
+
+/// Whether a claim holds OAuth 2 scopes (`scope`, RFC 9068; `scp`, as some providers name
+/// it): a space-separated list in one string.
+fn is_scope(claim: &str) -> bool {
+    matches!(claim, "scope" | "scp")
 }
 
 /// A credential a provider accepted: who it names, and a JWT's claims.
