@@ -13,7 +13,8 @@
 #               and the same rate at the upstream directly: the proxy's added p99
 #   (TLS=1 adds nginx-prod and tollgate-prod: the API-key route over TLS 1.3 with a combined log;
 #    H2=1 adds nginx-h2/tollgate-h2, HTTP/2 over TLS 1.3, and nginx-h2c/tollgate-h2c, HTTP/2
-#    with prior knowledge, on the plain route, driven by h2load with 10 streams a connection)
+#    with prior knowledge, on the plain route, driven by h2load with 10 streams a connection;
+#    GRPC=1 adds nginx-grpc/tollgate-grpc: unary gRPC calls over h2c to an h2c gRPC upstream)
 #   memory      RSS of each proxy holding IDLE_CONNS idle keep-alive client connections
 #   keys        tollgate's RSS growth over KEYS distinct rate-limiter keys
 #
@@ -60,6 +61,8 @@ ACCESS_LOG=${ACCESS_LOG:-off}     # combined: both proxies write a combined acce
                                   # both: as off, plus nginx-apikey-log and tollgate-apikey-log (second instances that log)
 H2=${H2:-0}                       # 1: also the HTTP/2 rows (h2 over TLS, h2c), with h2load -m H2_STREAMS
 H2_STREAMS=${H2_STREAMS:-10}      # concurrent streams per HTTP/2 connection
+GRPC=${GRPC:-0}                   # 1: also nginx-grpc and tollgate-grpc: unary gRPC calls over h2c (h2load)
+GRPC_UP_BIN=${GRPC_UP_BIN:-}      # examples/grpc_upstream (built when empty)
 TLS=${TLS:-0}                     # 1: also nginx-prod and tollgate-prod: the API-key route over TLS 1.3
                                   # (ECDSA P-256) with a combined access log to a file, the production shape
 PARTS=${PARTS:-"throughput latency memory keys"}
@@ -163,7 +166,8 @@ median() {
 check_knobs() {
     is_uint "$REPS" && ((REPS > 0)) || die "REPS must be a positive integer (got '$REPS')"
     [[ $ACCESS_LOG =~ ^(off|combined|both)$ ]] || die "ACCESS_LOG must be off, combined or both (got '$ACCESS_LOG')"
-    [[ $TLS =~ ^[01]$ && $H2 =~ ^[01]$ ]] || die "TLS and H2 must be 0 or 1 (got '$TLS', '$H2')"
+    [[ $TLS =~ ^[01]$ && $H2 =~ ^[01]$ && $GRPC =~ ^[01]$ ]] ||
+        die "TLS, H2 and GRPC must be 0 or 1 (got '$TLS', '$H2', '$GRPC')"
     is_uint "$H2_STREAMS" && ((H2_STREAMS > 0)) || die "H2_STREAMS must be a positive integer (got '$H2_STREAMS')"
     local c
     for c in $CONNS; do
@@ -194,7 +198,7 @@ check_knobs() {
 ensure_tools() {
     local -A pkg_of=([nginx]=nginx-light [wrk]=wrk [curl]=curl [taskset]=util-linux
         [python3]=python3 [awk]=mawk [sort]=coreutils)
-    [[ $H2 != 1 ]] || pkg_of[h2load]=nghttp2-client
+    [[ $H2 != 1 && $GRPC != 1 ]] || pkg_of[h2load]=nghttp2-client
     local tool missing=()
     for tool in "${!pkg_of[@]}"; do
         command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg_of[$tool]}")
@@ -540,6 +544,47 @@ start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG TLS H2C]: as start_
     log "tollgate$tag ready on :$port, admin :$admin (pid $pid, cpu $PROXY_CPU)"
 }
 
+# The gRPC rows: an h2c gRPC upstream on the load generator's core, and each proxy in front
+# of it (grpc.nginx.conf, grpc.tollgate.yaml), none with a log.
+start_grpc() {
+    printf '\0\0\0\0\5hello' >"$TMP/grpc.body" # one 5-byte request message
+    start_bg grpc-upstream "$LOADGEN_CPU" INT "$GRPC_UP_BIN" "127.0.0.1:$GRPC_UPSTREAM_PORT"
+    local pid=$LAST_PID deadline=$((SECONDS + READY_TIMEOUT))
+    until curl -s --http2-prior-knowledge -o /dev/null --max-time 1 "http://127.0.0.1:$GRPC_UPSTREAM_PORT/x"; do
+        ours_alive "$pid" || die "the gRPC upstream exited while starting"
+        ((SECONDS < deadline)) || die "the gRPC upstream did not start"
+        sleep 0.05 # poll interval, not a synchronisation
+    done
+    log "gRPC upstream ready on :$GRPC_UPSTREAM_PORT (pid $pid, cpu $LOADGEN_CPU)"
+
+    local conf="$TMP/nginx-grpc.conf"
+    mkdir -p "$TMP/nginx_tmp"
+    render grpc.nginx.conf "$conf" TMP="$TMP" GRPC_UPSTREAM_PORT="$GRPC_UPSTREAM_PORT" \
+        NGINX_PORT="$NGINX_GRPC_PORT" NGINX_KEEPALIVE="$NGINX_KEEPALIVE" \
+        WORKER_CONNECTIONS="$WORKER_CONNECTIONS"
+    nginx -t -q -p "$TMP" -e "$TMP/nginx-grpc.error.log" -c "$conf" || die "grpc.nginx.conf rejected ($conf)"
+    start_bg nginx-grpc "$PROXY_CPU" TERM nginx -p "$TMP" -e "$TMP/nginx-grpc.error.log" -c "$conf"
+    pid=$LAST_PID
+    WAIT_CURL=(--http2-prior-knowledge)
+    wait_http nginx-grpc "$pid" "http://127.0.0.1:$NGINX_GRPC_PORT/x" "$TMP/nginx-grpc.out" \
+        "$TMP/nginx-grpc.error.log"
+    WAIT_CURL=()
+    remember_children "$pid"
+    ((${#NEW_CHILDREN[@]})) || die "nginx-grpc (pid $pid) has no worker process"
+    PIDS_ON_PORT[$NGINX_GRPC_PORT]="${NEW_CHILDREN[*]}"
+    log "nginx-grpc on :$NGINX_GRPC_PORT (master $pid, cpu $PROXY_CPU)"
+
+    [[ $SKIP_TOLLGATE != 1 ]] || return 0
+    conf="$TMP/tollgate-grpc.yaml"
+    render grpc.tollgate.yaml "$conf" TMP="$TMP" GRPC_UPSTREAM_PORT="$GRPC_UPSTREAM_PORT" \
+        TOLLGATE_PORT="$TOLLGATE_GRPC_PORT" TOLLGATE_ADMIN_PORT="$TOLLGATE_GRPC_ADMIN_PORT"
+    start_bg tollgate-grpc "$PROXY_CPU" INT env RUST_LOG=error "$TG_BIN" -c "$conf"
+    pid=$LAST_PID
+    wait_http tollgate-grpc "$pid" "http://127.0.0.1:$TOLLGATE_GRPC_ADMIN_PORT/health" "$TMP/tollgate-grpc.out"
+    PIDS_ON_PORT[$TOLLGATE_GRPC_PORT]=$pid
+    log "tollgate-grpc on :$TOLLGATE_GRPC_PORT (pid $pid, cpu $PROXY_CPU)"
+}
+
 start_example() { # start_example NAME BIN PORT — a floor: LISTEN_ADDR UPSTREAM_ADDR, SIGINT stops it
     start_bg "$1" "$PROXY_CPU" INT env RUST_LOG=error "$2" "127.0.0.1:$3" "127.0.0.1:$UPSTREAM_PORT"
     local pid=$LAST_PID
@@ -585,6 +630,7 @@ scenario() {
         case $1 in
             --h2) h2=h2 && scheme=https && shift && continue ;;
             --h2c) h2=h2c && shift && continue ;;
+            --grpc) h2=grpc && shift && continue ;;
             --vs) vs=$2 ;;
             --base) base=$2 ;;
             --path) path=$2 ;;
@@ -603,7 +649,7 @@ scenario() {
     SC_PATH[$name]=$path
     SC_AUTH[$name]=$auth
     SC_SCHEME[$name]=$scheme
-    SC_H2[$name]=$h2 # empty: HTTP/1.1 with wrk; h2 or h2c: HTTP/2 with h2load
+    SC_H2[$name]=$h2 # empty: HTTP/1.1 with wrk; h2, h2c or grpc: HTTP/2 with h2load
     SC_PIDS[$name]=${PIDS_ON_PORT[$port]:-} # empty: no proxy to measure (direct)
     SC_ARGS[$name]=""
     if (($#)); then SC_ARGS[$name]=$(printf '%q ' "$@"); fi
@@ -622,6 +668,14 @@ smoke() {
     case ${SC_H2[$name]} in
         h2) curl_args+=(--http2) ;;
         h2c) curl_args+=(--http2-prior-knowledge) ;;
+        grpc)
+            # A unary call: 200, the upstream's 64-byte message, grpc-status 0 in trailers.
+            code=$(curl -s --http2-prior-knowledge -o "$TMP/smoke.body" -w '%{http_code} %{size_download}' \
+                --max-time 5 -H 'content-type: application/grpc' -H 'te: trailers' \
+                --data-binary @"$TMP/grpc.body" "$url" -D "$TMP/smoke.head") || true
+            [[ $code == "200 64" ]] || die "$name: the gRPC call to $url answered '$code', not '200 64'"
+            return
+            ;;
     esac
     for ((i = 0; i < ${#ARGS[@]}; i++)); do # pass wrk's -H headers on to curl
         if [[ ${ARGS[i]} == -H || ${ARGS[i]} == --header ]]; then
@@ -667,6 +721,8 @@ run_h2load() {
     for ((i = 0; i < ${#ARGS[@]}; i++)); do
         [[ ${ARGS[i]} != -H ]] || args+=(-H "${ARGS[i + 1]}")
     done
+    [[ ${SC_H2[$name]} != grpc ]] ||
+        args+=(-d "$TMP/grpc.body" -H 'content-type: application/grpc' -H 'te: trailers')
     if ! taskset -c "$LOADGEN_CPU" h2load -t1 -c"$conns" -m"$H2_STREAMS" -D "$dur" "${args[@]}" \
         "${SC_SCHEME[$name]}://127.0.0.1:${SC_PORT[$name]}${SC_PATH[$name]}" >"$out" 2>&1; then
         cat "$out" >&2
@@ -850,6 +906,7 @@ main() {
         [[ $SKIP_BARE == 1 ]] || build_example bare_pingora BARE_BIN
         [[ $SKIP_FLOOR == 1 ]] || build_example h1_floor FLOOR_BIN
     fi
+    [[ $GRPC != 1 ]] || build_example grpc_upstream GRPC_UP_BIN
 
     trap cleanup EXIT
     trap 'exit 130' INT
@@ -876,11 +933,12 @@ main() {
     HAPROXY_MAXCONN=$(((nofile - 100) / 2 < WORKER_CONNECTIONS ? (nofile - 100) / 2 : WORKER_CONNECTIONS))
 
     local ports
-    ports=$(free_ports 19)
+    ports=$(free_ports 23)
     read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT HAPROXY_PORT BARE_PORT \
         FLOOR_PORT NGINX_LOG_PORT TOLLGATE_LOG_PORT TOLLGATE_LOG_ADMIN_PORT NGINX_PROD_PORT \
         TOLLGATE_PROD_PORT TOLLGATE_PROD_ADMIN_PORT NGINX_H2_PORT TOLLGATE_H2_PORT \
-        TOLLGATE_H2_ADMIN_PORT NGINX_H2C_PORT TOLLGATE_H2C_PORT TOLLGATE_H2C_ADMIN_PORT <<<"$ports"
+        TOLLGATE_H2_ADMIN_PORT NGINX_H2C_PORT TOLLGATE_H2C_PORT TOLLGATE_H2C_ADMIN_PORT \
+        GRPC_UPSTREAM_PORT NGINX_GRPC_PORT TOLLGATE_GRPC_PORT TOLLGATE_GRPC_ADMIN_PORT <<<"$ports"
 
     start_upstream
     # ACCESS_LOG=both: the plain instances without a log, and a second of each with one.
@@ -911,6 +969,7 @@ main() {
             start_tollgate "$TOLLGATE_H2C_PORT" "$TOLLGATE_H2C_ADMIN_PORT" off -h2c 0 1
         fi
     fi
+    [[ $GRPC != 1 ]] || start_grpc
     [[ $SKIP_TOLLGATE == 1 || $SKIP_BARE == 1 ]] || start_example pingora "$BARE_BIN" "$BARE_PORT"
     [[ $SKIP_TOLLGATE == 1 || $SKIP_FLOOR == 1 ]] || start_example h1-floor "$FLOOR_BIN" "$FLOOR_PORT"
     [[ $HAVE_HAPROXY == 0 ]] || start_haproxy
@@ -964,6 +1023,12 @@ main() {
             scenario --h2 --vs nginx-h2 --base tollgate tollgate-h2 "$TOLLGATE_H2_PORT"
             scenario --h2c --vs nginx-h2c --base tollgate tollgate-h2c "$TOLLGATE_H2C_PORT"
         fi
+    fi
+
+    if [[ $GRPC == 1 ]]; then
+        scenario --grpc --path /bench.Svc/Call nginx-grpc "$NGINX_GRPC_PORT"
+        [[ $SKIP_TOLLGATE == 1 ]] ||
+            scenario --grpc --vs nginx-grpc --path /bench.Svc/Call tollgate-grpc "$TOLLGATE_GRPC_PORT"
     fi
 
     local name conns rep
