@@ -63,6 +63,11 @@ impl Tollgate {
                 ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => {
                     format!("upstream_unreachable{}", backend())
                 }
+                // A limit the proxy applied itself (a body over `max_body`...).
+                ErrorType::HTTPStatus(s) => match ctx.why {
+                    Some(Why::Refused(code)) => code.to_owned(),
+                    _ => format!("status_{s}"),
+                },
                 t => match ctx.why {
                     Some(Why::Refused(code)) if ctx.backend.is_none() => code.to_owned(),
                     _ => format!("upstream_{}{}", snake(t.as_str()), backend()),
@@ -98,14 +103,35 @@ impl Tollgate {
     }
 }
 
-/// `ReadError` as `read_error`.
+/// `ReadError` as `read_error`, `TLSHandshakeFailure` as `tls_handshake_failure`.
 fn snake(camel: &str) -> String {
+    let c: Vec<char> = camel.chars().collect();
     let mut out = String::with_capacity(camel.len() + 4);
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
+    for (i, &ch) in c.iter().enumerate() {
+        let word_starts = ch.is_ascii_uppercase()
+            && i > 0
+            && (!c[i - 1].is_ascii_uppercase()
+                || c.get(i + 1).is_some_and(|n| n.is_ascii_lowercase()));
+        if word_starts {
             out.push('_');
         }
-        out.push(c.to_ascii_lowercase());
+        out.push(ch.to_ascii_lowercase());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_types_read_as_words() {
+        for (camel, word) in [
+            ("ReadError", "read_error"),
+            ("H2Error", "h2_error"),
+            ("ConnectionClosed", "connection_closed"),
+            ("TLSHandshakeFailure", "tls_handshake_failure"),
+            ("HTTPStatus", "http_status"),
+        ] {
+            assert_eq!(super::snake(camel), word);
+        }
+    }
 }
