@@ -294,24 +294,29 @@ fn a_tls_listener_reads_the_header_before_the_handshake() {
     let certs = tempfile::tempdir().unwrap();
     let (c, k) = tls_client::cert(certs.path(), "a", &["a.test"]);
     let tls = format!(
-        ", tls: {{cert: \"{}\", key: \"{}\", http2: false}}",
+        ", tls: {{cert: \"{}\", key: \"{}\"}}",
         c.display(),
         k.display()
     );
     let pp = gateway("\"127.0.0.1\"", &tls, "");
+    // The header, then a TLS handshake offering `alpn`.
+    let connect = |header: Vec<u8>, alpn: &'static [u8]| async move {
+        let mut tcp = tokio::net::TcpStream::connect(pp.addr).await.unwrap();
+        tcp.write_all(&header).await.unwrap();
+        let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+        b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        b.set_alpn_protos(alpn).unwrap();
+        let ssl = b.build().configure().unwrap().into_ssl("a.test").unwrap();
+        let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+        std::pin::Pin::new(&mut s)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(s)
+    };
     let ask = |header: Vec<u8>| {
         runtime().block_on(async {
-            let mut tcp = tokio::net::TcpStream::connect(pp.addr).await.unwrap();
-            tcp.write_all(&header).await.unwrap();
-            let mut b =
-                openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
-            b.set_verify(openssl::ssl::SslVerifyMode::NONE);
-            let ssl = b.build().configure().unwrap().into_ssl("a.test").unwrap();
-            let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
-            std::pin::Pin::new(&mut s)
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut s = connect(header, b"\x08http/1.1").await?;
             let req = "GET /api/tls HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
             s.write_all(req.as_bytes()).await.unwrap();
             let mut buf = Vec::new();
@@ -327,6 +332,16 @@ fn a_tls_listener_reads_the_header_before_the_handshake() {
     );
     let r = ask(v2_from("[2001:db8::9]:1".parse().unwrap(), &[])).unwrap();
     assert_eq!(told(&r), both("2001:db8::9"));
+    // HTTP/2 by ALPN: Pingora's HTTP/2 session sees the same client.
+    let r = runtime()
+        .block_on(async {
+            let s = connect(v1("203.0.113.10"), b"\x02h2").await.unwrap();
+            assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+            h2client::get(s, "https://a.test/api/h2").await
+        })
+        .unwrap_or_else(|e| panic!("h2 request failed: {e}\n{}", pp.gw.logs()));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["headers"]["x-real-ip"], "203.0.113.10");
     // A TLS client without a header: no handshake.
     assert!(ask(Vec::new()).is_err());
     assert_eq!(pp.refused("invalid"), 1);
