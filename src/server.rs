@@ -10,6 +10,7 @@ use pingora::server::Server;
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
+use crate::conn::proxy_protocol::{PreTls, ProxyProtocol};
 use crate::conn::{ConnLimits, Front, Gate, Guards};
 use crate::gateway::Loaded;
 use crate::listen::ServiceKey;
@@ -65,8 +66,9 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
     } = loaded;
     let gw = Arc::new(gateway);
     let layout = crate::observe::metrics::Layout::of(gw.router.routes(), &gw.rate_limits);
+    let proxy_protocol = gw.listen.iter().any(|l| l.proxy_protocol);
     let obs = Arc::new(Observe {
-        metrics: Metrics::with_layout(layout),
+        metrics: Metrics::with_layout(layout).with_proxy_protocol(proxy_protocol),
         access_log: AccessLog::new(gw.access_log.clone()),
         refusals: crate::observe::refusals::Refusals::new(
             gw.admin.as_ref().map_or(0, |a| a.refusals_kept),
@@ -90,6 +92,15 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
         keepalive_timeout: gw.limits.keepalive_timeout,
         max_connections_per_ip: gw.limits.max_connections_per_ip,
     });
+    // What `proxy_protocol` listeners read before anything else, shared by their services.
+    let pp = proxy_protocol.then(|| {
+        let obs = obs.clone();
+        Arc::new(ProxyProtocol::new(
+            gw.trusted_proxies.clone(),
+            gw.limits.head_timeout,
+            move |why| obs.metrics.proxy_protocol_refused(why.label()),
+        ))
+    });
     let mut keys: Vec<ServiceKey> = Vec::new();
     for l in &gw.listen {
         if !keys.contains(&l.service_key()) {
@@ -111,17 +122,34 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
         let mut options = HttpServerOptions::default();
         options.h2c = key.h2c;
         app.server_options = Some(options);
-        let name = if key.h2c { "tollgate h2c" } else { "tollgate" };
+        let name = match (key.h2c, key.proxy_protocol) {
+            (false, false) => "tollgate",
+            (true, false) => "tollgate h2c",
+            (false, true) => "tollgate proxy-protocol",
+            (true, true) => "tollgate h2c proxy-protocol",
+        };
         // With `fast_path: false` it serves no request, and still answers refused heads.
-        let mut front = Front::new(name, Gate::with_own(app, tollgate(), &guards));
+        let mut gate = Gate::with_own(app, tollgate(), &guards);
+        let pp = pp.as_ref().filter(|_| key.proxy_protocol);
+        if let Some(pp) = pp {
+            gate = gate.with_proxy_protocol(pp.clone());
+        }
+        let mut front = Front::new(name, gate);
         for l in gw.listen.iter().filter(|l| l.service_key() == key) {
             match &l.tls {
                 Some(tls) => match tls.settings() {
-                    Ok(settings) => front.pingora().add_listener(
-                        ListenerConfig::tcp(l.addr.as_str())
-                            .tls(settings)
-                            .l4_buffer(client_buffers(true)),
-                    ),
+                    Ok(settings) => {
+                        let pingora = front.pingora();
+                        if let Some(pp) = pp {
+                            let pre_tls = Arc::new(PreTls(pp.clone()));
+                            pingora.endpoints().set_pre_tls_callback(pre_tls);
+                        }
+                        pingora.add_listener(
+                            ListenerConfig::tcp(l.addr.as_str())
+                                .tls(settings)
+                                .l4_buffer(client_buffers(true)),
+                        )
+                    }
                     // Only OpenSSL failing to create a context lands here: nothing to serve.
                     Err(e) => {
                         log::error!("cannot set up TLS on {}: {e}", l.addr);

@@ -84,15 +84,7 @@ fn ia5(s: &str) -> rcgen::string::Ia5String {
 
 /// The gateway's own certificate (for `a.test`), written to `dir`.
 fn server_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let c = rcgen::CertificateParams::new(vec!["a.test".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cp, kp) = (dir.join("server.pem"), dir.join("server.key"));
-    std::fs::write(&cp, c.pem()).unwrap();
-    std::fs::write(&kp, key.serialize_pem()).unwrap();
-    (cp, kp)
+    support::tls_client::cert(dir, "server", &["a.test"])
 }
 
 /// The auth providers and routes every gateway here runs, behind an echo upstream.

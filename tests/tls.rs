@@ -10,28 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openssl::ssl::{Ssl, SslAcceptor, SslConnector, SslMethod, SslVerifyMode, SslVersion};
-use support::tls_client::tls_handshake;
+use support::tls_client::{cert, tls_handshake};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
-
-/// A self-signed certificate for `names`, written as `stem.pem` / `stem.key` in `dir`.
-fn cert(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    let c = rcgen::CertificateParams::new(names)
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cp, kp) = (
-        dir.join(format!("{stem}.pem")),
-        dir.join(format!("{stem}.key")),
-    );
-    std::fs::write(&cp, c.pem()).unwrap();
-    std::fs::write(&kp, key.serialize_pem()).unwrap();
-    (cp, kp)
-}
 
 /// A gateway with the harness's plain listener, a TLS listener (`tls` is its YAML flow
 /// mapping) and an echo upstream behind `/api`.

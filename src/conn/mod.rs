@@ -11,7 +11,8 @@
 //! in `keepalive.rs`. Cleartext HTTP/1 listeners are accepted on by tollgate itself
 //! (`accept.rs`), whose connections hold only their socket while idle (`plain.rs`), and after
 //! a second idle not even a task (`park.rs`); TLS and h2c listeners stay Pingora's, and reach
-//! the gate through `ServerApp::process_new`.
+//! the gate through `ServerApp::process_new`. On a `proxy_protocol` listener, each of these
+//! paths reads the PROXY header first (`proxy_protocol.rs`), before the per-IP cap.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Shutdown, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
@@ -37,6 +39,7 @@ mod keepalive;
 #[allow(unsafe_code)] // epoll(7)
 mod park;
 mod plain;
+pub mod proxy_protocol;
 mod screen;
 
 pub use accept::Front;
@@ -191,6 +194,8 @@ pub struct Gate<A, S = PingoraOnly> {
     inner: Arc<A>,
     own: Option<S>,
     guards: Guards,
+    /// Its listeners' connections start with a PROXY protocol header.
+    proxy: Option<Arc<proxy_protocol::ProxyProtocol>>,
 }
 
 impl<A> Gate<A> {
@@ -199,6 +204,7 @@ impl<A> Gate<A> {
             inner: Arc::new(inner),
             own: None,
             guards: guards.clone(),
+            proxy: None,
         }
     }
 }
@@ -210,7 +216,15 @@ impl<A, S> Gate<A, S> {
             inner: Arc::new(inner),
             own: Some(own),
             guards: guards.clone(),
+            proxy: None,
         }
+    }
+
+    /// Every connection of this gate's listeners starts with a PROXY protocol header. (Its
+    /// TLS listeners read it before the handshake: [`proxy_protocol::PreTls`].)
+    pub fn with_proxy_protocol(mut self, pp: Arc<proxy_protocol::ProxyProtocol>) -> Self {
+        self.proxy = Some(pp);
+        self
     }
 }
 
@@ -277,6 +291,14 @@ where
     std::mem::size_of_val(&plain::serve(Arc::new(gate), lot, tcp, peer, shutdown))
 }
 
+/// A cleartext stream of Pingora's listener after its PROXY header, whose client is now its
+/// peer; `None`: refused.
+async fn proxied(pp: &proxy_protocol::ProxyProtocol, stream: Stream) -> Option<Stream> {
+    let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+    pp.l4(&mut l4).await?;
+    Some(l4)
+}
+
 /// The answer to a client over its connection cap, in the JSON error contract. It has sent
 /// nothing we read yet, so the connection is closed right after.
 fn too_many() -> Vec<u8> {
@@ -310,6 +332,16 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: Serve> ServerApp for Gate<A, S
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // A cleartext connection of Pingora's listener (a TLS one read its header before the
+        // handshake; a reused one is no longer a bare L4 stream). Boxed: an idle connection's
+        // future never holds the header's buffer.
+        if let Some(pp) = self
+            .proxy
+            .as_ref()
+            .filter(|_| stream.as_any().is::<L4Stream>())
+        {
+            stream = Box::pin(proxied(pp, stream)).await?;
+        }
         let ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));

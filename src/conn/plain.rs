@@ -75,14 +75,21 @@ impl Plain {
 pub(super) async fn serve<A, S>(
     gate: Arc<Gate<A, S>>,
     lot: Arc<Lot>,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    mut tcp: TcpStream,
+    mut peer: SocketAddr,
     shutdown: ShutdownWatch,
 ) where
     A: HttpServerApp + Send + Sync + 'static,
     S: Serve,
 {
     let accepted = SystemTime::now();
+    if let Some(pp) = &gate.proxy {
+        // Boxed: the idle connection's future never holds the header's buffer.
+        match Box::pin(pp.tcp(&mut tcp, peer)).await {
+            Some(client) => peer = client,
+            None => return,
+        }
+    }
     let slot = match gate.admit(Some(peer.ip())) {
         Ok(slot) => slot,
         Err(()) => {

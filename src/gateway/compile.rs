@@ -159,9 +159,9 @@ pub fn compile(
     errs: &mut ConfigErrors,
 ) -> Option<Gateway> {
     let before = errs.0.len();
-    let listen = crate::listen::compile(file.listen, errs);
-    let admin = file.admin.and_then(|a| admin(a, &listen, errs));
     let trusted_proxies = trusted(&file.trusted_proxies, errs);
+    let listen = crate::listen::compile(file.listen, !file.trusted_proxies.is_empty(), errs);
+    let admin = file.admin.and_then(|a| admin(a, &listen, errs));
     let access_log = file.access_log.unwrap_or_default();
     if let Err(e) = AccessLog::check(&access_log) {
         errs.push(

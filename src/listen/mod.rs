@@ -3,9 +3,11 @@
 //! An entry is either the plain `"IP:port"` (HTTP/1.1) or an object that adds protocol
 //! options: `{address: "IP:port", h2c: true}` also accepts HTTP/2 with prior knowledge in
 //! cleartext, and `tls: {...}` terminates TLS there ([`tls`]: certificates chosen by SNI,
-//! HTTP/2 offered by ALPN; [`client_auth`]: client certificates). Pingora sets h2c per
-//! service, not per listener, so [`Listener::service_key`] tells `server.rs` which listeners
-//! can share one service.
+//! HTTP/2 offered by ALPN; [`client_auth`]: client certificates); `proxy_protocol: true`
+//! wants a PROXY protocol header from a trusted balancer before anything else
+//! (`crate::conn::proxy_protocol`). Pingora sets h2c and the pre-TLS hook per service, not per
+//! listener, so [`Listener::service_key`] tells `server.rs` which listeners can share one
+//! service.
 
 pub mod client_auth;
 pub mod tls;
@@ -38,6 +40,9 @@ pub struct ListenerFile {
     pub h2c: bool,
     #[serde(default)]
     pub tls: Option<tls::TlsFile>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a trusted proxy.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// Only to say where it belongs: under `tls`.
     #[serde(default)]
     pub client_auth: Option<Value>,
@@ -53,6 +58,9 @@ pub struct Listener {
     pub h2c: bool,
     /// TLS is terminated here, with these certificates.
     pub tls: Option<Arc<tls::ServerTls>>,
+    /// Each connection starts with a PROXY protocol header, whose client address is the
+    /// connection's peer from then on.
+    pub proxy_protocol: bool,
 }
 
 /// What a Pingora service must be configured with to serve a listener: listeners with equal
@@ -60,11 +68,15 @@ pub struct Listener {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
     pub h2c: bool,
+    pub proxy_protocol: bool,
 }
 
 impl Listener {
     pub fn service_key(&self) -> ServiceKey {
-        ServiceKey { h2c: self.h2c }
+        ServiceKey {
+            h2c: self.h2c,
+            proxy_protocol: self.proxy_protocol,
+        }
     }
 }
 
@@ -106,8 +118,13 @@ pub fn read(v: Value, errs: &mut ConfigErrors) -> Option<Vec<Option<ListenFile>>
     Some(entries)
 }
 
-/// Validate the entries: addresses parse and are unique.
-pub fn compile(l: Option<Vec<Option<ListenFile>>>, errs: &mut ConfigErrors) -> Vec<Listener> {
+/// Validate the entries: addresses parse and are unique, and a `proxy_protocol` listener has
+/// balancers to trust (`trusted_proxies`: some are listed).
+pub fn compile(
+    l: Option<Vec<Option<ListenFile>>>,
+    trusted_proxies: bool,
+    errs: &mut ConfigErrors,
+) -> Vec<Listener> {
     let l = l.unwrap_or_else(|| vec![Some(ListenFile::Addr(DEFAULT_LISTEN.to_owned()))]);
     if l.is_empty() {
         errs.push(
@@ -119,8 +136,8 @@ pub fn compile(l: Option<Vec<Option<ListenFile>>>, errs: &mut ConfigErrors) -> V
     let mut out = Vec::with_capacity(l.len());
     for (i, entry) in l.into_iter().enumerate() {
         let Some(entry) = entry else { continue };
-        let (addr, path, h2c, tls) = match entry {
-            ListenFile::Addr(a) => (a, format!("listen[{i}]"), false, None),
+        let (addr, path, h2c, tls, proxy_protocol) = match entry {
+            ListenFile::Addr(a) => (a, format!("listen[{i}]"), false, None, false),
             ListenFile::Full(f) => {
                 let f = *f;
                 if f.client_auth.is_some() {
@@ -130,7 +147,15 @@ pub fn compile(l: Option<Vec<Option<ListenFile>>>, errs: &mut ConfigErrors) -> V
                          tls: {cert, key, client_auth: {ca, required}}",
                     );
                 }
-                (f.address, format!("listen[{i}].address"), f.h2c, f.tls)
+                if f.proxy_protocol && !trusted_proxies {
+                    errs.push(
+                        format!("listen[{i}].proxy_protocol"),
+                        "proxy_protocol needs trusted_proxies: the addresses of the balancers \
+                         allowed to send it",
+                    );
+                }
+                let (a, p) = (f.address, format!("listen[{i}].address"));
+                (a, p, f.h2c, f.tls, f.proxy_protocol)
             }
         };
         if check_socket_addr(&path, &addr, errs) && !seen.insert(addr.clone()) {
@@ -145,7 +170,12 @@ pub fn compile(l: Option<Vec<Option<ListenFile>>>, errs: &mut ConfigErrors) -> V
         let tls = tls
             .and_then(|t| tls::ServerTls::compile(&format!("listen[{i}].tls"), t, errs))
             .map(Arc::new);
-        out.push(Listener { addr, h2c, tls });
+        out.push(Listener {
+            addr,
+            h2c,
+            tls,
+            proxy_protocol,
+        });
     }
     out
 }
@@ -171,7 +201,7 @@ mod tests {
     fn listeners(yaml: &str) -> Result<Vec<Listener>, Vec<String>> {
         let mut errs = ConfigErrors::default();
         let l = read(serde_yaml::from_str(yaml).unwrap(), &mut errs);
-        let out = compile(l, &mut errs);
+        let out = compile(l, true, &mut errs);
         if errs.is_empty() {
             Ok(out)
         } else {
@@ -208,5 +238,24 @@ mod tests {
         assert!(has("listen[2]: a listener is"), "{e:?}");
         assert!(has("listen[4]: 127.0.0.1:3 is listed twice"), "{e:?}");
         assert_eq!(e.len(), 4, "{e:?}");
+    }
+
+    #[test]
+    fn proxy_protocol_is_its_own_service_and_needs_trusted_proxies() {
+        let yaml = "[\"127.0.0.1:1\", {address: \"127.0.0.1:2\", proxy_protocol: true}]";
+        let l = listeners(yaml).unwrap();
+        assert!(!l[0].proxy_protocol && l[1].proxy_protocol);
+        assert_ne!(l[0].service_key(), l[1].service_key());
+        let mut errs = ConfigErrors::default();
+        let entries = read(serde_yaml::from_str(yaml).unwrap(), &mut errs);
+        compile(entries, false, &mut errs);
+        let e: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            e,
+            [
+                "listen[1].proxy_protocol: proxy_protocol needs trusted_proxies: the addresses \
+              of the balancers allowed to send it"
+            ]
+        );
     }
 }

@@ -135,7 +135,13 @@ pub struct Metrics {
     websockets: Box<[AtomicI64]>,
     /// Local answers by error code (the JSON contract's `error`).
     rejects: Box<[(&'static str, AtomicU64)]>,
+    /// Connections a `proxy_protocol` listener closed, by reason ([`PROXY_REFUSALS`]); `None`
+    /// without such a listener (no series then).
+    proxy_refused: Option<Box<[AtomicU64]>>,
 }
+
+/// `tollgate_proxy_protocol_refused_total`'s reasons (`crate::conn::proxy_protocol::Refused`).
+pub const PROXY_REFUSALS: [&str; 4] = ["untrusted", "timeout", "closed", "invalid"];
 
 impl Metrics {
     /// Metrics for routes without auth or limits.
@@ -165,6 +171,7 @@ impl Metrics {
             in_flight: AtomicI64::new(0),
             websockets: (0..routes.len()).map(|_| AtomicI64::new(0)).collect(),
             rejects: codes.collect(),
+            proxy_refused: None,
             auth_failures: (0..routes.len() * Reason::ALL.len())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -259,6 +266,22 @@ impl Metrics {
         self.duration[slot].observe(total);
     }
 
+    /// Count the refusals of `proxy_protocol` listeners (there are some).
+    pub fn with_proxy_protocol(mut self, some: bool) -> Self {
+        self.proxy_refused =
+            some.then(|| PROXY_REFUSALS.iter().map(|_| AtomicU64::new(0)).collect());
+        self
+    }
+
+    /// A `proxy_protocol` listener closed a connection, for `reason` (one of
+    /// [`PROXY_REFUSALS`]).
+    pub fn proxy_protocol_refused(&self, reason: &str) {
+        let slot = PROXY_REFUSALS.iter().position(|r| *r == reason);
+        if let (Some(counts), Some(i)) = (&self.proxy_refused, slot) {
+            counts[i].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn rejected(&self, code: &str) {
         if let Some((_, c)) = self.rejects.iter().find(|(k, _)| *k == code) {
             c.fetch_add(1, Relaxed);
@@ -322,6 +345,17 @@ impl Metrics {
                 "tollgate_local_answers_total{{error=\"{code}\"}} {}",
                 c.load(Relaxed)
             );
+        }
+        if let Some(counts) = &self.proxy_refused {
+            o.push_str("# HELP tollgate_proxy_protocol_refused_total Connections of proxy_protocol listeners closed before HTTP, by reason: untrusted (peer not in trusted_proxies), timeout, closed (ended before a whole header), invalid (not a PROXY header).\n");
+            o.push_str("# TYPE tollgate_proxy_protocol_refused_total counter\n");
+            for (reason, c) in PROXY_REFUSALS.iter().zip(counts.iter()) {
+                let _ = writeln!(
+                    o,
+                    "tollgate_proxy_protocol_refused_total{{reason=\"{reason}\"}} {}",
+                    c.load(Relaxed)
+                );
+            }
         }
         o.push_str("# HELP tollgate_auth_failures_total Requests refused by authentication or authorization, by route and reason.\n");
         o.push_str("# TYPE tollgate_auth_failures_total counter\n");
@@ -574,6 +608,26 @@ mod tests {
         );
         assert!(
             t.contains("tollgate_rate_limited_total{route=\"we\\\"ird\",policy=\"p1\"} 1"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_refusals_by_reason_only_with_such_listeners() {
+        let reasons: Vec<_> = crate::conn::proxy_protocol::Refused::ALL
+            .iter()
+            .map(|r| r.label())
+            .collect();
+        assert_eq!(reasons, PROXY_REFUSALS);
+        let none = Metrics::new(vec![]);
+        none.proxy_protocol_refused("untrusted");
+        assert!(!none.render(&|_| {}).contains("proxy_protocol"));
+        let m = Metrics::new(vec![]).with_proxy_protocol(true);
+        m.proxy_protocol_refused("untrusted");
+        let t = m.render(&|_| {});
+        assert!(
+            t.contains("tollgate_proxy_protocol_refused_total{reason=\"untrusted\"} 1")
+                && t.contains("tollgate_proxy_protocol_refused_total{reason=\"invalid\"} 0"),
             "{t}"
         );
     }

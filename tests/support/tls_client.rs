@@ -1,6 +1,7 @@
 //! The client side of a TLS handshake with the gateway (OpenSSL, as a real client would).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use openssl::ssl::Ssl;
@@ -17,4 +18,21 @@ pub async fn tls_handshake(ssl: Ssl, addr: SocketAddr) -> Result<SslStream<TcpSt
         .await
         .map_err(|e| e.to_string())?;
     Ok(s)
+}
+
+/// A self-signed certificate for `names`, written as `stem.pem` / `stem.key` in `dir`.
+pub fn cert(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let c = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cp, kp) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&cp, c.pem()).unwrap();
+    std::fs::write(&kp, key.serialize_pem()).unwrap();
+    (cp, kp)
 }
