@@ -116,6 +116,8 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
     /// A gRPC call's `grpc-status` (ours or the backend's).
     pub grpc_status: Option<u8>,
+    /// The request's trace id, when `tracing` is configured.
+    pub trace_id: Option<&'a [u8; 16]>,
 }
 
 /// The sending side, shared by every request. The writer thread starts on first use, so that
@@ -378,6 +380,7 @@ mod tests {
             referer: None,
             error: None,
             grpc_status: None,
+            trace_id: None,
         }
     }
 
