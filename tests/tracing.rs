@@ -32,20 +32,33 @@ type Received = (String, ExportTraceServiceRequest, Vec<u8>);
 
 impl Collector {
     fn start() -> (Collector, SocketAddr) {
+        Collector::start_with(None)
+    }
+
+    /// With `tls`, the collector speaks HTTPS.
+    fn start_with(tls: Option<openssl::ssl::SslAcceptor>) -> (Collector, SocketAddr) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let c = Collector::default();
         let seen = c.clone();
+        let tls = tls.map(Arc::new);
         std::thread::spawn(move || {
-            for mut s in l.incoming().flatten() {
-                let seen = seen.clone();
-                std::thread::spawn(move || seen.serve(&mut s));
+            for s in l.incoming().flatten() {
+                let (seen, tls) = (seen.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    Some(acceptor) => {
+                        if let Ok(mut s) = acceptor.accept(s) {
+                            seen.serve(&mut s)
+                        }
+                    }
+                    None => seen.serve(&mut { s }),
+                });
             }
         });
         (c, addr)
     }
 
-    fn serve(&self, s: &mut std::net::TcpStream) {
+    fn serve(&self, s: &mut (impl Read + Write)) {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 8192];
         let end = loop {
@@ -160,16 +173,20 @@ tracing: {{otlp: {{endpoint: "http://{collector}", timeout: 2s}}, service_name: 
 upstreams:
   up: {{targets: ["{up}"]}}
   flaky: {{targets: ["{down}", "{up}"], retries: 1}}
+  down: {{targets: ["{down}"], retries: 0}}
 consumers:
   alice: {{api_keys: ["{KEY}"]}}
 auth:
   keys: {{type: api_key, header: X-Api-Key}}
 rate_limits:
   per-client: {{requests: 100, per: 1m, key: consumer}}
+  tight: {{requests: 1, per: 1m, burst: 1}}
 routes:
   - {{name: private, path_prefix: /private, upstream: up, auth: [keys], rate_limit: per-client}}
   - {{name: public, path_prefix: /public, upstream: up}}
   - {{name: flaky, path_prefix: /flaky, upstream: flaky}}
+  - {{name: tight, path_prefix: /tight, upstream: up, rate_limit: tight}}
+  - {{name: down, path_prefix: /down, upstream: down}}
 "#
     ))
 }
@@ -255,6 +272,71 @@ fn a_request_is_a_server_span_with_a_client_span_per_attempt() {
             && !metrics.contains("tollgate_trace_spans_exported_total 0\n"),
         "{metrics}"
     );
+}
+
+/// The status and spans of a request sent with a sampled traceparent of a trace of its own
+/// (a request's spans are exported together, so the first seen are all of them).
+fn spans_of_answer(
+    gw: &Gateway,
+    c: &Collector,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<Span>) {
+    let trace = format!("{:032x}", u128::from(id_of(path)));
+    let tp = format!("00-{trace}-00f067aa0ba902b7-01");
+    let mut all = headers.to_vec();
+    all.push(("traceparent", &tp));
+    let r = gw.send("GET", path, &all);
+    (r.status, c.trace(&hex::decode(&trace).unwrap(), 1))
+}
+
+/// A distinct non-zero id per path.
+fn id_of(path: &str) -> u64 {
+    path.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+#[test]
+fn refusals_and_failures_are_traced_with_their_outcome() {
+    let (collector, addr) = Collector::start();
+    let gw = gateway(addr, "sample: 1.0");
+    // No credential: 401, no consumer, no client span.
+    let (status, spans) = spans_of_answer(&gw, &collector, "/private/a", &[]);
+    assert_eq!(status, 401);
+    let srv = server(&spans);
+    assert_eq!(int(&srv, "http.response.status_code"), Some(401));
+    assert_eq!(text(&srv, "tollgate.consumer"), None);
+    assert!(clients(&spans).is_empty(), "{spans:?}");
+    assert!(srv
+        .status
+        .as_ref()
+        .is_none_or(|s| s.code != StatusCode::Error as i32));
+    // Over the limit: 429, the decision and its policy.
+    assert_eq!(gw.get("/tight/a").status, 200);
+    let (status, spans) = spans_of_answer(&gw, &collector, "/tight/b", &[]);
+    assert_eq!(status, 429);
+    let srv = server(&spans);
+    assert_eq!(
+        text(&srv, "tollgate.rate_limit").as_deref(),
+        Some("limited")
+    );
+    assert_eq!(
+        text(&srv, "tollgate.rate_limit.policy").as_deref(),
+        Some("tight")
+    );
+    // The backend refuses connections: 502, the server span an error, its attempt too.
+    let (status, spans) = spans_of_answer(&gw, &collector, "/down/a", &[]);
+    assert_eq!(status, 502);
+    let srv = server(&spans);
+    assert_eq!(srv.status.as_ref().unwrap().code, StatusCode::Error as i32);
+    let cl = clients(&spans);
+    assert_eq!(cl.len(), 1, "{spans:?}");
+    assert_eq!(
+        cl[0].status.as_ref().unwrap().code,
+        StatusCode::Error as i32
+    );
+    assert!(text(&cl[0], "error.type").is_some());
 }
 
 #[test]
@@ -379,20 +461,52 @@ fn each_retry_is_its_own_client_span() {
 }
 
 #[test]
+fn spans_go_to_an_https_collector_verified_against_the_trust_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, acceptor) = idp::ca_and_leaf(dir.path(), "collector");
+    let (collector, addr) = Collector::start_with(Some(acceptor));
+    let up = echo("up");
+    let body = format!(
+        "tracing: {{otlp: {{endpoint: \"https://localhost:{}/otel\"}}}}\n\
+         upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
+         routes: [{{name: api, path_prefix: /api, upstream: up}}]\n",
+        addr.port()
+    );
+    // Not trusting the collector's CA: nothing is sent, the spans are counted as dropped.
+    let distrustful = Gateway::start_with_env(&body, &[("SSL_CERT_FILE", "/dev/null")]);
+    assert_eq!(distrustful.get("/api/a").status, 200);
+    assert!(
+        eventually(Duration::from_secs(10), || dropped(&distrustful) >= 2),
+        "{}",
+        distrustful.admin_get("/metrics").body
+    );
+    assert!(collector.spans().is_empty());
+    let gw = Gateway::start_with_env(&body, &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    let r = gw.get("/api/a");
+    let (t, _, _) = traceparent(&r.upstream_header("traceparent").unwrap());
+    let spans = collector.trace(&t, 2);
+    assert_eq!(server(&spans).name, "GET api");
+    let head = collector.requests.lock().unwrap()[0].0.clone();
+    assert!(head.starts_with("POST /otel/v1/traces HTTP/1.1"), "{head}");
+}
+
+/// `tollgate_trace_spans_dropped_total` now.
+fn dropped(gw: &Gateway) -> u64 {
+    let m = gw.admin_get("/metrics").body;
+    m.lines()
+        .find_map(|l| l.strip_prefix("tollgate_trace_spans_dropped_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+#[test]
 fn export_failures_are_counted_and_never_fail_requests() {
     let gw = gateway(closed_port(), "sample: 1.0");
     for _ in 0..3 {
         assert_eq!(gw.get("/public/a").status, 200);
     }
-    let dropped = || {
-        let m = gw.admin_get("/metrics").body;
-        m.lines()
-            .find_map(|l| l.strip_prefix("tollgate_trace_spans_dropped_total "))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     assert!(
-        eventually(Duration::from_secs(10), || dropped() >= 6),
+        eventually(Duration::from_secs(10), || dropped(&gw) >= 6),
         "{}",
         gw.admin_get("/metrics").body
     );

@@ -431,6 +431,25 @@ mod tests {
     }
 
     #[test]
+    fn trace_id_in_both_formats() {
+        let mut e = entry();
+        let v: serde_json::Value = serde_json::from_slice(&json(&e)).unwrap();
+        assert_eq!(v["trace_id"], serde_json::Value::Null);
+        let id = [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ];
+        e.trace_id = Some(&id);
+        let l = String::from_utf8(combined(&e)).unwrap();
+        assert!(
+            l.ends_with(" rate_limit=- trace_id=4bf92f3577b34da6a3ce929d0e0e4736\n"),
+            "{l}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&json(&e)).unwrap();
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
     fn grpc_status_in_both_formats() {
         let mut e = entry();
         e.grpc_status = Some(16);

@@ -95,6 +95,8 @@ fn run(conf: Config, rx: Receiver<Spans>) {
     let mut count = 0u64;
     let mut since: Option<Instant> = None;
     let mut last_warned: Option<Instant> = None;
+    // Built at the first export over TLS, with the system trust store (`SSL_CERT_FILE`).
+    let mut tls = None;
     loop {
         let wait = since.map_or(Duration::from_secs(3600), |t| {
             BATCH_DELAY.saturating_sub(t.elapsed())
@@ -113,7 +115,7 @@ fn run(conf: Config, rx: Receiver<Spans>) {
             Err(RecvTimeoutError::Disconnected) => true,
         };
         if count > 0 {
-            match export(&conf, &batch) {
+            match export(&conf, &mut tls, &batch) {
                 Ok(()) => EXPORTED.fetch_add(count, Ordering::Relaxed),
                 Err(e) => {
                     if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
@@ -139,7 +141,11 @@ fn run(conf: Config, rx: Receiver<Spans>) {
 }
 
 /// POST one batch; `Ok` when the collector answered 2xx within the timeout.
-fn export(conf: &Config, spans: &[u8]) -> Result<(), String> {
+fn export(
+    conf: &Config,
+    tls: &mut Option<openssl::ssl::SslConnector>,
+    spans: &[u8],
+) -> Result<(), String> {
     let resource = [
         ("service.name", Value::Str(&conf.service_name)),
         ("service.version", Value::Str(env!("CARGO_PKG_VERSION"))),
@@ -199,9 +205,14 @@ fn export(conf: &Config, spans: &[u8]) -> Result<(), String> {
     tcp.set_write_timeout(Some(left()?)).ok();
     tcp.set_read_timeout(Some(left()?)).ok();
     let answer = if ep.tls {
-        let connector = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
-            .map_err(|e| format!("TLS: {e}"))?
-            .build();
+        let connector = match tls {
+            Some(c) => c,
+            None => tls.insert(
+                openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+                    .map_err(|e| format!("TLS: {e}"))?
+                    .build(),
+            ),
+        };
         let mut tls = connector
             .connect(&ep.host, tcp)
             .map_err(|e| format!("TLS handshake: {e}"))?;
