@@ -41,6 +41,10 @@
 #   transform GET /xf/bench   plain's, on a route with a rewrite and three request header edits
 #   h2c        GET /api/bench  apikey over HTTP/2 with prior knowledge (h2load -c 1 -m 10)
 #   nginx-h2c  GET /api/bench  nginx-apikey over h2c (h2c's reference)
+# Tracing (issue 29): apikey's request with `tracing:` exporting to a collector of this script
+# (python3, answers 200 to every POST and discards it; its own cost is not counted)
+#   traced     GET /api/bench  sample: 0.01 (traceparent forwarded on every request)
+#   traced-all GET /api/bench  sample: 1.0 (every request's spans encoded and exported)
 #
 # Exit status: 0, or 1 when a scenario grew by more than THRESHOLD percent
 # over the recorded number (a drop is reported, never a failure: re-record it).
@@ -55,7 +59,7 @@ N=${N:-2000}                         # requests of the short run (the long one i
 THRESHOLD=${THRESHOLD:-5}            # percent growth that fails
 RECORD=${RECORD:-0}                  # 1: write the numbers to RESULTS
 RESULTS=${RESULTS:-$HERE/instructions.txt}
-ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote logged tls prod nginx-tls h2c nginx-h2c transform"
+ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote logged tls prod nginx-tls h2c nginx-h2c transform traced traced-all"
 SCENARIOS=${SCENARIOS:-$ALL}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}       # use this binary instead of building
 BARE_BIN=${BARE_BIN:-}               # bare Pingora (default: beside TOLLGATE_BIN, or built)
@@ -139,9 +143,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-read -r UPSTREAM_PORT TOLLGATE_PORT ADMIN_PORT IDP_PORT < <(python3 -c '
+read -r UPSTREAM_PORT TOLLGATE_PORT ADMIN_PORT IDP_PORT OTLP_PORT < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(4)]
+ss = [socket.socket() for _ in range(5)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in ss))')
 
@@ -259,6 +263,38 @@ shape() { # shape SCENARIO: write $TMP/tollgate-SCENARIO.yaml
 for sc in logged tls prod; do
     [[ " $SCENARIOS " != *" $sc "* ]] || shape "$sc"
 done
+# traced, traced-all: apikey's config with a `tracing` section, exporting to a collector that
+# accepts every OTLP/HTTP POST and discards it.
+if [[ " $SCENARIOS " == *" traced"* ]]; then
+    python3 - "$OTLP_PORT" <<'EOF' >"$TMP/otlp.out" 2>&1 &
+import http.server, sys
+class Collector(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Collector).serve_forever()
+EOF
+    PIDS+=($!)
+    wait_200 "http://127.0.0.1:$OTLP_PORT/" "${PIDS[-1]}"
+    for sc in traced traced-all; do
+        sample=0.01
+        [[ $sc == traced ]] || sample=1.0
+        out="$TMP/tollgate-$sc.yaml"
+        cp "$TMP/tollgate.yaml" "$out"
+        printf 'tracing: {otlp: {endpoint: "http://127.0.0.1:%s"}, sample: %s, service_name: tollgate-bench}\n' \
+            "$OTLP_PORT" "$sample" >>"$out"
+        "$TG_BIN" -t -c "$out" >"$out.check" 2>&1 || die "$out is refused: $(cat "$out.check")"
+    done
+fi
 if [[ " $SCENARIOS " == *" h2c "* ]]; then
     # h2c: apikey's request from HTTP/2 clients with prior knowledge (Pingora's h2 path).
     sed "s|^listen: \[\"127.0.0.1:$TOLLGATE_PORT\"\]|listen: [{address: \"127.0.0.1:$TOLLGATE_PORT\", h2c: true}]|" \
@@ -318,6 +354,10 @@ measure() {
         h2c)
             path=/api/bench header="X-Api-Key: $API_KEY"
             cmd=("$TG_BIN" -c "$TMP/tollgate-h2c.yaml")
+            ;;
+        traced | traced-all)
+            path=/api/bench header="X-Api-Key: $API_KEY"
+            cmd=("$TG_BIN" -c "$TMP/tollgate-$sc.yaml")
             ;;
         logged | tls | prod)
             path=/api/bench header="X-Api-Key: $API_KEY"
@@ -441,6 +481,7 @@ if [[ $RECORD == 1 ]]; then
         echo "# jwks-file, jwks-remote: benches/load/tollgate-jwks.yaml, jwt's policy with an RS256 JWKS from a file / an HTTPS IdP."
         echo "# logged, tls, prod: apikey's request with a combined access log to a file, over TLS 1.3 (ECDSA P-256), both."
         echo "# transform: plain's request on a route with a rewrite and three request header edits."
+        echo "# traced, traced-all: apikey's request with tracing (OTLP to a discarding collector), sample 0.01 / 1.0."
         echo "# h2c, nginx-h2c: apikey's request over HTTP/2 with prior knowledge, h2load, 10 streams at a time."
         echo "# measured: $(date -u '+%Y-%m-%d') $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(valgrind --version)"
         if ((${#OLD[@]})); then

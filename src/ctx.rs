@@ -64,6 +64,8 @@ pub struct Ctx {
     pub response_values: Box<[Option<HeaderValue>]>,
     /// Why tollgate refused the request, when a policy did (the dashboard's refusals).
     pub why: Option<Why>,
+    /// The request's trace, when `tracing` is configured.
+    pub trace: Option<crate::trace::Trace>,
 }
 
 /// Which policy refused a request.
@@ -137,6 +139,7 @@ impl Default for Ctx {
             why: None,
             mirror: None,
             encoder: None,
+            trace: None,
         }
     }
 }

@@ -36,5 +36,6 @@ pub mod proxy;
 #[allow(unsafe_code)] // kill(2)
 pub mod reload;
 pub mod server;
+pub mod trace;
 pub mod upstream;
 pub mod websocket;

@@ -98,11 +98,22 @@ impl Tollgate {
         };
         ctx.backend = Some(attempt.addr());
         ctx.upstream_started.get_or_insert_with(Instant::now);
+        if let Some(t) = ctx.trace.as_mut() {
+            t.attempt(ctx.started, req.method.as_str(), attempt.addr(), &up.name);
+        }
         Ok(ctx.attempt.insert(attempt))
     }
 
     /// Nothing reached the backend: another one may be tried, within the retry budget.
-    fn connect_failed(&self, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn connect_failed(
+        &self,
+        ctx: &mut Ctx,
+        method: &http::Method,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(t) = ctx.trace.as_mut() {
+            t.attempt_failed(ctx.started, method.as_str(), e.etype().as_str());
+        }
         if let Some(mut a) = ctx.attempt.take() {
             a.failure();
         }
@@ -120,6 +131,10 @@ impl Tollgate {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        if let Some(t) = ctx.trace.as_mut() {
+            let method = session.req_header().method.as_str();
+            t.attempt_failed(ctx.started, method, e.etype().as_str());
+        }
         let replayable = session.req_header().method.is_idempotent()
             && session.response_written().is_none()
             && !session.retry_buffer_truncated();
@@ -173,6 +188,14 @@ impl Tollgate {
     fn forwarded(&self, tls: bool, h: &mut impl headers::Edit, ctx: &Ctx) -> Result<()> {
         let client_ip = headers::forwarding(h, tls, ctx.peer_ip, ctx.client_ip, &ctx.request_id)?;
         crate::policy::auth::forward(&self.gw.auth, ctx.identity.as_ref(), h);
+        if let Some(t) = &ctx.trace {
+            use crate::headers::names::{TRACEPARENT, TRACESTATE};
+            h.insert(&TRACEPARENT, t.upstream_header());
+            match &t.state {
+                Some(s) => h.insert(&TRACESTATE, s.clone()),
+                None => h.remove(&TRACESTATE),
+            }
+        }
         let route = self.route(ctx);
         if let Some(edits) = route.and_then(|r| r.transform.as_ref()?.request.as_ref()) {
             let host = match edits.uses_host() {
@@ -194,6 +217,9 @@ impl Tollgate {
     /// gRPC status a trailers-only answer carries in its headers.
     fn answered(&self, resp: &ResponseHeader, ctx: &mut Ctx) {
         ctx.upstream_answered = Some(Instant::now());
+        if let Some(t) = ctx.trace.as_mut() {
+            t.answered(resp.status.as_u16());
+        }
         if let Some(a) = ctx.attempt.as_mut() {
             if a.upstream().is_failure_status(resp.status.as_u16()) {
                 a.failure();
@@ -318,9 +344,51 @@ impl Tollgate {
             }
         }
         let status = self.obs.finish(session, e, ctx, self.route(ctx));
+        if let (Some(tracer), Some(mut t)) = (&self.gw.tracing, ctx.trace.take()) {
+            self.trace_finished(tracer, &mut t, session, e, ctx, status);
+            ctx.trace = Some(t);
+        }
         if self.obs.refusals.enabled() && crate::observe::refusals::is_refusal(status) {
             self.record_refusal(session, e, ctx, status);
         }
+    }
+}
+
+impl Tollgate {
+    /// A sampled request's server span, and its last attempt's, go to the exporter.
+    fn trace_finished<D: Downstream>(
+        &self,
+        tracer: &crate::trace::Tracer,
+        t: &mut crate::trace::Trace,
+        session: &D,
+        e: Option<&Error>,
+        ctx: &Ctx,
+        status: u16,
+    ) {
+        if !t.sampled() {
+            return;
+        }
+        let req = session.req_header();
+        let route = self.route(ctx).map(|r| (&*r.name, r.prefix.as_str()));
+        let rate_limit = ctx.limit.as_ref().map(|d| {
+            let policy = self.gw.rate_limits.policies.get(d.policy);
+            (d.allowed, policy.map_or("", |p| &*p.name))
+        });
+        let upstream_error = e
+            .filter(|e| e.esource() == &pingora::ErrorSource::Upstream)
+            .map(|e| e.etype().as_str());
+        let finished = crate::trace::Finished {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status,
+            route,
+            consumer: ctx.consumer(),
+            rate_limit,
+            client_ip: ctx.client_ip,
+            request_id: ctx.request_id.to_str().unwrap_or("-"),
+            error: e.map(|e| e.etype().as_str()),
+        };
+        tracer.finish(t, ctx.started, &finished, upstream_error);
     }
 }
 
@@ -480,12 +548,12 @@ impl ProxyHttp for Tollgate {
     /// Nothing reached the backend: try another one, within the upstream's retry budget.
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         e: Box<Error>,
     ) -> Box<Error> {
-        self.connect_failed(ctx, e)
+        self.connect_failed(ctx, &session.req_header().method, e)
     }
 
     /// Bytes may have reached the backend: retry only idempotent requests whose body is

@@ -36,6 +36,8 @@ pub struct Gateway {
     pub underscores: super::file::Underscores,
     /// Where state that outlives a restart is kept (`state_dir`).
     pub state_dir: std::path::PathBuf,
+    /// OpenTelemetry tracing (`tracing`); `None`: nothing is traced, nothing forwarded.
+    pub tracing: Option<crate::trace::Tracer>,
 }
 
 /// `state_dir`'s default: systemd's `StateDirectory=tollgate`.
@@ -248,6 +250,7 @@ pub fn compile(
         fast_path: file.fast_path.unwrap_or(true),
         underscores,
         state_dir,
+        tracing: file.tracing.map(crate::trace::Tracer::new),
     })
 }
 

@@ -63,6 +63,8 @@ pub struct FileConfig {
     pub underscores_in_headers: Option<Underscores>,
     /// Where tollgate keeps what must outlive a restart (a remote JWKS's last good set).
     pub state_dir: Option<String>,
+    /// OpenTelemetry tracing, compiled by its own module (`crate::trace::config`).
+    pub tracing: Option<crate::trace::config::Config>,
 }
 
 /// `underscores_in_headers`: what becomes of a request header whose name has an underscore
@@ -95,6 +97,7 @@ pub const TOLLGATE_KEYS: &[&str] = &[
     "fast_path",
     "underscores_in_headers",
     "state_dir",
+    "tracing",
 ];
 
 #[derive(Debug, Deserialize)]

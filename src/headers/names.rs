@@ -18,6 +18,10 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// W3C Trace Context, set on the upstream request when `tracing` is configured.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 /// The authenticated consumer, forwarded upstream (a client's copy is never forwarded).
 pub static X_CONSUMER: HeaderName = HeaderName::from_static("x-consumer");
 /// Where an `api_key` provider reads the key when the config names no header or query.
@@ -93,6 +97,8 @@ mod tests {
             &X_RATELIMIT_REMAINING,
             &X_RATELIMIT_RESET,
             &RETRY_AFTER,
+            &TRACEPARENT,
+            &TRACESTATE,
         ]
         .iter()
         .map(|n| n.as_str())

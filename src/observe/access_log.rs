@@ -116,6 +116,8 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
     /// A gRPC call's `grpc-status` (ours or the backend's).
     pub grpc_status: Option<u8>,
+    /// The request's trace id, when `tracing` is configured.
+    pub trace_id: Option<&'a [u8; 16]>,
 }
 
 /// The sending side, shared by every request. The writer thread starts on first use, so that
@@ -378,6 +380,7 @@ mod tests {
             referer: None,
             error: None,
             grpc_status: None,
+            trace_id: None,
         }
     }
 
@@ -425,6 +428,25 @@ mod tests {
         assert_eq!(v["consumer"], "ci bot");
         assert_eq!(v["rate_limit"]["outcome"], "allowed");
         assert_eq!(v["rate_limit"]["remaining"], 7);
+    }
+
+    #[test]
+    fn trace_id_in_both_formats() {
+        let mut e = entry();
+        let v: serde_json::Value = serde_json::from_slice(&json(&e)).unwrap();
+        assert_eq!(v["trace_id"], serde_json::Value::Null);
+        let id = [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ];
+        e.trace_id = Some(&id);
+        let l = String::from_utf8(combined(&e)).unwrap();
+        assert!(
+            l.ends_with(" rate_limit=- trace_id=4bf92f3577b34da6a3ce929d0e0e4736\n"),
+            "{l}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&json(&e)).unwrap();
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]

@@ -44,13 +44,17 @@ impl Observe {
     ) -> String {
         let dropped = self.access_log.dropped();
         let redis = limits.redis.as_ref().map_or(0, |r| r.failures());
+        let (spans_exported, spans_dropped) = crate::trace::export::counts();
         self.metrics.render(&|o: &mut String| {
-            o.push_str("# HELP tollgate_access_log_dropped_total Access-log lines dropped because the writer fell behind or the destination refused them.\n");
-            o.push_str("# TYPE tollgate_access_log_dropped_total counter\n");
-            o.push_str(&format!("tollgate_access_log_dropped_total {dropped}\n"));
-            o.push_str("# HELP tollgate_redis_errors_total Rate-limit store calls to Redis that failed or timed out.\n");
-            o.push_str("# TYPE tollgate_redis_errors_total counter\n");
-            o.push_str(&format!("tollgate_redis_errors_total {redis}\n"));
+            let counters = [
+                ("tollgate_access_log_dropped_total", "Access-log lines dropped because the writer fell behind or the destination refused them.", dropped),
+                ("tollgate_redis_errors_total", "Rate-limit store calls to Redis that failed or timed out.", redis),
+                ("tollgate_trace_spans_exported_total", "Spans the OTLP collector accepted.", spans_exported),
+                ("tollgate_trace_spans_dropped_total", "Spans dropped because the export queue was full or the export failed.", spans_dropped),
+            ];
+            for (name, help, value) in counters {
+                o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+            }
             metrics::render_introspection(o, auth);
             metrics::render_upstreams(o, upstreams);
             metrics::render_mirrors(o, mirrors);
@@ -109,6 +113,7 @@ impl Observe {
             referer: None,
             error: Some(reject.code()),
             grpc_status: None,
+            trace_id: None,
         });
     }
 
@@ -175,6 +180,7 @@ impl Observe {
                 None => ctx.tunnel_idled.then_some("websocket_idle_timeout"),
             },
             grpc_status: ctx.grpc_status,
+            trace_id: ctx.trace.as_ref().map(|t| &t.trace_id),
         });
         status
     }

@@ -31,6 +31,9 @@ impl Tollgate {
             _ => client::new_request_id(),
         };
         ctx.grpc = crate::grpc::is_grpc(req);
+        if let Some(t) = &self.gw.tracing {
+            ctx.trace = Some(t.start(&req.headers));
+        }
         ctx.peer_ip = session.peer_ip().map(client::canonical);
         ctx.client_ip = ctx.peer_ip.map(|peer| {
             self.gw

@@ -28,19 +28,25 @@ impl Tollgate {
         session: &mut D,
         ctx: &mut Ctx,
     ) -> Result<bool> {
-        let head = self.upstream_head(session, ctx)?;
+        let mut head = self.upstream_head(session, ctx)?;
         let head_request = session.req_header().method == http::Method::HEAD;
         // Attempts per request, counting retries on pooled connections the backend had
         // closed: Pingora's proxy loop is bounded by the same `max_retries`.
         for _ in 0..self.max_retries {
             let addr = self.pick(session.req_header(), ctx)?.addr();
+            // A sampled trace names each attempt's span as the upstream's parent.
+            if ctx.trace.as_ref().is_some_and(|t| t.sampled()) {
+                head = self.upstream_head(session, ctx)?;
+            }
             let timeouts = self.upstream(ctx).map(|u| u.timeouts).unwrap_or_default();
             let e = match self
                 .exchange(session, ctx, addr, &timeouts, &head, head_request)
                 .await
             {
                 Ok(()) => return Ok(true),
-                Err(Failed::Connect(e)) => self.connect_failed(ctx, e),
+                Err(Failed::Connect(e)) => {
+                    self.connect_failed(ctx, &session.req_header().method, e)
+                }
                 Err(Failed::Exchange { e, reused }) => self.proxy_failed(session, e, ctx, reused),
             };
             if !e.retry() {

@@ -104,6 +104,10 @@ fn combined(o: &mut Vec<u8>, clock: &mut Clock, e: &Entry) {
         o.extend_from_slice(b" grpc_status=");
         int(o, g);
     }
+    if let Some(t) = e.trace_id {
+        o.extend_from_slice(b" trace_id=");
+        crate::trace::context::hex_into(o, t);
+    }
     o.push(b'\n');
 }
 
@@ -154,6 +158,8 @@ fn json(o: &mut Vec<u8>, clock: &mut Clock, e: &Entry) {
     string(o, e.error);
     key(o, "grpc_status");
     or_null(o, e.grpc_status, int);
+    key(o, "trace_id");
+    quoted_or_null(o, e.trace_id, |o, t| crate::trace::context::hex_into(o, t));
     o.extend_from_slice(b"}\n");
 }
 

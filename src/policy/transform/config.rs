@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::{encode_component, QueryEdits, RequestEdits, Rewrite, Template, Transform};
 use crate::config::ConfigErrors;
-use crate::headers::names::{RESERVED_RESPONSE, X_CONSUMER, X_REAL_IP, X_REQUEST_ID};
+use crate::headers::names::{
+    RESERVED_RESPONSE, TRACEPARENT, TRACESTATE, X_CONSUMER, X_REAL_IP, X_REQUEST_ID,
+};
 use crate::policy::stamp::RouteHeaders;
 
 /// `routes[i].rewrite`.
@@ -162,6 +164,7 @@ fn header_name(path: &str, k: &str, errs: &mut ConfigErrors) -> Option<HeaderNam
 fn owned_request(name: &HeaderName, identity: &[HeaderName]) -> Option<&'static str> {
     if name.as_str().starts_with("x-forwarded-")
         || [&X_REAL_IP, &X_REQUEST_ID, &X_CONSUMER].contains(&name)
+        || [&TRACEPARENT, &TRACESTATE].contains(&name)
         || identity.contains(name)
     {
         return Some(
