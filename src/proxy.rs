@@ -193,7 +193,8 @@ impl Tollgate {
             h.insert(&TRACEPARENT, t.upstream_header());
             match &t.state {
                 Some(s) => h.insert(&TRACESTATE, s.clone()),
-                None => h.remove(&TRACESTATE),
+                None if t.stale_state => h.remove(&TRACESTATE),
+                None => {}
             }
         }
         let route = self.route(ctx);

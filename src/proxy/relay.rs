@@ -32,10 +32,11 @@ impl Tollgate {
         let head_request = session.req_header().method == http::Method::HEAD;
         // Attempts per request, counting retries on pooled connections the backend had
         // closed: Pingora's proxy loop is bounded by the same `max_retries`.
-        for _ in 0..self.max_retries {
+        for attempt in 0..self.max_retries {
             let addr = self.pick(session.req_header(), ctx)?.addr();
-            // A sampled trace names each attempt's span as the upstream's parent.
-            if ctx.trace.as_ref().is_some_and(|t| t.sampled()) {
+            // A sampled trace names each attempt's span as the upstream's parent: the head
+            // names the first attempt's already, a retry's is made again.
+            if attempt > 0 && ctx.trace.as_ref().is_some_and(|t| t.sampled()) {
                 head = self.upstream_head(session, ctx)?;
             }
             let timeouts = self.upstream(ctx).map(|u| u.timeouts).unwrap_or_default();

@@ -58,24 +58,41 @@ fn hex_byte(two: &[u8]) -> Option<u8> {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    t
+};
+
+/// Lowercase hex of `bytes` into `out`, which is twice as long.
+fn hex_to(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
+    }
+}
+
 /// Lowercase hex of `bytes` onto `out`.
 pub fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 15)]);
-    }
+    let at = out.len();
+    out.resize(at + 2 * bytes.len(), 0);
+    hex_to(&mut out[at..], bytes);
 }
 
 /// The `traceparent` value for the upstream: version 00, this trace, `span_id` as the parent.
 pub fn format(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> http::HeaderValue {
-    let mut v = Vec::with_capacity(55);
-    v.extend_from_slice(b"00-");
-    hex_into(&mut v, trace_id);
-    v.push(b'-');
-    hex_into(&mut v, span_id);
-    v.extend_from_slice(if sampled { b"-01" } else { b"-00" });
-    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
-        .expect("hex digits and dashes are a valid header value")
+    // 00-<32 hex>-<16 hex>-<2 hex>
+    let mut v = *b"00-0123456789abcdef0123456789abcdef-0123456789abcdef-00";
+    hex_to(&mut v[3..35], trace_id);
+    hex_to(&mut v[36..52], span_id);
+    if sampled {
+        v[54] = b'1';
+    }
+    http::HeaderValue::from_bytes(&v).expect("hex digits and dashes are a valid header value")
 }
 
 #[cfg(test)]

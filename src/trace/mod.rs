@@ -33,6 +33,8 @@ pub struct Trace {
     pub parent: Option<[u8; 8]>,
     /// The client's `tracestate`, passed on with a valid `traceparent`.
     pub state: Option<HeaderValue>,
+    /// The client sent a `tracestate` without a valid `traceparent`: it is not passed on.
+    pub stale_state: bool,
     rec: Option<Box<Recording>>,
 }
 
@@ -46,6 +48,9 @@ struct Recording {
     scratch: Vec<u8>,
     attempt: Option<Attempt>,
     attempts: i64,
+    /// The next attempt's span id, drawn ahead: a request head built before its backend is
+    /// picked already names the span its first attempt will have.
+    next_span: [u8; 8],
 }
 
 /// The upstream attempt under way.
@@ -73,6 +78,31 @@ pub struct Finished<'a> {
 
 /// A trace id and the server span's id.
 type Ids<'a> = (&'a [u8; 16], &'a [u8; 8]);
+
+/// An address as text; IPv4 (the common case) on the stack, without `fmt`.
+enum IpText {
+    V4([u8; 15], usize),
+    Other(String),
+}
+
+impl IpText {
+    fn of(ip: IpAddr) -> IpText {
+        match ip {
+            IpAddr::V4(v4) => {
+                let (buf, n) = crate::headers::ipv4_text(v4);
+                IpText::V4(buf, n)
+            }
+            ip => IpText::Other(ip.to_string()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            IpText::V4(buf, n) => std::str::from_utf8(&buf[..*n]).unwrap_or(""),
+            IpText::Other(s) => s,
+        }
+    }
+}
 
 fn span_id() -> [u8; 8] {
     fastrand::u64(1..).to_be_bytes()
@@ -106,11 +136,13 @@ impl Tracer {
                 .map_or(0, |d| d.as_nanos() as u64);
             Box::new(Recording {
                 start_ns: now,
-                spans: Vec::new(),
+                // A server and a client span with their attributes fit without regrowing.
+                spans: Vec::with_capacity(1024),
                 count: 0,
-                scratch: Vec::new(),
+                scratch: Vec::with_capacity(512),
                 attempt: None,
                 attempts: 0,
+                next_span: span_id(),
             })
         });
         Trace {
@@ -118,6 +150,7 @@ impl Tracer {
             span_id: span_id(),
             parent: parent.map(|p| p.span_id),
             state: parent.and_then(|_| headers.get(&TRACESTATE).cloned()),
+            stale_state: parent.is_none() && headers.contains_key(&TRACESTATE),
             rec,
         }
     }
@@ -152,19 +185,15 @@ impl Tracer {
             attrs.push(("tollgate.rate_limit", Value::Str(outcome)));
             attrs.push(("tollgate.rate_limit.policy", Value::Str(policy)));
         }
-        let ip;
-        if let Some(a) = f.client_ip {
-            ip = a.to_string();
-            attrs.push(("client.address", Value::Str(&ip)));
+        let ip = f.client_ip.map(IpText::of);
+        if let Some(a) = &ip {
+            attrs.push(("client.address", Value::Str(a.as_str())));
         }
         attrs.push(("tollgate.request_id", Value::Str(f.request_id)));
         if let Some(e) = f.error {
             attrs.push(("error.type", Value::Str(e)));
         }
-        let name = match f.route {
-            Some((route, _)) => format!("{} {route}", f.method),
-            None => f.method.to_owned(),
-        };
+        let name = (f.method, f.route.map(|(route, _)| route));
         let error = (f.status >= 500 || (f.status == 0 && f.error.is_some()))
             .then(|| f.error.unwrap_or("server error"));
         let end_ns = rec.now(started);
@@ -183,7 +212,7 @@ impl Tracer {
                 span_id: &t.span_id,
                 parent_span_id: t.parent.as_ref(),
                 trace_state: t.state.as_ref().map(|s| s.as_bytes()),
-                name: &name,
+                name,
                 kind: Kind::Server,
                 start_ns: *start_ns,
                 end_ns,
@@ -211,10 +240,10 @@ impl Recording {
             return;
         };
         let end_ns = self.now(started);
-        let server_ip = a.addr.ip().to_string();
+        let server_ip = IpText::of(a.addr.ip());
         let mut attrs: Vec<(&str, Value)> = vec![
             ("http.request.method", Value::Str(method)),
-            ("server.address", Value::Str(&server_ip)),
+            ("server.address", Value::Str(server_ip.as_str())),
             ("server.port", Value::Int(a.addr.port().into())),
             ("tollgate.upstream", Value::Str(&a.upstream)),
         ];
@@ -227,7 +256,7 @@ impl Recording {
         if let Some(e) = error {
             attrs.push(("error.type", Value::Str(e)));
         }
-        let name = format!("{method} {}", a.upstream);
+        let name = (method, Some(&*a.upstream));
         proto::span(
             &mut self.spans,
             &mut self.scratch,
@@ -236,7 +265,7 @@ impl Recording {
                 span_id: &a.span_id,
                 parent_span_id: Some(server_span),
                 trace_state: None,
-                name: &name,
+                name,
                 kind: Kind::Client,
                 start_ns: a.start_ns,
                 end_ns,
@@ -254,12 +283,13 @@ impl Trace {
         self.rec.is_some()
     }
 
-    /// The `traceparent` for the upstream: sampled, the current attempt's span as the parent;
+    /// The `traceparent` for the upstream: sampled, the current attempt's span as the parent
+    /// (before a backend is picked, the span the first attempt will have);
     /// not sampled, this request's id with the flag off, so the backend joins the trace.
     pub fn upstream_header(&self) -> HeaderValue {
         match &self.rec {
             Some(rec) => {
-                let id = rec.attempt.as_ref().map_or(&self.span_id, |a| &a.span_id);
+                let id = rec.attempt.as_ref().map_or(&rec.next_span, |a| &a.span_id);
                 context::format(&self.trace_id, id, true)
             }
             None => context::format(&self.trace_id, &self.span_id, false),
@@ -280,7 +310,7 @@ impl Trace {
         rec.end_attempt((&self.trace_id, &self.span_id), started, method, None);
         rec.attempts += 1;
         rec.attempt = Some(Attempt {
-            span_id: span_id(),
+            span_id: std::mem::replace(&mut rec.next_span, span_id()),
             start_ns: rec.now(started),
             addr,
             upstream: upstream.clone(),

@@ -23,7 +23,8 @@ pub struct Span<'a> {
     pub span_id: &'a [u8; 8],
     pub parent_span_id: Option<&'a [u8; 8]>,
     pub trace_state: Option<&'a [u8]>,
-    pub name: &'a str,
+    /// The name, as parts joined by a space (`GET orders`).
+    pub name: (&'a str, Option<&'a str>),
     pub kind: Kind,
     pub start_ns: u64,
     pub end_ns: u64,
@@ -52,9 +53,14 @@ fn tag(o: &mut Vec<u8>, field: u8, wire: u8) {
     o.push(field << 3 | wire);
 }
 
+/// A field's tag and a varint (its value, or its length).
+fn head(o: &mut Vec<u8>, field: u8, wire: u8, v: u64) {
+    tag(o, field, wire);
+    varint(o, v);
+}
+
 fn bytes(o: &mut Vec<u8>, field: u8, b: &[u8]) {
-    tag(o, field, LEN);
-    varint(o, b.len() as u64);
+    head(o, field, LEN, b.len() as u64);
     o.extend_from_slice(b);
 }
 
@@ -69,17 +75,17 @@ fn key_value(o: &mut Vec<u8>, field: u8, key: &str, value: &Value) {
         Value::Str(s) => len_field(s.len()),
         Value::Int(i) => 1 + varint_len(*i as u64),
     };
-    tag(o, field, LEN);
-    varint(o, (len_field(key.len()) + len_field(any)) as u64);
+    head(
+        o,
+        field,
+        LEN,
+        (len_field(key.len()) + len_field(any)) as u64,
+    );
     bytes(o, 1, key.as_bytes());
-    tag(o, 2, LEN);
-    varint(o, any as u64);
+    head(o, 2, LEN, any as u64);
     match value {
         Value::Str(s) => bytes(o, 1, s.as_bytes()),
-        Value::Int(i) => {
-            tag(o, 3, VARINT);
-            varint(o, *i as u64);
-        }
+        Value::Int(i) => head(o, 3, VARINT, *i as u64),
     }
 }
 
@@ -95,9 +101,16 @@ pub fn span(o: &mut Vec<u8>, scratch: &mut Vec<u8>, s: &Span) {
     if let Some(p) = s.parent_span_id {
         bytes(b, 4, p);
     }
-    bytes(b, 5, s.name.as_bytes());
-    tag(b, 6, VARINT);
-    varint(b, s.kind as u64);
+    match s.name {
+        (a, None) => bytes(b, 5, a.as_bytes()),
+        (a, Some(c)) => {
+            head(b, 5, LEN, (a.len() + 1 + c.len()) as u64);
+            b.extend_from_slice(a.as_bytes());
+            b.push(b' ');
+            b.extend_from_slice(c.as_bytes());
+        }
+    }
+    head(b, 6, VARINT, s.kind as u64);
     tag(b, 7, FIXED64);
     b.extend_from_slice(&s.start_ns.to_le_bytes());
     tag(b, 8, FIXED64);
@@ -107,11 +120,9 @@ pub fn span(o: &mut Vec<u8>, scratch: &mut Vec<u8>, s: &Span) {
     }
     // Status { message = 2; code = 3 }: ERROR (2), or left unset.
     if let Some(msg) = s.error {
-        tag(b, 15, LEN);
-        varint(b, (len_field(msg.len()) + 2) as u64);
+        head(b, 15, LEN, (len_field(msg.len()) + 2) as u64);
         bytes(b, 2, msg.as_bytes());
-        tag(b, 3, VARINT);
-        varint(b, 2);
+        head(b, 3, VARINT, 2);
     }
     bytes(o, 2, b);
 }
