@@ -104,12 +104,26 @@ impl IpText {
     }
 }
 
+/// A random id that is not all zeros (the W3C invalid value); a plain draw, as a range's
+/// rejection sampling costs more than the one-in-2^64 redraw.
+fn nonzero() -> u64 {
+    loop {
+        let n = fastrand::u64(..);
+        if n != 0 {
+            return n;
+        }
+    }
+}
+
 fn span_id() -> [u8; 8] {
-    fastrand::u64(1..).to_be_bytes()
+    nonzero().to_be_bytes()
 }
 
 fn trace_id() -> [u8; 16] {
-    fastrand::u128(1..).to_be_bytes()
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&nonzero().to_be_bytes());
+    id[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
+    id
 }
 
 impl Tracer {
