@@ -733,14 +733,7 @@ run_h2load() {
 # parse_h2load FILE — as parse_wrk; h2load reports no percentiles: the p50 and p99 columns
 # of HTTP/2 rows are its mean and max time per request.
 parse_h2load() {
-    awk '
-        function us(v,   n, u) {
-            n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-            if (u == "us") return n
-            if (u == "ms") return n * 1000
-            if (u == "s")  return n * 1000000
-            return -1
-        }
+    awk "$AWK_US"'
         /^finished in/        { split($0, f, ", "); rps = f[2] + 0 }
         /^requests:/          { reqs = $8; bad = $10 + $12 + $14 }
         /^status codes:/      { bad += $5 + $7 + $9 }
@@ -751,18 +744,22 @@ parse_h2load() {
         }' "$1"
 }
 
+# us(V): a load generator's duration (`123us`, `4.5ms`, `1.2s`, `2m`, `1h`) in µs; -1 if not one.
+AWK_US='
+    function us(v,   n, u) {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") return n
+        if (u == "ms") return n * 1000
+        if (u == "s")  return n * 1000000
+        if (u == "m")  return n * 60000000
+        if (u == "h")  return n * 3600000000
+        return -1
+    }
+'
+
 # parse_wrk FILE — prints: req/s requests p50_us p99_us socket_errors non_2xx
 parse_wrk() {
-    awk '
-        function us(v,   n, u) {
-            n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-            if (u == "us") return n
-            if (u == "ms") return n * 1000
-            if (u == "s")  return n * 1000000
-            if (u == "m")  return n * 60000000
-            if (u == "h")  return n * 3600000000
-            return -1
-        }
+    awk "$AWK_US"'
         /^[ \t]+50%/               { p50 = us($2) }
         /^[ \t]+99%/               { p99 = us($2) }
         / requests in /            { reqs = $1 }
