@@ -99,7 +99,7 @@ impl Tollgate {
         ctx.backend = Some(attempt.addr());
         ctx.upstream_started.get_or_insert_with(Instant::now);
         if let Some(t) = ctx.trace.as_mut() {
-            t.attempt(ctx.started, req.method.as_str(), attempt.addr(), &up.name);
+            t.attempt(req.method.as_str(), attempt.addr(), &up.name);
         }
         Ok(ctx.attempt.insert(attempt))
     }
@@ -112,7 +112,7 @@ impl Tollgate {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(t) = ctx.trace.as_mut() {
-            t.attempt_failed(ctx.started, method.as_str(), e.etype().as_str());
+            t.attempt_failed(method.as_str(), e.etype().as_str());
         }
         if let Some(mut a) = ctx.attempt.take() {
             a.failure();
@@ -133,7 +133,7 @@ impl Tollgate {
     ) -> Box<Error> {
         if let Some(t) = ctx.trace.as_mut() {
             let method = session.req_header().method.as_str();
-            t.attempt_failed(ctx.started, method, e.etype().as_str());
+            t.attempt_failed(method, e.etype().as_str());
         }
         let replayable = session.req_header().method.is_idempotent()
             && session.response_written().is_none()
@@ -389,7 +389,7 @@ impl Tollgate {
             request_id: ctx.request_id.to_str().unwrap_or("-"),
             error: e.map(|e| e.etype().as_str()),
         };
-        tracer.finish(t, ctx.started, &finished, upstream_error);
+        tracer.finish(t, &finished, upstream_error);
     }
 }
 
