@@ -66,6 +66,8 @@ pub struct Ctx {
     pub why: Option<Why>,
     /// The request's trace, when `tracing` is configured.
     pub trace: Option<crate::trace::Trace>,
+    /// A caching route's request went through the cache step: what it did (`X-Cache-Status`).
+    pub cache: Option<crate::cache::Status>,
 }
 
 /// Which policy refused a request.
@@ -140,6 +142,7 @@ impl Default for Ctx {
             mirror: None,
             encoder: None,
             trace: None,
+            cache: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use http::HeaderValue;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
@@ -25,6 +26,7 @@ use crate::upstream::{self, Upstream};
 pub use crate::ctx::Ctx;
 
 mod admit;
+mod cache;
 mod own;
 mod relay;
 mod why;
@@ -59,7 +61,8 @@ impl Tollgate {
     /// The proxy for `gw`, with Pingora's server settings that bound the relay's upstream
     /// connections and attempts (`upstream_keepalive_pool_size`, `max_retries`).
     pub fn new(gw: Arc<Gateway>, obs: Arc<Observe>, conf: &ServerConf) -> Self {
-        let all_relayed = gw.upstreams.iter().all(|u| crate::fastpath::relays_to(u));
+        let all_relayed = gw.upstreams.iter().all(|u| crate::fastpath::relays_to(u))
+            && gw.caches.iter().all(Option::is_none);
         Tollgate {
             fast_path: gw.fast_path,
             gw,
@@ -423,10 +426,11 @@ impl ProxyHttp for Tollgate {
             return Ok(true);
         }
         self.mirror(session, ctx);
+        let caches = self.route_cache(ctx).is_some();
         if self.fast_path
             && self
                 .upstream(ctx)
-                .is_some_and(|up| crate::fastpath::carries(session.req_header(), up))
+                .is_some_and(|up| crate::fastpath::carries_on(session.req_header(), up, caches))
         {
             return self.relay(session, ctx).await;
         }
@@ -463,6 +467,52 @@ impl ProxyHttp for Tollgate {
             }
         }
         Ok(())
+    }
+
+    /// A caching route's request takes pingora-cache ([`cache`]), after admission.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        self.cache_enable(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        self.cache_key(session.req_header(), ctx)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(self.cache_hit(session.req_header(), ctx))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(self.cache_verdict(session.req_header(), resp, ctx))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<[u8; 16]> {
+        cache::variance(meta, req)
+    }
+
+    /// A stale entry is served while one request revalidates it (within its
+    /// `stale-while-revalidate` window) or when the upstream fails (`stale-if-error`); the
+    /// windows are the entry's, set when it was stored.
+    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, e: Option<&Error>) -> bool {
+        e.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
     }
 
     /// Pick a backend of the route's upstream that is healthy, whose circuit lets requests
@@ -505,6 +555,7 @@ impl ProxyHttp for Tollgate {
                 self.obs.metrics.websocket(route, 1);
             }
         }
+        self.cache_status(session, resp, ctx);
         self.answered(resp, ctx);
         let origin = session.req_header().headers.get(&cors::ORIGIN);
         self.finish(ctx).apply(resp, origin)?;
@@ -598,6 +649,7 @@ impl ProxyHttp for Tollgate {
                 .websocket(ctx.route.unwrap_or(usize::MAX), -1);
             ctx.tunnel_idled = crate::conn::idled(session.as_downstream().stream());
         }
+        self.cache_count(session, ctx);
         self.finished(session, e, ctx);
         crate::conn::rearm(session.as_downstream().stream());
     }
