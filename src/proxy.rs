@@ -511,7 +511,12 @@ impl ProxyHttp for Tollgate {
     /// A stale entry is served while one request revalidates it (within its
     /// `stale-while-revalidate` window) or when the upstream fails (`stale-if-error`); the
     /// windows are the entry's, set when it was stored.
-    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, e: Option<&Error>) -> bool {
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        e: Option<&Error>,
+    ) -> bool {
         e.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
     }
 

@@ -50,7 +50,12 @@ impl Origin {
     }
 
     fn last_head(&self) -> String {
-        self.heads.lock().unwrap().last().cloned().unwrap_or_default()
+        self.heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -190,4 +195,373 @@ fn a_miss_then_hits_with_age_and_one_upstream_request() {
         m.contains("tollgate_cache_requests_total{route=\"c\",status=\"HIT\"} 1"),
         "{m}"
     );
+}
+
+/// Sends `path` until it is answered with `want` (or fails after 5 s): time passing, polled.
+fn until_status(gw: &Gateway, path: &str, want: &str) -> Resp {
+    let mut last = None;
+    let seen = eventually(Duration::from_secs(5), || {
+        let r = gw.get(path);
+        let ok = status(&r) == want;
+        last = Some(r);
+        ok
+    });
+    let last = last.unwrap();
+    assert!(seen, "never {want}: {last:?}");
+    last
+}
+
+#[test]
+fn upstream_cache_control_decides_what_is_stored() {
+    let (gw, o) = gateway("ttl: 60s");
+    for (path, cc) in [
+        ("/c/ns", "no-store"),
+        ("/c/pv", "private"),
+        ("/c/ma0", "max-age=0"),
+    ] {
+        let p = format!("{path}?cc={cc}");
+        assert_eq!(status(&gw.get(&p)), "MISS");
+        let again = gw.get(&p);
+        assert_ne!(status(&again), "HIT", "{cc}: {again:?}");
+    }
+    assert_eq!(o.hits("/ns?"), 2);
+    assert_eq!(o.hits("/pv?"), 2);
+    assert_eq!(o.hits("/ma0?"), 2);
+    // s-maxage (a shared cache's) wins over max-age.
+    gw.get("/c/s?cc=max-age=0,s-maxage=60");
+    assert_eq!(status(&gw.get("/c/s?cc=max-age=0,s-maxage=60")), "HIT");
+    // max-age over the route's ttl: stale after a second, fetched again (EXPIRED).
+    gw.get("/c/short?cc=max-age=1");
+    assert_eq!(status(&gw.get("/c/short?cc=max-age=1")), "HIT");
+    until_status(&gw, "/c/short?cc=max-age=1", "EXPIRED");
+    assert!(o.hits("/short?") >= 2);
+}
+
+#[test]
+fn no_cache_from_the_upstream_revalidates_every_time() {
+    let (gw, o) = gateway("");
+    let p = "/c/nc?cc=no-cache&etag=v1";
+    assert_eq!(status(&gw.get(p)), "MISS");
+    let r = gw.get(p);
+    assert_eq!((r.status, status(&r)), (200, "REVALIDATED"), "{r:?}");
+    assert!(r.body.starts_with("hit 1 "), "the stored body: {r:?}");
+    assert!(
+        o.last_head().contains("If-None-Match: \"v1\"")
+            || o.last_head()
+                .to_ascii_lowercase()
+                .contains("if-none-match: \"v1\"")
+    );
+    assert_eq!(o.hits("/nc?"), 2);
+}
+
+#[test]
+fn expires_and_ttl_give_freshness_when_cache_control_does_not() {
+    let (gw, o) = gateway("ttl: 1s");
+    gw.get("/c/fut?expires=future");
+    assert_eq!(status(&gw.get("/c/fut?expires=future")), "HIT");
+    gw.get("/c/past?expires=past");
+    assert_ne!(status(&gw.get("/c/past?expires=past")), "HIT");
+    assert_eq!(o.hits("/past?"), 2);
+    // Nothing said: the route's ttl (1 s), then fetched again.
+    gw.get("/c/ttl");
+    assert_eq!(status(&gw.get("/c/ttl")), "HIT");
+    until_status(&gw, "/c/ttl", "EXPIRED");
+}
+
+#[test]
+fn statuses_limit_what_is_stored() {
+    let (gw, o) = gateway("");
+    // 404 is heuristically cacheable (the default list), 500 is not.
+    gw.get("/c/nf?status=404");
+    let r = gw.get("/c/nf?status=404");
+    assert_eq!((r.status, status(&r)), (404, "HIT"));
+    gw.get("/c/err?status=500");
+    let r = gw.get("/c/err?status=500");
+    assert_eq!((r.status, status(&r)), (500, "MISS"));
+    assert_eq!(o.hits("/err?"), 2);
+    let (gw, o) = gateway("statuses: [200]");
+    gw.get("/c/nf?status=404");
+    assert_eq!(status(&gw.get("/c/nf?status=404")), "MISS");
+    assert_eq!(o.hits("/nf?"), 2);
+}
+
+#[test]
+fn head_is_served_from_the_get_entry_and_post_is_never_cached() {
+    let (gw, o) = gateway("");
+    let get = gw.get("/c/h");
+    assert_eq!(status(&get), "MISS");
+    let head = gw.send("HEAD", "/c/h", &[]);
+    assert_eq!((head.status, status(&head)), (200, "HIT"), "{head:?}");
+    assert!(head.body.is_empty());
+    assert_eq!(o.hits("/h "), 1);
+    for _ in 0..2 {
+        let post = gw.send("POST", "/c/h", &[("Content-Length", "0")]);
+        assert_eq!((post.status, status(&post)), (200, "BYPASS"), "{post:?}");
+    }
+    assert_eq!(o.hits("POST /h "), 2);
+}
+
+#[test]
+fn set_cookie_responses_are_stored_only_when_allowed() {
+    let (gw, o) = gateway("");
+    gw.get("/c/k?cookie");
+    let r = gw.get("/c/k?cookie");
+    assert_eq!(status(&r), "MISS");
+    assert_eq!(o.hits("/k?"), 2);
+    let (gw, o) = gateway("store_set_cookie: true");
+    gw.get("/c/k?cookie");
+    assert_eq!(status(&gw.get("/c/k?cookie")), "HIT");
+    assert_eq!(o.hits("/k?"), 1);
+}
+
+#[test]
+fn each_vary_variant_is_its_own_entry() {
+    let (gw, o) = gateway("");
+    let p = "/c/v?vary=Accept-Language";
+    let en = [("Accept-Language", "en")];
+    let fr = [("Accept-Language", "fr")];
+    assert_eq!(status(&gw.send("GET", p, &en)), "MISS");
+    let r = gw.send("GET", p, &fr);
+    assert_eq!(status(&r), "MISS", "another variant");
+    assert!(r.body.ends_with("lang=fr"), "{r:?}");
+    let r = gw.send("GET", p, &en);
+    assert_eq!(status(&r), "HIT");
+    assert!(r.body.ends_with("lang=en"), "{r:?}");
+    let r = gw.send("GET", p, &fr);
+    assert_eq!(status(&r), "HIT");
+    assert!(r.body.ends_with("lang=fr"), "{r:?}");
+    assert_eq!(o.hits("/v?"), 2);
+    // Vary: * is never stored.
+    gw.get("/c/star?vary=*");
+    assert_eq!(status(&gw.get("/c/star?vary=*")), "MISS");
+}
+
+#[test]
+fn the_key_holds_host_path_query_and_the_configured_parts() {
+    let (gw, o) = gateway("key: [\"header:X-Tenant\"]");
+    gw.get("/c/q?a=1");
+    assert_eq!(status(&gw.get("/c/q?a=2")), "MISS", "another query");
+    assert_eq!(status(&gw.get("/c/q?a=1")), "HIT");
+    let other_host = gw.send("GET", "/c/q?a=1", &[("Host", "other.example")]);
+    assert_eq!(status(&other_host), "MISS", "another Host");
+    let t1 = gw.send("GET", "/c/q?a=1", &[("X-Tenant", "t1")]);
+    assert_eq!(status(&t1), "MISS", "another X-Tenant");
+    assert_eq!(
+        status(&gw.send("GET", "/c/q?a=1", &[("X-Tenant", "t1")])),
+        "HIT"
+    );
+    assert_eq!(o.hits("/q?"), 4);
+}
+
+#[test]
+fn auth_routes_key_by_consumer_unless_shared_and_refusals_say_nothing() {
+    let auth = "consumers:\n  alice: {api_keys: [\"alice-key-0123456789\"]}\n  bob: {api_keys: [\"bob-key-0123456789\"]}\n\
+                auth: {keys: {type: api_key}}\n\
+                rate_limits: {two: {requests: 2, per: 1m, key: consumer}}\n";
+    let o = Origin::start();
+    let gw = Gateway::start(&format!(
+        "caches: {{mem: {{max_size: 1MiB}}}}\n\
+         upstreams: {{o: {{targets: [\"{}\"]}}}}\n{auth}\
+         routes:\n\
+         - {{name: own, path_prefix: /own, upstream: o, auth: [keys], cache: {{}}}}\n\
+         - {{name: pub, path_prefix: /pub, upstream: o, auth: [keys], cache: {{shared: true}}}}\n\
+         - {{name: lim, path_prefix: /lim, upstream: o, auth: [keys], rate_limit: two, cache: {{}}}}\n",
+        o.addr
+    ));
+    let alice = [("X-Api-Key", "alice-key-0123456789")];
+    let bob = [("X-Api-Key", "bob-key-0123456789")];
+    assert_eq!(status(&gw.send("GET", "/own/x", &alice)), "MISS");
+    assert_eq!(
+        status(&gw.send("GET", "/own/x", &bob)),
+        "MISS",
+        "bob never gets alice's"
+    );
+    assert_eq!(status(&gw.send("GET", "/own/x", &alice)), "HIT");
+    assert_eq!(o.hits("/x "), 2);
+    assert_eq!(status(&gw.send("GET", "/pub/y", &alice)), "MISS");
+    assert_eq!(status(&gw.send("GET", "/pub/y", &bob)), "HIT", "shared");
+    // Refused before the cache step: no X-Cache-Status, never from the cache.
+    let r = gw.get("/own/x");
+    assert_eq!((r.status, r.header("x-cache-status")), (401, None), "{r:?}");
+    let r = gw.get("/nowhere");
+    assert_eq!((r.status, r.header("x-cache-status")), (404, None), "{r:?}");
+    // A hit spends the caller's budget: the third is 429 though the answer is cached.
+    assert_eq!(status(&gw.send("GET", "/lim/z", &alice)), "MISS");
+    assert_eq!(status(&gw.send("GET", "/lim/z", &alice)), "HIT");
+    let r = gw.send("GET", "/lim/z", &alice);
+    assert_eq!((r.status, r.header("x-cache-status")), (429, None), "{r:?}");
+}
+
+#[test]
+fn the_client_path_before_strip_and_rewrite_is_the_key() {
+    // Two routes whose upstream paths are the same (`/c/same` and `/d/same` both go to
+    // `/same`): each keeps its own entry, keyed by what the client asked for.
+    let o = Origin::start();
+    let gw = Gateway::start(&format!(
+        "caches: {{mem: {{max_size: 1MiB}}}}\n\
+         upstreams: {{o: {{targets: [\"{}\"]}}}}\n\
+         routes:\n\
+         - {{name: c, path_prefix: /c, upstream: o, cache: {{}}}}\n\
+         - {{name: d, path_prefix: /d, upstream: o, cache: {{}}}}\n",
+        o.addr
+    ));
+    let c = gw.get("/c/same");
+    let d = gw.get("/d/same");
+    assert_eq!((status(&c), status(&d)), ("MISS", "MISS"));
+    assert_eq!(o.hits("/same "), 2);
+}
+
+#[test]
+fn a_stale_entry_is_revalidated_and_a_304_refreshes_it() {
+    let (gw, o) = gateway("");
+    let p = "/c/rv?cc=max-age=1&etag=e1";
+    assert_eq!(status(&gw.get(p)), "MISS");
+    let r = until_status(&gw, p, "REVALIDATED");
+    assert!(
+        r.body.starts_with("hit 1 "),
+        "the stored body, refreshed: {r:?}"
+    );
+    // Refreshed: fresh again for a second.
+    assert_eq!(status(&gw.get(p)), "HIT");
+    assert_eq!(o.hits("/rv?"), 2);
+}
+
+#[test]
+fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_background() {
+    let (gw, o) = gateway("stale_while_revalidate: 30s");
+    let p = "/c/swr?cc=max-age=1&delay_ms=300";
+    gw.get(p);
+    // Once stale: the stale answer comes at once (no 300 ms upstream wait), and one
+    // background request refreshes it.
+    let started = std::time::Instant::now();
+    let r = until_status(&gw, p, "UPDATING");
+    assert!(r.body.starts_with("hit 1 "), "{r:?}");
+    let _ = started;
+    let t = std::time::Instant::now();
+    let again = gw.get(p);
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "served at once: {again:?}"
+    );
+    assert!(eventually(Duration::from_secs(5), || o.hits("/swr?") == 2));
+    let fresh = until_status(&gw, p, "HIT");
+    assert!(fresh.body.starts_with("hit 2 "), "{fresh:?}");
+    assert_eq!(o.hits("/swr?"), 2, "one background refresh");
+}
+
+#[test]
+fn stale_if_error_serves_the_stale_entry_while_the_upstream_fails() {
+    let (gw, o) = gateway("stale_if_error: 5m");
+    let p = "/c/sie?cc=max-age=1";
+    gw.get(p);
+    o.failing.store(true, SeqCst);
+    let r = until_status(&gw, p, "STALE");
+    assert_eq!(r.status, 200);
+    assert!(r.body.starts_with("hit 1 "), "{r:?}");
+    // must-revalidate forbids it: the error goes through.
+    let (gw, o) = gateway("stale_if_error: 5m");
+    let p = "/c/mr?cc=max-age=1,must-revalidate";
+    gw.get(p);
+    o.failing.store(true, SeqCst);
+    assert!(eventually(Duration::from_secs(5), || gw.get(p).status == 503));
+}
+
+#[test]
+fn the_lock_lets_one_of_a_hundred_concurrent_misses_reach_the_upstream() {
+    let (gw, o) = gateway("lock: 5s");
+    let gw = Arc::new(gw);
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            let gw = gw.clone();
+            std::thread::spawn(move || gw.get("/c/storm?delay_ms=500"))
+        })
+        .collect();
+    let answers: Vec<Resp> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(answers
+        .iter()
+        .all(|r| r.status == 200 && r.body.starts_with("hit 1 ")));
+    assert_eq!(o.hits("/storm?"), 1);
+    let m = gw.admin_get("/metrics").body;
+    let waits: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_cache_lock_waits_total{route=\"c\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(waits > 0, "{m}");
+}
+
+#[test]
+fn max_size_evicts_and_max_object_is_never_stored() {
+    let o = Origin::start();
+    let gw = Gateway::start(&format!(
+        "caches: {{small: {{max_size: 10KiB}}}}\n\
+         upstreams: {{o: {{targets: [\"{}\"]}}}}\n\
+         routes:\n\
+         - {{name: c, path_prefix: /c, upstream: o, cache: {{max_object: 4KiB}}}}\n",
+        o.addr
+    ));
+    for i in 0..6 {
+        assert_eq!(status(&gw.get(&format!("/c/e{i}?size=3000"))), "MISS");
+    }
+    // Pingora drops what the LRU evicts in a task of its own: polled.
+    let metric = |name: &str| {
+        let m = gw.admin_get("/metrics").body;
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{store=\"small\"}} ")))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap()
+    };
+    assert!(eventually(Duration::from_secs(5), || {
+        metric("tollgate_cache_evictions_total") >= 3 && metric("tollgate_cache_bytes") <= 10 * 1024
+    }));
+    // The oldest went first; the newest is still there.
+    assert_eq!(status(&gw.get("/c/e5?size=3000")), "HIT");
+    assert_eq!(status(&gw.get("/c/e0?size=3000")), "MISS");
+    // Larger than max_object: served, never stored.
+    gw.get("/c/big?size=5000");
+    let r = gw.get("/c/big?size=5000");
+    assert_eq!((r.status, r.body.len(), status(&r)), (200, 5000, "MISS"));
+}
+
+/// `POST /cache/purge` on the admin listener.
+fn purge(gw: &Gateway, body: &str) -> Resp {
+    request(
+        gw.admin,
+        &format!(
+            "POST /cache/purge HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap()
+}
+
+#[test]
+fn purge_removes_a_path_or_a_prefix_across_hosts_queries_and_variants() {
+    let (gw, o) = gateway("");
+    for p in ["/c/a?x=1", "/c/a?x=2", "/c/a/b", "/c/ab"] {
+        gw.get(p);
+    }
+    gw.send("GET", "/c/a?x=1", &[("Host", "other.example")]);
+    let r = purge(&gw, r#"{"route": "c", "path": "/c/a"}"#);
+    assert_eq!(
+        (r.status, r.json()["purged"].as_u64()),
+        (200, Some(3)),
+        "{r:?}"
+    );
+    assert_eq!(status(&gw.get("/c/a?x=1")), "MISS");
+    assert_eq!(status(&gw.get("/c/a/b")), "HIT");
+    let r = purge(&gw, r#"{"route": "c", "prefix": "/c/a"}"#);
+    assert_eq!(
+        r.json()["purged"].as_u64(),
+        Some(2),
+        "/c/a?x=1 and /c/a/b, not /c/ab"
+    );
+    assert_eq!(status(&gw.get("/c/ab")), "HIT");
+    assert_eq!(status(&gw.get("/c/a/b")), "MISS");
+    let r = purge(&gw, r#"{"route": "plain", "path": "/x"}"#);
+    assert_eq!(r.status, 404);
+    let r = purge(&gw, r#"{"route": "c"}"#);
+    assert_eq!(r.status, 400);
+    let _ = o;
 }

@@ -14,7 +14,11 @@ const MAX_BODY: usize = 64 * 1024;
 /// The answer to a purge request: its status and JSON.
 pub async fn purge(gw: &Gateway, session: &mut ServerSession) -> (u16, serde_json::Value) {
     if session.req_header().method != http::Method::POST {
-        return bad(405, "method_not_allowed", "POST a JSON body to /cache/purge");
+        return bad(
+            405,
+            "method_not_allowed",
+            "POST a JSON body to /cache/purge",
+        );
     }
     let mut body = Vec::new();
     loop {
@@ -37,13 +41,21 @@ pub async fn purge(gw: &Gateway, session: &mut ServerSession) -> (u16, serde_jso
         _ => return bad(400, "bad_request", "give one of \"path\" or \"prefix\""),
     };
     let routes = gw.router.routes();
-    let cached = routes.iter().any(|r| &*r.name == route && gw.caches[r.id].is_some());
+    let cached = routes
+        .iter()
+        .any(|r| &*r.name == route && gw.caches[r.id].is_some());
     if !cached {
         return bad(404, "no_route", "no route with a cache has this name");
     }
-    (200, serde_json::json!({"purged": gw.stores.purge(route, &what)}))
+    (
+        200,
+        serde_json::json!({"purged": gw.stores.purge(route, &what)}),
+    )
 }
 
 fn bad(status: u16, code: &str, message: &str) -> (u16, serde_json::Value) {
-    (status, serde_json::json!({"error": code, "message": message, "request_id": ""}))
+    (
+        status,
+        serde_json::json!({"error": code, "message": message, "request_id": ""}),
+    )
 }

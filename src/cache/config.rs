@@ -58,7 +58,8 @@ pub const DEFAULT_LOCK: Duration = Duration::from_secs(2);
 /// `max_object`'s default (or the store's `max_size`, when smaller).
 pub const DEFAULT_MAX_OBJECT: u64 = 8 << 20;
 /// `statuses`' default: RFC 9110 §15.1's heuristically cacheable statuses.
-pub const DEFAULT_STATUSES: [u16; 12] = [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+pub const DEFAULT_STATUSES: [u16; 12] =
+    [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// `caches:` compiled: each store, empty.
 pub fn stores(file: Option<StoresFile>, errs: &mut ConfigErrors) -> Stores {

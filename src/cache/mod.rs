@@ -189,6 +189,8 @@ impl RouteCache {
             out.extend_from_slice(v);
             out.push(b' ');
         };
+        // Routes that differ only by `match` rules or methods share a path: each its own.
+        part(b"route=", self.route.as_bytes());
         part(b"host=", &k.host.to_ascii_lowercase());
         part(b"target=", k.target);
         if self.rules.auth && !self.rules.shared {
@@ -212,7 +214,10 @@ impl RouteCache {
                 }
                 KeyPart::Claim(c) => {
                     let v = k.identity.and_then(|i| i.claim(c)).map(|v| v.to_string());
-                    part(format!("claim:{c}=").as_bytes(), v.unwrap_or_default().as_bytes());
+                    part(
+                        format!("claim:{c}=").as_bytes(),
+                        v.unwrap_or_default().as_bytes(),
+                    );
                 }
             }
         }

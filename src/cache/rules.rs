@@ -31,17 +31,25 @@ pub fn cacheable(rules: &Rules, resp: &ResponseHeader, authorization: bool) -> R
     if !rules.store_set_cookie && h.contains_key(header::SET_COOKIE) {
         return Uncacheable(NoCacheReason::Custom("set-cookie"));
     }
-    let vary_any = h.get_all(header::VARY).iter().any(|v| {
-        crate::headers::tokens(v.as_bytes()).any(|t| t == b"*")
-    });
+    let vary_any = h
+        .get_all(header::VARY)
+        .iter()
+        .any(|v| crate::headers::tokens(v.as_bytes()).any(|t| t == b"*"));
     if vary_any {
         return Uncacheable(NoCacheReason::Custom("vary-star"));
     }
     let cc = CacheControl::from_resp_headers(resp);
-    if authorization && !cc.as_ref().is_some_and(|c| c.allow_caching_authorized_req()) {
+    if authorization
+        && !cc
+            .as_ref()
+            .is_some_and(|c| c.allow_caching_authorized_req())
+    {
         return Uncacheable(NoCacheReason::Custom("authorization"));
     }
-    if cc.as_ref().is_some_and(|c| c.is_cacheable() == Cacheable::No) {
+    if cc
+        .as_ref()
+        .is_some_and(|c| c.is_cacheable() == Cacheable::No)
+    {
         return Uncacheable(NoCacheReason::OriginNotCache);
     }
     let now = SystemTime::now();
@@ -139,13 +147,20 @@ mod tests {
         assert_eq!(fresh_secs(cacheable(&r, &resp(200, &cc), false)), Some(9));
         for cc in ["no-store", "private"] {
             let h = [("cache-control", cc)];
-            assert_eq!(fresh_secs(cacheable(&r, &resp(200, &h), false)), None, "{cc}");
+            assert_eq!(
+                fresh_secs(cacheable(&r, &resp(200, &h), false)),
+                None,
+                "{cc}"
+            );
         }
         assert_eq!(fresh_secs(cacheable(&r, &resp(500, &[]), false)), None);
         let cookie = [("set-cookie", "a=b")];
         assert_eq!(fresh_secs(cacheable(&r, &resp(200, &cookie), false)), None);
         assert_eq!(fresh_secs(cacheable(&r, &resp(200, &[]), true)), None);
         let public = [("cache-control", "public, max-age=7")];
-        assert_eq!(fresh_secs(cacheable(&r, &resp(200, &public), true)), Some(7));
+        assert_eq!(
+            fresh_secs(cacheable(&r, &resp(200, &public), true)),
+            Some(7)
+        );
     }
 }

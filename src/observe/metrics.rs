@@ -473,8 +473,10 @@ pub fn render_caches(
     }
     o.push_str("# HELP tollgate_cache_requests_total Requests of caching routes by what the cache step did (X-Cache-Status).
 ");
-    o.push_str("# TYPE tollgate_cache_requests_total counter
-");
+    o.push_str(
+        "# TYPE tollgate_cache_requests_total counter
+",
+    );
     for c in &caches {
         let route = label(&c.route);
         for (status, n) in c.counts() {
@@ -486,27 +488,47 @@ pub fn render_caches(
     }
     o.push_str("# HELP tollgate_cache_lock_waits_total Requests that waited on the cache lock for another request's fill.
 ");
-    o.push_str("# TYPE tollgate_cache_lock_waits_total counter
-");
+    o.push_str(
+        "# TYPE tollgate_cache_lock_waits_total counter
+",
+    );
     for c in &caches {
         let route = label(&c.route);
         let n = c.lock_waits();
-        let _ = writeln!(o, "tollgate_cache_lock_waits_total{{route=\"{route}\"}} {n}");
+        let _ = writeln!(
+            o,
+            "tollgate_cache_lock_waits_total{{route=\"{route}\"}} {n}"
+        );
     }
-    o.push_str("# HELP tollgate_cache_bytes Bytes a cache store holds.
-");
-    o.push_str("# TYPE tollgate_cache_bytes gauge
-");
+    o.push_str(
+        "# HELP tollgate_cache_bytes Bytes a cache store holds.
+",
+    );
+    o.push_str(
+        "# TYPE tollgate_cache_bytes gauge
+",
+    );
     for s in stores.iter() {
-        let _ = writeln!(o, "tollgate_cache_bytes{{store=\"{}\"}} {}", label(&s.name), s.bytes());
+        let _ = writeln!(
+            o,
+            "tollgate_cache_bytes{{store=\"{}\"}} {}",
+            label(&s.name),
+            s.bytes()
+        );
     }
     o.push_str("# HELP tollgate_cache_evictions_total Entries a cache store dropped to stay within max_size.
 ");
-    o.push_str("# TYPE tollgate_cache_evictions_total counter
-");
+    o.push_str(
+        "# TYPE tollgate_cache_evictions_total counter
+",
+    );
     for s in stores.iter() {
         let n = s.evictions();
-        let _ = writeln!(o, "tollgate_cache_evictions_total{{store=\"{}\"}} {n}", label(&s.name));
+        let _ = writeln!(
+            o,
+            "tollgate_cache_evictions_total{{store=\"{}\"}} {n}",
+            label(&s.name)
+        );
     }
 }
 

@@ -42,7 +42,10 @@ impl Tollgate {
     /// What the key of this request is made of (`explain` builds the same from its request).
     pub(super) fn cache_key(&self, req: &RequestHeader, ctx: &Ctx) -> Result<CacheKey> {
         let c = self.route_cache(ctx).ok_or_else(|| {
-            Error::explain(ErrorType::InternalError, "cache key without a caching route")
+            Error::explain(
+                ErrorType::InternalError,
+                "cache key without a caching route",
+            )
         })?;
         let split = self.route(ctx).is_some_and(|r| r.split.is_some());
         Ok(c.key(&key_input(req, ctx, split)))
