@@ -565,3 +565,159 @@ fn purge_removes_a_path_or_a_prefix_across_hosts_queries_and_variants() {
     assert_eq!(r.status, 400);
     let _ = o;
 }
+
+#[test]
+fn bad_cache_config_is_refused_with_key_paths() {
+    let base = "upstreams: {o: {targets: [\"127.0.0.1:1\"]}}\n";
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "caches: {a: {max_size: 1MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, cache: {store: nope}}]",
+            "routes[0].cache.store",
+            "no store \"nope\"",
+        ),
+        (
+            "caches: {a: {max_size: 1MiB}, b: {max_size: 1MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, cache: {}}]",
+            "routes[0].cache.store",
+            "several stores",
+        ),
+        (
+            "routes: [{name: r, path_prefix: /r, upstream: o, cache: {}}]",
+            "routes[0].cache",
+            "no store",
+        ),
+        ("caches: {a: {max_size: 0}}", "caches.a.max_size", "greater than 0"),
+        (
+            "caches: {a: {max_size: 1MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, cache: {ttl: 0s}}]",
+            "routes[0].cache.ttl",
+            "greater than 0",
+        ),
+        (
+            "caches: {a: {max_size: 1MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, cache: {max_object: 2MiB}}]",
+            "routes[0].cache.max_object",
+            "larger than the store",
+        ),
+        (
+            "caches: {a: {max_size: 1MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, cache: {methods: [GET, POST]}}]",
+            "routes[0].cache.methods[1]",
+            "only GET and HEAD",
+        ),
+        (
+            "caches: {a: {max_size: 1MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, cache: {statuses: [99]}}]",
+            "routes[0].cache.statuses[0]",
+            "not a status",
+        ),
+        (
+            "caches: {a: {max_size: 1MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, cache: {key: [cookie:x]}}]",
+            "routes[0].cache.key[0]",
+            "header:NAME or claim:NAME",
+        ),
+        (
+            "caches: {a: {max_size: 1MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, cache: {key: [\"claim:sub\"]}}]",
+            "routes[0].cache.key[0]",
+            "needs a route with auth",
+        ),
+        (
+            "caches: {a: {max_size: 1MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, cache: {shared: true}}]",
+            "routes[0].cache.shared",
+            "route with auth",
+        ),
+        (
+            "caches: {a: {max_size: 1MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, cache: {tll: 1s}}]",
+            "routes[0]",
+            "unknown field `tll`",
+        ),
+    ];
+    for (yaml, path, why) in cases {
+        let (code, out) = check_config(&format!("{base}{yaml}\n"));
+        assert_eq!(code, 1, "{yaml}: {out}");
+        assert!(
+            out.contains(path) && out.contains(why),
+            "{yaml}: want {path}: {why} in {out}"
+        );
+    }
+    let ok = "caches: {a: {max_size: 256MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, \
+              cache: {store: a, ttl: 60s, methods: [GET, HEAD], statuses: [200, 301, 404], \
+              key: [\"header:Accept-Language\"], store_set_cookie: false, \
+              honour_client_no_cache: false, stale_while_revalidate: 10s, stale_if_error: 5m, \
+              lock: 2s, max_object: 8MiB}}]";
+    let (code, out) = check_config(&format!("{base}{ok}\n"));
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn the_client_no_cache_forces_a_revalidation_only_when_honoured() {
+    let no_cache = [("Cache-Control", "no-cache")];
+    let (gw, o) = gateway("");
+    gw.get("/c/n?etag=a");
+    assert_eq!(status(&gw.send("GET", "/c/n?etag=a", &no_cache)), "HIT");
+    assert_eq!(o.hits("/n?"), 1);
+    let (gw, o) = gateway("honour_client_no_cache: true");
+    gw.get("/c/n?etag=a");
+    let r = gw.send("GET", "/c/n?etag=a", &no_cache);
+    assert_eq!(status(&r), "REVALIDATED", "{r:?}");
+    assert_eq!(o.hits("/n?"), 2);
+}
+
+#[test]
+fn a_range_request_is_served_from_the_full_cached_object() {
+    let (gw, o) = gateway("");
+    // A miss fetches the whole object (Range is not forwarded) and answers the range from it.
+    let r = gw.send("GET", "/c/r?size=100", &[("Range", "bytes=0-9")]);
+    assert_eq!(
+        (r.status, r.body.len(), status(&r)),
+        (206, 10, "MISS"),
+        "{r:?}"
+    );
+    assert!(!o.last_head().to_ascii_lowercase().contains("range:"));
+    let r = gw.send("GET", "/c/r?size=100", &[("Range", "bytes=90-")]);
+    assert_eq!(
+        (r.status, r.body.len(), status(&r)),
+        (206, 10, "HIT"),
+        "{r:?}"
+    );
+    assert_eq!(r.header("content-range"), Some("bytes 90-99/100"));
+    assert_eq!(o.hits("/r?"), 1);
+}
+
+#[test]
+fn the_cli_purges_through_the_admin_listener() {
+    let (gw, _o) = gateway("");
+    gw.get("/c/cli");
+    assert_eq!(status(&gw.get("/c/cli")), "HIT");
+    let out = std::process::Command::new(bin())
+        .args(["cache", "purge", "-c"])
+        .arg(gw.conf_path())
+        .args(["--route", "c", "--path", "/c/cli"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.trim(), "{\"purged\": 1}");
+    assert_eq!(status(&gw.get("/c/cli")), "MISS");
+}
+
+#[test]
+fn explain_says_whether_a_request_is_cached_and_its_key() {
+    let (gw, _o) = gateway("key: [\"header:X-Tenant\"]");
+    let explain = |method: &str| {
+        let out = std::process::Command::new(bin())
+            .args(["explain", "-c"])
+            .arg(gw.conf_path())
+            .args([method, "http://shop.example/c/a?x=1", "-H", "X-Tenant: t1"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = explain("GET");
+    assert!(out.contains("cache:    store mem"), "{out}");
+    assert!(out.contains("cached (from"), "{out}");
+    assert!(out.contains("host=12:shop.example"), "{out}");
+    assert!(out.contains("target=8:/c/a?x=1"), "{out}");
+    assert!(out.contains("header:x-tenant=2:t1"), "{out}");
+    let out = explain("POST");
+    assert!(out.contains("not cached: POST"), "{out}");
+}
