@@ -484,10 +484,16 @@ impl ProxyHttp for Tollgate {
         session: &mut Session,
         _meta: &CacheMeta,
         _hit: &mut HitHandler,
-        _is_fresh: bool,
+        is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(self.cache_hit(session.req_header(), ctx))
+        let forced = self.cache_hit(session.req_header(), ctx);
+        // Served from the cache: a request body is read and discarded, so the connection's
+        // next request starts where the client meant it to.
+        if is_fresh && forced.is_none() && !session.as_downstream_mut().is_body_empty() {
+            session.as_downstream_mut().drain_request_body().await?;
+        }
+        Ok(forced)
     }
 
     fn response_cache_filter(

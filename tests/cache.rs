@@ -721,3 +721,25 @@ fn explain_says_whether_a_request_is_cached_and_its_key() {
     let out = explain("POST");
     assert!(out.contains("not cached: POST"), "{out}");
 }
+
+#[test]
+fn a_hit_reads_and_discards_the_request_body_before_the_next_request() {
+    let (gw, o) = gateway("");
+    gw.get("/c/body");
+    // A GET with a body that looks like a request, answered from the cache: the body is not
+    // read as the connection's next request (CVE-2025-4366 class).
+    let smuggled = "GET /c/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let mut c = Client::connect(gw.addr);
+    c.send(
+        format!(
+            "GET /c/body HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        )
+        .as_bytes(),
+    );
+    let r = c.response(false);
+    assert_eq!((r.status, status(&r)), (200, "HIT"), "{r:?}");
+    let next = c.get("/c/body", "");
+    assert_eq!((next.status, status(&next)), (200, "HIT"), "{next:?}");
+    assert_eq!(o.hits("/smuggled"), 0);
+}
