@@ -330,6 +330,11 @@ impl Tollgate {
                     let secs = self.upstream(ctx).map_or(1, |u| u.retry_after());
                     extra.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
                 }
+                // The upstream failed after the cache step: it still says what that step did.
+                if let Some(status) = ctx.cache {
+                    let v = HeaderValue::from_static(status.as_str());
+                    extra.push((crate::headers::names::X_CACHE_STATUS.clone(), v));
+                }
                 let _ = self.reject(session, ctx, reject, &msg, &extra).await;
             }
         }
@@ -641,6 +646,7 @@ impl ProxyHttp for Tollgate {
             && crate::conn::idled(session.as_downstream().stream());
         // The connection ends after this answer (`can_reuse_downstream` below): it says so.
         session.set_keepalive(None);
+        self.cache_failed(session, ctx);
         FailToProxy {
             error_code: self.answer_failure(session, e, ctx, unanswered).await,
             can_reuse_downstream: false,

@@ -743,3 +743,80 @@ fn a_hit_reads_and_discards_the_request_body_before_the_next_request() {
     assert_eq!((next.status, status(&next)), (200, "HIT"), "{next:?}");
     assert_eq!(o.hits("/smuggled"), 0);
 }
+
+#[test]
+fn a_head_miss_stores_the_get_object_and_a_failed_miss_says_miss() {
+    let (gw, o) = gateway("");
+    let head = gw.send("HEAD", "/c/hm", &[]);
+    assert_eq!(
+        (head.status, status(&head), head.body.as_str()),
+        (200, "MISS", "")
+    );
+    assert!(
+        o.last_head().starts_with("GET /hm "),
+        "HEAD fetched as GET: {}",
+        o.last_head()
+    );
+    let get = gw.get("/c/hm");
+    assert_eq!((get.status, status(&get)), (200, "HIT"), "{get:?}");
+    assert!(get.body.starts_with("hit 1 "), "{get:?}");
+    // The upstream is down: the gateway's 502 still says the cache step missed.
+    let gw = Gateway::start(&format!(
+        "caches: {{mem: {{max_size: 1MiB}}}}\n\
+         upstreams: {{o: {{targets: [\"{}\"]}}}}\n\
+         routes: [{{name: c, path_prefix: /c, upstream: o, cache: {{}}}}]\n",
+        closed_port()
+    ));
+    let r = gw.get("/c/down");
+    assert_eq!((r.status, status(&r)), (502, "MISS"), "{r:?}");
+}
+
+#[test]
+fn a_split_route_keys_each_branch_apart() {
+    let (a, b) = (Origin::start(), Origin::start());
+    let gw = Gateway::start(&format!(
+        "caches: {{mem: {{max_size: 1MiB}}}}\n\
+         upstreams: {{a: {{targets: [\"{}\"]}}, b: {{targets: [\"{}\"]}}}}\n\
+         routes:\n\
+         - name: s\n  path_prefix: /s\n  cache: {{}}\n  sticky: header:X-User\n  \
+         split: [{{upstream: a, weight: 50}}, {{upstream: b, weight: 50}}]\n",
+        a.addr, b.addr
+    ));
+    // Users spread over both branches; each branch's answer is cached apart, so each user
+    // gets the answer of its own branch.
+    for user in 0..20 {
+        let h = [("X-User", format!("u{user}"))];
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let first = gw.send("GET", "/s/x", &h);
+        let again = gw.send("GET", "/s/x", &h);
+        assert_eq!(status(&again), "HIT", "{again:?}");
+        assert_eq!(first.body, again.body);
+    }
+    assert_eq!((a.hits("/x "), b.hits("/x ")), (1, 1));
+}
+
+#[test]
+fn the_access_log_has_a_line_for_every_cached_answer() {
+    let logs = tempfile::tempdir().unwrap();
+    let path = logs.path().join("access.log");
+    let extra = format!("access_log: {{format: json, path: \"{}\"}}", path.display());
+    let (gw, o) = gateway_with("", &extra);
+    for _ in 0..3 {
+        assert_eq!(gw.get("/c/logged").status, 200);
+    }
+    assert_eq!(o.hits("/logged "), 1);
+    let mut entries = Vec::new();
+    let written = eventually(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        entries = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["path"] == "/c/logged")
+            .collect();
+        entries.len() == 3
+    });
+    assert!(written, "{entries:?}");
+    assert!(entries
+        .iter()
+        .all(|e| e["status"] == 200 && e["route"] == "c"));
+}

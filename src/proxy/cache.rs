@@ -85,6 +85,13 @@ impl Tollgate {
         let _ = resp.insert_header(&X_CACHE_STATUS, status.as_str());
     }
 
+    /// `fail_to_proxy`: what the cache step did for a request the upstream then failed.
+    pub(super) fn cache_failed(&self, session: &Session, ctx: &mut Ctx) {
+        if ctx.cache.is_some() {
+            ctx.cache = Some(Status::of(session.cache.phase()));
+        }
+    }
+
     /// `logging`: the request's cache status and lock wait, counted for `/metrics`.
     pub(super) fn cache_count(&self, session: &Session, ctx: &Ctx) {
         if let (Some(c), Some(status)) = (self.route_cache(ctx), ctx.cache) {
