@@ -68,6 +68,9 @@ pub struct Ctx {
     pub trace: Option<crate::trace::Trace>,
     /// A caching route's request went through the cache step: what it did (`X-Cache-Status`).
     pub cache: Option<crate::cache::Status>,
+    /// The cache's background refresh of a stale entry (`stale_while_revalidate`): admitted
+    /// like the request that triggered it, but it spends no rate-limit budget.
+    pub refresh: bool,
 }
 
 /// Which policy refused a request.
@@ -143,6 +146,7 @@ impl Default for Ctx {
             encoder: None,
             trace: None,
             cache: None,
+            refresh: false,
         }
     }
 }

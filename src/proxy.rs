@@ -427,6 +427,7 @@ impl ProxyHttp for Tollgate {
     /// Admit the request ([`admit`]); the common plain one is then relayed by tollgate itself
     /// ([`relay`]), the others continue through Pingora's proxy loop.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.refresh = session.subrequest_ctx.is_some();
         if self.admit(session, ctx).await? {
             return Ok(true);
         }

@@ -803,3 +803,27 @@ fn the_access_log_has_a_line_for_every_cached_answer() {
         .iter()
         .all(|e| e["status"] == 200 && e["route"] == "c"));
 }
+
+#[test]
+fn a_background_refresh_spends_no_rate_limit_budget() {
+    let o = Origin::start();
+    let gw = Gateway::start(&format!(
+        "caches: {{mem: {{max_size: 1MiB}}}}\n\
+         upstreams: {{o: {{targets: [\"{}\"]}}}}\n\
+         rate_limits: {{three: {{requests: 3, per: 1m}}}}\n\
+         routes: [{{name: c, path_prefix: /c, upstream: o, rate_limit: three, \
+         cache: {{stale_while_revalidate: 1m}}}}]\n",
+        o.addr
+    ));
+    // Stored already stale (max-age=0): each later request is answered stale at once and
+    // starts one background refresh.
+    let p = "/c/bg?cc=max-age=0";
+    assert_eq!(status(&gw.get(p)), "MISS");
+    assert_eq!(status(&gw.get(p)), "UPDATING");
+    assert!(eventually(Duration::from_secs(5), || o.hits("/bg?") == 2));
+    // Two of three spent by the caller; the refresh took none.
+    let r = gw.get(p);
+    assert_eq!((r.status, status(&r)), (200, "UPDATING"), "{r:?}");
+    let r = gw.get(p);
+    assert_eq!(r.status, 429, "{r:?}");
+}
