@@ -89,24 +89,31 @@ impl Store {
             }
             !gone
         });
-        for ((primary, variance), e) in &removed {
-            self.bytes.fetch_sub(e.size() as i64, Relaxed);
-            let key = CompactCacheKey {
-                primary: *primary,
-                variance: variance.map(Box::new),
-                user_tag: e.tag.clone(),
-            };
-            let id = Some(CacheEntryId::new(e.id));
-            self.eviction
-                .remove(CacheEntryKeyRef::from_entry_id(&key, id));
+        for (slot, e) in &removed {
+            self.forget(*slot, e);
         }
         removed.len()
     }
 
+    /// An entry that left the map: its bytes, and its place in the LRU.
+    fn forget(&self, (primary, variance): Slot, e: &Entry) {
+        self.bytes.fetch_sub(e.size() as i64, Relaxed);
+        let key = CompactCacheKey {
+            primary,
+            variance: variance.map(Box::new),
+            user_tag: e.tag.clone(),
+        };
+        let id = Some(CacheEntryId::new(e.id));
+        self.eviction
+            .remove(CacheEntryKeyRef::from_entry_id(&key, id));
+    }
+
+    /// Store `entry`; one it replaces (a full refetch of a stale entry) is forgotten.
     fn insert(&self, slot: Slot, entry: Entry) {
         self.bytes.fetch_add(entry.size() as i64, Relaxed);
-        if let Some(old) = self.entries.write().insert(slot, Arc::new(entry)) {
-            self.bytes.fetch_sub(old.size() as i64, Relaxed);
+        let old = self.entries.write().insert(slot, Arc::new(entry));
+        if let Some(old) = old {
+            self.forget(slot, &old);
         }
     }
 }
