@@ -45,7 +45,7 @@ impl Admin {
         let mut body = self
             .obs
             .render(&gw.auth, &gw.rate_limits, &gw.upstreams, &mirrors);
-        crate::observe::metrics::render_caches(&mut body, &gw.stores, &gw.caches);
+        crate::observe::cache_metrics::render(&mut body, &gw.stores, &gw.caches);
         let body = body.into_bytes();
         Response::builder()
             .status(200)
