@@ -827,3 +827,37 @@ fn a_background_refresh_spends_no_rate_limit_budget() {
     let r = gw.get(p);
     assert_eq!(r.status, 429, "{r:?}");
 }
+
+#[test]
+fn http2_clients_share_the_cache_with_http1_clients() {
+    let o = Origin::start();
+    let (gw, h2c) = Gateway::with_listener(
+        |a| format!("{{address: \"{a}\", h2c: true}}"),
+        &format!(
+            "caches: {{mem: {{max_size: 1MiB}}}}\n\
+             upstreams: {{o: {{targets: [\"{}\"]}}}}\n\
+             routes: [{{name: c, path_prefix: /c, upstream: o, cache: {{}}}}]\n",
+            o.addr
+        ),
+    );
+    let h2 = |path: &'static str| {
+        runtime()
+            .block_on(async {
+                let tcp = tokio::net::TcpStream::connect(h2c).await.unwrap();
+                h2client::get(tcp, &format!("http://gw{path}")).await
+            })
+            .unwrap()
+    };
+    let first = h2("/c/two");
+    assert_eq!(first.headers.get("x-cache-status").unwrap(), "MISS");
+    let second = h2("/c/two");
+    assert_eq!(second.headers.get("x-cache-status").unwrap(), "HIT");
+    assert!(second.headers.contains_key("age"));
+    assert_eq!(second.body, first.body);
+    let h1 = gw.get("/c/two");
+    assert_eq!(
+        (status(&h1), h1.body.as_str()),
+        ("HIT", first.body.as_str())
+    );
+    assert_eq!(o.hits("/two "), 1);
+}

@@ -323,6 +323,61 @@ impl Stores {
 mod tests {
     use super::*;
 
+    fn rules(auth: bool, shared: bool, key: Vec<KeyPart>) -> Rules {
+        Rules {
+            ttl: Duration::from_secs(60),
+            methods: (true, true),
+            statuses: vec![200],
+            key,
+            shared,
+            auth,
+            store_set_cookie: false,
+            honour_client_no_cache: false,
+            stale_while_revalidate: None,
+            stale_if_error: None,
+            lock: Duration::from_secs(1),
+            max_object: 1024,
+        }
+    }
+
+    #[test]
+    fn the_key_names_every_part_and_the_caller_unless_shared() {
+        let store: &'static Store = Box::leak(Box::new(Store::new("s", 1 << 20)));
+        let claims: crate::policy::auth::jwt::Claims =
+            serde_json::from_str(r#"{"tenant": "t7"}"#).unwrap();
+        let id = crate::policy::auth::Identity {
+            consumer: Some(http::HeaderValue::from_static("alice")),
+            claims: Some(std::sync::Arc::new(claims)),
+            ..Default::default()
+        };
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-v", http::HeaderValue::from_static("1"));
+        headers.append("x-v", http::HeaderValue::from_static("2"));
+        let input = KeyInput {
+            host: b"Shop.Example",
+            target: b"/c/a?x=1",
+            path: "/c/a",
+            headers: &headers,
+            identity: Some(&id),
+            branch: Some(1),
+        };
+        let parts = vec![
+            KeyPart::Header(HeaderName::from_static("x-v")),
+            KeyPart::Claim("tenant".into()),
+        ];
+        let own = RouteCache::new("r", store, rules(true, false, parts.clone()));
+        let text = String::from_utf8(own.key_text(&input)).unwrap();
+        assert_eq!(
+            text,
+            "route=1:r host=12:shop.example target=8:/c/a?x=1 consumer=5:alice branch=1:1 \
+             header:x-v=4:1, 2 claim:tenant=4:\"t7\" "
+        );
+        let shared = RouteCache::new("r", store, rules(true, true, parts));
+        let text = String::from_utf8(shared.key_text(&input)).unwrap();
+        assert!(!text.contains("alice"), "{text}");
+        assert_eq!(own.key(&input).user_tag, "r\n/c/a");
+    }
+
     #[test]
     fn prefixes_purge_on_segment_boundaries() {
         let p = Purge::Prefix("/c");
