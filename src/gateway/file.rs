@@ -65,6 +65,8 @@ pub struct FileConfig {
     pub state_dir: Option<String>,
     /// OpenTelemetry tracing, compiled by its own module (`crate::trace::config`).
     pub tracing: Option<crate::trace::config::Config>,
+    /// Response cache stores (`crate::cache::config`).
+    pub caches: Option<crate::cache::config::StoresFile>,
 }
 
 /// `underscores_in_headers`: what becomes of a request header whose name has an underscore
@@ -98,6 +100,7 @@ pub const TOLLGATE_KEYS: &[&str] = &[
     "underscores_in_headers",
     "state_dir",
     "tracing",
+    "caches",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -243,6 +246,9 @@ pub struct RouteFile {
     pub match_rules: Option<crate::policy::router::matching::MatchFile>,
     #[serde(default)]
     pub priority: Option<i32>,
+    /// Response caching (`crate::cache`).
+    #[serde(default)]
+    pub cache: Option<crate::cache::config::CacheFile>,
 }
 
 /// `admin`: an address, or `{address, token, refusals_kept}`.
