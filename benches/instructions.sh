@@ -45,6 +45,13 @@
 # (python3, answers 200 to every POST and discards it; its own cost is not counted)
 #   traced     GET /api/bench  sample: 0.01 (traceparent forwarded on every request)
 #   traced-all GET /api/bench  sample: 1.0 (every request's spans encoded and exported)
+# Caching (issue 26): plain's config with `caches` and a route /cached with `cache: {ttl: 1h}`
+#   cached       GET /cached/bench      every request a hit (the first, a miss, cancels out)
+#   nginx-cached GET /cached/bench      nginx's proxy_cache, same key (host + URI), warm
+#   cache-miss   GET /cached/bench?i=N  every request a new key: a miss, stored
+#   plain-miss   GET /bench?i=N         the same requests on plain's uncached route
+#   cache-neighbour GET /bench          plain's request on the config with the cached route
+#                                        (what caching elsewhere costs a route without it)
 #
 # Exit status: 0, or 1 when a scenario grew by more than THRESHOLD percent
 # over the recorded number (a drop is reported, never a failure: re-record it).
@@ -59,7 +66,7 @@ N=${N:-2000}                         # requests of the short run (the long one i
 THRESHOLD=${THRESHOLD:-5}            # percent growth that fails
 RECORD=${RECORD:-0}                  # 1: write the numbers to RESULTS
 RESULTS=${RESULTS:-$HERE/instructions.txt}
-ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote logged tls prod nginx-tls h2c nginx-h2c transform traced traced-all"
+ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote logged tls prod nginx-tls h2c nginx-h2c transform traced traced-all cached nginx-cached cache-miss plain-miss cache-neighbour"
 SCENARIOS=${SCENARIOS:-$ALL}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}       # use this binary instead of building
 BARE_BIN=${BARE_BIN:-}               # bare Pingora (default: beside TOLLGATE_BIN, or built)
@@ -295,6 +302,14 @@ EOF
         "$TG_BIN" -t -c "$out" >"$out.check" 2>&1 || die "$out is refused: $(cat "$out.check")"
     done
 fi
+if [[ " $SCENARIOS " == *" cache"* || " $SCENARIOS " == *" cached "* ]]; then
+    out="$TMP/tollgate-cached.yaml"
+    sed 's|^routes:$|routes:\n  - {name: cached, path_prefix: /cached, strip_prefix: false, upstream: up, cache: {ttl: 1h}}|' \
+        "$TMP/tollgate.yaml" >"$out"
+    printf 'caches: {bench: {max_size: 64MiB}}\n' >>"$out"
+    grep -q "name: cached" "$out" || die "tollgate.yaml: no 'routes:' line to put the cached route under"
+    "$TG_BIN" -t -c "$out" >"$out.check" 2>&1 || die "$out is refused: $(cat "$out.check")"
+fi
 if [[ " $SCENARIOS " == *" h2c "* ]]; then
     # h2c: apikey's request from HTTP/2 clients with prior knowledge (Pingora's h2 path).
     sed "s|^listen: \[\"127.0.0.1:$TOLLGATE_PORT\"\]|listen: [{address: \"127.0.0.1:$TOLLGATE_PORT\", h2c: true}]|" \
@@ -321,7 +336,7 @@ if ca:
 else:
     c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=60)
 for i in range(count):
-    c.request("GET", path, headers=headers)
+    c.request("GET", path.replace("{i}", str(i)), headers=headers)
     r = c.getresponse()
     got = r.read().decode()
     if r.status != 200 or got != body:
@@ -349,6 +364,13 @@ measure() {
     case $sc in
         plain) path=/bench header="" ;;
         transform) path=/xf/bench header="" ;;
+        plain-miss) path="/bench?i={i}" header="" ;;
+        cached | cache-miss | cache-neighbour)
+            path=/cached/bench header=""
+            [[ $sc != cache-miss ]] || path="/cached/bench?i={i}"
+            [[ $sc != cache-neighbour ]] || path=/bench
+            cmd=("$TG_BIN" -c "$TMP/tollgate-cached.yaml")
+            ;;
         apikey) path=/api/bench header="X-Api-Key: $API_KEY" ;;
         jwt) path=/jwt/bench header="Authorization: Bearer $JWT" ;;
         h2c)
@@ -375,9 +397,10 @@ measure() {
             [[ $sc != floor ]] || cmd[0]=$FLOOR_BIN
             ready="http://127.0.0.1:$TOLLGATE_PORT/bench" # no admin port: its polls are counted
             ;;
-        nginx | nginx-apikey | nginx-tls | nginx-h2c)
+        nginx | nginx-apikey | nginx-tls | nginx-h2c | nginx-cached)
             path=/bench header=""
-            [[ $sc == nginx ]] || path=/api/bench header="X-Api-Key: $API_KEY"
+            [[ $sc == nginx || $sc == nginx-cached ]] || path=/api/bench header="X-Api-Key: $API_KEY"
+            [[ $sc != nginx-cached ]] || path=/cached/bench
             # One process (no master), so callgrind counts the one that serves.
             render "$HERE/load/proxy.nginx.conf" "$TMP/nginx.conf" TMP="$TMP" \
                 UPSTREAM_PORT="$UPSTREAM_PORT" NGINX_PORT="$TOLLGATE_PORT" NGINX_KEEPALIVE=64 \

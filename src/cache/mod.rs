@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
+use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, NoCacheReason};
 
@@ -225,8 +226,12 @@ impl RouteCache {
     }
 
     /// The request's cache key; its tag names the route and client path, for purges.
+    /// Its hash is taken once here: Pingora, the store and the eviction manager each ask for it.
     pub fn key(&self, k: &KeyInput<'_>) -> CacheKey {
-        CacheKey::new(self.key_text(k), tag(&self.route, k.path))
+        let mut key = CacheKey::new(self.key_text(k), tag(&self.route, k.path));
+        let hash = key.primary_bin();
+        key.set_primary_bin_override(hash);
+        key
     }
 }
 

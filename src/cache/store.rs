@@ -1,5 +1,5 @@
-//! The in-memory [`Storage`] a `caches` entry names: whole responses (the serialized
-//! [`CacheMeta`] and the body) in a map, bounded by `max_size` through pingora-cache's
+//! The in-memory [`Storage`] a `caches` entry names: whole responses (the [`CacheMeta`]'s
+//! fields and the body, never serialized: a hit only clones the head) in a map, bounded by `max_size` through pingora-cache's
 //! `simple_lru` eviction manager, which picks what to drop; Pingora purges it here.
 //! Each entry keeps the route and client path it was stored for (the key's `user_tag`), so an
 //! admin purge finds every host, query, consumer and variant under a path.
@@ -8,6 +8,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -21,6 +22,7 @@ use pingora::cache::storage::{
 };
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
 /// An entry's place in the map: the primary hash and the variant's.
@@ -28,7 +30,7 @@ type Slot = (HashBinary, Option<HashBinary>);
 
 struct Entry {
     id: u64,
-    meta: (Vec<u8>, Vec<u8>),
+    meta: Meta,
     body: Bytes,
     /// The key's `user_tag`: route and client path ([`super::tag`]).
     tag: Box<str>,
@@ -36,7 +38,64 @@ struct Entry {
 
 impl Entry {
     fn size(&self) -> usize {
-        self.meta.0.len() + self.meta.1.len() + self.body.len()
+        self.meta.size + self.body.len()
+    }
+}
+
+/// What a [`CacheMeta`] says, kept as it is: `CacheMeta` cannot be cloned, and its serialized
+/// form costs a compression on every fill and a decompression on every hit.
+struct Meta {
+    fresh_until: SystemTime,
+    /// When the entry was stored or last revalidated: what its age counts from.
+    updated: SystemTime,
+    stale_while_revalidate: u32,
+    stale_if_error: u32,
+    variance: Option<HashBinary>,
+    epoch_override: Option<SystemTime>,
+    header: ResponseHeader,
+    /// The head's bytes as counted against `max_size`.
+    size: usize,
+}
+
+impl Meta {
+    fn of(m: &CacheMeta) -> Meta {
+        let header = m.response_header_copy();
+        let size = 64
+            + header
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        Meta {
+            fresh_until: m.fresh_until(),
+            updated: m.updated(),
+            stale_while_revalidate: m.stale_while_revalidate_sec(),
+            stale_if_error: m.stale_if_error_sec(),
+            variance: m.variance(),
+            epoch_override: m.epoch_override(),
+            header,
+            size,
+        }
+    }
+
+    /// A `CacheMeta` for a hit. Its creation time is the last revalidation's (the one
+    /// `CacheMeta` constructor sets both): age and freshness are exact; a `Vary` variant older
+    /// than its primary's last revalidation is fetched again rather than served.
+    fn to_cache_meta(&self) -> CacheMeta {
+        let mut m = CacheMeta::new(
+            self.fresh_until,
+            self.updated,
+            self.stale_while_revalidate,
+            self.stale_if_error,
+            self.header.clone(),
+        );
+        if let Some(v) = self.variance {
+            m.set_variance(v);
+        }
+        if let Some(e) = self.epoch_override {
+            m.set_epoch_override(e);
+        }
+        m
     }
 }
 
@@ -129,7 +188,7 @@ impl Storage for Store {
         let Some(e) = self.entries.read().get(&slot).cloned() else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&e.meta.0, &e.meta.1)?;
+        let meta = e.meta.to_cache_meta();
         let hit = Hit {
             body: e.body.clone(),
             range: (0, e.body.len()),
@@ -148,7 +207,7 @@ impl Storage for Store {
         Ok(Box::new(Fill {
             store: self,
             slot: slot_of(key.primary_bin(), key.variance_bin()),
-            meta: meta.serialize()?,
+            meta: Meta::of(meta),
             body: BytesMut::new(),
             tag: key.user_tag.as_str().into(),
             id: self.next_id.fetch_add(1, Relaxed),
@@ -191,14 +250,14 @@ impl Storage for Store {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let slot = slot_of(key.primary_bin(), key.variance_bin());
-        let serialized = meta.serialize()?;
+        let meta = Meta::of(meta);
         let mut map = self.entries.write();
         let Some(old) = map.get(&slot).cloned() else {
             return Ok(false);
         };
         let entry = Entry {
             id: old.id,
-            meta: serialized,
+            meta,
             body: old.body.clone(),
             tag: old.tag.clone(),
         };
@@ -272,7 +331,7 @@ impl HandleHit for Hit {
 struct Fill {
     store: &'static Store,
     slot: Slot,
-    meta: (Vec<u8>, Vec<u8>),
+    meta: Meta,
     body: BytesMut,
     tag: Box<str>,
     id: u64,
