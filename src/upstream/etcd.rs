@@ -21,11 +21,10 @@ use pingora::protocols::http::v1::client::HttpSession;
 use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::HttpPeer;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::discovery::{self, Resolver, TargetAddr};
 use crate::config::ConfigErrors;
-use crate::policy::auth::config::SecretFile;
+use crate::config::SecretFile;
 
 /// Each connect, read and write of a range or an authentication.
 const STEP: Duration = Duration::from_secs(3);
@@ -146,7 +145,8 @@ impl Etcd {
         if errs.0.len() > before {
             return None;
         }
-        let cache = state_dir.join(cache_name(upstream, &f.endpoints, &prefix));
+        let source = format!("{}\n{prefix}", f.endpoints.join("\n"));
+        let cache = state_dir.join(crate::state::file_name("etcd", upstream, &source));
         Some(Etcd {
             endpoints,
             prefix,
@@ -207,7 +207,7 @@ impl Etcd {
             .map(|(a, w)| serde_json::json!({"address": a.to_string(), "weight": w}))
             .collect();
         let doc = serde_json::json!({"prefix": self.prefix, "backends": v});
-        crate::policy::auth::state::write_atomically(&self.cache, doc.to_string().as_bytes())
+        crate::state::write_atomically(&self.cache, doc.to_string().as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", self.cache.display()))
     }
 
@@ -533,23 +533,6 @@ fn value_backends(
             .map(|a| (a, weight))
             .collect()),
     }
-}
-
-/// `etcd-UPSTREAM-HASH.json`: the upstream's name (its safe characters) and a hash of the
-/// endpoints and prefix, so another source never reads this one's set.
-fn cache_name(upstream: &str, endpoints: &[String], prefix: &str) -> String {
-    let safe: String = upstream
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-        .take(64)
-        .collect();
-    let mut h = Sha256::new();
-    for e in endpoints {
-        h.update(e.as_bytes());
-        h.update(b"\n");
-    }
-    h.update(prefix.as_bytes());
-    format!("etcd-{safe}-{}.json", hex::encode(&h.finalize()[..8]))
 }
 
 fn read_cache(path: &std::path::Path) -> Result<Vec<(SocketAddr, usize)>, String> {

@@ -154,7 +154,7 @@ impl Etcd {
         format!("http://{}", self.client)
     }
 
-    fn ctl(&self, args: &[&str]) {
+    pub fn ctl_ok(&self, args: &[&str]) {
         let out = Command::new(binary("etcdctl", "etcd-client"))
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.url()))
@@ -169,11 +169,11 @@ impl Etcd {
     }
 
     pub fn put(&self, key: &str, value: &str) {
-        self.ctl(&["put", key, value]);
+        self.ctl_ok(&["put", key, value]);
     }
 
     pub fn del(&self, key: &str) {
-        self.ctl(&["del", key]);
+        self.ctl_ok(&["del", key]);
     }
 
     pub fn kill(&mut self) {

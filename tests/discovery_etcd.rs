@@ -1,0 +1,197 @@
+//! `targets: {etcd: {endpoints, prefix}}` against a real etcd on free ports: the keys'
+//! backends serve with their weights, a key added or removed moves traffic without a
+//! reload, etcd going away keeps the last set, and a restart while etcd is down serves the
+//! last-known-good set from `state_dir`.
+
+mod support;
+use std::path::Path;
+use std::time::Duration;
+
+use support::catalog::Etcd;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+const PREFIX: &str = "/services/catalog/";
+
+fn gateway(etcd_url: &str, state: &Path) -> Gateway {
+    Gateway::start(&format!(
+        "state_dir: {}\n\
+         upstreams:\n  u: {{targets: {{etcd: {{endpoints: [\"{etcd_url}\"], prefix: {PREFIX}}}}}}}\n\
+         routes:\n  - {{name: r, path_prefix: /r, upstream: u}}\n",
+        state.display()
+    ))
+}
+
+fn addresses(gw: &Gateway) -> Vec<String> {
+    let h = gw.admin_get("/health").json();
+    let mut v: Vec<String> = h["upstreams"]["u"]["backends"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| b["address"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn sorted(bs: &[&Backend]) -> Vec<String> {
+    let mut v: Vec<String> = bs.iter().map(|b| b.addr.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// The cache file the gateway keeps in `state`, once it exists.
+fn cached(state: &Path) -> Option<String> {
+    let e = std::fs::read_dir(state).ok()?.flatten().find(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        n.starts_with("etcd-u-") && n.ends_with(".json")
+    })?;
+    std::fs::read_to_string(e.path()).ok()
+}
+
+#[test]
+fn keys_serve_with_weights_and_changes_apply_without_reload() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let etcd = Etcd::start();
+    etcd.put(&format!("{PREFIX}a"), &a.addr.to_string());
+    etcd.put(
+        &format!("{PREFIX}b"),
+        &format!("{{\"address\": \"{}\", \"weight\": 3}}", b.addr),
+    );
+    // Outside the prefix: not a backend.
+    etcd.put("/services/other/c", &c.addr.to_string());
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(&etcd.url(), state.path());
+
+    for _ in 0..40 {
+        assert_eq!(gw.get("/r/x").status, 200);
+    }
+    assert_eq!(
+        (a.count(), b.count(), c.count()),
+        (10, 30, 0),
+        "weights 1:3"
+    );
+    assert_eq!(
+        gw.admin_get("/health").json()["upstreams"]["u"]["discovery"]["etcd"],
+        PREFIX
+    );
+
+    // Added: c gets traffic without a reload.
+    etcd.put(&format!("{PREFIX}c"), &c.addr.to_string());
+    assert!(eventually(WAIT, || addresses(&gw) == sorted(&[&a, &b, &c])));
+    for _ in 0..10 {
+        gw.get("/r/x");
+    }
+    assert!(c.count() >= 1, "c joined");
+
+    // Removed: a gets no new request.
+    etcd.del(&format!("{PREFIX}a"));
+    assert!(eventually(WAIT, || addresses(&gw) == sorted(&[&b, &c])));
+    let before = a.count();
+    for _ in 0..10 {
+        assert_eq!(gw.get("/r/x").status, 200);
+    }
+    assert_eq!(a.count(), before);
+
+    let metrics = gw.admin_get("/metrics").body;
+    assert!(
+        metrics.contains("tollgate_discovery_changes_total{upstream=\"u\",source=\"etcd\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(gw.logs().matches("upstream u (etcd): backends").count(), 2);
+}
+
+#[test]
+fn etcd_down_keeps_the_last_set_and_a_restart_serves_it_from_state_dir() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut etcd = Etcd::start();
+    etcd.put(&format!("{PREFIX}a"), &a.addr.to_string());
+    etcd.put(&format!("{PREFIX}b"), &b.addr.to_string());
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(&etcd.url(), state.path());
+    assert!(
+        eventually(WAIT, || cached(state.path()).is_some_and(|c| c
+            .contains(&a.addr.to_string())
+            && c.contains(&b.addr.to_string()))),
+        "the set is written to state_dir"
+    );
+
+    etcd.kill();
+    let failing =
+        || gw.admin_get("/health").json()["upstreams"]["u"]["discovery"]["failing"] == true;
+    assert!(eventually(WAIT, failing), "the outage shows on /health");
+    for _ in 0..10 {
+        assert_eq!(gw.get("/r/x").status, 200);
+    }
+    assert_eq!(
+        (a.count(), b.count()),
+        (5, 5),
+        "traffic continues on the last set"
+    );
+    assert!(
+        gw.logs().contains("upstream u (etcd): etcd:"),
+        "{}",
+        gw.logs()
+    );
+    let url = etcd.url();
+    drop(gw);
+
+    // A new gateway while etcd is still down: serves from the cached set.
+    let gw = gateway(&url, state.path());
+    assert_eq!(addresses(&gw), sorted(&[&a, &b]));
+    for _ in 0..4 {
+        assert_eq!(gw.get("/r/x").status, 200);
+    }
+    assert_eq!((a.count(), b.count()), (7, 7));
+    assert!(gw.logs().contains("last-known-good"), "{}", gw.logs());
+}
+
+#[test]
+fn a_start_with_etcd_down_and_no_cached_set_fails_with_the_reason() {
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let err = start_fails(&format!(
+        "state_dir: {}\n\
+         upstreams:\n  u: {{targets: {{etcd: {{endpoints: [\"http://127.0.0.1:{port}\"], prefix: {PREFIX}}}}}}}\n\
+         routes:\n  - {{name: r, path_prefix: /r, upstream: u}}\n",
+        state.path().display()
+    ));
+    assert!(err.contains("upstreams.u.targets.etcd"), "{err}");
+    assert!(err.contains("no last-known-good set"), "{err}");
+}
+
+#[test]
+fn etcd_with_user_and_password_from_the_environment() {
+    let a = Backend::start("a");
+    let etcd = Etcd::start();
+    etcd.put(&format!("{PREFIX}a"), &a.addr.to_string());
+    etcd.ctl_ok(&["user", "add", "root:rootpw"]);
+    etcd.ctl_ok(&["auth", "enable"]);
+    let state = tempfile::tempdir().unwrap();
+    let body = format!(
+        "state_dir: {}\n\
+         upstreams:\n  u: {{targets: {{etcd: {{endpoints: [\"{}\"], prefix: {PREFIX}, \
+         username: root, password: {{env: ETCD_PW}}}}}}}}\n\
+         routes:\n  - {{name: r, path_prefix: /r, upstream: u}}\n",
+        state.path().display(),
+        etcd.url()
+    );
+    let gw = Gateway::start_with_env(&body, &[("ETCD_PW", "rootpw")]);
+    assert_eq!(gw.get("/r/x").status, 200);
+    assert_eq!(a.count(), 1);
+    // A wrong password: etcd refuses, and there is no cached set in a fresh state_dir.
+    let fresh = tempfile::tempdir().unwrap();
+    let bad = body.replace(
+        &state.path().display().to_string(),
+        &fresh.path().display().to_string(),
+    );
+    let (code, out) = check_config_with_env(&bad, &[("ETCD_PW", "wrong")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("authenticate"), "{out}");
+}
