@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::catalog::Etcd;
+use support::catalog::{backend_addresses, sorted, Etcd};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -20,26 +20,6 @@ fn gateway(etcd_url: &str, state: &Path) -> Gateway {
          routes:\n  - {{name: r, path_prefix: /r, upstream: u}}\n",
         state.display()
     ))
-}
-
-fn addresses(gw: &Gateway) -> Vec<String> {
-    let h = gw.admin_get("/health").json();
-    let mut v: Vec<String> = h["upstreams"]["u"]["backends"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|b| b["address"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn sorted(bs: &[&Backend]) -> Vec<String> {
-    let mut v: Vec<String> = bs.iter().map(|b| b.addr.to_string()).collect();
-    v.sort();
-    v
 }
 
 /// The cache file the gateway keeps in `state`, once it exists.
@@ -84,7 +64,8 @@ fn keys_serve_with_weights_and_changes_apply_without_reload() {
 
     // Added: c gets traffic without a reload.
     etcd.put(&format!("{PREFIX}c"), &c.addr.to_string());
-    assert!(eventually(WAIT, || addresses(&gw) == sorted(&[&a, &b, &c])));
+    assert!(eventually(WAIT, || backend_addresses(&gw, "u")
+        == sorted(&[&a, &b, &c])));
     for _ in 0..10 {
         gw.get("/r/x");
     }
@@ -92,7 +73,7 @@ fn keys_serve_with_weights_and_changes_apply_without_reload() {
 
     // Removed: a gets no new request.
     etcd.del(&format!("{PREFIX}a"));
-    assert!(eventually(WAIT, || addresses(&gw) == sorted(&[&b, &c])));
+    assert!(eventually(WAIT, || backend_addresses(&gw, "u") == sorted(&[&b, &c])));
     let before = a.count();
     for _ in 0..10 {
         assert_eq!(gw.get("/r/x").status, 200);
@@ -144,7 +125,7 @@ fn etcd_down_keeps_the_last_set_and_a_restart_serves_it_from_state_dir() {
 
     // A new gateway while etcd is still down: serves from the cached set.
     let gw = gateway(&url, state.path());
-    assert_eq!(addresses(&gw), sorted(&[&a, &b]));
+    assert_eq!(backend_addresses(&gw, "u"), sorted(&[&a, &b]));
     for _ in 0..4 {
         assert_eq!(gw.get("/r/x").status, 200);
     }

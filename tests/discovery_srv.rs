@@ -5,7 +5,7 @@
 mod support;
 use std::time::Duration;
 
-use support::catalog::Dnsmasq;
+use support::catalog::{backend_addresses, sorted, Dnsmasq};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -29,20 +29,6 @@ fn gateway(dns: &Dnsmasq) -> Gateway {
          routes:\n  - {{name: r, path_prefix: /r, upstream: u}}\n",
         dns.addr
     ))
-}
-
-fn addresses(gw: &Gateway) -> Vec<String> {
-    let h = gw.admin_get("/health").json();
-    let mut v: Vec<String> = h["upstreams"]["u"]["backends"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|b| b["address"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 fn changes(gw: &Gateway) -> String {
@@ -86,15 +72,11 @@ fn srv_weights_ports_and_the_lowest_priority_group_serve() {
     records.extend(record("b.svc.example", &b, 10, 1));
     records.extend(record("c.svc.example", &c, 10, 1));
     dns.restart(&records);
-    let want = {
-        let mut v = vec![b.addr.to_string(), c.addr.to_string()];
-        v.sort();
-        v
-    };
+    let want = sorted(&[&b, &c]);
     assert!(
-        eventually(WAIT, || addresses(&gw) == want),
+        eventually(WAIT, || backend_addresses(&gw, "u") == want),
         "{:?}",
-        addresses(&gw)
+        backend_addresses(&gw, "u")
     );
     let before = a.count();
     for _ in 0..10 {
@@ -115,14 +97,14 @@ fn a_dns_outage_keeps_the_last_set() {
     records.extend(record("b.svc.example", &b, 0, 1));
     let mut dns = Dnsmasq::start(&records);
     let gw = gateway(&dns);
-    let want = addresses(&gw);
+    let want = backend_addresses(&gw, "u");
     assert_eq!(want.len(), 2);
 
     dns.stop();
     let failing =
         || gw.admin_get("/health").json()["upstreams"]["u"]["discovery"]["failing"] == true;
     assert!(eventually(WAIT, failing), "the outage shows on /health");
-    assert_eq!(addresses(&gw), want);
+    assert_eq!(backend_addresses(&gw, "u"), want);
     for _ in 0..10 {
         assert_eq!(gw.get("/r/x").status, 200);
     }

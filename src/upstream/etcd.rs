@@ -290,19 +290,7 @@ impl Etcd {
         for e in &self.endpoints {
             let exchange = async {
                 let mut s = self.open(c, e, path, body, Some(STEP)).await?;
-                let mut answer = Vec::new();
-                while let Some(chunk) = s
-                    .read_body_ref()
-                    .await
-                    .map_err(|e| format!("the answer was cut: {e}"))?
-                {
-                    if answer.len() + chunk.len() > MAX_ANSWER {
-                        return Err("the answer is too large".to_owned());
-                    }
-                    answer.extend_from_slice(chunk);
-                }
-                s.shutdown().await;
-                Ok(answer)
+                read_all(&mut s, MAX_ANSWER).await
             };
             match tokio::time::timeout(STEP * 3, exchange).await {
                 Ok(Ok(a)) => return Ok(a),
@@ -330,11 +318,7 @@ impl Etcd {
                 let mut s = self
                     .send(c, e, "/v3/auth/authenticate", &auth, None, Some(STEP))
                     .await?;
-                let mut answer = Vec::new();
-                while let Some(chunk) = s.read_body_ref().await.map_err(|e| e.to_string())? {
-                    answer.extend_from_slice(chunk);
-                }
-                s.shutdown().await;
+                let answer = read_all(&mut s, 64 * 1024).await?;
                 let v: serde_json::Value = serde_json::from_slice(&answer)
                     .map_err(|_| "authentication answered no JSON".to_owned())?;
                 match v["token"].as_str() {
@@ -399,18 +383,29 @@ impl Etcd {
         match s.get_status().map_or(0, |s| s.as_u16()) {
             200 => Ok(s),
             status => {
-                let mut why = Vec::new();
-                while let Ok(Some(chunk)) = s.read_body_ref().await {
-                    why.extend_from_slice(chunk);
-                    if why.len() > 1024 {
-                        break;
-                    }
-                }
+                let why = read_all(&mut s, 4096).await.unwrap_or_default();
                 let why = String::from_utf8_lossy(&why);
                 Err(format!("{path} answered {status} {}", why.trim()))
             }
         }
     }
+}
+
+/// The whole answer body (at most `max` bytes); the connection is closed after it.
+async fn read_all(s: &mut HttpSession, max: usize) -> Result<Vec<u8>, String> {
+    let mut answer = Vec::new();
+    while let Some(chunk) = s
+        .read_body_ref()
+        .await
+        .map_err(|e| format!("the answer was cut: {e}"))?
+    {
+        if answer.len() + chunk.len() > max {
+            return Err("the answer is too large".to_owned());
+        }
+        answer.extend_from_slice(chunk);
+    }
+    s.shutdown().await;
+    Ok(answer)
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, String> {

@@ -6,7 +6,29 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, request};
+use super::{free_port, request, Backend, Gateway};
+
+/// Upstream `up`'s backend addresses on `/health`, sorted.
+pub fn backend_addresses(gw: &Gateway, up: &str) -> Vec<String> {
+    let h = gw.admin_get("/health").json();
+    let mut v: Vec<String> = h["upstreams"][up]["backends"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| b["address"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// These backends' addresses, sorted (to compare with [`backend_addresses`]).
+pub fn sorted(bs: &[&Backend]) -> Vec<String> {
+    let mut v: Vec<String> = bs.iter().map(|b| b.addr.to_string()).collect();
+    v.sort();
+    v
+}
 
 /// `name` from PATH, else /usr/sbin (where Debian puts dnsmasq).
 fn binary(name: &str, package: &str) -> String {
