@@ -258,7 +258,10 @@ impl Etcd {
                     match s.read_body_ref().await {
                         Ok(Some(chunk)) => {
                             seen.extend_from_slice(chunk);
-                            if memchr::memmem::find(&seen, b"\"events\"").is_some() {
+                            // An event, or the watch cancelled (a compacted revision):
+                            // either way, read the prefix again.
+                            let hit = |w: &[u8]| memchr::memmem::find(&seen, w).is_some();
+                            if hit(b"\"events\"") || hit(b"\"canceled\"") {
                                 return Ok(());
                             }
                             if seen.len() > MAX_ANSWER {
