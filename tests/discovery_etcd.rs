@@ -115,9 +115,10 @@ fn etcd_down_keeps_the_last_set_and_a_restart_serves_it_from_state_dir() {
         (5, 5),
         "traffic continues on the last set"
     );
-    assert!(
-        gw.logs().contains("upstream u (etcd): etcd:"),
-        "{}",
+    assert_eq!(
+        gw.logs().matches("upstream u (etcd): etcd:").count(),
+        1,
+        "the outage is logged once, not at every retry:\n{}",
         gw.logs()
     );
     let url = etcd.url();
@@ -175,4 +176,42 @@ fn etcd_with_user_and_password_from_the_environment() {
     let (code, out) = check_config_with_env(&bad, &[("ETCD_PW", "wrong")]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("authenticate"), "{out}");
+}
+
+#[test]
+fn a_backend_that_stays_keeps_its_open_circuit() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let etcd = Etcd::start();
+    etcd.put(&format!("{PREFIX}a"), &a.addr.to_string());
+    let state = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&format!(
+        "state_dir: {}\n\
+         upstreams:\n  u: {{targets: {{etcd: {{endpoints: [\"{}\"], prefix: {PREFIX}}}}}, retries: 0,\n\
+         \x20     circuit_breaker: {{failures: 1, open_for: 1h}}}}\n\
+         routes:\n  - {{name: r, path_prefix: /r, upstream: u}}\n",
+        state.path().display(),
+        etcd.url()
+    ));
+    let circuit = |addr: &str| -> String {
+        let h = gw.admin_get("/health").json();
+        h["upstreams"]["u"]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["address"] == addr)
+            .map(|x| x["circuit"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(gw.get("/r/x?status=503").status, 503);
+    assert_eq!(circuit(&a.addr.to_string()), "open");
+
+    etcd.put(&format!("{PREFIX}b"), &b.addr.to_string());
+    assert!(eventually(WAIT, || backend_addresses(&gw, "u") == sorted(&[&a, &b])));
+    assert_eq!(circuit(&a.addr.to_string()), "open", "a keeps its state");
+    assert_eq!(circuit(&b.addr.to_string()), "closed");
+    let before = a.count();
+    for _ in 0..4 {
+        assert_eq!(gw.get("/r/x").status, 200);
+    }
+    assert_eq!((a.count(), b.count()), (before, 4));
 }
