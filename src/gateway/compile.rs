@@ -428,14 +428,10 @@ fn upstream(
     let tls = u
         .tls
         .and_then(|t| crate::upstream::tls::UpstreamTls::compile(&base, t, &hosts, errs));
-    let source = match source {
-        Some(Some((set, src))) => {
-            targets = set;
-            Some(src)
-        }
-        Some(None) => None,
-        None => None,
-    };
+    let source = source.flatten().map(|(set, src)| {
+        targets = set;
+        src
+    });
     let discovery = u
         .resolve_every
         .filter(|_| source.is_none())

@@ -309,16 +309,18 @@ impl BackgroundService for ResolveService {
                 }
             })
         });
-        let sources = self.upstreams.iter().filter_map(|u| {
-            let u = u.clone();
-            let shutdown = shutdown.clone();
-            u.source.as_ref()?;
-            Some(async move {
-                if let Some(src) = &u.source {
-                    super::source::run(&u, src, shutdown).await;
+        let sources = self
+            .upstreams
+            .iter()
+            .filter(|u| u.source.is_some())
+            .map(|u| {
+                let (u, shutdown) = (u.clone(), shutdown.clone());
+                async move {
+                    if let Some(src) = &u.source {
+                        super::source::run(&u, src, shutdown).await;
+                    }
                 }
-            })
-        });
+            });
         futures::future::join(
             futures::future::join_all(loops),
             futures::future::join_all(sources),

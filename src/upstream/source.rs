@@ -189,7 +189,7 @@ pub async fn run(up: &Upstream, src: &Source, mut shutdown: ShutdownWatch) {
     }
 }
 
-/// Note a failure once (not every retry); `what` says what stays in service.
+/// Note a failure once (not at every retry), with the set that stays in service.
 fn failed(up: &Upstream, src: &Source, e: &str) {
     if !src.failing.swap(true, Relaxed) {
         log::warn!(
@@ -231,6 +231,8 @@ async fn srv_loop(up: &Upstream, src: &Source, name: &str, client: &DnsClient, f
 
 /// The longest wait between two attempts while etcd cannot be reached.
 const ETCD_BACKOFF: Duration = Duration::from_secs(10);
+/// The wait after a watch that could not be held, before reading the prefix again.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 async fn etcd_loop(up: &Upstream, src: &Source, etcd: &Etcd) {
     let c = Connector::new(None);
@@ -239,11 +241,11 @@ async fn etcd_loop(up: &Upstream, src: &Source, etcd: &Etcd) {
     loop {
         match etcd.snapshot(&c).await {
             Ok((set, revision)) => {
-                recovered(up, src);
                 backoff = Duration::from_millis(250);
                 if set.is_empty() {
                     failed(up, src, &format!("no usable key under {}", etcd.prefix));
                 } else {
+                    recovered(up, src);
                     up.apply_from(src.label(), &set).await;
                     if persisted.as_ref() != Some(&set) {
                         match etcd.persist(&set) {
@@ -254,7 +256,7 @@ async fn etcd_loop(up: &Upstream, src: &Source, etcd: &Etcd) {
                 }
                 if let Err(e) = etcd.watch(&c, revision + 1).await {
                     log::debug!("upstream {}: etcd watch: {e}", up.name);
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(WATCH_RETRY).await;
                 }
             }
             Err(e) => {
