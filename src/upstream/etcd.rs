@@ -160,17 +160,13 @@ impl Etcd {
     /// The backends under the prefix now, for the load: from etcd, else from the
     /// last-known-good file (with a warning), else the reason neither works.
     pub fn at_load(&self) -> Result<Vec<(SocketAddr, usize)>, String> {
-        let ca = self.ca.is_none();
         let fetched = std::thread::scope(|s| {
             s.spawn(|| {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .map_err(|e| format!("cannot start a runtime: {e}"))?;
-                rt.block_on(async {
-                    let c = super::trust::build_connectors(ca, || Connector::new(None));
-                    self.snapshot(&c).await
-                })
+                rt.block_on(async { self.snapshot(&self.connector()).await })
             })
             .join()
             .unwrap_or_else(|_| Err("the etcd read panicked".into()))
@@ -180,6 +176,12 @@ impl Etcd {
             Ok(_) => self.cached(format!("no usable key under {}", self.prefix)),
             Err(e) => self.cached(e),
         }
+    }
+
+    /// A client for the endpoints; it loads the system trust store only without a `ca`
+    /// ([`super::trust`]).
+    pub fn connector(&self) -> Connector {
+        super::trust::build_connectors(self.ca.is_none(), || Connector::new(None))
     }
 
     fn cached(&self, why: String) -> Result<Vec<(SocketAddr, usize)>, String> {
@@ -333,6 +335,36 @@ impl Etcd {
         self.send(c, e, path, body, token.as_deref(), step).await
     }
 
+    /// A connection to `e`: each address its host resolves to in turn (a name such as
+    /// `localhost` may resolve to an address etcd does not listen on).
+    async fn connect(
+        &self,
+        c: &Connector,
+        e: &Endpoint,
+        step: Option<Duration>,
+    ) -> Result<HttpSession, String> {
+        let addrs = tokio::net::lookup_host((e.host.as_str(), e.port))
+            .await
+            .map_err(|err| format!("cannot resolve {}: {err}", e.host))?;
+        let mut last = format!("{} has no address", e.host);
+        for addr in addrs {
+            let mut peer = HttpPeer::new(addr, e.tls, e.host.clone());
+            let o = &mut peer.options;
+            o.verify_cert = true;
+            o.verify_hostname = true;
+            o.ca.clone_from(&self.ca);
+            o.connection_timeout = Some(STEP);
+            o.total_connection_timeout = Some(STEP);
+            o.read_timeout = step;
+            o.write_timeout = Some(STEP);
+            match c.get_http_session(&peer).await {
+                Ok((s, _)) => return Ok(s),
+                Err(err) => last = format!("cannot connect to {}: {err}", e.authority),
+            }
+        }
+        Err(last)
+    }
+
     async fn send(
         &self,
         c: &Connector,
@@ -342,26 +374,7 @@ impl Etcd {
         token: Option<&str>,
         step: Option<Duration>,
     ) -> Result<HttpSession, String> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((e.host.as_str(), e.port))
-            .await
-            .map_err(|err| format!("cannot resolve {}: {err}", e.host))?
-            .collect();
-        let addr = addrs
-            .first()
-            .ok_or_else(|| format!("{} has no address", e.host))?;
-        let mut peer = HttpPeer::new(*addr, e.tls, e.host.clone());
-        let o = &mut peer.options;
-        o.verify_cert = true;
-        o.verify_hostname = true;
-        o.ca.clone_from(&self.ca);
-        o.connection_timeout = Some(STEP);
-        o.total_connection_timeout = Some(STEP);
-        o.read_timeout = step;
-        o.write_timeout = Some(STEP);
-        let (mut s, _) = c
-            .get_http_session(&peer)
-            .await
-            .map_err(|err| format!("cannot connect to {}: {err}", e.authority))?;
+        let mut s = self.connect(c, e, step).await?;
         let bytes = body.to_string();
         let len = bytes.len().to_string();
         let mut req =

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::connectors::http::v1::Connector;
 use pingora::server::ShutdownWatch;
 use serde::Deserialize;
 
@@ -235,7 +234,7 @@ const ETCD_BACKOFF: Duration = Duration::from_secs(10);
 const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 async fn etcd_loop(up: &Upstream, src: &Source, etcd: &Etcd) {
-    let c = Connector::new(None);
+    let c = etcd.connector();
     let mut backoff = Duration::from_millis(250);
     let mut persisted: Option<Vec<(SocketAddr, usize)>> = None;
     loop {

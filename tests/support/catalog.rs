@@ -123,23 +123,48 @@ impl Drop for Dnsmasq {
 pub struct Etcd {
     child: Option<Child>,
     pub client: SocketAddr,
+    /// With TLS: the certificate (its own CA) clients verify it with.
+    ca: Option<std::path::PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_with(false)
+    }
+
+    /// With `tls`, clients talk HTTPS to `localhost` (a self-signed certificate for it).
+    pub fn start_with(tls: bool) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let client = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let peer = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let url = format!("http://{client}");
+        let (listen, advertise, mut extra) = if tls {
+            let (cert, key) = super::tls_client::cert(dir.path(), "etcd", &["localhost"]);
+            let files = vec![
+                format!("--cert-file={}", cert.display()),
+                format!("--key-file={}", key.display()),
+            ];
+            let port = client.port();
+            (
+                format!("https://{client}"),
+                format!("https://localhost:{port}"),
+                files,
+            )
+        } else {
+            (
+                format!("http://{client}"),
+                format!("http://{client}"),
+                Vec::new(),
+            )
+        };
+        extra.push(format!("--advertise-client-urls={advertise}"));
         let child = Command::new(binary("etcd", "etcd-server"))
             .arg("--data-dir")
             .arg(dir.path().join("data"))
+            .args(&extra)
             .args([
                 "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
+                &listen,
                 "--listen-peer-urls",
                 &format!("http://{peer}"),
                 "--initial-advertise-peer-urls",
@@ -154,6 +179,7 @@ impl Etcd {
         let e = Etcd {
             child: Some(child),
             client,
+            ca: tls.then(|| dir.path().join("etcd.pem")),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -165,6 +191,9 @@ impl Etcd {
     }
 
     fn healthy(&self) -> bool {
+        if self.ca.is_some() {
+            return self.ctl(&["endpoint", "health"]).status.success();
+        }
         request(
             self.client,
             "GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n",
@@ -172,17 +201,31 @@ impl Etcd {
         .is_ok_and(|r| r.status == 200 && r.body.contains("true"))
     }
 
+    /// The client URL (`https://localhost:PORT` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.client)
+        match self.ca {
+            Some(_) => format!("https://localhost:{}", self.client.port()),
+            None => format!("http://{}", self.client),
+        }
+    }
+
+    /// The CA file that verifies it, with TLS.
+    pub fn ca(&self) -> Option<&std::path::Path> {
+        self.ca.as_deref()
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(binary("etcdctl", "etcd-client"));
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.url()));
+        if let Some(ca) = &self.ca {
+            cmd.arg(format!("--cacert={}", ca.display()));
+        }
+        cmd.args(args).output().expect("run etcdctl")
     }
 
     pub fn ctl_ok(&self, args: &[&str]) {
-        let out = Command::new(binary("etcdctl", "etcd-client"))
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.url()))
-            .args(args)
-            .output()
-            .expect("run etcdctl");
+        let out = self.ctl(args);
         assert!(
             out.status.success(),
             "etcdctl {args:?}: {}",
