@@ -66,6 +66,11 @@ pub struct Ctx {
     pub why: Option<Why>,
     /// The request's trace, when `tracing` is configured.
     pub trace: Option<crate::trace::Trace>,
+    /// A caching route's request went through the cache step: what it did (`X-Cache-Status`).
+    pub cache: Option<crate::cache::Status>,
+    /// The cache's background refresh of a stale entry (`stale_while_revalidate`): admitted
+    /// like the request that triggered it, but it spends no rate-limit budget.
+    pub refresh: bool,
 }
 
 /// Which policy refused a request.
@@ -140,6 +145,8 @@ impl Default for Ctx {
             mirror: None,
             encoder: None,
             trace: None,
+            cache: None,
+            refresh: false,
         }
     }
 }

@@ -179,6 +179,9 @@ pub fn explain(gw: &Gateway, req: &Request) -> String {
             }
             o.push_str(&auth);
             explain_limits(&mut o, gw, r);
+            if let Some(c) = &gw.caches[r.id] {
+                explain_cache(&mut o, gw, r, c, req);
+            }
             let _ = writeln!(
                 o,
                 "backends: {} ({}; connect {:?}, read {:?}, retries {})",
@@ -352,6 +355,57 @@ fn explain_auth(
             None
         }
     }
+}
+
+/// Whether the request would take the route's cache, and under which key (the key as text:
+/// the store hashes it).
+fn explain_cache(
+    o: &mut String,
+    gw: &Gateway,
+    r: &crate::policy::router::Route,
+    c: &crate::cache::RouteCache,
+    req: &Request,
+) {
+    let rules = &c.rules;
+    let _ = writeln!(
+        o,
+        "cache:    store {} (ttl {:?} when the response says none; lock {:?}; max_object {} bytes)",
+        c.store.name, rules.ttl, rules.lock, rules.max_object
+    );
+    let Ok(head) = request_header(req) else {
+        return;
+    };
+    if !c.takes(&req.method) {
+        let _ = writeln!(
+            o,
+            "          not cached: {} is answered by the upstream (BYPASS)",
+            req.method
+        );
+        return;
+    }
+    let identity = match (&r.auth, rules.shared) {
+        (Some(ra), false) => gw.auth.check(ra, &head, None).ok(),
+        _ => None,
+    };
+    let input = crate::cache::KeyInput {
+        host: req.host.as_deref().unwrap_or_default().as_bytes(),
+        target: req.path_and_query.as_bytes(),
+        path: req.path_and_query.split('?').next().unwrap_or("/"),
+        headers: &head.headers,
+        identity: identity.as_ref(),
+        branch: None,
+    };
+    let key = String::from_utf8_lossy(&c.key_text(&input)).into_owned();
+    let split = if r.split.is_some() {
+        " + the split branch"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        o,
+        "          cached (from the upstream's Cache-Control, Expires or ttl); key: {}{split}",
+        key.trim_end()
+    );
 }
 
 /// What a route reading client certificates needs, and what becomes of the certificate of

@@ -91,26 +91,40 @@ pub fn edit_response(
     Ok(())
 }
 
+/// Each octet's decimal digits (up to three) and how many there are.
+static OCTET_TEXT: [([u8; 3], u8); 256] = {
+    let mut t = [([0u8; 3], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        let o = i as u8;
+        t[i] = if o >= 100 {
+            ([b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10], 3)
+        } else if o >= 10 {
+            ([b'0' + o / 10, b'0' + o % 10, 0], 2)
+        } else {
+            ([b'0' + o, 0, 0], 1)
+        };
+        i += 1;
+    }
+    t
+};
+
 /// An IPv4 address in dotted decimal without `fmt`: the text is `buf[..n]`.
 pub fn ipv4_text(v4: std::net::Ipv4Addr) -> ([u8; 15], usize) {
-    let (mut buf, mut n) = ([0u8; 15], 0);
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[n] = b'.';
-            n += 1;
-        }
-        if octet >= 100 {
-            buf[n] = b'0' + octet / 100;
-            n += 1;
-        }
-        if octet >= 10 {
-            buf[n] = b'0' + octet / 10 % 10;
-            n += 1;
-        }
-        buf[n] = b'0' + octet % 10;
-        n += 1;
+    // Room for a whole octet and its dot after the text so far: each step writes four bytes
+    // at `n` and keeps the ones it needs.
+    let mut buf = [0u8; 19];
+    let mut n = 0;
+    for octet in v4.octets() {
+        let (digits, len) = OCTET_TEXT[usize::from(octet)];
+        buf[n..n + 4].copy_from_slice(&[digits[0], digits[1], digits[2], b'.']);
+        let len = usize::from(len);
+        buf[n + len] = b'.';
+        n += len + 1;
     }
-    (buf, n)
+    let mut text = [0u8; 15];
+    text.copy_from_slice(&buf[..15]);
+    (text, n - 1)
 }
 
 /// An IP address as a header value; IPv4 (the common case) without `fmt`.
@@ -386,6 +400,17 @@ fn framing_length_of<'v>(
 mod tests {
     use super::*;
     use crate::policy::stamp::Stamp;
+
+    #[test]
+    fn every_octet_reads_as_display_does() {
+        for o in 0..=255u8 {
+            for v4 in [[o, 0, 0, 0], [1, o, 22, o], [255, 255, 255, o]] {
+                let v4 = std::net::Ipv4Addr::from(v4);
+                let (buf, n) = ipv4_text(v4);
+                assert_eq!(&buf[..n], v4.to_string().as_bytes());
+            }
+        }
+    }
 
     #[test]
     fn ip_values_match_display() {

@@ -11,6 +11,7 @@
 pub mod admin;
 #[allow(unsafe_code)] // prctl(2), mimalloc's mi_collect
 pub mod alloc;
+pub mod cache;
 pub mod client;
 #[allow(unsafe_code)] // clock_gettime(2)
 pub mod clock;

@@ -88,6 +88,11 @@ enum Cmd {
         #[arg(long)]
         pid: Option<i32>,
     },
+    /// The response cache of a running instance, through its admin listener.
+    Cache {
+        #[command(subcommand)]
+        action: CacheCmd,
+    },
     /// Show what the gateway would do with a request, without sending anything:
     /// `tollgate explain -c FILE GET http://host/path -H 'X-Api-Key: ...'`.
     Explain {
@@ -101,6 +106,22 @@ enum Cmd {
         /// The client certificate (PEM, leaf first) the request would present over TLS.
         #[arg(long)]
         cert: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCmd {
+    /// Remove a route's cached responses under a path (as clients send it) or a prefix:
+    /// `tollgate cache purge -c FILE --route catalog --prefix /catalog/`.
+    Purge {
+        #[arg(short, long)]
+        conf: String,
+        #[arg(long)]
+        route: String,
+        #[arg(long, conflicts_with = "prefix", required_unless_present = "prefix")]
+        path: Option<String>,
+        #[arg(long)]
+        prefix: Option<String>,
     },
 }
 
@@ -215,6 +236,26 @@ fn run_command(cmd: Cmd) -> ! {
                 Err(e) => {
                     eprintln!("tollgate explain: {e}");
                     std::process::exit(2)
+                }
+            }
+        }
+        Cmd::Cache {
+            action:
+                CacheCmd::Purge {
+                    conf,
+                    route,
+                    path,
+                    prefix,
+                },
+        } => {
+            match tollgate::admin::purge::send(&conf, &route, path.as_deref(), prefix.as_deref()) {
+                Ok(n) => {
+                    println!("{{\"purged\": {n}}}");
+                    std::process::exit(0)
+                }
+                Err(e) => {
+                    eprintln!("tollgate cache purge: {e}");
+                    std::process::exit(1)
                 }
             }
         }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use http::HeaderValue;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
@@ -25,6 +26,7 @@ use crate::upstream::{self, Upstream};
 pub use crate::ctx::Ctx;
 
 mod admit;
+mod cache;
 mod own;
 mod relay;
 mod why;
@@ -59,7 +61,8 @@ impl Tollgate {
     /// The proxy for `gw`, with Pingora's server settings that bound the relay's upstream
     /// connections and attempts (`upstream_keepalive_pool_size`, `max_retries`).
     pub fn new(gw: Arc<Gateway>, obs: Arc<Observe>, conf: &ServerConf) -> Self {
-        let all_relayed = gw.upstreams.iter().all(|u| crate::fastpath::relays_to(u));
+        let all_relayed = gw.upstreams.iter().all(|u| crate::fastpath::relays_to(u))
+            && gw.caches.iter().all(Option::is_none);
         Tollgate {
             fast_path: gw.fast_path,
             gw,
@@ -99,7 +102,7 @@ impl Tollgate {
         ctx.backend = Some(attempt.addr());
         ctx.upstream_started.get_or_insert_with(Instant::now);
         if let Some(t) = ctx.trace.as_mut() {
-            t.attempt(ctx.started, req.method.as_str(), attempt.addr(), &up.name);
+            t.attempt(req.method.as_str(), attempt.addr(), &up.name);
         }
         Ok(ctx.attempt.insert(attempt))
     }
@@ -112,7 +115,7 @@ impl Tollgate {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(t) = ctx.trace.as_mut() {
-            t.attempt_failed(ctx.started, method.as_str(), e.etype().as_str());
+            t.attempt_failed(method.as_str(), e.etype().as_str());
         }
         if let Some(mut a) = ctx.attempt.take() {
             a.failure();
@@ -133,7 +136,7 @@ impl Tollgate {
     ) -> Box<Error> {
         if let Some(t) = ctx.trace.as_mut() {
             let method = session.req_header().method.as_str();
-            t.attempt_failed(ctx.started, method, e.etype().as_str());
+            t.attempt_failed(method, e.etype().as_str());
         }
         let replayable = session.req_header().method.is_idempotent()
             && session.response_written().is_none()
@@ -327,6 +330,11 @@ impl Tollgate {
                     let secs = self.upstream(ctx).map_or(1, |u| u.retry_after());
                     extra.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
                 }
+                // The upstream failed after the cache step: it still says what that step did.
+                if let Some(status) = ctx.cache {
+                    let v = HeaderValue::from_static(status.as_str());
+                    extra.push((crate::headers::names::X_CACHE_STATUS.clone(), v));
+                }
                 let _ = self.reject(session, ctx, reject, &msg, &extra).await;
             }
         }
@@ -389,7 +397,7 @@ impl Tollgate {
             request_id: ctx.request_id.to_str().unwrap_or("-"),
             error: e.map(|e| e.etype().as_str()),
         };
-        tracer.finish(t, ctx.started, &finished, upstream_error);
+        tracer.finish(t, &finished, upstream_error);
     }
 }
 
@@ -419,14 +427,16 @@ impl ProxyHttp for Tollgate {
     /// Admit the request ([`admit`]); the common plain one is then relayed by tollgate itself
     /// ([`relay`]), the others continue through Pingora's proxy loop.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.refresh = session.subrequest_ctx.is_some();
         if self.admit(session, ctx).await? {
             return Ok(true);
         }
         self.mirror(session, ctx);
+        let caches = self.route_cache(ctx).is_some();
         if self.fast_path
             && self
                 .upstream(ctx)
-                .is_some_and(|up| crate::fastpath::carries(session.req_header(), up))
+                .is_some_and(|up| crate::fastpath::carries_on(session.req_header(), up, caches))
         {
             return self.relay(session, ctx).await;
         }
@@ -463,6 +473,63 @@ impl ProxyHttp for Tollgate {
             }
         }
         Ok(())
+    }
+
+    /// A caching route's request takes pingora-cache ([`cache`]), after admission.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        self.cache_enable(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        self.cache_key(session.req_header(), ctx)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let forced = self.cache_hit(session.req_header(), ctx);
+        // Served from the cache: a request body is read and discarded, so the connection's
+        // next request starts where the client meant it to.
+        if is_fresh && forced.is_none() && !session.as_downstream_mut().is_body_empty() {
+            session.as_downstream_mut().drain_request_body().await?;
+        }
+        Ok(forced)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(self.cache_verdict(session.req_header(), resp, ctx))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<[u8; 16]> {
+        cache::variance(meta, req)
+    }
+
+    /// A stale entry is served while one request revalidates it (within its
+    /// `stale-while-revalidate` window) or when the upstream fails (`stale-if-error`); the
+    /// windows are the entry's, set when it was stored.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        e: Option<&Error>,
+    ) -> bool {
+        e.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
     }
 
     /// Pick a backend of the route's upstream that is healthy, whose circuit lets requests
@@ -505,6 +572,7 @@ impl ProxyHttp for Tollgate {
                 self.obs.metrics.websocket(route, 1);
             }
         }
+        self.cache_status(session, resp, ctx);
         self.answered(resp, ctx);
         let origin = session.req_header().headers.get(&cors::ORIGIN);
         self.finish(ctx).apply(resp, origin)?;
@@ -579,6 +647,7 @@ impl ProxyHttp for Tollgate {
             && crate::conn::idled(session.as_downstream().stream());
         // The connection ends after this answer (`can_reuse_downstream` below): it says so.
         session.set_keepalive(None);
+        self.cache_failed(session, ctx);
         FailToProxy {
             error_code: self.answer_failure(session, e, ctx, unanswered).await,
             can_reuse_downstream: false,
@@ -598,6 +667,7 @@ impl ProxyHttp for Tollgate {
                 .websocket(ctx.route.unwrap_or(usize::MAX), -1);
             ctx.tunnel_idled = crate::conn::idled(session.as_downstream().stream());
         }
+        self.cache_count(session, ctx);
         self.finished(session, e, ctx);
         crate::conn::rearm(session.as_downstream().stream());
     }

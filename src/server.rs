@@ -36,13 +36,14 @@ pub fn client_buffers(tls: bool) -> L4BufferSettings {
     L4BufferSettings::new(0, if tls { DEFAULT_L4_WRITE_BUFFER_SIZE } else { 0 })
 }
 
-/// Serve until told to stop (SIGTERM, or SIGQUIT after an upgrade's hand-over), then write
-/// out what the access log still holds, and exit.
+/// Serve until told to stop (SIGTERM, SIGINT, or SIGQUIT after an upgrade's hand-over), then
+/// write out what the access log and the trace exporter still hold, and exit.
 ///
 /// Under a service manager (`$NOTIFY_SOCKET`), the process also tells it when it is ready,
 /// reloading or stopping ([`crate::notify`]).
 pub fn run(loaded: Loaded, opt: Opt) -> ! {
     let notifier = Notifier::from_env().map(Arc::new);
+    let tracer = loaded.gateway.tracing.as_ref().map(|t| t.flusher());
     let (server, obs) = assemble(loaded, opt, notifier.clone());
     let mut args = pingora::server::RunArgs::default();
     if let Some(n) = notifier {
@@ -50,6 +51,9 @@ pub fn run(loaded: Loaded, opt: Opt) -> ! {
     }
     server.run(args);
     obs.access_log.flush();
+    if let Some(t) = tracer {
+        t.flush();
+    }
     std::process::exit(0)
 }
 

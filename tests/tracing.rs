@@ -32,11 +32,15 @@ type Received = (String, ExportTraceServiceRequest, Vec<u8>);
 
 impl Collector {
     fn start() -> (Collector, SocketAddr) {
-        Collector::start_with(None)
+        Collector::start_with(None, Duration::ZERO)
     }
 
-    /// With `tls`, the collector speaks HTTPS.
-    fn start_with(tls: Option<openssl::ssl::SslAcceptor>) -> (Collector, SocketAddr) {
+    /// With `tls`, the collector speaks HTTPS, and takes `slow` to accept a connection's
+    /// handshake.
+    fn start_with(
+        tls: Option<openssl::ssl::SslAcceptor>,
+        slow: Duration,
+    ) -> (Collector, SocketAddr) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let c = Collector::default();
@@ -47,6 +51,7 @@ impl Collector {
                 let (seen, tls) = (seen.clone(), tls.clone());
                 std::thread::spawn(move || match tls {
                     Some(acceptor) => {
+                        std::thread::sleep(slow);
                         if let Ok(mut s) = acceptor.accept(s) {
                             seen.serve(&mut s)
                         }
@@ -464,7 +469,7 @@ fn each_retry_is_its_own_client_span() {
 fn spans_go_to_an_https_collector_verified_against_the_trust_store() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, acceptor) = idp::ca_and_leaf(dir.path(), "collector");
-    let (collector, addr) = Collector::start_with(Some(acceptor));
+    let (collector, addr) = Collector::start_with(Some(acceptor), Duration::ZERO);
     let up = echo("up");
     let body = format!(
         "tracing: {{otlp: {{endpoint: \"https://localhost:{}/otel\"}}}}\n\
@@ -488,6 +493,43 @@ fn spans_go_to_an_https_collector_verified_against_the_trust_store() {
     assert_eq!(server(&spans).name, "GET api");
     let head = collector.requests.lock().unwrap()[0].0.clone();
     assert!(head.starts_with("POST /otel/v1/traces HTTP/1.1"), "{head}");
+}
+
+#[test]
+fn spans_still_pending_are_sent_when_the_gateway_stops() {
+    // A collector slow to take the connection: the export is still under way when the
+    // gateway's own shutdown is over.
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, acceptor) = idp::ca_and_leaf(dir.path(), "collector");
+    let (collector, addr) = Collector::start_with(Some(acceptor), Duration::from_millis(500));
+    let up = echo("up");
+    let mut gw = Gateway::start_with_env(
+        &format!(
+            "tracing: {{otlp: {{endpoint: \"https://localhost:{}\"}}, sample: 1.0}}\n\
+             upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
+             routes: [{{name: api, path_prefix: /api, upstream: up}}]\n",
+            addr.port()
+        ),
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    );
+    assert_eq!(gw.get("/api/last-words").status, 200);
+    // SIGINT is Pingora's fast shutdown: the process is gone well before a batch would be due.
+    let pid = gw.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        eventually(Duration::from_secs(15), || gw.exited()),
+        "the gateway did not stop"
+    );
+    let paths: Vec<String> = collector
+        .spans()
+        .iter()
+        .filter_map(|s| text(s, "url.path"))
+        .collect();
+    assert_eq!(paths, ["/api/last-words"], "{}", gw.logs());
 }
 
 /// `tollgate_trace_spans_dropped_total` now.

@@ -4,6 +4,7 @@
 //! `/health` wants it: `Authorization: Bearer TOKEN` from tools, or Basic credentials with it
 //! as the password from a browser (which asks once and sends them with the page's requests).
 
+pub mod purge;
 mod status;
 
 use std::sync::Arc;
@@ -41,10 +42,11 @@ impl Admin {
             .filter_map(|(r, m)| Some((&*r.name, &**m.as_ref()?)))
             .collect();
         let gw = &self.gw;
-        let body = self
+        let mut body = self
             .obs
-            .render(&gw.auth, &gw.rate_limits, &gw.upstreams, &mirrors)
-            .into_bytes();
+            .render(&gw.auth, &gw.rate_limits, &gw.upstreams, &mirrors);
+        crate::observe::cache_metrics::render(&mut body, &gw.stores, &gw.caches);
+        let body = body.into_bytes();
         Response::builder()
             .status(200)
             .header("content-type", "text/plain; version=0.0.4")
@@ -178,9 +180,13 @@ impl ServeHttp for Admin {
             "/" => page(DASHBOARD),
             "/api/status" => json(200, &status::status(&self.gw, &self.obs, self.started)),
             "/metrics" => self.metrics(),
+            "/cache/purge" => {
+                let (status, v) = purge::purge(&self.gw, session).await;
+                json(status, &v)
+            }
             _ => json(
                 404,
-                &serde_json::json!({"error": "no_route", "message": "admin endpoints: / (dashboard), /api/status, /health, /metrics", "request_id": ""}),
+                &serde_json::json!({"error": "no_route", "message": "admin endpoints: / (dashboard), /api/status, /health, /metrics, /cache/purge", "request_id": ""}),
             ),
         }
     }

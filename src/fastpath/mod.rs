@@ -25,6 +25,13 @@ pub fn carries(req: &RequestHeader, up: &Upstream) -> bool {
     relays_to(up) && plain(req)
 }
 
+/// Whether the own engine carries `req` to `up` on a route: never on one with a `cache`
+/// (`caches`), whose requests take Pingora's cache path; else [`carries`]. The one rule both
+/// the server codec and the proxy ask for a routed request.
+pub fn carries_on(req: &RequestHeader, up: &Upstream, caches: bool) -> bool {
+    !caches && carries(req, up)
+}
+
 /// Whether the engine's client can relay to this upstream: plaintext HTTP/1.
 pub fn relays_to(up: &Upstream) -> bool {
     up.tls.is_none() && up.protocol == Protocol::Http1

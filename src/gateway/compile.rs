@@ -26,6 +26,10 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Each route's `mirror`, by route id.
     pub mirrors: Vec<Option<Arc<crate::mirror::Mirror>>>,
+    /// The response cache stores (`caches`).
+    pub stores: crate::cache::Stores,
+    /// Each route's `cache`, by route id.
+    pub caches: Vec<Option<Arc<crate::cache::RouteCache>>>,
     pub access_log: AccessLogFile,
     pub limits: Limits,
     pub rate_limits: crate::policy::limit::Limits,
@@ -220,6 +224,20 @@ pub fn compile(
             crate::mirror::Mirror::compile(&base, f, &upstreams, errs).map(Arc::new)
         })
         .collect();
+    let stores = crate::cache::config::stores(file.caches, errs);
+    let caches: Vec<Option<Arc<crate::cache::RouteCache>>> = route_files
+        .iter_mut()
+        .enumerate()
+        .map(|(i, r)| {
+            let r = r.as_mut()?;
+            let f = r.cache.take()?;
+            let facts = crate::cache::config::RouteFacts {
+                name: &r.name,
+                auth: r.auth.is_some(),
+            };
+            crate::cache::config::compile(&format!("routes[{i}].cache"), f, facts, &stores, errs)
+        })
+        .collect();
     let routes = super::routes::routes(
         route_files,
         (&names, &broken),
@@ -256,6 +274,8 @@ pub fn compile(
         router,
         upstreams,
         mirrors,
+        stores,
+        caches,
         access_log,
         limits,
         rate_limits,

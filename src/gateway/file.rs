@@ -67,6 +67,8 @@ pub struct FileConfig {
     pub tracing: Option<crate::trace::config::Config>,
     /// The DNS servers discovery asks (`crate::upstream::source::dns`).
     pub dns: Option<crate::upstream::source::DnsFile>,
+    /// Response cache stores (`crate::cache::config`).
+    pub caches: Option<crate::cache::config::StoresFile>,
 }
 
 /// `underscores_in_headers`: what becomes of a request header whose name has an underscore
@@ -101,6 +103,7 @@ pub const TOLLGATE_KEYS: &[&str] = &[
     "state_dir",
     "tracing",
     "dns",
+    "caches",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +278,9 @@ pub struct RouteFile {
     pub match_rules: Option<crate::policy::router::matching::MatchFile>,
     #[serde(default)]
     pub priority: Option<i32>,
+    /// Response caching (`crate::cache`).
+    #[serde(default)]
+    pub cache: Option<crate::cache::config::CacheFile>,
 }
 
 /// `admin`: an address, or `{address, token, refusals_kept}`.

@@ -35,6 +35,8 @@ pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 pub static RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
+/// What a caching route's cache step did (`crate::cache`).
+pub static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
 
 /// Response headers tollgate owns: a route's `response_headers` may not set them.
 pub static RESERVED_RESPONSE: [&HeaderName; 5] = [

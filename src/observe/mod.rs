@@ -1,6 +1,7 @@
 //! What tollgate tells operators: one access-log line and the metrics of every request.
 
 pub mod access_log;
+pub mod cache_metrics;
 pub mod metrics;
 pub mod refusals;
 

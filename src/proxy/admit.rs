@@ -250,7 +250,7 @@ impl Tollgate {
         ctx: &mut Ctx,
         route: &Route,
     ) -> Result<bool> {
-        if route.rate_limits.is_empty() {
+        if route.rate_limits.is_empty() || ctx.refresh {
             return Ok(false);
         }
         let headers = &session.req_header().headers;

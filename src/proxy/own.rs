@@ -29,9 +29,11 @@ impl Tollgate {
         };
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
         match self.gw.router.find(host, &path, &req.method, req) {
-            Match::Route(r) => r
-                .upstreams()
-                .all(|up| fastpath::carries(req, &self.gw.upstreams[up])),
+            Match::Route(r) => {
+                let caches = self.gw.caches[r.id].is_some();
+                r.upstreams()
+                    .all(|up| fastpath::carries_on(req, &self.gw.upstreams[up], caches))
+            }
             _ => false,
         }
     }

@@ -1,24 +1,28 @@
-//! The exporter: requests hand their finished spans (already encoded) to a bounded queue
-//! without waiting; a background thread batches them (up to [`BATCH_SPANS`] spans, or what
-//! came within [`BATCH_DELAY`]) and POSTs each batch to the collector as OTLP/HTTP protobuf.
-//! A full queue or a failed export drops spans, counted, never blocking a request.
+//! The exporter: a request writes each finished span straight into the pending batch (one
+//! short lock, no allocation, no wake-up); a background thread sleeps until a batch starts,
+//! gives it [`BATCH_DELAY`] to fill (or until it holds [`BATCH_SPANS`] spans), and POSTs it to
+//! the collector as OTLP/HTTP protobuf. Spans beyond [`PENDING_SPANS`] (a collector slower than
+//! the traffic) or of a failed export are dropped, counted, never blocking a request. When the
+//! gateway stops, what is pending is sent before the process exits ([`Exporter::flush`]).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
 
 use super::config::Config;
 use super::proto::{self, Value};
 
 /// Spans in one export at most.
-const BATCH_SPANS: usize = 512;
+const BATCH_SPANS: u64 = 512;
 /// How long a span waits for its batch to fill.
 const BATCH_DELAY: Duration = Duration::from_secs(1);
-/// Requests' span groups the queue holds before it drops.
-const QUEUE: usize = 2048;
+/// Spans waiting for the exporter at most; more are dropped.
+const PENDING_SPANS: u64 = 4096;
 
 /// Spans exported (the collector answered 2xx), and dropped (queue full or export failed),
 /// for `/metrics`; process-wide.
@@ -33,23 +37,34 @@ pub fn counts() -> (u64, u64) {
     )
 }
 
-/// One request's spans, each encoded as a `ScopeSpans.spans` field.
-pub struct Spans {
-    pub bytes: Vec<u8>,
-    pub count: u64,
+/// The spans waiting for the exporter thread, each encoded as a `ScopeSpans.spans` field.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    count: u64,
+    /// The gateway is stopping: the thread sends what is here and ends.
+    closed: bool,
 }
 
-/// The sending side. The thread starts with the first spans, so it is born after Pingora
-/// daemonizes (threads do not survive the fork) and `tollgate -t` starts none.
-pub struct Exporter {
+/// Where requests put their spans; shared with the exporter thread.
+pub struct Sink {
     conf: Config,
-    queue: OnceLock<Option<SyncSender<Spans>>>,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    /// The thread, started with the first span: after Pingora daemonizes (threads do not
+    /// survive the fork), and never for `tollgate -t`.
+    thread: OnceLock<Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// The compiled exporter; its [`Sink`] is what a sampled request records into.
+pub struct Exporter {
+    sink: Arc<Sink>,
 }
 
 impl std::fmt::Debug for Exporter {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.debug_struct("Exporter")
-            .field("conf", &self.conf)
+            .field("conf", &self.sink.conf)
             .finish()
     }
 }
@@ -57,85 +72,124 @@ impl std::fmt::Debug for Exporter {
 impl Exporter {
     pub fn new(conf: Config) -> Exporter {
         Exporter {
-            conf,
-            queue: OnceLock::new(),
+            sink: Arc::new(Sink {
+                conf,
+                pending: Mutex::new(Pending::default()),
+                wake: Condvar::new(),
+                thread: OnceLock::new(),
+            }),
         }
     }
 
     pub fn conf(&self) -> &Config {
-        &self.conf
+        &self.sink.conf
     }
 
-    /// Queue a request's spans; dropped (and counted) when the queue is full.
-    pub fn send(&self, spans: Spans) {
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = sync_channel(QUEUE);
-            let conf = self.conf.clone();
-            std::thread::Builder::new()
-                .name("tollgate-otlp".into())
-                .spawn(move || run(conf, rx))
-                .map_err(|e| log::error!("cannot start the trace exporter: {e}"))
-                .ok()
-                .map(|_| tx)
-        });
-        let count = spans.count;
-        let sent = match queue {
-            Some(q) => q.try_send(spans),
-            None => Err(TrySendError::Disconnected(spans)),
-        };
-        if sent.is_err() {
-            DROPPED.fetch_add(count, Ordering::Relaxed);
+    pub fn sink(&self) -> &Arc<Sink> {
+        &self.sink
+    }
+
+    pub fn flusher(&self) -> Flusher {
+        Flusher(self.sink.clone())
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.sink.close();
+    }
+}
+
+/// Sends what is pending when the gateway stops.
+pub struct Flusher(Arc<Sink>);
+
+impl Flusher {
+    /// Send what is pending and stop the thread, waiting at most for one export (its
+    /// `timeout`). Spans recorded afterwards are dropped.
+    pub fn flush(self) {
+        self.0.close();
+        let handle = self.0.thread.get().and_then(|t| t.lock().take());
+        if let Some(h) = handle {
+            h.join().ok();
         }
     }
 }
 
-/// The exporter thread: batch, send, until the gateway (every sender) is gone.
-fn run(conf: Config, rx: Receiver<Spans>) {
-    let mut batch = Vec::new();
-    let mut count = 0u64;
-    let mut since: Option<Instant> = None;
-    let mut last_warned: Option<Instant> = None;
-    // Built at the first export over TLS, with the system trust store (`SSL_CERT_FILE`).
-    let mut tls = None;
-    loop {
-        let wait = since.map_or(Duration::from_secs(3600), |t| {
-            BATCH_DELAY.saturating_sub(t.elapsed())
+impl Sink {
+    fn close(&self) {
+        self.pending.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Append one finished span to the pending batch; dropped (and counted) when too many
+    /// wait or the gateway is stopping.
+    pub fn record(self: &Arc<Self>, span: &proto::Span) {
+        self.thread.get_or_init(|| {
+            let sink = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tollgate-otlp".into())
+                .spawn(move || sink.run())
+                .map_err(|e| log::error!("cannot start the trace exporter: {e}"));
+            Mutex::new(spawned.ok())
         });
-        let gone = match rx.recv_timeout(wait) {
-            Ok(s) => {
-                batch.extend_from_slice(&s.bytes);
-                count += s.count;
-                since.get_or_insert_with(Instant::now);
-                if count < BATCH_SPANS as u64 {
-                    continue;
-                }
-                false
-            }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        if count > 0 {
-            match export(&conf, &mut tls, &batch) {
-                Ok(()) => EXPORTED.fetch_add(count, Ordering::Relaxed),
-                Err(e) => {
-                    if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                        log::warn!(
-                            "trace export to {}://{}{} failed, {count} spans dropped: {e}",
-                            if conf.endpoint.tls { "https" } else { "http" },
-                            conf.endpoint.authority,
-                            conf.endpoint.path
-                        );
-                        last_warned = Some(Instant::now());
-                    }
-                    DROPPED.fetch_add(count, Ordering::Relaxed)
-                }
-            };
-        }
-        batch.clear();
-        count = 0;
-        since = None;
-        if gone {
+        let mut p = self.pending.lock();
+        if p.count >= PENDING_SPANS || p.closed {
+            drop(p);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        proto::span(&mut p.bytes, span);
+        p.count += 1;
+        // The thread sleeps until a batch starts, then until it is full or old enough.
+        if p.count == 1 || p.count == BATCH_SPANS {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The exporter thread: wait for a batch, send it, until the gateway stops.
+    fn run(self: Arc<Self>) {
+        let mut spare = Vec::new();
+        let mut last_warned: Option<Instant> = None;
+        // Built at the first export over TLS, with the system trust store (`SSL_CERT_FILE`).
+        let mut tls = None;
+        loop {
+            let (batch, count, closed) = {
+                let mut p = self.pending.lock();
+                while p.count == 0 && !p.closed {
+                    self.wake.wait(&mut p);
+                }
+                let deadline = Instant::now() + BATCH_DELAY;
+                while p.count < BATCH_SPANS && !p.closed {
+                    if self.wake.wait_until(&mut p, deadline).timed_out() {
+                        break;
+                    }
+                }
+                let batch = std::mem::replace(&mut p.bytes, std::mem::take(&mut spare));
+                (batch, std::mem::take(&mut p.count), p.closed)
+            };
+            if count > 0 {
+                match export(&self.conf, &mut tls, &batch) {
+                    Ok(()) => EXPORTED.fetch_add(count, Ordering::Relaxed),
+                    Err(e) => {
+                        if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                            let ep = &self.conf.endpoint;
+                            log::warn!(
+                                "trace export to {}://{}{} failed, {count} spans dropped: {e}",
+                                if ep.tls { "https" } else { "http" },
+                                ep.authority,
+                                ep.path
+                            );
+                            last_warned = Some(Instant::now());
+                        }
+                        DROPPED.fetch_add(count, Ordering::Relaxed)
+                    }
+                };
+            }
+            if closed {
+                return;
+            }
+            spare = batch;
+            spare.clear();
         }
     }
 }
@@ -152,7 +206,11 @@ fn export(
         ("telemetry.sdk.name", Value::Str("tollgate")),
         ("telemetry.sdk.language", Value::Str("rust")),
     ];
-    let body = proto::request(&resource, ("tollgate", env!("CARGO_PKG_VERSION")), spans);
+    let body_head = proto::request_head(
+        &resource,
+        ("tollgate", env!("CARGO_PKG_VERSION")),
+        spans.len(),
+    );
     let ep = &conf.endpoint;
     let deadline = Instant::now() + conf.timeout;
     let left = || {
@@ -177,17 +235,19 @@ fn export(
     }
     let tcp = stream.ok_or(last)?;
     tcp.set_nodelay(true).ok();
-    let head = format!(
+    let mut head = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\n\
          Content-Length: {}\r\nUser-Agent: tollgate/{}\r\nConnection: close\r\n\r\n",
         ep.path,
         ep.authority,
-        body.len(),
+        body_head.len() + spans.len(),
         env!("CARGO_PKG_VERSION")
-    );
+    )
+    .into_bytes();
+    head.extend_from_slice(&body_head);
     let exchange = |s: &mut dyn ReadWrite| -> Result<Vec<u8>, String> {
-        s.write_all(head.as_bytes())
-            .and_then(|_| s.write_all(&body))
+        s.write_all(&head)
+            .and_then(|_| s.write_all(spans))
             .and_then(|_| s.flush())
             .map_err(|e| format!("send: {e}"))?;
         // The status line is all that is needed: read until it is complete.

@@ -10,11 +10,12 @@ pub mod proto;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderValue};
 
-use proto::{Kind, Value};
+use export::Sink;
+use proto::{Attrs, Kind, Value};
 
 pub use crate::headers::names::{TRACEPARENT, TRACESTATE};
 
@@ -35,17 +36,16 @@ pub struct Trace {
     pub state: Option<HeaderValue>,
     /// The client sent a `tracestate` without a valid `traceparent`: it is not passed on.
     pub stale_state: bool,
-    rec: Option<Box<Recording>>,
+    rec: Option<Recording>,
 }
 
 /// A sampled request's spans.
 struct Recording {
     /// Wall clock at the request's start, in ns since the epoch; later times are taken from
-    /// the monotonic clock relative to it.
+    /// the monotonic clock relative to it (`start_mono`).
     start_ns: u64,
-    spans: Vec<u8>,
-    count: u64,
-    scratch: Vec<u8>,
+    start_mono: u64,
+    sink: Arc<Sink>,
     attempt: Option<Attempt>,
     attempts: i64,
     /// The next attempt's span id, drawn ahead: a request head built before its backend is
@@ -96,10 +96,10 @@ impl IpText {
         }
     }
 
-    fn as_str(&self) -> &str {
+    fn value(&self) -> Value<'_> {
         match self {
-            IpText::V4(buf, n) => std::str::from_utf8(&buf[..*n]).unwrap_or(""),
-            IpText::Other(s) => s,
+            IpText::V4(buf, n) => Value::Ascii(&buf[..*n]),
+            IpText::Other(s) => Value::Str(s),
         }
     }
 }
@@ -148,16 +148,14 @@ impl Tracer {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            Box::new(Recording {
+            Recording {
                 start_ns: now,
-                // A server and a client span with their attributes fit without regrowing.
-                spans: Vec::with_capacity(1024),
-                count: 0,
-                scratch: Vec::with_capacity(512),
+                start_mono: crate::clock::mono_nanos(),
+                sink: self.exporter.sink().clone(),
                 attempt: None,
                 attempts: 0,
                 next_span: span_id(),
-            })
+            }
         });
         Trace {
             trace_id: parent.map_or_else(trace_id, |p| p.trace_id),
@@ -170,124 +168,100 @@ impl Tracer {
     }
 
     /// The request is over: its server span (and an attempt still open) go to the exporter.
-    pub fn finish(
-        &self,
-        t: &mut Trace,
-        started: Instant,
-        f: &Finished,
-        upstream_error: Option<&str>,
-    ) {
-        let Some(mut rec) = t.rec.take() else {
+    pub fn finish(&self, t: &mut Trace, f: &Finished, upstream_error: Option<&str>) {
+        let Some(rec) = t.rec.as_mut() else {
             return;
         };
-        rec.end_attempt((&t.trace_id, &t.span_id), started, f.method, upstream_error);
-        let mut attrs: Vec<(&str, Value)> = Vec::with_capacity(12);
-        attrs.push(("http.request.method", Value::Str(f.method)));
-        attrs.push(("url.path", Value::Str(f.path)));
+        rec.end_attempt((&t.trace_id, &t.span_id), f.method, upstream_error);
+        let mut attrs = Attrs::<12>::default();
+        attrs.push("http.request.method", Value::Str(f.method));
+        attrs.push("url.path", Value::Str(f.path));
         if f.status > 0 {
-            attrs.push(("http.response.status_code", Value::Int(f.status.into())));
+            attrs.push("http.response.status_code", Value::Int(f.status.into()));
         }
         if let Some((name, prefix)) = f.route {
-            attrs.push(("http.route", Value::Str(prefix)));
-            attrs.push(("tollgate.route", Value::Str(name)));
+            attrs.push("http.route", Value::Str(prefix));
+            attrs.push("tollgate.route", Value::Str(name));
         }
         if let Some(c) = f.consumer {
-            attrs.push(("tollgate.consumer", Value::Str(c)));
+            attrs.push("tollgate.consumer", Value::Str(c));
         }
         if let Some((allowed, policy)) = f.rate_limit {
             let outcome = if allowed { "allowed" } else { "limited" };
-            attrs.push(("tollgate.rate_limit", Value::Str(outcome)));
-            attrs.push(("tollgate.rate_limit.policy", Value::Str(policy)));
+            attrs.push("tollgate.rate_limit", Value::Str(outcome));
+            attrs.push("tollgate.rate_limit.policy", Value::Str(policy));
         }
         let ip = f.client_ip.map(IpText::of);
         if let Some(a) = &ip {
-            attrs.push(("client.address", Value::Str(a.as_str())));
+            attrs.push("client.address", a.value());
         }
-        attrs.push(("tollgate.request_id", Value::Str(f.request_id)));
+        attrs.push("tollgate.request_id", Value::Str(f.request_id));
         if let Some(e) = f.error {
-            attrs.push(("error.type", Value::Str(e)));
+            attrs.push("error.type", Value::Str(e));
         }
         let name = (f.method, f.route.map(|(route, _)| route));
         let error = (f.status >= 500 || (f.status == 0 && f.error.is_some()))
             .then(|| f.error.unwrap_or("server error"));
-        let end_ns = rec.now(started);
-        let Recording {
-            spans,
-            scratch,
-            count,
-            start_ns,
-            ..
-        } = &mut *rec;
-        proto::span(
-            spans,
-            scratch,
-            &proto::Span {
-                trace_id: &t.trace_id,
-                span_id: &t.span_id,
-                parent_span_id: t.parent.as_ref(),
-                trace_state: t.state.as_ref().map(|s| s.as_bytes()),
-                name,
-                kind: Kind::Server,
-                start_ns: *start_ns,
-                end_ns,
-                attributes: &attrs,
-                error,
-            },
-        );
-        *count += 1;
-        self.exporter.send(export::Spans {
-            bytes: std::mem::take(spans),
-            count: *count,
+        rec.sink.record(&proto::Span {
+            trace_id: &t.trace_id,
+            span_id: &t.span_id,
+            parent_span_id: t.parent.as_ref(),
+            trace_state: t.state.as_ref().map(|s| s.as_bytes()),
+            name,
+            kind: Kind::Server,
+            start_ns: rec.start_ns,
+            end_ns: rec.now(),
+            attributes: attrs.as_slice(),
+            error,
         });
+        t.rec = None;
+    }
+
+    /// What sends the spans still pending when the gateway stops.
+    pub fn flusher(&self) -> export::Flusher {
+        self.exporter.flusher()
     }
 }
 
 impl Recording {
-    fn now(&self, started: Instant) -> u64 {
-        self.start_ns + started.elapsed().as_nanos() as u64
+    fn now(&self) -> u64 {
+        self.start_ns + crate::clock::mono_nanos().saturating_sub(self.start_mono)
     }
 
     /// Close the attempt under way (if any) as a CLIENT span; `error`: how it failed.
-    fn end_attempt(&mut self, ids: Ids, started: Instant, method: &str, error: Option<&str>) {
+    fn end_attempt(&mut self, ids: Ids, method: &str, error: Option<&str>) {
         let (trace_id, server_span) = ids;
         let Some(a) = self.attempt.take() else {
             return;
         };
-        let end_ns = self.now(started);
+        let end_ns = self.now();
         let server_ip = IpText::of(a.addr.ip());
-        let mut attrs: Vec<(&str, Value)> = vec![
-            ("http.request.method", Value::Str(method)),
-            ("server.address", Value::Str(server_ip.as_str())),
-            ("server.port", Value::Int(a.addr.port().into())),
-            ("tollgate.upstream", Value::Str(&a.upstream)),
-        ];
+        let mut attrs = Attrs::<7>::default();
+        attrs.push("http.request.method", Value::Str(method));
+        attrs.push("server.address", server_ip.value());
+        attrs.push("server.port", Value::Int(a.addr.port().into()));
+        attrs.push("tollgate.upstream", Value::Str(&a.upstream));
         if self.attempts > 1 {
-            attrs.push(("http.request.resend_count", Value::Int(self.attempts - 1)));
+            attrs.push("http.request.resend_count", Value::Int(self.attempts - 1));
         }
         if let Some(s) = a.status {
-            attrs.push(("http.response.status_code", Value::Int(s.into())));
+            attrs.push("http.response.status_code", Value::Int(s.into()));
         }
         if let Some(e) = error {
-            attrs.push(("error.type", Value::Str(e)));
+            attrs.push("error.type", Value::Str(e));
         }
-        let name = (method, Some(&*a.upstream));
-        proto::span(
-            &mut self.spans,
-            &mut self.scratch,
-            &proto::Span {
-                trace_id,
-                span_id: &a.span_id,
-                parent_span_id: Some(server_span),
-                trace_state: None,
-                name,
-                kind: Kind::Client,
-                start_ns: a.start_ns,
-                end_ns,
-                attributes: &attrs,
-                error,
-            },
-        );
-        self.count += 1;
+        self.sink.record(&proto::Span {
+            trace_id,
+            span_id: &a.span_id,
+            parent_span_id: Some(server_span),
+            trace_state: None,
+            name: (method, Some(&*a.upstream)),
+            kind: Kind::Client,
+            start_ns: a.start_ns,
+            end_ns,
+            attributes: attrs.as_slice(),
+            error,
+        });
     }
 }
 
@@ -311,21 +285,15 @@ impl Trace {
     }
 
     /// A backend was picked: a new CLIENT span starts (one still open ends first).
-    pub fn attempt(
-        &mut self,
-        started: Instant,
-        method: &str,
-        addr: SocketAddr,
-        upstream: &Arc<str>,
-    ) {
+    pub fn attempt(&mut self, method: &str, addr: SocketAddr, upstream: &Arc<str>) {
         let Some(rec) = self.rec.as_mut() else {
             return;
         };
-        rec.end_attempt((&self.trace_id, &self.span_id), started, method, None);
+        rec.end_attempt((&self.trace_id, &self.span_id), method, None);
         rec.attempts += 1;
         rec.attempt = Some(Attempt {
             span_id: std::mem::replace(&mut rec.next_span, span_id()),
-            start_ns: rec.now(started),
+            start_ns: rec.now(),
             addr,
             upstream: upstream.clone(),
             status: None,
@@ -340,14 +308,9 @@ impl Trace {
     }
 
     /// The attempt under way failed (`error`: its kind); its span ends.
-    pub fn attempt_failed(&mut self, started: Instant, method: &str, error: &str) {
+    pub fn attempt_failed(&mut self, method: &str, error: &str) {
         if let Some(rec) = self.rec.as_mut() {
-            rec.end_attempt(
-                (&self.trace_id, &self.span_id),
-                started,
-                method,
-                Some(error),
-            );
+            rec.end_attempt((&self.trace_id, &self.span_id), method, Some(error));
         }
     }
 }

@@ -30,24 +30,14 @@ pub fn hang() -> SocketAddr {
 /// is answered with the bytes `script(method, path)` returns, and the connection is closed
 /// after them when it also returns `true`.
 pub fn scripted(script: fn(&str, &str) -> (Vec<u8>, bool)) -> SocketAddr {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for mut s in l.incoming().flatten() {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end + 4);
+                while let Some(head) = next_head(&mut s, &mut buf) {
                     let mut words = head.split(' ');
                     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
                     let (answer, close) = script(method, path);
@@ -60,6 +50,23 @@ pub fn scripted(script: fn(&str, &str) -> (Vec<u8>, bool)) -> SocketAddr {
         }
     });
     addr
+}
+
+/// The next request head on a blocking connection (bodies are not read), `buf` holding what
+/// was read past it; `None` at the end of the connection.
+pub fn next_head(s: &mut impl std::io::Read, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 /// An address where nothing listens (connections are refused).

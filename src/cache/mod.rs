@@ -1,0 +1,390 @@
+//! Response caching (`caches`, a route's `cache`) on pingora-cache: Pingora runs the HTTP
+//! cache state machine, the cache lock and eviction; this module says what a route caches,
+//! under which key, for how long ([`rules`]), and keeps the entries ([`store`]).
+//!
+//! Why here: the decisions are data (a key, a verdict on a response head, a status label), so
+//! both the proxy hooks and `explain` use them; the proxy only wires them into Pingora.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, NoCacheReason};
+
+pub mod config;
+mod rules;
+pub mod store;
+
+pub use rules::{cacheable, variance};
+pub use store::Store;
+
+/// An extra key part (`key: [header:NAME, claim:NAME]`).
+#[derive(Debug, Clone)]
+pub enum KeyPart {
+    Header(HeaderName),
+    Claim(Box<str>),
+}
+
+/// A route's `cache` settings, compiled.
+#[derive(Debug)]
+pub struct Rules {
+    pub ttl: Duration,
+    /// (GET, HEAD)
+    pub methods: (bool, bool),
+    pub statuses: Vec<u16>,
+    pub key: Vec<KeyPart>,
+    pub shared: bool,
+    /// The route authenticates: the consumer is in the key unless `shared`.
+    pub auth: bool,
+    pub store_set_cookie: bool,
+    pub honour_client_no_cache: bool,
+    pub stale_while_revalidate: Option<Duration>,
+    pub stale_if_error: Option<Duration>,
+    pub lock: Duration,
+    pub max_object: usize,
+}
+
+/// What the cache step did for a request: the `X-Cache-Status` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Hit,
+    Miss,
+    Expired,
+    Stale,
+    Updating,
+    Revalidated,
+    Bypass,
+}
+
+const STATUSES: [Status; 7] = [
+    Status::Hit,
+    Status::Miss,
+    Status::Expired,
+    Status::Stale,
+    Status::Updating,
+    Status::Revalidated,
+    Status::Bypass,
+];
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Hit => "HIT",
+            Status::Miss => "MISS",
+            Status::Expired => "EXPIRED",
+            Status::Stale => "STALE",
+            Status::Updating => "UPDATING",
+            Status::Revalidated => "REVALIDATED",
+            Status::Bypass => "BYPASS",
+        }
+    }
+
+    /// The status of a response head about to be sent, from Pingora's cache phase.
+    pub fn of(phase: CachePhase) -> Status {
+        match phase {
+            CachePhase::Hit => Status::Hit,
+            CachePhase::Miss => Status::Miss,
+            CachePhase::Expired => Status::Expired,
+            CachePhase::Stale => Status::Stale,
+            CachePhase::StaleUpdating => Status::Updating,
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Status::Revalidated,
+            // Looked up, fetched, and not stored (the response said so, or was too large).
+            CachePhase::Disabled(r) if r != NoCacheReason::NeverEnabled => Status::Miss,
+            _ => Status::Bypass,
+        }
+    }
+}
+
+/// A route's cache: its rules, store, lock and counters.
+pub struct RouteCache {
+    pub route: Box<str>,
+    pub store: &'static Store,
+    pub lock: &'static CacheKeyLockImpl,
+    pub rules: Rules,
+    requests: [AtomicU64; 7],
+    lock_waits: AtomicU64,
+}
+
+impl std::fmt::Debug for RouteCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteCache")
+            .field("route", &self.route)
+            .field("store", &self.store.name)
+            .field("rules", &self.rules)
+            .finish()
+    }
+}
+
+impl RouteCache {
+    pub fn new(route: &str, store: &'static Store, rules: Rules) -> Self {
+        let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(rules.lock));
+        RouteCache {
+            route: route.into(),
+            store,
+            lock,
+            rules,
+            requests: Default::default(),
+            lock_waits: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a request of this method takes the cache (GET, HEAD by `methods`).
+    pub fn takes(&self, m: &Method) -> bool {
+        config::cached_method(self.rules.methods, m)
+    }
+
+    /// How long a request waits on the one that fills its key.
+    pub fn lock_options(&self) -> CacheOptionOverrides {
+        let mut o = CacheOptionOverrides::default();
+        o.wait_timeout = Some(self.rules.lock);
+        o
+    }
+
+    /// Count a request that went through the cache step; `waited`: behind the cache lock.
+    pub fn count(&self, status: Status, waited: bool) {
+        let i = STATUSES.iter().position(|s| *s == status).unwrap_or(6);
+        self.requests[i].fetch_add(1, Relaxed);
+        if waited {
+            self.lock_waits.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Requests by status, for `/metrics`.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        STATUSES
+            .iter()
+            .zip(&self.requests)
+            .map(|(s, n)| (s.as_str(), n.load(Relaxed)))
+    }
+
+    pub fn lock_waits(&self) -> u64 {
+        self.lock_waits.load(Relaxed)
+    }
+}
+
+/// What the key is made of, for a request: [`RouteCache::key`] and `explain`.
+pub struct KeyInput<'a> {
+    pub host: &'a [u8],
+    /// The client's path and query, as sent (before strip or rewrite).
+    pub target: &'a [u8],
+    pub path: &'a str,
+    pub headers: &'a http::HeaderMap,
+    pub identity: Option<&'a crate::policy::auth::Identity>,
+    /// The `split` branch (upstream index) the request goes to.
+    pub branch: Option<usize>,
+}
+
+impl RouteCache {
+    /// The readable key: every part length-prefixed, so no two requests' parts run together.
+    pub fn key_text(&self, k: &KeyInput<'_>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + k.target.len());
+        let mut part = |label: &[u8], v: &[u8]| {
+            out.extend_from_slice(label);
+            out.extend_from_slice(v.len().to_string().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(v);
+            out.push(b' ');
+        };
+        // Routes that differ only by `match` rules or methods share a path: each its own.
+        part(b"route=", self.route.as_bytes());
+        part(b"host=", &k.host.to_ascii_lowercase());
+        part(b"target=", k.target);
+        if self.rules.auth && !self.rules.shared {
+            let consumer = k.identity.and_then(|i| i.consumer_bytes());
+            part(b"consumer=", consumer.unwrap_or(b"-"));
+        }
+        if let Some(b) = k.branch {
+            part(b"branch=", b.to_string().as_bytes());
+        }
+        for p in &self.rules.key {
+            match p {
+                KeyPart::Header(h) => {
+                    let mut v = Vec::new();
+                    for (i, x) in k.headers.get_all(h).iter().enumerate() {
+                        if i > 0 {
+                            v.extend_from_slice(b", ");
+                        }
+                        v.extend_from_slice(x.as_bytes());
+                    }
+                    part(format!("header:{h}=").as_bytes(), &v);
+                }
+                KeyPart::Claim(c) => {
+                    let v = k.identity.and_then(|i| i.claim(c)).map(|v| v.to_string());
+                    part(
+                        format!("claim:{c}=").as_bytes(),
+                        v.unwrap_or_default().as_bytes(),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// The request's cache key; its tag names the route and client path, for purges.
+    pub fn key(&self, k: &KeyInput<'_>) -> CacheKey {
+        CacheKey::new(self.key_text(k), tag(&self.route, k.path))
+    }
+}
+
+/// An entry's tag: the route and the client's path (no query).
+fn tag(route: &str, path: &str) -> String {
+    let mut t = String::with_capacity(route.len() + 1 + path.len());
+    t.push_str(route);
+    t.push('\n');
+    t.push_str(path);
+    t
+}
+
+/// What `POST /cache/purge` removes under a route.
+pub enum Purge<'a> {
+    /// One path as clients send it.
+    Path(&'a str),
+    /// Every path under a prefix, on segment boundaries.
+    Prefix(&'a str),
+}
+
+impl Purge<'_> {
+    fn covers(&self, path: &str) -> bool {
+        match self {
+            Purge::Path(p) => path == *p,
+            Purge::Prefix(p) => {
+                path.starts_with(p)
+                    && (p.ends_with('/')
+                        || path.len() == p.len()
+                        || path.as_bytes()[p.len()] == b'/')
+            }
+        }
+    }
+}
+
+/// The stores of a config (`caches`), by name.
+#[derive(Default)]
+pub struct Stores {
+    list: Vec<&'static Store>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.list.iter().map(|s| &s.name))
+            .finish()
+    }
+}
+
+/// The stores this process has made, by name and size: a config compiled again with the same
+/// store keeps its entries (a store lives as long as the process).
+static LIVE: Lazy<Mutex<HashMap<(String, usize), &'static Store>>> =
+    Lazy::new(|| Mutex::new(HashMap::new()));
+
+impl Stores {
+    fn add(&mut self, name: String, max_size: usize) {
+        let store = *LIVE
+            .lock()
+            .entry((name.clone(), max_size))
+            .or_insert_with(|| Box::leak(Box::new(Store::new(&name, max_size))));
+        self.list.push(store);
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.list.iter().map(|s| &*s.name).collect()
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.list.iter().position(|s| &*s.name == name)
+    }
+
+    fn get(&self, i: usize) -> &'static Store {
+        self.list[i]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'static Store> + '_ {
+        self.list.iter().copied()
+    }
+
+    /// Remove `route`'s entries under `what` from every store: how many.
+    pub fn purge(&self, route: &str, what: &Purge<'_>) -> usize {
+        self.list
+            .iter()
+            .map(|s| {
+                s.purge_where(|t| {
+                    t.split_once('\n')
+                        .is_some_and(|(r, path)| r == route && what.covers(path))
+                })
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(auth: bool, shared: bool, key: Vec<KeyPart>) -> Rules {
+        Rules {
+            ttl: Duration::from_secs(60),
+            methods: (true, true),
+            statuses: vec![200],
+            key,
+            shared,
+            auth,
+            store_set_cookie: false,
+            honour_client_no_cache: false,
+            stale_while_revalidate: None,
+            stale_if_error: None,
+            lock: Duration::from_secs(1),
+            max_object: 1024,
+        }
+    }
+
+    #[test]
+    fn the_key_names_every_part_and_the_caller_unless_shared() {
+        let store: &'static Store = Box::leak(Box::new(Store::new("s", 1 << 20)));
+        let claims: crate::policy::auth::jwt::Claims =
+            serde_json::from_str(r#"{"tenant": "t7"}"#).unwrap();
+        let id = crate::policy::auth::Identity {
+            consumer: Some(http::HeaderValue::from_static("alice")),
+            claims: Some(std::sync::Arc::new(claims)),
+            ..Default::default()
+        };
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-v", http::HeaderValue::from_static("1"));
+        headers.append("x-v", http::HeaderValue::from_static("2"));
+        let input = KeyInput {
+            host: b"Shop.Example",
+            target: b"/c/a?x=1",
+            path: "/c/a",
+            headers: &headers,
+            identity: Some(&id),
+            branch: Some(1),
+        };
+        let parts = vec![
+            KeyPart::Header(HeaderName::from_static("x-v")),
+            KeyPart::Claim("tenant".into()),
+        ];
+        let own = RouteCache::new("r", store, rules(true, false, parts.clone()));
+        let text = String::from_utf8(own.key_text(&input)).unwrap();
+        assert_eq!(
+            text,
+            "route=1:r host=12:shop.example target=8:/c/a?x=1 consumer=5:alice branch=1:1 \
+             header:x-v=4:1, 2 claim:tenant=4:\"t7\" "
+        );
+        let shared = RouteCache::new("r", store, rules(true, true, parts));
+        let text = String::from_utf8(shared.key_text(&input)).unwrap();
+        assert!(!text.contains("alice"), "{text}");
+        assert_eq!(own.key(&input).user_tag, "r\n/c/a");
+    }
+
+    #[test]
+    fn prefixes_purge_on_segment_boundaries() {
+        let p = Purge::Prefix("/c");
+        assert!(p.covers("/c") && p.covers("/c/a"));
+        assert!(!p.covers("/cx"));
+        let p = Purge::Prefix("/c/");
+        assert!(p.covers("/c/a") && !p.covers("/c"));
+        assert!(Purge::Path("/c/a").covers("/c/a") && !Purge::Path("/c/a").covers("/c/ab"));
+    }
+}

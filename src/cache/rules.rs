@@ -1,0 +1,166 @@
+//! RFC 9111 on a route's terms: whether an upstream's response head may be stored and for
+//! how long ([`cacheable`]), and which variant of a stored response a request wants
+//! ([`variance`]). The directives are read by pingora-cache's `CacheControl`; the route's
+//! `ttl`, `statuses`, `store_set_cookie` and stale windows fill in what the response leaves out.
+
+use std::time::{Duration, SystemTime};
+
+use http::header;
+use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
+use pingora::cache::filters::{calculate_expires_header_time, calculate_serve_stale_durations};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use super::Rules;
+
+fn no_default(_: http::StatusCode) -> Option<Duration> {
+    None
+}
+
+/// Whether `resp` may be stored under `rules`, and its freshness. `authorization`: the
+/// request carried a credential that is not in the key (a route without auth, or `shared`):
+/// then RFC 9111 §3.5 applies (stored only when `public`, `s-maxage` or `must-revalidate`
+/// says so).
+pub fn cacheable(rules: &Rules, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
+    use RespCacheable::Uncacheable;
+    if !rules.statuses.contains(&resp.status.as_u16()) {
+        return Uncacheable(NoCacheReason::Custom("status"));
+    }
+    let h = &resp.headers;
+    if !rules.store_set_cookie && h.contains_key(header::SET_COOKIE) {
+        return Uncacheable(NoCacheReason::Custom("set-cookie"));
+    }
+    let vary_any = h
+        .get_all(header::VARY)
+        .iter()
+        .any(|v| crate::headers::tokens(v.as_bytes()).any(|t| t == b"*"));
+    if vary_any {
+        return Uncacheable(NoCacheReason::Custom("vary-star"));
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    if authorization
+        && !cc
+            .as_ref()
+            .is_some_and(|c| c.allow_caching_authorized_req())
+    {
+        return Uncacheable(NoCacheReason::Custom("authorization"));
+    }
+    if cc
+        .as_ref()
+        .is_some_and(|c| c.is_cacheable() == Cacheable::No)
+    {
+        return Uncacheable(NoCacheReason::OriginNotCache);
+    }
+    let now = SystemTime::now();
+    let fresh_until = cc
+        .as_ref()
+        .and_then(|c| c.fresh_duration())
+        .map(|d| at(now, d))
+        .or_else(|| calculate_expires_header_time(resp))
+        .unwrap_or_else(|| at(now, rules.ttl));
+    let secs = |d: Option<Duration>| d.map_or(0, |d| d.as_secs().min(u32::MAX as u64) as u32);
+    let defaults = CacheMetaDefaults::new(
+        no_default,
+        secs(rules.stale_while_revalidate),
+        secs(rules.stale_if_error),
+    );
+    let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
+    let mut head = resp.clone();
+    if let Some(c) = &cc {
+        c.strip_private_headers(&mut head);
+    }
+    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, head))
+}
+
+/// `now + d`, or already stale when `d` is zero (`max-age=0`, `no-cache`).
+fn at(now: SystemTime, d: Duration) -> SystemTime {
+    match d.is_zero() {
+        true => now - Duration::from_secs(1),
+        false => now + d,
+    }
+}
+
+/// The variant of `meta` that `req` wants: a hash of the request's values of the headers the
+/// stored response's `Vary` names; `None` when it names none.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut v = VarianceBuilder::new();
+    for value in meta.headers().get_all(header::VARY) {
+        for name in crate::headers::tokens(value.as_bytes()) {
+            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+            let mut got = Vec::new();
+            for (i, x) in req.headers.get_all(name.as_str()).iter().enumerate() {
+                if i > 0 {
+                    got.extend_from_slice(b", ");
+                }
+                got.extend_from_slice(x.as_bytes());
+            }
+            v.add_owned_name_value(name, got);
+        }
+    }
+    v.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            ttl: Duration::from_secs(60),
+            methods: (true, true),
+            statuses: super::super::config::DEFAULT_STATUSES.to_vec(),
+            key: Vec::new(),
+            shared: false,
+            auth: false,
+            store_set_cookie: false,
+            honour_client_no_cache: false,
+            stale_while_revalidate: None,
+            stale_if_error: None,
+            lock: Duration::from_secs(2),
+            max_object: 1 << 20,
+        }
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn fresh_secs(r: RespCacheable) -> Option<u64> {
+        match r {
+            RespCacheable::Cacheable(m) => Some(m.fresh_sec()),
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    #[test]
+    fn the_response_wins_over_ttl() {
+        let r = rules();
+        assert_eq!(fresh_secs(cacheable(&r, &resp(200, &[]), false)), Some(60));
+        let cc = [("cache-control", "max-age=5")];
+        assert_eq!(fresh_secs(cacheable(&r, &resp(200, &cc), false)), Some(5));
+        let cc = [("cache-control", "max-age=5, s-maxage=9")];
+        assert_eq!(fresh_secs(cacheable(&r, &resp(200, &cc), false)), Some(9));
+        for cc in ["no-store", "private"] {
+            let h = [("cache-control", cc)];
+            assert_eq!(
+                fresh_secs(cacheable(&r, &resp(200, &h), false)),
+                None,
+                "{cc}"
+            );
+        }
+        assert_eq!(fresh_secs(cacheable(&r, &resp(500, &[]), false)), None);
+        let cookie = [("set-cookie", "a=b")];
+        assert_eq!(fresh_secs(cacheable(&r, &resp(200, &cookie), false)), None);
+        assert_eq!(fresh_secs(cacheable(&r, &resp(200, &[]), true)), None);
+        let public = [("cache-control", "public, max-age=7")];
+        assert_eq!(
+            fresh_secs(cacheable(&r, &resp(200, &public), true)),
+            Some(7)
+        );
+    }
+}
