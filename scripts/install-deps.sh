@@ -6,13 +6,16 @@
 #   redis-server the Redis rate-limit tests start their own server
 #   systemd-analyze  `systemd-analyze verify` of the unit (tests/systemd.rs, the .deb check)
 #   chromium     the admin dashboard's browser test (tests/dashboard.rs)
+#   dnsmasq      the DNS SRV discovery tests start their own server (tests/discovery_srv.rs)
+#   etcd, etcdctl  the etcd discovery tests start their own etcd (tests/discovery_etcd.rs)
 #   nginx, wrk   the load harness in benches/load (only with --bench)
 #   haproxy      the load harness's third reference (only with --bench)
 #   valgrind     benches/instructions.sh: instructions per request (only with --bench)
 #   h2load       benches/instructions.sh h2c scenarios (nghttp2-client; only with --bench)
 set -euo pipefail
 
-want=(cmake:cmake redis-server:redis-server systemd-analyze:systemd chromium:chromium)
+want=(cmake:cmake redis-server:redis-server systemd-analyze:systemd chromium:chromium
+  dnsmasq:dnsmasq-base etcd:etcd-server etcdctl:etcd-client)
 if [[ "${1:-}" == "--bench" ]]; then
   want+=(nginx:nginx-light wrk:wrk haproxy:haproxy valgrind:valgrind h2load:nghttp2-client)
 fi

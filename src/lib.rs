@@ -37,6 +37,7 @@ pub mod proxy;
 #[allow(unsafe_code)] // kill(2)
 pub mod reload;
 pub mod server;
+pub mod state;
 pub mod trace;
 pub mod upstream;
 pub mod websocket;

@@ -193,7 +193,7 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
     let resolved: Vec<_> = gw
         .upstreams
         .iter()
-        .filter(|u| u.discovery.is_some())
+        .filter(|u| u.discovery.is_some() || u.source.is_some())
         .cloned()
         .collect();
     if !resolved.is_empty() {

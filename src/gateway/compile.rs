@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::file::{FileConfig, LimitsFile, TimeoutsFile, UpstreamFile};
+use super::file::{FileConfig, LimitsFile, TargetsFile, TimeoutsFile, UpstreamFile};
 use crate::client::TrustedProxies;
 use crate::config::ConfigErrors;
 use crate::listen::check_socket_addr;
@@ -188,11 +188,24 @@ pub fn compile(
         .collect();
     let rate_limits = crate::policy::limit::config::compile(file.rate_limits, file.redis, errs);
 
+    // `dns.servers`, when given, answer host-name targets too; else the system's resolver
+    // does, and SRV asks /etc/resolv.conf's servers.
+    let dns = crate::upstream::source::dns(file.dns, errs);
+    let resolver: Arc<dyn Resolver> = match &dns {
+        Some(d) => Arc::new(d.clone()),
+        None => resolver.clone(),
+    };
+    let dns = dns.unwrap_or_else(crate::upstream::dns::DnsClient::system);
+    let ctx = crate::upstream::source::Ctx {
+        dns: &dns,
+        resolver: &resolver,
+        state_dir: &state_dir,
+    };
     let mut names = Vec::new();
     let mut upstreams = Vec::new();
     let mut broken = Vec::new();
     for (name, u) in file.upstreams {
-        match u.and_then(|u| upstream(&name, u, resolver, errs)) {
+        match u.and_then(|u| upstream(&name, u, &ctx, errs)) {
             Some(up) => {
                 names.push(name);
                 upstreams.push(Arc::new(up));
@@ -358,12 +371,29 @@ fn trusted(list: &[String], errs: &mut ConfigErrors) -> TrustedProxies {
 fn upstream(
     name: &str,
     u: UpstreamFile,
-    resolver: &Arc<dyn Resolver>,
+    ctx: &crate::upstream::source::Ctx,
     errs: &mut ConfigErrors,
 ) -> Option<Upstream> {
     let base = format!("upstreams.{name}");
     let before = errs.0.len();
-    if u.targets.is_empty() {
+    let resolver = ctx.resolver;
+    let (list, source) = match u.targets {
+        TargetsFile::List(l) => (l, None),
+        TargetsFile::Source(f) => {
+            if u.resolve_every.is_some() {
+                errs.push(
+                    format!("{base}.resolve_every"),
+                    "only applies to a list of targets: srv follows its TTLs, etcd its watch",
+                );
+            }
+            let path = format!("{base}.targets");
+            (
+                Vec::new(),
+                Some(crate::upstream::source::compile(&path, name, f, ctx, errs)),
+            )
+        }
+    };
+    if list.is_empty() && source.is_none() {
         errs.push(
             format!("{base}.targets"),
             "needs at least one target \"host:port\"",
@@ -371,7 +401,7 @@ fn upstream(
     }
     let mut targets = Vec::new();
     let mut compiled = Vec::new();
-    for (i, t) in u.targets.iter().enumerate() {
+    for (i, t) in list.iter().enumerate() {
         let path = format!("{base}.targets[{i}]");
         if t.weight == 0 || t.weight > 1000 {
             errs.push(format!("{path}.weight"), "must be between 1 and 1000");
@@ -418,22 +448,29 @@ fn upstream(
     let tls = u
         .tls
         .and_then(|t| crate::upstream::tls::UpstreamTls::compile(&base, t, &hosts, errs));
-    let discovery = u.resolve_every.and_then(|every| {
-        let path = format!("{base}.resolve_every");
-        let every = every.0;
-        if every < Duration::from_millis(100) || every > Duration::from_secs(86400) {
-            errs.push(path, "must be between 100ms and 24h (e.g. \"30s\")");
-            return None;
-        }
-        if !compiled.iter().any(|c| matches!(c, Compiled::Named(..))) {
-            errs.push(
-                path,
-                "no target is a host name: IP addresses never need re-resolving",
-            );
-            return None;
-        }
-        Some(Discovery::new(every, resolver.clone(), compiled))
+    let source = source.flatten().map(|(set, src)| {
+        targets = set;
+        src
     });
+    let discovery = u
+        .resolve_every
+        .filter(|_| source.is_none())
+        .and_then(|every| {
+            let path = format!("{base}.resolve_every");
+            let every = every.0;
+            if every < Duration::from_millis(100) || every > Duration::from_secs(86400) {
+                errs.push(path, "must be between 100ms and 24h (e.g. \"30s\")");
+                return None;
+            }
+            if !compiled.iter().any(|c| matches!(c, Compiled::Named(..))) {
+                errs.push(
+                    path,
+                    "no target is a host name: IP addresses never need re-resolving",
+                );
+                return None;
+            }
+            Some(Discovery::new(every, resolver.clone(), compiled))
+        });
     let (balance, hash_key) =
         crate::upstream::config::balance(&base, u.balance.as_deref(), u.hash_key.as_deref(), errs);
     let health = u
@@ -453,6 +490,7 @@ fn upstream(
         let spec = crate::upstream::Spec {
             targets,
             discovery,
+            source,
             timeouts,
             retries,
             balance,

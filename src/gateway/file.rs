@@ -65,6 +65,8 @@ pub struct FileConfig {
     pub state_dir: Option<String>,
     /// OpenTelemetry tracing, compiled by its own module (`crate::trace::config`).
     pub tracing: Option<crate::trace::config::Config>,
+    /// The DNS servers discovery asks (`crate::upstream::source::dns`).
+    pub dns: Option<crate::upstream::source::DnsFile>,
     /// Response cache stores (`crate::cache::config`).
     pub caches: Option<crate::cache::config::StoresFile>,
 }
@@ -100,13 +102,14 @@ pub const TOLLGATE_KEYS: &[&str] = &[
     "underscores_in_headers",
     "state_dir",
     "tracing",
+    "dns",
     "caches",
 ];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
-    pub targets: Vec<TargetFile>,
+    pub targets: TargetsFile,
     #[serde(default)]
     pub balance: Option<String>,
     #[serde(default)]
@@ -130,6 +133,29 @@ pub struct UpstreamFile {
     pub tls: Option<crate::upstream::tls::UpstreamTlsFile>,
 }
 
+/// `targets`: a list of backends, or a discovery source (`{srv: NAME}`, `{etcd: {...}}`).
+#[derive(Debug)]
+pub enum TargetsFile {
+    List(Vec<TargetFile>),
+    Source(crate::upstream::source::SourceFile),
+}
+
+impl<'de> Deserialize<'de> for TargetsFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_yaml::Value::deserialize(d)? {
+            v @ serde_yaml::Value::Sequence(_) => serde_yaml::from_value(v)
+                .map(TargetsFile::List)
+                .map_err(de::Error::custom),
+            v @ serde_yaml::Value::Mapping(_) => serde_yaml::from_value(v)
+                .map(TargetsFile::Source)
+                .map_err(de::Error::custom),
+            _ => Err(de::Error::custom(
+                "a list of \"host:port\", {srv: NAME} or {etcd: {endpoints, prefix}}",
+            )),
+        }
+    }
+}
+
 /// A backend: `"10.0.0.1:8080"` or `{address: "10.0.0.1:8080", weight: 2}`.
 #[derive(Debug)]
 pub struct TargetFile {
@@ -151,6 +177,12 @@ impl<'de> Deserialize<'de> for TargetFile {
         }
         match serde_yaml::Value::deserialize(d)? {
             serde_yaml::Value::String(address) => Ok(TargetFile { address, weight: 1 }),
+            serde_yaml::Value::Mapping(m) if m.contains_key("srv") || m.contains_key("etcd") => {
+                Err(de::Error::custom(
+                    "srv and etcd replace the list: write targets: {srv: NAME} or \
+                     targets: {etcd: {...}}, not mixed with \"host:port\" entries",
+                ))
+            }
             v @ serde_yaml::Value::Mapping(_) => {
                 let f: Full = serde_yaml::from_value(v).map_err(de::Error::custom)?;
                 Ok(TargetFile {

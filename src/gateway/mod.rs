@@ -209,6 +209,7 @@ fn read_section(file: &mut FileConfig, key: &str, v: Value, errs: &mut ConfigErr
         "underscores_in_headers" => file.underscores_in_headers = parse(key, v, errs),
         "state_dir" => file.state_dir = parse(key, v, errs),
         "tracing" => file.tracing = crate::trace::config::read(v, errs),
+        "dns" => file.dns = parse(key, v, errs),
         "caches" => file.caches = parse(key, v, errs),
         _ => errs.push(
             key,

@@ -513,6 +513,21 @@ pub fn render_upstreams(o: &mut String, upstreams: &[Arc<Upstream>]) {
             u.health_changes.load(Relaxed)
         );
     }
+    o.push_str("# HELP tollgate_discovery_changes_total Backend set changes applied by discovery, by upstream and source (dns: resolve_every, srv, etcd).\n");
+    o.push_str("# TYPE tollgate_discovery_changes_total counter\n");
+    for u in upstreams {
+        let source = match (&u.source, &u.discovery) {
+            (Some(s), _) => s.label(),
+            (None, Some(_)) => "dns",
+            (None, None) => continue,
+        };
+        let _ = writeln!(
+            o,
+            "tollgate_discovery_changes_total{{upstream=\"{}\",source=\"{source}\"}} {}",
+            label(&u.name),
+            u.discovery_changes.load(Relaxed)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -257,6 +257,15 @@ impl Discovery {
     }
 }
 
+/// `[10.0.0.1:80 (weight 2), ...]`, for logs.
+pub fn list_weighted(set: &[(SocketAddr, usize)]) -> String {
+    let v: Vec<String> = set
+        .iter()
+        .map(|(a, w)| format!("{a} (weight {w})"))
+        .collect();
+    format!("[{}]", v.join(", "))
+}
+
 fn list(addrs: &[SocketAddr]) -> String {
     let v: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     format!("[{}]", v.join(", "))
@@ -269,12 +278,13 @@ pub async fn refresh(up: &Upstream) -> Refresh {
     };
     let (set, failing) = d.resolve_all(&up.name).await;
     Refresh {
-        changed: up.apply(&set).await,
+        changed: up.apply_from("dns", &set).await,
         failing,
     }
 }
 
-/// One background service re-resolving every upstream that has `resolve_every`.
+/// One background service re-resolving every upstream that has `resolve_every`, and
+/// following every SRV or etcd source (`super::source`).
 pub struct ResolveService {
     pub upstreams: Vec<Arc<Upstream>>,
 }
@@ -299,7 +309,23 @@ impl BackgroundService for ResolveService {
                 }
             })
         });
-        futures::future::join_all(loops).await;
+        let sources = self
+            .upstreams
+            .iter()
+            .filter(|u| u.source.is_some())
+            .map(|u| {
+                let (u, shutdown) = (u.clone(), shutdown.clone());
+                async move {
+                    if let Some(src) = &u.source {
+                        super::source::run(&u, src, shutdown).await;
+                    }
+                }
+            });
+        futures::future::join(
+            futures::future::join_all(loops),
+            futures::future::join_all(sources),
+        )
+        .await;
     }
 }
 

@@ -8,9 +8,13 @@ mod balancer;
 pub mod breaker;
 pub mod config;
 pub mod discovery;
+pub mod dns;
+pub mod etcd;
 pub mod health;
 mod members;
 pub mod protocol;
+pub mod source;
+pub mod srv;
 pub mod tls;
 #[allow(unsafe_code)] // openssl-probe sets the environment (set_var)
 pub mod trust;
@@ -95,6 +99,8 @@ pub struct Spec {
     pub targets: Vec<(SocketAddr, usize)>,
     /// Re-resolution of host-name targets (`resolve_every`), if configured.
     pub discovery: Option<discovery::Discovery>,
+    /// `targets: {srv: ...}` or `{etcd: ...}`: the source that keeps `targets` current.
+    pub source: Option<source::Source>,
     pub timeouts: Timeouts,
     pub retries: u32,
     pub balance: Balance,
@@ -114,6 +120,10 @@ pub struct Upstream {
     set: Arc<ArcSwap<BTreeSet<Backend>>>,
     /// Re-resolution of host-name targets, when `resolve_every` is set.
     pub discovery: Option<discovery::Discovery>,
+    /// The SRV or etcd source, when `targets` names one.
+    pub source: Option<source::Source>,
+    /// Backend set changes applied by discovery (`tollgate_discovery_changes_total`).
+    pub discovery_changes: AtomicU64,
     lb: Lb,
     pub timeouts: Timeouts,
     /// How many other backends a failed attempt may be retried on.
@@ -158,6 +168,8 @@ impl Upstream {
             members,
             set,
             discovery: spec.discovery,
+            source: spec.source,
+            discovery_changes: AtomicU64::new(0),
             lb,
             timeouts: spec.timeouts,
             retries: spec.retries,
@@ -189,6 +201,28 @@ impl Upstream {
 
     pub(crate) async fn run_health_check(&self) {
         with_lb!(&self.lb, lb => lb.backends().run_health_check(true).await)
+    }
+
+    /// The current backends with their weights.
+    pub fn weighted(&self) -> Vec<(SocketAddr, usize)> {
+        self.backends().iter().map(|b| (b.addr, b.weight)).collect()
+    }
+
+    /// [`apply`](Self::apply) a set found by discovery source `label` (`dns`, `srv`,
+    /// `etcd`): a change is logged once and counted.
+    pub async fn apply_from(&self, label: &str, targets: &[(SocketAddr, usize)]) -> bool {
+        let before = self.weighted();
+        if !self.apply(targets).await {
+            return false;
+        }
+        self.discovery_changes.fetch_add(1, Relaxed);
+        log::info!(
+            "upstream {} ({label}): backends {} -> {}",
+            self.name,
+            discovery::list_weighted(&before),
+            discovery::list_weighted(targets)
+        );
+        true
     }
 
     /// Replace the backend set with `targets` (address, weight) after a re-resolution.
@@ -393,7 +427,8 @@ pub fn health_json(u: &Upstream) -> serde_json::Value {
         "discovery": u.discovery.as_ref().map(|d| serde_json::json!({
             "resolve_every": humantime::format_duration(d.every).to_string(),
             "failing_targets": d.failing.load(Relaxed),
-        })),
+        })).or_else(|| u.source.as_ref().map(source::Source::json)),
+        "discovery_changes": u.discovery_changes.load(Relaxed),
         "backends": backends,
     })
 }

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod backend;
+pub mod catalog;
 mod gateway;
 pub mod grpc;
 pub mod h2client;

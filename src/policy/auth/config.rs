@@ -16,63 +16,7 @@ use super::{Auth, Provider, RouteAuth};
 use crate::config::ConfigErrors;
 use crate::config::Dur;
 
-/// A secret: inline, `{env: NAME}` or `{file: path}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum SecretFile {
-    Inline(String),
-    Env { env: String },
-    File { file: String },
-}
-
-impl SecretFile {
-    /// Where the secret came from, for an error about its value (never the value itself).
-    pub fn describe(&self) -> String {
-        match self {
-            SecretFile::Inline(_) => String::new(),
-            SecretFile::Env { env } => format!(" (environment variable {env})"),
-            SecretFile::File { file } => {
-                format!(" (file {file}, trailing white space not counted)")
-            }
-        }
-    }
-
-    /// The secret's bytes; the error names the source, never the secret.
-    pub fn load(&self, path: &str, errs: &mut ConfigErrors) -> Option<Vec<u8>> {
-        match self {
-            SecretFile::Inline(s) => Some(s.as_bytes().to_vec()),
-            SecretFile::Env { env } => match std::env::var(env) {
-                Ok(v) if !v.is_empty() => Some(v.into_bytes()),
-                Ok(_) => {
-                    errs.push(
-                        format!("{path}.env"),
-                        format!("environment variable {env} is empty"),
-                    );
-                    None
-                }
-                Err(_) => {
-                    errs.push(
-                        format!("{path}.env"),
-                        format!("environment variable {env} is not set"),
-                    );
-                    None
-                }
-            },
-            SecretFile::File { file } => match std::fs::read(file) {
-                Ok(mut v) => {
-                    while v.last().is_some_and(|b| b.is_ascii_whitespace()) {
-                        v.pop();
-                    }
-                    Some(v)
-                }
-                Err(e) => {
-                    errs.push(format!("{path}.file"), format!("cannot read {file}: {e}"));
-                    None
-                }
-            },
-        }
-    }
-}
+pub use crate::config::SecretFile;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -13,7 +13,6 @@ pub mod jwks;
 pub mod jwt;
 pub mod mtls;
 pub mod remote;
-pub mod state;
 pub mod token;
 
 use std::sync::Arc;

@@ -29,9 +29,9 @@ use tokio::sync::Notify;
 use super::discovery::{self, Discovery};
 use super::fetch::{Client, HttpsUrl};
 use super::jwks::{self, KeySet, Origin};
-use super::state::{state_file_name, write_atomically};
 use crate::config::ConfigErrors;
 use crate::config::Dur;
+use crate::state::write_atomically;
 
 /// `jwks: {url, ...}` as written (`url` left out with `discovery: true`).
 #[derive(Debug, Default, Deserialize)]
@@ -195,7 +195,7 @@ impl Remote {
             Source::Discovery(d) => &d.document.text,
         };
         Some(Remote {
-            state_file: state_dir.join(state_file_name(provider, named_by)),
+            state_file: state_dir.join(crate::state::file_name("jwks", provider, named_by)),
             provider: format!("auth.{provider}"),
             source,
             refresh,

@@ -1,20 +1,22 @@
-//! The files kept in the state directory (`state_dir`): named so that another source never
-//! reads a file meant for one, and written whole (a reader sees the old file or the new one).
+//! The state directory (`state_dir`): what must outlive a restart (a remote JWKS's last
+//! good set, an etcd source's last-known-good backends), written so that a reader sees the
+//! old file or the new one, never a part.
 
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-/// `jwks-NAME-HASH.json`: the provider's name (for people; only its safe characters) and
-/// the URL's hash, so another URL never reads this one's keys.
-pub fn state_file_name(provider: &str, url: &str) -> String {
-    let safe: String = provider
+/// `KIND-NAME-HASH.json`: what keeps it (`jwks`, `etcd`), the owner's name (for people;
+/// only its safe characters) and a hash of where the content comes from (a URL, endpoints
+/// and a prefix), so another source never reads this one's file.
+pub fn file_name(kind: &str, name: &str, source: &str) -> String {
+    let safe: String = name
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
         .take(64)
         .collect();
-    let hash = hex::encode(&Sha256::digest(url.as_bytes())[..8]);
-    format!("jwks-{safe}-{hash}.json")
+    let hash = hex::encode(&Sha256::digest(source.as_bytes())[..8]);
+    format!("{kind}-{safe}-{hash}.json")
 }
 
 /// Write `bytes` to `path` so that a reader sees the old file or the new one, never a part:
@@ -42,10 +44,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_state_file_is_named_by_provider_and_url() {
-        let a = state_file_name("../idp/x", "https://a/keys");
+    fn a_state_file_is_named_by_kind_owner_and_source() {
+        let a = file_name("jwks", "../idp/x", "https://a/keys");
         assert!(a.starts_with("jwks-idpx-") && a.ends_with(".json"), "{a}");
-        assert_ne!(a, state_file_name("../idp/x", "https://b/keys"));
+        assert_ne!(a, file_name("jwks", "../idp/x", "https://b/keys"));
     }
 
     #[test]
