@@ -72,7 +72,7 @@ fn every_metric_and_label_the_board_queries_is_in_a_real_scrape() {
     assert!(exprs.len() >= 15, "{exprs:?}");
 
     // A gateway with every feature that has series: API keys and a limit, a checked
-    // upstream with a breaker, a mirror, a token introspection provider, WebSockets.
+    // upstream with a breaker, a mirror, a token introspection provider, WebSockets, a cache.
     let (up, shadow) = (Backend::start("up"), Backend::start("shadow"));
     let gw = Gateway::start(&format!(
         "consumers: {{alice: {{api_keys: [\"alice-key-0123456789\"]}}}}\n\
@@ -80,12 +80,14 @@ fn every_metric_and_label_the_board_queries_is_in_a_real_scrape() {
          \x20 keys: {{type: api_key, header: X-Api-Key}}\n\
          \x20 opaque: {{type: introspection, endpoint: \"https://localhost:1/introspect\", client_id: gw, client_secret: \"introspection-secret-0123456789\"}}\n\
          rate_limits: {{per_consumer: {{requests: 1, per: 1h, key: consumer}}}}\n\
+         caches: {{pages: {{max_size: 1MiB}}}}\n\
          upstreams:\n\
          \x20 u: {{targets: [\"{}\"], health_check: {{type: tcp, interval: 100ms}}, circuit_breaker: {{failures: 5, open_for: 10s}}}}\n\
          \x20 shadow: {{targets: [\"{}\"]}}\n\
          routes:\n\
          \x20 - {{name: api, path_prefix: /api, upstream: u, auth: [keys], rate_limit: per_consumer, mirror: {{upstream: shadow}}}}\n\
-         \x20 - {{name: tokens, path_prefix: /tokens, upstream: u, auth: [opaque]}}\n",
+         \x20 - {{name: tokens, path_prefix: /tokens, upstream: u, auth: [opaque]}}\n\
+         \x20 - {{name: pages, path_prefix: /pages, upstream: u, cache: {{ttl: 1m}}}}\n",
         up.addr, shadow.addr
     ));
     let key = [("X-Api-Key", "alice-key-0123456789")];
@@ -93,6 +95,7 @@ fn every_metric_and_label_the_board_queries_is_in_a_real_scrape() {
     assert_eq!(gw.send("GET", "/api/x", &key).status, 429);
     assert_eq!(gw.get("/api/x").status, 401);
     assert_eq!(gw.get("/nowhere").status, 404);
+    assert_eq!(gw.get("/pages/a").status, 200);
     assert!(eventually(Duration::from_secs(10), || shadow.count() == 1));
     let scrape = gw.admin_get("/metrics").body;
     let have = series(&scrape);
