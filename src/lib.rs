@@ -34,6 +34,7 @@ pub mod notify;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod random;
 #[allow(unsafe_code)] // kill(2)
 pub mod reload;
 pub mod server;

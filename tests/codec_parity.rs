@@ -34,6 +34,20 @@ struct Pair {
     pingora_addr: SocketAddr,
 }
 
+impl Pair {
+    /// `config` run twice: by the own engine, and with `fast_path: false`.
+    fn of(config: &str) -> Pair {
+        let own = Gateway::start(config);
+        let pingora = Gateway::start(&format!("fast_path: false\n{config}"));
+        let pingora_addr = pingora.addr;
+        Pair {
+            own,
+            _pingora: pingora,
+            pingora_addr,
+        }
+    }
+}
+
 fn pair() -> Pair {
     let up = echo("echo");
     let raw = scripted(|_, path| {
@@ -75,14 +89,7 @@ routes:
   - {{name: echo, path_prefix: /echo, upstream: echo}}
 "#
     );
-    let own = Gateway::start(&config);
-    let pingora = Gateway::start(&format!("fast_path: false\n{config}"));
-    let pingora_addr = pingora.addr;
-    Pair {
-        own,
-        _pingora: pingora,
-        pingora_addr,
-    }
+    Pair::of(&config)
 }
 
 /// What the client saw of one request, less what differs on every response by design.
@@ -183,6 +190,11 @@ fn observe(r: Resp, side: &str) -> Seen {
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .filter(|(k, _)| k != "date" && k != "x-request-id")
+        // A cached answer's age, in whole seconds since each gateway stored its copy.
+        .map(|(k, v)| match k.as_str() {
+            "age" => (k, "<age>".to_owned()),
+            _ => (k, v),
+        })
         .collect();
     headers.sort();
     Seen {
@@ -196,7 +208,11 @@ fn observe(r: Resp, side: &str) -> Seen {
 
 /// Both conversations, compared request by request.
 fn compare(case: &str, reqs: &[Req]) -> Vec<Seen> {
-    let p = pair();
+    compare_on(pair(), case, reqs)
+}
+
+/// [`compare`] on the gateways of `p`.
+fn compare_on(p: Pair, case: &str, reqs: &[Req]) -> Vec<Seen> {
     let own = conversation(p.own.addr, reqs, "own codec");
     let pingora = conversation(p.pingora_addr, reqs, "Pingora");
     for (i, (o, g)) in own.iter().zip(&pingora).enumerate() {
@@ -455,4 +471,58 @@ fn http10_framing_and_the_close_after_a_failed_relay_agree() {
         );
         c.assert_closed();
     }
+}
+
+/// Two gateways with a cached route: the own engine answers a fresh hit itself, Pingora's
+/// cache path answers it in the other (and everything else in both).
+fn cache_pair() -> Pair {
+    let up = scripted(|_, _| {
+        let page = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\
+                    ETag: \"v1\"\r\nContent-Type: text/plain\r\n\r\nhello";
+        (page.as_bytes().to_vec(), false)
+    });
+    let config = format!(
+        "caches: {{pages: {{max_size: 1MiB}}}}\n\
+         upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
+         routes:\n\
+         \x20 - {{name: cached, path_prefix: /cached, upstream: up, cache: {{ttl: 1m}},\n\
+         \x20     response_headers: {{X-Frame-Options: DENY}}}}\n\
+         \x20 - {{name: echo, path_prefix: /echo, upstream: up}}\n"
+    );
+    Pair::of(&config)
+}
+
+#[test]
+fn cache_hits_head_ranges_and_conditions() {
+    let seen = compare_on(
+        cache_pair(),
+        "cache",
+        &[
+            get("/cached/a?x=1", ""),
+            get("/cached/a?x=1", ""),
+            (head("HEAD", "/cached/a?x=1", "1.1", ""), true),
+            get("/cached/a?x=1", "Range: bytes=1-2\r\n"),
+            get("/cached/a?x=1", "If-None-Match: \"v1\"\r\n"),
+            get("/cached/a?x=1", "Connection: close\r\n"),
+        ],
+    );
+    let cache_status: Vec<&str> = seen
+        .iter()
+        .map(|s| values(s, "x-cache-status")[0])
+        .collect();
+    assert_eq!(cache_status, ["MISS", "HIT", "HIT", "HIT", "HIT", "HIT"]);
+    let status: Vec<&str> = seen.iter().map(|s| &s.status_line[..]).collect();
+    assert_eq!(
+        status,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 206 Partial Content",
+            "HTTP/1.1 304 Not Modified",
+            "HTTP/1.1 200 OK"
+        ]
+    );
+    assert_eq!(seen[1].body, "hello");
+    assert!(!seen[5].open_after);
 }

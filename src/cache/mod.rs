@@ -12,9 +12,10 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
-use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, NoCacheReason};
+use siphasher::sip128::{Hasher128, SipHasher24};
+use std::hash::Hasher;
 
 pub mod config;
 mod rules;
@@ -22,6 +23,10 @@ pub mod store;
 
 pub use rules::{cacheable, variance};
 pub use store::Store;
+
+/// The secret of cache keys' hashes: one per process, so a cache kept across an in-process
+/// reload keeps its keys.
+static KEY_SECRET: Lazy<[u8; 16]> = Lazy::new(crate::random::key16);
 
 /// An extra key part (`key: [header:NAME, claim:NAME]`).
 #[derive(Debug, Clone)]
@@ -138,6 +143,17 @@ impl RouteCache {
         config::cached_method(self.rules.methods, m)
     }
 
+    /// Whether the key is known before admission: it names no consumer and no claim.
+    pub fn key_before_admission(&self) -> bool {
+        let consumer = self.rules.auth && !self.rules.shared;
+        let claim = self
+            .rules
+            .key
+            .iter()
+            .any(|p| matches!(p, KeyPart::Claim(_)));
+        !consumer && !claim
+    }
+
     /// How long a request waits on the one that fills its key.
     pub fn lock_options(&self) -> CacheOptionOverrides {
         let mut o = CacheOptionOverrides::default();
@@ -226,10 +242,14 @@ impl RouteCache {
     }
 
     /// The request's cache key; its tag names the route and client path, for purges.
-    /// Its hash is taken once here: Pingora, the store and the eviction manager each ask for it.
+    /// Its hash is taken once here (Pingora, the store and the eviction manager each ask for
+    /// it), keyed with a secret of this process: no client can make two keys collide.
     pub fn key(&self, k: &KeyInput<'_>) -> CacheKey {
-        let mut key = CacheKey::new(self.key_text(k), tag(&self.route, k.path));
-        let hash = key.primary_bin();
+        let text = self.key_text(k);
+        let mut h = SipHasher24::new_with_key(&KEY_SECRET);
+        h.write(&text);
+        let hash = h.finish128().as_bytes();
+        let mut key = CacheKey::new(text, tag(&self.route, k.path));
         key.set_primary_bin_override(hash);
         key
     }

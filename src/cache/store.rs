@@ -6,6 +6,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
 use pingora::cache::eviction::simple_lru;
-use pingora::cache::eviction::{CacheEntryId, CacheEntryKeyRef, EvictionManager};
+use pingora::cache::eviction::{CacheEntryId, CacheEntryKey, CacheEntryKeyRef, EvictionManager};
 use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
@@ -28,6 +29,27 @@ use pingora::{Error, ErrorType, Result};
 /// An entry's place in the map: the primary hash and the variant's.
 type Slot = (HashBinary, Option<HashBinary>);
 
+/// The map's hasher: a slot is made of keyed hashes already, so their first bytes are the
+/// hash (no second pass over them).
+#[derive(Default)]
+struct SlotHasher(u64);
+
+impl Hasher for SlotHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(word) = bytes.first_chunk::<8>() {
+            self.0 = self.0.rotate_left(23) ^ u64::from_le_bytes(*word);
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {}
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Entries = HashMap<Slot, Arc<Entry>, BuildHasherDefault<SlotHasher>>;
+
 struct Entry {
     id: u64,
     meta: Meta,
@@ -40,6 +62,13 @@ impl Entry {
     fn size(&self) -> usize {
         self.meta.size + self.body.len()
     }
+}
+
+/// A fresh entry as [`Store::fresh`] gives it: its head, body and age in seconds.
+pub struct Fresh {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+    pub age: u64,
 }
 
 /// What a [`CacheMeta`] says, kept as it is: `CacheMeta` cannot be cloned, and its serialized
@@ -103,7 +132,7 @@ impl Meta {
 pub struct Store {
     pub name: Box<str>,
     pub max_size: usize,
-    entries: RwLock<HashMap<Slot, Arc<Entry>>>,
+    entries: RwLock<Entries>,
     /// What to drop once `max_size` is reached; Pingora consults it on every fill and hit.
     pub eviction: simple_lru::Manager,
     next_id: AtomicU64,
@@ -120,7 +149,7 @@ impl Store {
         Store {
             name: name.into(),
             max_size,
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Entries::default()),
             eviction: simple_lru::Manager::new(max_size),
             next_id: AtomicU64::new(1),
             bytes: AtomicI64::new(0),
@@ -165,6 +194,30 @@ impl Store {
         let id = Some(CacheEntryId::new(e.id));
         self.eviction
             .remove(CacheEntryKeyRef::from_entry_id(&key, id));
+    }
+
+    /// The entry for `key` when it can be served as it is at `now`: fresh, of one variant
+    /// (no `Vary`), framed by `Content-Length`. The LRU learns of the use, as on Pingora's hits.
+    pub fn fresh(&self, key: &CacheKey, now: SystemTime) -> Option<Fresh> {
+        let slot = slot_of(key.primary_bin(), None);
+        let e = self.entries.read().get(&slot).cloned()?;
+        let m = &e.meta;
+        let simple = m.fresh_until >= now
+            && m.variance.is_none()
+            && !m.header.headers.contains_key(http::header::VARY)
+            && m.header.headers.contains_key(http::header::CONTENT_LENGTH);
+        if !simple {
+            return None;
+        }
+        let epoch = m.epoch_override.unwrap_or(m.updated);
+        let id = Some(CacheEntryId::new(e.id));
+        let entry = CacheEntryKey::from_entry_id(key.to_compact(), id);
+        self.eviction.access(&entry, 0, m.fresh_until);
+        Some(Fresh {
+            header: m.header.clone(),
+            body: e.body.clone(),
+            age: now.duration_since(epoch).map_or(0, |d| d.as_secs()),
+        })
     }
 
     /// Store `entry`; one it replaces (a full refetch of a stale entry) is forgotten.

@@ -2,6 +2,14 @@
 //! route's store, lock and limits; the key; the verdict on a response head; the status header.
 //! The decisions are [`crate::cache`]'s; this only hands them to Pingora's session. It runs
 //! after admission, so auth and rate limits are spent before a hit is served.
+//!
+//! The own engine answers the common hit itself ([`Tollgate::own_hit`]): a fresh entry of one
+//! variant, framed by length, for a GET or HEAD without ranges or conditions, on a route whose
+//! key admission does not decide (no consumer, claim or split branch in it). It writes what
+//! Pingora's hit path writes (the stored head, `Age`, `Accept-Ranges`, `X-Cache-Status: HIT`,
+//! the gateway's headers); every other cached request goes to Pingora's cache path.
+
+use std::time::SystemTime;
 
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -10,7 +18,9 @@ use pingora::{Error, ErrorType, Result};
 
 use super::{Ctx, Tollgate};
 use crate::cache::{KeyInput, RouteCache, Status};
+use crate::downstream::Downstream;
 use crate::headers::names::X_CACHE_STATUS;
+use crate::policy::router::Route;
 
 impl Tollgate {
     /// The request's route cache, if its route has one.
@@ -99,6 +109,86 @@ impl Tollgate {
             c.count(status, waited);
         }
     }
+}
+
+impl Tollgate {
+    /// Whether the own engine can answer this request of `route` from the cache: see the
+    /// module's doc; asked by the codec before it takes the request.
+    pub(super) fn own_hit_ahead(&self, req: &RequestHeader, route: &Route) -> bool {
+        let Some(c) = self.gw.caches[route.id].as_deref() else {
+            return false;
+        };
+        if route.split.is_some() || !c.key_before_admission() || !simple_request(c, req) {
+            return false;
+        }
+        let key = c.key(&key_input(req, &Ctx::default(), false));
+        c.store.fresh(&key, SystemTime::now()).is_some()
+    }
+
+    /// Answer an admitted request from the cache, as Pingora's hit path does; `Ok(false)`:
+    /// the entry went stale or away since the codec looked (the request is then relayed,
+    /// uncached).
+    pub(super) async fn own_hit<D: Downstream>(
+        &self,
+        session: &mut D,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        let Some(c) = self.route_cache(ctx) else {
+            return Ok(false);
+        };
+        let key = c.key(&key_input(session.req_header(), ctx, false));
+        let Some(hit) = c.store.fresh(&key, SystemTime::now()) else {
+            return Ok(false);
+        };
+        let mut resp = hit.header;
+        resp.set_version(http::Version::HTTP_11);
+        resp.insert_header(http::header::AGE, hit.age)?;
+        if resp.status == http::StatusCode::OK {
+            resp.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
+        }
+        ctx.cache = Some(Status::Hit);
+        resp.insert_header(&X_CACHE_STATUS, Status::Hit.as_str())?;
+        self.answered(&resp, ctx);
+        let stamp = session.finish_head(&mut resp, self.finish(ctx))?;
+        let encoder = self.compression(session.req_header(), &mut resp, ctx)?;
+        let head_only = session.req_header().method == http::Method::HEAD;
+        let end = head_only || (hit.body.is_empty() && encoder.is_none());
+        session
+            .write_response_header(Box::new(resp), stamp, end)
+            .await?;
+        ctx.encoder = encoder;
+        if !end {
+            let mut body = Some(hit.body);
+            super::encode(ctx, &mut body, true)?;
+            session.write_response_body(body, true).await?;
+        }
+        c.count(Status::Hit, false);
+        Ok(true)
+    }
+}
+
+/// A GET or HEAD the route caches, without a range, a condition, or a `no-cache` the route
+/// honours: Pingora's hit path would answer it with the stored response as it is.
+fn simple_request(c: &RouteCache, req: &RequestHeader) -> bool {
+    use http::header::{
+        IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+    };
+    // One pass over the few headers a request has, rather than a lookup per name.
+    let conditional = req.headers.keys().any(|n| {
+        [
+            &RANGE,
+            &IF_NONE_MATCH,
+            &IF_MODIFIED_SINCE,
+            &IF_RANGE,
+            &IF_MATCH,
+            &IF_UNMODIFIED_SINCE,
+        ]
+        .contains(&n)
+    });
+    c.takes(&req.method)
+        && (req.method == http::Method::GET || req.method == http::Method::HEAD)
+        && !conditional
+        && !(c.rules.honour_client_no_cache && client_no_cache(req))
 }
 
 /// The variant of a stored response this request wants (`cache_vary_filter`).

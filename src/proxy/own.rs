@@ -30,9 +30,15 @@ impl Tollgate {
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
         match self.gw.router.find(host, &path, &req.method, req) {
             Match::Route(r) => {
-                let caches = self.gw.caches[r.id].is_some();
-                r.upstreams()
-                    .all(|up| fastpath::carries_on(req, &self.gw.upstreams[up], caches))
+                let carried = |caches| {
+                    r.upstreams()
+                        .all(|up| fastpath::carries_on(req, &self.gw.upstreams[up], caches))
+                };
+                match self.gw.caches[r.id].is_some() {
+                    false => carried(false),
+                    // A fresh hit is answered here; what it cannot answer, Pingora's cache path.
+                    true => carried(false) && self.own_hit_ahead(req, r),
+                }
             }
             _ => false,
         }
@@ -100,7 +106,14 @@ impl Serve for Tollgate {
             Ok(true) => Ok(true),
             Ok(false) => {
                 self.mirror(&mut session, &mut ctx);
-                self.relay(&mut session, &mut ctx).await
+                let hit = match self.route_cache(&ctx) {
+                    Some(_) => self.own_hit(&mut session, &mut ctx).await,
+                    None => Ok(false),
+                };
+                match hit {
+                    Ok(false) => self.relay(&mut session, &mut ctx).await,
+                    answered => answered,
+                }
             }
             Err(e) => Err(e),
         };

@@ -37,16 +37,10 @@ pub struct KeyTable {
 
 impl Default for KeyTable {
     fn default() -> Self {
-        // From ahash's random per-process seeds (the OS's randomness, mixed with a counter).
-        let mut sip_key = [0u8; 16];
-        let seeds = ahash::RandomState::new();
-        for (i, chunk) in sip_key.chunks_mut(8).enumerate() {
-            chunk.copy_from_slice(&seeds.hash_one(i).to_le_bytes());
-        }
         KeyTable {
             plain: Table::default(),
             sha256: Table::default(),
-            sip_key,
+            sip_key: crate::random::key16(),
         }
     }
 }
