@@ -132,3 +132,12 @@ pub fn unix_socket_listening(path: &Path) -> bool {
         .lines()
         .any(|l| l.ends_with(&*p) && l.split_whitespace().nth(5) == Some("01"))
 }
+
+/// Ignore `SIGHUP` (whose default ends the process) until the reload service handles it.
+pub fn ignore_hangup() {
+    // SAFETY: signal(2) with a valid signal number and SIG_IGN has no memory-safety
+    // preconditions.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}

@@ -192,6 +192,19 @@ impl ServerTls {
         &self.certs[i.unwrap_or(0)]
     }
 
+    /// The certificates and keys as loaded (DER): a reload compares them, since a listener's
+    /// certificates are set up once per process.
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in &self.certs {
+            for x in &c.chain {
+                out.extend(x.to_der().unwrap_or_default());
+            }
+            out.extend(c.key.private_key_to_der().unwrap_or_default());
+        }
+        out
+    }
+
     /// Pingora's settings for this listener: Mozilla's intermediate profile, our minimum
     /// version, ALPN, the SNI picker and client certificates.
     pub fn settings(self: &Arc<Self>) -> pingora::Result<TlsSettings> {

@@ -140,6 +140,8 @@ enum Msg {
     Batch(Vec<u8>, u64),
     /// Write every buffer now, then answer.
     Flush(SyncSender<()>),
+    /// Write every buffer, then open the destination again.
+    Reopen,
 }
 
 struct Sink {
@@ -176,6 +178,11 @@ impl AccessLog {
             .as_ref()
     }
 
+    /// The section this log was started from.
+    pub fn conf(&self) -> &AccessLogFile {
+        &self.conf
+    }
+
     pub fn enabled(&self) -> bool {
         self.conf.enabled
     }
@@ -205,6 +212,14 @@ impl AccessLog {
             {
                 sink.dropped.fetch_add(lines, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Write every line held, then open the file again by its path (`SIGUSR1`, after logrotate
+    /// renamed it): the lines after go to the new file. Nothing to do for `stderr`.
+    pub fn reopen(&self) {
+        if let Some(sink) = self.sink.get().and_then(Option::as_ref) {
+            let _ = sink.tx.send(Msg::Reopen);
         }
     }
 
@@ -289,6 +304,13 @@ impl Writer {
                     self.collect();
                     let _ = ack.send(());
                 }
+                Ok(Msg::Reopen) => {
+                    while let Ok(Msg::Batch(buf, lines)) = rx.try_recv() {
+                        self.put(&buf, lines);
+                    }
+                    self.collect();
+                    self.reopen();
+                }
                 Err(RecvTimeoutError::Timeout) => self.collect(),
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -310,6 +332,20 @@ impl Writer {
                 (std::mem::take(&mut s.buf), std::mem::take(&mut s.lines))
             };
             self.put(&buf, lines);
+        }
+    }
+
+    fn reopen(&mut self) {
+        if self.path == "stderr" {
+            return;
+        }
+        let _ = self.out.flush();
+        match open(&self.path) {
+            Ok(f) => {
+                self.out = Box::new(f);
+                log::info!("access log {} reopened", self.path);
+            }
+            Err(e) => log::error!("access log {} cannot be reopened: {e}", self.path),
         }
     }
 

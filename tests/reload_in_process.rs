@@ -1,0 +1,277 @@
+//! Reload in process: `SIGHUP` reads the `-c` file again and swaps the config for new requests;
+//! connections stay open, state carries by name, a bad or upgrade-only change changes nothing
+//! (counted, and shown on `/health`). `SIGUSR1` reopens the access log.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::ws::{handshake, WsEcho, TEXT};
+use support::*;
+
+fn body(up: std::net::SocketAddr, extra_route: &str) -> String {
+    format!(
+        "upstreams: {{up: {{targets: [\"{up}\"]}}}}\nroutes:\n  - {{name: api, path_prefix: /api, upstream: up}}\n{extra_route}"
+    )
+}
+
+fn config(gw: &Gateway) -> serde_json::Value {
+    gw.admin_get("/health").json()["config"].clone()
+}
+
+/// Wait until the process handles SIGHUP (`/health` shows `config`); its generation.
+fn ready(gw: &Gateway) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(g) = config(gw)["generation"].as_u64() {
+            return g;
+        }
+        assert!(Instant::now() < deadline, "no config on /health:\n{}", gw.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(gw: &Gateway, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &gw.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn reloads(gw: &Gateway, result: &str) -> u64 {
+    let series = format!("tollgate_reloads_total{{result=\"{result}\"}} ");
+    let text = gw.admin_get("/metrics").body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// Rewrite the running file with `body`, send SIGHUP and wait until `/health` shows the
+/// outcome: the next generation (`true`) or a new counted refusal (`false`).
+fn hup(gw: &Gateway, body: &str) -> bool {
+    let before = ready(gw);
+    let refused = reloads(gw, "invalid") + reloads(gw, "needs_upgrade");
+    std::fs::write(gw.conf_path(), gw.yaml_for(body)).unwrap();
+    signal(gw, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if config(gw)["generation"].as_u64() == Some(before + 1) {
+            return true;
+        }
+        if reloads(gw, "invalid") + reloads(gw, "needs_upgrade") > refused {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "no reload outcome:\n{}", gw.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_route_added_by_sighup_is_served_and_a_keep_alive_connection_sees_it() {
+    let up = echo("up");
+    let gw = Gateway::start(&body(up, ""));
+    assert_eq!(ready(&gw), 1);
+    assert_eq!(config(&gw)["last_error"], serde_json::Value::Null);
+    let mut conn = KeepAlive::new(gw.addr);
+    assert_eq!(conn.get("/api/x").unwrap().status, 200);
+    assert_eq!(conn.get("/new/x").unwrap().status, 404);
+    let pid = gw.pid();
+
+    assert!(hup(
+        &gw,
+        &body(up, "  - {name: new, path_prefix: /new, upstream: up}\n")
+    ));
+    assert_eq!(config(&gw)["generation"], 2);
+    assert_eq!(reloads(&gw, "ok"), 1);
+    assert_eq!(gw.get("/new/x").status, 200, "{}", gw.logs());
+    // The same connection: its next request takes the new config.
+    let r = conn.get("/new/y").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(conn.get("/api/x").unwrap().status, 200);
+    assert_eq!(gw.pid(), pid);
+    // The series of the route that stayed continue: 2 requests, one before the reload (each
+    // is counted once its log line is written, just after its answer).
+    let api = || {
+        let metrics = gw.admin_get("/metrics").body;
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("tollgate_requests_total{") && l.contains("route=\"api\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    assert!(eventually(Duration::from_secs(5), || api() == 2), "{}", api());
+    assert!(gw.logs().contains("config reloaded in process"), "{}", gw.logs());
+}
+
+#[test]
+fn a_bad_config_changes_nothing_and_health_says_why() {
+    let up = echo("up");
+    let gw = Gateway::start(&body(up, ""));
+    ready(&gw);
+    assert!(!hup(
+        &gw,
+        &body(up, "  - {name: x, path_prefix: /x, upstream: nope}\n")
+    ));
+    let c = config(&gw);
+    assert_eq!(c["generation"], 1);
+    let err = c["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(err.contains("routes[1].upstream"), "{c}");
+    assert_eq!(reloads(&gw, "invalid"), 1);
+    assert_eq!(reloads(&gw, "ok"), 0);
+    assert_eq!(gw.get("/api/x").status, 200);
+    assert_eq!(gw.get("/x/y").status, 404);
+
+    // Fixed: the next reload applies and clears the error.
+    assert!(hup(
+        &gw,
+        &body(up, "  - {name: x, path_prefix: /x, upstream: up}\n")
+    ));
+    assert_eq!(config(&gw)["last_error"], serde_json::Value::Null);
+    assert_eq!(gw.get("/x/y").status, 200);
+}
+
+#[test]
+fn a_listen_change_is_refused_as_needing_an_upgrade() {
+    let up = echo("up");
+    let gw = Gateway::start(&body(up, ""));
+    ready(&gw);
+    let other = free_port();
+    let yaml = gw
+        .yaml_for(&body(up, "  - {name: new, path_prefix: /new, upstream: up}\n"))
+        .replace(
+            &format!("listen: [\"{}\"]", gw.addr),
+            &format!("listen: [\"{}\", \"127.0.0.1:{other}\"]", gw.addr),
+        );
+    std::fs::write(gw.conf_path(), yaml).unwrap();
+    signal(&gw, "-HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || reloads(&gw, "needs_upgrade") == 1),
+        "{}",
+        gw.logs()
+    );
+    let c = config(&gw);
+    assert_eq!(c["generation"], 1);
+    assert_eq!(c["last_error"], "needs an upgrade: listen changed");
+    assert!(gw.logs().contains("needs an upgrade: listen changed"));
+    assert_eq!(gw.get("/new/x").status, 404, "nothing changed");
+}
+
+#[test]
+fn a_spent_limit_and_an_open_breaker_carry_over() {
+    let up = echo("up");
+    let b = Backend::start("b");
+    let conf = |extra: &str| {
+        format!(
+            "upstreams:\n  up: {{targets: [\"{up}\"]}}\n  u:\n    targets: [\"{}\"]\n    circuit_breaker: {{failures: 2, open_for: 10m, failure_statuses: [500]}}\n\
+             rate_limits:\n  strict: {{requests: 2, per: 10m, key: \"header:X-Client\"}}\n\
+             routes:\n  - {{name: api, path_prefix: /api, upstream: up, rate_limit: strict}}\n  - {{name: r, path_prefix: /r, upstream: u}}\n{extra}",
+            b.addr
+        )
+    };
+    let gw = Gateway::start(&conf(""));
+    ready(&gw);
+    let alice = |gw: &Gateway| gw.send("GET", "/api/x", &[("X-Client", "alice")]).status;
+    assert_eq!(alice(&gw), 200);
+    assert_eq!(alice(&gw), 200);
+    assert_eq!(alice(&gw), 429);
+    assert_eq!(gw.get("/r/x?status=500").status, 500);
+    assert_eq!(gw.get("/r/x?status=500").status, 500);
+    let sent = b.count();
+
+    assert!(hup(
+        &gw,
+        &conf("  - {name: new, path_prefix: /new, upstream: up}\n")
+    ));
+    assert_eq!(alice(&gw), 429, "a spent limit stays spent");
+    assert_eq!(
+        gw.send("GET", "/api/x", &[("X-Client", "bob")]).status,
+        200
+    );
+    let circuit = gw.admin_get("/health").json()["upstreams"]["u"]["backends"][0]["circuit"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(circuit, "open");
+    assert_eq!(gw.get("/r/x").status, 503);
+    assert_eq!(b.count(), sent, "the open circuit sends nothing");
+}
+
+#[test]
+fn sigusr1_reopens_a_renamed_access_log() {
+    let up = echo("up");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = Gateway::start(&format!(
+        "access_log: {{path: \"{}\"}}\n{}",
+        log.display(),
+        body(up, "")
+    ));
+    ready(&gw);
+    assert_eq!(gw.get("/api/first").status, 200);
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/api/first"))
+    }));
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    signal(&gw, "-USR1");
+    assert!(eventually(Duration::from_secs(5), || log.exists()));
+    assert_eq!(gw.get("/api/second").status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/api/second"))
+        }),
+        "{}",
+        gw.logs()
+    );
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("/api/first") && !old.contains("/api/second"));
+}
+
+#[test]
+fn a_websocket_keeps_echoing_across_ten_reloads_under_load() {
+    let up = echo("up");
+    let ws = WsEcho::start();
+    let conf = |n: usize| {
+        format!(
+            "upstreams: {{up: {{targets: [\"{up}\"]}}, ws: {{targets: [\"{}\"]}}}}\nroutes:\n  - {{name: api, path_prefix: /api, upstream: up}}\n  - {{name: chat, path_prefix: /chat, upstream: ws}}\n  - {{name: gen{n}, path_prefix: /gen{n}, upstream: up}}\n",
+            ws.addr
+        )
+    };
+    let gw = Gateway::start(&conf(0));
+    ready(&gw);
+    let (head, client) = handshake(gw.addr, "/chat/room", &[]);
+    assert_eq!(head.status, 101, "{head:?}");
+    let mut client = client.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, sent, failed, addr) = (stop.clone(), sent.clone(), failed.clone(), gw.addr);
+        std::thread::spawn(move || {
+            let mut conn = KeepAlive::new(addr);
+            while !stop.load(Ordering::Relaxed) {
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !conn.get("/api/load").is_ok_and(|r| r.status == 200) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    for n in 1..=10 {
+        assert!(hup(&gw, &conf(n)), "reload {n}:\n{}", gw.logs());
+        let msg = format!("after reload {n}");
+        client.send(TEXT, msg.as_bytes());
+        let (op, payload, _) = client.recv();
+        assert_eq!((op, payload), (TEXT, msg.into_bytes()));
+        assert_eq!(gw.get(&format!("/gen{n}/x")).status, 200);
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(sent.load(Ordering::Relaxed) > 0);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "{}", gw.logs());
+    assert_eq!(config(&gw)["generation"], 11);
+}
