@@ -91,6 +91,8 @@ impl Reloads {
             "generation": s.generation,
             "loaded_at": loaded_at,
             "last_error": s.last_error,
+            // Reloads tried, applied or not: `tollgate reload` tells its outcome by it.
+            "attempts": self.counts.iter().map(|c| c.load(Relaxed)).sum::<u64>(),
         }))
     }
 

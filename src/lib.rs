@@ -38,6 +38,7 @@ pub mod policy;
 pub mod proxy;
 #[allow(unsafe_code)] // kill(2)
 pub mod reload;
+pub mod reloadctl;
 pub mod server;
 pub mod trace;
 pub mod upstream;

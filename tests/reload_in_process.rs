@@ -275,3 +275,58 @@ fn a_websocket_keeps_echoing_across_ten_reloads_under_load() {
     assert_eq!(failed.load(Ordering::Relaxed), 0, "{}", gw.logs());
     assert_eq!(config(&gw)["generation"], 11);
 }
+
+/// Run `tollgate reload -c conf --pid pid`: its exit code and output.
+fn reload_cmd(conf: &std::path::Path, pid: u32) -> (i32, String) {
+    let out = conf.with_extension("out");
+    let status = std::process::Command::new(bin())
+        .args(["reload", "-c"])
+        .arg(conf)
+        .args(["--pid", &pid.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&out).unwrap())
+        .status()
+        .unwrap();
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(&out).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn the_reload_command_reloads_in_process_and_refuses_another_file_or_a_refused_change() {
+    let up = echo("up");
+    let mut gw = Gateway::start(&body(up, ""));
+    ready(&gw);
+    let pid = gw.pid();
+
+    let other = gw.write_conf("other.yaml", &body(up, ""));
+    let (code, out) = reload_cmd(&other, pid);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not ") && out.contains("other.yaml"), "{out}");
+
+    std::fs::write(
+        gw.conf_path(),
+        gw.yaml_for(&body(up, "  - {name: new, path_prefix: /new, upstream: up}\n")),
+    )
+    .unwrap();
+    let (code, out) = reload_cmd(&gw.conf_path(), pid);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("reloaded in process"), "{out}");
+    assert!(out.contains("generation 2"), "{out}");
+    assert_eq!(gw.get("/new/x").status, 200);
+    assert!(!gw.exited());
+    assert_eq!(gw.admin_get("/health").json()["pid"], u64::from(pid));
+
+    // A bad file is refused before anything is signalled.
+    std::fs::write(
+        gw.conf_path(),
+        gw.yaml_for(&body(up, "  - {name: x, path_prefix: /x, upstream: nope}\n")),
+    )
+    .unwrap();
+    let (code, out) = reload_cmd(&gw.conf_path(), pid);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("keeps serving"), "{out}");
+    assert_eq!(config(&gw)["generation"], 2, "nothing was signalled");
+}
