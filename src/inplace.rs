@@ -132,14 +132,21 @@ pub fn needs_upgrade(fixed: &Fixed, running: &Gateway, next: &Loaded) -> Option<
         return Some(key);
     }
     let g = &next.gateway;
-    if format!("{:?}", running.listen) != format!("{:?}", g.listen) {
+    if running.listen.len() != g.listen.len() {
         return Some("listen".into());
     }
     for (i, (a, b)) in running.listen.iter().zip(&g.listen).enumerate() {
-        if let (Some(a), Some(b)) = (&a.tls, &b.tls) {
-            if a.fingerprint() != b.fingerprint() {
-                return Some(format!("listen[{i}].tls (certificate files)"));
-            }
+        let same = a.addr == b.addr
+            && a.h2c == b.h2c
+            && a.proxy_protocol == b.proxy_protocol
+            && match (&a.tls, &b.tls) {
+                (None, None) => true,
+                // Certificates are replaced in place; the rest is set up once.
+                (Some(a), Some(b)) => a.same_settings(b),
+                _ => false,
+            };
+        if !same {
+            return Some(format!("listen[{i}]"));
         }
     }
     if format!("{:?}", running.admin) != format!("{:?}", g.admin) {
@@ -221,6 +228,8 @@ pub struct Reloader {
     pub reloads: Arc<Reloads>,
     /// The first generation's first round of health checks (service-manager readiness).
     pub first_round: FirstRound,
+    /// The certificates of each TLS listener (by `listen` index), replaced by a reload.
+    pub listener_certs: Vec<(usize, crate::listen::tls::Certs)>,
 }
 
 impl Reloader {
@@ -262,6 +271,14 @@ impl Reloader {
         };
         let next = next_generation(&old, next, &self.fixed.server);
         let routes = next.gateway().router.routes().len();
+        for (i, certs) in &self.listener_certs {
+            if let Some(tls) = next.gateway().listen.get(*i).and_then(|l| l.tls.as_ref()) {
+                if certs.load().fingerprint() != tls.fingerprint() {
+                    info!("listen[{i}]: new handshakes get the certificates read now");
+                }
+                certs.store(tls.clone());
+            }
+        }
         live.swap(next);
         self.reloads.record(Outcome::Ok, None);
         info!(

@@ -118,6 +118,8 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
             },
         ))
     });
+    // Each TLS listener's certificates, by `listen` index: a reload replaces them.
+    let mut listener_certs = Vec::new();
     let mut keys: Vec<ServiceKey> = Vec::new();
     for l in &gw.listen {
         if !keys.contains(&l.service_key()) {
@@ -151,10 +153,14 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
             gate = gate.with_proxy_protocol(pp.clone());
         }
         let mut front = Front::new(name, gate);
-        for l in gw.listen.iter().filter(|l| l.service_key() == key) {
+        for (i, l) in gw.listen.iter().enumerate() {
+            if l.service_key() != key {
+                continue;
+            }
             match &l.tls {
                 Some(tls) => match tls.settings() {
-                    Ok(settings) => {
+                    Ok((settings, certs)) => {
+                        listener_certs.push((i, certs));
                         let pingora = front.pingora();
                         if let Some(pp) = pp {
                             let pre_tls = Arc::new(PreTls(pp.clone()));
@@ -198,6 +204,7 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
             },
             reloads: reloads.clone(),
             first_round: first_round.clone(),
+            listener_certs,
         },
     ));
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::tls_client::{cert, tls_handshake};
 use support::ws::{handshake, WsEcho, TEXT};
 use support::*;
 
@@ -329,4 +330,39 @@ fn the_reload_command_reloads_in_process_and_refuses_another_file_or_a_refused_c
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("keeps serving"), "{out}");
     assert_eq!(config(&gw)["generation"], 2, "nothing was signalled");
+}
+
+/// The DNS names of the certificate a TLS listener presents to a new handshake.
+fn presented(addr: std::net::SocketAddr) -> Vec<String> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    let mut cfg = b.build().configure().unwrap();
+    cfg.set_verify_hostname(false);
+    let ssl = cfg.into_ssl("a.test").unwrap();
+    let s = runtime().block_on(tls_handshake(ssl, addr)).unwrap();
+    let c = s.ssl().peer_certificate().expect("a peer certificate");
+    c.subject_alt_names()
+        .map(|n| n.iter().filter_map(|g| g.dnsname().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_renewed_listener_certificate_is_served_after_sighup_without_a_new_process() {
+    let up = echo("up");
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = cert(dir.path(), "site", &["a.test"]);
+    let conf = body(up, "");
+    let (gw, tls) = Gateway::with_listener(
+        |a| format!("{{address: \"{a}\", tls: {{cert: \"{}\", key: \"{}\"}}}}", c.display(), k.display()),
+        &conf,
+    );
+    ready(&gw);
+    assert_eq!(presented(tls), ["a.test"]);
+    // Renewed in place, as certbot does: same paths, new files.
+    cert(dir.path(), "site", &["a.test", "renewed.a.test"]);
+    assert!(hup(&gw, &conf), "{}", gw.logs());
+    assert_eq!(presented(tls), ["a.test", "renewed.a.test"]);
+    assert_eq!(reloads(&gw, "ok"), 1);
+    assert!(gw.logs().contains("listen[1]: new handshakes get the certificates read now"));
 }
