@@ -127,12 +127,7 @@ impl ProxyHttp for Live {
         req.gen.cache_vary_filter(meta, &mut req.ctx, head)
     }
 
-    fn should_serve_stale(
-        &self,
-        session: &mut Session,
-        req: &mut Req,
-        e: Option<&Error>,
-    ) -> bool {
+    fn should_serve_stale(&self, session: &mut Session, req: &mut Req, e: Option<&Error>) -> bool {
         req.gen.should_serve_stale(session, &mut req.ctx, e)
     }
 

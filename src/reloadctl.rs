@@ -87,7 +87,10 @@ pub fn run(conf: &str, pid: Option<i32>, upgrade: bool) -> Result<String, Reload
                 ));
             }
             if c["attempts"].as_u64().unwrap_or(0) > attempts {
-                let err = c["last_error"].as_str().unwrap_or("unknown error").to_owned();
+                let err = c["last_error"]
+                    .as_str()
+                    .unwrap_or("unknown error")
+                    .to_owned();
                 if let Some(why) = err.strip_prefix("needs an upgrade: ") {
                     return upgrade_now(why);
                 }
@@ -132,7 +135,10 @@ fn conf_arg(args: &[String]) -> Option<&str> {
         if let Some(v) = a.strip_prefix("--conf=") {
             return Some(v);
         }
-        if let Some(v) = a.strip_prefix("-c").filter(|v| !v.is_empty() && !a.starts_with("--")) {
+        if let Some(v) = a
+            .strip_prefix("-c")
+            .filter(|v| !v.is_empty() && !a.starts_with("--"))
+        {
             return Some(v);
         }
     }
@@ -163,7 +169,10 @@ mod tests {
         assert_eq!(conf_arg(&args(&["t", "-c", "a.yaml"])), Some("a.yaml"));
         assert_eq!(conf_arg(&args(&["t", "-u", "-ca.yaml"])), Some("a.yaml"));
         assert_eq!(conf_arg(&args(&["t", "--conf=b.yaml"])), Some("b.yaml"));
-        assert_eq!(conf_arg(&args(&["t", "--conf", "c.yaml", "-d"])), Some("c.yaml"));
+        assert_eq!(
+            conf_arg(&args(&["t", "--conf", "c.yaml", "-d"])),
+            Some("c.yaml")
+        );
         assert_eq!(conf_arg(&args(&["t", "--demo"])), None);
     }
 }

@@ -14,10 +14,10 @@ use crate::conn::proxy_protocol::{PreTls, ProxyProtocol};
 use crate::conn::{ConnLimits, Front, Gate, Guards};
 use crate::gateway::Loaded;
 use crate::listen::ServiceKey;
+use crate::live::Live;
 use crate::notify::Notifier;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
-use crate::live::Live;
 use crate::observe::Observe;
 use crate::proxy::Tollgate;
 use crate::upstream::health::FirstRound;
@@ -85,9 +85,8 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
     // The one proxy every service and engine serves through: its generation is swapped by
     // `SIGHUP` (`crate::inplace`).
     let live = Live::new(Tollgate::new(gw.clone(), obs.clone(), &conf));
-    let fixed_server = Arc::new(
-        crate::inplace::copy_server_conf(&conf).expect("Pingora's settings serialize"),
-    );
+    let fixed_server =
+        Arc::new(crate::inplace::copy_server_conf(&conf).expect("Pingora's settings serialize"));
     let state_sock = crate::handover::state_sock_path(&conf.upgrade_sock);
     let upgrading = opt.upgrade;
     let mut server = Server::new_with_opt_and_conf(opt, conf);

@@ -208,10 +208,16 @@ fn reload_command_hands_over_to_a_daemonized_new_process() {
     // The running file itself (a process reloads the file it was started with), with a
     // change that needs a new process (`threads`).
     let next = gw.conf_path();
-    let yaml = gw.yaml_for(&body(up, "  - {name: new, path_prefix: /new, upstream: up}\n"));
+    let yaml = gw.yaml_for(&body(
+        up,
+        "  - {name: new, path_prefix: /new, upstream: up}\n",
+    ));
     std::fs::write(&next, yaml.replace("threads: 2", "threads: 1")).unwrap();
     let (code, out) = reload_cmd(&next, gw.pid(), &[]);
-    assert!(out.contains("reloaded by upgrade (threads changed)"), "{out}");
+    assert!(
+        out.contains("reloaded by upgrade (threads changed)"),
+        "{out}"
+    );
     // Whatever happens, stop the daemon at the end.
     let _daemon = KillPidFile(gw.dir.path().join("tollgate.pid"));
     assert_eq!(code, 0, "{out}");

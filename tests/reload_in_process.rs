@@ -29,7 +29,11 @@ fn ready(gw: &Gateway) -> u64 {
         if let Some(g) = config(gw)["generation"].as_u64() {
             return g;
         }
-        assert!(Instant::now() < deadline, "no config on /health:\n{}", gw.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no config on /health:\n{}",
+            gw.logs()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -66,7 +70,11 @@ fn hup(gw: &Gateway, body: &str) -> bool {
         if reloads(gw, "invalid") + reloads(gw, "needs_upgrade") > refused {
             return false;
         }
-        assert!(Instant::now() < deadline, "no reload outcome:\n{}", gw.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no reload outcome:\n{}",
+            gw.logs()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -104,8 +112,16 @@ fn a_route_added_by_sighup_is_served_and_a_keep_alive_connection_sees_it() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum::<u64>()
     };
-    assert!(eventually(Duration::from_secs(5), || api() == 2), "{}", api());
-    assert!(gw.logs().contains("config reloaded in process"), "{}", gw.logs());
+    assert!(
+        eventually(Duration::from_secs(5), || api() == 2),
+        "{}",
+        api()
+    );
+    assert!(
+        gw.logs().contains("config reloaded in process"),
+        "{}",
+        gw.logs()
+    );
 }
 
 #[test]
@@ -142,7 +158,10 @@ fn a_listen_change_is_refused_as_needing_an_upgrade() {
     ready(&gw);
     let other = free_port();
     let yaml = gw
-        .yaml_for(&body(up, "  - {name: new, path_prefix: /new, upstream: up}\n"))
+        .yaml_for(&body(
+            up,
+            "  - {name: new, path_prefix: /new, upstream: up}\n",
+        ))
         .replace(
             &format!("listen: [\"{}\"]", gw.addr),
             &format!("listen: [\"{}\", \"127.0.0.1:{other}\"]", gw.addr),
@@ -150,7 +169,8 @@ fn a_listen_change_is_refused_as_needing_an_upgrade() {
     std::fs::write(gw.conf_path(), yaml).unwrap();
     signal(&gw, "-HUP");
     assert!(
-        eventually(Duration::from_secs(10), || reloads(&gw, "needs_upgrade") == 1),
+        eventually(Duration::from_secs(10), || reloads(&gw, "needs_upgrade")
+            == 1),
         "{}",
         gw.logs()
     );
@@ -188,10 +208,7 @@ fn a_spent_limit_and_an_open_breaker_carry_over() {
         &conf("  - {name: new, path_prefix: /new, upstream: up}\n")
     ));
     assert_eq!(alice(&gw), 429, "a spent limit stays spent");
-    assert_eq!(
-        gw.send("GET", "/api/x", &[("X-Client", "bob")]).status,
-        200
-    );
+    assert_eq!(gw.send("GET", "/api/x", &[("X-Client", "bob")]).status, 200);
     let circuit = gw.admin_get("/health").json()["upstreams"]["u"]["backends"][0]["circuit"]
         .as_str()
         .unwrap()
@@ -309,7 +326,10 @@ fn the_reload_command_reloads_in_process_and_refuses_another_file_or_a_refused_c
 
     std::fs::write(
         gw.conf_path(),
-        gw.yaml_for(&body(up, "  - {name: new, path_prefix: /new, upstream: up}\n")),
+        gw.yaml_for(&body(
+            up,
+            "  - {name: new, path_prefix: /new, upstream: up}\n",
+        )),
     )
     .unwrap();
     let (code, out) = reload_cmd(&gw.conf_path(), pid);
@@ -323,7 +343,10 @@ fn the_reload_command_reloads_in_process_and_refuses_another_file_or_a_refused_c
     // A bad file is refused before anything is signalled.
     std::fs::write(
         gw.conf_path(),
-        gw.yaml_for(&body(up, "  - {name: x, path_prefix: /x, upstream: nope}\n")),
+        gw.yaml_for(&body(
+            up,
+            "  - {name: x, path_prefix: /x, upstream: nope}\n",
+        )),
     )
     .unwrap();
     let (code, out) = reload_cmd(&gw.conf_path(), pid);
@@ -343,7 +366,11 @@ fn presented(addr: std::net::SocketAddr) -> Vec<String> {
     let s = runtime().block_on(tls_handshake(ssl, addr)).unwrap();
     let c = s.ssl().peer_certificate().expect("a peer certificate");
     c.subject_alt_names()
-        .map(|n| n.iter().filter_map(|g| g.dnsname().map(str::to_owned)).collect())
+        .map(|n| {
+            n.iter()
+                .filter_map(|g| g.dnsname().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -354,7 +381,13 @@ fn a_renewed_listener_certificate_is_served_after_sighup_without_a_new_process()
     let (c, k) = cert(dir.path(), "site", &["a.test"]);
     let conf = body(up, "");
     let (gw, tls) = Gateway::with_listener(
-        |a| format!("{{address: \"{a}\", tls: {{cert: \"{}\", key: \"{}\"}}}}", c.display(), k.display()),
+        |a| {
+            format!(
+                "{{address: \"{a}\", tls: {{cert: \"{}\", key: \"{}\"}}}}",
+                c.display(),
+                k.display()
+            )
+        },
         &conf,
     );
     ready(&gw);
@@ -364,5 +397,33 @@ fn a_renewed_listener_certificate_is_served_after_sighup_without_a_new_process()
     assert!(hup(&gw, &conf), "{}", gw.logs());
     assert_eq!(presented(tls), ["a.test", "renewed.a.test"]);
     assert_eq!(reloads(&gw, "ok"), 1);
-    assert!(gw.logs().contains("listen[1]: new handshakes get the certificates read now"));
+    assert!(gw
+        .logs()
+        .contains("listen[1]: new handshakes get the certificates read now"));
+}
+
+#[test]
+fn a_thousand_routes_reload_in_process_and_the_time_is_logged() {
+    let up = echo("up");
+    let routes = |n: usize| {
+        let mut b = format!("upstreams: {{up: {{targets: [\"{up}\"]}}}}\nroutes:\n");
+        for i in 0..n {
+            b.push_str(&format!(
+                "  - {{name: r{i}, path_prefix: /r{i}/, upstream: up}}\n"
+            ));
+        }
+        b
+    };
+    let gw = Gateway::start(&routes(1000));
+    ready(&gw);
+    let sent = Instant::now();
+    assert!(hup(&gw, &routes(1001)), "{}", gw.logs());
+    let seen = sent.elapsed();
+    assert_eq!(gw.get("/r1000/x").status, 200);
+    let logs = gw.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("config reloaded in process (1001 routes) in "))
+        .unwrap_or_else(|| panic!("no reload time logged:\n{logs}"));
+    eprintln!("reload of 1,001 routes: {line:?}; seen on /health after {seen:?}");
 }

@@ -15,9 +15,9 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::headers::names::{GATEWAY_NAME, X_GATEWAY};
 use crate::inplace::Reloads;
 use crate::live::Live;
-use crate::headers::names::{GATEWAY_NAME, X_GATEWAY};
 
 pub struct Admin {
     started: Instant,
@@ -111,7 +111,12 @@ impl Admin {
     /// Whether the request carries the admin token (always, when none is configured).
     fn authorized(&self, req: &http::request::Parts) -> bool {
         let gen = self.live.current();
-        let Some(token) = gen.gateway().admin.as_ref().and_then(|a| a.token.as_deref()) else {
+        let Some(token) = gen
+            .gateway()
+            .admin
+            .as_ref()
+            .and_then(|a| a.token.as_deref())
+        else {
             return true;
         };
         let Some(auth) = req.headers.get(http::header::AUTHORIZATION) else {
@@ -183,7 +188,10 @@ impl ServeHttp for Admin {
             "/" => page(DASHBOARD),
             "/api/status" => {
                 let gen = self.live.current();
-                json(200, &status::status(gen.gateway(), gen.observe(), self.started))
+                json(
+                    200,
+                    &status::status(gen.gateway(), gen.observe(), self.started),
+                )
             }
             "/metrics" => self.metrics(),
             "/cache/purge" => {

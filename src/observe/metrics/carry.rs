@@ -28,14 +28,21 @@ impl Metrics {
         // Route slots: new slot -> old slot; the last slot of each is "no route".
         let mut slots: Vec<(usize, usize)> = (0..self.layout.routes.len())
             .filter_map(|n| {
-                let o = old.layout.routes.iter().position(|r| *r == self.layout.routes[n])?;
+                let o = old
+                    .layout
+                    .routes
+                    .iter()
+                    .position(|r| *r == self.layout.routes[n])?;
                 Some((n, o))
             })
             .collect();
         slots.push((self.layout.routes.len(), old.layout.routes.len()));
         for &(n, o) in &slots {
             for i in 0..per_slot {
-                add(&self.requests[n * per_slot + i], &old.requests[o * per_slot + i]);
+                add(
+                    &self.requests[n * per_slot + i],
+                    &old.requests[o * per_slot + i],
+                );
             }
             add_histogram(&self.duration[n], &old.duration[o]);
             add_histogram(&self.upstream_duration[n], &old.upstream_duration[o]);
@@ -44,7 +51,10 @@ impl Metrics {
         let (np, op) = (self.layout.policies.len(), old.layout.policies.len());
         for &(n, o) in slots.iter().filter(|(n, _)| *n < self.layout.routes.len()) {
             for r in 0..reasons {
-                add(&self.auth_failures[n * reasons + r], &old.auth_failures[o * reasons + r]);
+                add(
+                    &self.auth_failures[n * reasons + r],
+                    &old.auth_failures[o * reasons + r],
+                );
             }
             for p in 0..np {
                 let name = &self.layout.policies[p];
