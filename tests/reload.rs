@@ -157,26 +157,6 @@ fn an_upgrade_closes_idle_connections_and_still_answers_ones_accepted_before() {
     wait_exit(&mut gw);
 }
 
-/// Run `tollgate reload`; its output goes to a file, since the daemon it starts inherits
-/// stderr and a pipe would stay open as long as the daemon lives.
-fn reload_cmd(conf: &std::path::Path, pid: u32, extra: &[&str]) -> (i32, String) {
-    let out = conf.with_extension("out");
-    let status = std::process::Command::new(bin())
-        .args(["reload", "-c"])
-        .arg(conf)
-        .args(["--pid", &pid.to_string()])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&out).unwrap())
-        .status()
-        .unwrap();
-    (
-        status.code().unwrap_or(-1),
-        std::fs::read_to_string(&out).unwrap_or_default(),
-    )
-}
-
 #[test]
 fn reload_command_refuses_a_bad_config_and_the_old_instance_keeps_serving() {
     let up = echo("up");

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::tls_client::{cert, tls_handshake};
+use support::tls_client::{cert, dns_names, tls_handshake};
 use support::ws::{handshake, WsEcho, TEXT};
 use support::*;
 
@@ -294,24 +294,6 @@ fn a_websocket_keeps_echoing_across_ten_reloads_under_load() {
     assert_eq!(config(&gw)["generation"], 11);
 }
 
-/// Run `tollgate reload -c conf --pid pid`: its exit code and output.
-fn reload_cmd(conf: &std::path::Path, pid: u32) -> (i32, String) {
-    let out = conf.with_extension("out");
-    let status = std::process::Command::new(bin())
-        .args(["reload", "-c"])
-        .arg(conf)
-        .args(["--pid", &pid.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&out).unwrap())
-        .status()
-        .unwrap();
-    (
-        status.code().unwrap_or(-1),
-        std::fs::read_to_string(&out).unwrap_or_default(),
-    )
-}
-
 #[test]
 fn the_reload_command_reloads_in_process_and_refuses_another_file_or_a_refused_change() {
     let up = echo("up");
@@ -320,7 +302,7 @@ fn the_reload_command_reloads_in_process_and_refuses_another_file_or_a_refused_c
     let pid = gw.pid();
 
     let other = gw.write_conf("other.yaml", &body(up, ""));
-    let (code, out) = reload_cmd(&other, pid);
+    let (code, out) = reload_cmd(&other, pid, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not ") && out.contains("other.yaml"), "{out}");
 
@@ -332,7 +314,7 @@ fn the_reload_command_reloads_in_process_and_refuses_another_file_or_a_refused_c
         )),
     )
     .unwrap();
-    let (code, out) = reload_cmd(&gw.conf_path(), pid);
+    let (code, out) = reload_cmd(&gw.conf_path(), pid, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("reloaded in process"), "{out}");
     assert!(out.contains("generation 2"), "{out}");
@@ -349,7 +331,7 @@ fn the_reload_command_reloads_in_process_and_refuses_another_file_or_a_refused_c
         )),
     )
     .unwrap();
-    let (code, out) = reload_cmd(&gw.conf_path(), pid);
+    let (code, out) = reload_cmd(&gw.conf_path(), pid, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("keeps serving"), "{out}");
     assert_eq!(config(&gw)["generation"], 2, "nothing was signalled");
@@ -363,15 +345,7 @@ fn presented(addr: std::net::SocketAddr) -> Vec<String> {
     let mut cfg = b.build().configure().unwrap();
     cfg.set_verify_hostname(false);
     let ssl = cfg.into_ssl("a.test").unwrap();
-    let s = runtime().block_on(tls_handshake(ssl, addr)).unwrap();
-    let c = s.ssl().peer_certificate().expect("a peer certificate");
-    c.subject_alt_names()
-        .map(|n| {
-            n.iter()
-                .filter_map(|g| g.dnsname().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    dns_names(&runtime().block_on(tls_handshake(ssl, addr)).unwrap())
 }
 
 #[test]
