@@ -5,7 +5,8 @@
 //! `SIGHUP` makes a process read its own file again. The process itself decides whether the
 //! change applies in process ([`crate::inplace`]); this command watches its admin `/health`
 //! for the new generation or the error, and runs the graceful upgrade of [`crate::reload`]
-//! (SIGQUIT) when the change needs one. Without an admin listener it cannot watch: it sends
+//! (SIGQUIT) when the change needs one, or when the binary was replaced (a package upgrade).
+//! Without an admin listener it cannot watch: it sends
 //! `SIGHUP` and says so.
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,10 @@ pub fn run(conf: &str, pid: Option<i32>, upgrade: bool) -> Result<String, Reload
     };
     if upgrade {
         return upgrade_now("--upgrade");
+    }
+    // A package upgrade replaced the binary: only a new process runs the new one.
+    if binary_changed(pid) {
+        return upgrade_now("the tollgate binary changed");
     }
     let Some(admin) = loaded.gateway.admin.as_ref().map(|a| a.address.clone()) else {
         signal_hup(pid)?;
@@ -111,6 +116,18 @@ pub fn run(conf: &str, pid: Option<i32>, upgrade: bool) -> Result<String, Reload
 fn signal_hup(pid: i32) -> Result<(), ReloadError> {
     crate::reload::signal(pid, libc::SIGHUP)
         .map_err(|e| ReloadError(format!("cannot signal pid {pid}: {e}")))
+}
+
+/// Whether process `pid` runs another binary than this command (replaced or deleted since).
+fn binary_changed(pid: i32) -> bool {
+    let (Ok(running), Ok(own)) = (
+        std::fs::read_link(format!("/proc/{pid}/exe")),
+        std::env::current_exe(),
+    ) else {
+        return false;
+    };
+    let deleted = running.to_string_lossy().ends_with(" (deleted)");
+    deleted || std::fs::canonicalize(&running).ok() != std::fs::canonicalize(own).ok()
 }
 
 /// The canonical path of the `-c`/`--conf` file process `pid` was started with.

@@ -44,7 +44,6 @@ pub fn client_buffers(tls: bool) -> L4BufferSettings {
 /// reloading or stopping ([`crate::notify`]).
 pub fn run(loaded: Loaded, opt: Opt) -> ! {
     let notifier = Notifier::from_env().map(Arc::new);
-    let tracer = loaded.gateway.tracing.as_ref().map(|t| t.flusher());
     // SIGHUP reloads once the reload service runs; until then it must not end the process.
     crate::reload::ignore_hangup();
     let (server, live) = assemble(loaded, opt, notifier.clone());
@@ -53,9 +52,11 @@ pub fn run(loaded: Loaded, opt: Opt) -> ! {
         args.shutdown_signal = Box::new(crate::notify::Announcing(n));
     }
     server.run(args);
-    live.current().observe().access_log.flush();
-    if let Some(t) = tracer {
-        t.flush();
+    // The config current at the end: a reload may have replaced the first one.
+    let last = live.current();
+    last.observe().access_log.flush();
+    if let Some(t) = &last.gateway().tracing {
+        t.flusher().flush();
     }
     std::process::exit(0)
 }

@@ -261,7 +261,11 @@ fn reload_says_reloading_then_the_new_process_takes_main_pid_and_the_watchdog() 
     let next = gw.conf_path();
     std::fs::write(
         &next,
-        gw.yaml_for(&body(up, "", "  - {name: new, path_prefix: /new, upstream: up}\n")),
+        gw.yaml_for(&body(
+            up,
+            "",
+            "  - {name: new, path_prefix: /new, upstream: up}\n",
+        )),
     )
     .unwrap();
     let before = mono_usec();

@@ -236,6 +236,26 @@ impl AccessLog {
     }
 }
 
+/// A log no config uses any more (a reload changed `access_log`): the lines its threads still
+/// hold go to the writer, which writes them before it ends.
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let Some(sink) = self.sink.get().and_then(Option::as_ref) else {
+            return;
+        };
+        for shard in sink.shards.iter() {
+            let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
+            if s.buf.is_empty() {
+                continue;
+            }
+            let (buf, lines) = (std::mem::take(&mut s.buf), std::mem::take(&mut s.lines));
+            if sink.tx.try_send(Msg::Batch(buf, lines)).is_err() {
+                sink.dropped.fetch_add(lines, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// This thread's buffer: threads take the next one the first time they log.
 fn shard_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
