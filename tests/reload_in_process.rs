@@ -401,3 +401,103 @@ fn a_thousand_routes_reload_in_process_and_the_time_is_logged() {
         .unwrap_or_else(|| panic!("no reload time logged:\n{logs}"));
     eprintln!("reload of 1,001 routes: {line:?}; seen on /health after {seen:?}");
 }
+
+/// The status of `GET path` as a new stream on an open HTTP/2 connection.
+async fn h2_status(client: &mut h2::client::SendRequest<bytes::Bytes>, path: &str) -> u16 {
+    let req = http::Request::get(format!("http://gw{path}"))
+        .body(())
+        .unwrap();
+    let mut ready = client.clone().ready().await.unwrap();
+    let (resp, _) = ready.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.unwrap().len());
+    }
+    status
+}
+
+#[test]
+fn an_http2_connection_stays_open_and_its_next_stream_sees_the_new_routes() {
+    let up = echo("up");
+    let conf = body(up, "");
+    let (gw, h2c) = Gateway::with_listener(|a| format!("{{address: \"{a}\", h2c: true}}"), &conf);
+    ready(&gw);
+    let rt = runtime();
+    let (mut client, conn) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(h2c).await.unwrap();
+        h2::client::handshake(tcp).await.unwrap()
+    });
+    let conn = rt.spawn(conn);
+    assert_eq!(rt.block_on(h2_status(&mut client, "/api/x")), 200);
+    assert_eq!(rt.block_on(h2_status(&mut client, "/new/x")), 404);
+    assert!(hup(
+        &gw,
+        &body(up, "  - {name: new, path_prefix: /new, upstream: up}\n")
+    ));
+    assert_eq!(rt.block_on(h2_status(&mut client, "/new/x")), 200);
+    assert_eq!(rt.block_on(h2_status(&mut client, "/api/x")), 200);
+    assert!(!conn.is_finished(), "the connection stayed open");
+}
+
+#[test]
+fn a_changed_access_log_section_applies_and_the_old_file_keeps_its_lines() {
+    let up = echo("up");
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let with = |log: &std::path::Path| {
+        format!(
+            "access_log: {{path: \"{}\"}}\n{}",
+            log.display(),
+            body(up, "")
+        )
+    };
+    let gw = Gateway::start(&with(&first));
+    ready(&gw);
+    assert_eq!(gw.get("/api/before").status, 200);
+    assert!(hup(&gw, &with(&second)));
+    assert_eq!(gw.get("/api/after").status, 200);
+    let has =
+        |p: &std::path::Path, s: &str| std::fs::read_to_string(p).is_ok_and(|t| t.contains(s));
+    assert!(eventually(Duration::from_secs(5), || has(
+        &second,
+        "/api/after"
+    )));
+    assert!(eventually(Duration::from_secs(5), || has(
+        &first,
+        "/api/before"
+    )));
+    assert!(!has(&first, "/api/after") && !has(&second, "/api/before"));
+}
+
+#[test]
+fn a_request_in_flight_finishes_on_the_config_it_began_on() {
+    let b = Backend::start("b");
+    let conf = |routes: &str| {
+        format!(
+            "upstreams: {{u: {{targets: [\"{}\"], timeouts: {{read: 30s}}}}}}\nroutes:\n{routes}",
+            b.addr
+        )
+    };
+    let gw = Gateway::start(&conf("  - {name: slow, path_prefix: /slow, upstream: u}\n"));
+    ready(&gw);
+    let addr = gw.addr;
+    let slow = std::thread::spawn(move || {
+        request(
+            addr,
+            "GET /slow/x?delay_ms=1500 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .status
+    });
+    // Reached the backend: it is in flight.
+    assert!(eventually(Duration::from_secs(5), || b.count() == 1));
+    // The new config has no such route.
+    assert!(hup(
+        &gw,
+        &conf("  - {name: other, path_prefix: /other, upstream: u}\n")
+    ));
+    assert_eq!(gw.get("/slow/y").status, 404);
+    assert_eq!(slow.join().unwrap(), 200, "{}", gw.logs());
+}
