@@ -321,12 +321,10 @@ fn prepare(
 
 /// Start `gw`'s background work; it stops when `stop` says so.
 fn spawn_background(gw: &Gateway, stop: watch::Receiver<bool>, first_round: Option<FirstRound>) {
-    let checked: Vec<_> = gw
-        .upstreams
-        .iter()
-        .filter(|u| u.health.is_some())
-        .cloned()
-        .collect();
+    let having = |has: fn(&crate::upstream::Upstream) -> bool| -> Vec<_> {
+        gw.upstreams.iter().filter(|u| has(u)).cloned().collect()
+    };
+    let checked = having(|u| u.health.is_some());
     if !checked.is_empty() {
         let hc = crate::upstream::health::HealthService {
             first_round: first_round.unwrap_or_else(|| FirstRound::new(checked.len())),
@@ -335,12 +333,7 @@ fn spawn_background(gw: &Gateway, stop: watch::Receiver<bool>, first_round: Opti
         let stop = stop.clone();
         tokio::spawn(async move { hc.start(stop).await });
     }
-    let resolved: Vec<_> = gw
-        .upstreams
-        .iter()
-        .filter(|u| u.discovery.is_some())
-        .cloned()
-        .collect();
+    let resolved = having(|u| u.discovery.is_some());
     if !resolved.is_empty() {
         let rs = crate::upstream::discovery::ResolveService {
             upstreams: resolved,
