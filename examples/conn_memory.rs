@@ -41,8 +41,8 @@ fn main() {
             metrics: tollgate::observe::metrics::Metrics::with_layout(
                 tollgate::observe::metrics::Layout::of(gw.router.routes(), &gw.rate_limits),
             ),
-            access_log: tollgate::observe::access_log::AccessLog::new(gw.access_log.clone()),
-            refusals: tollgate::observe::refusals::Refusals::new(0),
+            access_log: Arc::new(tollgate::observe::access_log::AccessLog::new(gw.access_log.clone())),
+            refusals: Arc::new(tollgate::observe::refusals::Refusals::new(0)),
         });
         let proxy = || pingora::proxy::http_proxy(&conf, tollgate::proxy::Tollgate::new(gw.clone(), obs.clone(), &conf));
         let app = Arc::new(proxy());

@@ -17,7 +17,6 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -247,7 +246,7 @@ pub fn take_over(gw: &Gateway, path: &Path) -> Restored {
 
 /// The background service that serves this process's snapshot to its successor.
 pub struct StateServer {
-    pub gw: Arc<Gateway>,
+    pub live: crate::live::Live,
     pub path: PathBuf,
 }
 
@@ -274,7 +273,7 @@ impl BackgroundService for StateServer {
             tokio::select! {
                 r = listener.accept() => {
                     let Ok((mut conn, _)) = r else { continue };
-                    let bytes = Snapshot::take(&self.gw).encode();
+                    let bytes = Snapshot::take(self.live.current().gateway()).encode();
                     tokio::spawn(async move {
                         use tokio::io::AsyncWriteExt;
                         let _ = tokio::time::timeout(FETCH_TIMEOUT, conn.write_all(&bytes)).await;

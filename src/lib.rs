@@ -28,7 +28,9 @@ pub mod gateway;
 pub mod grpc;
 pub mod handover;
 pub mod headers;
+pub mod inplace;
 pub mod listen;
+pub mod live;
 pub mod mirror;
 pub mod notify;
 pub mod observe;
@@ -37,6 +39,7 @@ pub mod proxy;
 pub mod random;
 #[allow(unsafe_code)] // kill(2)
 pub mod reload;
+pub mod reloadctl;
 pub mod server;
 pub mod state;
 pub mod trace;

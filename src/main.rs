@@ -79,14 +79,18 @@ enum Cmd {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
-    /// Zero-downtime reload: validate FILE, start `tollgate -u -d -c FILE`, then SIGQUIT the
-    /// running instance. A bad config is refused and the running instance is left alone.
+    /// Zero-downtime reload with FILE, the file the running instance was started with: in
+    /// process (SIGHUP) when the change allows, else the graceful upgrade (`tollgate -u -d -c
+    /// FILE`, then SIGQUIT). A bad config is refused and the running instance is left alone.
     Reload {
         #[arg(short, long)]
         conf: String,
         /// The running instance (default: read from the config's pid_file).
         #[arg(long)]
         pid: Option<i32>,
+        /// Always take the graceful upgrade (a new process), even when SIGHUP would do.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// The response cache of a running instance, through its admin listener.
     Cache {
@@ -259,9 +263,9 @@ fn run_command(cmd: Cmd) -> ! {
                 }
             }
         }
-        Cmd::Reload { conf, pid } => match tollgate::reload::reload(&conf, pid) {
-            Ok(old) => {
-                println!("tollgate: reloading with {conf}: the new process took over from pid {old}, which is draining");
+        Cmd::Reload { conf, pid, upgrade } => match tollgate::reloadctl::run(&conf, pid, upgrade) {
+            Ok(done) => {
+                println!("tollgate: {conf}: {done}");
                 std::process::exit(0)
             }
             Err(e) => {

@@ -73,6 +73,16 @@ impl Tollgate {
         }
     }
 
+    /// The compiled config this proxy serves.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gw
+    }
+
+    /// Where this proxy reports.
+    pub fn observe(&self) -> &Arc<Observe> {
+        &self.obs
+    }
+
     fn route(&self, ctx: &Ctx) -> Option<&Route> {
         ctx.route.map(|i| &self.gw.router.routes()[i])
     }

@@ -106,7 +106,7 @@ fn watchdog_usec(old: i32) -> Option<String> {
         .and_then(|v| String::from_utf8(v.to_vec()).ok())
 }
 
-fn read_pid(path: &Path) -> Result<i32, ReloadError> {
+pub fn read_pid(path: &Path) -> Result<i32, ReloadError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ReloadError(format!(
             "cannot read pid file {}: {e} (pass --pid)",
@@ -118,7 +118,7 @@ fn read_pid(path: &Path) -> Result<i32, ReloadError> {
         .map_err(|_| ReloadError(format!("pid file {} does not hold a pid", path.display())))
 }
 
-fn alive(pid: i32) -> bool {
+pub fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists and may be signalled.
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
@@ -131,4 +131,22 @@ pub fn unix_socket_listening(path: &Path) -> bool {
         .unwrap_or_default()
         .lines()
         .any(|l| l.ends_with(&*p) && l.split_whitespace().nth(5) == Some("01"))
+}
+
+/// Ignore `SIGHUP` (whose default ends the process) until the reload service handles it.
+pub fn ignore_hangup() {
+    // SAFETY: signal(2) with a valid signal number and SIG_IGN has no memory-safety
+    // preconditions.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
+/// Send `sig` to `pid`.
+pub fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

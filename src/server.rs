@@ -14,6 +14,7 @@ use crate::conn::proxy_protocol::{PreTls, ProxyProtocol};
 use crate::conn::{ConnLimits, Front, Gate, Guards};
 use crate::gateway::Loaded;
 use crate::listen::ServiceKey;
+use crate::live::Live;
 use crate::notify::Notifier;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
@@ -43,16 +44,19 @@ pub fn client_buffers(tls: bool) -> L4BufferSettings {
 /// reloading or stopping ([`crate::notify`]).
 pub fn run(loaded: Loaded, opt: Opt) -> ! {
     let notifier = Notifier::from_env().map(Arc::new);
-    let tracer = loaded.gateway.tracing.as_ref().map(|t| t.flusher());
-    let (server, obs) = assemble(loaded, opt, notifier.clone());
+    // SIGHUP reloads once the reload service runs; until then it must not end the process.
+    crate::reload::ignore_hangup();
+    let (server, live) = assemble(loaded, opt, notifier.clone());
     let mut args = pingora::server::RunArgs::default();
     if let Some(n) = notifier {
         args.shutdown_signal = Box::new(crate::notify::Announcing(n));
     }
     server.run(args);
-    obs.access_log.flush();
-    if let Some(t) = tracer {
-        t.flush();
+    // The config current at the end: a reload may have replaced the first one.
+    let last = live.current();
+    last.observe().access_log.flush();
+    if let Some(t) = &last.gateway().tracing {
+        t.flusher().flush();
     }
     std::process::exit(0)
 }
@@ -63,21 +67,27 @@ pub fn build(loaded: Loaded, opt: Opt) -> Server {
     assemble(loaded, opt, None).0
 }
 
-fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Server, Arc<Observe>) {
+fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Server, Live) {
     let Loaded {
         server: conf,
         gateway,
+        path,
     } = loaded;
     let gw = Arc::new(gateway);
     let layout = crate::observe::metrics::Layout::of(gw.router.routes(), &gw.rate_limits);
     let proxy_protocol = gw.listen.iter().any(|l| l.proxy_protocol);
     let obs = Arc::new(Observe {
         metrics: Metrics::with_layout(layout).with_proxy_protocol(proxy_protocol),
-        access_log: AccessLog::new(gw.access_log.clone()),
-        refusals: crate::observe::refusals::Refusals::new(
+        access_log: Arc::new(AccessLog::new(gw.access_log.clone())),
+        refusals: Arc::new(crate::observe::refusals::Refusals::new(
             gw.admin.as_ref().map_or(0, |a| a.refusals_kept),
-        ),
+        )),
     });
+    // The one proxy every service and engine serves through: its generation is swapped by
+    // `SIGHUP` (`crate::inplace`).
+    let live = Live::new(Tollgate::new(gw.clone(), obs.clone(), &conf));
+    let fixed_server =
+        Arc::new(crate::inplace::copy_server_conf(&conf).expect("Pingora's settings serialize"));
     let state_sock = crate::handover::state_sock_path(&conf.upgrade_sock);
     let upgrading = opt.upgrade;
     let mut server = Server::new_with_opt_and_conf(opt, conf);
@@ -98,13 +108,18 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
     });
     // What `proxy_protocol` listeners read before anything else, shared by their services.
     let pp = proxy_protocol.then(|| {
-        let obs = obs.clone();
+        let live = live.clone();
         Arc::new(ProxyProtocol::new(
             gw.trusted_proxies.clone(),
             gw.limits.head_timeout,
-            move |why| obs.metrics.proxy_protocol_refused(why.label()),
+            move |why| {
+                let gen = live.current();
+                gen.observe().metrics.proxy_protocol_refused(why.label())
+            },
         ))
     });
+    // Each TLS listener's certificates, by `listen` index: a reload replaces them.
+    let mut listener_certs = Vec::new();
     let mut keys: Vec<ServiceKey> = Vec::new();
     for l in &gw.listen {
         if !keys.contains(&l.service_key()) {
@@ -118,8 +133,7 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
         .iter()
         .any(|u| trust::needs_system_store(u.tls.as_ref()));
     for key in keys {
-        let conf = server.configuration.clone();
-        let tollgate = || Tollgate::new(gw.clone(), obs.clone(), &conf);
+        let tollgate = || live.clone();
         let mut app = trust::build_connectors(system_store, || {
             pingora::proxy::http_proxy(&server.configuration, tollgate())
         });
@@ -139,10 +153,14 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
             gate = gate.with_proxy_protocol(pp.clone());
         }
         let mut front = Front::new(name, gate);
-        for l in gw.listen.iter().filter(|l| l.service_key() == key) {
+        for (i, l) in gw.listen.iter().enumerate() {
+            if l.service_key() != key {
+                continue;
+            }
             match &l.tls {
                 Some(tls) => match tls.settings() {
-                    Ok(settings) => {
+                    Ok((settings, certs)) => {
+                        listener_certs.push((i, certs));
                         let pingora = front.pingora();
                         if let Some(pp) = pp {
                             let pre_tls = Arc::new(PreTls(pp.clone()));
@@ -170,57 +188,32 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
         server.add_service(front);
     }
 
-    // Active health checks: one background service probing every upstream that has them.
-    let checked: Vec<_> = gw
-        .upstreams
-        .iter()
-        .filter(|u| u.health.is_some())
-        .cloned()
-        .collect();
-    let first_round = FirstRound::new(checked.len());
-    if !checked.is_empty() {
-        let hc = crate::upstream::health::HealthService {
-            upstreams: checked,
+    // Each generation's health checks, re-resolution and key-set refresh, and the signals
+    // that reload the config (SIGHUP) and reopen the access log (SIGUSR1).
+    let checked = gw.upstreams.iter().filter(|u| u.health.is_some()).count();
+    let first_round = FirstRound::new(checked);
+    let reloads = Arc::new(crate::inplace::Reloads::default());
+    server.add_service(pingora::services::background::background_service(
+        "reload",
+        crate::inplace::Reloader {
+            live: live.clone(),
+            path,
+            fixed: crate::inplace::Fixed {
+                server: fixed_server,
+                system_store,
+            },
+            reloads: reloads.clone(),
             first_round: first_round.clone(),
-        };
-        server.add_service(pingora::services::background::background_service(
-            "health checks",
-            hc,
-        ));
-    }
-
-    // Re-resolution of host-name targets (`resolve_every`): DNS off the request path.
-    let resolved: Vec<_> = gw
-        .upstreams
-        .iter()
-        .filter(|u| u.discovery.is_some() || u.source.is_some())
-        .cloned()
-        .collect();
-    if !resolved.is_empty() {
-        let rs = crate::upstream::discovery::ResolveService {
-            upstreams: resolved,
-        };
-        server.add_service(pingora::services::background::background_service(
-            "dns discovery",
-            rs,
-        ));
-    }
-
-    // Remote JWKS: refreshed in the background, and sooner on an unknown kid.
-    let remotes = gw.auth.remotes();
-    if !remotes.is_empty() {
-        server.add_service(pingora::services::background::background_service(
-            "jwks refresh",
-            crate::policy::auth::remote::RefreshService { remotes },
-        ));
-    }
+            listener_certs,
+        },
+    ));
 
     // Serve this process's state to its successor (a background service: it must start after
     // daemonizing, which forks).
     server.add_service(pingora::services::background::background_service(
         "state handover",
         crate::handover::StateServer {
-            gw: gw.clone(),
+            live: live.clone(),
             path: state_sock,
         },
     ));
@@ -228,7 +221,7 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
     if let Some(notifier) = notifier {
         let mut listen: Vec<String> = gw.listen.iter().map(|l| l.addr.clone()).collect();
         listen.extend(gw.admin.as_ref().map(|a| a.address.clone()));
-        let health = gw.upstreams.iter().any(|u| u.health.is_some());
+        let health = checked > 0;
         server.add_service(pingora::services::background::background_service(
             "service manager notifications",
             crate::notify::Readiness {
@@ -241,14 +234,13 @@ fn assemble(loaded: Loaded, opt: Opt, notifier: Option<Arc<Notifier>>) -> (Serve
     }
 
     if let Some(addr) = gw.admin.as_ref().map(|a| &a.address) {
-        let admin_obs = obs.clone();
         let mut admin = Service::new(
             "tollgate admin".to_owned(),
-            Admin::new(gw.clone(), admin_obs),
+            Admin::new(live.clone(), reloads),
         );
         admin.threads = Some(1);
         admin.add_tcp(addr);
         server.add_service(admin);
     }
-    (server, obs)
+    (server, live)
 }

@@ -256,10 +256,18 @@ fn reload_says_reloading_then_the_new_process_takes_main_pid_and_the_watchdog() 
     mgr.expect(Duration::from_secs(15), "READY=1", |_, t| {
         field(t, "READY") == Some("1")
     });
-    let next = gw.write_conf(
-        "next.yaml",
-        &body(up, "", "  - {name: new, path_prefix: /new, upstream: up}\n"),
-    );
+    // The running file, reloaded by a new process (`--upgrade`: the change would apply in
+    // process otherwise, with no new process to tell systemd about).
+    let next = gw.conf_path();
+    std::fs::write(
+        &next,
+        gw.yaml_for(&body(
+            up,
+            "",
+            "  - {name: new, path_prefix: /new, upstream: up}\n",
+        )),
+    )
+    .unwrap();
     let before = mono_usec();
     // As systemd runs ExecReload under NotifyAccess=all: with NOTIFY_SOCKET, without the
     // watchdog variables (the new process takes them from the old one).
@@ -267,7 +275,7 @@ fn reload_says_reloading_then_the_new_process_takes_main_pid_and_the_watchdog() 
     let status = std::process::Command::new(bin())
         .args(["reload", "-c"])
         .arg(&next)
-        .args(["--pid", &old.to_string()])
+        .args(["--pid", &old.to_string(), "--upgrade"])
         .env("NOTIFY_SOCKET", &mgr.path)
         .env("RUST_LOG", "warn")
         .stdout(std::fs::File::create(&out).unwrap())

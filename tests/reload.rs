@@ -157,25 +157,6 @@ fn an_upgrade_closes_idle_connections_and_still_answers_ones_accepted_before() {
     wait_exit(&mut gw);
 }
 
-/// Run `tollgate reload`; its output goes to a file, since the daemon it starts inherits
-/// stderr and a pipe would stay open as long as the daemon lives.
-fn reload_cmd(conf: &std::path::Path, pid: u32) -> (i32, String) {
-    let out = conf.with_extension("out");
-    let status = std::process::Command::new(bin())
-        .args(["reload", "-c"])
-        .arg(conf)
-        .args(["--pid", &pid.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&out).unwrap())
-        .status()
-        .unwrap();
-    (
-        status.code().unwrap_or(-1),
-        std::fs::read_to_string(&out).unwrap_or_default(),
-    )
-}
-
 #[test]
 fn reload_command_refuses_a_bad_config_and_the_old_instance_keeps_serving() {
     let up = echo("up");
@@ -184,7 +165,7 @@ fn reload_command_refuses_a_bad_config_and_the_old_instance_keeps_serving() {
         "bad.yaml",
         &body(up, "  - {name: x, path_prefix: /x, upstream: nope}\n"),
     );
-    let (code, out) = reload_cmd(&bad, gw.pid());
+    let (code, out) = reload_cmd(&bad, gw.pid(), &[]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("routes[1].upstream: unknown upstream \"nope\""),
@@ -204,11 +185,19 @@ fn reload_command_refuses_a_bad_config_and_the_old_instance_keeps_serving() {
 fn reload_command_hands_over_to_a_daemonized_new_process() {
     let up = echo("up");
     let mut gw = Gateway::start(&body(up, ""));
-    let next = gw.write_conf(
-        "next.yaml",
-        &body(up, "  - {name: new, path_prefix: /new, upstream: up}\n"),
+    // The running file itself (a process reloads the file it was started with), with a
+    // change that needs a new process (`threads`).
+    let next = gw.conf_path();
+    let yaml = gw.yaml_for(&body(
+        up,
+        "  - {name: new, path_prefix: /new, upstream: up}\n",
+    ));
+    std::fs::write(&next, yaml.replace("threads: 2", "threads: 1")).unwrap();
+    let (code, out) = reload_cmd(&next, gw.pid(), &[]);
+    assert!(
+        out.contains("reloaded by upgrade (threads changed)"),
+        "{out}"
     );
-    let (code, out) = reload_cmd(&next, gw.pid());
     // Whatever happens, stop the daemon at the end.
     let _daemon = KillPidFile(gw.dir.path().join("tollgate.pid"));
     assert_eq!(code, 0, "{out}");
@@ -313,8 +302,10 @@ fn reload_carries_limits_by_name_and_drops_state_of_a_renamed_policy() {
         "  - {name: other, path_prefix: /other, upstream: up, rate_limit: renamed}\n  \
          - {name: api, path_prefix: /api, upstream: up, rate_limit: strict}\n",
     );
-    let next = gw.write_conf("next.yaml", &reordered);
-    let (code, out) = reload_cmd(&next, gw.pid());
+    // The running file, and a new process whatever the change (`--upgrade`).
+    let next = gw.conf_path();
+    std::fs::write(&next, gw.yaml_for(&reordered)).unwrap();
+    let (code, out) = reload_cmd(&next, gw.pid(), &["--upgrade"]);
     let pid_file = gw.dir.path().join("tollgate.pid");
     let daemon_pid = || -> u64 {
         std::fs::read_to_string(&pid_file)

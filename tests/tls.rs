@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openssl::ssl::{Ssl, SslAcceptor, SslConnector, SslMethod, SslVerifyMode, SslVersion};
-use support::tls_client::{cert, tls_handshake};
+use support::tls_client::{cert, dns_names, tls_handshake};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -86,18 +86,6 @@ async fn https_get(mut s: SslStream<TcpStream>, path: &str) -> Resp {
     parse_response(&buf).unwrap()
 }
 
-/// The DNS names in the certificate the gateway presented.
-fn presented(s: &SslStream<TcpStream>) -> Vec<String> {
-    let c = s.ssl().peer_certificate().expect("a peer certificate");
-    c.subject_alt_names()
-        .map(|n| {
-            n.iter()
-                .filter_map(|g| g.dnsname().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn https_request_reaches_the_upstream_with_forwarded_proto_https() {
     let (_dir, _gw, addr) = a_test_gateway("");
@@ -140,7 +128,7 @@ fn sni_selects_the_certificate_and_the_first_is_the_default() {
             .connect(addr)
             .await
             .unwrap();
-            assert_eq!(presented(&s), [want], "SNI {sni:?}");
+            assert_eq!(dns_names(&s), [want], "SNI {sni:?}");
         }
     });
 }

@@ -15,37 +15,38 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::gateway::Gateway;
 use crate::headers::names::{GATEWAY_NAME, X_GATEWAY};
-use crate::observe::Observe;
+use crate::inplace::Reloads;
+use crate::live::Live;
 
 pub struct Admin {
     started: Instant,
-    gw: Arc<Gateway>,
-    obs: Arc<Observe>,
+    /// Each admin request reads the generation current when it arrives.
+    live: Live,
+    reloads: Arc<Reloads>,
 }
 
 impl Admin {
-    pub fn new(gw: Arc<Gateway>, obs: Arc<Observe>) -> Self {
+    pub fn new(live: Live, reloads: Arc<Reloads>) -> Self {
         Admin {
             started: Instant::now(),
-            gw,
-            obs,
+            live,
+            reloads,
         }
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
-        let routes = self.gw.router.routes();
+        let gen = self.live.current();
+        let (gw, obs) = (gen.gateway(), gen.observe());
+        let routes = gw.router.routes();
         let mirrors: Vec<_> = routes
             .iter()
-            .zip(&self.gw.mirrors)
+            .zip(&gw.mirrors)
             .filter_map(|(r, m)| Some((&*r.name, &**m.as_ref()?)))
             .collect();
-        let gw = &self.gw;
-        let mut body = self
-            .obs
-            .render(&gw.auth, &gw.rate_limits, &gw.upstreams, &mirrors);
+        let mut body = obs.render(&gw.auth, &gw.rate_limits, &gw.upstreams, &mirrors);
         crate::observe::cache_metrics::render(&mut body, &gw.stores, &gw.caches);
+        self.reloads.render(&mut body);
         let body = body.into_bytes();
         Response::builder()
             .status(200)
@@ -57,35 +58,36 @@ impl Admin {
     }
 
     fn health(&self) -> (u16, serde_json::Value) {
-        let upstreams: serde_json::Map<_, _> = self
-            .gw
+        let gen = self.live.current();
+        let gw = gen.gateway();
+        let upstreams: serde_json::Map<_, _> = gw
             .upstreams
             .iter()
             .map(|u| (u.name.to_string(), crate::upstream::health_json(u)))
             .collect();
         // 503 when some route has no usable backend, so an L4 balancer can use it.
-        let down: Vec<&str> = self
-            .gw
+        let down: Vec<&str> = gw
             .router
             .routes()
             .iter()
-            .filter(|r| !self.gw.upstreams[r.upstream].available())
+            .filter(|r| !gw.upstreams[r.upstream].available())
             .map(|r| &*r.name)
             .collect();
         let status = if down.is_empty() { 200 } else { 503 };
-        (
-            status,
-            serde_json::json!({
+        let mut body = serde_json::json!({
                 "status": if down.is_empty() { "ok" } else { "degraded" },
                 "version": env!("CARGO_PKG_VERSION"),
                 // Which process answers: tells the two apart during a graceful upgrade.
                 "pid": std::process::id(),
                 "uptime_seconds": self.started.elapsed().as_secs(),
-                "routes": self.gw.router.routes().len(),
+                "routes": gw.router.routes().len(),
                 "routes_down": down,
                 "upstreams": upstreams,
-            }),
-        )
+        });
+        if let Some(config) = self.reloads.json() {
+            body["config"] = config;
+        }
+        (status, body)
     }
 }
 
@@ -108,7 +110,13 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 impl Admin {
     /// Whether the request carries the admin token (always, when none is configured).
     fn authorized(&self, req: &http::request::Parts) -> bool {
-        let Some(token) = self.gw.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+        let gen = self.live.current();
+        let Some(token) = gen
+            .gateway()
+            .admin
+            .as_ref()
+            .and_then(|a| a.token.as_deref())
+        else {
             return true;
         };
         let Some(auth) = req.headers.get(http::header::AUTHORIZATION) else {
@@ -178,10 +186,17 @@ impl ServeHttp for Admin {
         }
         match path.as_str() {
             "/" => page(DASHBOARD),
-            "/api/status" => json(200, &status::status(&self.gw, &self.obs, self.started)),
+            "/api/status" => {
+                let gen = self.live.current();
+                json(
+                    200,
+                    &status::status(gen.gateway(), gen.observe(), self.started),
+                )
+            }
             "/metrics" => self.metrics(),
             "/cache/purge" => {
-                let (status, v) = purge::purge(&self.gw, session).await;
+                let gen = self.live.current();
+                let (status, v) = purge::purge(gen.gateway(), session).await;
                 json(status, &v)
             }
             _ => json(

@@ -23,6 +23,8 @@ use file::{FileConfig, TOLLGATE_KEYS};
 pub struct Loaded {
     pub server: ServerConf,
     pub gateway: Gateway,
+    /// The file it was read from (`SIGHUP` reads it again); `None` for config text.
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// Defaults tollgate sets where the file is silent, because Pingora's are wrong for a gateway
@@ -39,7 +41,9 @@ pub fn load_file(path: &str) -> Result<Loaded, ConfigErrors> {
         errs.push("", format!("cannot read config file {path}: {e}"));
         errs
     })?;
-    load_str(&text)
+    let mut loaded = load_str(&text)?;
+    loaded.path = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.into()));
+    Ok(loaded)
 }
 
 /// Parse and validate config text.
@@ -97,7 +101,11 @@ pub fn load_str_with(text: &str, resolver: Arc<dyn Resolver>) -> Result<Loaded, 
     let server = server_conf(pingora_part, &mut errs);
     let gateway = compile::compile(file, &resolver, &mut errs);
     match (server, gateway) {
-        (Some(server), Some(gateway)) if errs.is_empty() => Ok(Loaded { server, gateway }),
+        (Some(server), Some(gateway)) if errs.is_empty() => Ok(Loaded {
+            server,
+            gateway,
+            path: None,
+        }),
         _ => Err(errs),
     }
 }

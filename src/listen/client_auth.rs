@@ -57,6 +57,11 @@ impl std::fmt::Debug for ClientAuth {
 }
 
 impl ClientAuth {
+    /// A digest of the CAs and `required`: equal when both verify alike.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.sid_ctx
+    }
+
     /// Read and check the CA file of `f` (at `base`, e.g. `listen[1].tls.client_auth`).
     pub fn compile(base: &str, f: ClientAuthFile, errs: &mut ConfigErrors) -> Option<ClientAuth> {
         let path = format!("{base}.ca");

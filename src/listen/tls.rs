@@ -192,10 +192,34 @@ impl ServerTls {
         &self.certs[i.unwrap_or(0)]
     }
 
+    /// The certificates and keys as loaded (DER): a reload compares them, since a listener's
+    /// certificates are set up once per process.
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in &self.certs {
+            for x in &c.chain {
+                out.extend(x.to_der().unwrap_or_default());
+            }
+            out.extend(c.key.private_key_to_der().unwrap_or_default());
+        }
+        out
+    }
+
+    /// Whether `other` has the same settings that are set up once per listener (versions,
+    /// ALPN, client certificates): its certificates may then replace these in place.
+    pub fn same_settings(&self, other: &ServerTls) -> bool {
+        self.tls13_only == other.tls13_only
+            && self.http2 == other.http2
+            && self.client_auth.as_ref().map(|c| c.fingerprint())
+                == other.client_auth.as_ref().map(|c| c.fingerprint())
+    }
+
     /// Pingora's settings for this listener: Mozilla's intermediate profile, our minimum
-    /// version, ALPN, the SNI picker and client certificates.
-    pub fn settings(self: &Arc<Self>) -> pingora::Result<TlsSettings> {
-        let mut s = TlsSettings::with_callbacks(Box::new(CertPicker(self.clone())))?;
+    /// version, ALPN, the SNI picker and client certificates. The picker reads the returned
+    /// [`Certs`], which a reload replaces (certificate renewal without a new process).
+    pub fn settings(self: &Arc<Self>) -> pingora::Result<(TlsSettings, Certs)> {
+        let certs: Certs = Arc::new(arc_swap::ArcSwap::new(self.clone()));
+        let mut s = TlsSettings::with_callbacks(Box::new(CertPicker(certs.clone())))?;
         let min = if self.tls13_only {
             SslVersion::TLS1_3
         } else {
@@ -210,9 +234,12 @@ impl ServerTls {
                 pingora::Error::because(pingora::ErrorType::InternalError, "TLS client_auth", e)
             })?;
         }
-        Ok(s)
+        Ok((s, certs))
     }
 }
+
+/// A listener's certificates as its handshakes read them.
+pub type Certs = Arc<arc_swap::ArcSwap<ServerTls>>;
 
 /// `"1.2"` from a string or a number YAML read from an unquoted `1.2`.
 fn version_text(v: &serde_yaml::Value) -> String {
@@ -295,12 +322,13 @@ fn names_of(cert: &X509) -> Vec<String> {
 }
 
 /// Gives Pingora the certificate for each handshake's SNI.
-struct CertPicker(Arc<ServerTls>);
+struct CertPicker(Certs);
 
 #[async_trait]
 impl TlsAccept for CertPicker {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
-        let cert = self.0.select(ssl.servername(NameType::HOST_NAME));
+        let tls = self.0.load();
+        let cert = tls.select(ssl.servername(NameType::HOST_NAME));
         let mut set = || -> Result<(), pingora::tls::error::ErrorStack> {
             ext::ssl_use_certificate(ssl, &cert.chain[0])?;
             for c in &cert.chain[1..] {
@@ -320,7 +348,7 @@ impl TlsAccept for CertPicker {
         &self,
         ssl: &TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        self.0.client_auth.as_ref()?;
+        self.0.load().client_auth.as_ref()?;
         PeerCert::from_ssl(ssl).map(PeerCert::into_extension)
     }
 }

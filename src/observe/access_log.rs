@@ -140,6 +140,8 @@ enum Msg {
     Batch(Vec<u8>, u64),
     /// Write every buffer now, then answer.
     Flush(SyncSender<()>),
+    /// Write every buffer, then open the destination again.
+    Reopen,
 }
 
 struct Sink {
@@ -176,6 +178,11 @@ impl AccessLog {
             .as_ref()
     }
 
+    /// The section this log was started from.
+    pub fn conf(&self) -> &AccessLogFile {
+        &self.conf
+    }
+
     pub fn enabled(&self) -> bool {
         self.conf.enabled
     }
@@ -208,6 +215,14 @@ impl AccessLog {
         }
     }
 
+    /// Write every line held, then open the file again by its path (`SIGUSR1`, after logrotate
+    /// renamed it): the lines after go to the new file. Nothing to do for `stderr`.
+    pub fn reopen(&self) {
+        if let Some(sink) = self.sink.get().and_then(Option::as_ref) {
+            let _ = sink.tx.send(Msg::Reopen);
+        }
+    }
+
     /// Write every line held, and wait until it is written (at most a few seconds): when the
     /// server stops, after its last request.
     pub fn flush(&self) {
@@ -217,6 +232,26 @@ impl AccessLog {
         let (ack, done) = sync_channel(1);
         if sink.tx.send(Msg::Flush(ack)).is_ok() {
             let _ = done.recv_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// A log no config uses any more (a reload changed `access_log`): the lines its threads still
+/// hold go to the writer, which writes them before it ends.
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let Some(sink) = self.sink.get().and_then(Option::as_ref) else {
+            return;
+        };
+        for shard in sink.shards.iter() {
+            let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
+            if s.buf.is_empty() {
+                continue;
+            }
+            let (buf, lines) = (std::mem::take(&mut s.buf), std::mem::take(&mut s.lines));
+            if sink.tx.try_send(Msg::Batch(buf, lines)).is_err() {
+                sink.dropped.fetch_add(lines, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -289,6 +324,13 @@ impl Writer {
                     self.collect();
                     let _ = ack.send(());
                 }
+                Ok(Msg::Reopen) => {
+                    while let Ok(Msg::Batch(buf, lines)) = rx.try_recv() {
+                        self.put(&buf, lines);
+                    }
+                    self.collect();
+                    self.reopen();
+                }
                 Err(RecvTimeoutError::Timeout) => self.collect(),
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -310,6 +352,20 @@ impl Writer {
                 (std::mem::take(&mut s.buf), std::mem::take(&mut s.lines))
             };
             self.put(&buf, lines);
+        }
+    }
+
+    fn reopen(&mut self) {
+        if self.path == "stderr" {
+            return;
+        }
+        let _ = self.out.flush();
+        match open(&self.path) {
+            Ok(f) => {
+                self.out = Box::new(f);
+                log::info!("access log {} reopened", self.path);
+            }
+            Err(e) => log::error!("access log {} cannot be reopened: {e}", self.path),
         }
     }
 

@@ -21,6 +21,8 @@ use http::Method;
 use crate::policy::auth::Reason;
 use crate::upstream::Upstream;
 
+mod carry;
+
 const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
 ];

@@ -17,10 +17,12 @@ use metrics::Metrics;
 
 /// The observers the proxy reports to.
 pub struct Observe {
+    /// This config generation's series (a reload carries the counts of routes that stay).
     pub metrics: Metrics,
-    pub access_log: AccessLog,
-    /// The last refusals, for the admin dashboard.
-    pub refusals: refusals::Refusals,
+    /// Shared by every generation whose `access_log` section is the same.
+    pub access_log: std::sync::Arc<AccessLog>,
+    /// The last refusals, for the admin dashboard (shared by every generation).
+    pub refusals: std::sync::Arc<refusals::Refusals>,
 }
 
 impl Observe {

@@ -325,6 +325,26 @@ fn listening(yaml: String, addr: SocketAddr, extra: &str) -> String {
     )
 }
 
+/// Run `tollgate reload`; its output goes to a file, since the daemon it starts inherits
+/// stderr and a pipe would stay open as long as the daemon lives.
+pub fn reload_cmd(conf: &std::path::Path, pid: u32, extra: &[&str]) -> (i32, String) {
+    let out = conf.with_extension("out");
+    let status = Command::new(bin())
+        .args(["reload", "-c"])
+        .arg(conf)
+        .args(["--pid", &pid.to_string()])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&out).unwrap())
+        .status()
+        .unwrap();
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(&out).unwrap_or_default(),
+    )
+}
+
 /// Run the gateway on `body`, expecting it to refuse to start: its stderr.
 /// Whether process `pid` itself holds a listening TCP socket on `port` (so a connection there
 /// reaches it, not whatever else took the port): its socket inodes against /proc/net/tcp.

@@ -36,3 +36,15 @@ pub fn cert(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
     std::fs::write(&kp, key.serialize_pem()).unwrap();
     (cp, kp)
 }
+
+/// The DNS names in the certificate the gateway presented.
+pub fn dns_names(s: &SslStream<TcpStream>) -> Vec<String> {
+    let c = s.ssl().peer_certificate().expect("a peer certificate");
+    c.subject_alt_names()
+        .map(|n| {
+            n.iter()
+                .filter_map(|g| g.dnsname().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
