@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use http::HeaderValue;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -14,7 +13,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::downstream::Downstream;
-use crate::error::{self, Reject};
+use crate::error;
 use crate::gateway::Gateway;
 use crate::headers;
 use crate::observe::Observe;
@@ -27,9 +26,13 @@ pub use crate::ctx::Ctx;
 
 mod admit;
 mod cache;
+mod failure;
 mod own;
 mod relay;
+mod traced;
 mod why;
+
+use failure::summary;
 
 /// Compress a piece of the response body when `response_filter` chose to.
 fn encode(ctx: &mut Ctx, body: &mut Option<bytes::Bytes>, end: bool) -> Result<()> {
@@ -115,67 +118,6 @@ impl Tollgate {
             t.attempt(req.method.as_str(), attempt.addr(), &up.name);
         }
         Ok(ctx.attempt.insert(attempt))
-    }
-
-    /// Nothing reached the backend: another one may be tried, within the retry budget.
-    fn connect_failed(
-        &self,
-        ctx: &mut Ctx,
-        method: &http::Method,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        if let Some(t) = ctx.trace.as_mut() {
-            t.attempt_failed(method.as_str(), e.etype().as_str());
-        }
-        if let Some(mut a) = ctx.attempt.take() {
-            a.failure();
-        }
-        ctx.attempt_failed(&e);
-        let budget = self.upstream(ctx).map_or(0, |u| u.retries as usize);
-        e.set_retry(ctx.tried.len() <= budget);
-        e
-    }
-
-    /// Bytes may have reached the backend: whether to retry, and where (`error_while_proxy`).
-    fn proxy_failed<D: Downstream>(
-        &self,
-        session: &D,
-        mut e: Box<Error>,
-        ctx: &mut Ctx,
-        client_reused: bool,
-    ) -> Box<Error> {
-        if let Some(t) = ctx.trace.as_mut() {
-            let method = session.req_header().method.as_str();
-            t.attempt_failed(method, e.etype().as_str());
-        }
-        let replayable = session.req_header().method.is_idempotent()
-            && session.response_written().is_none()
-            && !session.retry_buffer_truncated();
-        // A pooled connection the backend had already closed: not the backend's failure, and
-        // retried on a fresh connection outside the retry budget.
-        if client_reused && replayable && matches!(e.retry, pingora::RetryType::ReusedOnly) {
-            ctx.attempt = None;
-            e.retry.decide_reuse(true);
-            return e;
-        }
-        if let Some(mut a) = ctx.attempt.take() {
-            // A client that went away is not the backend's failure.
-            if e.esource() == &pingora::ErrorSource::Upstream {
-                a.failure();
-            }
-        }
-        ctx.attempt_failed(&e);
-        let budget = self.upstream(ctx).map_or(0, |u| u.retries as usize);
-        if !replayable || ctx.tried.len() > budget {
-            e.set_retry(false);
-        } else if e.esource() == &pingora::ErrorSource::Upstream {
-            // The backend failed (reset, timeout) before any response reached the client, and
-            // the request can be replayed: try another backend.
-            e.set_retry(true);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
-        e
     }
 
     /// What the upstream request carries: the rewritten target and the forwarding headers.
@@ -301,56 +243,6 @@ impl Tollgate {
             .with_values(&ctx.response_values)
     }
 
-    /// Answer a failure to proxy with the JSON error contract, unless a response already
-    /// began (then a gRPC call still ends with the failure's status in trailers); the status
-    /// for the log (0: none). `unanswered`: a WebSocket handshake timed out.
-    async fn answer_failure<D: Downstream>(
-        &self,
-        session: &mut D,
-        e: &Error,
-        ctx: &mut Ctx,
-        unanswered: bool,
-    ) -> u16 {
-        let reject = match unanswered {
-            true => Some(Reject::GatewayTimeout),
-            false => Reject::from_proxy_error(e),
-        };
-        let code = reject.map_or(0, Reject::status);
-        if let Some(reject) = reject {
-            let upstream = self.upstream(ctx).map(|u| &*u.name);
-            let msg = error::proxy_error_message(reject, upstream);
-            if session.response_written().is_some() {
-                match session.pingora() {
-                    Some(session) if ctx.grpc => {
-                        let ended = crate::grpc::end_with_status(session, reject, &msg);
-                        let status = ended.then(|| crate::grpc::status(reject));
-                        ctx.grpc_status = status.or(ctx.grpc_status);
-                    }
-                    // Pingora's HTTP/1 session holds a head whose body has not finished in
-                    // its write buffer, and the connection ends after this: what the client
-                    // was promised leaves first, so it sees the response cut short.
-                    Some(session) if !session.as_downstream().is_http2() => {
-                        Downstream::cut_short(session).await
-                    }
-                    _ => {}
-                }
-            } else {
-                let mut extra = Vec::new();
-                if reject == Reject::Unavailable {
-                    let secs = self.upstream(ctx).map_or(1, |u| u.retry_after());
-                    extra.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
-                }
-                // The upstream failed after the cache step: it still says what that step did.
-                if let Some(status) = ctx.cache {
-                    let v = HeaderValue::from_static(status.as_str());
-                    extra.push((crate::headers::names::X_CACHE_STATUS.clone(), v));
-                }
-                let _ = self.reject(session, ctx, reject, &msg, &extra).await;
-            }
-        }
-        code
-    }
-
     /// The request is over, whatever happened: the attempt's outcome, metrics, access log.
     fn finished<D: Downstream>(&self, session: &D, e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(mut a) = ctx.attempt.take() {
@@ -371,53 +263,6 @@ impl Tollgate {
             self.record_refusal(session, e, ctx, status);
         }
     }
-}
-
-impl Tollgate {
-    /// A sampled request's server span, and its last attempt's, go to the exporter.
-    fn trace_finished<D: Downstream>(
-        &self,
-        tracer: &crate::trace::Tracer,
-        t: &mut crate::trace::Trace,
-        session: &D,
-        e: Option<&Error>,
-        ctx: &Ctx,
-        status: u16,
-    ) {
-        if !t.sampled() {
-            return;
-        }
-        let req = session.req_header();
-        let route = self.route(ctx).map(|r| (&*r.name, r.prefix.as_str()));
-        let rate_limit = ctx.limit.as_ref().map(|d| {
-            let policy = self.gw.rate_limits.policies.get(d.policy);
-            (d.allowed, policy.map_or("", |p| &*p.name))
-        });
-        let upstream_error = e
-            .filter(|e| e.esource() == &pingora::ErrorSource::Upstream)
-            .map(|e| e.etype().as_str());
-        let finished = crate::trace::Finished {
-            method: req.method.as_str(),
-            path: req.uri.path(),
-            status,
-            route,
-            consumer: ctx.consumer(),
-            rate_limit,
-            client_ip: ctx.client_ip,
-            request_id: ctx.request_id.to_str().unwrap_or("-"),
-            error: e.map(|e| e.etype().as_str()),
-        };
-        tracer.finish(t, &finished, upstream_error);
-    }
-}
-
-/// A failed request as the error log names it: method, path and Host, never the query (which
-/// can carry an API key). Pingora's `request_summary` and the own codec's log line both use it.
-fn summary<D: Downstream>(session: &D) -> String {
-    let req = session.req_header();
-    let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
-    let host = String::from_utf8_lossy(host.unwrap_or_default());
-    format!("{} {}, Host: {host}", req.method, req.uri.path())
 }
 
 #[async_trait]

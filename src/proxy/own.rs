@@ -126,7 +126,7 @@ impl Serve for Tollgate {
             // The line Pingora's `handle_error` writes for a failure on its path.
             log::error!(
                 "Fail to proxy: {e}, status: {status}, {}",
-                super::summary(&session)
+                super::failure::summary(&session)
             );
         }
         self.finished(&session, error.as_deref(), &mut ctx);
