@@ -489,3 +489,35 @@ fn a_request_in_flight_finishes_on_the_config_it_began_on() {
     assert_eq!(gw.get("/slow/y").status, 404);
     assert_eq!(slow.join().unwrap(), 200, "{}", gw.logs());
 }
+
+#[test]
+fn the_response_cache_survives_a_reload_unless_its_store_changes() {
+    let up = Backend::start("up");
+    let cached = |size: &str, extra: &str| {
+        format!(
+            "caches: {{mem: {{max_size: {size}}}}}\n\
+             upstreams: {{up: {{targets: [\"{}\"]}}}}\n\
+             routes:\n\
+             \x20 - {{name: c, path_prefix: /c, upstream: up, cache: {{ttl: 1m}}}}\n{extra}",
+            up.addr
+        )
+    };
+    let gw = Gateway::start(&cached("1MiB", ""));
+    ready(&gw);
+    assert_eq!(gw.get("/c/a").header("x-cache-status"), Some("MISS"));
+    assert_eq!(gw.get("/c/a").header("x-cache-status"), Some("HIT"));
+    // A route added, the store as it was: the entry is still there.
+    let other = "  - {name: other, path_prefix: /other, upstream: up}\n";
+    assert!(hup(&gw, &cached("1MiB", other)), "{}", gw.logs());
+    assert_eq!(gw.get("/other/x").status, 200);
+    assert_eq!(gw.get("/c/a").header("x-cache-status"), Some("HIT"));
+    assert_eq!(
+        up.count(),
+        2,
+        "the origin saw the first miss and /other only"
+    );
+    // The store resized: a new, empty one.
+    assert!(hup(&gw, &cached("2MiB", other)), "{}", gw.logs());
+    assert_eq!(gw.get("/c/a").header("x-cache-status"), Some("MISS"));
+    assert_eq!(up.count(), 3);
+}
