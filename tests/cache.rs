@@ -861,3 +861,42 @@ fn http2_clients_share_the_cache_with_http1_clients() {
     );
     assert_eq!(o.hits("/two "), 1);
 }
+
+#[test]
+fn a_claim_in_the_key_splits_entries_by_the_verified_token() {
+    const SECRET: &str = "cache-claim-test-hmac-secret-0123456789";
+    let o = Origin::start();
+    let gw = Gateway::start(&format!(
+        "caches: {{mem: {{max_size: 1MiB}}}}\n\
+         auth: {{tokens: {{type: jwt, algorithms: [HS256], secret: \"{SECRET}\"}}}}\n\
+         upstreams: {{o: {{targets: [\"{}\"]}}}}\n\
+         routes:\n\
+         - {{name: t, path_prefix: /t, upstream: o, auth: [tokens],\n\
+         \x20   cache: {{shared: true, key: [\"claim:tenant\"]}}}}\n",
+        o.addr
+    ));
+    let token = |sub: &str, tenant: &str| {
+        let claims = serde_json::json!({"sub": sub, "tenant": tenant, "exp": 4_102_444_800u64});
+        let t = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        format!("Bearer {t}")
+    };
+    let get = |sub: &str, tenant: &str| {
+        let auth = token(sub, tenant);
+        // `public`: a response to a request with `Authorization` shared between callers must
+        // say so (RFC 9111 §3.5).
+        let r = gw.send("GET", "/t/report?cc=public", &[("Authorization", &auth)]);
+        assert_eq!(r.status, 200, "{r:?}");
+        status(&r).to_owned()
+    };
+    assert_eq!(get("alice", "acme"), "MISS");
+    // Another caller of the same tenant shares the entry (`shared`); another tenant does not.
+    assert_eq!(get("bob", "acme"), "HIT");
+    assert_eq!(get("carol", "globex"), "MISS");
+    assert_eq!(get("carol", "globex"), "HIT");
+    assert_eq!(o.hits("/report?"), 2);
+}
