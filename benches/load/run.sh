@@ -14,7 +14,9 @@
 #   (TLS=1 adds nginx-prod and tollgate-prod: the API-key route over TLS 1.3 with a combined log;
 #    H2=1 adds nginx-h2/tollgate-h2, HTTP/2 over TLS 1.3, and nginx-h2c/tollgate-h2c, HTTP/2
 #    with prior knowledge, on the plain route, driven by h2load with 10 streams a connection;
-#    GRPC=1 adds nginx-grpc/tollgate-grpc: unary gRPC calls over h2c to an h2c gRPC upstream)
+#    GRPC=1 adds nginx-grpc/tollgate-grpc: unary gRPC calls over h2c to an h2c gRPC upstream;
+#    CACHE=1 adds nginx-cached/tollgate-cached: warm cache hits, nginx's proxy_cache against a
+#    tollgate route with `cache`, the same key)
 #   memory      RSS of each proxy holding IDLE_CONNS idle keep-alive client connections
 #   keys        tollgate's RSS growth over KEYS distinct rate-limiter keys
 #
@@ -62,6 +64,7 @@ ACCESS_LOG=${ACCESS_LOG:-off}     # combined: both proxies write a combined acce
 H2=${H2:-0}                       # 1: also the HTTP/2 rows (h2 over TLS, h2c), with h2load -m H2_STREAMS
 H2_STREAMS=${H2_STREAMS:-10}      # concurrent streams per HTTP/2 connection
 GRPC=${GRPC:-0}                   # 1: also nginx-grpc and tollgate-grpc: unary gRPC calls over h2c (h2load)
+CACHE=${CACHE:-0}                 # 1: also nginx-cached and tollgate-cached: warm cache hits
 GRPC_UP_BIN=${GRPC_UP_BIN:-}      # examples/grpc_upstream (built when empty)
 TLS=${TLS:-0}                     # 1: also nginx-prod and tollgate-prod: the API-key route over TLS 1.3
                                   # (ECDSA P-256) with a combined access log to a file, the production shape
@@ -166,8 +169,8 @@ median() {
 check_knobs() {
     is_uint "$REPS" && ((REPS > 0)) || die "REPS must be a positive integer (got '$REPS')"
     [[ $ACCESS_LOG =~ ^(off|combined|both)$ ]] || die "ACCESS_LOG must be off, combined or both (got '$ACCESS_LOG')"
-    [[ $TLS =~ ^[01]$ && $H2 =~ ^[01]$ && $GRPC =~ ^[01]$ ]] ||
-        die "TLS, H2 and GRPC must be 0 or 1 (got '$TLS', '$H2', '$GRPC')"
+    [[ $TLS =~ ^[01]$ && $H2 =~ ^[01]$ && $GRPC =~ ^[01]$ && $CACHE =~ ^[01]$ ]] ||
+        die "TLS, H2, GRPC and CACHE must be 0 or 1 (got '$TLS', '$H2', '$GRPC', '$CACHE')"
     is_uint "$H2_STREAMS" && ((H2_STREAMS > 0)) || die "H2_STREAMS must be a positive integer (got '$H2_STREAMS')"
     local c
     for c in $CONNS; do
@@ -512,8 +515,8 @@ start_nginx_proxy() { # start_nginx_proxy [PORT LOG TAG TLS H2]: LOG on|off, TAG
     log "nginx proxy$tag ready on :$port (master $pid, worker $workers, cpu $PROXY_CPU)"
 }
 
-start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG TLS H2C]: as start_nginx_proxy (TLS offers h2 by ALPN)
-    local port=${1:-$TOLLGATE_PORT} admin=${2:-$TOLLGATE_ADMIN_PORT} logged=${3:-$ACCESS_LOG} tag=${4:-} tls=${5:-0} h2c=${6:-0}
+start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG TLS H2C CACHE]: as start_nginx_proxy (TLS offers h2 by ALPN; CACHE 1: a route /cached with `cache`)
+    local port=${1:-$TOLLGATE_PORT} admin=${2:-$TOLLGATE_ADMIN_PORT} logged=${3:-$ACCESS_LOG} tag=${4:-} tls=${5:-0} h2c=${6:-0} cache=${7:-0}
     local conf="$TMP/tollgate$tag.yaml" pid
     render tollgate.yaml "$conf" TMP="$TMP" UPSTREAM_PORT="$UPSTREAM_PORT" \
         TOLLGATE_PORT="$port" TOLLGATE_ADMIN_PORT="$admin" API_KEY="$API_KEY"
@@ -531,6 +534,12 @@ start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG TLS H2C]: as start_
     if [[ $h2c == 1 ]]; then
         sed -i "s|^listen: \[\"127.0.0.1:$port\"\]|listen: [{address: \"127.0.0.1:$port\", h2c: true}]|" "$conf"
         grep -q "h2c: true" "$conf" || die "tollgate.yaml: no listen line to put h2c on"
+    fi
+    if [[ $cache == 1 ]]; then
+        # nginx's /cached/ location: the same key (host and URI), 200s kept an hour.
+        sed -i 's|^routes:$|routes:\n  - {name: cached, path_prefix: /cached, strip_prefix: false, upstream: up, cache: {ttl: 1h}}|' "$conf"
+        printf 'caches: {bench: {max_size: 64MiB}}\n' >>"$conf"
+        grep -q "name: cached" "$conf" || die "tollgate.yaml: no 'routes:' line to put the cached route under"
     fi
     # The JWT scenario's token, minted by tollgate itself from the same config.
     JWT=$("$TG_BIN" token -c "$conf" --auth tokens --sub bench --ttl 24h) ||
@@ -930,12 +939,13 @@ main() {
     HAPROXY_MAXCONN=$(((nofile - 100) / 2 < WORKER_CONNECTIONS ? (nofile - 100) / 2 : WORKER_CONNECTIONS))
 
     local ports
-    ports=$(free_ports 23)
+    ports=$(free_ports 25)
     read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT TOLLGATE_ADMIN_PORT HAPROXY_PORT BARE_PORT \
         FLOOR_PORT NGINX_LOG_PORT TOLLGATE_LOG_PORT TOLLGATE_LOG_ADMIN_PORT NGINX_PROD_PORT \
         TOLLGATE_PROD_PORT TOLLGATE_PROD_ADMIN_PORT NGINX_H2_PORT TOLLGATE_H2_PORT \
         TOLLGATE_H2_ADMIN_PORT NGINX_H2C_PORT TOLLGATE_H2C_PORT TOLLGATE_H2C_ADMIN_PORT \
-        GRPC_UPSTREAM_PORT NGINX_GRPC_PORT TOLLGATE_GRPC_PORT TOLLGATE_GRPC_ADMIN_PORT <<<"$ports"
+        GRPC_UPSTREAM_PORT NGINX_GRPC_PORT TOLLGATE_GRPC_PORT TOLLGATE_GRPC_ADMIN_PORT \
+        TOLLGATE_CACHE_PORT TOLLGATE_CACHE_ADMIN_PORT <<<"$ports"
 
     start_upstream
     # ACCESS_LOG=both: the plain instances without a log, and a second of each with one.
@@ -967,6 +977,8 @@ main() {
         fi
     fi
     [[ $GRPC != 1 ]] || start_grpc
+    [[ $CACHE != 1 || $SKIP_TOLLGATE == 1 ]] ||
+        start_tollgate "$TOLLGATE_CACHE_PORT" "$TOLLGATE_CACHE_ADMIN_PORT" off -cache 0 0 1
     [[ $SKIP_TOLLGATE == 1 || $SKIP_BARE == 1 ]] || start_example pingora "$BARE_BIN" "$BARE_PORT"
     [[ $SKIP_TOLLGATE == 1 || $SKIP_FLOOR == 1 ]] || start_example h1-floor "$FLOOR_BIN" "$FLOOR_PORT"
     [[ $HAVE_HAPROXY == 0 ]] || start_haproxy
@@ -1026,6 +1038,13 @@ main() {
         scenario --grpc --path /bench.Svc/Call nginx-grpc "$NGINX_GRPC_PORT"
         [[ $SKIP_TOLLGATE == 1 ]] ||
             scenario --grpc --vs nginx-grpc --path /bench.Svc/Call tollgate-grpc "$TOLLGATE_GRPC_PORT"
+    fi
+
+    if [[ $CACHE == 1 ]]; then
+        # Warm hits: the smoke request below fills each cache; every measured request is a hit.
+        scenario --path /cached/bench nginx-cached "$NGINX_PORT"
+        [[ $SKIP_TOLLGATE == 1 ]] ||
+            scenario --vs nginx-cached --path /cached/bench tollgate-cached "$TOLLGATE_CACHE_PORT"
     fi
 
     local name conns rep
