@@ -238,3 +238,21 @@ fn config_errors_name_the_key_path() {
     let (code, out) = check_config(&format!("{base}{ok}"));
     assert_eq!(code, 0, "{out}");
 }
+
+/// At `burst: 1` the time between a token coming free and the next request reaching the
+/// decision is not lost: far above the limit, the rate is what the policy says.
+#[test]
+fn burst_one_admits_the_configured_rate_under_load() {
+    let a = echo("a");
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  a: {{targets: [\"{a}\"]}}\nrate_limits:\n  p: {{requests: 1000, per: 1s, burst: 1, key: route}}\nroutes:\n  - {{name: p, path_prefix: /p, upstream: a, rate_limit: p}}\n"
+    ));
+    let secs = Duration::from_secs(3);
+    let ok = drive(&[&gw], "/p", 4, secs);
+    let expected = 1000.0 * secs.as_secs_f64() + 1.0;
+    let ratio = ok as f64 / expected;
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "admitted {ok} of {expected} ({ratio:.3})"
+    );
+}

@@ -72,3 +72,29 @@ pub fn assert_401(r: &Resp, says: &str) {
     let msg = r.json()["message"].as_str().unwrap().to_owned();
     assert!(msg.contains(says), "message {msg:?} should say {says:?}");
 }
+
+/// Drive `path` on every gateway from `conns` keep-alive connections each for `time`, as fast
+/// as they answer; the number of 200s (every other answer must be a 429).
+pub fn drive(gateways: &[&Gateway], path: &str, conns: usize, time: Duration) -> usize {
+    let until = Instant::now() + time;
+    let threads: Vec<_> = gateways
+        .iter()
+        .flat_map(|gw| std::iter::repeat_n(gw.addr, conns))
+        .map(|addr| {
+            let path = path.to_owned();
+            std::thread::spawn(move || {
+                let mut c = KeepAlive::new(addr);
+                let mut ok = 0;
+                while Instant::now() < until {
+                    match c.get(&path).map(|r| r.status) {
+                        Ok(200) => ok += 1,
+                        Ok(429) => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
