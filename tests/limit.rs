@@ -225,6 +225,18 @@ fn config_errors_name_the_key_path() {
             "rate_limits.login.burst: must be at least 1",
         ),
         (
+            "rate_limits:\n  login: {requests: 1, per: 1s, sync: 10ms}\n",
+            "rate_limits.login.sync: only for store: redis",
+        ),
+        (
+            "redis: {url: \"redis://127.0.0.1:6379\"}\nrate_limits:\n  login: {requests: 1, per: 1s, store: redis, sync: 0s}\n",
+            "rate_limits.login.sync: must be greater than 0",
+        ),
+        (
+            "rate_limits:\n  login: {requests: 1, per: 1s, store: redis, sync: often}\n",
+            "rate_limits.login.sync",
+        ),
+        (
             "redis: {url: \"redis://127.0.0.1:6379\", on_error: maybe}\n",
             "redis.on_error: unknown value \"maybe\"",
         ),

@@ -72,6 +72,11 @@ impl RedisStore {
         })
     }
 
+    /// The client, for the `sync` policies' own connections.
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     /// Failed calls since start (for metrics).
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
