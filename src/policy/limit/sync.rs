@@ -21,6 +21,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::local::{now_nanos, Gcra, Verdict};
 use super::StoreUnavailable;
 
+/// Keys a policy holds at most between two syncs.
+const MAX_KEYS: usize = 1 << 20;
+
 /// Keys per script call.
 const BATCH: usize = 500;
 
@@ -112,6 +115,11 @@ impl SyncStore {
             return Err(StoreUnavailable);
         }
         let mut keys = self.inner.keys.lock();
+        if keys.len() >= MAX_KEYS && !keys.contains_key(&key) {
+            // As the local store: a flood of new keys is admitted unstored rather than
+            // evicting anybody's state (the task drops keys whose bucket is full again).
+            return Ok(self.inner.gcra.decide(0, now).0);
+        }
         let e = keys.entry(key).or_insert(Entry { tat: 0, pending: 0 });
         let (v, tat) = self.inner.gcra.decide(e.tat, now);
         if v.allowed {
