@@ -100,24 +100,35 @@ YAML
   for p in "${PORTS[@]}"; do wait_port "$p"; done
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
 }
+# Nanoseconds the instances' busiest threads spent runnable but not running (schedstat field 2):
+# time in which a request may wait for the CPU, not for the limiter.
+runq_wait() {
+  local sum=0 p
+  for p in "${INST_PIDS[@]}"; do
+    sum=$(( sum + $(for t in /proc/"$p"/task/*/schedstat; do cut -d' ' -f2 "$t"; done | sort -n | tail -1) ))
+  done
+  echo "$sum"
+}
 stop_instances() { for p in "${INST_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
 
 if [[ " $PARTS " == *" accuracy "* ]]; then
-  printf "| store | instances | burst | admitted | expected | ratio |\n|---|---:|---:|---:|---:|---:|\n"
+  printf "| store | instances | burst | admitted | expected | ratio | gateway runnable, not running |\n|---|---:|---:|---:|---:|---:|---:|\n"
   for c in $CASES; do
     IFS=: read -r store n burst <<<"$c"
     start_instances "$n" "$store" "$burst"
+    w0=$(runq_wait)
     for i in "${!PORTS[@]}"; do
       wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$TMP/count.lua" "http://127.0.0.1:${PORTS[$i]}/p" >"$TMP/wrk$i.out" 2>&1 &
     done
     wait $(jobs -p | tail -n "${#PORTS[@]}") 2>/dev/null || true
+    w1=$(runq_wait)
     admitted=$(cat "$TMP"/wrk*.out | awk '/^COUNT/ { s += $2 } END { print s + 0 }')
     rm -f "$TMP"/wrk*.out
     b=$burst; [ "$b" = default ] && b=$RATE
     copies=1; [ "$store" = local ] && copies=$n
     expected=$(( (RATE * SECS + b) * copies ))
-    printf "| %s | %d | %s | %d | %d | %.3f |\n" "$store" "$n" "$burst" "$admitted" "$expected" \
-      "$(echo "$admitted / $expected" | bc -l)"
+    printf "| %s | %d | %s | %d | %d | %.3f | %.1f%% |\n" "$store" "$n" "$burst" "$admitted" "$expected" \
+      "$(echo "$admitted / $expected" | bc -l)" "$(echo "($w1 - $w0) / ($SECS * 10000000 * $n)" | bc -l)"
     stop_instances
   done
 fi

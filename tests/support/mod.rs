@@ -98,3 +98,12 @@ pub fn drive(gateways: &[&Gateway], path: &str, conns: usize, time: Duration) ->
         .collect();
     threads.into_iter().map(|t| t.join().unwrap()).sum()
 }
+
+/// Assert `admitted` is within `tolerance` (0.15 = ±15%) of `expected`.
+pub fn assert_near(admitted: usize, expected: f64, tolerance: f64) {
+    let ratio = admitted as f64 / expected;
+    assert!(
+        (1.0 - tolerance..=1.0 + tolerance).contains(&ratio),
+        "admitted {admitted} of {expected} ({ratio:.3})"
+    );
+}

@@ -85,16 +85,7 @@ impl RedisStore {
     async fn connection(&self) -> Result<ConnectionManager, String> {
         let conn = self
             .conn
-            .get_or_try_init(|| async {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.timeout)
-                    .set_response_timeout(self.timeout)
-                    .set_number_of_retries(1)
-                    .set_max_delay(1000);
-                ConnectionManager::new_with_config(self.client.clone(), cfg)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            .get_or_try_init(|| async { connect(&self.client, self.timeout).await })
             .await?;
         Ok(conn.clone())
     }
@@ -146,6 +137,21 @@ impl RedisStore {
             );
         }
     }
+}
+
+/// A connection that reconnects by itself, every call bounded by `timeout`.
+pub async fn connect(
+    client: &redis::Client,
+    timeout: Duration,
+) -> Result<ConnectionManager, String> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout)
+        .set_number_of_retries(1)
+        .set_max_delay(1000);
+    ConnectionManager::new_with_config(client.clone(), cfg)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The verdict from the script's answer (microseconds) in the local store's terms (ns).

@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use super::local::{now_nanos, Gcra, Verdict};
 use super::StoreUnavailable;
@@ -155,16 +155,7 @@ impl Task {
             let batch = take_batch(&inner, now);
             let call = async {
                 if conn.is_none() {
-                    let cfg = ConnectionManagerConfig::new()
-                        .set_connection_timeout(self.timeout)
-                        .set_response_timeout(self.timeout)
-                        .set_number_of_retries(1)
-                        .set_max_delay(1000);
-                    conn = Some(
-                        ConnectionManager::new_with_config(self.client.clone(), cfg)
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    );
+                    conn = Some(super::redis::connect(&self.client, self.timeout).await?);
                 }
                 let c = conn.as_mut().expect("connected above");
                 let g = inner.gcra;
