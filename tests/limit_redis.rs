@@ -212,6 +212,11 @@ fn sync_policy_applies_on_error_when_redis_dies() {
     );
     // One interval (100 ms) plus the timeout (100 ms), with room for a loaded machine.
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // And it holds for as long as Redis is down (several intervals).
+    let until = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < until {
+        assert_eq!(closed.get("/p/x").status, 503);
+    }
     let r = closed.get("/p/x");
     assert_eq!(r.error_code(), "unavailable");
     let r = open.get("/p/x");

@@ -162,7 +162,15 @@ impl Task {
                 let interval = g.interval.div_ceil(1000).max(1);
                 let back = (since + g.credit()).div_ceil(1000);
                 let mut shared = Vec::with_capacity(batch.len());
-                for chunk in batch.chunks(BATCH) {
+                // With nothing to push, one call without keys still tells whether Redis
+                // answers (else `failing` would clear while Redis is down).
+                let empty: &[(u64, u64)] = &[];
+                let chunks: Vec<_> = if batch.is_empty() {
+                    vec![empty]
+                } else {
+                    batch.chunks(BATCH).collect()
+                };
+                for chunk in chunks {
                     let mut inv = script.prepare_invoke();
                     inv.arg(back);
                     for (key, n) in chunk {
