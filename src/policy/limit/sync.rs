@@ -73,9 +73,7 @@ pub struct SyncStore {
 
 impl std::fmt::Debug for SyncStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyncStore")
-            .field("every", &self.every)
-            .finish()
+        write!(f, "SyncStore {{ every: {:?} }}", self.every)
     }
 }
 
