@@ -75,7 +75,10 @@ pub fn assert_401(r: &Resp, says: &str) {
 
 /// Drive `path` on every gateway from `conns` keep-alive connections each for `time`, as fast
 /// as they answer; the number of 200s (every other answer must be a 429).
+/// One at a time per test binary: two tests driving load at once would measure each other.
 pub fn drive(gateways: &[&Gateway], path: &str, conns: usize, time: Duration) -> usize {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _driving = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let until = Instant::now() + time;
     let threads: Vec<_> = gateways
         .iter()
