@@ -225,6 +225,18 @@ fn config_errors_name_the_key_path() {
             "rate_limits.login.burst: must be at least 1",
         ),
         (
+            "rate_limits:\n  login: {requests: 1, per: 1s, sync: 10ms}\n",
+            "rate_limits.login.sync: only for store: redis",
+        ),
+        (
+            "redis: {url: \"redis://127.0.0.1:6379\"}\nrate_limits:\n  login: {requests: 1, per: 1s, store: redis, sync: 0s}\n",
+            "rate_limits.login.sync: must be greater than 0",
+        ),
+        (
+            "rate_limits:\n  login: {requests: 1, per: 1s, store: redis, sync: often}\n",
+            "rate_limits.login.sync",
+        ),
+        (
             "redis: {url: \"redis://127.0.0.1:6379\", on_error: maybe}\n",
             "redis.on_error: unknown value \"maybe\"",
         ),
@@ -237,4 +249,18 @@ fn config_errors_name_the_key_path() {
     let ok = "rate_limits:\n  a: {requests: 5, per: 1m, burst: 2, key: consumer}\n  b: {requests: 5, per: 1m, key: \"claim:sub\"}\nroutes:\n  - {name: r, path_prefix: /, upstream: a, rate_limit: [a, b]}\n";
     let (code, out) = check_config(&format!("{base}{ok}"));
     assert_eq!(code, 0, "{out}");
+}
+
+/// At `burst: 1` the time between a token coming free and the next request reaching the
+/// decision is not lost: far above the limit, the rate is what the policy says.
+#[test]
+fn burst_one_admits_the_configured_rate_under_load() {
+    let a = echo("a");
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  a: {{targets: [\"{a}\"]}}\nrate_limits:\n  p: {{requests: 1000, per: 1s, burst: 1, key: route}}\nroutes:\n  - {{name: p, path_prefix: /p, upstream: a, rate_limit: p}}\n"
+    ));
+    let secs = Duration::from_secs(3);
+    let ok = drive(&[&gw], "/p", 4, secs);
+    let expected = 1000.0 * secs.as_secs_f64() + 1.0;
+    assert_near(ok, expected, 0.1);
 }

@@ -72,3 +72,41 @@ pub fn assert_401(r: &Resp, says: &str) {
     let msg = r.json()["message"].as_str().unwrap().to_owned();
     assert!(msg.contains(says), "message {msg:?} should say {says:?}");
 }
+
+/// Drive `path` on every gateway from `conns` keep-alive connections each for `time`, as fast
+/// as they answer; the number of 200s (every other answer must be a 429).
+/// One at a time per test binary: two tests driving load at once would measure each other.
+pub fn drive(gateways: &[&Gateway], path: &str, conns: usize, time: Duration) -> usize {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _driving = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let until = Instant::now() + time;
+    let threads: Vec<_> = gateways
+        .iter()
+        .flat_map(|gw| std::iter::repeat_n(gw.addr, conns))
+        .map(|addr| {
+            let path = path.to_owned();
+            std::thread::spawn(move || {
+                let mut c = KeepAlive::new(addr);
+                let mut ok = 0;
+                while Instant::now() < until {
+                    match c.get(&path).map(|r| r.status) {
+                        Ok(200) => ok += 1,
+                        Ok(429) => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+/// Assert `admitted` is within `tolerance` (0.15 = ±15%) of `expected`.
+pub fn assert_near(admitted: usize, expected: f64, tolerance: f64) {
+    let ratio = admitted as f64 / expected;
+    assert!(
+        (1.0 - tolerance..=1.0 + tolerance).contains(&ratio),
+        "admitted {admitted} of {expected} ({ratio:.3})"
+    );
+}

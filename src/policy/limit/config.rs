@@ -28,6 +28,9 @@ pub struct PolicyFile {
     /// `local` (default) or `redis`.
     #[serde(default)]
     pub store: Option<String>,
+    /// `store: redis` only: decide locally and reconcile with Redis every this often.
+    #[serde(default)]
+    pub sync: Option<Dur>,
     /// IPv6 clients are keyed per this prefix length (default 64).
     #[serde(default)]
     pub ipv6_prefix: Option<u8>,
@@ -156,6 +159,19 @@ pub fn compile(
                 Store::Local
             }
         };
+        if let Some(d) = &p.sync {
+            if store != Store::Redis {
+                errs.push(
+                    format!("{base}.sync"),
+                    "only for store: redis (a local store decides locally anyway)",
+                );
+            } else if d.0.is_zero() {
+                errs.push(
+                    format!("{base}.sync"),
+                    "must be greater than 0, e.g. \"10ms\" (or left out: one Redis call per request)",
+                );
+            }
+        }
         let headers = match p.headers.as_deref().unwrap_or("ietf") {
             "ietf" => Headers::IETF,
             "legacy" => Headers::LEGACY,
@@ -180,6 +196,14 @@ pub fn compile(
                 ipv6_prefix,
             );
             policy.headers = headers;
+            if let (Some(d), Some(r)) = (&p.sync, &limits.redis) {
+                policy.sync = Some(super::sync::SyncStore::new(
+                    r.client().clone(),
+                    policy.gcra,
+                    d.0,
+                    r.timeout,
+                ));
+            }
             limits.policies.push(policy);
         }
     }

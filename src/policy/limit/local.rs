@@ -83,14 +83,31 @@ impl Gcra {
         self.interval * self.burst
     }
 
+    /// How long a token that came free is kept for the request that takes it: half a refill
+    /// interval (always less than one, so never more than `burst` pass at once).
+    pub fn credit(&self) -> u64 {
+        self.interval / 2
+    }
+
     /// Decide for a key whose stored TAT is `tat` (0 = unknown) at `now`; returns the verdict
     /// and the TAT to store when admitted.
+    ///
+    /// A request arriving within [`Gcra::credit`] after its token came free (`tat < now`) is
+    /// charged from `tat`, not from `now`: under load the gap between a token coming free and
+    /// the next request reaching this decision (scheduling, a Redis pipeline's round trip,
+    /// requests timed before they took the lock) would otherwise be lost at every token, which
+    /// at `burst: 1` is a large part of the rate. A key idle for longer starts from `now`, so
+    /// an idle client still gets exactly `burst` tokens.
     pub fn decide(&self, tat: u64, now: u64) -> (Verdict, u64) {
-        let tat = tat.max(now);
+        let tat = if tat == 0 || tat.saturating_add(self.credit()) < now {
+            now
+        } else {
+            tat
+        };
         let new_tat = tat + self.interval;
         let tol = self.tolerance();
-        if new_tat - now <= tol {
-            let used = new_tat - now;
+        if new_tat <= now + tol {
+            let used = new_tat.saturating_sub(now);
             (
                 Verdict {
                     allowed: true,
@@ -105,7 +122,7 @@ impl Gcra {
                 Verdict {
                     allowed: false,
                     remaining: 0,
-                    reset_nanos: tat - now,
+                    reset_nanos: tat.saturating_sub(now),
                     retry_after_nanos: new_tat - now - tol,
                 },
                 tat,
@@ -241,6 +258,25 @@ mod tests {
             }
         }
         assert_eq!(more, 10);
+    }
+
+    /// Requests every 0.3 interval at burst 1: each token is taken by a request up to 0.3
+    /// interval after it came free; charged from when it came free, the rate is exact (charged
+    /// from arrival, it would be one per 1.2 intervals). An idle key still gets one at once.
+    #[test]
+    fn burst_one_loses_no_time_between_a_token_and_its_request() {
+        let g = Gcra::new(1_000_000, S, 1); // one token per 1000 ns
+        let store = LocalStore::new(1024);
+        let admitted = (0..10_000u64)
+            .filter(|i| store.check(&g, 1, i * 300).allowed)
+            .count();
+        assert_eq!(admitted, 3000, "3,000,000 ns at one per 1000 ns");
+        // Idle (longer than the credit): exactly the burst at once, the next a full interval on.
+        let t = 10 * S;
+        assert!(store.check(&g, 1, t).allowed);
+        assert!(!store.check(&g, 1, t).allowed);
+        assert!(!store.check(&g, 1, t + 999).allowed);
+        assert!(store.check(&g, 1, t + 1000).allowed);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 mod headers;
 pub mod local;
 pub mod redis;
+pub mod sync;
 
 pub use headers::Headers;
 
@@ -56,6 +57,8 @@ pub struct Policy {
     pub gcra: Gcra,
     pub key: KeyKind,
     pub store: Store,
+    /// `sync`: decide locally, reconcile with Redis every so often (`store: redis` only).
+    pub sync: Option<sync::SyncStore>,
     pub ipv6_prefix: u8,
     pub headers: Headers,
     /// What identifies this policy's buckets across processes and config reloads: its name
@@ -87,7 +90,7 @@ impl Policy {
     /// One line for `tollgate explain`.
     pub fn describe(&self) -> String {
         format!(
-            "{}: {} requests per {}, burst {}, key {}, store {}",
+            "{}: {} requests per {}, burst {}, key {}, store {}{}",
             self.name,
             self.requests,
             humantime::format_duration(self.per),
@@ -96,6 +99,10 @@ impl Policy {
             match self.store {
                 Store::Local => "local",
                 Store::Redis => "redis",
+            },
+            match &self.sync {
+                Some(s) => format!(", sync {}", humantime::format_duration(s.every())),
+                None => String::new(),
             }
         )
     }
@@ -131,6 +138,7 @@ impl Policy {
             scope: h.finish(),
             key,
             store,
+            sync: None,
             ipv6_prefix,
             headers: Headers::IETF,
             policy_header,
@@ -325,6 +333,13 @@ impl Limits {
                 // Boxed: the call's future is 3 KiB, which every request's future would
                 // carry (and move) inline, limited by Redis or not; this one makes a round
                 // trip anyway.
+                (Store::Redis, Some(r)) if p.sync.is_some() => {
+                    match p.sync.as_ref().map(|s| s.check(key, now)) {
+                        Some(Ok(v)) => v,
+                        _ if r.deny_on_error => return Err(StoreUnavailable),
+                        _ => continue,
+                    }
+                }
                 (Store::Redis, Some(r)) => match Box::pin(r.check(&p.gcra, key)).await {
                     Ok(v) => v,
                     Err(_) if r.deny_on_error => return Err(StoreUnavailable),

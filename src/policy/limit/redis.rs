@@ -18,18 +18,21 @@ use super::local::{Gcra, Verdict};
 pub const LOG_EVERY: u64 = 10;
 
 /// GCRA on the Redis server's clock (so instances agree), in microseconds.
-/// KEYS[1] = key; ARGV = interval, tolerance (burst * interval). Returns {allowed, delta}:
-/// allowed → delta = new TAT - now; denied → delta = TAT - now.
+/// KEYS[1] = key; ARGV = interval, tolerance (burst * interval), credit (see
+/// [`Gcra::decide`]: a token that came free less than `credit` ago is charged from when it came
+/// free). Returns {allowed, delta}: allowed → delta = new TAT - now; denied → delta = TAT - now.
+/// The key lives until its TAT + credit: after that it means the same as no key.
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tol = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
+local credit = tonumber(ARGV[3])
+if tat + credit < now then tat = now end
 local new_tat = tat + interval
 if new_tat - now <= tol then
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now + credit) / 1000) + 1)
   return {1, new_tat - now}
 end
 return {0, tat - now}
@@ -69,6 +72,11 @@ impl RedisStore {
         })
     }
 
+    /// The client, for the `sync` policies' own connections.
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     /// Failed calls since start (for metrics).
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
@@ -77,16 +85,7 @@ impl RedisStore {
     async fn connection(&self) -> Result<ConnectionManager, String> {
         let conn = self
             .conn
-            .get_or_try_init(|| async {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.timeout)
-                    .set_response_timeout(self.timeout)
-                    .set_number_of_retries(1)
-                    .set_max_delay(1000);
-                ConnectionManager::new_with_config(self.client.clone(), cfg)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            .get_or_try_init(|| async { connect(&self.client, self.timeout).await })
             .await?;
         Ok(conn.clone())
     }
@@ -102,6 +101,7 @@ impl RedisStore {
                 .key(format!("tollgate:rl:{key:016x}"))
                 .arg(interval)
                 .arg(tol)
+                .arg(interval / 2)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -137,6 +137,21 @@ impl RedisStore {
             );
         }
     }
+}
+
+/// A connection that reconnects by itself, every call bounded by `timeout`.
+pub async fn connect(
+    client: &redis::Client,
+    timeout: Duration,
+) -> Result<ConnectionManager, String> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout)
+        .set_number_of_retries(1)
+        .set_max_delay(1000);
+    ConnectionManager::new_with_config(client.clone(), cfg)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The verdict from the script's answer (microseconds) in the local store's terms (ns).
