@@ -346,6 +346,9 @@ remember_children() {
     NEW_CHILDREN=()
     for c in $(children_of "$1"); do
         st=$(proc_stat_field "$c" 22) || continue
+        # nginx with a proxy_cache also runs a cache manager and a loader (which exits once
+        # it has read the cache): neither serves a request.
+        grep -qs "cache manager\|cache loader" "/proc/$c/cmdline" && continue
         CHILDREN+=("$c")
         NEW_CHILDREN+=("$c")
         START_OF[$c]=$st
