@@ -164,16 +164,8 @@ fn conf_arg(args: &[String]) -> Option<&str> {
 
 /// The admin `/health` document, if it answers.
 fn health(admin: &str) -> Option<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).ok()?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let req = format!("GET /health HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).ok()?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (_, json) = answer.split_once("\r\n\r\n")?;
-    serde_json::from_str(json.trim()).ok()
+    let a = crate::admin::client::request(admin, "GET", "/health", None, None).ok()?;
+    (!a.json.is_null()).then_some(a.json)
 }
 
 #[cfg(test)]

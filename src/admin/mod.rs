@@ -4,6 +4,7 @@
 //! `/health` wants it: `Authorization: Bearer TOKEN` from tools, or Basic credentials with it
 //! as the password from a browser (which asks once and sends them with the page's requests).
 
+pub mod client;
 pub mod purge;
 mod status;
 

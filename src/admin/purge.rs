@@ -68,7 +68,6 @@ pub fn send(
     path: Option<&str>,
     prefix: Option<&str>,
 ) -> Result<u64, String> {
-    use std::io::{Read, Write};
     let loaded = crate::gateway::load_file(conf).map_err(|errs| format!("{conf}: {errs}"))?;
     let admin = loaded
         .gateway
@@ -81,31 +80,14 @@ pub fn send(
         _ => return Err("give one of --path or --prefix".into()),
     }
     .to_string();
-    let token = match &admin.token {
-        Some(t) => format!("Authorization: Bearer {}\r\n", String::from_utf8_lossy(t)),
-        None => String::new(),
-    };
-    let mut s = std::net::TcpStream::connect(&admin.address)
-        .map_err(|e| format!("cannot reach the admin listener {}: {e}", admin.address))?;
-    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-    let req = format!(
-        "POST /cache/purge HTTP/1.1\r\nHost: {}\r\n{token}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        admin.address,
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).map_err(|e| e.to_string())?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, json) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
-    match v["purged"].as_u64() {
-        Some(n) if head.starts_with("HTTP/1.1 200") => Ok(n),
+    let token = admin.token.as_deref();
+    let a = super::client::request(&admin.address, "POST", "/cache/purge", token, Some(&body))?;
+    match a.json["purged"].as_u64() {
+        Some(n) if a.ok() => Ok(n),
         _ => Err(format!(
             "{}: {}",
-            head.lines().next().unwrap_or("no answer"),
-            v["message"].as_str().unwrap_or(json.trim())
+            a.status_line,
+            a.json["message"].as_str().unwrap_or(&a.body)
         )),
     }
 }

@@ -84,6 +84,8 @@ struct Meta {
     header: ResponseHeader,
     /// The head's bytes as counted against `max_size`.
     size: usize,
+    /// One variant (no `Vary`), framed by `Content-Length`: the own engine may answer it.
+    plain: bool,
 }
 
 impl Meta {
@@ -102,6 +104,9 @@ impl Meta {
             stale_if_error: m.stale_if_error_sec(),
             variance: m.variance(),
             epoch_override: m.epoch_override(),
+            plain: m.variance().is_none()
+                && !header.headers.contains_key(http::header::VARY)
+                && header.headers.contains_key(http::header::CONTENT_LENGTH),
             header,
             size,
         }
@@ -197,18 +202,23 @@ impl Store {
     }
 
     /// The entry for `key` when it can be served as it is at `now`: fresh, of one variant
-    /// (no `Vary`), framed by `Content-Length`. The LRU learns of the use, as on Pingora's hits.
-    pub fn fresh(&self, key: &CacheKey, now: SystemTime) -> Option<Fresh> {
+    /// (no `Vary`), framed by `Content-Length`.
+    fn servable(&self, key: &CacheKey, now: SystemTime) -> Option<Arc<Entry>> {
         let slot = slot_of(key.primary_bin(), None);
         let e = self.entries.read().get(&slot).cloned()?;
+        (e.meta.plain && e.meta.fresh_until >= now).then_some(e)
+    }
+
+    /// Whether [`Self::fresh`] would answer for `key` at `now` (nothing is copied or touched).
+    pub fn has_fresh(&self, key: &CacheKey, now: SystemTime) -> bool {
+        self.servable(key, now).is_some()
+    }
+
+    /// The entry for `key` when it can be served as it is at `now` (see [`Self::servable`]).
+    /// The LRU learns of the use, as on Pingora's hits.
+    pub fn fresh(&self, key: &CacheKey, now: SystemTime) -> Option<Fresh> {
+        let e = self.servable(key, now)?;
         let m = &e.meta;
-        let simple = m.fresh_until >= now
-            && m.variance.is_none()
-            && !m.header.headers.contains_key(http::header::VARY)
-            && m.header.headers.contains_key(http::header::CONTENT_LENGTH);
-        if !simple {
-            return None;
-        }
         let epoch = m.epoch_override.unwrap_or(m.updated);
         let id = Some(CacheEntryId::new(e.id));
         let entry = CacheEntryKey::from_entry_id(key.to_compact(), id);

@@ -122,7 +122,7 @@ impl Tollgate {
             return false;
         }
         let key = c.key(&key_input(req, &Ctx::default(), false));
-        c.store.fresh(&key, SystemTime::now()).is_some()
+        c.store.has_fresh(&key, SystemTime::now())
     }
 
     /// Answer an admitted request from the cache, as Pingora's hit path does; `Ok(false)`:

@@ -30,15 +30,11 @@ impl Tollgate {
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
         match self.gw.router.find(host, &path, &req.method, req) {
             Match::Route(r) => {
-                let carried = |caches| {
-                    r.upstreams()
-                        .all(|up| fastpath::carries_on(req, &self.gw.upstreams[up], caches))
-                };
-                match self.gw.caches[r.id].is_some() {
-                    false => carried(false),
-                    // A fresh hit is answered here; what it cannot answer, Pingora's cache path.
-                    true => carried(false) && self.own_hit_ahead(req, r),
-                }
+                r.upstreams()
+                    .all(|up| fastpath::carries(req, &self.gw.upstreams[up]))
+                    // On a caching route, a fresh hit is answered here; what it cannot
+                    // answer, Pingora's cache path.
+                    && (self.gw.caches[r.id].is_none() || self.own_hit_ahead(req, r))
             }
             _ => false,
         }
