@@ -41,15 +41,9 @@ impl Gateway {
         Gateway::start_full(body, &[], "", admin)
     }
 
-    /// As `start`, with more `listen` entries (YAML flow items, e.g.
-    /// `{address: "127.0.0.1:1234", h2c: true}`) after the harness's plain listener.
-    pub fn start_listening(extra_listen: &str, body: &str) -> Gateway {
-        Gateway::start_full(body, &[], extra_listen, "")
-    }
-
     /// A gateway with one more listener on a fresh port, `entry(addr)` its YAML flow
     /// mapping, and an echo upstream `up` behind `/api`; returns once that listener accepts.
-    pub fn with_api_listener(entry: impl FnOnce(SocketAddr) -> String) -> (Gateway, SocketAddr) {
+    pub fn with_api_listener(entry: impl Fn(SocketAddr) -> String) -> (Gateway, SocketAddr) {
         let up = echo("up");
         Gateway::with_listener(
             entry,
@@ -63,11 +57,16 @@ impl Gateway {
     /// A gateway running `body` with one more listener on a fresh port, `entry(addr)` its
     /// YAML flow mapping; returns once that listener accepts.
     pub fn with_listener(
-        entry: impl FnOnce(SocketAddr) -> String,
+        entry: impl Fn(SocketAddr) -> String,
         body: &str,
     ) -> (Gateway, SocketAddr) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let gw = Gateway::start_listening(&entry(addr), body);
+        // The extra port is drawn again with the others when a start finds one taken.
+        let (gw, addr) = (0..4)
+            .find_map(|_| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                Self::try_start(body, &[], &entry(addr), "").map(|gw| (gw, addr))
+            })
+            .expect("tollgate found a port taken at every start");
         assert!(
             eventually(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()),
             "the listener {addr} never accepted:\n{}",

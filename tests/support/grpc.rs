@@ -317,11 +317,5 @@ pub fn call_within(
 /// A gateway with `body` and, besides the harness's plain listener, an h2c listener; returns
 /// it with the h2c address once that accepts.
 pub fn gateway_h2c(body: &str) -> (super::Gateway, SocketAddr) {
-    let h2c: SocketAddr = ([127, 0, 0, 1], super::free_port()).into();
-    let gw = super::Gateway::start_listening(&format!("{{address: \"{h2c}\", h2c: true}}"), body);
-    let up = super::eventually(std::time::Duration::from_secs(10), || {
-        std::net::TcpStream::connect(h2c).is_ok()
-    });
-    assert!(up, "the h2c listener never accepted:\n{}", gw.logs());
-    (gw, h2c)
+    super::Gateway::with_listener(|h2c| format!("{{address: \"{h2c}\", h2c: true}}"), body)
 }
