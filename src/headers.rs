@@ -217,13 +217,12 @@ pub fn forwarding(
 /// Join an HTTP/2 request's `cookie` fields into one, separated by `"; "`, before it goes
 /// out as HTTP/1 (RFC 9113 section 8.2.3: HTTP/2 clients send each cookie as its own field,
 /// an HTTP/1 server expects a single `Cookie` header, RFC 6265 section 5.4).
-pub fn join_cookie_crumbs(h: &mut HeaderMap) -> Result<()> {
-    let crumbs = h.get_all(http::header::COOKIE);
-    if crumbs.iter().nth(1).is_none() {
+pub fn join_cookie_crumbs(h: &mut impl Edit) -> Result<()> {
+    if h.get_all(&http::header::COOKIE).nth(1).is_none() {
         return Ok(());
     }
     let mut joined = Vec::new();
-    for (i, c) in crumbs.iter().enumerate() {
+    for (i, c) in h.get_all(&http::header::COOKIE).enumerate() {
         if i > 0 {
             joined.extend_from_slice(b"; ");
         }
@@ -236,7 +235,7 @@ pub fn join_cookie_crumbs(h: &mut HeaderMap) -> Result<()> {
             e,
         )
     })?;
-    h.insert(http::header::COOKIE, value);
+    h.insert(&http::header::COOKIE, value);
     Ok(())
 }
 

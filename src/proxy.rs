@@ -288,10 +288,13 @@ impl ProxyHttp for Tollgate {
         }
         self.mirror(session, ctx);
         let caches = self.route_cache(ctx).is_some();
+        // An HTTP/2 request's headers do not say whether a body follows; its stream does.
         if self.fast_path
             && self
                 .upstream(ctx)
                 .is_some_and(|up| crate::fastpath::carries_on(session.req_header(), up, caches))
+            && (session.req_header().version != http::Version::HTTP_2
+                || Downstream::is_body_empty(session))
         {
             return self.relay(session, ctx).await;
         }

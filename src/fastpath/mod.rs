@@ -3,11 +3,12 @@
 //! ([`carries`]).
 //!
 //! Why: Pingora's HTTP/1 session and its upstream leg are most of what a plain request costs
-//! it. The engine takes the common case only: a plain request (no body, HTTP/1.0 or 1.1, an
-//! origin-form target, one `Host`, no upgrade, no `Expect`, no gRPC, a `Connection` header
-//! about this connection only) routed to a plaintext HTTP/1 upstream. Everything else (a
-//! request body, HTTP/2, upgrades, gRPC, TLS or h2 upstreams) keeps Pingora's path, whose
-//! rules for it are not repeated here. The request's steps are the proxy's either way
+//! it. The engine takes the common case only: a plain request (no body, an origin-form
+//! target, one `Host` or HTTP/2 `:authority`, no upgrade, no `Expect`, no gRPC, a
+//! `Connection` header about this connection only) routed to a plaintext HTTP/1 upstream.
+//! Everything else (a request body, upgrades, gRPC, TLS or h2 upstreams) keeps Pingora's
+//! path, whose rules for it are not repeated here. An HTTP/2 client is always read by
+//! Pingora's session; the engine is then the upstream leg only. The request's steps are the proxy's either way
 //! (`crate::proxy`): the engine only reads and writes the bytes.
 
 use http::header;
@@ -44,9 +45,8 @@ pub fn plain(req: &RequestHeader) -> bool {
     let h = &req.headers;
     // CONNECT changes the framing of what follows (RFC 9112 §6.3): Pingora refuses it (405).
     req.method != http::Method::CONNECT
-        && matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10)
+        && one_host(req)
         && req.raw_path().first() == Some(&b'/')
-        && h.get_all(header::HOST).iter().count() == 1
         && !h.contains_key(header::TRANSFER_ENCODING)
         && !h.contains_key(header::UPGRADE)
         && !h.contains_key(header::EXPECT)
@@ -58,6 +58,28 @@ pub fn plain(req: &RequestHeader) -> bool {
                 .all(|t| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close"))
         })
         && !crate::grpc::is_grpc(req)
+}
+
+/// Whose host the request names, once: an HTTP/1 request's one `Host`; an HTTP/2 request's
+/// `:authority` (without userinfo), with no `Host` beside it, which the upstream request gets
+/// as its `Host` ([`h2_host`]).
+fn one_host(req: &RequestHeader) -> bool {
+    let hosts = req.headers.get_all(header::HOST).iter().count();
+    match req.version {
+        http::Version::HTTP_11 | http::Version::HTTP_10 => hosts == 1,
+        http::Version::HTTP_2 => hosts == 0 && h2_host(req).is_some(),
+        _ => false,
+    }
+}
+
+/// The `Host` an HTTP/2 request's `:authority` makes for an HTTP/1 upstream (as Pingora's
+/// proxy sets it), if it has one without userinfo.
+pub fn h2_host(req: &RequestHeader) -> Option<http::HeaderValue> {
+    let authority = req.uri.authority()?.as_str();
+    if authority.contains('@') {
+        return None;
+    }
+    http::HeaderValue::from_str(authority).ok()
 }
 
 #[cfg(test)]

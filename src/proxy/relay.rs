@@ -10,6 +10,8 @@
 
 use pingora::{Error, ErrorType, Result};
 
+use crate::headers::Edit;
+
 use super::{Ctx, Tollgate};
 use crate::downstream::Downstream;
 use crate::fastpath::h1::client::{self as h1, Conn};
@@ -88,6 +90,15 @@ impl Tollgate {
             ));
         }
         let mut h = crate::headers::Overlay::new(&req.headers);
+        if req.version == http::Version::HTTP_2 {
+            // As Pingora's proxy sends an HTTP/2 request to an HTTP/1 upstream: `Host` from
+            // `:authority`, the cookie crumbs joined.
+            let host = crate::fastpath::h2_host(req).ok_or_else(|| {
+                Error::explain(ErrorType::InvalidHTTPHeader, "no authority for the Host")
+            })?;
+            h.insert(&http::header::HOST, host);
+            crate::headers::join_cookie_crumbs(&mut h)?;
+        }
         self.forwarded(session.tls(), &mut h, ctx)?;
         let kept = h
             .iter()

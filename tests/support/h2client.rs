@@ -31,12 +31,27 @@ pub async fn send<S>(io: S, req: http::Request<()>) -> Result<H2Resp, h2::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    send_body(io, req, None).await
+}
+
+/// [`send`], with `body` sent in one DATA frame after the headers when there is one.
+pub async fn send_body<S>(
+    io: S,
+    req: http::Request<()>,
+    body: Option<&'static [u8]>,
+) -> Result<H2Resp, h2::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (client, conn) = h2::client::handshake(io).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     let mut client = client.ready().await?;
-    let (resp, _) = client.send_request(req, true)?;
+    let (resp, mut stream) = client.send_request(req, body.is_none())?;
+    if let Some(body) = body {
+        stream.send_data(bytes::Bytes::from_static(body), true)?;
+    }
     let resp = resp.await?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
