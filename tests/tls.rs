@@ -56,6 +56,11 @@ impl Client<'_> {
 
     /// Handshake with the gateway (no certificate verification: tests look at what came).
     async fn connect(self, addr: SocketAddr) -> Result<SslStream<TcpStream>, String> {
+        tls_handshake(self.ssl(), addr).await
+    }
+
+    /// The client's side of the connection, before its handshake.
+    fn ssl(self) -> Ssl {
         let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
         b.set_verify(SslVerifyMode::NONE);
         if let Some(v) = self.max_version {
@@ -72,8 +77,7 @@ impl Client<'_> {
         let mut cfg = b.build().configure().unwrap();
         cfg.set_use_server_name_indication(self.sni.is_some());
         cfg.set_verify_hostname(false);
-        let ssl: Ssl = cfg.into_ssl(self.sni.unwrap_or("unused")).unwrap();
-        tls_handshake(ssl, addr).await
+        cfg.into_ssl(self.sni.unwrap_or("unused")).unwrap()
     }
 }
 
@@ -413,4 +417,41 @@ fn pipelined_requests_over_tls_are_answered_in_order() {
         seen
     });
     assert_eq!(paths, ["/one", "/two", "/post", "/three", "/last"]);
+}
+
+/// Requests each in its own TLS record, the records sent in one segment: the gateway reads
+/// ahead of the record it decrypts (one read for a record's header and body), and the
+/// records it read ahead are served without waiting for the socket to be readable again.
+#[test]
+fn requests_in_records_read_ahead_are_all_answered() {
+    let (_dir, _gw, addr) = a_test_gateway("");
+    let paths = runtime().block_on(async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        // Records go to this buffer, and to the socket only at a flush.
+        let tcp = tokio::io::BufWriter::new(tcp);
+        let mut s = SslStream::new(Client::a_test(b"\x08http/1.1").ssl(), tcp).unwrap();
+        Pin::new(&mut s).connect().await.unwrap();
+        for p in ["/one", "/two", "/three"] {
+            let req = format!("GET /api{p} HTTP/1.1\r\nHost: a.test\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+        }
+        s.write_all(b"GET /api/last HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        s.flush().await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "not every answer came: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        let mut seen = Vec::new();
+        while let Some((r, n)) = parse_one(&buf).unwrap() {
+            buf.drain(..n);
+            seen.push(r.json()["path"].as_str().unwrap_or("?").to_owned());
+        }
+        seen
+    });
+    assert_eq!(paths, ["/one", "/two", "/three", "/last"]);
 }

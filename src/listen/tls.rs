@@ -229,6 +229,9 @@ impl ServerTls {
             pingora::Error::because(pingora::ErrorType::InternalError, "TLS minimum version", e)
         })?;
         s.set_alpn(if self.http2 { ALPN::H2H1 } else { ALPN::H1 });
+        // A record's header and its body in one read from the socket, not two (and what the
+        // client sent after it, decrypted when asked for).
+        s.set_read_ahead(true);
         if let Some(ca) = &self.client_auth {
             ca.apply(&mut s).map_err(|e| {
                 pingora::Error::because(pingora::ErrorType::InternalError, "TLS client_auth", e)
