@@ -224,6 +224,7 @@ fn echoed_requests_reach_the_upstream_alike() {
             ),
             (req("HEAD", "/echo/head", &[]), None),
             (req("DELETE", "/echo/gone", &[]), None),
+            (req("POST", "/echo/empty", &[("content-length", "0")]), None),
             (
                 req("POST", "/echo/post", &[("content-type", "text/plain")]),
                 Some(b"hello"),
