@@ -8,6 +8,7 @@
 pub mod compile;
 pub mod file;
 mod routes;
+mod upstream;
 
 use std::sync::Arc;
 
