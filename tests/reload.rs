@@ -210,6 +210,38 @@ fn reload_command_hands_over_to_a_daemonized_new_process() {
     assert_eq!(gw.get("/api/x").status, 200);
 }
 
+/// A package upgrade replaced the binary: `tollgate reload` (the new binary, another file than
+/// the one the process runs) hands over to a new process running it, even for a change that
+/// would apply in process, since only a new process runs the new code.
+#[test]
+fn reload_command_upgrades_to_a_replaced_binary() {
+    let up = echo("up");
+    let mut gw = Gateway::start(&body(up, ""));
+    let old = gw.pid();
+    let conf = gw.conf_path();
+    let route = "  - {name: new, path_prefix: /new, upstream: up}\n";
+    std::fs::write(&conf, gw.yaml_for(&body(up, route))).unwrap();
+    let upgraded = gw.dir.path().join("tollgate-upgraded");
+    std::fs::copy(bin(), &upgraded).unwrap();
+    let (code, text) = reload_cmd_of(&upgraded, &conf, old, &[]);
+    let _daemon = KillPidFile(gw.dir.path().join("tollgate.pid"));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("reloaded by upgrade (the tollgate binary changed)"),
+        "{text}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gw.get("/new/x").status != 200 {
+        assert!(Instant::now() < deadline, "new config never went live");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_exit(&mut gw);
+    let now = health_pid(&gw);
+    assert_ne!(now, u64::from(old), "a new process answers");
+    let exe = std::fs::read_link(format!("/proc/{now}/exe")).unwrap();
+    assert_eq!(exe, upgraded, "the new process runs the replaced binary");
+}
+
 /// Routes keyed per `X-Client`, so one test can tell a limited client from a fresh one.
 fn limited_body(up: std::net::SocketAddr, policies: &str, routes: &str) -> String {
     format!("upstreams: {{up: {{targets: [\"{up}\"]}}}}\nrate_limits:\n{policies}routes:\n{routes}")

@@ -327,8 +327,18 @@ fn listening(yaml: String, addr: SocketAddr, extra: &str) -> String {
 /// Run `tollgate reload`; its output goes to a file, since the daemon it starts inherits
 /// stderr and a pipe would stay open as long as the daemon lives.
 pub fn reload_cmd(conf: &std::path::Path, pid: u32, extra: &[&str]) -> (i32, String) {
+    reload_cmd_of(std::path::Path::new(bin()), conf, pid, extra)
+}
+
+/// [`reload_cmd`] run by the binary at `binary`.
+pub fn reload_cmd_of(
+    binary: &std::path::Path,
+    conf: &std::path::Path,
+    pid: u32,
+    extra: &[&str],
+) -> (i32, String) {
     let out = conf.with_extension("out");
-    let status = Command::new(bin())
+    let status = Command::new(binary)
         .args(["reload", "-c"])
         .arg(conf)
         .args(["--pid", &pid.to_string()])
