@@ -59,6 +59,7 @@ routes:
   - {{name: claims, path_prefix: /claims, upstream: raw, strip_prefix: false}}
   - {{name: down, path_prefix: /down, upstream: down}}
   - {{name: echo, path_prefix: /echo, upstream: echo}}
+  - {{name: zip, path_prefix: /zip, upstream: echo, compression: {{gzip: 6, min_size: 10}}}}
 "#
     );
     let h2c = |a| format!("{{address: \"{a}\", h2c: true}}");
@@ -121,7 +122,18 @@ fn ask(side: &Side, (r, body): &Req) -> Seen {
     observe(resp, side.name)
 }
 
-fn observe(r: h2client::H2Resp, side: &str) -> Seen {
+fn observe(mut r: h2client::H2Resp, side: &str) -> Seen {
+    if r.headers
+        .get("content-encoding")
+        .is_some_and(|v| v == "gzip")
+    {
+        use std::io::Read;
+        let mut plain = String::new();
+        flate2::read::GzDecoder::new(&r.raw[..])
+            .read_to_string(&mut plain)
+            .unwrap_or_else(|e| panic!("{side}: not gzip ({e}): {r:?}"));
+        r.body = plain;
+    }
     let date = r
         .headers
         .get("date")
@@ -230,6 +242,11 @@ fn echoed_requests_reach_the_upstream_alike() {
                 Some(b"hello"),
             ),
             (req("GET", "/decorated/x", &[]), None),
+            (req("GET", "/zip/x", &[("accept-encoding", "gzip")]), None),
+            (
+                req("GET", "/zip/y", &[("accept-encoding", "br;q=0, identity")]),
+                None,
+            ),
         ],
     );
     let upstream = seen[0].upstream.as_ref().expect("an echo answer");
@@ -240,6 +257,11 @@ fn echoed_requests_reach_the_upstream_alike() {
     let crumbs = seen[1].upstream.as_ref().expect("an echo answer");
     assert_eq!(crumbs["cookie"], "a=1; b=2; c=3", "{crumbs}");
     assert!(crumbs.get("te").is_none(), "te is hop-by-hop: {crumbs}");
+    let zipped = &seen[7].headers;
+    assert!(
+        zipped.contains(&("content-encoding".into(), "gzip".into())),
+        "{zipped:?}"
+    );
 }
 
 #[test]

@@ -9,6 +9,8 @@ pub struct H2Resp {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: String,
+    /// The body's bytes as they came.
+    pub raw: Vec<u8>,
 }
 
 impl H2Resp {
@@ -66,5 +68,6 @@ where
         status,
         headers,
         body: String::from_utf8_lossy(&out).into_owned(),
+        raw: out,
     })
 }
