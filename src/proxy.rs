@@ -27,6 +27,7 @@ pub use crate::ctx::Ctx;
 mod admit;
 mod cache;
 mod failure;
+mod miss;
 mod own;
 mod relay;
 mod traced;
