@@ -536,54 +536,7 @@ fn cache_hits_head_ranges_and_conditions() {
 /// chunks, `bigchunked` 3000 bytes of them), `missing` (a 404), `broken` (a 500), `cut` (half
 /// the promised body, then the connection closes); else a fresh page of 5 bytes.
 fn miss_pair() -> Pair {
-    let up = scripted(|_, path| {
-        let fixed = |extra: &str, body: &str| {
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{extra}Content-Type: text/plain\r\n\r\n",
-                body.len()
-            );
-            (format!("{head}{body}").into_bytes(), false)
-        };
-        let chunked = |n: usize| {
-            let body = "y".repeat(n);
-            let page = format!(
-                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n\
-                 {n:x}\r\n{body}\r\n0\r\n\r\n"
-            );
-            (page.into_bytes(), false)
-        };
-        let status = |line: &str| {
-            let page = format!("HTTP/1.1 {line}\r\nContent-Length: 4\r\n\r\nnope");
-            (page.into_bytes(), false)
-        };
-        let cases: [(&str, &dyn Fn() -> (Vec<u8>, bool)); 10] = [
-            ("nostore", &|| fixed("Cache-Control: no-store\r\n", "hello")),
-            ("private", &|| {
-                fixed("Cache-Control: private, max-age=60\r\n", "hello")
-            }),
-            ("cookie", &|| {
-                fixed("Set-Cookie: s=1\r\nCache-Control: max-age=60\r\n", "hello")
-            }),
-            ("vary", &|| {
-                fixed("Vary: Accept-Language\r\nETag: \"v\"\r\n", "hello")
-            }),
-            ("bigchunked", &|| chunked(3000)),
-            ("big", &|| {
-                fixed("Cache-Control: max-age=60\r\n", &"z".repeat(3000))
-            }),
-            ("chunked", &|| chunked(5)),
-            ("missing", &|| status("404 Not Found")),
-            ("broken", &|| status("500 Internal Server Error")),
-            ("cut", &|| {
-                let page = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello";
-                (page.as_bytes().to_vec(), true)
-            }),
-        ];
-        match cases.iter().find(|(k, _)| path.contains(k)) {
-            Some((_, answer)) => answer(),
-            None => fixed("Cache-Control: max-age=60\r\nETag: \"v1\"\r\n", "hello"),
-        }
-    });
+    let up = scripted(|_, path| miss_answer(path));
     let config = format!(
         "caches: {{pages: {{max_size: 1MiB}}}}\n\
          upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
@@ -594,6 +547,57 @@ fn miss_pair() -> Pair {
          \x20 - {{name: echo, path_prefix: /echo, upstream: up}}\n"
     );
     Pair::of(&config)
+}
+
+/// [`miss_pair`]'s upstream answer to `path`.
+fn miss_answer(path: &str) -> (Vec<u8>, bool) {
+    let fixed = |extra: &str, body: &str| {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{extra}Content-Type: text/plain\r\n\r\n",
+            body.len()
+        );
+        (format!("{head}{body}").into_bytes(), false)
+    };
+    let chunked = |n: usize| {
+        let body = "y".repeat(n);
+        let page = format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {n:x}\r\n{body}\r\n0\r\n\r\n"
+        );
+        (page.into_bytes(), false)
+    };
+    let status = |line: &str| {
+        let page = format!("HTTP/1.1 {line}\r\nContent-Length: 4\r\n\r\nnope");
+        (page.into_bytes(), false)
+    };
+    let case = [
+        "nostore",
+        "private",
+        "cookie",
+        "vary",
+        "bigchunked",
+        "big",
+        "chunked",
+    ]
+    .into_iter()
+    .chain(["missing", "broken", "cut"])
+    .find(|k| path.contains(k));
+    match case {
+        Some("nostore") => fixed("Cache-Control: no-store\r\n", "hello"),
+        Some("private") => fixed("Cache-Control: private, max-age=60\r\n", "hello"),
+        Some("cookie") => fixed("Set-Cookie: s=1\r\nCache-Control: max-age=60\r\n", "hello"),
+        Some("vary") => fixed("Vary: Accept-Language\r\nETag: \"v\"\r\n", "hello"),
+        Some("bigchunked") => chunked(3000),
+        Some("big") => fixed("Cache-Control: max-age=60\r\n", &"z".repeat(3000)),
+        Some("chunked") => chunked(5),
+        Some("missing") => status("404 Not Found"),
+        Some("broken") => status("500 Internal Server Error"),
+        Some("cut") => {
+            let page = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello";
+            (page.as_bytes().to_vec(), true)
+        }
+        _ => fixed("Cache-Control: max-age=60\r\nETag: \"v1\"\r\n", "hello"),
+    }
 }
 
 fn cache_statuses(seen: &[Seen]) -> Vec<&str> {

@@ -101,7 +101,20 @@ struct Meta {
 
 impl Meta {
     fn of(m: &CacheMeta) -> Meta {
-        let header = m.response_header_copy();
+        Meta::with(m, m.response_header_copy())
+    }
+
+    /// [`Self::of`] a `CacheMeta` given away: its head is taken, not copied.
+    fn owned(mut m: CacheMeta) -> Meta {
+        let empty = ResponseHeader::build_no_case(http::StatusCode::OK, Some(0));
+        let header = match empty {
+            Ok(empty) => std::mem::replace(m.response_header_mut(), empty),
+            Err(_) => m.response_header_copy(),
+        };
+        Meta::with(&m, header)
+    }
+
+    fn with(m: &CacheMeta, header: ResponseHeader) -> Meta {
         let size = 64
             + header
                 .headers
@@ -271,11 +284,15 @@ impl Store {
 
     /// A fill outside Pingora's session (the own engine's miss): the entry its miss handler
     /// would make for `key` and `meta`, stored by [`Fill::admit`].
-    pub fn fill(&'static self, key: &CacheKey, meta: &CacheMeta) -> Fill {
+    pub fn fill(&'static self, key: &CacheKey, meta: CacheMeta) -> Fill {
+        self.fill_with(key, Meta::owned(meta))
+    }
+
+    fn fill_with(&'static self, key: &CacheKey, meta: Meta) -> Fill {
         Fill {
             store: self,
             slot: slot_of(key.primary_bin(), key.variance_bin()),
-            meta: Meta::of(meta),
+            meta,
             body: BytesMut::new(),
             tag: key.user_tag.as_str().into(),
             id: self.next_id.fetch_add(1, Relaxed),
@@ -319,7 +336,7 @@ impl Storage for Store {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        Ok(Box::new(self.fill(key, meta)))
+        Ok(Box::new(self.fill_with(key, Meta::of(meta))))
     }
 
     async fn purge(

@@ -125,17 +125,21 @@ pub(super) enum Own<'a> {
 impl Tollgate {
     /// Whether the own engine can take this request of `route` at the cache step, and how:
     /// see the module's doc. The key is computed once, here: it is known before admission.
-    pub(super) fn own_cache_ahead(&self, req: &RequestHeader, route: &Route) -> Option<Own<'_>> {
+    pub(super) fn own_cache_ahead(
+        &self,
+        req: &RequestHeader,
+        route: &Route,
+    ) -> Option<Box<Own<'_>>> {
         let c = self.gw.caches[route.id].as_deref()?;
         if route.split.is_some() || !c.key_before_admission() || !simple_request(c, req) {
             return None;
         }
         let key = c.key(&key_input_of(req, None, None));
         match c.store.probe(&key, SystemTime::now()) {
-            Probe::Fresh => Some(Own::Hit(key)),
+            Probe::Fresh => Some(Box::new(Own::Hit(key))),
             // A HEAD miss fetches with GET and stores the object: Pingora's path does that.
             Probe::Absent if req.method == http::Method::GET => match c.lock.lock(&key, false) {
-                Locked::Write(permit) => Some(Own::Miss(Miss::new(c, key, permit))),
+                Locked::Write(permit) => Some(Box::new(Own::Miss(Miss::new(c, key, permit)))),
                 // Another request fills the key: Pingora's path waits for it.
                 Locked::Read(_) => None,
             },
@@ -188,10 +192,10 @@ impl Tollgate {
         &self,
         session: &mut D,
         ctx: &mut Ctx,
-        mut miss: Miss<'_>,
+        miss: &mut Miss<'_>,
     ) -> Result<bool> {
         ctx.cache = Some(Status::Miss);
-        self.relay_teed(session, ctx, &mut miss).await
+        self.relay_teed(session, ctx, miss).await
     }
 
     /// The own engine's cache step, counted for `/metrics` as `logging` counts Pingora's.

@@ -10,6 +10,7 @@
 //! on an uncacheable answer, or a transient error so that a waiting request fetches again).
 
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH};
+use http::HeaderValue;
 use pingora::cache::lock::{LockStatus, WritePermit};
 use pingora::cache::{CacheKey, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -24,7 +25,7 @@ pub(super) struct Miss<'a> {
     cache: &'a RouteCache,
     key: CacheKey,
     permit: Option<WritePermit>,
-    fill: Option<Fill>,
+    fill: Option<Box<Fill>>,
     /// Body bytes gathered so far.
     taken: usize,
 }
@@ -59,30 +60,33 @@ impl Drop for Miss<'_> {
 impl Tee for Miss<'_> {
     fn head(&mut self, req: &RequestHeader, resp: &mut ResponseHeader) {
         let c = self.cache;
+        // The stored head keeps the response's length (only `no-cache="..."` and
+        // `private="..."` names are taken out of it).
+        let length = content_length(resp.headers.get(CONTENT_LENGTH));
         let mut ranges = true;
         match super::cache::verdict(c, req, resp) {
+            RespCacheable::Cacheable(_) if length.is_some_and(|n| n > c.rules.max_object) => {
+                // Too large to store: not served in ranges either.
+                ranges = false;
+                self.release(LockStatus::GiveUp);
+            }
             RespCacheable::Cacheable(mut meta) => {
-                let length = content_length(meta.headers().get(CONTENT_LENGTH));
-                if length.is_some_and(|n| n > c.rules.max_object) {
-                    // Too large to store: not served in ranges either.
-                    ranges = false;
-                    self.release(LockStatus::GiveUp);
-                } else {
-                    if let Some(v) = crate::cache::variance(&meta, req) {
-                        meta.set_variance_key(v);
-                    }
-                    self.fill = Some(c.store.fill(&self.key, &meta));
+                if let Some(v) = crate::cache::variance(&meta, req) {
+                    meta.set_variance_key(v);
                 }
+                self.fill = Some(Box::new(c.store.fill(&self.key, meta)));
             }
             RespCacheable::Uncacheable(_) => self.release(LockStatus::GiveUp),
         }
-        if ranges
-            && resp.status == http::StatusCode::OK
-            && content_length(resp.headers.get(CONTENT_LENGTH)).is_some()
-        {
-            let _ = resp.insert_header(ACCEPT_RANGES, "bytes");
-        }
-        let _ = resp.insert_header(&X_CACHE_STATUS, Status::Miss.as_str());
+        // Straight into the map: a `ResponseHeader` insert spells each name out and parses
+        // it back.
+        let _ = crate::headers::edit_response(resp, |h, status| {
+            if ranges && status == http::StatusCode::OK && length.is_some() {
+                h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            }
+            let miss = HeaderValue::from_static(Status::Miss.as_str());
+            h.insert(X_CACHE_STATUS.clone(), miss);
+        });
     }
 
     fn body(&mut self, piece: &[u8]) {

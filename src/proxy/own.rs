@@ -27,7 +27,7 @@ impl Tollgate {
     fn serves<'a>(
         &'a self,
         req: &pingora::http::RequestHeader,
-        own: &Cell<Option<Own<'a>>>,
+        own: &Cell<Option<Box<Own<'a>>>>,
     ) -> bool {
         if self.all_relayed {
             return fastpath::plain(req);
@@ -115,11 +115,14 @@ impl Serve for Tollgate {
             Ok(true) => Ok(true),
             Ok(false) => {
                 self.mirror(&mut session, &mut ctx);
-                let hit = match &own {
+                // What the codec decided at the cache step (boxed: a route without a cache
+                // carries nothing more through the request).
+                let mut own = own;
+                let hit = match own.as_deref() {
                     Some(Own::Hit(key)) => self.own_hit(&mut session, &mut ctx, key).await,
                     _ => Ok(false),
                 };
-                match (hit, own) {
+                match (hit, own.as_deref_mut()) {
                     (Ok(false), Some(Own::Miss(miss))) => {
                         self.own_miss(&mut session, &mut ctx, miss).await
                     }

@@ -54,7 +54,6 @@ impl Tollgate {
         tee: &mut impl Tee,
     ) -> Result<bool> {
         let mut head = self.upstream_head(session, ctx)?;
-        let head_request = session.req_header().method == http::Method::HEAD;
         // Attempts per request, counting retries on pooled connections the backend had
         // closed: Pingora's proxy loop is bounded by the same `max_retries`.
         for attempt in 0..self.max_retries {
@@ -66,7 +65,7 @@ impl Tollgate {
             }
             let timeouts = self.upstream(ctx).map(|u| u.timeouts).unwrap_or_default();
             let e = match self
-                .exchange(session, ctx, addr, &timeouts, &head, head_request, tee)
+                .exchange(session, ctx, addr, &timeouts, &head, tee)
                 .await
             {
                 Ok(()) => return Ok(true),
@@ -133,9 +132,9 @@ impl Tollgate {
         addr: std::net::SocketAddr,
         timeouts: &crate::upstream::Timeouts,
         head: &[u8],
-        head_request: bool,
         tee: &mut impl Tee,
     ) -> std::result::Result<(), Failed> {
+        let head_request = session.req_header().method == http::Method::HEAD;
         let mut conn = Conn::get(addr, timeouts).await.map_err(Failed::Connect)?;
         let reused = conn.reused;
         let fail = |e| Failed::Exchange { e, reused };
