@@ -27,6 +27,7 @@ pub use crate::ctx::Ctx;
 mod admit;
 mod cache;
 mod failure;
+mod miss;
 mod own;
 mod relay;
 mod traced;
@@ -380,14 +381,22 @@ impl ProxyHttp for Tollgate {
 
     /// A stale entry is served while one request revalidates it (within its
     /// `stale-while-revalidate` window) or when the upstream fails (`stale-if-error`); the
-    /// windows are the entry's, set when it was stored.
+    /// windows are the entry's, set when it was stored. The upstream failed when its error
+    /// says so, or when the gateway answers for it: a connection refused or dropped is retried
+    /// until no backend is left, and that answer (502/503/504) is the last error.
     fn should_serve_stale(
         &self,
         _session: &mut Session,
         _ctx: &mut Ctx,
         e: Option<&Error>,
     ) -> bool {
-        e.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
+        e.is_none_or(|e| match e.esource() {
+            pingora::ErrorSource::Upstream => true,
+            pingora::ErrorSource::Unset => {
+                matches!(e.etype(), ErrorType::HTTPStatus(502..=504))
+            }
+            _ => false,
+        })
     }
 
     /// Pick a backend of the route's upstream that is healthy, whose circuit lets requests

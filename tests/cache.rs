@@ -451,6 +451,27 @@ fn stale_if_error_serves_the_stale_entry_while_the_upstream_fails() {
     assert!(eventually(Duration::from_secs(5), || gw.get(p).status == 503));
 }
 
+/// The upstream's process gone (its connections refused): the stale entry is served, not the
+/// gateway's 502.
+#[test]
+fn stale_if_error_serves_the_stale_entry_when_the_upstream_is_gone() {
+    let b = Backend::start("gone");
+    let gw = Gateway::start(&format!(
+        "caches: {{mem: {{max_size: 1MiB}}}}\n\
+         upstreams: {{o: {{targets: [\"{}\"]}}}}\n\
+         routes: [{{name: c, path_prefix: /c, upstream: o, cache: {{stale_if_error: 5m}}}}]\n",
+        b.addr
+    ));
+    let p = "/c/gone?cc=max-age=1";
+    let first = gw.get(p);
+    assert_eq!((first.status, status(&first)), (200, "MISS"), "{first:?}");
+    b.kill();
+    let r = until_status(&gw, p, "STALE");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, first.body);
+    assert_eq!(b.count_of("/gone"), 1);
+}
+
 #[test]
 fn the_lock_lets_one_of_a_hundred_concurrent_misses_reach_the_upstream() {
     let (gw, o) = gateway("lock: 5s");

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 /// The two gateways: `own` with tollgate's own engine, the other with `fast_path: false`.
 struct Pair {
     own: Gateway,
-    _pingora: Gateway,
+    pingora: Gateway,
     pingora_addr: SocketAddr,
 }
 
@@ -42,7 +42,7 @@ impl Pair {
         let pingora_addr = pingora.addr;
         Pair {
             own,
-            _pingora: pingora,
+            pingora,
             pingora_addr,
         }
     }
@@ -213,6 +213,10 @@ fn compare(case: &str, reqs: &[Req]) -> Vec<Seen> {
 
 /// [`compare`] on the gateways of `p`.
 fn compare_on(p: Pair, case: &str, reqs: &[Req]) -> Vec<Seen> {
+    compare_on_ref(&p, case, reqs)
+}
+
+fn compare_on_ref(p: &Pair, case: &str, reqs: &[Req]) -> Vec<Seen> {
     let own = conversation(p.own.addr, reqs, "own codec");
     let pingora = conversation(p.pingora_addr, reqs, "Pingora");
     for (i, (o, g)) in own.iter().zip(&pingora).enumerate() {
@@ -525,4 +529,229 @@ fn cache_hits_head_ranges_and_conditions() {
     );
     assert_eq!(seen[1].body, "hello");
     assert!(!seen[5].open_after);
+}
+
+/// An upstream whose answers the path chooses: `nostore`, `private`, `cookie` (a Set-Cookie),
+/// `vary` (on Accept-Language), `big` (3000 bytes, over `max_object`), `chunked` (framed by
+/// chunks, `bigchunked` 3000 bytes of them), `missing` (a 404), `broken` (a 500), `cut` (half
+/// the promised body, then the connection closes); else a fresh page of 5 bytes.
+fn miss_pair() -> Pair {
+    let up = scripted(|_, path| miss_answer(path));
+    let config = format!(
+        "caches: {{pages: {{max_size: 1MiB}}}}\n\
+         upstreams: {{up: {{targets: [\"{up}\"]}}}}\n\
+         routes:\n\
+         \x20 - {{name: cached, path_prefix: /cached, upstream: up,\n\
+         \x20     cache: {{ttl: 1m, max_object: 2KiB, lock: 30s}},\n\
+         \x20     response_headers: {{X-Frame-Options: DENY}}}}\n\
+         \x20 - {{name: echo, path_prefix: /echo, upstream: up}}\n"
+    );
+    Pair::of(&config)
+}
+
+/// [`miss_pair`]'s upstream answer to `path`.
+fn miss_answer(path: &str) -> (Vec<u8>, bool) {
+    let fixed = |extra: &str, body: &str| {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{extra}Content-Type: text/plain\r\n\r\n",
+            body.len()
+        );
+        (format!("{head}{body}").into_bytes(), false)
+    };
+    let chunked = |n: usize| {
+        let body = "y".repeat(n);
+        let page = format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {n:x}\r\n{body}\r\n0\r\n\r\n"
+        );
+        (page.into_bytes(), false)
+    };
+    let status = |line: &str| {
+        let page = format!("HTTP/1.1 {line}\r\nContent-Length: 4\r\n\r\nnope");
+        (page.into_bytes(), false)
+    };
+    let case = [
+        "nostore",
+        "private",
+        "cookie",
+        "vary",
+        "bigchunked",
+        "big",
+        "chunked",
+    ]
+    .into_iter()
+    .chain(["missing", "broken", "cut"])
+    .find(|k| path.contains(k));
+    match case {
+        Some("nostore") => fixed("Cache-Control: no-store\r\n", "hello"),
+        Some("private") => fixed("Cache-Control: private, max-age=60\r\n", "hello"),
+        Some("cookie") => fixed("Set-Cookie: s=1\r\nCache-Control: max-age=60\r\n", "hello"),
+        Some("vary") => fixed("Vary: Accept-Language\r\nETag: \"v\"\r\n", "hello"),
+        Some("bigchunked") => chunked(3000),
+        Some("big") => fixed("Cache-Control: max-age=60\r\n", &"z".repeat(3000)),
+        Some("chunked") => chunked(5),
+        Some("missing") => status("404 Not Found"),
+        Some("broken") => status("500 Internal Server Error"),
+        Some("cut") => {
+            let page = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello";
+            (page.as_bytes().to_vec(), true)
+        }
+        _ => fixed("Cache-Control: max-age=60\r\nETag: \"v1\"\r\n", "hello"),
+    }
+}
+
+fn cache_statuses(seen: &[Seen]) -> Vec<&str> {
+    seen.iter()
+        .map(|s| values(s, "x-cache-status").first().copied().unwrap_or("-"))
+        .collect()
+}
+
+/// A miss the own engine relays and stores answers as Pingora's cache path does, and stores
+/// what it stores: the hit after it, the responses never stored, the variants, the limits.
+#[test]
+fn cache_misses_store_what_pingoras_path_stores() {
+    let twice = |path: &str| [get(path, ""), get(path, "")];
+    let mut reqs: Vec<Req> = Vec::new();
+    for path in [
+        "/cached/m?x=1",
+        "/cached/nostore",
+        "/cached/private",
+        "/cached/cookie",
+        "/cached/big",
+        "/cached/bigchunked",
+        "/cached/chunked",
+        "/cached/missing",
+        "/cached/broken",
+    ] {
+        reqs.extend(twice(path));
+    }
+    let en = "Accept-Language: en\r\n";
+    let fr = "Accept-Language: fr\r\n";
+    reqs.extend([
+        get("/cached/vary", en),
+        get("/cached/vary", en),
+        get("/cached/vary", fr),
+        get("/cached/vary", fr),
+        get("/cached/vary", en),
+        get("/cached/h", "Connection: close\r\n"),
+    ]);
+    let p = miss_pair();
+    let counts = |gw: &Gateway| -> Vec<String> {
+        let m = gw.admin_get("/metrics").body;
+        let lines = m
+            .lines()
+            .filter(|l| l.starts_with("tollgate_cache_requests_total"));
+        lines.map(str::to_owned).collect()
+    };
+    let (own_before, pingora_before) = (counts(&p.own), counts(&p.pingora));
+    let seen = compare_on_ref(&p, "cache misses", &reqs);
+    assert_eq!(own_before, pingora_before);
+    // Counted as each request's log line is written, after its answer: polled.
+    let misses = |c: &[String]| c.iter().any(|l| l.contains("MISS") && l.ends_with(" 18"));
+    let settled = eventually(std::time::Duration::from_secs(5), || {
+        misses(&counts(&p.own)) && misses(&counts(&p.pingora))
+    });
+    let own = counts(&p.own);
+    assert!(settled, "{own:?}");
+    assert_eq!(own, counts(&p.pingora), "the same requests counted alike");
+    assert_eq!(
+        cache_statuses(&seen),
+        [
+            "MISS", "HIT", // a fresh page
+            "MISS", "MISS", // no-store
+            "MISS", "MISS", // private
+            "MISS", "MISS", // Set-Cookie
+            "MISS", "MISS", // over max_object by its length
+            "MISS", "MISS", // over max_object in chunks
+            "MISS", "HIT", // chunked, stored
+            "MISS", "HIT", // a 404 is heuristically cacheable
+            "MISS", "MISS", // a 500 is not
+            "MISS", "HIT", "MISS", "HIT", "HIT",  // Vary: each variant its own entry
+            "MISS", // closing the connection
+        ]
+    );
+    let (miss, hit) = (&seen[0], &seen[1]);
+    assert_eq!((&*miss.body, &*hit.body), ("hello", "hello"));
+    assert_eq!(values(miss, "accept-ranges"), ["bytes"], "{miss:?}");
+    assert!(!has(miss, "age") && has(hit, "age"), "{hit:?}");
+    assert_eq!(values(hit, "x-frame-options"), ["DENY"], "{hit:?}");
+    assert!(
+        !has(&seen[8], "accept-ranges"),
+        "too large to store: no ranges"
+    );
+    assert_eq!(seen[10].body.len(), 3000);
+    assert!(!seen[seen.len() - 1].open_after);
+}
+
+/// A response cut short is not stored, on either engine: the next request misses again.
+#[test]
+fn a_miss_cut_short_stores_nothing() {
+    let p = miss_pair();
+    for (side, addr) in [("own", p.own.addr), ("Pingora", p.pingora_addr)] {
+        for i in 0..2 {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            use std::io::{Read, Write};
+            s.write_all(&head("GET", "/cached/cut", "1.1", "")).unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            assert!(got.starts_with("http/1.1 200 ok"), "{side}, {i}: {got}");
+            assert!(got.contains("x-cache-status: miss"), "{side}, {i}: {got}");
+            assert!(got.ends_with("\r\n\r\nhello"), "{side}, {i}: {got}");
+        }
+    }
+}
+
+/// Concurrent misses of one key reach the upstream once, on either engine, and when the
+/// engines share the storm (plain requests the own engine takes, ranges Pingora's path
+/// takes), the cache lock is theirs in common.
+#[test]
+fn concurrent_misses_reach_the_upstream_once_on_either_engine() {
+    let b = Backend::start("b");
+    let config = format!(
+        "caches: {{pages: {{max_size: 1MiB}}}}\n\
+         upstreams: {{up: {{targets: [\"{}\"]}}}}\n\
+         routes: [{{name: cached, path_prefix: /cached, upstream: up, cache: {{lock: 30s}}}}]\n",
+        b.addr
+    );
+    let p = Pair::of(&config);
+    let storm = |addr: SocketAddr, path: &'static str, ranges: bool| {
+        let threads: Vec<_> = (0..20)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let extra = if ranges && i % 2 == 1 {
+                        "Range: bytes=0-1\r\n"
+                    } else {
+                        ""
+                    };
+                    let mut c = Client::connect(addr);
+                    let r = c.get(path, extra);
+                    (r.status, r.header("x-cache-status").map(str::to_owned))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect::<Vec<_>>()
+    };
+    for (side, addr) in [("own", p.own.addr), ("Pingora", p.pingora_addr)] {
+        for (name, ranges) in [("plain", false), ("mixed", true)] {
+            let path: &'static str =
+                Box::leak(format!("/cached/storm-{side}-{name}?delay_ms=300").into_boxed_str());
+            let answers = storm(addr, path, ranges);
+            let upstream = b.count_of(&format!("storm-{side}-{name}"));
+            assert_eq!(upstream, 1, "{side}, {name}: {answers:?}");
+            assert!(
+                answers
+                    .iter()
+                    .all(|(s, c)| [200, 206].contains(s) && c.is_some()),
+                "{side}, {name}: {answers:?}"
+            );
+            let misses = answers.iter().filter(|(_, c)| c.as_deref() == Some("MISS"));
+            assert_eq!(misses.count(), 1, "{side}, {name}: {answers:?}");
+        }
+    }
 }

@@ -199,23 +199,25 @@ impl RouteCache {
     /// The readable key: every part length-prefixed, so no two requests' parts run together.
     pub fn key_text(&self, k: &KeyInput<'_>) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + k.target.len());
-        let mut part = |label: &[u8], v: &[u8]| {
-            out.extend_from_slice(label);
-            out.extend_from_slice(v.len().to_string().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(v);
-            out.push(b' ');
-        };
+        self.write_key(k, &mut out);
+        out
+    }
+
+    /// The key's parts, as [`Self::key_text`] spells them, into `out`.
+    fn write_key(&self, k: &KeyInput<'_>, out: &mut impl Sink) {
         // Routes that differ only by `match` rules or methods share a path: each its own.
-        part(b"route=", self.route.as_bytes());
-        part(b"host=", &k.host.to_ascii_lowercase());
-        part(b"target=", k.target);
+        part(out, b"route=", self.route.as_bytes());
+        match k.host.iter().any(u8::is_ascii_uppercase) {
+            true => part(out, b"host=", &k.host.to_ascii_lowercase()),
+            false => part(out, b"host=", k.host),
+        }
+        part(out, b"target=", k.target);
         if self.rules.auth && !self.rules.shared {
             let consumer = k.identity.and_then(|i| i.consumer_bytes());
-            part(b"consumer=", consumer.unwrap_or(b"-"));
+            part(out, b"consumer=", consumer.unwrap_or(b"-"));
         }
         if let Some(b) = k.branch {
-            part(b"branch=", b.to_string().as_bytes());
+            part(out, b"branch=", b.to_string().as_bytes());
         }
         for p in &self.rules.key {
             match p {
@@ -227,32 +229,66 @@ impl RouteCache {
                         }
                         v.extend_from_slice(x.as_bytes());
                     }
-                    part(format!("header:{h}=").as_bytes(), &v);
+                    part(out, format!("header:{h}=").as_bytes(), &v);
                 }
                 KeyPart::Claim(c) => {
                     let v = k.identity.and_then(|i| i.claim(c)).map(|v| v.to_string());
-                    part(
-                        format!("claim:{c}=").as_bytes(),
-                        v.unwrap_or_default().as_bytes(),
-                    );
+                    let label = format!("claim:{c}=");
+                    part(out, label.as_bytes(), v.unwrap_or_default().as_bytes());
                 }
             }
         }
-        out
     }
 
     /// The request's cache key; its tag names the route and client path, for purges.
-    /// Its hash is taken once here (Pingora, the store and the eviction manager each ask for
-    /// it), keyed with a secret of this process: no client can make two keys collide.
+    /// Its hash (of [`Self::key_text`]'s bytes, fed to the hasher as they are made) is taken
+    /// once here (Pingora, the store and the eviction manager each ask for it), keyed with a
+    /// secret of this process: no client can make two keys collide.
     pub fn key(&self, k: &KeyInput<'_>) -> CacheKey {
-        let text = self.key_text(k);
         let mut h = SipHasher24::new_with_key(&KEY_SECRET);
-        h.write(&text);
+        self.write_key(k, &mut h);
         let hash = h.finish128().as_bytes();
-        let mut key = CacheKey::new(text, tag(&self.route, k.path));
+        let mut key = CacheKey::new(Vec::new(), tag(&self.route, k.path));
         key.set_primary_bin_override(hash);
         key
     }
+}
+
+/// Where a key's parts go: its readable text, or straight into its hash.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Sink for SipHasher24 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.write(bytes);
+    }
+}
+
+/// One key part: `label`, the value's length in decimal, `:`, the value, a space.
+fn part(out: &mut impl Sink, label: &[u8], v: &[u8]) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = v.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put(label);
+    out.put(&digits[at..]);
+    out.put(b":");
+    out.put(v);
+    out.put(b" ");
 }
 
 /// An entry's tag: the route and the client's path (no query).
@@ -347,6 +383,7 @@ impl Stores {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::cache::key::CacheHashKey;
 
     fn rules(auth: bool, shared: bool, key: Vec<KeyPart>) -> Rules {
         Rules {
@@ -400,7 +437,12 @@ mod tests {
         let shared = RouteCache::new("r", store, rules(true, true, parts));
         let text = String::from_utf8(shared.key_text(&input)).unwrap();
         assert!(!text.contains("alice"), "{text}");
-        assert_eq!(own.key(&input).user_tag, "r\n/c/a");
+        let key = own.key(&input);
+        assert_eq!(key.user_tag, "r\n/c/a");
+        // The hash fed part by part is the text's.
+        let mut h = SipHasher24::new_with_key(&KEY_SECRET);
+        h.write(&own.key_text(&input));
+        assert_eq!(key.primary_bin(), h.finish128().as_bytes());
     }
 
     #[test]

@@ -71,6 +71,17 @@ pub struct Fresh {
     pub age: u64,
 }
 
+/// What [`Store::probe`] finds for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// A fresh entry [`Store::fresh`] gives.
+    Fresh,
+    /// No entry of any kind (no variant, nothing stale).
+    Absent,
+    /// Something only Pingora's cache path serves: stale, or of a `Vary` family.
+    Other,
+}
+
 /// What a [`CacheMeta`] says, kept as it is: `CacheMeta` cannot be cloned, and its serialized
 /// form costs a compression on every fill and a decompression on every hit.
 struct Meta {
@@ -90,7 +101,20 @@ struct Meta {
 
 impl Meta {
     fn of(m: &CacheMeta) -> Meta {
-        let header = m.response_header_copy();
+        Meta::with(m, m.response_header_copy())
+    }
+
+    /// [`Self::of`] a `CacheMeta` given away: its head is taken, not copied.
+    fn owned(mut m: CacheMeta) -> Meta {
+        let empty = ResponseHeader::build_no_case(http::StatusCode::OK, Some(0));
+        let header = match empty {
+            Ok(empty) => std::mem::replace(m.response_header_mut(), empty),
+            Err(_) => m.response_header_copy(),
+        };
+        Meta::with(&m, header)
+    }
+
+    fn with(m: &CacheMeta, header: ResponseHeader) -> Meta {
         let size = 64
             + header
                 .headers
@@ -209,9 +233,15 @@ impl Store {
         (e.meta.plain && e.meta.fresh_until >= now).then_some(e)
     }
 
-    /// Whether [`Self::fresh`] would answer for `key` at `now` (nothing is copied or touched).
-    pub fn has_fresh(&self, key: &CacheKey, now: SystemTime) -> bool {
-        self.servable(key, now).is_some()
+    /// What the store holds for `key`'s primary slot at `now`, for the own engine to decide
+    /// whether it answers the request (nothing is copied or touched).
+    pub fn probe(&self, key: &CacheKey, now: SystemTime) -> Probe {
+        let slot = slot_of(key.primary_bin(), None);
+        match self.entries.read().get(&slot) {
+            None => Probe::Absent,
+            Some(e) if e.meta.plain && e.meta.fresh_until >= now => Probe::Fresh,
+            Some(_) => Probe::Other,
+        }
     }
 
     /// The entry for `key` when it can be served as it is at `now` (see [`Self::servable`]).
@@ -228,6 +258,45 @@ impl Store {
             body: e.body.clone(),
             age: now.duration_since(epoch).map_or(0, |d| d.as_secs()),
         })
+    }
+
+    /// Remove `key`'s entry (only if it is `wanted`, when named): its id.
+    fn remove(
+        &self,
+        key: &CompactCacheKey,
+        wanted: Option<CacheEntryId>,
+        kind: PurgeType,
+    ) -> Option<u64> {
+        let slot = slot_of(key.primary_bin(), key.variance_bin());
+        let e = {
+            let mut map = self.entries.write();
+            match map.get(&slot) {
+                Some(e) if wanted.is_none_or(|id| id.get() == e.id) => map.remove(&slot),
+                _ => None,
+            }
+        }?;
+        self.bytes.fetch_sub(e.size() as i64, Relaxed);
+        if matches!(kind, PurgeType::Eviction) {
+            self.evictions.fetch_add(1, Relaxed);
+        }
+        Some(e.id)
+    }
+
+    /// A fill outside Pingora's session (the own engine's miss): the entry its miss handler
+    /// would make for `key` and `meta`, stored by [`Fill::admit`].
+    pub fn fill(&'static self, key: &CacheKey, meta: CacheMeta) -> Fill {
+        self.fill_with(key, Meta::owned(meta))
+    }
+
+    fn fill_with(&'static self, key: &CacheKey, meta: Meta) -> Fill {
+        Fill {
+            store: self,
+            slot: slot_of(key.primary_bin(), key.variance_bin()),
+            meta,
+            body: BytesMut::new(),
+            tag: key.user_tag.as_str().into(),
+            id: self.next_id.fetch_add(1, Relaxed),
+        }
     }
 
     /// Store `entry`; one it replaces (a full refetch of a stale entry) is forgotten.
@@ -267,14 +336,7 @@ impl Storage for Store {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        Ok(Box::new(Fill {
-            store: self,
-            slot: slot_of(key.primary_bin(), key.variance_bin()),
-            meta: Meta::of(meta),
-            body: BytesMut::new(),
-            tag: key.user_tag.as_str().into(),
-            id: self.next_id.fetch_add(1, Relaxed),
-        }))
+        Ok(Box::new(self.fill_with(key, Meta::of(meta))))
     }
 
     async fn purge(
@@ -283,27 +345,14 @@ impl Storage for Store {
         kind: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let key = target.key();
-        let slot = slot_of(key.primary_bin(), key.variance_bin());
         let wanted = match target {
             PurgeTarget::Exact(e) => e.entry_id(),
             PurgeTarget::Active(_) => None,
         };
-        let removed = {
-            let mut map = self.entries.write();
-            match map.get(&slot) {
-                Some(e) if wanted.is_none_or(|id| id.get() == e.id) => map.remove(&slot),
-                _ => None,
-            }
-        };
-        let Some(e) = removed else {
-            return Ok(PurgeOutcome::NotFound);
-        };
-        self.bytes.fetch_sub(e.size() as i64, Relaxed);
-        if matches!(kind, PurgeType::Eviction) {
-            self.evictions.fetch_add(1, Relaxed);
-        }
-        Ok(PurgeOutcome::Purged(Some(CacheEntryId::new(e.id))))
+        Ok(match self.remove(target.key(), wanted, kind) {
+            Some(id) => PurgeOutcome::Purged(Some(CacheEntryId::new(id))),
+            None => PurgeOutcome::NotFound,
+        })
     }
 
     async fn update_meta(
@@ -391,7 +440,7 @@ impl HandleHit for Hit {
 }
 
 /// A fill: the body gathered as it streams to the client, stored whole at its end.
-struct Fill {
+pub struct Fill {
     store: &'static Store,
     slot: Slot,
     meta: Meta,
@@ -408,6 +457,22 @@ impl HandleMiss for Fill {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        Ok(MissFinishType::Created(self.store()))
+    }
+
+    fn entry_id(&self) -> Option<CacheEntryId> {
+        Some(CacheEntryId::new(self.id))
+    }
+}
+
+impl Fill {
+    /// Gather a piece of the body.
+    pub fn write(&mut self, data: &[u8]) {
+        self.body.extend_from_slice(data);
+    }
+
+    /// Store the entry: its size.
+    fn store(self) -> usize {
         let entry = Entry {
             id: self.id,
             meta: self.meta,
@@ -416,10 +481,24 @@ impl HandleMiss for Fill {
         };
         let size = entry.size();
         self.store.insert(self.slot, entry);
-        Ok(MissFinishType::Created(size))
+        size
     }
 
-    fn entry_id(&self) -> Option<CacheEntryId> {
-        Some(CacheEntryId::new(self.id))
+    /// Store the entry and admit it to the LRU, dropping what that evicts, as Pingora's
+    /// `finish_miss_handler` does for its fills.
+    pub fn admit(self) {
+        let store = self.store;
+        let (primary, variance) = self.slot;
+        let key = CompactCacheKey {
+            primary,
+            variance: variance.map(Box::new),
+            user_tag: self.tag.clone(),
+        };
+        let (id, fresh_until) = (self.id, self.meta.fresh_until);
+        let size = self.store();
+        let entry = CacheEntryKey::from_entry_id(key, Some(CacheEntryId::new(id)));
+        for gone in store.eviction.admit(entry, size, fresh_until) {
+            store.remove(gone.key(), gone.entry_id(), PurgeType::Eviction);
+        }
     }
 }

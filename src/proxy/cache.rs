@@ -7,16 +7,21 @@
 //! variant, framed by length, for a GET or HEAD without ranges or conditions, on a route whose
 //! key admission does not decide (no consumer, claim or split branch in it). It writes what
 //! Pingora's hit path writes (the stored head, `Age`, `Accept-Ranges`, `X-Cache-Status: HIT`,
-//! the gateway's headers); every other cached request goes to Pingora's cache path.
+//! the gateway's headers). The same GET for a key the store holds nothing for (no variant,
+//! nothing stale) and no other request is filling, it relays and stores ([`super::miss`]);
+//! every other cached request goes to Pingora's cache path.
 
 use std::time::SystemTime;
 
+use pingora::cache::lock::Locked;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
+use super::miss::Miss;
 use super::{Ctx, Tollgate};
+use crate::cache::store::Probe;
 use crate::cache::{KeyInput, RouteCache, Status};
 use crate::downstream::Downstream;
 use crate::headers::names::X_CACHE_STATUS;
@@ -76,13 +81,10 @@ impl Tollgate {
         resp: &ResponseHeader,
         ctx: &Ctx,
     ) -> RespCacheable {
-        let Some(c) = self.route_cache(ctx) else {
-            return RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled);
-        };
-        // A credential the key does not separate: RFC 9111 §3.5.
-        let authorization = req.headers.contains_key(http::header::AUTHORIZATION)
-            && (!c.rules.auth || c.rules.shared);
-        crate::cache::cacheable(&c.rules, resp, authorization)
+        match self.route_cache(ctx) {
+            Some(c) => verdict(c, req, resp),
+            None => RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled),
+        }
     }
 
     /// `response_filter`: the `X-Cache-Status` of a response that went through the cache step.
@@ -111,33 +113,53 @@ impl Tollgate {
     }
 }
 
+/// What the own engine does at a caching route's cache step, decided by the codec before it
+/// takes the request.
+pub(super) enum Own<'a> {
+    /// Answer from the fresh entry under this key.
+    Hit(CacheKey),
+    /// Relay and store: nothing is stored under the key, whose lock this request holds.
+    Miss(Miss<'a>),
+}
+
 impl Tollgate {
-    /// Whether the own engine can answer this request of `route` from the cache: see the
-    /// module's doc; asked by the codec before it takes the request.
-    pub(super) fn own_hit_ahead(&self, req: &RequestHeader, route: &Route) -> bool {
-        let Some(c) = self.gw.caches[route.id].as_deref() else {
-            return false;
-        };
+    /// Whether the own engine can take this request of `route` at the cache step, and how:
+    /// see the module's doc. The key is computed once, here: it is known before admission.
+    pub(super) fn own_cache_ahead(
+        &self,
+        req: &RequestHeader,
+        route: &Route,
+    ) -> Option<Box<Own<'_>>> {
+        let c = self.gw.caches[route.id].as_deref()?;
         if route.split.is_some() || !c.key_before_admission() || !simple_request(c, req) {
-            return false;
+            return None;
         }
-        let key = c.key(&key_input(req, &Ctx::default(), false));
-        c.store.has_fresh(&key, SystemTime::now())
+        let key = c.key(&key_input_of(req, None, None));
+        match c.store.probe(&key, SystemTime::now()) {
+            Probe::Fresh => Some(Box::new(Own::Hit(key))),
+            // A HEAD miss fetches with GET and stores the object: Pingora's path does that.
+            Probe::Absent if req.method == http::Method::GET => match c.lock.lock(&key, false) {
+                Locked::Write(permit) => Some(Box::new(Own::Miss(Miss::new(c, key, permit)))),
+                // Another request fills the key: Pingora's path waits for it.
+                Locked::Read(_) => None,
+            },
+            _ => None,
+        }
     }
 
-    /// Answer an admitted request from the cache, as Pingora's hit path does; `Ok(false)`:
-    /// the entry went stale or away since the codec looked (the request is then relayed,
-    /// uncached).
+    /// Answer an admitted request from the cache under `key`, as Pingora's hit path does;
+    /// `Ok(false)`: the entry went stale or away since the codec looked (the request is then
+    /// relayed, uncached).
     pub(super) async fn own_hit<D: Downstream>(
         &self,
         session: &mut D,
         ctx: &mut Ctx,
+        key: &CacheKey,
     ) -> Result<bool> {
         let Some(c) = self.route_cache(ctx) else {
             return Ok(false);
         };
-        let key = c.key(&key_input(session.req_header(), ctx, false));
-        let Some(hit) = c.store.fresh(&key, SystemTime::now()) else {
+        let Some(hit) = c.store.fresh(key, SystemTime::now()) else {
             return Ok(false);
         };
         let mut resp = hit.header;
@@ -162,9 +184,34 @@ impl Tollgate {
             super::encode(ctx, &mut body, true)?;
             session.write_response_body(body, true).await?;
         }
-        c.count(Status::Hit, false);
         Ok(true)
     }
+
+    /// Relay and store a miss the codec took ([`Own::Miss`]): see [`super::miss`].
+    pub(super) async fn own_miss<D: Downstream>(
+        &self,
+        session: &mut D,
+        ctx: &mut Ctx,
+        miss: &mut Miss<'_>,
+    ) -> Result<bool> {
+        ctx.cache = Some(Status::Miss);
+        self.relay_teed(session, ctx, miss).await
+    }
+
+    /// The own engine's cache step, counted for `/metrics` as `logging` counts Pingora's.
+    pub(super) fn own_cache_count(&self, ctx: &Ctx) {
+        if let (Some(c), Some(status)) = (self.route_cache(ctx), ctx.cache) {
+            c.count(status, false);
+        }
+    }
+}
+
+/// Whether `resp` may be stored under `c`'s rules (`response_cache_filter`). A credential the
+/// key does not separate (a route without auth, or `shared`): RFC 9111 §3.5.
+pub(super) fn verdict(c: &RouteCache, req: &RequestHeader, resp: &ResponseHeader) -> RespCacheable {
+    let authorization =
+        req.headers.contains_key(http::header::AUTHORIZATION) && (!c.rules.auth || c.rules.shared);
+    crate::cache::cacheable(&c.rules, resp, authorization)
 }
 
 /// A GET or HEAD the route caches, without a range, a condition, or a `no-cache` the route
@@ -199,6 +246,15 @@ pub(super) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<[u8; 16]
 /// The parts of the key a request gives: Host, the path and query as the client sent them,
 /// the caller, the split's branch.
 pub(crate) fn key_input<'a>(req: &'a RequestHeader, ctx: &'a Ctx, split: bool) -> KeyInput<'a> {
+    let branch = if split { ctx.upstream } else { None };
+    key_input_of(req, ctx.identity.as_ref(), branch)
+}
+
+fn key_input_of<'a>(
+    req: &'a RequestHeader,
+    identity: Option<&'a crate::policy::auth::Identity>,
+    branch: Option<usize>,
+) -> KeyInput<'a> {
     let host = req
         .headers
         .get(http::header::HOST)
@@ -210,8 +266,8 @@ pub(crate) fn key_input<'a>(req: &'a RequestHeader, ctx: &'a Ctx, split: bool) -
         target: req.raw_path(),
         path: req.uri.path(),
         headers: &req.headers,
-        identity: ctx.identity.as_ref(),
-        branch: if split { ctx.upstream } else { None },
+        identity,
+        branch,
     }
 }
 

@@ -4,11 +4,13 @@
 //! log. Taken only by a request both ends of which the fast path handles (a plain request
 //! routed to a plaintext HTTP/1 upstream); the codec hands every other one to Pingora.
 
+use std::cell::Cell;
 use std::future::Future;
 
 use bytes::BytesMut;
 use pingora::protocols::Stream;
 
+use super::cache::Own;
 use super::{Ctx, Tollgate};
 use crate::conn::{Refusal, Serve, Served};
 use crate::downstream::{answer, Downstream};
@@ -20,7 +22,13 @@ impl Tollgate {
     /// Whether the own codec serves this request: it is carried by the own engine whatever
     /// admission decides (if it is not answered before), so serving it here changes nothing
     /// but the cost. A request no route takes is answered by admission alike, whoever serves it.
-    fn serves(&self, req: &pingora::http::RequestHeader) -> bool {
+    /// On a caching route, what it does at the cache step is put in `own` (a hit or a miss it
+    /// takes); what it cannot do there, Pingora's cache path does.
+    fn serves<'a>(
+        &'a self,
+        req: &pingora::http::RequestHeader,
+        own: &Cell<Option<Box<Own<'a>>>>,
+    ) -> bool {
         if self.all_relayed {
             return fastpath::plain(req);
         }
@@ -32,9 +40,11 @@ impl Tollgate {
             Match::Route(r) => {
                 r.upstreams()
                     .all(|up| fastpath::carries(req, &self.gw.upstreams[up]))
-                    // On a caching route, a fresh hit is answered here; what it cannot
-                    // answer, Pingora's cache path.
-                    && (self.gw.caches[r.id].is_none() || self.own_hit_ahead(req, r))
+                    && (self.gw.caches[r.id].is_none()
+                        || self
+                            .own_cache_ahead(req, r)
+                            .map(|o| own.set(Some(o)))
+                            .is_some())
             }
             _ => false,
         }
@@ -79,7 +89,10 @@ impl Serve for Tollgate {
         if !self.fast_path {
             return Served::NotMine(head);
         }
-        let (req, ahead) = match h1::parse(head, |req| self.serves(req)) {
+        let own = Cell::new(None);
+        let parsed = h1::parse(head, |req| self.serves(req, &own));
+        let own = own.into_inner();
+        let (req, ahead) = match parsed {
             Head::Serve(req, ahead) => (req, ahead),
             Head::Refuse { why, head_request } => {
                 let refusal = Refusal {
@@ -102,13 +115,19 @@ impl Serve for Tollgate {
             Ok(true) => Ok(true),
             Ok(false) => {
                 self.mirror(&mut session, &mut ctx);
-                let hit = match self.route_cache(&ctx) {
-                    Some(_) => self.own_hit(&mut session, &mut ctx).await,
-                    None => Ok(false),
+                // What the codec decided at the cache step (boxed: a route without a cache
+                // carries nothing more through the request).
+                let mut own = own;
+                let hit = match own.as_deref() {
+                    Some(Own::Hit(key)) => self.own_hit(&mut session, &mut ctx, key).await,
+                    _ => Ok(false),
                 };
-                match hit {
-                    Ok(false) => self.relay(&mut session, &mut ctx).await,
-                    answered => answered,
+                match (hit, own.as_deref_mut()) {
+                    (Ok(false), Some(Own::Miss(miss))) => {
+                        self.own_miss(&mut session, &mut ctx, miss).await
+                    }
+                    (Ok(false), _) => self.relay(&mut session, &mut ctx).await,
+                    (answered, _) => answered,
                 }
             }
             Err(e) => Err(e),
@@ -125,6 +144,7 @@ impl Serve for Tollgate {
                 super::failure::summary(&session)
             );
         }
+        self.own_cache_count(&ctx);
         self.finished(&session, error.as_deref(), &mut ctx);
         Served::Done {
             reuse: session.reusable(),

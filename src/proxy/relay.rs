@@ -8,6 +8,7 @@
 //! written by the codec itself where it can, `crate::policy::stamp::Stamp`), compression; an
 //! error goes back to the caller, which answers it as `fail_to_proxy` does.
 
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{Error, ErrorType, Result};
 
 use crate::headers::Edit;
@@ -15,6 +16,20 @@ use crate::headers::Edit;
 use super::{Ctx, Tollgate};
 use crate::downstream::Downstream;
 use crate::fastpath::h1::client::{self as h1, Conn};
+
+/// What watches a relayed response besides the client: the own engine's cache miss
+/// ([`super::miss`]) stores it. The plain relay watches nothing (`()`).
+pub(super) trait Tee {
+    /// The backend's response head to the client's request `req`, before the gateway's
+    /// headers are put on it.
+    fn head(&mut self, _req: &RequestHeader, _resp: &mut ResponseHeader) {}
+    /// A piece of the body as the backend sent it (before compression).
+    fn body(&mut self, _piece: &[u8]) {}
+    /// The body ended: all of it was read from the backend (may be said more than once).
+    fn end(&mut self) {}
+}
+
+impl Tee for () {}
 
 /// How an attempt failed: before anything reached the backend, or after.
 enum Failed {
@@ -30,8 +45,17 @@ impl Tollgate {
         session: &mut D,
         ctx: &mut Ctx,
     ) -> Result<bool> {
+        self.relay_teed(session, ctx, &mut ()).await
+    }
+
+    /// [`Self::relay`], with `tee` watching the response.
+    pub(super) async fn relay_teed<D: Downstream>(
+        &self,
+        session: &mut D,
+        ctx: &mut Ctx,
+        tee: &mut impl Tee,
+    ) -> Result<bool> {
         let mut head = self.upstream_head(session, ctx)?;
-        let head_request = session.req_header().method == http::Method::HEAD;
         // Attempts per request, counting retries on pooled connections the backend had
         // closed: Pingora's proxy loop is bounded by the same `max_retries`.
         for attempt in 0..self.max_retries {
@@ -43,7 +67,7 @@ impl Tollgate {
             }
             let timeouts = self.upstream(ctx).map(|u| u.timeouts).unwrap_or_default();
             let e = match self
-                .exchange(session, ctx, addr, &timeouts, &head, head_request)
+                .exchange(session, ctx, addr, &timeouts, &head, tee)
                 .await
             {
                 Ok(()) => return Ok(true),
@@ -119,8 +143,9 @@ impl Tollgate {
         addr: std::net::SocketAddr,
         timeouts: &crate::upstream::Timeouts,
         head: &[u8],
-        head_request: bool,
+        tee: &mut impl Tee,
     ) -> std::result::Result<(), Failed> {
+        let head_request = session.req_header().method == http::Method::HEAD;
         let mut conn = Conn::get(addr, timeouts).await.map_err(Failed::Connect)?;
         let reused = conn.reused;
         let fail = |e| Failed::Exchange { e, reused };
@@ -132,6 +157,10 @@ impl Tollgate {
             .response(head_request, |name| stamp.sets(name))
             .await
             .map_err(fail)?;
+        tee.head(session.req_header(), &mut resp);
+        if body.is_done() {
+            tee.end();
+        }
         self.answered(&resp, ctx);
         let stamp = session
             .finish_head(&mut resp, self.finish(ctx))
@@ -160,6 +189,12 @@ impl Tollgate {
         };
         loop {
             let end = body.is_done();
+            if let Some(p) = &piece {
+                tee.body(p);
+            }
+            if end {
+                tee.end();
+            }
             super::encode(ctx, &mut piece, end).map_err(fail)?;
             session
                 .write_response_body(piece, end)
