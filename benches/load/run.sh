@@ -16,7 +16,8 @@
 #    with prior knowledge, on the plain route, driven by h2load with 10 streams a connection;
 #    GRPC=1 adds nginx-grpc/tollgate-grpc: unary gRPC calls over h2c to an h2c gRPC upstream;
 #    CACHE=1 adds nginx-cached/tollgate-cached: warm cache hits, nginx's proxy_cache against a
-#    tollgate route with `cache`, the same key)
+#    tollgate route with `cache`, the same key; and tollgate-miss, every request a new key
+#    stored, against tollgate-nocache, the same requests on a route without a cache)
 #   memory      RSS of each proxy holding IDLE_CONNS idle keep-alive client connections
 #   keys        tollgate's RSS growth over KEYS distinct rate-limiter keys
 #
@@ -1048,6 +1049,13 @@ main() {
         scenario --path /cached/bench nginx-cached "$NGINX_PORT"
         [[ $SKIP_TOLLGATE == 1 ]] ||
             scenario --vs nginx-cached --path /cached/bench tollgate-cached "$TOLLGATE_CACHE_PORT"
+        if [[ $SKIP_TOLLGATE != 1 ]]; then
+            # Misses: every request a new key, stored; the base is the same requests on the
+            # same process's route without a cache (what a miss costs over no cache at all).
+            scenario --vs nginx tollgate-nocache "$TOLLGATE_CACHE_PORT" -s "$HERE/unique.lua"
+            scenario --vs nginx --base tollgate-nocache --path /cached/bench tollgate-miss \
+                "$TOLLGATE_CACHE_PORT" -s "$HERE/unique.lua"
+        fi
     fi
 
     local name conns rep
