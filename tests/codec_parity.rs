@@ -49,47 +49,7 @@ impl Pair {
 }
 
 fn pair() -> Pair {
-    let up = echo("echo");
-    let raw = scripted(|_, path| {
-        if path.starts_with("/claims") {
-            // A backend that sends the names the gateway sets itself.
-            let claims = "HTTP/1.1 200 OK\r\nX-Gateway: backend\r\nx-request-id: backend-id\r\n\
-                RateLimit-Policy: \"backend\";q=9;w=9\r\nRATELIMIT: \"backend\";r=8;t=9\r\n\
-                X-RateLimit-Limit: 9\r\nCache-Control: public\r\nContent-Length: 2\r\n\r\nok";
-            return (claims.as_bytes().to_vec(), false);
-        }
-        let chunked =
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-        (chunked.as_bytes().to_vec(), false)
-    });
-    let down = closed_port();
-    let config = format!(
-        r#"
-upstream_keepalive_pool_size: 0
-consumers: {{alice: {{api_keys: ["alice-key-0123456789"]}}}}
-auth: {{keys: {{type: api_key}}}}
-rate_limits: {{two: {{requests: 2, per: 1h, burst: 2, headers: both}}}}
-upstreams:
-  echo: {{targets: ["{up}"]}}
-  raw: {{targets: ["{raw}"]}}
-  down: {{targets: ["{down}"], retries: 0}}
-routes:
-  - {{name: keys, path_prefix: /keys, upstream: echo, auth: [keys]}}
-  - {{name: limited, path_prefix: /limited, upstream: echo, rate_limit: two}}
-  - {{name: get-only, path_prefix: /get-only, methods: [GET], upstream: echo}}
-  - {{name: decorated, path_prefix: /decorated, upstream: echo,
-      response_headers: {{Cache-Control: no-store, X-Frame-Options: DENY}}}}
-  - {{name: cors, path_prefix: /cors, upstream: echo,
-      cors: {{origins: ["https://app.example"], methods: [GET, PUT], headers: [X-Api-Key], max_age: 1h}}}}
-  - {{name: raw, path_prefix: /raw, upstream: raw}}
-  - {{name: claims-limited, path_prefix: /claims/limited, upstream: raw, rate_limit: two,
-      strip_prefix: false, response_headers: {{Cache-Control: no-store}}}}
-  - {{name: claims, path_prefix: /claims, upstream: raw, strip_prefix: false}}
-  - {{name: down, path_prefix: /down, upstream: down}}
-  - {{name: echo, path_prefix: /echo, upstream: echo}}
-"#
-    );
-    Pair::of(&config)
+    Pair::of(&parity::config())
 }
 
 /// What the client saw of one request, less what differs on every response by design.
@@ -120,16 +80,6 @@ fn get10(path: &str, extra: &str) -> Req {
 /// Whether a response has a header of this (lower-case) name.
 fn has(seen: &Seen, name: &str) -> bool {
     seen.headers.iter().any(|(k, _)| k == name)
-}
-
-/// `body` with the echo's `"connection_requests": N` as `<n>`.
-fn pooled_masked(body: &str) -> String {
-    const KEY: &str = "\"connection_requests\": ";
-    let Some(at) = body.find(KEY).map(|i| i + KEY.len()) else {
-        return body.to_owned();
-    };
-    let digits = body[at..].bytes().take_while(u8::is_ascii_digit).count();
-    format!("{}<n>{}", &body[..at], &body[at + digits..])
 }
 
 /// Send `reqs` on one connection to `addr`, then a probe: what each got, until one is not
@@ -200,7 +150,7 @@ fn observe(r: Resp, side: &str) -> Seen {
     Seen {
         status_line: r.status_line,
         headers,
-        body: pooled_masked(&r.body.replace(&id, "<id>")),
+        body: parity::mask_pooled(&r.body.replace(&id, "<id>")),
         upstream,
         open_after: false,
     }

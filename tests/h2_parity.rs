@@ -25,43 +25,7 @@ struct Side {
 }
 
 fn sides() -> [Side; 2] {
-    let up = echo("echo");
-    let raw = scripted(|_, path| {
-        if path.starts_with("/claims") {
-            let claims = "HTTP/1.1 200 OK\r\nX-Gateway: backend\r\nx-request-id: backend-id\r\n\
-                Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nCache-Control: public\r\n\
-                Content-Length: 2\r\n\r\nok";
-            return (claims.as_bytes().to_vec(), false);
-        }
-        let chunked =
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-        (chunked.as_bytes().to_vec(), false)
-    });
-    let down = closed_port();
-    let config = format!(
-        r#"
-consumers: {{alice: {{api_keys: ["alice-key-0123456789"]}}}}
-auth: {{keys: {{type: api_key}}}}
-rate_limits: {{two: {{requests: 2, per: 1h, burst: 2, headers: both}}}}
-upstreams:
-  echo: {{targets: ["{up}"]}}
-  raw: {{targets: ["{raw}"]}}
-  down: {{targets: ["{down}"], retries: 0}}
-routes:
-  - {{name: keys, path_prefix: /keys, upstream: echo, auth: [keys]}}
-  - {{name: limited, path_prefix: /limited, upstream: echo, rate_limit: two}}
-  - {{name: get-only, path_prefix: /get-only, methods: [GET], upstream: echo}}
-  - {{name: decorated, path_prefix: /decorated, upstream: echo,
-      response_headers: {{Cache-Control: no-store, X-Frame-Options: DENY}}}}
-  - {{name: cors, path_prefix: /cors, upstream: echo,
-      cors: {{origins: ["https://app.example"], methods: [GET, PUT], headers: [X-Api-Key], max_age: 1h}}}}
-  - {{name: raw, path_prefix: /raw, upstream: raw}}
-  - {{name: claims, path_prefix: /claims, upstream: raw, strip_prefix: false}}
-  - {{name: down, path_prefix: /down, upstream: down}}
-  - {{name: echo, path_prefix: /echo, upstream: echo}}
-  - {{name: zip, path_prefix: /zip, upstream: echo, compression: {{gzip: 6, min_size: 10}}}}
-"#
-    );
+    let config = parity::config();
     let h2c = |a| format!("{{address: \"{a}\", h2c: true}}");
     let (own, own_addr) = Gateway::with_listener(h2c, &config);
     let (pingora, pingora_addr) =
@@ -174,20 +138,9 @@ fn observe(mut r: h2client::H2Resp, side: &str) -> Seen {
     Seen {
         status: r.status,
         headers,
-        body: mask_pooled(&r.body.replace(&id, "<id>")),
+        body: parity::mask_pooled(&r.body.replace(&id, "<id>")),
         upstream,
     }
-}
-
-/// The echo's `"connection_requests": N` as `<n>`: which pooled upstream connection a request
-/// rides is no engine's doing.
-fn mask_pooled(body: &str) -> String {
-    const KEY: &str = "\"connection_requests\": ";
-    let Some(at) = body.find(KEY).map(|i| i + KEY.len()) else {
-        return body.to_owned();
-    };
-    let digits = body[at..].bytes().take_while(u8::is_ascii_digit).count();
-    format!("{}<n>{}", &body[..at], &body[at + digits..])
 }
 
 /// Each request to both sides in turn, compared; what the own relay's side saw.
