@@ -62,3 +62,23 @@ pub fn mask_pooled(body: &str) -> String {
     let digits = body[at..].bytes().take_while(u8::is_ascii_digit).count();
     format!("{}<n>{}", &body[..at], &body[at + digits..])
 }
+
+/// The request headers an echo answer says the upstream received; their request id, which
+/// must be the answer's `id`, as `<id>`.
+pub fn echoed_headers(answer: &serde_json::Value, id: &str, side: &str) -> serde_json::Value {
+    let mut h = answer["headers"].clone();
+    assert_eq!(
+        h["x-request-id"], *id,
+        "{side}: the upstream got another id"
+    );
+    h["x-request-id"] = "<id>".into();
+    h
+}
+
+/// An answer's `X-Request-Id` is a gateway-made one: 32 hex digits.
+pub fn check_request_id(id: &str, side: &str, answer: &dyn std::fmt::Debug) {
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{side}: {answer:?}"
+    );
+}
