@@ -20,6 +20,7 @@ pub mod h2client;
 mod http1;
 pub mod idp;
 pub mod in_process;
+pub mod redis;
 pub mod tls_client;
 pub mod ws;
 

@@ -100,15 +100,7 @@ impl SyncStore {
     /// The first call starts the task, on the runtime serving the request (as the Redis
     /// store's connection); it ends when this store is dropped (a reload or shutdown).
     pub fn check(&self, key: u64, now: u64) -> Result<Verdict, StoreUnavailable> {
-        if !self.started.swap(true, Ordering::Relaxed) {
-            let task = Task {
-                inner: Arc::downgrade(&self.inner),
-                client: self.client.clone(),
-                every: self.every,
-                timeout: self.timeout,
-            };
-            tokio::spawn(task.run());
-        }
+        self.start();
         if self.inner.failing.load(Ordering::Relaxed) {
             return Err(StoreUnavailable);
         }
@@ -125,6 +117,50 @@ impl SyncStore {
             e.pending += 1;
         }
         Ok(v)
+    }
+
+    fn start(&self) {
+        if !self.started.swap(true, Ordering::Relaxed) {
+            let task = Task {
+                inner: Arc::downgrade(&self.inner),
+                client: self.client.clone(),
+                every: self.every,
+                timeout: self.timeout,
+            };
+            tokio::spawn(task.run());
+        }
+    }
+
+    /// On an in-process reload, take over `old`'s buckets: each key's view of the TAT (capped
+    /// at `now` plus this policy's tolerance) and the admissions not pushed to Redis yet, taken
+    /// from `old` so that they are pushed once, by this store's task (started now when there
+    /// are some, not at the first request). Returns how many keys were taken over.
+    pub fn take_over(&self, old: &SyncStore, now: u64) -> usize {
+        let max = now.saturating_add(self.inner.gcra.tolerance());
+        let mut pending = false;
+        let taken = {
+            let mut from = old.inner.keys.lock();
+            let mut keys = self.inner.keys.lock();
+            for (k, e) in from.iter_mut() {
+                if keys.len() >= MAX_KEYS {
+                    break;
+                }
+                let n = std::mem::take(&mut e.pending);
+                pending |= n > 0;
+                keys.insert(
+                    *k,
+                    Entry {
+                        tat: e.tat.min(max),
+                        pending: n,
+                    },
+                );
+            }
+            keys.len()
+        };
+        if pending && tokio::runtime::Handle::try_current().is_ok() {
+            self.start();
+        }
+        taken
     }
 }
 
