@@ -178,3 +178,40 @@ fn sync_policy_applies_on_error_when_redis_dies() {
         "limits never resumed"
     );
 }
+
+/// Redis stalls (stopped, as a busy machine deschedules it) while requests reach the gateway
+/// two refill intervals apart: each is charged at the time it arrived, so each takes the token
+/// that came free before it, rather than all reaching Redis at once when it resumes and one
+/// taking the only token of a burst of 1.
+#[test]
+fn requests_that_arrive_while_redis_stalls_are_charged_at_their_arrival() {
+    let redis = Redis::start_on(free_port());
+    let up = echo("a");
+    let gw = Gateway::start(&format!(
+        "upstreams: {{a: {{targets: [\"{up}\"]}}}}\nredis: {{url: \"redis://127.0.0.1:{}\", on_error: deny, timeout: 5s}}\n\
+         rate_limits:\n  p: {{requests: 20, per: 1s, burst: 1, key: route, store: redis}}\n\
+         routes:\n  - {{name: p, path_prefix: /p, upstream: a, rate_limit: p}}\n",
+        redis.port
+    ));
+    // Answers from Redis first: they tell the gateway Redis's clock.
+    for _ in 0..3 {
+        assert!(matches!(gw.get("/p/x").status, 200 | 429));
+    }
+    redis.signal("-STOP");
+    let gw = std::sync::Arc::new(gw);
+    let mut sent = Vec::new();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(100));
+        let gw = gw.clone();
+        sent.push(std::thread::spawn(move || gw.get("/p/x").status));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    redis.signal("-CONT");
+    let statuses: Vec<u16> = sent.into_iter().map(|t| t.join().unwrap()).collect();
+    let admitted = statuses.iter().filter(|&&s| s == 200).count();
+    assert!(
+        statuses.iter().all(|&s| s == 200 || s == 429),
+        "{statuses:?}"
+    );
+    assert!(admitted >= 8, "admitted {admitted} of 10: {statuses:?}");
+}
