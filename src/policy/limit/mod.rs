@@ -7,7 +7,6 @@
 pub mod config;
 mod headers;
 pub mod local;
-mod offset;
 pub mod redis;
 pub mod sync;
 
@@ -360,7 +359,7 @@ impl Limits {
                         _ => continue,
                     }
                 }
-                (Store::Redis, Some(r)) => match Box::pin(r.check(&p.gcra, key, now)).await {
+                (Store::Redis, Some(r)) => match Box::pin(r.check(&p.gcra, key)).await {
                     Ok(v) => v,
                     Err(_) if r.deny_on_error => return Err(StoreUnavailable),
                     Err(_) => continue,

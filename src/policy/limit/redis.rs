@@ -12,8 +12,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
-use super::local::{now_nanos, Gcra, Verdict};
-use super::offset::Offset;
+use super::local::{Gcra, Verdict};
 
 /// Failures are logged at most once per this many seconds.
 pub const LOG_EVERY: u64 = 10;
@@ -21,18 +20,11 @@ pub const LOG_EVERY: u64 = 10;
 /// GCRA on the Redis server's clock (so instances agree), in microseconds.
 /// KEYS[1] = key; ARGV = interval, tolerance (burst * interval), credit (see
 /// [`Gcra::decide`]: a token that came free less than `credit` ago is charged from when it came
-/// free), the time the request reached the gateway in Redis's clock (0: unknown), and how far
-/// back that time may be. `now` is that time when it is in the past by at most the bound (the
-/// call's queueing in the gateway, on the wire and in Redis is not charged), else Redis's.
-/// Returns {allowed, delta, Redis's TIME}: allowed → delta = new TAT - now; denied →
-/// delta = TAT - now. The key lives until its TAT + credit: after that it means the same as no
-/// key.
+/// free). Returns {allowed, delta}: allowed → delta = new TAT - now; denied → delta = TAT - now.
+/// The key lives until its TAT + credit: after that it means the same as no key.
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
-local clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local now = clock
-local at = tonumber(ARGV[4])
-if at > 0 and at < now then now = math.max(at, now - tonumber(ARGV[5])) end
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tol = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -41,9 +33,9 @@ if tat + credit < now then tat = now end
 local new_tat = tat + interval
 if new_tat - now <= tol then
   redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now + credit) / 1000) + 1)
-  return {1, new_tat - now, clock}
+  return {1, new_tat - now}
 end
-return {0, tat - now, clock}
+return {0, tat - now}
 ";
 
 pub struct RedisStore {
@@ -55,8 +47,6 @@ pub struct RedisStore {
     pub deny_on_error: bool,
     failures: AtomicU64,
     last_log: AtomicU64,
-    /// Redis's clock as this instance sees it.
-    clock: Offset,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -79,7 +69,6 @@ impl RedisStore {
             deny_on_error,
             failures: AtomicU64::new(0),
             last_log: AtomicU64::new(0),
-            clock: Offset::default(),
         })
     }
 
@@ -101,26 +90,21 @@ impl RedisStore {
         Ok(conn.clone())
     }
 
-    /// One GCRA check for `key` under `gcra`, for a request that reached the gateway at
-    /// `arrived` (monotonic ns); `Err` when Redis did not answer in time.
-    pub async fn check(&self, gcra: &Gcra, key: u64, arrived: u64) -> Result<Verdict, String> {
+    /// One GCRA check for `key` under `gcra`; `Err` when Redis did not answer in time.
+    pub async fn check(&self, gcra: &Gcra, key: u64) -> Result<Verdict, String> {
         let call = async {
             let mut conn = self.connection().await?;
             let interval = gcra.interval.div_ceil(1000).max(1);
             let tol = interval * gcra.burst;
-            let sent = now_nanos();
-            let (allowed, delta, clock): (i64, i64, u64) = self
+            let (allowed, delta): (i64, i64) = self
                 .script
                 .key(format!("tollgate:rl:{key:016x}"))
                 .arg(interval)
                 .arg(tol)
                 .arg(interval / 2)
-                .arg(self.clock.to_redis(arrived))
-                .arg(self.timeout.as_micros() as u64)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
-            self.clock.sample(sent, now_nanos(), clock);
             Ok::<_, String>(verdict(allowed == 1, delta.max(0) as u64, interval, tol))
         };
         let r = match tokio::time::timeout(self.timeout, call).await {
