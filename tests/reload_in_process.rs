@@ -182,6 +182,18 @@ fn a_listen_change_is_refused_as_needing_an_upgrade() {
     assert_eq!(gw.get("/new/x").status, 404, "nothing changed");
 }
 
+/// Alice's request on `/api` (a policy keyed on `X-Client`): its status.
+fn alice(gw: &Gateway) -> u16 {
+    gw.send("GET", "/api/x", &[("X-Client", "alice")]).status
+}
+
+/// Alice spends a budget of two requests.
+fn spend_alice(gw: &Gateway) {
+    assert_eq!(alice(gw), 200);
+    assert_eq!(alice(gw), 200);
+    assert_eq!(alice(gw), 429);
+}
+
 #[test]
 fn a_spent_limit_and_an_open_breaker_carry_over() {
     let up = echo("up");
@@ -196,10 +208,7 @@ fn a_spent_limit_and_an_open_breaker_carry_over() {
     };
     let gw = Gateway::start(&conf(""));
     ready(&gw);
-    let alice = |gw: &Gateway| gw.send("GET", "/api/x", &[("X-Client", "alice")]).status;
-    assert_eq!(alice(&gw), 200);
-    assert_eq!(alice(&gw), 200);
-    assert_eq!(alice(&gw), 429);
+    spend_alice(&gw);
     assert_eq!(gw.get("/r/x?status=500").status, 500);
     assert_eq!(gw.get("/r/x?status=500").status, 500);
     let sent = b.count();
@@ -295,10 +304,7 @@ fn a_spent_sync_limit_stays_spent_across_sighup() {
     };
     let gw = Gateway::start(&conf(""));
     ready(&gw);
-    let alice = |gw: &Gateway| gw.send("GET", "/api/x", &[("X-Client", "alice")]).status;
-    assert_eq!(alice(&gw), 200);
-    assert_eq!(alice(&gw), 200);
-    assert_eq!(alice(&gw), 429);
+    spend_alice(&gw);
     assert!(hup(
         &gw,
         &conf("  - {name: new, path_prefix: /new, upstream: up}\n")
