@@ -258,3 +258,32 @@ fn failed(inner: &Inner, e: &str) {
         log::warn!("rate limit sync with Redis failed ({e}); on_error applies until it succeeds");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_takes_the_copy_over_and_moves_the_admissions_not_pushed() {
+        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let g = Gcra::new(10, 1_000_000_000, 2);
+        let every = Duration::from_secs(1);
+        let old = SyncStore::new(client.clone(), g, every, every);
+        let new = SyncStore::new(client, g, every, every);
+        let now = 5_000_000_000;
+        let ahead = Entry {
+            tat: now + 10 * g.tolerance(),
+            pending: 3,
+        };
+        old.inner.keys.lock().insert(1, ahead);
+        assert_eq!(new.take_over(&old, now), 1);
+        let keys = new.inner.keys.lock();
+        assert_eq!(keys[&1].tat, now + g.tolerance(), "capped at the tolerance");
+        assert_eq!(keys[&1].pending, 3);
+        assert_eq!(
+            old.inner.keys.lock()[&1].pending,
+            0,
+            "pushed once, by the new store"
+        );
+    }
+}
