@@ -5,7 +5,8 @@
 //! What a reload cannot change in process (the sockets, the admin listener, the engines, the
 //! thread count, Pingora's server keys, connection guards) is refused as `needs_upgrade`, and a
 //! bad file as `invalid`: either way the running generation stays. State carries by name as
-//! across an upgrade ([`crate::handover::Snapshot`]); response cache stores are process-wide by
+//! across an upgrade ([`crate::handover::Snapshot`]), and in process also health-check verdicts
+//! and `sync` policies' local buckets; response cache stores are process-wide by
 //! name and size ([`crate::cache`]); metric counts of routes that stay carry over. Each
 //! generation runs its own health checks, re-resolution and key-set refresh, stopped when it is
 //! replaced.
@@ -213,7 +214,11 @@ pub fn next_generation(old: &Tollgate, gw: Gateway, server: &ServerConf) -> Toll
         refusals: before.refusals.clone(),
     };
     // State last, just before the swap: what the old generation admits after is not carried.
-    crate::handover::Snapshot::take(old.gateway()).restore(&gw);
+    let running = old.gateway();
+    crate::handover::Snapshot::take(running).restore(&gw);
+    crate::upstream::health::carry(&running.upstreams, &gw.upstreams);
+    gw.rate_limits
+        .carry_sync(&running.rate_limits, crate::clock::mono_nanos());
     obs.metrics.carry_from(&before.metrics);
     Tollgate::new(Arc::new(gw), Arc::new(obs), server)
 }

@@ -2,65 +2,10 @@
 //! one request; limits resume when Redis is back. Each test starts its own `redis-server`.
 
 mod support;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::redis::Redis;
 use support::*;
-
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let r = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !r.pong() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server never answered PING"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        r
-    }
-
-    fn pong(&self) -> bool {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let Ok(mut s) = TcpStream::connect(addr) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn gateway(port: u16, on_error: &str, upstream: SocketAddr) -> Gateway {
     Gateway::start(&format!(

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::redis::Redis;
 use support::tls_client::{cert, dns_names, tls_handshake};
 use support::ws::{handshake, WsEcho, TEXT};
 use support::*;
@@ -181,6 +182,18 @@ fn a_listen_change_is_refused_as_needing_an_upgrade() {
     assert_eq!(gw.get("/new/x").status, 404, "nothing changed");
 }
 
+/// Alice's request on `/api` (a policy keyed on `X-Client`): its status.
+fn alice(gw: &Gateway) -> u16 {
+    gw.send("GET", "/api/x", &[("X-Client", "alice")]).status
+}
+
+/// Alice spends a budget of two requests.
+fn spend_alice(gw: &Gateway) {
+    assert_eq!(alice(gw), 200);
+    assert_eq!(alice(gw), 200);
+    assert_eq!(alice(gw), 429);
+}
+
 #[test]
 fn a_spent_limit_and_an_open_breaker_carry_over() {
     let up = echo("up");
@@ -195,10 +208,7 @@ fn a_spent_limit_and_an_open_breaker_carry_over() {
     };
     let gw = Gateway::start(&conf(""));
     ready(&gw);
-    let alice = |gw: &Gateway| gw.send("GET", "/api/x", &[("X-Client", "alice")]).status;
-    assert_eq!(alice(&gw), 200);
-    assert_eq!(alice(&gw), 200);
-    assert_eq!(alice(&gw), 429);
+    spend_alice(&gw);
     assert_eq!(gw.get("/r/x?status=500").status, 500);
     assert_eq!(gw.get("/r/x?status=500").status, 500);
     let sent = b.count();
@@ -216,6 +226,91 @@ fn a_spent_limit_and_an_open_breaker_carry_over() {
     assert_eq!(circuit, "open");
     assert_eq!(gw.get("/r/x").status, 503);
     assert_eq!(b.count(), sent, "the open circuit sends nothing");
+}
+
+fn backend_healthy(gw: &Gateway, addr: std::net::SocketAddr) -> bool {
+    let h = gw.admin_get("/health").json();
+    let backends = h["upstreams"]["u"]["backends"].as_array().unwrap().clone();
+    let b = backends.iter().find(|b| b["address"] == addr.to_string());
+    b.unwrap()["healthy"].as_bool().unwrap()
+}
+
+#[test]
+fn a_backend_marked_down_by_health_checks_stays_out_after_sighup_until_it_recovers() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    // Three failed probes a second apart mark a backend down: a fresh verdict would let it
+    // take traffic for two seconds after the reload.
+    let conf = |extra: &str| {
+        format!(
+            "upstreams:\n  u:\n    targets: [\"{}\", \"{}\"]\n    health_check: {{type: http, path: /hc, interval: 1s, timeout: 500ms, healthy: 1, unhealthy: 3}}\n\
+             routes:\n  - {{name: r, path_prefix: /r, upstream: u}}\n{extra}",
+            a.addr, b.addr
+        )
+    };
+    let gw = Gateway::start(&conf(""));
+    ready(&gw);
+    b.fail_health(true);
+    assert!(
+        eventually(Duration::from_secs(10), || !backend_healthy(&gw, b.addr)),
+        "never marked down:\n{}",
+        gw.logs()
+    );
+
+    assert!(hup(
+        &gw,
+        &conf("  - {name: new, path_prefix: /new, upstream: u}\n")
+    ));
+    let before = b.count_of(" /x ");
+    for _ in 0..20 {
+        assert_eq!(gw.get("/r/x").status, 200);
+    }
+    assert_eq!(
+        b.count_of(" /x ") - before,
+        0,
+        "a backend marked down takes no request after the reload"
+    );
+    assert!(!backend_healthy(&gw, b.addr));
+
+    b.fail_health(false);
+    assert!(
+        eventually(Duration::from_secs(10), || backend_healthy(&gw, b.addr)),
+        "never back:\n{}",
+        gw.logs()
+    );
+    let seen: Vec<String> = (0..10)
+        .map(|_| {
+            gw.get("/r/x").json()["service"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert!(seen.iter().any(|s| s == "b"), "traffic returns: {seen:?}");
+}
+
+/// A `sync` policy decides from its local copy between syncs: a reload keeps that copy (and
+/// the admissions not pushed yet), so a client at its limit stays limited.
+#[test]
+fn a_spent_sync_limit_stays_spent_across_sighup() {
+    let redis = Redis::start_on(free_port());
+    let up = echo("up");
+    let conf = |extra: &str| {
+        format!(
+            "upstreams: {{up: {{targets: [\"{up}\"]}}}}\nredis: {{url: \"redis://127.0.0.1:{}\", timeout: 200ms}}\n\
+             rate_limits:\n  p: {{requests: 2, per: 10m, key: \"header:X-Client\", store: redis, sync: 1h}}\n\
+             routes:\n  - {{name: api, path_prefix: /api, upstream: up, rate_limit: p}}\n{extra}",
+            redis.port
+        )
+    };
+    let gw = Gateway::start(&conf(""));
+    ready(&gw);
+    spend_alice(&gw);
+    assert!(hup(
+        &gw,
+        &conf("  - {name: new, path_prefix: /new, upstream: up}\n")
+    ));
+    assert_eq!(alice(&gw), 429, "a spent limit stays spent");
+    assert_eq!(gw.send("GET", "/api/x", &[("X-Client", "bob")]).status, 200);
 }
 
 #[test]

@@ -5,11 +5,16 @@
 #   benches/limits/accuracy.sh                       # the whole table (release build)
 #   CASES="local:1:1 redis:3:1" SECS=5 benches/limits/accuracy.sh
 #   PARTS=cost benches/limits/accuracy.sh
+#   LOAD=open RPS=3333 CASES="redis:3:1" benches/limits/accuracy.sh   # paced, below saturation
 #
 # A case is STORE:INSTANCES:BURST, STORE one of local, redis, sync (redis + `sync: SYNC`),
 # BURST a number or `default` (= RATE). Expected = RATE x SECS + BURST (the first burst is
 # admitted at once); a store shared by 3 instances has one budget, a local store one each.
 # Starts its own redis-server, an nginx upstream and the instances on free ports.
+# LOAD=closed (default): one `wrk -t1 -cCONNS` per instance at full speed (saturates a small
+# machine). LOAD=open: `paced.rs` (built here with rustc), CONNS connections per instance
+# sending at exponentially distributed intervals, RPS requests per second per instance in all
+# (Poisson arrivals, microsecond timing), far above the limit but below saturation.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -18,7 +23,9 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin:/root/.cargo/bin"
 RATE=${RATE:-2000}
 SECS=${SECS:-10}
 SYNC=${SYNC:-10ms}
-CONNS=${CONNS:-16}          # wrk connections per instance
+CONNS=${CONNS:-16}          # wrk / h2load connections per instance
+LOAD=${LOAD:-closed}        # closed (wrk at full speed) | open (paced at RPS)
+RPS=${RPS:-2000}            # LOAD=open: requests per second per instance
 PARTS=${PARTS:-"accuracy cost"}
 CASES=${CASES:-"local:1:1 local:1:10 local:1:default redis:1:1 redis:1:10 redis:1:default redis:3:1 redis:3:10 redis:3:default sync:1:1 sync:1:10 sync:1:default sync:3:1 sync:3:10 sync:3:default"}
 COST_SECS=${COST_SECS:-5}
@@ -38,6 +45,7 @@ echo "# $(date -u +%FT%TZ) $(git -C "$REPO" rev-parse --short HEAD) load: $(cut 
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --save "" --appendonly no >"$TMP/redis.log" 2>&1 &
 PIDS+=($!)
+REDIS_PID=$!
 UP_PORT=$(free_port)
 mkdir -p "$TMP/up"
 cat >"$TMP/up.conf" <<NG
@@ -63,6 +71,7 @@ function done()
   io.write(string.format("COUNT %d %d\n", o, l))
 end
 LUA
+[ "$LOAD" = open ] && rustc --edition 2021 -O -o "$TMP/paced" "$HERE/paced.rs"
 
 # start_instances N STORE BURST -> fills PORTS, INST_PIDS
 start_instances() {
@@ -109,26 +118,35 @@ runq_wait() {
   done
   echo "$sum"
 }
+# The same for redis-server's main thread.
+redis_wait() { cut -d' ' -f2 /proc/"$REDIS_PID"/task/"$REDIS_PID"/schedstat; }
 stop_instances() { for p in "${INST_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
 
 if [[ " $PARTS " == *" accuracy "* ]]; then
-  printf "| store | instances | burst | admitted | expected | ratio | gateway runnable, not running |\n|---|---:|---:|---:|---:|---:|---:|\n"
+  echo "# load generator: $LOAD, $CONNS connections per instance$([ "$LOAD" = open ] && echo ", $RPS req/s per instance")"
+  printf "| store | instances | burst | admitted | expected | ratio | gateway runnable, not running | redis runnable, not running | answered/s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
   for c in $CASES; do
     IFS=: read -r store n burst <<<"$c"
     start_instances "$n" "$store" "$burst"
-    w0=$(runq_wait)
+    w0=$(runq_wait); r0=$(redis_wait)
     for i in "${!PORTS[@]}"; do
-      wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$TMP/count.lua" "http://127.0.0.1:${PORTS[$i]}/p" >"$TMP/wrk$i.out" 2>&1 &
+      if [ "$LOAD" = open ]; then
+        "$TMP/paced" "127.0.0.1:${PORTS[$i]}" /p "$RPS" "$CONNS" "$SECS" "$i$RANDOM" >"$TMP/wrk$i.out" 2>&1 &
+      else
+        wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$TMP/count.lua" "http://127.0.0.1:${PORTS[$i]}/p" >"$TMP/wrk$i.out" 2>&1 &
+      fi
     done
     wait $(jobs -p | tail -n "${#PORTS[@]}") 2>/dev/null || true
-    w1=$(runq_wait)
+    w1=$(runq_wait); r1=$(redis_wait)
     admitted=$(cat "$TMP"/wrk*.out | awk '/^COUNT/ { s += $2 } END { print s + 0 }')
+    answered=$(cat "$TMP"/wrk*.out | awk '/^COUNT/ { s += $2 + $3 } END { print s + 0 }')
     rm -f "$TMP"/wrk*.out
     b=$burst; [ "$b" = default ] && b=$RATE
     copies=1; [ "$store" = local ] && copies=$n
     expected=$(( (RATE * SECS + b) * copies ))
-    printf "| %s | %d | %s | %d | %d | %.3f | %.1f%% |\n" "$store" "$n" "$burst" "$admitted" "$expected" \
-      "$(echo "$admitted / $expected" | bc -l)" "$(echo "($w1 - $w0) / ($SECS * 10000000 * $n)" | bc -l)"
+    printf "| %s | %d | %s | %d | %d | %.3f | %.1f%% | %.1f%% | %d |\n" "$store" "$n" "$burst" "$admitted" "$expected" \
+      "$(echo "$admitted / $expected" | bc -l)" "$(echo "($w1 - $w0) / ($SECS * 10000000 * $n)" | bc -l)" \
+      "$(echo "($r1 - $r0) / ($SECS * 10000000)" | bc -l)" $(( answered / SECS ))
     stop_instances
   done
 fi

@@ -12,7 +12,7 @@ use futures::FutureExt;
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 
-use super::health::Verdicts;
+use super::health::Judge;
 use super::{Balance, Members, Spec};
 
 pub(super) enum Lb {
@@ -63,11 +63,11 @@ impl Lb {
         let h = spec.health.as_ref();
         let t = spec.tls.as_ref();
         let checks = h.map(|h| {
-            let verdicts = Verdicts {
+            let judge = Judge {
                 changes: changes.clone(),
                 members: members.clone(),
             };
-            h.build(name, &host, verdicts, spec.protocol, t)
+            h.build(name, &host, judge, spec.protocol, t)
         });
         match spec.balance {
             Balance::ConsistentHash => Lb::Hash(make_lb(set, checks)),

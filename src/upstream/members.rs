@@ -3,13 +3,13 @@
 //!
 //! Round robin and random pick here rather than through Pingora's `LoadBalancer`, whose
 //! `select_with` asks the health registry about every candidate, hashing the backend twice with
-//! SipHash, on every request. The active checks still run in Pingora; their verdicts land in
-//! [`BackendState::healthy`] through the checks' change callback, so a pick reads one atomic per
-//! candidate.
+//! SipHash, on every request. Pingora still schedules the active checks; each probe's result
+//! is judged on the backend here ([`BackendState::observe`]), so a pick reads one atomic per
+//! candidate and a reload can carry the verdicts.
 
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pingora::lb::Backend;
@@ -31,6 +31,8 @@ pub struct BackendState {
     pub failed: AtomicU64,
     /// The active checks' verdict (healthy until they say otherwise, as in Pingora).
     pub(super) healthy: AtomicBool,
+    /// Consecutive probe results against the verdict (the verdict flips at the threshold).
+    streak: AtomicUsize,
 }
 
 impl BackendState {
@@ -48,12 +50,41 @@ impl BackendState {
             answered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            streak: AtomicUsize::new(0),
         }
     }
 
     /// Healthy by the active checks (always, without them).
     pub fn healthy(&self) -> bool {
         self.healthy.load(Relaxed)
+    }
+
+    /// Count one probe result; the verdict flips after `threshold` consecutive results
+    /// against it (a result that agrees resets the count). Returns whether it flipped. One
+    /// writer: the checks probe a backend once per round, rounds one after the other.
+    pub(super) fn observe(&self, ok: bool, threshold: usize) -> bool {
+        if ok == self.healthy() {
+            self.streak.store(0, Relaxed);
+            return false;
+        }
+        let streak = self.streak.load(Relaxed) + 1;
+        if streak < threshold.max(1) {
+            self.streak.store(streak, Relaxed);
+            return false;
+        }
+        self.streak.store(0, Relaxed);
+        self.healthy.store(ok, Relaxed);
+        true
+    }
+
+    /// The verdict and the streak against it, to carry to the next config.
+    pub(super) fn health(&self) -> (bool, usize) {
+        (self.healthy(), self.streak.load(Relaxed))
+    }
+
+    pub(super) fn set_health(&self, (healthy, streak): (bool, usize)) {
+        self.healthy.store(healthy, Relaxed);
+        self.streak.store(streak, Relaxed);
     }
 }
 

@@ -488,9 +488,8 @@ mod tests {
         assert_eq!(up.backends().len(), 2);
     }
 
-    #[tokio::test]
-    async fn a_check_verdict_takes_a_backend_out_of_round_robin_and_back() {
-        use pingora::lb::health_check::HealthObserve;
+    #[test]
+    fn a_check_verdict_takes_a_backend_out_of_round_robin_and_back() {
         let (a, b) = (addr("10.0.0.1:80"), addr("10.0.0.2:80"));
         let up = Arc::new(Upstream::new(
             "u",
@@ -499,25 +498,16 @@ mod tests {
                 ..Default::default()
             },
         ));
-        let verdicts = health::Verdicts {
-            changes: up.health_changes.clone(),
-            members: up.members.clone(),
-        };
         let picks = |n| -> Vec<SocketAddr> {
             (0..n)
                 .map(|_| up.select(b"", &[]).unwrap().addr())
                 .collect()
         };
         assert!(picks(4).contains(&b));
-        verdicts.observe(&up.backends()[1].backend, false).await;
+        assert!(up.backends()[1].observe(false, 1));
         assert!(!up.backends()[1].healthy());
         assert_eq!(picks(6), vec![a; 6], "the unhealthy backend gets nothing");
-        assert_eq!(up.health_changes.load(Relaxed), 1);
-        verdicts.observe(&up.backends()[1].backend, true).await;
+        assert!(up.backends()[1].observe(true, 1));
         assert!(picks(4).contains(&b), "and is back once healthy");
-        // A verdict on a backend no longer in the snapshot changes nothing here.
-        let gone = BackendState::new(addr("10.0.0.9:80"), 1);
-        verdicts.observe(&gone.backend, false).await;
-        assert!(up.backends().iter().all(|b| b.healthy()));
     }
 }

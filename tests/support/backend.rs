@@ -85,6 +85,8 @@ pub struct Backend {
     pub name: &'static str,
     pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Set by [`Backend::fail_health`]: `/hc` answers 503 (everything else as usual).
+    sick: std::sync::Arc<std::sync::atomic::AtomicBool>,
     tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
@@ -101,6 +103,7 @@ impl Backend {
             name,
             connections: Default::default(),
             requests: Default::default(),
+            sick: Default::default(),
             tasks: Default::default(),
         };
         b.run(l);
@@ -144,6 +147,11 @@ impl Backend {
         self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Fail (`true`) or pass (`false`) health checks on `/hc` from now on, serving the rest.
+    pub fn fail_health(&self, sick: bool) {
+        self.sick.store(sick, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Stop listening and cut every open connection.
     pub fn kill(&self) {
         for t in self.tasks.lock().unwrap().drain(..) {
@@ -170,11 +178,12 @@ impl Backend {
     }
 
     fn run(&self, l: tokio::net::TcpListener) {
-        let (name, conns, reqs, tasks) = (
+        let (name, conns, reqs, tasks, sick) = (
             self.name,
             self.connections.clone(),
             self.requests.clone(),
             self.tasks.clone(),
+            self.sick.clone(),
         );
         let tasks2 = tasks.clone();
         let h = runtime().spawn(async move {
@@ -183,8 +192,7 @@ impl Backend {
                     continue;
                 };
                 conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let reqs = reqs.clone();
-                let h = tokio::spawn(backend_conn(s, name, reqs));
+                let h = tokio::spawn(backend_conn(s, name, reqs.clone(), sick.clone()));
                 tasks2.lock().unwrap().push(h.abort_handle());
             }
         });
@@ -204,6 +212,7 @@ async fn backend_conn(
     mut s: tokio::net::TcpStream,
     name: &'static str,
     reqs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    sick: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = Vec::new();
@@ -241,7 +250,12 @@ async fn backend_conn(
         if let Some(ms) = param("delay_ms") {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        let status = param("status").unwrap_or(200);
+        let failing = target.starts_with("/hc") && sick.load(std::sync::atomic::Ordering::SeqCst);
+        let status = if failing {
+            503
+        } else {
+            param("status").unwrap_or(200)
+        };
         let text = |k: &str| {
             query
                 .split('&')

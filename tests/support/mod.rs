@@ -21,6 +21,7 @@ mod http1;
 pub mod idp;
 pub mod in_process;
 pub mod parity;
+pub mod redis;
 pub mod tls_client;
 pub mod ws;
 

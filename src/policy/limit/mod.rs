@@ -308,6 +308,25 @@ impl Limits {
         }
     }
 
+    /// On an in-process reload, take over the `sync` policies' local state of `old` (the
+    /// running config): by policy name and what it keys on, as the local store carries. Returns
+    /// how many keys were taken over.
+    pub fn carry_sync(&self, old: &Limits, now: u64) -> usize {
+        let mut taken = 0;
+        for p in &self.policies {
+            let Some(sync) = &p.sync else { continue };
+            let before = old
+                .policies
+                .iter()
+                .find(|o| o.scope == p.scope && o.name == p.name)
+                .and_then(|o| o.sync.as_ref());
+            if let Some(before) = before {
+                taken += sync.take_over(before, now);
+            }
+        }
+        taken
+    }
+
     /// Check every policy of a route (all must pass). Returns the decision to report: the
     /// denying policy, or else the one with the fewest remaining requests. `None` when the
     /// route has no limits.

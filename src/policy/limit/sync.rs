@@ -100,15 +100,7 @@ impl SyncStore {
     /// The first call starts the task, on the runtime serving the request (as the Redis
     /// store's connection); it ends when this store is dropped (a reload or shutdown).
     pub fn check(&self, key: u64, now: u64) -> Result<Verdict, StoreUnavailable> {
-        if !self.started.swap(true, Ordering::Relaxed) {
-            let task = Task {
-                inner: Arc::downgrade(&self.inner),
-                client: self.client.clone(),
-                every: self.every,
-                timeout: self.timeout,
-            };
-            tokio::spawn(task.run());
-        }
+        self.start();
         if self.inner.failing.load(Ordering::Relaxed) {
             return Err(StoreUnavailable);
         }
@@ -125,6 +117,50 @@ impl SyncStore {
             e.pending += 1;
         }
         Ok(v)
+    }
+
+    fn start(&self) {
+        if !self.started.swap(true, Ordering::Relaxed) {
+            let task = Task {
+                inner: Arc::downgrade(&self.inner),
+                client: self.client.clone(),
+                every: self.every,
+                timeout: self.timeout,
+            };
+            tokio::spawn(task.run());
+        }
+    }
+
+    /// On an in-process reload, take over `old`'s buckets: each key's view of the TAT (capped
+    /// at `now` plus this policy's tolerance) and the admissions not pushed to Redis yet, taken
+    /// from `old` so that they are pushed once, by this store's task (started now when there
+    /// are some, not at the first request). Returns how many keys were taken over.
+    pub fn take_over(&self, old: &SyncStore, now: u64) -> usize {
+        let max = now.saturating_add(self.inner.gcra.tolerance());
+        let mut pending = false;
+        let taken = {
+            let mut from = old.inner.keys.lock();
+            let mut keys = self.inner.keys.lock();
+            for (k, e) in from.iter_mut() {
+                if keys.len() >= MAX_KEYS {
+                    break;
+                }
+                let n = std::mem::take(&mut e.pending);
+                pending |= n > 0;
+                keys.insert(
+                    *k,
+                    Entry {
+                        tat: e.tat.min(max),
+                        pending: n,
+                    },
+                );
+            }
+            keys.len()
+        };
+        if pending && tokio::runtime::Handle::try_current().is_ok() {
+            self.start();
+        }
+        taken
     }
 }
 
@@ -220,5 +256,34 @@ fn apply(inner: &Inner, shared: &[(u64, i64)], now: u64) {
 fn failed(inner: &Inner, e: &str) {
     if !inner.failing.swap(true, Ordering::Relaxed) {
         log::warn!("rate limit sync with Redis failed ({e}); on_error applies until it succeeds");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_takes_the_copy_over_and_moves_the_admissions_not_pushed() {
+        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let g = Gcra::new(10, 1_000_000_000, 2);
+        let every = Duration::from_secs(1);
+        let old = SyncStore::new(client.clone(), g, every, every);
+        let new = SyncStore::new(client, g, every, every);
+        let now = 5_000_000_000;
+        let ahead = Entry {
+            tat: now + 10 * g.tolerance(),
+            pending: 3,
+        };
+        old.inner.keys.lock().insert(1, ahead);
+        assert_eq!(new.take_over(&old, now), 1);
+        let keys = new.inner.keys.lock();
+        assert_eq!(keys[&1].tat, now + g.tolerance(), "capped at the tolerance");
+        assert_eq!(keys[&1].pending, 3);
+        assert_eq!(
+            old.inner.keys.lock()[&1].pending,
+            0,
+            "pushed once, by the new store"
+        );
     }
 }
