@@ -184,6 +184,37 @@ fn rate_limit_and_redis_sections_are_validated() {
         &format!("{BASE}redis: {{url: \"http://127.0.0.1\", on_error: maybe}}\n"),
         &["redis.url: ", "redis.on_error: unknown value \"maybe\""],
     );
+    // Credentials and CAs: a secret that protects nothing, a user without a password, a CA
+    // for a connection that is not TLS, a password in two places.
+    rejects(
+        &format!(
+            "{BASE}redis: {{url: \"redis://127.0.0.1:6379\", username: gw, password: \"\", ca: /nope.pem}}\n"
+        ),
+        &[
+            "redis.password: is empty: it cannot protect anything",
+            "redis.ca: only applies to a rediss:// (TLS) url",
+        ],
+    );
+    rejects(
+        &format!("{BASE}redis: {{url: \"redis://127.0.0.1:6379\", username: gw}}\n"),
+        &["redis.password: username needs a password"],
+    );
+    rejects(
+        &format!(
+            "{BASE}redis: {{url: \"redis://:a@127.0.0.1:6379\", password: {{env: TG_NEVER_SET_PW}}}}\n"
+        ),
+        &["redis.password.env: environment variable TG_NEVER_SET_PW is not set"],
+    );
+    rejects(
+        &format!(
+            "{BASE}redis: {{url: \"redis://:a@127.0.0.1:6379\", password: two-places-secret}}\n"
+        ),
+        &["redis.password: the url has a password too: give it in one place"],
+    );
+    rejects(
+        &format!("{BASE}redis: {{url: \"rediss://127.0.0.1:6379\", ca: /nope/ca.pem}}\n"),
+        &["redis.ca: cannot read \"/nope/ca.pem\""],
+    );
     rejects(
         &format!("{BASE}rate_limits: {{rl: {{requests: 5, per: 1s, store: redis}}}}\n"),
         &["rate_limits.rl.store: store: redis needs a top-level redis section"],

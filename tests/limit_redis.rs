@@ -4,7 +4,7 @@
 mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::redis::Redis;
+use support::redis::{tls_files, Redis};
 use support::*;
 
 fn gateway(port: u16, on_error: &str, upstream: SocketAddr) -> Gateway {
@@ -177,4 +177,74 @@ fn sync_policy_applies_on_error_when_redis_dies() {
         eventually(Duration::from_secs(5), || closed.get("/p/x").status == 200),
         "limits never resumed"
     );
+}
+
+/// A limit on `route` kept in the Redis at `url` (with `redis_extra` keys), `on_error: deny`:
+/// a Redis the gateway cannot use answers 503, never a pass.
+fn guarded_conf(up: std::net::SocketAddr, url: &str, redis_extra: &str) -> String {
+    format!(
+        "upstreams:\n  a: {{targets: [\"{up}\"]}}\nredis: {{url: \"{url}\", on_error: deny, timeout: 2s{redis_extra}}}\nrate_limits:\n  p: {{requests: 2, per: 1h, key: route, store: redis}}\nroutes:\n  - {{name: p, path_prefix: /p, upstream: a, rate_limit: p}}\n"
+    )
+}
+
+fn three(gw: &Gateway) -> Vec<u16> {
+    (0..3).map(|_| gw.get("/p/x").status).collect()
+}
+
+/// `redis.password` from the environment reaches a Redis that wants `AUTH`; a wrong one is a
+/// Redis the gateway cannot use; the password is never logged.
+#[test]
+fn a_redis_that_wants_auth_is_reached_with_a_password_from_the_environment() {
+    let port = free_port();
+    let pass = "redis-secret-0123456789";
+    let _redis = Redis::start_args(port, &["--port", &port.to_string(), "--requirepass", pass]);
+    let up = echo("a");
+    let conf = guarded_conf(
+        up,
+        &format!("redis://127.0.0.1:{port}"),
+        ", password: {env: TG_REDIS_PASSWORD}",
+    );
+    let gw = Gateway::start_with_env(&conf, &[("TG_REDIS_PASSWORD", pass)]);
+    assert_eq!(three(&gw), [200, 200, 429], "{}", gw.logs());
+    let wrong = Gateway::start_with_env(&conf, &[("TG_REDIS_PASSWORD", "not-the-password")]);
+    assert_eq!(wrong.get("/p/x").status, 503, "{}", wrong.logs());
+    assert!(!gw.logs().contains(pass) && !wrong.logs().contains(pass));
+}
+
+/// `rediss://` with `redis.ca`: the server's certificate is verified against that CA (a Redis
+/// whose certificate the system does not trust is one the gateway cannot use).
+#[test]
+fn a_tls_redis_is_verified_against_the_given_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = tls_files(dir.path());
+    let port = free_port();
+    let p = port.to_string();
+    let (ca, cert, key) = (
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    let _redis = Redis::start_args(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &p,
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let up = echo("a");
+    let url = format!("rediss://localhost:{port}");
+    let gw = Gateway::start(&guarded_conf(up, &url, &format!(", ca: \"{ca}\"")));
+    assert_eq!(three(&gw), [200, 200, 429], "{}", gw.logs());
+    let untrusted = Gateway::start(&guarded_conf(up, &url, ""));
+    assert_eq!(untrusted.get("/p/x").status, 503, "{}", untrusted.logs());
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{Headers, KeyKind, Limits, Policy, PolicyId, Store};
 use crate::config::ConfigErrors;
-use crate::config::Dur;
+use crate::config::{Dur, SecretFile};
 
 /// `rate_limits:` — policy name → policy.
 pub type RateLimitsFile = BTreeMap<String, PolicyFile>;
@@ -44,7 +44,17 @@ pub struct PolicyFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
+    /// `redis://host:port[/db]`, or `rediss://` for TLS.
     pub url: String,
+    /// An ACL user (Redis 6+); with `password`.
+    #[serde(default)]
+    pub username: Option<SecretFile>,
+    /// `AUTH`'s password: inline, `{env: NAME}` or `{file: PATH}`.
+    #[serde(default)]
+    pub password: Option<SecretFile>,
+    /// `rediss://` only: a PEM file of the CAs to trust (default: the system's).
+    #[serde(default)]
+    pub ca: Option<String>,
     /// `allow` (fail open, default) or `deny` (503).
     #[serde(default)]
     pub on_error: Option<String>,
@@ -81,13 +91,17 @@ pub fn compile(
         if timeout.is_zero() {
             errs.push("redis.timeout", "must be greater than 0, e.g. \"50ms\"");
         }
-        match super::redis::RedisStore::new(&r.url, timeout, r.on_error.as_deref() == Some("deny"))
-        {
-            Ok(s) => limits.redis = Some(s),
-            Err(e) => errs.push("redis.url", e),
-        }
+        let before = errs.0.len();
+        let access = redis_access(r, errs);
         if !r.url.starts_with("redis://") && !r.url.starts_with("rediss://") {
             errs.push("redis.url", format!("{:?} is not a redis:// URL", r.url));
+        }
+        if errs.0.len() == before {
+            let deny = r.on_error.as_deref() == Some("deny");
+            match super::redis::RedisStore::new(&r.url, access, timeout, deny) {
+                Ok(s) => limits.redis = Some(s),
+                Err((key, e)) => errs.push(key, e),
+            }
         }
         match r.on_error.as_deref() {
             None | Some("allow" | "deny") => {}
@@ -245,4 +259,52 @@ pub fn route_limits(
         }
     }
     out
+}
+
+/// `redis`'s credentials and CAs, read once (the secrets from where they are kept).
+fn redis_access(r: &RedisFile, errs: &mut ConfigErrors) -> super::redis::Access {
+    let mut text = |key: &str, s: &Option<SecretFile>| {
+        let path = format!("redis.{key}");
+        let v = s.as_ref()?.load(&path, errs)?;
+        match String::from_utf8(v) {
+            Ok(v) if !v.is_empty() => Some(v),
+            Ok(_) => {
+                errs.push(path, "is empty: it cannot protect anything");
+                None
+            }
+            Err(_) => {
+                errs.push(path, "is not UTF-8 text");
+                None
+            }
+        }
+    };
+    let username = text("username", &r.username);
+    let password = text("password", &r.password);
+    if r.username.is_some() && r.password.is_none() {
+        errs.push("redis.password", "username needs a password");
+    }
+    let ca = r.ca.as_ref().and_then(|file| {
+        if !r.url.starts_with("rediss://") {
+            errs.push("redis.ca", "only applies to a rediss:// (TLS) url");
+            return None;
+        }
+        match std::fs::read(file) {
+            Ok(pem) if openssl::x509::X509::stack_from_pem(&pem).is_ok_and(|c| !c.is_empty()) => {
+                Some(pem)
+            }
+            Ok(_) => {
+                errs.push("redis.ca", format!("{file:?} holds no PEM certificate"));
+                None
+            }
+            Err(e) => {
+                errs.push("redis.ca", format!("cannot read {file:?}: {e}"));
+                None
+            }
+        }
+    });
+    super::redis::Access {
+        username,
+        password,
+        ca,
+    }
 }

@@ -58,9 +58,47 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// How to reach Redis beyond its URL: `AUTH`'s credentials, and for TLS the CAs to trust
+/// (none: the system's).
+#[derive(Default)]
+pub struct Access {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca: Option<Vec<u8>>,
+}
+
 impl RedisStore {
-    pub fn new(url: &str, timeout: Duration, deny_on_error: bool) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL {url:?}: {e}"))?;
+    /// The store for `url` reached with `access`; `Err`: the key at fault and why.
+    pub fn new(
+        url: &str,
+        access: Access,
+        timeout: Duration,
+        deny_on_error: bool,
+    ) -> Result<RedisStore, (&'static str, String)> {
+        use redis::IntoConnectionInfo;
+        let bad_url = |e: redis::RedisError| ("redis.url", format!("bad Redis URL {url:?}: {e}"));
+        let mut info = url.into_connection_info().map_err(bad_url)?;
+        if let Some(password) = access.password {
+            if info.redis.password.is_some() {
+                return Err((
+                    "redis.password",
+                    "the url has a password too: give it in one place".into(),
+                ));
+            }
+            info.redis.password = Some(password);
+            info.redis.username = access.username;
+        }
+        let client = match access.ca {
+            Some(pem) => {
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(info, certs)
+                    .map_err(|e| ("redis.ca", format!("cannot use these CAs: {e}")))?
+            }
+            None => redis::Client::open(info).map_err(bad_url)?,
+        };
         Ok(RedisStore {
             client,
             conn: OnceCell::new(),
