@@ -58,9 +58,15 @@ struct Entry {
     tag: Box<str>,
 }
 
+/// What an entry holds in memory beyond its head's and body's bytes, counted against
+/// `max_size` so that it bounds the memory the store takes, small objects included: the map's
+/// slot, the shared entry, the head's header map and its allocations, the LRU's node and its
+/// copy of the key.
+const ENTRY_OVERHEAD: usize = 1536;
+
 impl Entry {
     fn size(&self) -> usize {
-        self.meta.size + self.body.len()
+        ENTRY_OVERHEAD + self.meta.size + self.body.len()
     }
 }
 

@@ -47,7 +47,7 @@ pub fn render(
         );
     }
     o.push_str(
-        "# HELP tollgate_cache_bytes Bytes a cache store holds.
+        "# HELP tollgate_cache_bytes Bytes a cache store holds (bodies, heads and each entry's structures), against its max_size.
 ",
     );
     o.push_str(
