@@ -194,6 +194,14 @@ impl SecretFile {
         }
     }
 
+    /// The secret as text (a user name, a password); not UTF-8 is an error at `path`.
+    pub fn load_text(&self, path: &str, errs: &mut ConfigErrors) -> Option<String> {
+        let v = self.load(path, errs)?;
+        String::from_utf8(v)
+            .map_err(|_| errs.push(path, "is not UTF-8 text"))
+            .ok()
+    }
+
     /// The secret's bytes; the error names the source, never the secret.
     pub fn load(&self, path: &str, errs: &mut ConfigErrors) -> Option<Vec<u8>> {
         match self {

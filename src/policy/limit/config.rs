@@ -265,18 +265,12 @@ pub fn route_limits(
 fn redis_access(r: &RedisFile, errs: &mut ConfigErrors) -> super::redis::Access {
     let mut text = |key: &str, s: &Option<SecretFile>| {
         let path = format!("redis.{key}");
-        let v = s.as_ref()?.load(&path, errs)?;
-        match String::from_utf8(v) {
-            Ok(v) if !v.is_empty() => Some(v),
-            Ok(_) => {
-                errs.push(path, "is empty: it cannot protect anything");
-                None
-            }
-            Err(_) => {
-                errs.push(path, "is not UTF-8 text");
-                None
-            }
+        let v = s.as_ref()?.load_text(&path, errs)?;
+        if v.is_empty() {
+            errs.push(path, "is empty: it cannot protect anything");
+            return None;
         }
+        Some(v)
     };
     let username = text("username", &r.username);
     let password = text("password", &r.password);

@@ -107,15 +107,7 @@ impl Etcd {
             );
         }
         let mut secret = |key: &str, s: &Option<SecretFile>| {
-            let path = format!("{base}.{key}");
-            let v = s.as_ref()?.load(&path, errs)?;
-            match String::from_utf8(v) {
-                Ok(v) => Some(v),
-                Err(_) => {
-                    errs.push(path, "is not UTF-8 text");
-                    None
-                }
-            }
+            s.as_ref()?.load_text(&format!("{base}.{key}"), errs)
         };
         let user = secret("username", &f.username);
         let pass = secret("password", &f.password);
