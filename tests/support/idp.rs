@@ -118,24 +118,12 @@ pub fn jwks(keys: &[&Key]) -> String {
 
 /// A CA (its certificate written to `dir/NAME.pem`) and a `localhost` certificate it signed.
 pub fn ca_and_leaf(dir: &Path, name: &str) -> (PathBuf, SslAcceptor) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("tollgate test {name}"));
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    let path = dir.join(format!("{name}.pem"));
-    std::fs::write(&path, ca.pem()).unwrap();
+    let [path, leaf, key] = super::tls_client::ca_and_leaf_files(dir, name);
+    let (leaf, key) = (std::fs::read(leaf).unwrap(), std::fs::read(key).unwrap());
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-    b.set_certificate(&openssl::x509::X509::from_pem(leaf.pem().as_bytes()).unwrap())
+    b.set_certificate(&openssl::x509::X509::from_pem(&leaf).unwrap())
         .unwrap();
-    b.set_private_key(&PKey::private_key_from_pem(leaf_key.serialize_pem().as_bytes()).unwrap())
+    b.set_private_key(&PKey::private_key_from_pem(&key).unwrap())
         .unwrap();
     (path, b.build())
 }

@@ -83,21 +83,5 @@ impl Drop for Redis {
 /// A CA and a `localhost` server certificate it signed, for a TLS `redis-server`: the paths
 /// of the CA's PEM, the certificate's and its key's.
 pub fn tls_files(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tollgate test redis CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let paths = ["ca.pem", "redis.pem", "redis.key"].map(|n| dir.join(n));
-    std::fs::write(&paths[0], ca.pem()).unwrap();
-    std::fs::write(&paths[1], leaf.pem()).unwrap();
-    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
-    paths
+    super::tls_client::ca_and_leaf_files(dir, "redis")
 }

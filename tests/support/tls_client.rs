@@ -48,3 +48,30 @@ pub fn dns_names(s: &SslStream<TcpStream>) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A CA (`tollgate test NAME`) and a `localhost` certificate it signed, written in `dir` as
+/// `NAME.pem` (the CA), `NAME-leaf.pem` and `NAME-leaf.key`; their paths in that order.
+pub fn ca_and_leaf_files(dir: &Path, name: &str) -> [PathBuf; 3] {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("tollgate test {name}"));
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let paths = [
+        format!("{name}.pem"),
+        format!("{name}-leaf.pem"),
+        format!("{name}-leaf.key"),
+    ]
+    .map(|n| dir.join(n));
+    std::fs::write(&paths[0], ca.pem()).unwrap();
+    std::fs::write(&paths[1], leaf.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    paths
+}
