@@ -18,10 +18,11 @@ use siphasher::sip128::{Hasher128, SipHasher24};
 use std::hash::Hasher;
 
 pub mod config;
+mod packed;
 mod rules;
 pub mod store;
 
-pub use rules::{cacheable, variance};
+pub use rules::{cacheable, storable, variance, variance_of, Freshness, Storable};
 pub use store::Store;
 
 /// The secret of cache keys' hashes: one per process, so a cache kept across an in-process
@@ -240,15 +241,23 @@ impl RouteCache {
         }
     }
 
-    /// The request's cache key; its tag names the route and client path, for purges.
+    /// The request's cache key; its primary bytes name the route and client path, for purges.
     /// Its hash (of [`Self::key_text`]'s bytes, fed to the hasher as they are made) is taken
     /// once here (Pingora, the store and the eviction manager each ask for it), keyed with a
     /// secret of this process: no client can make two keys collide.
     pub fn key(&self, k: &KeyInput<'_>) -> CacheKey {
         let mut h = SipHasher24::new_with_key(&KEY_SECRET);
-        self.write_key(k, &mut h);
+        let mut buffered = Buffered {
+            hasher: &mut h,
+            buf: [0; 256],
+            len: 0,
+        };
+        self.write_key(k, &mut buffered);
+        buffered.flush();
         let hash = h.finish128().as_bytes();
-        let mut key = CacheKey::new(Vec::new(), tag(&self.route, k.path));
+        // The primary bytes name what purges look for; the hash is of the whole key. The user
+        // tag stays empty: Pingora and the eviction manager copy it with every key they keep.
+        let mut key = CacheKey::new(tag(&self.route, k.path), String::new());
         key.set_primary_bin_override(hash);
         key
     }
@@ -265,9 +274,32 @@ impl Sink for Vec<u8> {
     }
 }
 
-impl Sink for SipHasher24 {
+/// The hasher fed through a buffer: a key is a score of short parts, and each `write` of
+/// the hasher costs more than copying them into one.
+struct Buffered<'h> {
+    hasher: &'h mut SipHasher24,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Buffered<'_> {
+    fn flush(&mut self) {
+        self.hasher.write(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl Sink for Buffered<'_> {
     fn put(&mut self, bytes: &[u8]) {
-        self.write(bytes);
+        if self.len + bytes.len() > self.buf.len() {
+            self.flush();
+            if bytes.len() > self.buf.len() {
+                self.hasher.write(bytes);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
     }
 }
 
@@ -438,11 +470,25 @@ mod tests {
         let text = String::from_utf8(shared.key_text(&input)).unwrap();
         assert!(!text.contains("alice"), "{text}");
         let key = own.key(&input);
-        assert_eq!(key.user_tag, "r\n/c/a");
+        assert_eq!(key.primary_key(), b"r\n/c/a");
+        assert_eq!(key.user_tag, "");
         // The hash fed part by part is the text's.
         let mut h = SipHasher24::new_with_key(&KEY_SECRET);
         h.write(&own.key_text(&input));
         assert_eq!(key.primary_bin(), h.finish128().as_bytes());
+        // Also when the parts outgrow the hasher's buffer, one of them alone included.
+        for n in [200, 300, 1000] {
+            let target = format!("/c/a?q={}", "x".repeat(n));
+            let long = KeyInput {
+                target: target.as_bytes(),
+                ..input
+            };
+            let mut h = SipHasher24::new_with_key(&KEY_SECRET);
+            h.write(&own.key_text(&long));
+            let hash = h.finish128().as_bytes();
+            assert_eq!(own.key(&long).primary_bin(), hash, "{n}");
+            assert_ne!(hash, key.primary_bin());
+        }
     }
 
     #[test]

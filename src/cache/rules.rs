@@ -3,6 +3,7 @@
 //! ([`variance`]). The directives are read by pingora-cache's `CacheControl`; the route's
 //! `ttl`, `statuses`, `store_set_cookie` and stale windows fill in what the response leaves out.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use http::header;
@@ -18,25 +19,60 @@ fn no_default(_: http::StatusCode) -> Option<Duration> {
     None
 }
 
+/// How long a storable response is fresh and may be served stale: [`storable`]'s verdict,
+/// before any copy of the head is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    pub fresh_until: SystemTime,
+    /// When it was fetched: what its age counts from.
+    pub updated: SystemTime,
+    pub stale_while_revalidate: u32,
+    pub stale_if_error: u32,
+}
+
+/// A response head [`storable`] said yes to.
+pub struct Storable {
+    pub freshness: Freshness,
+    cc: Option<CacheControl>,
+}
+
+impl Storable {
+    /// The head as it is stored: `resp` without the headers a `no-cache="..."` or
+    /// `private="..."` directive names (`resp` itself when they name none).
+    pub fn head<'r>(&self, resp: &'r ResponseHeader) -> Cow<'r, ResponseHeader> {
+        match &self.cc {
+            Some(c) if c.private_field_names().is_some() || c.no_cache_field_names().is_some() => {
+                let mut head = resp.clone();
+                c.strip_private_headers(&mut head);
+                Cow::Owned(head)
+            }
+            _ => Cow::Borrowed(resp),
+        }
+    }
+}
+
 /// Whether `resp` may be stored under `rules`, and its freshness. `authorization`: the
 /// request carried a credential that is not in the key (a route without auth, or `shared`):
 /// then RFC 9111 §3.5 applies (stored only when `public`, `s-maxage` or `must-revalidate`
 /// says so).
-pub fn cacheable(rules: &Rules, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
-    use RespCacheable::Uncacheable;
+pub fn storable(
+    rules: &Rules,
+    resp: &ResponseHeader,
+    authorization: bool,
+) -> Result<Storable, NoCacheReason> {
     if !rules.statuses.contains(&resp.status.as_u16()) {
-        return Uncacheable(NoCacheReason::Custom("status"));
+        return Err(NoCacheReason::Custom("status"));
     }
     let h = &resp.headers;
     if !rules.store_set_cookie && h.contains_key(header::SET_COOKIE) {
-        return Uncacheable(NoCacheReason::Custom("set-cookie"));
+        return Err(NoCacheReason::Custom("set-cookie"));
     }
     let vary_any = h
         .get_all(header::VARY)
         .iter()
         .any(|v| crate::headers::tokens(v.as_bytes()).any(|t| t == b"*"));
     if vary_any {
-        return Uncacheable(NoCacheReason::Custom("vary-star"));
+        return Err(NoCacheReason::Custom("vary-star"));
     }
     let cc = CacheControl::from_resp_headers(resp);
     if authorization
@@ -44,13 +80,13 @@ pub fn cacheable(rules: &Rules, resp: &ResponseHeader, authorization: bool) -> R
             .as_ref()
             .is_some_and(|c| c.allow_caching_authorized_req())
     {
-        return Uncacheable(NoCacheReason::Custom("authorization"));
+        return Err(NoCacheReason::Custom("authorization"));
     }
     if cc
         .as_ref()
         .is_some_and(|c| c.is_cacheable() == Cacheable::No)
     {
-        return Uncacheable(NoCacheReason::OriginNotCache);
+        return Err(NoCacheReason::OriginNotCache);
     }
     let now = SystemTime::now();
     let fresh_until = cc
@@ -66,11 +102,26 @@ pub fn cacheable(rules: &Rules, resp: &ResponseHeader, authorization: bool) -> R
         secs(rules.stale_if_error),
     );
     let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
-    let mut head = resp.clone();
-    if let Some(c) = &cc {
-        c.strip_private_headers(&mut head);
+    let freshness = Freshness {
+        fresh_until,
+        updated: now,
+        stale_while_revalidate: swr,
+        stale_if_error: sie,
+    };
+    Ok(Storable { freshness, cc })
+}
+
+/// [`storable`] as Pingora's `response_cache_filter` answers it.
+pub fn cacheable(rules: &Rules, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
+    match storable(rules, resp, authorization) {
+        Ok(s) => {
+            let f = s.freshness;
+            let head = s.head(resp).into_owned();
+            let (swr, sie) = (f.stale_while_revalidate, f.stale_if_error);
+            RespCacheable::Cacheable(CacheMeta::new(f.fresh_until, f.updated, swr, sie, head))
+        }
+        Err(reason) => RespCacheable::Uncacheable(reason),
     }
-    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, head))
 }
 
 /// `now + d`, or already stale when `d` is zero (`max-age=0`, `no-cache`).
@@ -84,8 +135,13 @@ fn at(now: SystemTime, d: Duration) -> SystemTime {
 /// The variant of `meta` that `req` wants: a hash of the request's values of the headers the
 /// stored response's `Vary` names; `None` when it names none.
 pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    variance_of(meta.headers(), req)
+}
+
+/// [`variance`] of a response whose head is `resp`.
+pub fn variance_of(resp: &http::HeaderMap, req: &RequestHeader) -> Option<HashBinary> {
     let mut v = VarianceBuilder::new();
-    for value in meta.headers().get_all(header::VARY) {
+    for value in resp.get_all(header::VARY) {
         for name in crate::headers::tokens(value.as_bytes()) {
             let name = String::from_utf8_lossy(name).to_ascii_lowercase();
             let mut got = Vec::new();

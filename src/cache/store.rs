@@ -1,8 +1,10 @@
 //! The in-memory [`Storage`] a `caches` entry names: whole responses (the [`CacheMeta`]'s
-//! fields and the body, never serialized: a hit only clones the head) in a map, bounded by `max_size` through pingora-cache's
-//! `simple_lru` eviction manager, which picks what to drop; Pingora purges it here.
-//! Each entry keeps the route and client path it was stored for (the key's `user_tag`), so an
-//! admin purge finds every host, query, consumer and variant under a path.
+//! fields, and the head and body packed in one allocation, [`super::packed`]) in a map,
+//! bounded by `max_size` through pingora-cache's sharded `lru` eviction manager
+//! (`pingora-lru`), which picks what to drop; Pingora purges it here.
+//! Each entry keeps the route and client path it was stored for (the key's primary bytes,
+//! [`super::RouteCache::key`]), so an admin purge finds every host, query, consumer and
+//! variant under a path.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -12,9 +14,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::RwLock;
-use pingora::cache::eviction::simple_lru;
+use pingora::cache::eviction::lru;
 use pingora::cache::eviction::{CacheEntryId, CacheEntryKey, CacheEntryKeyRef, EvictionManager};
 use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
@@ -25,6 +27,9 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
+
+use super::packed::{Packed, Packing};
+use super::Freshness;
 
 /// An entry's place in the map: the primary hash and the variant's.
 type Slot = (HashBinary, Option<HashBinary>);
@@ -53,20 +58,18 @@ type Entries = HashMap<Slot, Arc<Entry>, BuildHasherDefault<SlotHasher>>;
 struct Entry {
     id: u64,
     meta: Meta,
-    body: Bytes,
-    /// The key's `user_tag`: route and client path ([`super::tag`]).
-    tag: Box<str>,
+    /// The head, the tag (route and client path) and the body.
+    packed: Packed,
 }
 
-/// What an entry holds in memory beyond its head's and body's bytes, counted against
-/// `max_size` so that it bounds the memory the store takes, small objects included: the map's
-/// slot, the shared entry, the head's header map and its allocations, the LRU's node and its
-/// copy of the key.
-const ENTRY_OVERHEAD: usize = 1536;
+/// What an entry holds in memory beyond its packed bytes, counted against `max_size` so that
+/// it bounds the memory the store takes, small objects included: the shared entry, the map's
+/// slot, the LRU's node and its copy of the key.
+const ENTRY_OVERHEAD: usize = 512;
 
 impl Entry {
     fn size(&self) -> usize {
-        ENTRY_OVERHEAD + self.meta.size + self.body.len()
+        ENTRY_OVERHEAD + self.packed.len()
     }
 }
 
@@ -88,8 +91,8 @@ pub enum Probe {
     Other,
 }
 
-/// What a [`CacheMeta`] says, kept as it is: `CacheMeta` cannot be cloned, and its serialized
-/// form costs a compression on every fill and a decompression on every hit.
+/// What a [`CacheMeta`] says besides its head, kept as it is: `CacheMeta` cannot be cloned,
+/// and its serialized form costs a compression on every fill and a decompression on every hit.
 struct Meta {
     fresh_until: SystemTime,
     /// When the entry was stored or last revalidated: what its age counts from.
@@ -98,60 +101,55 @@ struct Meta {
     stale_if_error: u32,
     variance: Option<HashBinary>,
     epoch_override: Option<SystemTime>,
-    header: ResponseHeader,
-    /// The head's bytes as counted against `max_size`.
-    size: usize,
     /// One variant (no `Vary`), framed by `Content-Length`: the own engine may answer it.
     plain: bool,
 }
 
 impl Meta {
     fn of(m: &CacheMeta) -> Meta {
-        Meta::with(m, m.response_header_copy())
-    }
-
-    /// [`Self::of`] a `CacheMeta` given away: its head is taken, not copied.
-    fn owned(mut m: CacheMeta) -> Meta {
-        let empty = ResponseHeader::build_no_case(http::StatusCode::OK, Some(0));
-        let header = match empty {
-            Ok(empty) => std::mem::replace(m.response_header_mut(), empty),
-            Err(_) => m.response_header_copy(),
-        };
-        Meta::with(&m, header)
-    }
-
-    fn with(m: &CacheMeta, header: ResponseHeader) -> Meta {
-        let size = 64
-            + header
-                .headers
-                .iter()
-                .map(|(n, v)| n.as_str().len() + v.len() + 4)
-                .sum::<usize>();
-        Meta {
+        let freshness = Freshness {
             fresh_until: m.fresh_until(),
             updated: m.updated(),
             stale_while_revalidate: m.stale_while_revalidate_sec(),
             stale_if_error: m.stale_if_error_sec(),
-            variance: m.variance(),
-            epoch_override: m.epoch_override(),
-            plain: m.variance().is_none()
+        };
+        Meta::new(
+            &freshness,
+            m.variance(),
+            m.epoch_override(),
+            m.response_header(),
+        )
+    }
+
+    fn new(
+        f: &Freshness,
+        variance: Option<HashBinary>,
+        epoch_override: Option<SystemTime>,
+        header: &ResponseHeader,
+    ) -> Meta {
+        Meta {
+            fresh_until: f.fresh_until,
+            updated: f.updated,
+            stale_while_revalidate: f.stale_while_revalidate,
+            stale_if_error: f.stale_if_error,
+            variance,
+            epoch_override,
+            plain: variance.is_none()
                 && !header.headers.contains_key(http::header::VARY)
                 && header.headers.contains_key(http::header::CONTENT_LENGTH),
-            header,
-            size,
         }
     }
 
-    /// A `CacheMeta` for a hit. Its creation time is the last revalidation's (the one
-    /// `CacheMeta` constructor sets both): age and freshness are exact; a `Vary` variant older
-    /// than its primary's last revalidation is fetched again rather than served.
-    fn to_cache_meta(&self) -> CacheMeta {
+    /// A `CacheMeta` for a hit on `header`. Its creation time is the last revalidation's (the
+    /// one `CacheMeta` constructor sets both): age and freshness are exact; a `Vary` variant
+    /// older than its primary's last revalidation is fetched again rather than served.
+    fn to_cache_meta(&self, header: ResponseHeader) -> CacheMeta {
         let mut m = CacheMeta::new(
             self.fresh_until,
             self.updated,
             self.stale_while_revalidate,
             self.stale_if_error,
-            self.header.clone(),
+            header,
         );
         if let Some(v) = self.variance {
             m.set_variance(v);
@@ -169,11 +167,18 @@ pub struct Store {
     pub max_size: usize,
     entries: RwLock<Entries>,
     /// What to drop once `max_size` is reached; Pingora consults it on every fill and hit.
-    pub eviction: simple_lru::Manager,
+    pub eviction: lru::Manager<LRU_SHARDS>,
     next_id: AtomicU64,
     bytes: AtomicI64,
     evictions: AtomicU64,
 }
+
+/// The eviction manager's shards: each its own lock, so fills and hits on different keys
+/// rarely wait for each other.
+const LRU_SHARDS: usize = 16;
+
+/// Entries a shard makes room for up front (it grows past it as needed).
+const LRU_SHARD_CAPACITY: usize = 256;
 
 fn slot_of(primary: HashBinary, variance: Option<HashBinary>) -> Slot {
     (primary, variance)
@@ -185,7 +190,7 @@ impl Store {
             name: name.into(),
             max_size,
             entries: RwLock::new(Entries::default()),
-            eviction: simple_lru::Manager::new(max_size),
+            eviction: lru::Manager::with_capacity(max_size, LRU_SHARD_CAPACITY),
             next_id: AtomicU64::new(1),
             bytes: AtomicI64::new(0),
             evictions: AtomicU64::new(0),
@@ -206,7 +211,7 @@ impl Store {
     pub fn purge_where(&self, hit: impl Fn(&str) -> bool) -> usize {
         let mut removed = Vec::new();
         self.entries.write().retain(|slot, e| {
-            let gone = hit(&e.tag);
+            let gone = hit(e.packed.tag());
             if gone {
                 removed.push((*slot, e.clone()));
             }
@@ -221,11 +226,7 @@ impl Store {
     /// An entry that left the map: its bytes, and its place in the LRU.
     fn forget(&self, (primary, variance): Slot, e: &Entry) {
         self.bytes.fetch_sub(e.size() as i64, Relaxed);
-        let key = CompactCacheKey {
-            primary,
-            variance: variance.map(Box::new),
-            user_tag: e.tag.clone(),
-        };
+        let key = compact(primary, variance);
         let id = Some(CacheEntryId::new(e.id));
         self.eviction
             .remove(CacheEntryKeyRef::from_entry_id(&key, id));
@@ -260,8 +261,8 @@ impl Store {
         let entry = CacheEntryKey::from_entry_id(key.to_compact(), id);
         self.eviction.access(&entry, 0, m.fresh_until);
         Some(Fresh {
-            header: m.header.clone(),
-            body: e.body.clone(),
+            header: e.packed.head()?,
+            body: e.packed.body(),
             age: now.duration_since(epoch).map_or(0, |d| d.as_secs()),
         })
     }
@@ -289,18 +290,33 @@ impl Store {
     }
 
     /// A fill outside Pingora's session (the own engine's miss): the entry its miss handler
-    /// would make for `key` and `meta`, stored by [`Fill::admit`].
-    pub fn fill(&'static self, key: &CacheKey, meta: CacheMeta) -> Fill {
-        self.fill_with(key, Meta::owned(meta))
+    /// would make for `key`, a response `head` of `freshness` and the request's `variance`,
+    /// stored by [`Fill::admit`]; `length`: the body's, when known.
+    pub fn fill(
+        &'static self,
+        key: &CacheKey,
+        freshness: &Freshness,
+        variance: Option<HashBinary>,
+        head: &ResponseHeader,
+        length: Option<usize>,
+    ) -> Fill {
+        let meta = Meta::new(freshness, variance, None, head);
+        self.fill_with(key, meta, head, length.unwrap_or(0))
     }
 
-    fn fill_with(&'static self, key: &CacheKey, meta: Meta) -> Fill {
+    fn fill_with(
+        &'static self,
+        key: &CacheKey,
+        meta: Meta,
+        head: &ResponseHeader,
+        length: usize,
+    ) -> Fill {
+        let tag = std::str::from_utf8(key.primary_key()).unwrap_or_default();
         Fill {
             store: self,
             slot: slot_of(key.primary_bin(), key.variance_bin()),
             meta,
-            body: BytesMut::new(),
-            tag: key.user_tag.as_str().into(),
+            packing: Packing::new(head, tag, length),
             id: self.next_id.fetch_add(1, Relaxed),
         }
     }
@@ -326,10 +342,14 @@ impl Storage for Store {
         let Some(e) = self.entries.read().get(&slot).cloned() else {
             return Ok(None);
         };
-        let meta = e.meta.to_cache_meta();
+        let Some(header) = e.packed.head() else {
+            return Ok(None);
+        };
+        let meta = e.meta.to_cache_meta(header);
+        let body = e.packed.body();
         let hit = Hit {
-            body: e.body.clone(),
-            range: (0, e.body.len()),
+            range: (0, body.len()),
+            body,
             done: false,
             id: e.id,
         };
@@ -342,7 +362,8 @@ impl Storage for Store {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        Ok(Box::new(self.fill_with(key, Meta::of(meta))))
+        let head = meta.response_header();
+        Ok(Box::new(self.fill_with(key, Meta::of(meta), head, 0)))
     }
 
     async fn purge(
@@ -368,6 +389,7 @@ impl Storage for Store {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let slot = slot_of(key.primary_bin(), key.variance_bin());
+        let new_head = meta.response_header();
         let meta = Meta::of(meta);
         let mut map = self.entries.write();
         let Some(old) = map.get(&slot).cloned() else {
@@ -376,8 +398,7 @@ impl Storage for Store {
         let entry = Entry {
             id: old.id,
             meta,
-            body: old.body.clone(),
-            tag: old.tag.clone(),
+            packed: old.packed.with_head(new_head),
         };
         let grew = entry.size() as i64 - old.size() as i64;
         map.insert(slot, Arc::new(entry));
@@ -450,15 +471,14 @@ pub struct Fill {
     store: &'static Store,
     slot: Slot,
     meta: Meta,
-    body: BytesMut,
-    tag: Box<str>,
+    packing: Packing,
     id: u64,
 }
 
 #[async_trait]
 impl HandleMiss for Fill {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        self.body.extend_from_slice(&data);
+        self.packing.body(&data);
         Ok(())
     }
 
@@ -474,7 +494,7 @@ impl HandleMiss for Fill {
 impl Fill {
     /// Gather a piece of the body.
     pub fn write(&mut self, data: &[u8]) {
-        self.body.extend_from_slice(data);
+        self.packing.body(data);
     }
 
     /// Store the entry: its size.
@@ -482,8 +502,7 @@ impl Fill {
         let entry = Entry {
             id: self.id,
             meta: self.meta,
-            body: self.body.freeze(),
-            tag: self.tag,
+            packed: self.packing.finish(),
         };
         let size = entry.size();
         self.store.insert(self.slot, entry);
@@ -495,16 +514,22 @@ impl Fill {
     pub fn admit(self) {
         let store = self.store;
         let (primary, variance) = self.slot;
-        let key = CompactCacheKey {
-            primary,
-            variance: variance.map(Box::new),
-            user_tag: self.tag.clone(),
-        };
         let (id, fresh_until) = (self.id, self.meta.fresh_until);
         let size = self.store();
+        let key = compact(primary, variance);
         let entry = CacheEntryKey::from_entry_id(key, Some(CacheEntryId::new(id)));
         for gone in store.eviction.admit(entry, size, fresh_until) {
             store.remove(gone.key(), gone.entry_id(), PurgeType::Eviction);
         }
+    }
+}
+
+/// The key the eviction manager knows an entry by, as Pingora's `CacheKey::to_compact` makes
+/// it for the keys [`super::RouteCache::key`] makes (their user tag is empty).
+fn compact(primary: HashBinary, variance: Option<HashBinary>) -> CompactCacheKey {
+    CompactCacheKey {
+        primary,
+        variance: variance.map(Box::new),
+        user_tag: Box::default(),
     }
 }

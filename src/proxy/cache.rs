@@ -14,7 +14,7 @@
 use std::time::SystemTime;
 
 use pingora::cache::lock::Locked;
-use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, RespCacheable};
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
@@ -22,7 +22,7 @@ use pingora::{Error, ErrorType, Result};
 use super::miss::Miss;
 use super::{Ctx, Tollgate};
 use crate::cache::store::Probe;
-use crate::cache::{KeyInput, RouteCache, Status};
+use crate::cache::{KeyInput, RouteCache, Status, Storable};
 use crate::downstream::Downstream;
 use crate::headers::names::X_CACHE_STATUS;
 use crate::policy::router::Route;
@@ -206,12 +206,24 @@ impl Tollgate {
     }
 }
 
-/// Whether `resp` may be stored under `c`'s rules (`response_cache_filter`). A credential the
-/// key does not separate (a route without auth, or `shared`): RFC 9111 §3.5.
+/// Whether `resp` may be stored under `c`'s rules (`response_cache_filter`).
 pub(super) fn verdict(c: &RouteCache, req: &RequestHeader, resp: &ResponseHeader) -> RespCacheable {
-    let authorization =
-        req.headers.contains_key(http::header::AUTHORIZATION) && (!c.rules.auth || c.rules.shared);
-    crate::cache::cacheable(&c.rules, resp, authorization)
+    crate::cache::cacheable(&c.rules, resp, unkeyed_credential(c, req))
+}
+
+/// [`verdict`] before any copy of the head is made (the own engine's miss).
+pub(super) fn storable(
+    c: &RouteCache,
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+) -> std::result::Result<Storable, NoCacheReason> {
+    crate::cache::storable(&c.rules, resp, unkeyed_credential(c, req))
+}
+
+/// A credential the key does not separate (a route without auth, or `shared`): RFC 9111 §3.5
+/// applies to the response.
+fn unkeyed_credential(c: &RouteCache, req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::AUTHORIZATION) && (!c.rules.auth || c.rules.shared)
 }
 
 /// A GET or HEAD the route caches, without a range, a condition, or a `no-cache` the route

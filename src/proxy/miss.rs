@@ -4,7 +4,7 @@
 //! a key another request is filling goes to Pingora's path, which waits on the lock.
 //!
 //! What it does on the response is `proxy_cache.rs`'s `cache_http_task` and the range header
-//! filter: the verdict ([`crate::cache::cacheable`]), the variance of a `Vary` response, no fill
+//! filter: the verdict ([`crate::cache::storable`]), the variance of a `Vary` response, no fill
 //! past `max_object` (and no `Accept-Ranges` when the length says so up front), the body stored
 //! at its end and admitted to the LRU, the lock released as Pingora releases it (done, given up
 //! on an uncacheable answer, or a transient error so that a waiting request fetches again).
@@ -12,7 +12,7 @@
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH};
 use http::HeaderValue;
 use pingora::cache::lock::{LockStatus, WritePermit};
-use pingora::cache::{CacheKey, RespCacheable};
+use pingora::cache::CacheKey;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::relay::Tee;
@@ -64,19 +64,21 @@ impl Tee for Miss<'_> {
         // `private="..."` names are taken out of it).
         let length = content_length(resp.headers.get(CONTENT_LENGTH));
         let mut ranges = true;
-        match super::cache::verdict(c, req, resp) {
-            RespCacheable::Cacheable(_) if length.is_some_and(|n| n > c.rules.max_object) => {
+        match super::cache::storable(c, req, resp) {
+            Ok(_) if length.is_some_and(|n| n > c.rules.max_object) => {
                 // Too large to store: not served in ranges either.
                 ranges = false;
                 self.release(LockStatus::GiveUp);
             }
-            RespCacheable::Cacheable(mut meta) => {
-                if let Some(v) = crate::cache::variance(&meta, req) {
-                    meta.set_variance_key(v);
-                }
-                self.fill = Some(Box::new(c.store.fill(&self.key, meta)));
+            Ok(s) => {
+                let variance = crate::cache::variance_of(&resp.headers, req);
+                let head = s.head(resp);
+                let fill = c
+                    .store
+                    .fill(&self.key, &s.freshness, variance, &head, length);
+                self.fill = Some(Box::new(fill));
             }
-            RespCacheable::Uncacheable(_) => self.release(LockStatus::GiveUp),
+            Err(_) => self.release(LockStatus::GiveUp),
         }
         // Straight into the map: a `ResponseHeader` insert spells each name out and parses
         // it back.
