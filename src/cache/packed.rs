@@ -4,14 +4,54 @@
 //! allocations to make and as many to free, cold by then. A hit reads the head back
 //! ([`Packed::head`]), its values slices of the same bytes.
 //!
-//! The headers are written as `name length, name, value length, value` (lengths as `u32`):
-//! read back only from what [`Packing::new`] wrote, never from a peer.
+//! The headers are written as `name length, name, value length, value` (lengths as `u32`; a
+//! common name as its index in a table instead): read back only from what [`Packing::new`]
+//! wrote, never from a peer.
 
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, StatusCode, Version};
+use http::{header, HeaderName, HeaderValue, StatusCode, Version};
 use pingora::http::ResponseHeader;
+
+/// Names packed as their index here rather than spelled out: reading a name back costs a
+/// parse, an index nothing. The names responses carry most.
+static KNOWN: [HeaderName; 24] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::SERVER,
+    header::DATE,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::CACHE_CONTROL,
+    header::EXPIRES,
+    header::VARY,
+    header::ACCEPT_RANGES,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LANGUAGE,
+    header::CONTENT_RANGE,
+    header::CONTENT_DISPOSITION,
+    header::AGE,
+    header::LOCATION,
+    header::LINK,
+    header::SET_COOKIE,
+    header::PRAGMA,
+    header::STRICT_TRANSPORT_SECURITY,
+    header::X_CONTENT_TYPE_OPTIONS,
+    header::X_FRAME_OPTIONS,
+    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    header::CONTENT_SECURITY_POLICY,
+];
+
+/// A name length with this bit set is an index into [`KNOWN`] (no name follows).
+const KNOWN_FLAG: u32 = 1 << 31;
+
+/// A packed header's name.
+enum Name {
+    Known(usize),
+    /// Where its bytes are.
+    Literal(Range<usize>),
+}
 
 /// What a head is besides its headers.
 #[derive(Debug, Clone)]
@@ -52,19 +92,25 @@ impl Packing {
             headers += 1;
         }
         let mut data = BytesMut::with_capacity(size);
-        let mut put = |name: &[u8], value: &HeaderValue| {
-            data.put_u32_le(name.len() as u32);
-            data.put_slice(name);
+        let mut put = |name: &[u8], known: Option<usize>, value: &HeaderValue| {
+            match known {
+                Some(i) => data.put_u32_le(KNOWN_FLAG | i as u32),
+                None => {
+                    data.put_u32_le(name.len() as u32);
+                    data.put_slice(name);
+                }
+            }
             data.put_u32_le(value.len() as u32);
             data.put_slice(value.as_bytes());
         };
         if cased {
             for (name, value) in head.case_header_iter() {
-                put(name.as_slice(), value);
+                put(name.as_slice(), None, value);
             }
         } else {
             for (name, value) in head.headers.iter() {
-                put(name.as_str().as_bytes(), value);
+                let known = KNOWN.iter().position(|k| k == name);
+                put(name.as_str().as_bytes(), known, value);
             }
         }
         let headers_end = data.len();
@@ -109,7 +155,10 @@ impl Packed {
             true => {
                 let mut head = ResponseHeader::build(line.status, Some(room)).ok()?;
                 for (name, value) in self.headers() {
-                    let _ = head.append_header(self.data.slice(name), value);
+                    let _ = match name {
+                        Name::Literal(name) => head.append_header(self.data.slice(name), value),
+                        Name::Known(i) => head.append_header(&KNOWN[i], value),
+                    };
                 }
                 head
             }
@@ -118,9 +167,14 @@ impl Packed {
                 let head = ResponseHeader::build_no_case(line.status, Some(room)).ok()?;
                 let mut parts = http::response::Parts::from(head);
                 for (name, value) in self.headers() {
-                    if let Ok(name) = HeaderName::from_bytes(&self.data[name]) {
-                        parts.headers.append(name, value);
-                    }
+                    let name = match name {
+                        Name::Known(i) => KNOWN[i].clone(),
+                        Name::Literal(name) => match HeaderName::from_bytes(&self.data[name]) {
+                            Ok(name) => name,
+                            Err(_) => continue,
+                        },
+                    };
+                    parts.headers.append(name, value);
                 }
                 ResponseHeader::from(parts)
             }
@@ -132,8 +186,8 @@ impl Packed {
         Some(head)
     }
 
-    /// The packed headers: where each name is, and its value.
-    fn headers(&self) -> impl Iterator<Item = (Range<usize>, HeaderValue)> + '_ {
+    /// The packed headers: each name, and its value.
+    fn headers(&self) -> impl Iterator<Item = (Name, HeaderValue)> + '_ {
         let mut at = 0;
         std::iter::from_fn(move || loop {
             let (name, value, next) = self.header_at(at)?;
@@ -144,14 +198,28 @@ impl Packed {
         })
     }
 
-    /// Where the header packed at `at` has its name and value, and where the next one starts.
-    fn header_at(&self, at: usize) -> Option<(Range<usize>, Range<usize>, usize)> {
-        let length = |at: usize| {
+    /// The name of the header packed at `at`, where its value is, and where the next one
+    /// starts.
+    fn header_at(&self, at: usize) -> Option<(Name, Range<usize>, usize)> {
+        let word = |at: usize| {
             let n = self.data.get(at..at + 4)?.try_into().ok()?;
-            Some(u32::from_le_bytes(n) as usize)
+            Some(u32::from_le_bytes(n))
         };
-        let name = at + 4..at + 4 + length(at)?;
-        let value = name.end + 4..name.end + 4 + length(name.end)?;
+        let (name, end) = match word(at)? {
+            w if w & KNOWN_FLAG != 0 => {
+                let i = (w & !KNOWN_FLAG) as usize;
+                (Name::Known(i), at + 4)
+            }
+            n => {
+                let name = at + 4..at + 4 + n as usize;
+                let end = name.end;
+                (Name::Literal(name), end)
+            }
+        };
+        if matches!(name, Name::Known(i) if i >= KNOWN.len()) {
+            return None;
+        }
+        let value = end + 4..end + 4 + word(end)? as usize;
         (value.end <= self.headers_end).then_some((name, value.clone(), value.end))
     }
 
