@@ -1,7 +1,7 @@
 //! The in-memory [`Storage`] a `caches` entry names: whole responses (the [`CacheMeta`]'s
 //! fields, and the head and body packed in one allocation, [`super::packed`]) in a map,
-//! bounded by `max_size` through pingora-cache's sharded `lru` eviction manager
-//! (`pingora-lru`), which picks what to drop; Pingora purges it here.
+//! bounded by `max_size` through pingora-cache's `lru` eviction manager (`pingora-lru`),
+//! which picks what to drop; Pingora purges it here.
 //! Each entry keeps the route and client path it was stored for (the key's primary bytes,
 //! [`super::RouteCache::key`]), so an admin purge finds every host, query, consumer and
 //! variant under a path.
@@ -173,12 +173,12 @@ pub struct Store {
     evictions: AtomicU64,
 }
 
-/// The eviction manager's shards: each its own lock, so fills and hits on different keys
-/// rarely wait for each other.
-const LRU_SHARDS: usize = 16;
+/// The eviction manager's shards: one, so that what it drops is the least recently used
+/// entry of the whole store (with more, it drops the oldest of a shard it draws at random).
+const LRU_SHARDS: usize = 1;
 
-/// Entries a shard makes room for up front (it grows past it as needed).
-const LRU_SHARD_CAPACITY: usize = 256;
+/// Entries the LRU makes room for up front (it grows past it as needed).
+const LRU_SHARD_CAPACITY: usize = 1024;
 
 fn slot_of(primary: HashBinary, variance: Option<HashBinary>) -> Slot {
     (primary, variance)
