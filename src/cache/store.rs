@@ -178,7 +178,7 @@ pub struct Store {
 const LRU_SHARDS: usize = 1;
 
 /// Entries the LRU makes room for up front (it grows past it as needed).
-const LRU_SHARD_CAPACITY: usize = 1024;
+const LRU_CAPACITY: usize = 1024;
 
 fn slot_of(primary: HashBinary, variance: Option<HashBinary>) -> Slot {
     (primary, variance)
@@ -190,7 +190,7 @@ impl Store {
             name: name.into(),
             max_size,
             entries: RwLock::new(Entries::default()),
-            eviction: lru::Manager::with_capacity(max_size, LRU_SHARD_CAPACITY),
+            eviction: lru::Manager::with_capacity(max_size, LRU_CAPACITY),
             next_id: AtomicU64::new(1),
             bytes: AtomicI64::new(0),
             evictions: AtomicU64::new(0),
