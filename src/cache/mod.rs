@@ -12,12 +12,12 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
-use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, NoCacheReason};
 use siphasher::sip128::{Hasher128, SipHasher24};
 use std::hash::Hasher;
 
 pub mod config;
+pub mod lock;
 mod packed;
 mod rules;
 pub mod store;
@@ -110,7 +110,7 @@ impl Status {
 pub struct RouteCache {
     pub route: Box<str>,
     pub store: &'static Store,
-    pub lock: &'static CacheKeyLockImpl,
+    pub lock: &'static lock::KeyLock,
     pub rules: Rules,
     requests: [AtomicU64; 7],
     lock_waits: AtomicU64,
@@ -128,7 +128,7 @@ impl std::fmt::Debug for RouteCache {
 
 impl RouteCache {
     pub fn new(route: &str, store: &'static Store, rules: Rules) -> Self {
-        let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(rules.lock));
+        let lock: &'static lock::KeyLock = Box::leak(Box::new(lock::KeyLock::new(rules.lock)));
         RouteCache {
             route: route.into(),
             store,

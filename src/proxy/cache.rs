@@ -13,7 +13,6 @@
 
 use std::time::SystemTime;
 
-use pingora::cache::lock::Locked;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -138,11 +137,11 @@ impl Tollgate {
         match c.store.probe(&key, SystemTime::now()) {
             Probe::Fresh => Some(Box::new(Own::Hit(key))),
             // A HEAD miss fetches with GET and stores the object: Pingora's path does that.
-            Probe::Absent if req.method == http::Method::GET => match c.lock.lock(&key, false) {
-                Locked::Write(permit) => Some(Box::new(Own::Miss(Miss::new(c, key, permit)))),
-                // Another request fills the key: Pingora's path waits for it.
-                Locked::Read(_) => None,
-            },
+            // None if another request fills the key: Pingora's path waits for it.
+            Probe::Absent if req.method == http::Method::GET => {
+                let permit = c.lock.own(&key)?;
+                Some(Box::new(Own::Miss(Miss::new(c, key, permit))))
+            }
             _ => None,
         }
     }

@@ -11,11 +11,12 @@
 
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH};
 use http::HeaderValue;
-use pingora::cache::lock::{LockStatus, WritePermit};
+use pingora::cache::lock::LockStatus;
 use pingora::cache::CacheKey;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::relay::Tee;
+use crate::cache::lock::OwnPermit;
 use crate::cache::store::Fill;
 use crate::cache::{RouteCache, Status};
 use crate::headers::names::X_CACHE_STATUS;
@@ -24,14 +25,14 @@ use crate::headers::names::X_CACHE_STATUS;
 pub(super) struct Miss<'a> {
     cache: &'a RouteCache,
     key: CacheKey,
-    permit: Option<WritePermit>,
+    permit: Option<OwnPermit>,
     fill: Option<Box<Fill>>,
     /// Body bytes gathered so far.
     taken: usize,
 }
 
 impl<'a> Miss<'a> {
-    pub(super) fn new(cache: &'a RouteCache, key: CacheKey, permit: WritePermit) -> Self {
+    pub(super) fn new(cache: &'a RouteCache, key: CacheKey, permit: OwnPermit) -> Self {
         Miss {
             cache,
             key,
@@ -44,7 +45,7 @@ impl<'a> Miss<'a> {
     /// Let the requests waiting on the key go on (`status` says how).
     fn release(&mut self, status: LockStatus) {
         if let Some(permit) = self.permit.take() {
-            self.cache.lock.release(&self.key, permit, status);
+            self.cache.lock.release_own(permit, status);
         }
     }
 }
