@@ -65,7 +65,7 @@ struct Line {
 }
 
 /// A stored response: see the module's doc.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Packed {
     line: Line,
     data: Bytes,

@@ -1,24 +1,24 @@
 //! The in-memory [`Storage`] a `caches` entry names: whole responses (the [`CacheMeta`]'s
-//! fields, and the head and body packed in one allocation, [`super::packed`]) in a map,
-//! bounded by `max_size` through pingora-cache's `lru` eviction manager (`pingora-lru`),
-//! which picks what to drop; Pingora purges it here.
+//! fields, and the head and body packed in one allocation, [`super::packed`]) in an LRU
+//! bounded by `max_size`: the `lru` crate's `LruCache`, the one pingora-cache's `simple_lru`
+//! eviction manager is made of, holding the entries themselves. A store at its size drops
+//! one entry for each it takes, on every miss: with the entries in the LRU's nodes, that
+//! touches one map and one node, where a store beside an eviction manager keeps two maps.
 //! Each entry keeps the route and client path it was stored for (the key's primary bytes,
 //! [`super::RouteCache::key`]), so an admin purge finds every host, query, consumer and
 //! variant under a path.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::RwLock;
-use pingora::cache::eviction::lru;
-use pingora::cache::eviction::{CacheEntryId, CacheEntryKey, CacheEntryKeyRef, EvictionManager};
-use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use lru::LruCache;
+use parking_lot::Mutex;
+use pingora::cache::eviction::CacheEntryId;
+use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
     PurgeType,
@@ -53,7 +53,8 @@ impl Hasher for SlotHasher {
     }
 }
 
-type Entries = HashMap<Slot, Arc<Entry>, BuildHasherDefault<SlotHasher>>;
+/// The entries, least recently used last.
+type Entries = LruCache<Slot, Entry, BuildHasherDefault<SlotHasher>>;
 
 struct Entry {
     id: u64,
@@ -63,8 +64,8 @@ struct Entry {
 }
 
 /// What an entry holds in memory beyond its packed bytes, counted against `max_size` so that
-/// it bounds the memory the store takes, small objects included: the shared entry, the map's
-/// slot, the LRU's node and its copy of the key.
+/// it bounds the memory the store takes, small objects included: the LRU's node (the entry
+/// and its key) and the map's slot.
 const ENTRY_OVERHEAD: usize = 512;
 
 impl Entry {
@@ -93,6 +94,7 @@ pub enum Probe {
 
 /// What a [`CacheMeta`] says besides its head, kept as it is: `CacheMeta` cannot be cloned,
 /// and its serialized form costs a compression on every fill and a decompression on every hit.
+#[derive(Clone, Copy)]
 struct Meta {
     fresh_until: SystemTime,
     /// When the entry was stored or last revalidated: what its age counts from.
@@ -106,6 +108,11 @@ struct Meta {
 }
 
 impl Meta {
+    /// Whether the own engine may answer from it at `now` as it is.
+    fn servable(&self, now: SystemTime) -> bool {
+        self.plain && self.fresh_until >= now
+    }
+
     fn of(m: &CacheMeta) -> Meta {
         let freshness = Freshness {
             fresh_until: m.fresh_until(),
@@ -143,7 +150,7 @@ impl Meta {
     /// A `CacheMeta` for a hit on `header`. Its creation time is the last revalidation's (the
     /// one `CacheMeta` constructor sets both): age and freshness are exact; a `Vary` variant
     /// older than its primary's last revalidation is fetched again rather than served.
-    fn to_cache_meta(&self, header: ResponseHeader) -> CacheMeta {
+    fn to_cache_meta(self, header: ResponseHeader) -> CacheMeta {
         let mut m = CacheMeta::new(
             self.fresh_until,
             self.updated,
@@ -165,20 +172,18 @@ impl Meta {
 pub struct Store {
     pub name: Box<str>,
     pub max_size: usize,
-    entries: RwLock<Entries>,
-    /// What to drop once `max_size` is reached; Pingora consults it on every fill and hit.
-    pub eviction: lru::Manager<LRU_SHARDS>,
+    entries: Mutex<Entries>,
     next_id: AtomicU64,
     bytes: AtomicI64,
     evictions: AtomicU64,
 }
 
-/// The eviction manager's shards: one, so that what it drops is the least recently used
-/// entry of the whole store (with more, it drops the oldest of a shard it draws at random).
-const LRU_SHARDS: usize = 1;
-
-/// Entries the LRU makes room for up front (it grows past it as needed).
-const LRU_CAPACITY: usize = 1024;
+/// A copy of what a hit serves, taken under the store's lock.
+struct Found {
+    id: u64,
+    meta: Meta,
+    packed: Packed,
+}
 
 fn slot_of(primary: HashBinary, variance: Option<HashBinary>) -> Slot {
     (primary, variance)
@@ -189,8 +194,7 @@ impl Store {
         Store {
             name: name.into(),
             max_size,
-            entries: RwLock::new(Entries::default()),
-            eviction: lru::Manager::with_capacity(max_size, LRU_CAPACITY),
+            entries: Mutex::new(Entries::unbounded_with_hasher(Default::default())),
             next_id: AtomicU64::new(1),
             bytes: AtomicI64::new(0),
             evictions: AtomicU64::new(0),
@@ -209,57 +213,51 @@ impl Store {
 
     /// Remove every entry whose tag `hit` accepts: the count removed.
     pub fn purge_where(&self, hit: impl Fn(&str) -> bool) -> usize {
-        let mut removed = Vec::new();
-        self.entries.write().retain(|slot, e| {
+        let (mut removed, mut freed) = (0, 0);
+        self.entries.lock().retain(|_, e| {
             let gone = hit(e.packed.tag());
             if gone {
-                removed.push((*slot, e.clone()));
+                removed += 1;
+                freed += e.size();
             }
             !gone
         });
-        for (slot, e) in &removed {
-            self.forget(*slot, e);
-        }
-        removed.len()
+        self.bytes.fetch_sub(freed as i64, Relaxed);
+        removed
     }
 
-    /// An entry that left the map: its bytes, and its place in the LRU.
-    fn forget(&self, (primary, variance): Slot, e: &Entry) {
-        self.bytes.fetch_sub(e.size() as i64, Relaxed);
-        let key = compact(primary, variance);
-        let id = Some(CacheEntryId::new(e.id));
-        self.eviction
-            .remove(CacheEntryKeyRef::from_entry_id(&key, id));
-    }
-
-    /// The entry for `key` when it can be served as it is at `now`: fresh, of one variant
-    /// (no `Vary`), framed by `Content-Length`.
-    fn servable(&self, key: &CacheKey, now: SystemTime) -> Option<Arc<Entry>> {
-        let slot = slot_of(key.primary_bin(), None);
-        let e = self.entries.read().get(&slot).cloned()?;
-        (e.meta.plain && e.meta.fresh_until >= now).then_some(e)
+    /// A copy of `slot`'s entry, made the most recently used.
+    fn use_slot(&self, slot: &Slot) -> Option<Found> {
+        let mut entries = self.entries.lock();
+        let e = entries.get(slot)?;
+        Some(Found {
+            id: e.id,
+            meta: e.meta,
+            packed: e.packed.clone(),
+        })
     }
 
     /// What the store holds for `key`'s primary slot at `now`, for the own engine to decide
     /// whether it answers the request (nothing is copied or touched).
     pub fn probe(&self, key: &CacheKey, now: SystemTime) -> Probe {
         let slot = slot_of(key.primary_bin(), None);
-        match self.entries.read().get(&slot) {
+        match self.entries.lock().peek(&slot) {
             None => Probe::Absent,
-            Some(e) if e.meta.plain && e.meta.fresh_until >= now => Probe::Fresh,
+            Some(e) if e.meta.servable(now) => Probe::Fresh,
             Some(_) => Probe::Other,
         }
     }
 
-    /// The entry for `key` when it can be served as it is at `now` (see [`Self::servable`]).
-    /// The LRU learns of the use, as on Pingora's hits.
+    /// The entry for `key` when it can be served as it is at `now`: fresh, of one variant
+    /// (no `Vary`), framed by `Content-Length`. The LRU learns of the use, as on Pingora's
+    /// hits.
     pub fn fresh(&self, key: &CacheKey, now: SystemTime) -> Option<Fresh> {
-        let e = self.servable(key, now)?;
+        let e = self.use_slot(&slot_of(key.primary_bin(), None))?;
         let m = &e.meta;
+        if !m.servable(now) {
+            return None;
+        }
         let epoch = m.epoch_override.unwrap_or(m.updated);
-        let id = Some(CacheEntryId::new(e.id));
-        let entry = CacheEntryKey::from_entry_id(key.to_compact(), id);
-        self.eviction.access(&entry, 0, m.fresh_until);
         Some(Fresh {
             header: e.packed.head()?,
             body: e.packed.body(),
@@ -267,31 +265,22 @@ impl Store {
         })
     }
 
-    /// Remove `key`'s entry (only if it is `wanted`, when named): its id.
-    fn remove(
-        &self,
-        key: &CompactCacheKey,
-        wanted: Option<CacheEntryId>,
-        kind: PurgeType,
-    ) -> Option<u64> {
-        let slot = slot_of(key.primary_bin(), key.variance_bin());
+    /// Remove `slot`'s entry (only if it is `wanted`, when named): its id.
+    fn remove(&self, slot: &Slot, wanted: Option<CacheEntryId>) -> Option<u64> {
         let e = {
-            let mut map = self.entries.write();
-            match map.get(&slot) {
-                Some(e) if wanted.is_none_or(|id| id.get() == e.id) => map.remove(&slot),
+            let mut entries = self.entries.lock();
+            match entries.peek(slot) {
+                Some(e) if wanted.is_none_or(|id| id.get() == e.id) => entries.pop(slot),
                 _ => None,
             }
         }?;
         self.bytes.fetch_sub(e.size() as i64, Relaxed);
-        if matches!(kind, PurgeType::Eviction) {
-            self.evictions.fetch_add(1, Relaxed);
-        }
         Some(e.id)
     }
 
     /// A fill outside Pingora's session (the own engine's miss): the entry its miss handler
     /// would make for `key`, a response `head` of `freshness` and the request's `variance`,
-    /// stored by [`Fill::admit`]; `length`: the body's, when known.
+    /// stored by [`Fill::store`]; `length`: the body's, when known.
     pub fn fill(
         &'static self,
         key: &CacheKey,
@@ -321,13 +310,24 @@ impl Store {
         }
     }
 
-    /// Store `entry`; one it replaces (a full refetch of a stale entry) is forgotten.
-    fn insert(&self, slot: Slot, entry: Entry) {
-        self.bytes.fetch_add(entry.size() as i64, Relaxed);
-        let old = self.entries.write().insert(slot, Arc::new(entry));
-        if let Some(old) = old {
-            self.forget(slot, &old);
+    /// Store `entry` as the most recently used, in place of any under its slot (a full
+    /// refetch of a stale entry), and drop the least recently used while the store is over
+    /// `max_size` (as pingora-cache's managers admit and evict): its size.
+    fn insert(&self, slot: Slot, entry: Entry) -> usize {
+        let size = entry.size() as i64;
+        let mut entries = self.entries.lock();
+        let mut held = self.bytes.fetch_add(size, Relaxed) + size;
+        if let Some((_, old)) = entries.push(slot, entry) {
+            held = self.bytes.fetch_sub(old.size() as i64, Relaxed) - old.size() as i64;
         }
+        while held > self.max_size as i64 {
+            let Some((_, gone)) = entries.pop_lru() else {
+                break;
+            };
+            held = self.bytes.fetch_sub(gone.size() as i64, Relaxed) - gone.size() as i64;
+            self.evictions.fetch_add(1, Relaxed);
+        }
+        size as usize
     }
 }
 
@@ -339,7 +339,7 @@ impl Storage for Store {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let slot = slot_of(key.primary_bin(), key.variance_bin());
-        let Some(e) = self.entries.read().get(&slot).cloned() else {
+        let Some(e) = self.use_slot(&slot) else {
             return Ok(None);
         };
         let Some(header) = e.packed.head() else {
@@ -376,7 +376,12 @@ impl Storage for Store {
             PurgeTarget::Exact(e) => e.entry_id(),
             PurgeTarget::Active(_) => None,
         };
-        Ok(match self.remove(target.key(), wanted, kind) {
+        let key = target.key();
+        let removed = self.remove(&slot_of(key.primary_bin(), key.variance_bin()), wanted);
+        if removed.is_some() && matches!(kind, PurgeType::Eviction) {
+            self.evictions.fetch_add(1, Relaxed);
+        }
+        Ok(match removed {
             Some(id) => PurgeOutcome::Purged(Some(CacheEntryId::new(id))),
             None => PurgeOutcome::NotFound,
         })
@@ -391,18 +396,14 @@ impl Storage for Store {
         let slot = slot_of(key.primary_bin(), key.variance_bin());
         let new_head = meta.response_header();
         let meta = Meta::of(meta);
-        let mut map = self.entries.write();
-        let Some(old) = map.get(&slot).cloned() else {
+        let mut entries = self.entries.lock();
+        let Some(e) = entries.peek_mut(&slot) else {
             return Ok(false);
         };
-        let entry = Entry {
-            id: old.id,
-            meta,
-            packed: old.packed.with_head(new_head),
-        };
-        let grew = entry.size() as i64 - old.size() as i64;
-        map.insert(slot, Arc::new(entry));
-        self.bytes.fetch_add(grew, Relaxed);
+        let old = e.size() as i64;
+        e.meta = meta;
+        e.packed = e.packed.with_head(new_head);
+        self.bytes.fetch_add(e.size() as i64 - old, Relaxed);
         Ok(true)
     }
 
@@ -497,39 +498,13 @@ impl Fill {
         self.packing.body(data);
     }
 
-    /// Store the entry: its size.
-    fn store(self) -> usize {
+    /// Store the entry (see [`Store::insert`]): its size.
+    pub fn store(self) -> usize {
         let entry = Entry {
             id: self.id,
             meta: self.meta,
             packed: self.packing.finish(),
         };
-        let size = entry.size();
-        self.store.insert(self.slot, entry);
-        size
-    }
-
-    /// Store the entry and admit it to the LRU, dropping what that evicts, as Pingora's
-    /// `finish_miss_handler` does for its fills.
-    pub fn admit(self) {
-        let store = self.store;
-        let (primary, variance) = self.slot;
-        let (id, fresh_until) = (self.id, self.meta.fresh_until);
-        let size = self.store();
-        let key = compact(primary, variance);
-        let entry = CacheEntryKey::from_entry_id(key, Some(CacheEntryId::new(id)));
-        for gone in store.eviction.admit(entry, size, fresh_until) {
-            store.remove(gone.key(), gone.entry_id(), PurgeType::Eviction);
-        }
-    }
-}
-
-/// The key the eviction manager knows an entry by, as Pingora's `CacheKey::to_compact` makes
-/// it for the keys [`super::RouteCache::key`] makes (their user tag is empty).
-fn compact(primary: HashBinary, variance: Option<HashBinary>) -> CompactCacheKey {
-    CompactCacheKey {
-        primary,
-        variance: variance.map(Box::new),
-        user_tag: Box::default(),
+        self.store.insert(self.slot, entry)
     }
 }

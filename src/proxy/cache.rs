@@ -42,14 +42,10 @@ impl Tollgate {
         if !c.takes(&session.req_header().method) || ctx.websocket.is_some() || ctx.grpc {
             return;
         }
-        let store = c.store;
-        session.cache.enable(
-            store,
-            Some(&store.eviction),
-            None,
-            Some(c.lock),
-            Some(c.lock_options()),
-        );
+        // The store keeps its own LRU (no eviction manager of Pingora's).
+        session
+            .cache
+            .enable(c.store, None, None, Some(c.lock), Some(c.lock_options()));
         session.cache.set_max_file_size_bytes(c.rules.max_object);
     }
 

@@ -107,7 +107,7 @@ impl Tee for Miss<'_> {
 
     fn end(&mut self) {
         if let Some(fill) = self.fill.take() {
-            fill.admit();
+            fill.store();
             self.release(LockStatus::Done);
         }
     }
