@@ -22,7 +22,7 @@ mod packed;
 mod rules;
 pub mod store;
 
-pub use rules::{cacheable, storable, variance, variance_of, Freshness, Storable};
+pub use rules::{cacheable, storable, variance, Freshness, Storable};
 pub use store::Store;
 
 /// The secret of cache keys' hashes: one per process, so a cache kept across an in-process
@@ -109,6 +109,8 @@ impl Status {
 /// A route's cache: its rules, store, lock and counters.
 pub struct RouteCache {
     pub route: Box<str>,
+    /// The keys' hasher, fed the route's part already (see [`Self::key`]).
+    hasher: SipHasher24,
     pub store: &'static Store,
     pub lock: &'static lock::KeyLock,
     pub rules: Rules,
@@ -129,8 +131,13 @@ impl std::fmt::Debug for RouteCache {
 impl RouteCache {
     pub fn new(route: &str, store: &'static Store, rules: Rules) -> Self {
         let lock: &'static lock::KeyLock = Box::leak(Box::new(lock::KeyLock::new(rules.lock)));
+        let mut hasher = SipHasher24::new_with_key(&KEY_SECRET);
+        let mut route_part = Vec::new();
+        write_route(route, &mut route_part);
+        hasher.write(&route_part);
         RouteCache {
             route: route.into(),
+            hasher,
             store,
             lock,
             rules,
@@ -206,8 +213,12 @@ impl RouteCache {
 
     /// The key's parts, as [`Self::key_text`] spells them, into `out`.
     fn write_key(&self, k: &KeyInput<'_>, out: &mut impl Sink) {
-        // Routes that differ only by `match` rules or methods share a path: each its own.
-        part(out, b"route=", self.route.as_bytes());
+        write_route(&self.route, out);
+        self.write_request(k, out);
+    }
+
+    /// The parts of the key after the route's: the request's.
+    fn write_request(&self, k: &KeyInput<'_>, out: &mut impl Sink) {
         match k.host.iter().any(u8::is_ascii_uppercase) {
             true => part(out, b"host=", &k.host.to_ascii_lowercase()),
             false => part(out, b"host=", k.host),
@@ -242,21 +253,22 @@ impl RouteCache {
     }
 
     /// The request's cache key; its primary bytes name the route and client path, for purges.
-    /// Its hash (of [`Self::key_text`]'s bytes, fed to the hasher as they are made) is taken
-    /// once here (Pingora, the store and the eviction manager each ask for it), keyed with a
-    /// secret of this process: no client can make two keys collide.
+    /// Its hash (of [`Self::key_text`]'s bytes, fed to the hasher as they are made, the
+    /// route's part once for the route) is taken once here (Pingora, the store and the lock
+    /// each ask for it), keyed with a secret of this process: no client can make two keys
+    /// collide.
     pub fn key(&self, k: &KeyInput<'_>) -> CacheKey {
-        let mut h = SipHasher24::new_with_key(&KEY_SECRET);
+        let mut h = self.hasher;
         let mut buffered = Buffered {
             hasher: &mut h,
             buf: [0; 256],
             len: 0,
         };
-        self.write_key(k, &mut buffered);
+        self.write_request(k, &mut buffered);
         buffered.flush();
         let hash = h.finish128().as_bytes();
         // The primary bytes name what purges look for; the hash is of the whole key. The user
-        // tag stays empty: Pingora and the eviction manager copy it with every key they keep.
+        // tag stays empty: Pingora copies it with every key it keeps.
         let mut key = CacheKey::new(tag(&self.route, k.path), String::new());
         key.set_primary_bin_override(hash);
         key
@@ -301,6 +313,12 @@ impl Sink for Buffered<'_> {
         self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
         self.len += bytes.len();
     }
+}
+
+/// The key's first part: its route (routes that differ only by `match` rules or methods
+/// share a path: each its own).
+fn write_route(route: &str, out: &mut impl Sink) {
+    part(out, b"route=", route.as_bytes());
 }
 
 /// One key part: `label`, the value's length in decimal, `:`, the value, a space.

@@ -34,9 +34,19 @@ pub struct Freshness {
 pub struct Storable {
     pub freshness: Freshness,
     cc: Option<CacheControl>,
+    /// The head has a `Vary`.
+    vary: bool,
 }
 
 impl Storable {
+    /// The variant of the stored response `req` makes ([`variance_of`]).
+    pub fn variance(&self, resp: &ResponseHeader, req: &RequestHeader) -> Option<HashBinary> {
+        if !self.vary {
+            return None;
+        }
+        variance_of(&resp.headers, req)
+    }
+
     /// The head as it is stored: `resp` without the headers a `no-cache="..."` or
     /// `private="..."` directive names (`resp` itself when they name none).
     pub fn head<'r>(&self, resp: &'r ResponseHeader) -> Cow<'r, ResponseHeader> {
@@ -64,17 +74,27 @@ pub fn storable(
         return Err(NoCacheReason::Custom("status"));
     }
     let h = &resp.headers;
-    if !rules.store_set_cookie && h.contains_key(header::SET_COOKIE) {
+    // One pass over the head for the few names the verdict reads; most heads have none.
+    let (mut cookie, mut vary, mut control, mut expires) = (false, false, false, false);
+    for name in h.keys() {
+        cookie |= name == header::SET_COOKIE;
+        vary |= name == header::VARY;
+        control |= name == header::CACHE_CONTROL;
+        expires |= name == header::EXPIRES;
+    }
+    if cookie && !rules.store_set_cookie {
         return Err(NoCacheReason::Custom("set-cookie"));
     }
-    let vary_any = h
-        .get_all(header::VARY)
-        .iter()
-        .any(|v| crate::headers::tokens(v.as_bytes()).any(|t| t == b"*"));
+    let vary_any = vary
+        && h.get_all(header::VARY)
+            .iter()
+            .any(|v| crate::headers::tokens(v.as_bytes()).any(|t| t == b"*"));
     if vary_any {
         return Err(NoCacheReason::Custom("vary-star"));
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    let cc = control
+        .then(|| CacheControl::from_resp_headers(resp))
+        .flatten();
     if authorization
         && !cc
             .as_ref()
@@ -93,7 +113,11 @@ pub fn storable(
         .as_ref()
         .and_then(|c| c.fresh_duration())
         .map(|d| at(now, d))
-        .or_else(|| calculate_expires_header_time(resp))
+        .or_else(|| {
+            expires
+                .then(|| calculate_expires_header_time(resp))
+                .flatten()
+        })
         .unwrap_or_else(|| at(now, rules.ttl));
     let secs = |d: Option<Duration>| d.map_or(0, |d| d.as_secs().min(u32::MAX as u64) as u32);
     let defaults = CacheMetaDefaults::new(
@@ -108,7 +132,11 @@ pub fn storable(
         stale_while_revalidate: swr,
         stale_if_error: sie,
     };
-    Ok(Storable { freshness, cc })
+    Ok(Storable {
+        freshness,
+        cc,
+        vary,
+    })
 }
 
 /// [`storable`] as Pingora's `response_cache_filter` answers it.
@@ -139,7 +167,7 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
 }
 
 /// [`variance`] of a response whose head is `resp`.
-pub fn variance_of(resp: &http::HeaderMap, req: &RequestHeader) -> Option<HashBinary> {
+fn variance_of(resp: &http::HeaderMap, req: &RequestHeader) -> Option<HashBinary> {
     let mut v = VarianceBuilder::new();
     for value in resp.get_all(header::VARY) {
         for name in crate::headers::tokens(value.as_bytes()) {

@@ -72,7 +72,7 @@ impl Tee for Miss<'_> {
                 self.release(LockStatus::GiveUp);
             }
             Ok(s) => {
-                let variance = crate::cache::variance_of(&resp.headers, req);
+                let variance = s.variance(resp, req);
                 let head = s.head(resp);
                 let fill = c
                     .store
