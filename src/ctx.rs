@@ -22,6 +22,9 @@ pub struct Ctx {
     pub client_ip: Option<IpAddr>,
     /// Index of the matched route.
     pub route: Option<usize>,
+    /// The route the own codec found for the request before taking it: admission's own
+    /// `find` (the same host, path and method), not made twice.
+    pub routed: Option<usize>,
     /// The upstream the request goes to: the route's, or the branch its `split` chose.
     pub upstream: Option<usize>,
     /// The request target for the upstream when it differs from the client's.
@@ -122,6 +125,7 @@ impl Default for Ctx {
             peer_ip: None,
             client_ip: None,
             route: None,
+            routed: None,
             upstream: None,
             target: None,
             tried: Vec::new(),

@@ -66,11 +66,7 @@ impl Tollgate {
                 .await;
         }
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .map(|h| h.as_bytes())
-            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        let host = route_host(req);
         let path = match crate::policy::path::normalise(req.uri.path()) {
             Ok(p) => p,
             Err(e) => {
@@ -94,7 +90,10 @@ impl Tollgate {
                 }
             }
         }
-        let verdict = self.gw.router.find(host, &path, &req.method, req);
+        let verdict = match ctx.routed {
+            Some(id) => Match::Route(&self.gw.router.routes()[id]),
+            None => self.gw.router.find(host, &path, &req.method, req),
+        };
         let bare = crate::policy::path::without_params(&path);
         if bare != path
             && !router::same_verdict(
@@ -306,4 +305,12 @@ fn response_values(
         request_id: &ctx.request_id,
         host: host.as_ref(),
     })
+}
+
+/// The host a request is routed by: its `Host`, else its target's authority.
+pub(super) fn route_host(req: &RequestHeader) -> Option<&[u8]> {
+    req.headers
+        .get(http::header::HOST)
+        .map(|h| h.as_bytes())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
 }

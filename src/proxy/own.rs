@@ -28,6 +28,7 @@ impl Tollgate {
         &'a self,
         req: &pingora::http::RequestHeader,
         own: &Cell<Option<Box<Own<'a>>>>,
+        routed: &Cell<Option<usize>>,
     ) -> bool {
         if self.all_relayed {
             return fastpath::plain(req);
@@ -35,9 +36,10 @@ impl Tollgate {
         let Ok(path) = crate::policy::path::normalise(req.uri.path()) else {
             return false;
         };
-        let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
+        let host = super::admit::route_host(req);
         match self.gw.router.find(host, &path, &req.method, req) {
             Match::Route(r) => {
+                routed.set(Some(r.id));
                 r.upstreams()
                     .all(|up| fastpath::carries(req, &self.gw.upstreams[up]))
                     && (self.gw.caches[r.id].is_none()
@@ -89,8 +91,8 @@ impl Serve for Tollgate {
         if !self.fast_path {
             return Served::NotMine(head);
         }
-        let own = Cell::new(None);
-        let parsed = h1::parse(head, |req| self.serves(req, &own));
+        let (own, routed) = (Cell::new(None), Cell::new(None));
+        let parsed = h1::parse(head, |req| self.serves(req, &own, &routed));
         let own = own.into_inner();
         let (req, ahead) = match parsed {
             Head::Serve(req, ahead) => (req, ahead),
@@ -109,7 +111,10 @@ impl Serve for Tollgate {
             Head::Pass(head) => return Served::NotMine(head),
         };
         let mut session = H1::new(stream, req, shutting_down);
-        let mut ctx = Ctx::default();
+        let mut ctx = Ctx {
+            routed: routed.get(),
+            ..Ctx::default()
+        };
         self.identify(&session, &mut ctx);
         let outcome = match self.admit(&mut session, &mut ctx).await {
             Ok(true) => Ok(true),
