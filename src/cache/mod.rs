@@ -1,6 +1,7 @@
 //! Response caching (`caches`, a route's `cache`) on pingora-cache: Pingora runs the HTTP
-//! cache state machine, the cache lock and eviction; this module says what a route caches,
-//! under which key, for how long ([`rules`]), and keeps the entries ([`store`]).
+//! cache state machine; this module says what a route caches, under which key, for how long
+//! ([`rules`]), keeps the entries in an LRU ([`store`]) and the lock both engines take on a
+//! miss ([`lock`]).
 //!
 //! Why here: the decisions are data (a key, a verdict on a response head, a status label), so
 //! both the proxy hooks and `explain` use them; the proxy only wires them into Pingora.
