@@ -39,6 +39,11 @@ pub struct Storable {
 }
 
 impl Storable {
+    /// Whether the head has a `Vary`.
+    pub fn has_vary(&self) -> bool {
+        self.vary
+    }
+
     /// The variant of the stored response `req` makes ([`variance_of`]).
     pub fn variance(&self, resp: &ResponseHeader, req: &RequestHeader) -> Option<HashBinary> {
         if !self.vary {

@@ -29,7 +29,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
 use super::packed::{Packed, Packing};
-use super::Freshness;
+use super::{Freshness, Storable};
 
 /// An entry's place in the map: the primary hash and the variant's.
 type Slot = (HashBinary, Option<HashBinary>);
@@ -120,19 +120,20 @@ impl Meta {
             stale_while_revalidate: m.stale_while_revalidate_sec(),
             stale_if_error: m.stale_if_error_sec(),
         };
-        Meta::new(
-            &freshness,
-            m.variance(),
-            m.epoch_override(),
-            m.response_header(),
-        )
+        let variance = m.variance();
+        let h = &m.response_header().headers;
+        let plain = variance.is_none()
+            && !h.contains_key(http::header::VARY)
+            && h.contains_key(http::header::CONTENT_LENGTH);
+        Meta::new(&freshness, variance, m.epoch_override(), plain)
     }
 
+    /// `plain`: one variant (no `Vary`), framed by `Content-Length`.
     fn new(
         f: &Freshness,
         variance: Option<HashBinary>,
         epoch_override: Option<SystemTime>,
-        header: &ResponseHeader,
+        plain: bool,
     ) -> Meta {
         Meta {
             fresh_until: f.fresh_until,
@@ -141,9 +142,7 @@ impl Meta {
             stale_if_error: f.stale_if_error,
             variance,
             epoch_override,
-            plain: variance.is_none()
-                && !header.headers.contains_key(http::header::VARY)
-                && header.headers.contains_key(http::header::CONTENT_LENGTH),
+            plain,
         }
     }
 
@@ -279,17 +278,19 @@ impl Store {
     }
 
     /// A fill outside Pingora's session (the own engine's miss): the entry its miss handler
-    /// would make for `key`, a response `head` of `freshness` and the request's `variance`,
-    /// stored by [`Fill::store`]; `length`: the body's, when known.
+    /// would make for `key`, a response `head` [`storable`](super::storable) said yes to and
+    /// the request's `variance`, stored by [`Fill::store`]; `length`: the body's
+    /// `Content-Length`, when it has one.
     pub fn fill(
         &'static self,
         key: &CacheKey,
-        freshness: &Freshness,
+        verdict: &Storable,
         variance: Option<HashBinary>,
         head: &ResponseHeader,
         length: Option<usize>,
     ) -> Fill {
-        let meta = Meta::new(freshness, variance, None, head);
+        let plain = variance.is_none() && !verdict.has_vary() && length.is_some();
+        let meta = Meta::new(&verdict.freshness, variance, None, plain);
         self.fill_with(key, meta, head, length.unwrap_or(0))
     }
 
@@ -369,22 +370,22 @@ impl Storage for Store {
     async fn purge(
         &'static self,
         target: PurgeTarget<'_>,
-        kind: PurgeType,
+        _kind: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let wanted = match target {
             PurgeTarget::Exact(e) => e.entry_id(),
             PurgeTarget::Active(_) => None,
         };
+        // Pingora evicts nothing here (the store does, in `insert`): every purge is an admin's
+        // or a refetch's.
         let key = target.key();
-        let removed = self.remove(&slot_of(key.primary_bin(), key.variance_bin()), wanted);
-        if removed.is_some() && matches!(kind, PurgeType::Eviction) {
-            self.evictions.fetch_add(1, Relaxed);
-        }
-        Ok(match removed {
-            Some(id) => PurgeOutcome::Purged(Some(CacheEntryId::new(id))),
-            None => PurgeOutcome::NotFound,
-        })
+        Ok(
+            match self.remove(&slot_of(key.primary_bin(), key.variance_bin()), wanted) {
+                Some(id) => PurgeOutcome::Purged(Some(CacheEntryId::new(id))),
+                None => PurgeOutcome::NotFound,
+            },
+        )
     }
 
     async fn update_meta(

@@ -74,9 +74,7 @@ impl Tee for Miss<'_> {
             Ok(s) => {
                 let variance = s.variance(resp, req);
                 let head = s.head(resp);
-                let fill = c
-                    .store
-                    .fill(&self.key, &s.freshness, variance, &head, length);
+                let fill = c.store.fill(&self.key, &s, variance, &head, length);
                 self.fill = Some(Box::new(fill));
             }
             Err(_) => self.release(LockStatus::GiveUp),
