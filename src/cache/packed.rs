@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use http::{header, HeaderName, HeaderValue, StatusCode, Version};
 use pingora::http::ResponseHeader;
 
@@ -76,7 +76,7 @@ pub struct Packed {
 /// A [`Packed`] being made: the head and the tag written, the body appended as it comes.
 pub struct Packing {
     line: Line,
-    data: BytesMut,
+    data: Vec<u8>,
     headers_end: usize,
     tag_end: usize,
 }
@@ -91,7 +91,7 @@ impl Packing {
             size += 8 + name.as_str().len() + value.len();
             headers += 1;
         }
-        let mut data = BytesMut::with_capacity(size);
+        let mut data = Vec::with_capacity(size);
         let mut put = |name: &[u8], known: Option<usize>, value: &HeaderValue| {
             match known {
                 Some(i) => data.put_u32_le(KNOWN_FLAG | i as u32),
@@ -118,7 +118,11 @@ impl Packing {
         let line = Line {
             status: head.status,
             version: head.version,
-            reason: head.get_reason_phrase().map(Into::into),
+            // Only a phrase of the upstream's own (a head reads back the canonical one).
+            reason: head
+                .get_reason_phrase()
+                .filter(|r| Some(*r) != head.status.canonical_reason())
+                .map(Into::into),
             cased,
             headers,
         };
@@ -138,11 +142,19 @@ impl Packing {
     pub fn finish(self) -> Packed {
         Packed {
             line: self.line,
-            data: self.data.freeze(),
+            data: fitted(self.data),
             headers_end: self.headers_end,
             tag_end: self.tag_end,
         }
     }
+}
+
+/// `data` as `Bytes` in its own allocation, cut to its length: the store counts the bytes an
+/// entry holds, and a buffer filled to its capacity becomes `Bytes` without a second allocation
+/// (for its count) that would be freed, cold, when the entry is dropped.
+fn fitted(mut data: Vec<u8>) -> Bytes {
+    data.shrink_to_fit();
+    Bytes::from(data)
 }
 
 impl Packed {
@@ -252,6 +264,7 @@ impl Packed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
 
     fn wire(h: &ResponseHeader) -> Vec<u8> {
         let mut out = BytesMut::new();

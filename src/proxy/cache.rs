@@ -109,7 +109,9 @@ impl Tollgate {
 }
 
 /// What the own engine does at a caching route's cache step, decided by the codec before it
-/// takes the request.
+/// takes the request. Boxed whole: the miss carries its fill inline, one allocation the
+/// fewer for it, at the cost of a larger box for a hit.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Own<'a> {
     /// Answer from the fresh entry under this key.
     Hit(CacheKey),

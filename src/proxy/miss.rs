@@ -26,7 +26,7 @@ pub(super) struct Miss<'a> {
     cache: &'a RouteCache,
     key: CacheKey,
     permit: Option<OwnPermit>,
-    fill: Option<Box<Fill>>,
+    fill: Option<Fill>,
     /// Body bytes gathered so far.
     taken: usize,
 }
@@ -75,7 +75,7 @@ impl Tee for Miss<'_> {
                 let variance = s.variance(resp, req);
                 let head = s.head(resp);
                 let fill = c.store.fill(&self.key, &s, variance, &head, length);
-                self.fill = Some(Box::new(fill));
+                self.fill = Some(fill);
             }
             Err(_) => self.release(LockStatus::GiveUp),
         }
