@@ -591,6 +591,7 @@ fn bad_cache_config_is_refused_with_key_paths() {
             "no store",
         ),
         ("caches: {a: {max_size: 0}}", "caches.a.max_size", "greater than 0"),
+        ("caches: {a: {max_size: 2TiB}}", "caches.a.max_size", "larger than 1TiB"),
         (
             "caches: {a: {max_size: 1MiB}}\nroutes: [{name: r, path_prefix: /r, upstream: o, cache: {ttl: 0s}}]",
             "routes[0].cache.ttl",

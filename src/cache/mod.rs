@@ -19,6 +19,8 @@ use std::hash::Hasher;
 
 pub mod config;
 pub mod lock;
+#[allow(unsafe_code)] // a prefetch hint
+mod lru;
 mod packed;
 mod rules;
 pub mod store;

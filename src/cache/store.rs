@@ -1,21 +1,17 @@
 //! The in-memory [`Storage`] a `caches` entry names: whole responses (the [`CacheMeta`]'s
 //! fields, and the head and body packed in one allocation, [`super::packed`]) in an LRU
-//! bounded by `max_size`: the `lru` crate's `LruCache`, the one pingora-cache's `simple_lru`
-//! eviction manager is made of, holding the entries themselves. A store at its size drops
-//! one entry for each it takes, on every miss: with the entries in the LRU's nodes, that
-//! touches one map and one node, where a store beside an eviction manager keeps two maps.
-//! Each entry keeps the route and client path it was stored for (the key's primary bytes,
-//! [`super::RouteCache::key`]), so an admin purge finds every host, query, consumer and
-//! variant under a path.
+//! bounded by `max_size` ([`super::lru`]), which holds the entries themselves: pingora-cache's
+//! eviction managers keep a second map beside a store's, which a store at its size, dropping
+//! one entry for each it takes on every miss, would walk twice. Each entry keeps the route
+//! and client path it was stored for (the key's primary bytes, [`super::RouteCache::key`]),
+//! so an admin purge finds every host, query, consumer and variant under a path.
 
 use std::any::Any;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use lru::LruCache;
 use parking_lot::Mutex;
 use pingora::cache::eviction::CacheEntryId;
 use pingora::cache::key::{CacheHashKey, HashBinary};
@@ -28,33 +24,24 @@ use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
+use super::lru::{Hashed, Lru};
 use super::packed::{Packed, Packing};
 use super::{Freshness, Storable};
 
 /// An entry's place in the map: the primary hash and the variant's.
 type Slot = (HashBinary, Option<HashBinary>);
 
-/// The map's hasher: a slot is made of keyed hashes already, so their first bytes are the
-/// hash (no second pass over them).
-#[derive(Default)]
-struct SlotHasher(u64);
-
-impl Hasher for SlotHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        if let Some(word) = bytes.first_chunk::<8>() {
-            self.0 = self.0.rotate_left(23) ^ u64::from_le_bytes(*word);
-        }
-    }
-
-    fn write_usize(&mut self, _: usize) {}
-
-    fn finish(&self) -> u64 {
-        self.0
+/// A slot is made of keyed hashes already: their first bytes are its hash.
+impl Hashed for Slot {
+    fn hash(&self) -> u64 {
+        let word = |h: &HashBinary| u64::from_le_bytes(h[..8].try_into().unwrap_or_default());
+        let (primary, variance) = self;
+        word(primary).rotate_left(23) ^ variance.as_ref().map_or(0, word)
     }
 }
 
 /// The entries, least recently used last.
-type Entries = LruCache<Slot, Entry, BuildHasherDefault<SlotHasher>>;
+type Entries = Lru<Slot, Entry>;
 
 struct Entry {
     id: u64,
@@ -193,7 +180,7 @@ impl Store {
         Store {
             name: name.into(),
             max_size,
-            entries: Mutex::new(Entries::unbounded_with_hasher(Default::default())),
+            entries: Mutex::new(Entries::new()),
             next_id: AtomicU64::new(1),
             bytes: AtomicI64::new(0),
             evictions: AtomicU64::new(0),
@@ -213,7 +200,8 @@ impl Store {
     /// Remove every entry whose tag `hit` accepts: the count removed.
     pub fn purge_where(&self, hit: impl Fn(&str) -> bool) -> usize {
         let (mut removed, mut freed) = (0, 0);
-        self.entries.lock().retain(|_, e| {
+        let mut entries = self.entries.lock();
+        entries.retain(|e| {
             let gone = hit(e.packed.tag());
             if gone {
                 removed += 1;
@@ -221,8 +209,14 @@ impl Store {
             }
             !gone
         });
-        self.bytes.fetch_sub(freed as i64, Relaxed);
+        self.count_bytes(-(freed as i64));
         removed
+    }
+
+    /// Change the bytes held by `delta`. Under the entries' lock, which orders every change:
+    /// a load and a store, not a locked add that would wait for the entry's cold writes.
+    fn count_bytes(&self, delta: i64) {
+        self.bytes.store(self.bytes.load(Relaxed) + delta, Relaxed);
     }
 
     /// A copy of `slot`'s entry, made the most recently used.
@@ -266,14 +260,12 @@ impl Store {
 
     /// Remove `slot`'s entry (only if it is `wanted`, when named): its id.
     fn remove(&self, slot: &Slot, wanted: Option<CacheEntryId>) -> Option<u64> {
-        let e = {
-            let mut entries = self.entries.lock();
-            match entries.peek(slot) {
-                Some(e) if wanted.is_none_or(|id| id.get() == e.id) => entries.pop(slot),
-                _ => None,
-            }
+        let mut entries = self.entries.lock();
+        let e = match entries.peek(slot) {
+            Some(e) if wanted.is_none_or(|id| id.get() == e.id) => entries.pop(slot),
+            _ => None,
         }?;
-        self.bytes.fetch_sub(e.size() as i64, Relaxed);
+        self.count_bytes(-(e.size() as i64));
         Some(e.id)
     }
 
@@ -312,21 +304,28 @@ impl Store {
     }
 
     /// Store `entry` as the most recently used, in place of any under its slot (a full
-    /// refetch of a stale entry), and drop the least recently used while the store is over
-    /// `max_size` (as pingora-cache's managers admit and evict): its size.
+    /// refetch of a stale entry), having dropped the least recently used while the store
+    /// would be over `max_size` with it (as pingora-cache's managers admit and evict; the last
+    /// dropped entry's node takes it): its size.
     fn insert(&self, slot: Slot, entry: Entry) -> usize {
         let size = entry.size() as i64;
         let mut entries = self.entries.lock();
-        let mut held = self.bytes.fetch_add(size, Relaxed) + size;
-        if let Some((_, old)) = entries.push(slot, entry) {
-            held = self.bytes.fetch_sub(old.size() as i64, Relaxed) - old.size() as i64;
-        }
+        let mut held = self.bytes.load(Relaxed) + size;
+        let mut evicted = 0;
         while held > self.max_size as i64 {
-            let Some((_, gone)) = entries.pop_lru() else {
+            let Some(gone) = entries.pop_lru() else {
                 break;
             };
-            held = self.bytes.fetch_sub(gone.size() as i64, Relaxed) - gone.size() as i64;
-            self.evictions.fetch_add(1, Relaxed);
+            held -= gone.size() as i64;
+            evicted += 1;
+        }
+        if let Some(old) = entries.push(slot, entry) {
+            held -= old.size() as i64;
+        }
+        self.bytes.store(held, Relaxed);
+        if evicted > 0 {
+            self.evictions
+                .store(self.evictions.load(Relaxed) + evicted, Relaxed);
         }
         size as usize
     }
@@ -404,7 +403,8 @@ impl Storage for Store {
         let old = e.size() as i64;
         e.meta = meta;
         e.packed = e.packed.with_head(new_head);
-        self.bytes.fetch_add(e.size() as i64 - old, Relaxed);
+        let delta = e.size() as i64 - old;
+        self.count_bytes(delta);
         Ok(true)
     }
 
