@@ -22,8 +22,9 @@ pub struct Ctx {
     pub client_ip: Option<IpAddr>,
     /// Index of the matched route.
     pub route: Option<usize>,
-    /// The route the own codec found for the request before taking it: admission's own
-    /// `find` (the same host, path and method), not made twice.
+    /// The route the own codec found for the request before taking it, for a path that was
+    /// normal as sent: admission's own normalising and `find` (the same host, path and
+    /// method), not made twice.
     pub routed: Option<usize>,
     /// The upstream the request goes to: the route's, or the branch its `split` chose.
     pub upstream: Option<usize>,

@@ -67,7 +67,11 @@ impl Tollgate {
         }
         let req = session.req_header();
         let host = route_host(req);
-        let path = match crate::policy::path::normalise(req.uri.path()) {
+        let path = match ctx.routed {
+            Some(_) => Ok(std::borrow::Cow::Borrowed(req.uri.path())),
+            None => crate::policy::path::normalise(req.uri.path()),
+        };
+        let path = match path {
             Ok(p) => p,
             Err(e) => {
                 return self

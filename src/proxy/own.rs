@@ -39,7 +39,9 @@ impl Tollgate {
         let host = super::admit::route_host(req);
         match self.gw.router.find(host, &path, &req.method, req) {
             Match::Route(r) => {
-                routed.set(Some(r.id));
+                if matches!(path, std::borrow::Cow::Borrowed(_)) {
+                    routed.set(Some(r.id));
+                }
                 r.upstreams()
                     .all(|up| fastpath::carries(req, &self.gw.upstreams[up]))
                     && (self.gw.caches[r.id].is_none()
