@@ -510,6 +510,7 @@ if [[ $RECORD == 1 ]]; then
         echo "# traced, traced-all: apikey's request with tracing (OTLP to a discarding collector), sample 0.01 / 1.0."
         echo "# h2c, nginx-h2c: apikey's request over HTTP/2 with prior knowledge, h2load, 10 streams at a time."
         echo "# cached, cache-miss, plain-miss: hits; a new key each request, stored in a full 512 KiB store (each evicts one); those requests uncached."
+        echo "# cache-neighbour: plain's request on the config with the cached route."
         echo "# measured: $(date -u '+%Y-%m-%d') $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(valgrind --version)"
         if ((${#OLD[@]})); then
             printf '# was: %s:' "${old_when:-earlier}"
