@@ -214,9 +214,16 @@ impl<K: Hashed, V> Lru<K, V> {
     /// `key`'s value, made the most recently used.
     pub fn get(&mut self, key: &K) -> Option<&V> {
         let i = self.find(key)?;
-        self.unlink(i);
-        self.link_front(i);
+        self.promote(i);
         self.node(i).value.as_ref()
+    }
+
+    /// Make node `i` the most recently used (a hot key's hits find it so already).
+    fn promote(&mut self, i: Index) {
+        if i != self.head {
+            self.unlink(i);
+            self.link_front(i);
+        }
     }
 
     /// Put `value` under `key` as the most recently used: the value it replaces.
@@ -225,8 +232,7 @@ impl<K: Hashed, V> Lru<K, V> {
     /// With [`MAX_ENTRIES`] entries held.
     pub fn push(&mut self, key: K, value: V) -> Option<V> {
         if let Some(i) = self.find(&key) {
-            self.unlink(i);
-            self.link_front(i);
+            self.promote(i);
             return self.node_mut(i).value.replace(value);
         }
         let hash = key.hash();
