@@ -31,7 +31,7 @@ use tollgate::fastpath::h1::client::{self as h1, Conn};
 
 // tollgate's allocator (src/main.rs), so the floor is not glibc malloc's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tollgate::alloc::Mimalloc = tollgate::alloc::Mimalloc;
 
 struct Bare {
     /// The upstream as tollgate's `Upstream::peer` makes it: its timeouts and idle timeout.

@@ -34,7 +34,7 @@ use tokio::time::timeout;
 
 // tollgate's allocator (src/main.rs), as bare Pingora's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tollgate::alloc::Mimalloc = tollgate::alloc::Mimalloc;
 
 /// tollgate's defaults (`docs/config.md`): upstream connect, read and write timeouts, client
 /// keep-alive.

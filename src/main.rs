@@ -10,7 +10,7 @@ use tollgate::gateway;
 /// Pingora allocates per request (headers, buffers, tasks), and glibc's malloc spends much of
 /// that in consolidation; mimalloc's per-thread free lists do not.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tollgate::alloc::Mimalloc = tollgate::alloc::Mimalloc;
 
 /// Run before `main`, from the binary's constructors: before the allocator's first
 /// allocation, so that not even the start of its arena is backed by huge pages
