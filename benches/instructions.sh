@@ -27,6 +27,7 @@
 #                             process), the reference of the load harness
 #   nginx-apikey  GET /api/bench  nginx with tollgate's API-key policy (map, limit_req, headers)
 #   jwks-file    GET /jwks-file/bench    "jwt" with an RS256 key from a JWKS file
+#   jwks-es256   GET /jwks-es256/bench   "jwt" with an ES256 (P-256) key from a JWKS file
 #   jwks-remote  GET /jwks-remote/bench  the same key from an identity provider (jwks: {url}):
 #                             a python3 HTTPS server of this script, self-signed, which
 #                             counts its requests: asked at start, never while serving
@@ -69,7 +70,7 @@ N=${N:-2000}                         # requests of the short run (the long one i
 THRESHOLD=${THRESHOLD:-5}            # percent growth that fails
 RECORD=${RECORD:-0}                  # 1: write the numbers to RESULTS
 RESULTS=${RESULTS:-$HERE/instructions.txt}
-ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote logged tls prod nginx-tls h2c nginx-h2c transform traced traced-all cached nginx-cached cache-miss plain-miss cache-neighbour"
+ALL="plain apikey jwt bare hybrid floor nginx nginx-apikey jwks-file jwks-remote jwks-es256 logged tls prod nginx-tls h2c nginx-h2c transform traced traced-all cached nginx-cached cache-miss plain-miss cache-neighbour"
 SCENARIOS=${SCENARIOS:-$ALL}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}       # use this binary instead of building
 BARE_BIN=${BARE_BIN:-}               # bare Pingora (default: beside TOLLGATE_BIN, or built)
@@ -185,13 +186,15 @@ wait_200 "http://127.0.0.1:$UPSTREAM_PORT/" "${PIDS[0]}"
 if [[ " $SCENARIOS " == *" jwks-"* ]]; then
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/jwt.key" 2>/dev/null ||
         die "openssl: cannot make the RS256 key"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TMP/jwt-es.key" 2>/dev/null ||
+        die "openssl: cannot make the ES256 key"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
         -keyout "$TMP/idp.key" -out "$TMP/idp.pem" -subj "/CN=tollgate bench idp" \
         -addext "subjectAltName=DNS:localhost" 2>/dev/null ||
         die "openssl: cannot make the identity provider's certificate"
-    JWKS_JWT=$(python3 - "$TMP/jwt.key" "$TMP/jwks.json" <<'EOF'
+    JWKS_JWTS=$(python3 - "$TMP/jwt.key" "$TMP/jwks.json" "$TMP/jwt-es.key" "$TMP/jwks-es.json" <<'EOF'
 import base64, json, subprocess, sys, time
-key, out = sys.argv[1], sys.argv[2]
+key, out, es_key, es_out = sys.argv[1:5]
 b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 def openssl(*args, data=None):
     return subprocess.run(["openssl", *args], input=data, capture_output=True, check=True).stdout
@@ -207,8 +210,29 @@ signing_input = compact({"alg": "RS256", "typ": "JWT", "kid": "bench"}) + "." + 
     compact({"sub": "bench", "exp": int(time.time()) + 24 * 3600})
 sig = openssl("dgst", "-sha256", "-sign", key, "-binary", data=signing_input.encode())
 print(signing_input + "." + b64(sig))
+# ES256: the public point from the key's DER (its last 65 bytes: 04 || x || y); the token's
+# signature is r || s, each 32 bytes, out of openssl's DER ECDSA-Sig-Value.
+point = openssl("ec", "-in", es_key, "-pubout", "-outform", "DER")[-65:]
+with open(es_out, "w") as f:
+    json.dump({"keys": [{"kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": "bench-es",
+                         "x": b64(point[1:33]), "y": b64(point[33:])}]}, f)
+signing_input = compact({"alg": "ES256", "typ": "JWT", "kid": "bench-es"}) + "." + \
+    compact({"sub": "bench", "exp": int(time.time()) + 24 * 3600})
+der = openssl("dgst", "-sha256", "-sign", es_key, "-binary", data=signing_input.encode())
+def ints(d):  # SEQUENCE { INTEGER r, INTEGER s }, short lengths (a P-256 signature is < 128 bytes)
+    assert d[0] == 0x30
+    i, out = 2, []
+    while i < len(d):
+        assert d[i] == 0x02
+        n = d[i + 1]
+        out.append(int.from_bytes(d[i + 2:i + 2 + n], "big"))
+        i += 2 + n
+    return out
+r, s_ = ints(der)
+print(signing_input + "." + b64(r.to_bytes(32, "big") + s_.to_bytes(32, "big")))
 EOF
-    ) || die "cannot make the JWKS and the RS256 token"
+    ) || die "cannot make the JWKS and the RS256 and ES256 tokens"
+    JWKS_JWT=$(sed -n 1p <<<"$JWKS_JWTS") ES_JWT=$(sed -n 2p <<<"$JWKS_JWTS")
     python3 - "$IDP_PORT" "$TMP/idp.pem" "$TMP/idp.key" "$TMP/jwks.json" "$TMP/idp.count" \
         >"$TMP/idp.log" 2>&1 <<'EOF' &
 import http.server, os, ssl, sys
@@ -393,6 +417,10 @@ measure() {
             path=/$sc/bench header="Authorization: Bearer $JWKS_JWT"
             cmd=("$TG_BIN" -c "$TMP/tollgate-jwks.yaml")
             ;;
+        jwks-es256)
+            path=/$sc/bench header="Authorization: Bearer $ES_JWT"
+            cmd=("$TG_BIN" -c "$TMP/tollgate-jwks.yaml")
+            ;;
         bare | hybrid | floor)
             path=/bench header=""
             cmd=("$BARE_BIN" "127.0.0.1:$TOLLGATE_PORT" "127.0.0.1:$UPSTREAM_PORT")
@@ -504,7 +532,7 @@ if [[ $RECORD == 1 ]]; then
         echo "# hybrid: bare_pingora --own-upstream, Pingora's client side with an upstream leg of its own."
         echo "# floor: examples/h1_floor.rs, the same job on tokio without Pingora."
         echo "# nginx, nginx-apikey: benches/load/proxy.nginx.conf in one process, plain and with the policy."
-        echo "# jwks-file, jwks-remote: benches/load/tollgate-jwks.yaml, jwt's policy with an RS256 JWKS from a file / an HTTPS IdP."
+        echo "# jwks-file, jwks-remote: benches/load/tollgate-jwks.yaml, jwt's policy with an RS256 JWKS from a file / an HTTPS IdP; jwks-es256: an ES256 JWKS from a file."
         echo "# logged, tls, prod: apikey's request with a combined access log to a file, over TLS 1.3 (ECDSA P-256), both."
         echo "# transform: plain's request on a route with a rewrite and three request header edits."
         echo "# traced, traced-all: apikey's request with tracing (OTLP to a discarding collector), sample 0.01 / 1.0."
