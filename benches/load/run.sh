@@ -62,6 +62,8 @@ READY_TIMEOUT=${READY_TIMEOUT:-30}      # seconds a service gets to answer
 KEEP_TMP=${KEEP_TMP:-0}           # 1: keep the temp dir (configs, logs, wrk output)
 ACCESS_LOG=${ACCESS_LOG:-off}     # combined: both proxies write a combined access log to a file in the temp dir;
                                   # both: as off, plus nginx-apikey-log and tollgate-apikey-log (second instances that log)
+NGINX_LOG_BUFFER=${NGINX_LOG_BUFFER:-}  # e.g. 32k: nginx's log lines written in batches (buffer=, flush=100ms),
+                                  # as tollgate writes its own (32 KiB, 100 ms); empty: one write a line
 H2=${H2:-0}                       # 1: also the HTTP/2 rows (h2 over TLS, h2c), with h2load -m H2_STREAMS
 H2_STREAMS=${H2_STREAMS:-10}      # concurrent streams per HTTP/2 connection
 GRPC=${GRPC:-0}                   # 1: also nginx-grpc and tollgate-grpc: unary gRPC calls over h2c (h2load)
@@ -485,8 +487,10 @@ start_nginx_proxy() { # start_nginx_proxy [PORT LOG TAG TLS H2]: LOG on|off, TAG
         NGINX_PORT="$port" NGINX_KEEPALIVE="$NGINX_KEEPALIVE" WORKER_CONNECTIONS="$WORKER_CONNECTIONS" \
         API_KEY="$API_KEY"
     if [[ $logged == combined ]]; then
-        # As nginx is usually run: one unbuffered line per request.
-        sed -i "s|^    access_log off;|    access_log $TMP/nginx$tag-access.log combined;|" "$conf"
+        # As nginx is usually run: one unbuffered line per request (NGINX_LOG_BUFFER: batched).
+        local buffered=""
+        [[ -z $NGINX_LOG_BUFFER ]] || buffered=" buffer=$NGINX_LOG_BUFFER flush=100ms"
+        sed -i "s|^    access_log off;|    access_log $TMP/nginx$tag-access.log combined$buffered;|" "$conf"
         grep -q "nginx$tag-access.log" "$conf" || die "proxy.nginx.conf: no 'access_log off;' to replace"
     fi
     # A second instance: its own pid file.
