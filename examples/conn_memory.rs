@@ -80,11 +80,11 @@ fn main() {
             std::mem::size_of_val(&c.readable()),
             std::mem::size_of_val(&shutdown.clone().changed()),
             std::mem::size_of::<pingora::apps::HttpPersistentSettings>());
-        let own = tollgate::proxy::Tollgate::new(gw.clone(), obs.clone(), &conf);
+        let own = Arc::new(tollgate::proxy::Tollgate::new(gw.clone(), obs.clone(), &conf));
         let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut s = stream(c);
-        let serve = tollgate::conn::Serve::serve(&own, &mut s, bytes::BytesMut::new(), false);
-        println!("own codec's per-request future:        {:>6} bytes (boxed per request; moved whole into its box)", std::mem::size_of_val(&serve));
+        let serve = own.serve(&mut s, bytes::BytesMut::new(), false);
+        println!("own codec's per-request future:        {:>6} bytes (boxed per request, written into its box as it is made)", std::mem::size_of_val(&serve));
         drop(serve);
         let who = tollgate::policy::limit::Caller { client_ip: None, identity: None };
         let h = http::HeaderMap::new();

@@ -9,6 +9,7 @@
 //! started on. Connections are not tied to a generation: a keep-alive connection's next request
 //! loads the current one.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -208,11 +209,16 @@ impl ProxyHttp for Live {
 }
 
 impl Serve for Live {
-    async fn serve(&self, stream: &mut Stream, head: BytesMut, shutting_down: bool) -> Served {
-        self.current().serve(stream, head, shutting_down).await
+    fn serve(
+        &self,
+        stream: &mut Stream,
+        head: BytesMut,
+        shutting_down: bool,
+    ) -> impl Future<Output = Served> + Send {
+        self.current().serve(stream, head, shutting_down)
     }
 
     async fn refuse(&self, stream: &mut Stream, refusal: Refusal) {
-        self.current().refuse(stream, refusal).await
+        self.current().refuse_head(stream, refusal).await
     }
 }

@@ -126,7 +126,7 @@ where
         let shutting_down = *shutdown.borrow();
         if let Some(serving) = serving {
             // Boxed, so an idle connection's future never holds a request's state.
-            match Box::pin(serving.serve(&mut stream, head, shutting_down)).await {
+            match boxed(|| serving.serve(&mut stream, head, shutting_down)).await {
                 Served::Done { reuse: true, ahead } => {
                     super::rearm(Some(&stream));
                     match ahead {
@@ -173,6 +173,13 @@ where
             }
         };
     }
+}
+
+/// The future `make` makes, on the heap: written into its box as it is made, where
+/// `Box::pin(make())` would make it on the stack and copy it (a request's future is kilobytes).
+#[inline(always)]
+fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// Pingora's session serves the request whose bytes so far are `bytes`.

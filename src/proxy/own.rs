@@ -5,14 +5,14 @@
 //! routed to a plaintext HTTP/1 upstream); the codec hands every other one to Pingora.
 
 use std::cell::Cell;
-use std::future::Future;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use pingora::protocols::Stream;
 
 use super::cache::Own;
 use super::{Ctx, Tollgate};
-use crate::conn::{Refusal, Serve, Served};
+use crate::conn::{Refusal, Served};
 use crate::downstream::{answer, Downstream};
 use crate::error::Reject;
 use crate::fastpath::{self, h1::server as h1, h1::server::Head, h1::server::H1};
@@ -60,7 +60,7 @@ impl Tollgate {
     /// screening of a head for Pingora's session): the JSON error contract, then close.
     /// Nothing of it is trusted, so it is neither routed nor logged with its fields; it is
     /// one access-log line and one request sample all the same.
-    async fn refuse_head(&self, stream: &mut Stream, refusal: Refusal) {
+    pub(crate) async fn refuse_head(&self, stream: &mut Stream, refusal: Refusal) {
         let started = std::time::Instant::now();
         // The codec needs a request to answer; the method decides only that a body is sent.
         let method = if refusal.head_request { "HEAD" } else { "GET" };
@@ -88,8 +88,16 @@ impl Tollgate {
     }
 }
 
-impl Serve for Tollgate {
-    async fn serve(&self, stream: &mut Stream, head: BytesMut, shutting_down: bool) -> Served {
+impl Tollgate {
+    /// [`crate::conn::Serve::serve`] for the generation `self` (what [`crate::live::Live`] serves with):
+    /// taking the generation's `Arc` makes this the request's only future, not one the
+    /// caller's would hold and copy in.
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: &mut Stream,
+        head: BytesMut,
+        shutting_down: bool,
+    ) -> Served {
         if !self.fast_path {
             return Served::NotMine(head);
         }
@@ -157,9 +165,5 @@ impl Serve for Tollgate {
             reuse: session.reusable(),
             ahead,
         }
-    }
-
-    fn refuse(&self, stream: &mut Stream, refusal: Refusal) -> impl Future<Output = ()> + Send {
-        self.refuse_head(stream, refusal)
     }
 }
