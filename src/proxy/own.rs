@@ -89,9 +89,9 @@ impl Tollgate {
 }
 
 impl Tollgate {
-    /// [`crate::conn::Serve::serve`] for the generation `self` (what [`crate::live::Live`] serves with):
-    /// taking the generation's `Arc` makes this the request's only future, not one the
-    /// caller's would hold and copy in.
+    /// [`crate::conn::Serve::serve`] for the generation `self`, which [`crate::live::Live`]
+    /// serves with: taking the generation's `Arc` makes this the request's only future, not
+    /// one the caller's would hold and copy in.
     pub async fn serve(
         self: Arc<Self>,
         stream: &mut Stream,

@@ -349,9 +349,6 @@ pub fn reload_cmd_of(
     )
 }
 
-/// Run the gateway on `body`, expecting it to refuse to start: its stderr.
-/// Whether process `pid` itself holds a listening TCP socket on `port` (so a connection there
-/// reaches it, not whatever else took the port): its socket inodes against /proc/net/tcp.
 /// Whether the admin endpoint answers `GET /health` with 200 within a second.
 fn health(admin: SocketAddr) -> bool {
     let probe = || -> std::io::Result<bool> {
@@ -365,6 +362,8 @@ fn health(admin: SocketAddr) -> bool {
     probe().unwrap_or(false)
 }
 
+/// Whether process `pid` itself holds a listening TCP socket on `port` (so a connection there
+/// reaches it, not whatever else took the port): its socket inodes against /proc/net/tcp.
 fn listens_on(pid: u32, port: u16) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
