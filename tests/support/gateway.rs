@@ -1,13 +1,12 @@
 //! A real gateway process: the binary on ephemeral ports with its own temp dir and log, its
 //! config (`gateway_yaml`), and graceful upgrades; `check_config` runs `tollgate -t`.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{echo, eventually, free_port, request, request_bytes, Resp};
+use super::{echo, eventually, free_port, request, request_bytes, request_within, Resp};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tollgate")
@@ -351,15 +350,8 @@ pub fn reload_cmd_of(
 
 /// Whether the admin endpoint answers `GET /health` with 200 within a second.
 fn health(admin: SocketAddr) -> bool {
-    let probe = || -> std::io::Result<bool> {
-        let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(1))?;
-        s.set_read_timeout(Some(Duration::from_secs(1)))?;
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)?;
-        Ok(super::http1::parse_response(&buf)?.status == 200)
-    };
-    probe().unwrap_or(false)
+    const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    request_within(admin, HEALTH, Duration::from_secs(1)).is_ok_and(|r| r.status == 200)
 }
 
 /// Whether process `pid` itself holds a listening TCP socket on `port` (so a connection there

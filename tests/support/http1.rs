@@ -64,8 +64,13 @@ pub fn request(addr: SocketAddr, req: &str) -> std::io::Result<Resp> {
 }
 
 pub fn request_bytes(addr: SocketAddr, req: &[u8]) -> std::io::Result<Resp> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    request_within(addr, req, Duration::from_secs(20))
+}
+
+/// `req` sent on a new connection, its whole response read, each step given at most `limit`.
+pub fn request_within(addr: SocketAddr, req: &[u8], limit: Duration) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect_timeout(&addr, limit)?;
+    s.set_read_timeout(Some(limit))?;
     s.write_all(req)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
