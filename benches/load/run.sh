@@ -795,7 +795,7 @@ parse_wrk() {
 check_run() {
     local name=$1 conns=$2 out=$3 serr bad reqs
     local parse=parse_wrk
-    [[ -z ${SC_H2[$name]} ]] || parse=parse_h2load
+    [[ -z ${SC_H2[$name]:-} ]] || parse=parse_h2load
     PARSED=$($parse "$out") || { cat "$out" >&2; die "could not parse the load output for $name"; }
     read -r _ reqs _ _ serr bad <<<"$PARSED"
     if ((serr > 0 || bad > 0 || reqs == 0)); then
