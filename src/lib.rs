@@ -42,6 +42,7 @@ pub mod reload;
 pub mod reloadctl;
 pub mod server;
 pub mod state;
+pub mod timer;
 pub mod trace;
 pub mod upstream;
 pub mod websocket;

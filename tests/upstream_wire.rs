@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A raw backend: for each request head, the answer `script(path)` gives, then whether to
 /// close the connection. Counts connections accepted and connections it closed.
@@ -280,6 +280,8 @@ fn a_body_cut_short_is_not_passed_off_as_complete() {
 /// A backend that does not answer in time on a pooled connection gets the request once: a
 /// read timeout is a 504 after one `timeouts.read`, not a stale connection to retry on a fresh
 /// one (which would send the request twice and double the wait), as Pingora's client decides.
+/// The timeout counts from the request itself: an earlier request's deadline on the same
+/// connection does not cut its wait short.
 #[test]
 fn a_read_timeout_on_a_pooled_connection_is_not_retried() {
     let up = raw_backend(|path| match path {
@@ -287,7 +289,7 @@ fn a_read_timeout_on_a_pooled_connection_is_not_retried() {
         _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
     });
     let gw = Gateway::start(&format!(
-        "upstreams: {{u: {{targets: [\"{}\"], timeouts: {{read: 300ms}}}}}}\n\
+        "upstreams: {{u: {{targets: [\"{}\"], timeouts: {{read: 400ms}}}}}}\n\
          routes: [{{name: r, path_prefix: /, upstream: u}}]",
         up.addr
     ));
@@ -295,11 +297,20 @@ fn a_read_timeout_on_a_pooled_connection_is_not_retried() {
     // gateway runs two, and a new connection goes to either).
     let mut client = Client::connect(gw.addr);
     assert_eq!(client.get("/fast", "").status, 200);
+    // The idle time is what is under test: the first request's deadline passes during the
+    // second's wait.
+    std::thread::sleep(Duration::from_millis(250));
+    let asked = Instant::now();
     let answer = client.get("/slow", "");
+    let waited = asked.elapsed();
     assert_eq!(answer.status, 504, "{answer:?}");
     assert_eq!(
         up.accepted.load(SeqCst),
         1,
         "the slow request went out once, on the pooled connection"
+    );
+    assert!(
+        waited >= Duration::from_millis(380) && waited < Duration::from_secs(3),
+        "504 after {waited:?}, expected one read timeout (400ms)"
     );
 }

@@ -1,22 +1,21 @@
 //! The idle timer of an upgraded (WebSocket) client connection, run inside its stream
 //! ([`super::Guarded`]), which sees every byte of the tunnel going either way.
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+use crate::timer::Lazy;
 
 /// The idle timer of one upgraded client connection: it expires when no byte moved in either
 /// direction for `idle`. Every read and write touches it (one clock read); the timer itself
-/// is only polled when the connection has nothing to do, and re-armed lazily.
+/// is only polled when the connection has nothing to do.
 #[derive(Debug)]
 pub struct Idle {
     idle: Duration,
-    last: Instant,
-    timer: Pin<Box<Sleep>>,
+    timer: Lazy,
     fired: bool,
 }
 
@@ -24,8 +23,7 @@ impl Idle {
     pub fn new(idle: Duration) -> Self {
         Idle {
             idle,
-            last: Instant::now(),
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: Lazy::new(Instant::now() + idle),
             fired: false,
         }
     }
@@ -34,7 +32,6 @@ impl Idle {
     pub fn expired_once(&self) -> bool {
         self.fired
     }
-
     /// A read's outcome on the tunnel: bytes read touch the timer; a read that would wait on
     /// a connection silent for the whole timeout sees the end of the stream instead, so
     /// Pingora ends the tunnel as if the client had closed (both sides are closed, and no
@@ -76,23 +73,15 @@ impl Idle {
     /// Bytes moved.
     #[inline]
     pub fn touch(&mut self) {
-        self.last = Instant::now();
+        self.timer.set(Instant::now() + self.idle);
     }
 
     /// On a pending read or write: whether the connection has been silent for the whole
     /// timeout. Otherwise the timer is registered with the task for the next possible expiry.
     pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            let due = self.last + self.idle;
-            if Instant::now() >= due {
-                self.fired = true;
-                return true;
-            }
-            self.timer.as_mut().reset(due);
-        }
+        let due = self.timer.poll_due(cx).is_ready();
+        self.fired |= due;
+        due
     }
 }
 

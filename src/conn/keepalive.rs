@@ -26,6 +26,7 @@ use tokio::io::ReadBuf;
 
 use super::screen::{self, Screened};
 use super::{Serve, Served};
+use crate::timer::Lazy;
 
 /// The keep-alive Pingora gives a connection's first request; `request_filter` replaces it with
 /// `limits.keepalive_timeout` for every request it admits.
@@ -84,8 +85,9 @@ pub(super) async fn serve_h1<A, S>(
     let mut carried: Carried = None;
     let mut first = true;
     let mut watch = shutdown.clone();
+    let mut timer = None;
     loop {
-        let Some(head) = next_head(&mut stream, idle, &mut watch, first).await else {
+        let Some(head) = next_head(&mut stream, idle, &mut watch, first, &mut timer).await else {
             return;
         };
         first = false;
@@ -213,13 +215,14 @@ async fn pingora_serves<A: HttpServerApp + Send + Sync + 'static>(
 }
 
 /// Wait for the client's next bytes and take them, or `None` when the connection should end
-/// (the rules of [`idle_wait`]). While it waits, this future holds a clock entry and a
-/// borrowed stream, nothing per request.
+/// (the rules of [`idle_wait`], on the connection's `timer`). While it waits, this future
+/// holds a borrowed stream, nothing per request.
 pub(super) async fn next_head(
     stream: &mut Stream,
     idle: Duration,
     shutdown: &mut ShutdownWatch,
     first: bool,
+    timer: &mut Option<Lazy>,
 ) -> Option<BytesMut> {
     let read = std::future::poll_fn(|cx| {
         // On the stack only for the length of one poll: nothing is kept between polls.
@@ -230,7 +233,7 @@ pub(super) async fn next_head(
             .map(|r| r.ok().filter(|()| !buf.filled().is_empty()))
             .map(|read| read.map(|()| BytesMut::from(buf.filled())))
     });
-    match idle_wait(read, idle, shutdown, first).await {
+    match idle_wait(read, idle, shutdown, first, timer).await {
         Waited::Arrived(head) => Some(head),
         Waited::Silent | Waited::Ended => None,
     }
@@ -272,12 +275,14 @@ pub(super) enum Waited<T> {
 /// it could not tell from one that failed: bytes already here are taken, and a connection's
 /// `first` request is waited for whatever happens (it was accepted, maybe in the moment
 /// before a graceful upgrade handed the listeners over, so its client has every reason to
-/// expect an answer; Pingora's own loop reads it too). Bytes already here arm no timer.
+/// expect an answer; Pingora's own loop reads it too). Bytes already here arm no timer; a
+/// later request's wait is kept on the connection's `timer`, one for all its waits.
 pub(super) async fn idle_wait<T>(
     mut arrived: impl Future<Output = Option<T>> + Unpin,
     idle: Duration,
     shutdown: &mut ShutdownWatch,
     first: bool,
+    timer: &mut Option<Lazy>,
 ) -> Waited<T> {
     let came = |v: Option<T>| v.map_or(Waited::Ended, Waited::Arrived);
     // One look with this task's waker: bytes already here arm no timer, and a look that
@@ -300,10 +305,11 @@ pub(super) async fn idle_wait<T>(
     if *shutdown.borrow_and_update() {
         return Waited::Ended;
     }
+    let timer = Lazy::arm(timer, tokio::time::Instant::now() + idle);
     tokio::select! {
         biased;
         v = arrived => came(v),
-        _ = tokio::time::sleep(idle) => Waited::Silent,
+        () = std::future::poll_fn(|cx| timer.poll_due(cx)) => Waited::Silent,
         _ = shutdown.changed() => Waited::Ended,
     }
 }

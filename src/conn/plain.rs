@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use super::keepalive::{self, Carried, Waited};
 use super::park::{Conn, Lot, Parked, PARK_AFTER};
 use super::{Gate, Guarded, Serve};
+use crate::timer::Lazy;
 
 /// A tokio socket with what Pingora reads of a connection (its addresses, when it was
 /// accepted): the stream under [`Guarded`] while a request is served. Unbuffered: Pingora's
@@ -142,9 +143,11 @@ async fn run<A, S>(
     A: HttpServerApp + Send + Sync + 'static,
     S: Serve,
 {
+    // The keep-alive waits' one timer, for as long as the connection stays in this task.
+    let mut timer = None;
     loop {
         let wait = left.min(PARK_AFTER);
-        match readable(&tcp, wait, &mut shutdown, conn.first).await {
+        match readable(&tcp, wait, &mut shutdown, conn.first, &mut timer).await {
             Waited::Arrived(()) => {}
             Waited::Silent if wait < left => {
                 let deadline = Instant::now() + (left - wait);
@@ -168,6 +171,7 @@ async fn run<A, S>(
             &mut conn.carried,
             conn.first,
             &mut shutdown,
+            &mut timer,
         ));
         let Some(stream) = request.await else {
             return;
@@ -188,13 +192,14 @@ async fn one_request<A, S>(
     carried: &mut Option<Box<Carried>>,
     first: bool,
     shutdown: &mut ShutdownWatch,
+    timer: &mut Option<Lazy>,
 ) -> Option<Stream>
 where
     A: HttpServerApp + Send + Sync + 'static,
     S: Serve,
 {
     let idle = gate.guards.keepalive_timeout;
-    let head = keepalive::next_head(&mut stream, idle, shutdown, first).await?;
+    let head = keepalive::next_head(&mut stream, idle, shutdown, first, timer).await?;
     let mut now = carried.take().and_then(|c| *c);
     let next = keepalive::serve_one(
         &gate.inner,
@@ -216,11 +221,12 @@ fn readable<'a>(
     idle: Duration,
     shutdown: &'a mut ShutdownWatch,
     first: bool,
+    timer: &'a mut Option<Lazy>,
 ) -> impl Future<Output = Waited<()>> + 'a {
     // Polled through the socket's own waker slot: no `Readable` future (152 bytes) in the
     // idle task. Not an `async fn`: its frame would keep a second copy of the arguments.
     let ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx).map(Result::ok));
-    keepalive::idle_wait(ready, idle, shutdown, first)
+    keepalive::idle_wait(ready, idle, shutdown, first, timer)
 }
 
 impl AsyncRead for Plain {

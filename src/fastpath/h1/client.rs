@@ -11,7 +11,9 @@
 //! replaces anyway (the gateway's own, `crate::policy::stamp::Stamp`), which are not copied, and
 //! its hop-by-hop headers, removed where both paths remove them (`headers::remove_hop_by_hop`).
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -22,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::{pool, response_framing, Chunks, Framing, MAX_HEAD, MAX_HEADERS};
+use crate::timer::Lazy;
 use crate::upstream::Timeouts;
 
 /// A response head starts in this much buffer: Pingora's `INIT_HEADER_BUF_SIZE`
@@ -56,6 +59,8 @@ pub fn request_head<'h>(
 /// One upstream connection, pooled or new.
 pub struct Conn {
     stream: TcpStream,
+    /// The read timer, kept with the connection for all its requests.
+    timer: Option<Lazy>,
     addr: SocketAddr,
     /// Taken from the pool: a failure before the response's first byte may be the backend
     /// having closed it meanwhile.
@@ -83,8 +88,8 @@ impl Conn {
     /// An idle pooled connection to `addr`, or a new one within the connect timeouts.
     pub async fn get(addr: SocketAddr, t: &Timeouts) -> Result<Conn> {
         let pooled = pool::checkout(addr);
-        let (stream, reused) = match pooled {
-            Some(s) => (s, true),
+        let (stream, timer, reused) = match pooled {
+            Some((s, timer)) => (s, timer, true),
             None => {
                 let limit = t.total.map_or(t.connect, |total| total.min(t.connect));
                 let s = match timeout(limit, TcpStream::connect(addr)).await {
@@ -97,11 +102,12 @@ impl Conn {
                     Err(_) => return Err(upstream(ErrorType::ConnectTimedout, "connecting")),
                 };
                 let _ = s.set_nodelay(true);
-                (s, false)
+                (s, None, false)
             }
         };
         Ok(Conn {
             stream,
+            timer,
             addr,
             reused,
             buf: BytesMut::new(),
@@ -118,12 +124,18 @@ impl Conn {
         if !self.keep || !self.buf.is_empty() {
             return;
         }
-        pool::release(self.addr, self.stream, self.idle, cap);
+        pool::release(self.addr, self.stream, self.timer, self.idle, cap);
     }
 
     /// Send a request head (a bodiless request: the head is all there is).
     pub async fn send(&mut self, head: &[u8]) -> Result<()> {
-        let mut e = match timeout(self.write, self.stream.write_all(head)).await {
+        // A head nearly always fits the socket's buffer at once: no timer then.
+        let mut write = std::pin::pin!(self.stream.write_all(head));
+        let written = match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => timeout(self.write, write).await,
+        };
+        let mut e = match written {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => Error::because(ErrorType::WriteError, "writing the request head", e),
             Err(_) => Error::explain(ErrorType::WriteTimedout, "writing the request head"),
@@ -135,17 +147,23 @@ impl Conn {
         Err(e)
     }
 
-    /// Read into the buffer; `Ok(0)` at the end of the stream.
+    /// Read into the buffer within the read timeout; `Ok(0)` at the end of the stream.
     async fn fill(&mut self, want: usize) -> Result<usize> {
         self.buf.reserve(want);
-        match timeout(self.read, self.stream.read_buf(&mut self.buf)).await {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => {
+        let timer = Lazy::arm(&mut self.timer, tokio::time::Instant::now() + self.read);
+        let mut read = std::pin::pin!(self.stream.read_buf(&mut self.buf));
+        let read = poll_fn(|cx| match read.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => timer.poll_due(cx).map(|()| None),
+        });
+        match read.await {
+            Some(Ok(n)) => Ok(n),
+            Some(Err(e)) => {
                 let mut e = Error::because(ErrorType::ReadError, "reading the response", e);
                 e.as_up();
                 Err(e)
             }
-            Err(_) => Err(upstream(ErrorType::ReadTimedout, "reading the response")),
+            None => Err(upstream(ErrorType::ReadTimedout, "reading the response")),
         }
     }
 

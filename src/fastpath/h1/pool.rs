@@ -22,6 +22,8 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::timer::Lazy;
+
 thread_local! {
     /// This thread's pool: its streams are checked out and released by the requests running
     /// on the thread, so its lock is uncontended but for the sweeper's rare visits.
@@ -47,6 +49,8 @@ struct Pool {
 
 struct Idle {
     stream: TcpStream,
+    /// The connection's read timer, which its requests share (`client.rs`).
+    timer: Option<Lazy>,
     until: Instant,
 }
 
@@ -59,23 +63,30 @@ impl Idle {
     }
 }
 
-/// An idle connection to `addr` from this thread's pool, if one is usable.
-pub fn checkout(addr: SocketAddr) -> Option<TcpStream> {
+/// An idle connection to `addr` from this thread's pool, if one is usable, with its timer.
+pub fn checkout(addr: SocketAddr) -> Option<(TcpStream, Option<Lazy>)> {
     let now = Instant::now();
     POOL.with(|shared| {
         let mut p = shared.pool.lock();
         let idle = p.idle.get_mut(&addr)?;
         while let Some(i) = idle.pop_back() {
             if i.usable(now) {
-                return Some(i.stream);
+                return Some((i.stream, i.timer));
             }
         }
         None
     })
 }
 
-/// Keep `stream` to `addr` in this thread's pool for `idle` (at most `cap` per backend).
-pub fn release(addr: SocketAddr, stream: TcpStream, idle: Duration, cap: usize) {
+/// Keep `stream` to `addr` (and its `timer`) in this thread's pool for `idle` (at most `cap`
+/// per backend).
+pub fn release(
+    addr: SocketAddr,
+    stream: TcpStream,
+    timer: Option<Lazy>,
+    idle: Duration,
+    cap: usize,
+) {
     let now = Instant::now();
     let until = now + idle;
     let wake = POOL.with(|shared| {
@@ -89,7 +100,11 @@ pub fn release(addr: SocketAddr, stream: TcpStream, idle: Duration, cap: usize) 
         if kept.len() >= cap {
             return None;
         }
-        kept.push_back(Idle { stream, until });
+        kept.push_back(Idle {
+            stream,
+            timer,
+            until,
+        });
         match p.wake {
             Some(at) if at <= until => None,
             armed => {
@@ -170,7 +185,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let ours = TcpStream::connect(addr).await.unwrap();
         let (theirs, _) = l.accept().await.unwrap();
-        release(addr, ours, idle, 8);
+        release(addr, ours, None, idle, 8);
         (addr, theirs)
     }
 
@@ -221,9 +236,9 @@ mod tests {
 
     async fn a_pooled_connection_is_reused_within_its_idle_time() {
         let (addr, mut theirs) = pooled(Duration::from_secs(60)).await;
-        let again = checkout(addr).expect("the idle connection");
+        let (again, _) = checkout(addr).expect("the idle connection");
         assert!(checkout(addr).is_none(), "taken out of the pool");
-        release(addr, again, Duration::from_secs(60), 8);
+        release(addr, again, None, Duration::from_secs(60), 8);
         let held = checkout(addr);
         assert!(held.is_some(), "back in the pool");
         assert!(closed_within(&mut theirs, Duration::from_millis(50))
