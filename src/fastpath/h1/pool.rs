@@ -42,7 +42,7 @@ struct Shared {
 struct Pool {
     /// Idle connections by backend, oldest first: checkout takes the newest (the one least
     /// likely to have been closed), release drops stale ones from the old end.
-    idle: HashMap<SocketAddr, VecDeque<Idle>>,
+    idle: HashMap<SocketAddr, VecDeque<Idle>, ahash::RandomState>,
     /// When the sweeper wakes next; `None`: none is armed.
     wake: Option<Instant>,
 }
