@@ -84,10 +84,9 @@ pub(super) async fn serve_h1<A, S>(
 {
     let mut carried: Carried = None;
     let mut first = true;
-    let mut watch = shutdown.clone();
-    let mut timer = None;
+    let mut waits = Waits::default();
     loop {
-        let Some(head) = next_head(&mut stream, idle, &mut watch, first, &mut timer).await else {
+        let Some(head) = next_head(&mut stream, idle, shutdown, first, &mut waits).await else {
             return;
         };
         first = false;
@@ -215,14 +214,14 @@ async fn pingora_serves<A: HttpServerApp + Send + Sync + 'static>(
 }
 
 /// Wait for the client's next bytes and take them, or `None` when the connection should end
-/// (the rules of [`idle_wait`], on the connection's `timer`). While it waits, this future
+/// (the rules of [`idle_wait`], on the connection's `waits`). While it waits, this future
 /// holds a borrowed stream, nothing per request.
 pub(super) async fn next_head(
     stream: &mut Stream,
     idle: Duration,
-    shutdown: &mut ShutdownWatch,
+    shutdown: &ShutdownWatch,
     first: bool,
-    timer: &mut Option<Lazy>,
+    waits: &mut Waits,
 ) -> Option<BytesMut> {
     let read = std::future::poll_fn(|cx| {
         // On the stack only for the length of one poll: nothing is kept between polls.
@@ -233,7 +232,7 @@ pub(super) async fn next_head(
             .map(|r| r.ok().filter(|()| !buf.filled().is_empty()))
             .map(|read| read.map(|()| BytesMut::from(buf.filled())))
     });
-    match idle_wait(read, idle, shutdown, first, timer).await {
+    match idle_wait(read, idle, shutdown, first, waits).await {
         Waited::Arrived(head) => Some(head),
         Waited::Silent | Waited::Ended => None,
     }
@@ -257,6 +256,33 @@ impl<F: Future + Unpin> Future for Looked<F> {
     }
 }
 
+/// What a connection's keep-alive waits keep from one to the next: one entry of tokio's timer
+/// and one subscription to the server's shutdown, where a new one of each for every wait
+/// was most of what a wait cost.
+#[derive(Default)]
+pub(super) struct Waits {
+    timer: Option<Lazy>,
+    stopping: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+/// Ready once the server is shutting down (or its watch is gone), on the subscription kept in
+/// `stopping`.
+fn poll_stopping(
+    stopping: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    shutdown: &ShutdownWatch,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let stopping = stopping.get_or_insert_with(|| {
+        let mut watch = shutdown.clone();
+        Box::pin(async move {
+            if !*watch.borrow_and_update() {
+                let _ = watch.changed().await;
+            }
+        })
+    });
+    stopping.as_mut().poll(cx)
+}
+
 /// How a keep-alive wait ended.
 pub(super) enum Waited<T> {
     /// The client sent bytes.
@@ -276,13 +302,13 @@ pub(super) enum Waited<T> {
 /// `first` request is waited for whatever happens (it was accepted, maybe in the moment
 /// before a graceful upgrade handed the listeners over, so its client has every reason to
 /// expect an answer; Pingora's own loop reads it too). Bytes already here arm no timer; a
-/// later request's wait is kept on the connection's `timer`, one for all its waits.
+/// later request's wait is kept on the connection's `waits`, the same for all its waits.
 pub(super) async fn idle_wait<T>(
     mut arrived: impl Future<Output = Option<T>> + Unpin,
     idle: Duration,
-    shutdown: &mut ShutdownWatch,
+    shutdown: &ShutdownWatch,
     first: bool,
-    timer: &mut Option<Lazy>,
+    waits: &mut Waits,
 ) -> Waited<T> {
     let came = |v: Option<T>| v.map_or(Waited::Ended, Waited::Arrived);
     // One look with this task's waker: bytes already here arm no timer, and a look that
@@ -302,14 +328,17 @@ pub(super) async fn idle_wait<T>(
             Err(_) => Waited::Silent,
         };
     }
-    if *shutdown.borrow_and_update() {
-        return Waited::Ended;
-    }
+    let Waits { timer, stopping } = waits;
     let timer = Lazy::arm(timer, tokio::time::Instant::now() + idle);
-    tokio::select! {
-        biased;
-        v = arrived => came(v),
-        () = std::future::poll_fn(|cx| timer.poll_due(cx)) => Waited::Silent,
-        _ = shutdown.changed() => Waited::Ended,
-    }
+    let mut arrived = arrived;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = Pin::new(&mut arrived).poll(cx) {
+            return Poll::Ready(came(v));
+        }
+        if timer.poll_due(cx).is_ready() {
+            return Poll::Ready(Waited::Silent);
+        }
+        poll_stopping(stopping, shutdown, cx).map(|()| Waited::Ended)
+    })
+    .await
 }

@@ -31,10 +31,9 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::keepalive::{self, Carried, Waited};
+use super::keepalive::{self, Carried, Waited, Waits};
 use super::park::{Conn, Lot, Parked, PARK_AFTER};
 use super::{Gate, Guarded, Serve};
-use crate::timer::Lazy;
 
 /// A tokio socket with what Pingora reads of a connection (its addresses, when it was
 /// accepted): the stream under [`Guarded`] while a request is served. Unbuffered: Pingora's
@@ -138,16 +137,16 @@ async fn run<A, S>(
     mut tcp: TcpStream,
     mut conn: Conn,
     mut left: Duration,
-    mut shutdown: ShutdownWatch,
+    shutdown: ShutdownWatch,
 ) where
     A: HttpServerApp + Send + Sync + 'static,
     S: Serve,
 {
-    // The keep-alive waits' one timer, for as long as the connection stays in this task.
-    let mut timer = None;
+    // What the keep-alive waits share, for as long as the connection stays in this task.
+    let mut waits = Waits::default();
     loop {
         let wait = left.min(PARK_AFTER);
-        match readable(&tcp, wait, &mut shutdown, conn.first, &mut timer).await {
+        match readable(&tcp, wait, &shutdown, conn.first, &mut waits).await {
             Waited::Arrived(()) => {}
             Waited::Silent if wait < left => {
                 let deadline = Instant::now() + (left - wait);
@@ -170,8 +169,8 @@ async fn run<A, S>(
             stream,
             &mut conn.carried,
             conn.first,
-            &mut shutdown,
-            &mut timer,
+            &shutdown,
+            &mut waits,
         ));
         let Some(stream) = request.await else {
             return;
@@ -191,15 +190,15 @@ async fn one_request<A, S>(
     mut stream: Stream,
     carried: &mut Option<Box<Carried>>,
     first: bool,
-    shutdown: &mut ShutdownWatch,
-    timer: &mut Option<Lazy>,
+    shutdown: &ShutdownWatch,
+    waits: &mut Waits,
 ) -> Option<Stream>
 where
     A: HttpServerApp + Send + Sync + 'static,
     S: Serve,
 {
     let idle = gate.guards.keepalive_timeout;
-    let head = keepalive::next_head(&mut stream, idle, shutdown, first, timer).await?;
+    let head = keepalive::next_head(&mut stream, idle, shutdown, first, waits).await?;
     let mut now = carried.take().and_then(|c| *c);
     let next = keepalive::serve_one(
         &gate.inner,
@@ -219,14 +218,14 @@ where
 fn readable<'a>(
     tcp: &'a TcpStream,
     idle: Duration,
-    shutdown: &'a mut ShutdownWatch,
+    shutdown: &'a ShutdownWatch,
     first: bool,
-    timer: &'a mut Option<Lazy>,
+    waits: &'a mut Waits,
 ) -> impl Future<Output = Waited<()>> + 'a {
     // Polled through the socket's own waker slot: no `Readable` future (152 bytes) in the
     // idle task. Not an `async fn`: its frame would keep a second copy of the arguments.
     let ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx).map(Result::ok));
-    keepalive::idle_wait(ready, idle, shutdown, first, timer)
+    keepalive::idle_wait(ready, idle, shutdown, first, waits)
 }
 
 impl AsyncRead for Plain {
