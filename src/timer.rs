@@ -5,6 +5,7 @@
 //! entry that is moved only when it goes off early, a wait costs a clock read.
 
 use std::future::Future;
+use std::ops::DerefMut;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -12,19 +13,17 @@ use tokio::time::{Instant, Sleep};
 
 /// A deadline kept on one entry of tokio's timer, re-armed lazily: moving the deadline later
 /// only writes it down; the entry is moved when it goes off before the deadline, or when the
-/// deadline comes sooner than it.
+/// deadline comes sooner than it. The entry is boxed, or pinned where its owner lives
+/// (`Lazy<&mut Sleep>`).
 #[derive(Debug)]
-pub struct Lazy {
-    timer: Pin<Box<Sleep>>,
+pub struct Lazy<P = Box<Sleep>> {
+    timer: Pin<P>,
     due: Instant,
 }
 
 impl Lazy {
     pub fn new(due: Instant) -> Self {
-        Lazy {
-            timer: Box::pin(tokio::time::sleep_until(due)),
-            due,
-        }
+        Lazy::on(Box::pin(tokio::time::sleep_until(due)))
     }
 
     /// `timer` set to `due`, made on its first use.
@@ -32,6 +31,14 @@ impl Lazy {
         let t = timer.get_or_insert_with(|| Lazy::new(due));
         t.set(due);
         t
+    }
+}
+
+impl<P: DerefMut<Target = Sleep>> Lazy<P> {
+    /// Kept on `timer`, due when it is.
+    pub fn on(timer: Pin<P>) -> Self {
+        let due = timer.deadline();
+        Lazy { timer, due }
     }
 
     /// Expire at `due` instead.
@@ -41,6 +48,13 @@ impl Lazy {
             self.timer.as_mut().reset(due);
         }
         self.due = due;
+    }
+
+    /// Let go of the waker of the task that last waited: an owner that sits idle (a pooled
+    /// connection) would otherwise keep that task's memory alive after it ended.
+    pub fn detach(&mut self) {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let _ = self.timer.as_mut().poll(&mut cx);
     }
 
     /// Ready once the deadline has passed; until then the task is woken at it (and maybe once
@@ -86,5 +100,29 @@ mod tests {
         assert!(t.poll_due(&mut cx).is_pending(), "past, then set later");
         tokio::time::advance(ms(101)).await;
         assert!(t.poll_due(&mut cx).is_ready());
+    }
+
+    /// A detached timer holds no task's waker: a pooled connection's keeps no ended task's
+    /// memory alive.
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_timer_holds_no_waker() {
+        struct Task;
+        impl futures::task::ArcWake for Task {
+            fn wake_by_ref(_: &std::sync::Arc<Self>) {}
+        }
+        let task = std::sync::Arc::new(Task);
+        let waker = futures::task::waker(task.clone());
+        let mut timer = Lazy::new(Instant::now() + Duration::from_secs(1));
+        assert!(timer
+            .poll_due(&mut Context::from_waker(&waker))
+            .is_pending());
+        drop(waker);
+        assert_eq!(
+            std::sync::Arc::strong_count(&task),
+            2,
+            "the entry holds the waker"
+        );
+        timer.detach();
+        assert_eq!(std::sync::Arc::strong_count(&task), 1);
     }
 }

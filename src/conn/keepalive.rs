@@ -23,6 +23,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Shutdown, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::ReadBuf;
+use tokio::time::Sleep;
 
 use super::screen::{self, Screened};
 use super::{Serve, Served};
@@ -84,9 +85,11 @@ pub(super) async fn serve_h1<A, S>(
 {
     let mut carried: Carried = None;
     let mut first = true;
-    let mut waits = Waits::default();
+    let timer = std::pin::pin!(wait_timer());
+    let stopping = std::pin::pin!(stopping(shutdown.clone()));
+    let mut waits = Waits::new(timer, stopping);
     loop {
-        let Some(head) = next_head(&mut stream, idle, shutdown, first, &mut waits).await else {
+        let Some(head) = next_head(&mut stream, idle, first, &mut waits).await else {
             return;
         };
         first = false;
@@ -219,9 +222,8 @@ async fn pingora_serves<A: HttpServerApp + Send + Sync + 'static>(
 pub(super) async fn next_head(
     stream: &mut Stream,
     idle: Duration,
-    shutdown: &ShutdownWatch,
     first: bool,
-    waits: &mut Waits,
+    waits: &mut Waits<'_>,
 ) -> Option<BytesMut> {
     let read = std::future::poll_fn(|cx| {
         // On the stack only for the length of one poll: nothing is kept between polls.
@@ -232,7 +234,7 @@ pub(super) async fn next_head(
             .map(|r| r.ok().filter(|()| !buf.filled().is_empty()))
             .map(|read| read.map(|()| BytesMut::from(buf.filled())))
     });
-    match idle_wait(read, idle, shutdown, first, waits).await {
+    match idle_wait(read, idle, first, waits).await {
         Waited::Arrived(head) => Some(head),
         Waited::Silent | Waited::Ended => None,
     }
@@ -257,30 +259,36 @@ impl<F: Future + Unpin> Future for Looked<F> {
 }
 
 /// What a connection's keep-alive waits keep from one to the next: one entry of tokio's timer
-/// and one subscription to the server's shutdown, where a new one of each for every wait
-/// was most of what a wait cost.
-#[derive(Default)]
-pub(super) struct Waits {
-    timer: Option<Lazy>,
-    stopping: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+/// and one subscription to the server's shutdown ([`stopping`]), where a new one of each for
+/// every wait was most of what a wait cost. Both live in the frame of the connection's own
+/// future, so nothing of them outlives its task (a parked connection keeps no allocation).
+pub(super) struct Waits<'a> {
+    timer: Lazy<&'a mut Sleep>,
+    stopping: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
 }
 
-/// Ready once the server is shutting down (or its watch is gone), on the subscription kept in
-/// `stopping`.
-fn poll_stopping(
-    stopping: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    shutdown: &ShutdownWatch,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    let stopping = stopping.get_or_insert_with(|| {
-        let mut watch = shutdown.clone();
-        Box::pin(async move {
-            if !*watch.borrow_and_update() {
-                let _ = watch.changed().await;
-            }
-        })
-    });
-    stopping.as_mut().poll(cx)
+impl<'a> Waits<'a> {
+    pub(super) fn new(
+        timer: Pin<&'a mut Sleep>,
+        stopping: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
+    ) -> Self {
+        Waits {
+            timer: Lazy::on(timer),
+            stopping,
+        }
+    }
+}
+
+/// Ready once the server is shutting down (or its watch is gone).
+pub(super) async fn stopping(mut watch: ShutdownWatch) {
+    if !*watch.borrow_and_update() {
+        let _ = watch.changed().await;
+    }
+}
+
+/// A timer entry for [`Waits`], armed by its first wait.
+pub(super) fn wait_timer() -> Sleep {
+    tokio::time::sleep_until(tokio::time::Instant::now())
 }
 
 /// How a keep-alive wait ended.
@@ -306,9 +314,8 @@ pub(super) enum Waited<T> {
 pub(super) async fn idle_wait<T>(
     mut arrived: impl Future<Output = Option<T>> + Unpin,
     idle: Duration,
-    shutdown: &ShutdownWatch,
     first: bool,
-    waits: &mut Waits,
+    waits: &mut Waits<'_>,
 ) -> Waited<T> {
     let came = |v: Option<T>| v.map_or(Waited::Ended, Waited::Arrived);
     // One look with this task's waker: bytes already here arm no timer, and a look that
@@ -329,7 +336,7 @@ pub(super) async fn idle_wait<T>(
         };
     }
     let Waits { timer, stopping } = waits;
-    let timer = Lazy::arm(timer, tokio::time::Instant::now() + idle);
+    timer.set(tokio::time::Instant::now() + idle);
     let mut arrived = arrived;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(v) = Pin::new(&mut arrived).poll(cx) {
@@ -338,7 +345,7 @@ pub(super) async fn idle_wait<T>(
         if timer.poll_due(cx).is_ready() {
             return Poll::Ready(Waited::Silent);
         }
-        poll_stopping(stopping, shutdown, cx).map(|()| Waited::Ended)
+        stopping.as_mut().poll(cx).map(|()| Waited::Ended)
     })
     .await
 }

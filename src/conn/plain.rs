@@ -143,10 +143,12 @@ async fn run<A, S>(
     S: Serve,
 {
     // What the keep-alive waits share, for as long as the connection stays in this task.
-    let mut waits = Waits::default();
+    let timer = std::pin::pin!(keepalive::wait_timer());
+    let stopping = std::pin::pin!(keepalive::stopping(shutdown.clone()));
+    let mut waits = Waits::new(timer, stopping);
     loop {
         let wait = left.min(PARK_AFTER);
-        match readable(&tcp, wait, &shutdown, conn.first, &mut waits).await {
+        match readable(&tcp, wait, conn.first, &mut waits).await {
             Waited::Arrived(()) => {}
             Waited::Silent if wait < left => {
                 let deadline = Instant::now() + (left - wait);
@@ -191,14 +193,14 @@ async fn one_request<A, S>(
     carried: &mut Option<Box<Carried>>,
     first: bool,
     shutdown: &ShutdownWatch,
-    waits: &mut Waits,
+    waits: &mut Waits<'_>,
 ) -> Option<Stream>
 where
     A: HttpServerApp + Send + Sync + 'static,
     S: Serve,
 {
     let idle = gate.guards.keepalive_timeout;
-    let head = keepalive::next_head(&mut stream, idle, shutdown, first, waits).await?;
+    let head = keepalive::next_head(&mut stream, idle, first, waits).await?;
     let mut now = carried.take().and_then(|c| *c);
     let next = keepalive::serve_one(
         &gate.inner,
@@ -215,17 +217,16 @@ where
 
 /// Wait until `tcp` has bytes (or an end) to read, by the rules of [`keepalive::idle_wait`]
 /// without a buffer or a stream.
-fn readable<'a>(
+fn readable<'a, 'w>(
     tcp: &'a TcpStream,
     idle: Duration,
-    shutdown: &'a ShutdownWatch,
     first: bool,
-    waits: &'a mut Waits,
-) -> impl Future<Output = Waited<()>> + 'a {
+    waits: &'a mut Waits<'w>,
+) -> impl Future<Output = Waited<()>> + use<'a, 'w> {
     // Polled through the socket's own waker slot: no `Readable` future (152 bytes) in the
     // idle task. Not an `async fn`: its frame would keep a second copy of the arguments.
     let ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx).map(Result::ok));
-    keepalive::idle_wait(ready, idle, shutdown, first, waits)
+    keepalive::idle_wait(ready, idle, first, waits)
 }
 
 impl AsyncRead for Plain {

@@ -124,7 +124,11 @@ impl Conn {
         if !self.keep || !self.buf.is_empty() {
             return;
         }
-        pool::release(self.addr, self.stream, self.timer, self.idle, cap);
+        let mut timer = self.timer;
+        if let Some(t) = &mut timer {
+            t.detach();
+        }
+        pool::release(self.addr, self.stream, timer, self.idle, cap);
     }
 
     /// Send a request head (a bodiless request: the head is all there is).
