@@ -32,6 +32,7 @@ impl Idle {
     pub fn expired_once(&self) -> bool {
         self.fired
     }
+
     /// A read's outcome on the tunnel: bytes read touch the timer; a read that would wait on
     /// a connection silent for the whole timeout sees the end of the stream instead, so
     /// Pingora ends the tunnel as if the client had closed (both sides are closed, and no
