@@ -325,7 +325,7 @@ pub(super) async fn idle_wait<T>(
     if let Poll::Ready(now) = look.await {
         return came(now);
     }
-    let arrived = Looked {
+    let mut arrived = Looked {
         inner: arrived,
         fresh: true,
     };
@@ -337,7 +337,6 @@ pub(super) async fn idle_wait<T>(
     }
     let Waits { timer, stopping } = waits;
     timer.set(tokio::time::Instant::now() + idle);
-    let mut arrived = arrived;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(v) = Pin::new(&mut arrived).poll(cx) {
             return Poll::Ready(came(v));
