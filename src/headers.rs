@@ -165,8 +165,8 @@ fn bad_target(e: impl std::error::Error + Send + Sync + 'static) -> Box<pingora:
 /// Set the forwarding headers of an upstream request. `tls`: the client reached a TLS
 /// listener (`X-Forwarded-Proto: https`, whatever the client sent). Returns the client
 /// address as a header value (X-Real-IP's), for whatever else names it.
-pub fn forwarding(
-    h: &mut impl Edit,
+pub fn forwarding<'n>(
+    h: &mut impl Edit<'n>,
     tls: bool,
     peer_ip: Option<IpAddr>,
     client_ip: Option<IpAddr>,
@@ -217,7 +217,7 @@ pub fn forwarding(
 /// Join an HTTP/2 request's `cookie` fields into one, separated by `"; "`, before it goes
 /// out as HTTP/1 (RFC 9113 section 8.2.3: HTTP/2 clients send each cookie as its own field,
 /// an HTTP/1 server expects a single `Cookie` header, RFC 6265 section 5.4).
-pub fn join_cookie_crumbs(h: &mut impl Edit) -> Result<()> {
+pub fn join_cookie_crumbs<'n>(h: &mut impl Edit<'n>) -> Result<()> {
     if h.get_all(&http::header::COOKIE).nth(1).is_none() {
         return Ok(());
     }

@@ -141,7 +141,12 @@ impl Tollgate {
 
     /// The upstream request's headers: forwarding, the caller's identity in place of its
     /// credential, then the route's `request_headers` edits.
-    fn forwarded(&self, tls: bool, h: &mut impl headers::Edit, ctx: &Ctx) -> Result<()> {
+    fn forwarded<'n>(
+        &'n self,
+        tls: bool,
+        h: &mut impl headers::Edit<'n>,
+        ctx: &'n Ctx,
+    ) -> Result<()> {
         let client_ip = headers::forwarding(h, tls, ctx.peer_ip, ctx.client_ip, &ctx.request_id)?;
         crate::policy::auth::forward(&self.gw.auth, ctx.identity.as_ref(), h);
         if let Some(t) = &ctx.trace {

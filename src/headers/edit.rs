@@ -8,18 +8,19 @@
 use http::header::ValueIter;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// The header operations the upstream edits need.
-pub trait Edit {
+/// The header operations the upstream edits need. `'n`: how long the names set live (the
+/// gateway's own are static, the config's live as long as the generation serving).
+pub trait Edit<'n> {
     fn get(&self, name: &HeaderName) -> Option<&HeaderValue>;
     fn get_all(&self, name: &HeaderName) -> Values<'_>;
     fn contains_key(&self, name: &HeaderName) -> bool {
         self.get(name).is_some()
     }
     /// Replace every value of `name` with `value`.
-    fn insert(&mut self, name: &HeaderName, value: HeaderValue);
+    fn insert(&mut self, name: &'n HeaderName, value: HeaderValue);
     /// Add `value` after the values of `name`.
-    fn append(&mut self, name: &HeaderName, value: HeaderValue);
-    fn remove(&mut self, name: &HeaderName);
+    fn append(&mut self, name: &'n HeaderName, value: HeaderValue);
+    fn remove(&mut self, name: &'n HeaderName);
 }
 
 /// The values of one header name.
@@ -30,7 +31,7 @@ pub enum Values<'a> {
     Then(
         Box<Values<'a>>,
         HeaderName,
-        std::slice::Iter<'a, (HeaderName, HeaderValue)>,
+        std::slice::Iter<'a, (&'a HeaderName, HeaderValue)>,
     ),
 }
 
@@ -43,12 +44,12 @@ impl<'a> Iterator for Values<'a> {
             Values::All(it) => it.next(),
             Values::Then(first, name, added) => first
                 .next()
-                .or_else(|| added.find(|(n, _)| n == name).map(|(_, v)| v)),
+                .or_else(|| added.find(|(n, _)| same(n, name)).map(|(_, v)| v)),
         }
     }
 }
 
-impl Edit for HeaderMap {
+impl<'n> Edit<'n> for HeaderMap {
     fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
         HeaderMap::get(self, name)
     }
@@ -57,30 +58,37 @@ impl Edit for HeaderMap {
         Values::All(HeaderMap::get_all(self, name).iter())
     }
 
-    fn insert(&mut self, name: &HeaderName, value: HeaderValue) {
+    fn insert(&mut self, name: &'n HeaderName, value: HeaderValue) {
         HeaderMap::insert(self, name.clone(), value);
     }
 
-    fn append(&mut self, name: &HeaderName, value: HeaderValue) {
+    fn append(&mut self, name: &'n HeaderName, value: HeaderValue) {
         HeaderMap::append(self, name.clone(), value);
     }
 
-    fn remove(&mut self, name: &HeaderName) {
+    fn remove(&mut self, name: &'n HeaderName) {
         HeaderMap::remove(self, name);
     }
 }
 
 /// A map seen through a few changes: a name set or removed here hides all its values there;
-/// values appended come after the name's others.
+/// values appended come after the name's others. The names are borrowed, never copied: the
+/// edits name statics and the config's names, which outlive the request.
 pub struct Overlay<'a> {
     base: &'a HeaderMap,
     /// Each name once; `None`: removed.
-    changes: Vec<(HeaderName, Option<HeaderValue>)>,
+    changes: Vec<(&'a HeaderName, Option<HeaderValue>)>,
     /// Bit `len % 64` of each changed name's length: most names looked up were not
     /// changed, and their length alone says so without comparing them to each change.
     lengths: u64,
     /// Appended values, in order (a route's `request_headers.add`).
-    added: Vec<(HeaderName, HeaderValue)>,
+    added: Vec<(&'a HeaderName, HeaderValue)>,
+}
+
+/// Whether two names are the same: at once when they are the same static or config name,
+/// as the edits' names mostly are.
+fn same(a: &HeaderName, b: &HeaderName) -> bool {
+    std::ptr::eq(a, b) || a == b
 }
 
 impl<'a> Overlay<'a> {
@@ -102,23 +110,26 @@ impl<'a> Overlay<'a> {
         if self.lengths & Self::length_bit(name) == 0 {
             return None;
         }
-        self.changes.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.changes
+            .iter()
+            .find(|(n, _)| same(n, name))
+            .map(|(_, v)| v)
     }
 
-    fn set(&mut self, name: &HeaderName, value: Option<HeaderValue>) {
+    fn set(&mut self, name: &'a HeaderName, value: Option<HeaderValue>) {
         if !self.added.is_empty() {
-            self.added.retain(|(n, _)| n != name);
+            self.added.retain(|(n, _)| !same(n, name));
         }
         let bit = Self::length_bit(name);
         let slot = match self.lengths & bit {
             0 => None,
-            _ => self.changes.iter_mut().find(|(n, _)| n == name),
+            _ => self.changes.iter_mut().find(|(n, _)| same(n, name)),
         };
         match slot {
             Some(slot) => slot.1 = value,
             None => {
                 self.lengths |= bit;
-                self.changes.push((name.clone(), value));
+                self.changes.push((name, value));
             }
         }
     }
@@ -129,19 +140,22 @@ impl<'a> Overlay<'a> {
         let set = self
             .changes
             .iter()
-            .filter_map(|(n, v)| v.as_ref().map(|v| (n, v)));
-        let added = self.added.iter().map(|(n, v)| (n, v));
+            .filter_map(|(n, v)| v.as_ref().map(|v| (*n, v)));
+        let added = self.added.iter().map(|(n, v)| (*n, v));
         kept.chain(set).chain(added)
     }
 }
 
-impl Edit for Overlay<'_> {
+impl<'a> Edit<'a> for Overlay<'a> {
     fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
         let first = match self.change(name) {
             Some(v) => v.as_ref(),
             None => self.base.get(name),
         };
-        first.or_else(|| self.added.iter().find(|(n, _)| n == name).map(|(_, v)| v))
+        first.or_else(|| {
+            let mut added = self.added.iter();
+            added.find(|(n, _)| same(n, name)).map(|(_, v)| v)
+        })
     }
 
     fn get_all(&self, name: &HeaderName) -> Values<'_> {
@@ -149,21 +163,21 @@ impl Edit for Overlay<'_> {
             Some(v) => Values::One(v.as_ref()),
             None => Values::All(self.base.get_all(name).iter()),
         };
-        if self.added.iter().any(|(n, _)| n == name) {
+        if self.added.iter().any(|(n, _)| same(n, name)) {
             return Values::Then(Box::new(first), name.clone(), self.added.iter());
         }
         first
     }
 
-    fn insert(&mut self, name: &HeaderName, value: HeaderValue) {
+    fn insert(&mut self, name: &'a HeaderName, value: HeaderValue) {
         self.set(name, Some(value));
     }
 
-    fn append(&mut self, name: &HeaderName, value: HeaderValue) {
-        self.added.push((name.clone(), value));
+    fn append(&mut self, name: &'a HeaderName, value: HeaderValue) {
+        self.added.push((name, value));
     }
 
-    fn remove(&mut self, name: &HeaderName) {
+    fn remove(&mut self, name: &'a HeaderName) {
         self.set(name, None);
     }
 }
@@ -179,6 +193,11 @@ mod tests {
         h.append("b", HeaderValue::from_static("3"));
         h.append("c", HeaderValue::from_static("4"));
         h
+    }
+
+    /// A name that lives as long as an overlay may borrow it.
+    fn leaked(name: &str) -> &'static HeaderName {
+        Box::leak(Box::new(HeaderName::from_bytes(name.as_bytes()).unwrap()))
     }
 
     /// The same edits give the same headers on a map and on an overlay of it.
@@ -202,10 +221,11 @@ mod tests {
         let b = base();
         let mut overlay = Overlay::new(&b);
         edits(&mut |n, v| {
-            let n = HeaderName::from_bytes(n.as_bytes()).unwrap();
+            // A name of its own for each edit: an overlay finds names equal, not only the same.
+            let n = leaked(n);
             match v {
-                Some(v) => overlay.insert(&n, HeaderValue::from_static(v)),
-                None => overlay.remove(&n),
+                Some(v) => overlay.insert(n, HeaderValue::from_static(v)),
+                None => overlay.remove(n),
             }
         });
         let mut from_map: Vec<_> = map.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
@@ -237,24 +257,24 @@ mod tests {
     /// after them replaces them.
     #[test]
     fn appended_values_come_last() {
-        let n = |s: &'static str| HeaderName::from_static(s);
+        let n = leaked;
         let v = HeaderValue::from_static;
         let mut map = base();
         let b = base();
         let mut overlay = Overlay::new(&b);
-        for h in [&mut map as &mut dyn Edit, &mut overlay] {
-            h.append(&n("a"), v("x"));
-            h.append(&n("z"), v("y"));
-            h.remove(&n("b"));
-            h.append(&n("b"), v("w"));
-            h.append(&n("c"), v("u"));
-            h.insert(&n("c"), v("t"));
+        for h in [&mut map as &mut dyn Edit<'_>, &mut overlay] {
+            h.append(n("a"), v("x"));
+            h.append(n("z"), v("y"));
+            h.remove(n("b"));
+            h.append(n("b"), v("w"));
+            h.append(n("c"), v("u"));
+            h.insert(n("c"), v("t"));
         }
         for name in ["a", "b", "c", "z"] {
-            let m: Vec<_> = Edit::get_all(&map, &n(name)).collect();
-            let o: Vec<_> = overlay.get_all(&n(name)).collect();
+            let m: Vec<_> = Edit::get_all(&map, n(name)).collect();
+            let o: Vec<_> = overlay.get_all(n(name)).collect();
             assert_eq!(m, o, "{name}");
-            assert_eq!(Edit::get(&map, &n(name)), overlay.get(&n(name)), "{name}");
+            assert_eq!(Edit::get(&map, n(name)), overlay.get(n(name)), "{name}");
         }
         let listed: Vec<_> = overlay
             .iter()
@@ -274,6 +294,8 @@ mod tests {
             .chain(["b".repeat(64), "b".repeat(128)])
             .map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap())
             .collect();
+        // The same names again, elsewhere: an edit may name a header by another copy.
+        let copies = names.clone();
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         let mut next = |m: usize| {
             seed ^= seed << 13;
@@ -289,7 +311,10 @@ mod tests {
             let mut map = base.clone();
             let mut overlay = Overlay::new(&base);
             for i in 0..next(12) {
-                let n = &names[next(names.len())];
+                let n = match next(2) {
+                    0 => &names[next(names.len())],
+                    _ => &copies[next(names.len())],
+                };
                 let v = HeaderValue::from(i);
                 match next(3) {
                     0 => {

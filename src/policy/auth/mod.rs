@@ -442,7 +442,11 @@ fn check_mtls(m: &mtls::Mtls, cert: Option<&PeerCert>) -> Result<Option<Found>, 
 }
 
 /// Remove client copies of identity headers (every route), then set tollgate's own.
-pub fn forward(auth: &Auth, id: Option<&Identity>, headers: &mut impl crate::headers::Edit) {
+pub fn forward<'n>(
+    auth: &'n Auth,
+    id: Option<&'n Identity>,
+    headers: &mut impl crate::headers::Edit<'n>,
+) {
     for h in &auth.identity_headers {
         headers.remove(h);
     }

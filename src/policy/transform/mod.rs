@@ -42,7 +42,7 @@ impl RequestEdits {
     }
 
     /// Apply the edits: removes, then sets, then adds.
-    pub fn apply(&self, h: &mut impl Edit, v: &Vars) {
+    pub fn apply<'n>(&'n self, h: &mut impl Edit<'n>, v: &Vars) {
         for name in &self.remove {
             h.remove(name);
         }
