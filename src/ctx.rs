@@ -16,6 +16,7 @@ pub trait BodyCopy: Send + Sync {
 
 /// What one request learns on its way through the hooks.
 pub struct Ctx {
+    /// When the context was made: the request's head had just been read.
     pub started: Instant,
     pub request_id: HeaderValue,
     pub peer_ip: Option<IpAddr>,

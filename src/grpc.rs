@@ -28,11 +28,14 @@ static APPLICATION_GRPC: HeaderValue = HeaderValue::from_static("application/grp
 /// Is this a gRPC call? `Content-Type: application/grpc`, optionally followed by `+proto`,
 /// `+json`, ..., parameters, or `-web` (gRPC-Web clients read a trailers-only answer too).
 pub fn is_grpc(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| is_grpc_type(ct.as_bytes()))
+}
+
+/// Whether a `Content-Type` value is gRPC's ([`is_grpc`]).
+pub fn is_grpc_type(ct: &[u8]) -> bool {
     const PREFIX: &[u8] = b"application/grpc";
-    let Some(ct) = req.headers.get(http::header::CONTENT_TYPE) else {
-        return false;
-    };
-    let ct = ct.as_bytes();
     ct.len() >= PREFIX.len()
         && ct[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
         && matches!(ct.get(PREFIX.len()), None | Some(b'+' | b';' | b'-'))

@@ -42,29 +42,40 @@ pub fn relays_to(up: &Upstream) -> bool {
 /// no upgrade, not gRPC, an origin-form target and one `Host`, a `Connection` header about
 /// this connection only.
 pub fn plain(req: &RequestHeader) -> bool {
-    let h = &req.headers;
     // CONNECT changes the framing of what follows (RFC 9112 §6.3): Pingora refuses it (405).
-    req.method != http::Method::CONNECT
-        && one_host(req)
-        && req.raw_path().first() == Some(&b'/')
-        && !h.contains_key(header::TRANSFER_ENCODING)
-        && !h.contains_key(header::UPGRADE)
-        && !h.contains_key(header::EXPECT)
-        && h.get_all(header::CONTENT_LENGTH)
-            .iter()
-            .all(|v| v.as_bytes().trim_ascii() == b"0")
-        && h.get_all(header::CONNECTION).iter().all(|v| {
-            crate::headers::tokens(v.as_bytes())
+    if req.method == http::Method::CONNECT || req.raw_path().first() != Some(&b'/') {
+        return false;
+    }
+    // One pass over the headers: each lookup by name would hash it.
+    let (mut hosts, mut typed) = (0, false);
+    for (name, v) in &req.headers {
+        let v = v.as_bytes();
+        let fine = if name == header::HOST {
+            hosts += 1;
+            true
+        } else if name == header::CONTENT_LENGTH {
+            v.trim_ascii() == b"0"
+        } else if name == header::CONNECTION {
+            crate::headers::tokens(v)
                 .all(|t| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close"))
-        })
-        && !crate::grpc::is_grpc(req)
+        } else if name == header::CONTENT_TYPE {
+            // The first one is the type (`HeaderMap::get`, as `crate::grpc::is_grpc` reads it).
+            let first = !std::mem::replace(&mut typed, true);
+            !(first && crate::grpc::is_grpc_type(v))
+        } else {
+            name != header::TRANSFER_ENCODING && name != header::UPGRADE && name != header::EXPECT
+        };
+        if !fine {
+            return false;
+        }
+    }
+    one_host(req, hosts)
 }
 
-/// Whose host the request names, once: an HTTP/1 request's one `Host`; an HTTP/2 request's
+/// Whose host the request names, once (`hosts`: how many `Host` headers it has): an HTTP/1 request's one `Host`; an HTTP/2 request's
 /// `:authority` (without userinfo), with no `Host` beside it, which the upstream request gets
 /// as its `Host` ([`h2_host`]).
-fn one_host(req: &RequestHeader) -> bool {
-    let hosts = req.headers.get_all(header::HOST).iter().count();
+fn one_host(req: &RequestHeader, hosts: usize) -> bool {
     match req.version {
         http::Version::HTTP_11 | http::Version::HTTP_10 => hosts == 1,
         http::Version::HTTP_2 => hosts == 0 && h2_host(req).is_some(),
@@ -102,6 +113,61 @@ mod tests {
             ..Default::default()
         };
         Upstream::new("u", spec)
+    }
+
+    /// [`plain`] as it was written with a lookup per name, the reference of its one pass.
+    fn plain_by_lookups(req: &RequestHeader) -> bool {
+        let h = &req.headers;
+        let hosts = h.get_all(header::HOST).iter().count();
+        req.method != http::Method::CONNECT
+            && one_host(req, hosts)
+            && req.raw_path().first() == Some(&b'/')
+            && !h.contains_key(header::TRANSFER_ENCODING)
+            && !h.contains_key(header::UPGRADE)
+            && !h.contains_key(header::EXPECT)
+            && h.get_all(header::CONTENT_LENGTH)
+                .iter()
+                .all(|v| v.as_bytes().trim_ascii() == b"0")
+            && h.get_all(header::CONNECTION).iter().all(|v| {
+                crate::headers::tokens(v.as_bytes()).all(|t| {
+                    t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+                })
+            })
+            && !crate::grpc::is_grpc(req)
+    }
+
+    /// Every pair of these headers, in either order, is judged as the lookups judge it.
+    #[test]
+    fn one_pass_judges_as_lookups_do() {
+        let fields = [
+            ("host", "b.example"),
+            ("content-length", "0"),
+            ("content-length", "3"),
+            ("connection", "keep-alive"),
+            ("connection", "close, x-y"),
+            ("content-type", "application/grpc"),
+            ("content-type", "text/plain"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("expect", "100-continue"),
+            ("x-other", "1"),
+        ];
+        let mut judged = 0;
+        for a in fields {
+            for b in fields {
+                for with_host in [true, false] {
+                    let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
+                    if with_host {
+                        r.append_header("host", "example.com").unwrap();
+                    }
+                    r.append_header(a.0, a.1).unwrap();
+                    r.append_header(b.0, b.1).unwrap();
+                    assert_eq!(plain(&r), plain_by_lookups(&r), "{a:?} {b:?} {with_host}");
+                    judged += usize::from(plain(&r));
+                }
+            }
+        }
+        assert!(judged > 10, "some of them are plain");
     }
 
     #[test]

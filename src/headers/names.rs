@@ -78,6 +78,73 @@ fn interned(b: &[u8]) -> &'static [u8] {
     }
 }
 
+/// A header name read from the wire, as `HeaderName::from_bytes` makes it, but found in a
+/// table first for the names nearly every request or response carries: those cost a
+/// case-insensitive compare and a copy of a constant, where `from_bytes` lower-cases and
+/// matches the whole standard list (and allocates for a name outside it, like `x-api-key`).
+pub fn parse(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    use http::header::*;
+    let known: &[&HeaderName] = match name.len() {
+        4 => &[&HOST, &DATE, &ETAG, &VARY],
+        6 => &[&ACCEPT, &SERVER, &COOKIE, &ORIGIN, &PRAGMA],
+        7 => &[&REFERER, &EXPIRES],
+        9 => &[&X_API_KEY],
+        10 => &[&USER_AGENT, &CONNECTION, &SET_COOKIE],
+        11 => &[&TRACEPARENT],
+        12 => &[&CONTENT_TYPE, &X_REQUEST_ID],
+        13 => &[
+            &AUTHORIZATION,
+            &CACHE_CONTROL,
+            &LAST_MODIFIED,
+            &IF_NONE_MATCH,
+        ],
+        14 => &[&CONTENT_LENGTH],
+        15 => &[&ACCEPT_ENCODING, &ACCEPT_LANGUAGE, &X_FORWARDED_FOR],
+        16 => &[&CONTENT_ENCODING],
+        17 => &[&TRANSFER_ENCODING, &IF_MODIFIED_SINCE, &X_FORWARDED_PROTO],
+        _ => &[],
+    };
+    for k in known {
+        if eq_lower(name, k.as_str().as_bytes()) {
+            return Ok((*k).clone());
+        }
+    }
+    HeaderName::from_bytes(name)
+}
+
+/// Whether `name` is `lower` (lower-case ASCII) in any case: `eq_ignore_ascii_case`, a word
+/// at a time. In a word of `lower`, the bytes that are letters get a mask of 0x20 (a byte in
+/// `a..=z` is at least 0x61 and below 0x7b: the high bits of two additions say so, and no
+/// addition carries into the next byte, every byte being below 0x80); `name` matches where
+/// it equals `lower`, or differs by 0x20 on a letter.
+fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
+    fn same<const N: usize>(x: [u8; N], y: [u8; N]) -> bool {
+        let word = |b: [u8; N]| b.iter().rev().fold(0u64, |w, &c| w << 8 | u64::from(c));
+        let (x, y) = (word(x), word(y));
+        let ones = u64::MAX / 0xff;
+        let letters = (y + 0x1f * ones) & !(y + 0x05 * ones) & (0x80 * ones);
+        x | letters >> 2 == y
+    }
+    debug_assert!(lower.is_ascii(), "{lower:?}");
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    let at = |b: &[u8], i: usize| -> [u8; 8] { b[i..i + 8].try_into().unwrap_or_default() };
+    let at4 = |b: &[u8], i: usize| -> [u8; 4] { b[i..i + 4].try_into().unwrap_or_default() };
+    match n {
+        // Overlapping words cover what a whole word does not.
+        8.. => {
+            (0..n - 8)
+                .step_by(8)
+                .all(|i| same(at(name, i), at(lower, i)))
+                && same(at(name, n - 8), at(lower, n - 8))
+        }
+        4..8 => same(at4(name, 0), at4(lower, 0)) && same(at4(name, n - 4), at4(lower, n - 4)),
+        _ => name.eq_ignore_ascii_case(lower),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +172,75 @@ mod tests {
         .iter()
         .map(|n| n.as_str())
         .collect()
+    }
+
+    /// A name of the table is the name `from_bytes` makes, in any case; others are its.
+    #[test]
+    fn parse_is_from_bytes() {
+        for name in [
+            "Host",
+            "HOST",
+            "host",
+            "X-Api-Key",
+            "x-api-KEY",
+            "Content-Length",
+            "server",
+            "Date",
+            "dat",
+            "datE",
+            "X-Request-Id",
+            "x-request-ix",
+            "user-agent",
+            "Traceparent",
+            "transfer-encodinG",
+            "x-custom",
+            "",
+            "bad name",
+            "ho\u{e9}t",
+            "content-lengtj",
+        ] {
+            let ours = parse(name.as_bytes());
+            let theirs = HeaderName::from_bytes(name.as_bytes());
+            assert_eq!(ours.is_ok(), theirs.is_ok(), "{name:?}");
+            if let (Ok(a), Ok(b)) = (ours, theirs) {
+                assert_eq!(a, b, "{name:?}");
+                assert_eq!(a.as_str(), b.as_str(), "{name:?}");
+            }
+        }
+    }
+
+    /// The word-wise compare agrees with `eq_ignore_ascii_case` on every byte a name may
+    /// hold, and on those that are not letters but one bit from one.
+    #[test]
+    fn eq_lower_is_eq_ignore_ascii_case() {
+        let lowers = [
+            "host",
+            "x-api-key",
+            "content-length",
+            "server",
+            "referer",
+            "a",
+            "ab1",
+        ];
+        let odd = [
+            b'@', b'[', b'`', b'{', b'^', b'~', b'\r', b'\x0d', b'M', b'0', b'\x10',
+        ];
+        for lower in lowers {
+            let l = lower.as_bytes();
+            for i in 0..l.len() {
+                for b in (0u8..=255).chain(odd) {
+                    let mut name = l.to_vec();
+                    name[i] = b;
+                    assert_eq!(
+                        eq_lower(&name, l),
+                        name.eq_ignore_ascii_case(l),
+                        "{lower} with byte {i} as {b:#x}"
+                    );
+                }
+            }
+            assert!(eq_lower(lower.to_ascii_uppercase().as_bytes(), l));
+            assert!(!eq_lower(&l[1..], l));
+        }
     }
 
     fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {

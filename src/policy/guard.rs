@@ -18,10 +18,20 @@ use crate::error::Reject;
 /// received: Pingora drops `Content-Length` from the parsed header when `Transfer-Encoding`
 /// is present, so only the raw bytes still show the conflict.
 pub fn check_framing(req: &RequestHeader, raw: Option<&[u8]>) -> Result<(), &'static str> {
-    let h = &req.headers;
-    let mut cl = h.get_all(CONTENT_LENGTH).iter();
-    let first_cl = cl.next();
-    if cl.next().is_some() {
+    // One pass over the headers: each lookup by name would hash it.
+    let (mut first_cl, mut cls, mut te, mut tes, mut host) = (None, 0, None, 0, None);
+    for (name, v) in &req.headers {
+        if name == CONTENT_LENGTH {
+            first_cl = first_cl.or(Some(v));
+            cls += 1;
+        } else if name == TRANSFER_ENCODING {
+            te = te.or(Some(v));
+            tes += 1;
+        } else if name == HOST {
+            host = host.or(Some(v));
+        }
+    }
+    if cls > 1 {
         return Err("more than one Content-Length header");
     }
     if let Some(v) = first_cl {
@@ -29,19 +39,18 @@ pub fn check_framing(req: &RequestHeader, raw: Option<&[u8]>) -> Result<(), &'st
             return Err("Content-Length must be a single decimal number");
         }
     }
-    let mut te = h.get_all(TRANSFER_ENCODING).iter();
-    if let Some(v) = te.next() {
+    if let Some(v) = te {
         if first_cl.is_some() || raw.is_some_and(|r| raw_has_header(r, b"content-length")) {
             return Err("Content-Length and Transfer-Encoding together are ambiguous");
         }
         if req.version != Version::HTTP_11 {
             return Err("Transfer-Encoding is only valid on HTTP/1.1");
         }
-        if te.next().is_some() || !v.as_bytes().eq_ignore_ascii_case(b"chunked") {
+        if tes > 1 || !v.as_bytes().eq_ignore_ascii_case(b"chunked") {
             return Err("Transfer-Encoding must be exactly \"chunked\"");
         }
     }
-    match h.get(HOST) {
+    match host {
         Some(v) if !valid_host(v.as_bytes()) => {
             return Err("the Host header is not a valid host[:port]")
         }

@@ -3,8 +3,6 @@
 //! authentication and rate limits. Written against [`Downstream`], so a request gets the same
 //! decisions whichever codec serves its client.
 
-use std::time::Instant;
-
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::Result;
@@ -20,9 +18,9 @@ use crate::policy::router::{self, Match, Route};
 use crate::policy::split::Split;
 
 impl Tollgate {
-    /// Who is calling: the client IP and the request id, before anything else looks.
+    /// Who is calling: the client IP and the request id, before anything else looks. The
+    /// request's clock started when its context was made, once its head was read.
     pub(super) fn identify<D: Downstream>(&self, session: &D, ctx: &mut Ctx) {
-        ctx.started = Instant::now();
         self.obs.metrics.request_started();
         ctx.counted = true;
         let req = session.req_header();

@@ -298,7 +298,7 @@ impl Conn {
             let raw = || shared.slice(at..at + h.value.len());
             let value = http::HeaderValue::from_maybe_shared(raw())
                 .unwrap_or_else(|_| pingora::http::header_value_from_raw(raw()));
-            let name = http::HeaderName::from_bytes(name.as_bytes())
+            let name = crate::headers::names::parse(name.as_bytes())
                 .map_err(|_| invalid("an invalid response header name"))?;
             parts
                 .headers

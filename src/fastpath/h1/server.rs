@@ -116,7 +116,7 @@ fn request(parsed: &httparse::Request, buf: &Bytes) -> Option<RequestHeader> {
     for h in parsed.headers.iter() {
         let at = h.value.as_ptr() as usize - base;
         let value = http::HeaderValue::from_maybe_shared(buf.slice(at..at + h.value.len()));
-        let name = http::HeaderName::from_bytes(h.name.as_bytes());
+        let name = crate::headers::names::parse(h.name.as_bytes());
         parts.headers.try_append(name.ok()?, value.ok()?).ok()?;
     }
     let req = RequestHeader::from(parts);
@@ -138,6 +138,14 @@ fn client_keepalive(req: &RequestHeader) -> bool {
         }
     }
     req.version == http::Version::HTTP_11
+}
+
+/// What [`H1::framing_of`] saw of a response's headers besides its framing.
+#[derive(Default)]
+struct Seen {
+    length: bool,
+    date: bool,
+    connection: bool,
 }
 
 /// One request on a connection this codec serves.
@@ -208,13 +216,28 @@ impl<'s> H1<'s> {
         Ok(())
     }
 
-    fn framing_of(&self, resp: &ResponseHeader) -> Framing {
-        let last_coding = resp.headers.get_all(TRANSFER_ENCODING).iter().next_back();
+    /// How the response's body is framed, and whether it names its length, from one pass
+    /// over its headers (each lookup by name would hash it). Also whether it has the
+    /// `Date` or `Connection` the codec writes itself.
+    fn framing_of(&self, resp: &ResponseHeader) -> (Framing, Seen) {
+        let (mut last_coding, mut length, mut seen) = (None, None, Seen::default());
+        for (name, v) in &resp.headers {
+            if name == TRANSFER_ENCODING {
+                last_coding = Some(v);
+            } else if name == CONTENT_LENGTH {
+                length = length.or(Some(v));
+            } else if name == DATE {
+                seen.date = true;
+            } else if name == CONNECTION {
+                seen.connection = true;
+            }
+        }
+        seen.length = length.is_some();
         let chunked = last_coding.is_some_and(|v| crate::headers::ends_chunked(v.as_bytes()));
-        let length = resp.headers.get(CONTENT_LENGTH);
         let length = length.and_then(|v| crate::headers::parse_length(v.as_bytes()));
         let head_request = self.req.method == http::Method::HEAD;
-        response_framing(resp.status.as_u16(), head_request, chunked, length)
+        let framing = response_framing(resp.status.as_u16(), head_request, chunked, length);
+        (framing, seen)
     }
 
     async fn write_header(
@@ -226,7 +249,8 @@ impl<'s> H1<'s> {
         if self.response.is_some() {
             return Ok(());
         }
-        self.framing = self.framing_of(&resp);
+        let seen;
+        (self.framing, seen) = self.framing_of(&resp);
         if matches!(self.framing, Framing::Chunked(_)) && self.req.version == http::Version::HTTP_10
         {
             // An HTTP/1.0 client does not know chunked framing (RFC 9112 §6.1): its body is
@@ -241,8 +265,12 @@ impl<'s> H1<'s> {
         // than inserted into its map: `ResponseHeader` inserts parse the name again, and its
         // map is reachable only by taking the head apart and building it anew. A remove
         // parses nothing.
-        resp.remove_header(&DATE);
-        resp.remove_header(&CONNECTION);
+        if seen.date {
+            resp.remove_header(&DATE);
+        }
+        if seen.connection {
+            resp.remove_header(&CONNECTION);
+        }
         let date = pingora::protocols::http::date::get_cached_date();
         self.out.reserve(384 + resp.headers.len() * 48);
         let version = match resp.version {
@@ -268,7 +296,7 @@ impl<'s> H1<'s> {
         self.out.extend_from_slice(connection);
         // A body of unknown length may be produced as it goes: its head goes out now, as
         // Pingora's does.
-        let streaming = resp.headers.get(CONTENT_LENGTH).is_none();
+        let streaming = !seen.length;
         self.response = Some(resp);
         if end {
             self.finish_body();
