@@ -176,9 +176,10 @@ pub fn forwarding<'n>(
     if let Some(peer) = &peer_value {
         // Append the socket peer to whatever chain the client sent, as nginx's
         // $proxy_add_x_forwarded_for does; several header lines are folded into one.
-        let xff = if h.contains_key(&X_FORWARDED_FOR) {
+        let mut sent = h.get_all(&X_FORWARDED_FOR).peekable();
+        let xff = if sent.peek().is_some() {
             let mut xff = Vec::new();
-            for v in h.get_all(&X_FORWARDED_FOR) {
+            for v in sent {
                 if let Ok(s) = v.to_str() {
                     xff.extend_from_slice(s.trim().as_bytes());
                     xff.extend_from_slice(b", ");

@@ -21,7 +21,11 @@ fn gateway(limits: &str) -> Gateway {
 /// Send `head` one byte every 100 ms; returns how long until the gateway closed the
 /// connection (EOF, reset, or an answer), or `None` if it was still open after `give_up`.
 fn trickle(gw: &Gateway, head: &[u8], give_up: Duration) -> Option<Duration> {
-    let mut s = TcpStream::connect(gw.addr).unwrap();
+    trickle_on(&mut TcpStream::connect(gw.addr).unwrap(), head, give_up)
+}
+
+/// [`trickle`] on a connection already open.
+fn trickle_on(s: &mut TcpStream, head: &[u8], give_up: Duration) -> Option<Duration> {
     // The trickle itself is the behaviour under test: a byte, then a 100 ms pause (the read).
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
@@ -102,6 +106,22 @@ fn a_trickled_request_head_is_cut_at_head_timeout() {
         "cut after {took:?}, expected about 1 s"
     );
     assert_eq!(gw.get("/x").status, 200);
+}
+
+/// The next head on a busy connection (which keeps the last request's stream for it) is
+/// timed as the first was.
+#[test]
+fn a_head_trickled_right_after_a_request_is_cut_at_head_timeout() {
+    let gw = gateway("head_timeout: 1s");
+    let mut s = connect(&gw);
+    assert_eq!(exchange(&mut s, "/a").status, 200);
+    let head = b"GET /b HTTP/1.1\r\nHost: gw\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let took = trickle_on(&mut s, head, Duration::from_secs(8))
+        .expect("the gateway never cut a second head trickled for 8 s");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "cut after {took:?}, expected about 1 s"
+    );
 }
 
 #[test]

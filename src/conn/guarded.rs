@@ -58,7 +58,8 @@ impl EndOfHead {
     /// line feed (memchr): a head is mostly long lines, so the bytes between are never
     /// looked at one by one.
     pub fn feed(&mut self, bytes: &[u8]) -> bool {
-        self.end_in(bytes).is_some()
+        // The common read, a whole head, ends with its empty line: no line need be looked at.
+        bytes.ends_with(b"\r\n\r\n") || self.end_in(bytes).is_some()
     }
 
     /// As [`Self::feed`], with where the head ends: the length of the part of `bytes` that
@@ -136,6 +137,12 @@ impl Guarded {
     /// wait, `plain.rs`); `None` while written bytes are still held here.
     pub(super) fn into_inner(self) -> Option<Stream> {
         self.out.is_empty().then_some(self.inner)
+    }
+
+    /// The stream under, while a finished request left nothing written here (it may carry
+    /// the connection's next request as it is, [`rearm`]ed).
+    pub(super) fn inner_if_idle(&self) -> Option<&Stream> {
+        (self.out.is_empty() && self.frame.is_none()).then_some(&self.inner)
     }
 
     /// Apply what the proxy signalled since the last read or write (a plain load otherwise).

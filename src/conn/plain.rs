@@ -1,17 +1,17 @@
 //! A cleartext HTTP/1 client connection accepted by tollgate itself ([`super::accept`]), so that
-//! an idle keep-alive connection holds its socket and nothing else: behind Pingora's listener it
+//! an idle keep-alive connection holds its socket and little else: behind Pingora's listener it
 //! would keep a task sized for a TLS handshake, a boxed `l4::Stream`, tollgate's boxed future
 //! and [`Guarded`] with its timer for its whole life.
 //!
-//! Between requests the connection's task holds the tokio socket, the client's address and per-IP
-//! slot, and the idle wait's timer, and waits for readability only. When bytes arrive it builds
-//! the stream Pingora and the own codec take ([`Plain`] under [`Guarded`]) and a boxed future for
-//! the request, and once the connection may carry another, takes the socket back and drops the
-//! rest. After a second without a request it leaves its task too, for its service's table of idle
-//! sockets (`park.rs`), and comes back here ([`resume`]) when its client speaks. The wait follows
-//! `keepalive.rs`: a first request is waited for (up to `limits.keepalive_timeout`) even while the
-//! server shuts down; a later one ends the connection at that timeout or at the start of a
-//! shutdown, unless its bytes are already here.
+//! Between requests the connection's task holds the client's address and per-IP slot, the idle
+//! wait's timer and the socket, and waits for readability only. When bytes arrive it builds the
+//! stream Pingora and the own codec take ([`Plain`] under [`Guarded`]) and a boxed future for the
+//! request. A busy connection keeps the stream for its next request. After a second without
+//! one it drops all but the socket and leaves its task too, for its service's table of idle
+//! sockets (`park.rs`), and comes back here ([`resume`]) when its client speaks. The wait
+//! follows `keepalive.rs`: a first request is waited for (up to `limits.keepalive_timeout`) even
+//! while the server shuts down; a later one ends the connection at that timeout or at the start
+//! of a shutdown, unless its bytes are already here.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,6 +56,18 @@ impl Plain {
             accepted,
         };
         Box::new(Guarded::new(Box::new(plain), head, None))
+    }
+
+    /// The socket under a finished request's stream, which the next request may take as it
+    /// is; `None` if it is not one of ours or still holds bytes to write (the connection then
+    /// ends).
+    fn socket(stream: &Stream) -> Option<&TcpStream> {
+        let guarded = stream.as_any().downcast_ref::<Guarded>()?;
+        let inner = guarded.inner_if_idle()?;
+        inner
+            .as_any()
+            .downcast_ref::<Plain>()
+            .map(|plain| &plain.tcp)
     }
 
     /// The socket back from a finished request's stream; `None` if it is not one of ours or
@@ -134,7 +146,7 @@ pub(super) async fn resume<A, S>(
 async fn run<A, S>(
     gate: Arc<Gate<A, S>>,
     lot: Arc<Lot>,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     mut conn: Conn,
     mut left: Duration,
     shutdown: ShutdownWatch,
@@ -146,11 +158,26 @@ async fn run<A, S>(
     let timer = std::pin::pin!(keepalive::wait_timer());
     let stopping = std::pin::pin!(keepalive::stopping(shutdown.clone()));
     let mut waits = Waits::new(timer, stopping);
+    let mut held = Held::Bare(tcp);
     loop {
         let wait = left.min(PARK_AFTER);
-        match readable(&tcp, wait, conn.first, &mut waits).await {
+        let socket = match &held {
+            Held::Bare(tcp) => Some(tcp),
+            Held::Stream(stream) => Plain::socket(stream),
+        };
+        let Some(socket) = socket else {
+            return;
+        };
+        match readable(socket, wait, conn.first, &mut waits).await {
             Waited::Arrived(()) => {}
             Waited::Silent if wait < left => {
+                let tcp = match held {
+                    Held::Bare(tcp) => tcp,
+                    Held::Stream(stream) => match Plain::take(stream) {
+                        Some(tcp) => tcp,
+                        None => return,
+                    },
+                };
                 let deadline = Instant::now() + (left - wait);
                 if let Ok(tcp) = tcp.into_std() {
                     lot.park(Parked {
@@ -164,7 +191,12 @@ async fn run<A, S>(
             }
             Waited::Silent | Waited::Ended => return,
         }
-        let stream = Plain::stream(tcp, conn.peer, conn.accepted, gate.guards.head_timeout);
+        let stream = match held {
+            Held::Bare(tcp) => {
+                Plain::stream(tcp, conn.peer, conn.accepted, gate.guards.head_timeout)
+            }
+            Held::Stream(stream) => stream,
+        };
         // Boxed: the idle connection's future (this one) never holds a request's state.
         let request = Box::pin(one_request(
             &gate,
@@ -179,11 +211,26 @@ async fn run<A, S>(
         };
         conn.first = false;
         left = gate.guards.keepalive_timeout;
-        match Plain::take(stream) {
-            Some(next) => tcp = next,
-            None => return,
-        }
+        held = match Plain::socket(&stream) {
+            // Its next head is timed as a new stream's would be, whichever engine served.
+            Some(_) => {
+                super::guarded::rearm(Some(&stream));
+                Held::Stream(stream)
+            }
+            // Left with more than its socket (a frame, bytes to write): a new stream next.
+            None => match Plain::take(stream) {
+                Some(tcp) => Held::Bare(tcp),
+                None => return,
+            },
+        };
     }
+}
+
+/// The connection's socket between requests: bare, or still under the last request's
+/// stream, which the next request takes as it is if it comes before the connection parks.
+enum Held {
+    Bare(TcpStream),
+    Stream(Stream),
 }
 
 /// Read the head that made the socket readable and serve its request.
