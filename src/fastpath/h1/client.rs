@@ -246,10 +246,12 @@ impl Conn {
         let code = parsed.code.ok_or_else(|| invalid("no status"))?;
         // Sized for the headers tollgate adds too, so the map never grows (and rehashes).
         let room = parsed.headers.len() + crate::headers::HEADROOM;
-        let resp = ResponseHeader::build_no_case(code, Some(room))
-            .map_err(|_| invalid("an invalid status"))?;
-        // The headers go into the map itself: Pingora's `append_header` parses each name twice.
-        let mut parts = http::response::Parts::from(resp);
+        // What `ResponseHeader::build_no_case` makes, without a builder. The headers go into
+        // the map itself: Pingora's `append_header` parses each name twice.
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status =
+            http::StatusCode::from_u16(code).map_err(|_| invalid("an invalid status"))?;
+        parts.headers.reserve(room);
         // The values stay where they were read: slices of one copy of the head.
         let shared = bytes::Bytes::copy_from_slice(&self.buf[..n]);
         let base = self.buf.as_ptr() as usize;

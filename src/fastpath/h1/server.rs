@@ -72,7 +72,7 @@ pub fn parse(buf: BytesMut, shape: impl Fn(&RequestHeader) -> bool) -> Head {
     let Some(req) = request(&parsed, &buf) else {
         return pass(buf);
     };
-    if pingora::protocols::http::authority::validate_request_authority(&req).is_err() {
+    if !authority_valid(&req) {
         return Head::Refuse {
             why: "the Host header is repeated, or disagrees with the request target",
             head_request: req.method == http::Method::HEAD,
@@ -107,12 +107,27 @@ fn request(parsed: &httparse::Request, buf: &Bytes) -> Option<RequestHeader> {
         _ => return None,
     };
     let target = parsed.path?.as_bytes();
-    let req = RequestHeader::build_no_case(parsed.method?, target, Some(parsed.headers.len()));
+    let base = buf.as_ptr() as usize;
+    let mut parts = match origin_form(buf, target, base) {
+        // What `RequestHeader::build_no_case` makes of it, with the target left where it was
+        // read rather than checked for UTF-8 and copied.
+        Some(uri) => {
+            let (mut parts, ()) = http::Request::new(()).into_parts();
+            parts.method = http::Method::from_bytes(parsed.method?.as_bytes()).ok()?;
+            parts.uri = uri;
+            parts.headers.reserve(parsed.headers.len());
+            parts
+        }
+        None => {
+            let hint = Some(parsed.headers.len());
+            http::request::Parts::from(
+                RequestHeader::build_no_case(parsed.method?, target, hint).ok()?,
+            )
+        }
+    };
     // The headers go into the map itself: Pingora's `append_header` parses each name twice.
-    let mut parts = http::request::Parts::from(req.ok()?);
     parts.version = version;
     // The values stay where they were read: slices of the head.
-    let base = buf.as_ptr() as usize;
     for h in parsed.headers.iter() {
         let at = h.value.as_ptr() as usize - base;
         let value = http::HeaderValue::from_maybe_shared(buf.slice(at..at + h.value.len()));
@@ -122,6 +137,33 @@ fn request(parsed: &httparse::Request, buf: &Bytes) -> Option<RequestHeader> {
     let req = RequestHeader::from(parts);
     // A target the URI does not carry as received (which only Pingora's head keeps).
     (req.raw_path() == target).then_some(req)
+}
+
+/// Whether the request has one unambiguous authority, as Pingora's session checks it
+/// (`validate_request_authority`). For the common origin-form target (not CONNECT), which
+/// carries no authority, that is at most one `Host`, without userinfo: one lookup instead
+/// of its two.
+fn authority_valid(req: &RequestHeader) -> bool {
+    if req.method != http::Method::CONNECT && req.raw_path().first() == Some(&b'/') {
+        let mut hosts = req.headers.get_all(http::header::HOST).iter();
+        let host = hosts.next();
+        return hosts.next().is_none() && !host.is_some_and(|h| h.as_bytes().contains(&b'@'));
+    }
+    pingora::protocols::http::authority::validate_request_authority(req).is_ok()
+}
+
+/// An origin-form target of ASCII without a fragment as the `Uri` Pingora's head stores for
+/// it (a path and query, nothing else), made on a slice of the read; `None` for any other
+/// (Pingora's head is built for those).
+fn origin_form(buf: &Bytes, target: &[u8], base: usize) -> Option<http::Uri> {
+    if target.first() != Some(&b'/') || !target.is_ascii() || target.contains(&b'#') {
+        return None;
+    }
+    let at = target.as_ptr() as usize - base;
+    let pq = http::uri::PathAndQuery::from_maybe_shared(buf.slice(at..at + target.len())).ok()?;
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(pq);
+    http::Uri::from_parts(uri).ok()
 }
 
 /// Whether the client asked to keep the connection, as Pingora reads its first `Connection`
@@ -454,6 +496,74 @@ mod tests {
 
     fn head(bytes: &[u8]) -> Head {
         parse(BytesMut::from(bytes), |_| true)
+    }
+
+    /// The authority check of an origin-form target is Pingora's.
+    #[test]
+    fn the_authority_of_a_request_is_judged_as_pingora_judges_it() {
+        let hosts: [&[&str]; 6] = [&[], &["a"], &["a", "a"], &["u@a"], &["a:1"], &["a", "b"]];
+        for method in ["GET", "CONNECT", "OPTIONS"] {
+            for target in ["/x", "*", "http://a/x", "a:1", "//a/x", "http://u@a/"] {
+                for h in hosts {
+                    let mut req = RequestHeader::build_no_case(method, target.as_bytes(), None)
+                        .expect(target);
+                    for v in h {
+                        req.append_header("host", *v).unwrap();
+                    }
+                    let theirs =
+                        pingora::protocols::http::authority::validate_request_authority(&req);
+                    assert_eq!(
+                        authority_valid(&req),
+                        theirs.is_ok(),
+                        "{method} {target} {h:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A target made into a `Uri` on the read itself is the one Pingora's head makes.
+    #[test]
+    fn an_origin_form_target_reads_as_pingoras_head_does() {
+        for target in [
+            "/",
+            "/a",
+            "/a/b?c=d&e",
+            "/%41%zz",
+            "/a?",
+            "/a??b",
+            "/~x!$&'()*+,;=:@",
+            "/a//b",
+            "/a?b=/c?d",
+            "/\x7f",
+            "/a b",
+            "/é",
+            "/a#f",
+            "*",
+            "http://h/a",
+            "/a\"x",
+        ] {
+            let buf = Bytes::copy_from_slice(target.as_bytes());
+            let ours = origin_form(&buf, &buf, buf.as_ptr() as usize);
+            let theirs = RequestHeader::build_no_case("GET", target.as_bytes(), None);
+            match ours {
+                Some(uri) => {
+                    let theirs = theirs.expect(target);
+                    assert_eq!(uri, theirs.uri, "{target}");
+                    assert_eq!(
+                        uri.path_and_query().unwrap().as_str().as_bytes(),
+                        theirs.raw_path()
+                    );
+                }
+                None => assert!(
+                    !target.starts_with('/')
+                        || !target.is_ascii()
+                        || target.contains('#')
+                        || theirs.is_err(),
+                    "{target}: ours refused a target Pingora's head takes as it is"
+                ),
+            }
+        }
     }
 
     fn kind(h: Head) -> &'static str {
