@@ -147,4 +147,15 @@ mod tests {
         assert_eq!(id.len(), 32);
         assert_ne!(id, new_request_id());
     }
+
+    /// A request id is its 128 random bits, most significant first, as lower-case hex.
+    #[test]
+    fn a_request_id_is_its_random_bits_in_hex() {
+        for seed in [0, 1, 0xdead_beef, u64::MAX] {
+            fastrand::seed(seed);
+            let want = format!("{:032x}", fastrand::u128(..));
+            fastrand::seed(seed);
+            assert_eq!(new_request_id().to_str().unwrap(), want);
+        }
+    }
 }
