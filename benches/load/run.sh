@@ -565,7 +565,8 @@ start_tollgate() { # start_tollgate [PORT ADMIN_PORT LOG TAG TLS H2C CACHE]: as 
 # of it (grpc.nginx.conf, grpc.tollgate.yaml), none with a log.
 start_grpc() {
     printf '\0\0\0\0\5hello' >"$TMP/grpc.body" # one 5-byte request message
-    start_bg grpc-upstream "$LOADGEN_CPU" INT "$GRPC_UP_BIN" "127.0.0.1:$GRPC_UPSTREAM_PORT"
+    # TERM: a script's background job starts with INT ignored, and the example has no handler.
+    start_bg grpc-upstream "$LOADGEN_CPU" TERM "$GRPC_UP_BIN" "127.0.0.1:$GRPC_UPSTREAM_PORT"
     local pid=$LAST_PID deadline=$((SECONDS + READY_TIMEOUT))
     until curl -s --http2-prior-knowledge -o /dev/null --max-time 1 "http://127.0.0.1:$GRPC_UPSTREAM_PORT/x"; do
         ours_alive "$pid" || die "the gRPC upstream exited while starting"
