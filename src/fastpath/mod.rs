@@ -72,9 +72,9 @@ pub fn plain(req: &RequestHeader) -> bool {
     one_host(req, hosts)
 }
 
-/// Whose host the request names, once (`hosts`: how many `Host` headers it has): an HTTP/1 request's one `Host`; an HTTP/2 request's
-/// `:authority` (without userinfo), with no `Host` beside it, which the upstream request gets
-/// as its `Host` ([`h2_host`]).
+/// Whose host the request names, once (`hosts`: how many `Host` headers it has): an HTTP/1
+/// request's one `Host`; an HTTP/2 request's `:authority` (without userinfo), with no `Host`
+/// beside it, which the upstream request gets as its `Host` ([`h2_host`]).
 fn one_host(req: &RequestHeader, hosts: usize) -> bool {
     match req.version {
         http::Version::HTTP_11 | http::Version::HTTP_10 => hosts == 1,

@@ -108,7 +108,8 @@ fn request(parsed: &httparse::Request, buf: &Bytes) -> Option<RequestHeader> {
     };
     let target = parsed.path?.as_bytes();
     let base = buf.as_ptr() as usize;
-    let mut parts = match origin_form(buf, target, base) {
+    // `exact`: the URI is the target as received, by construction.
+    let (mut parts, exact) = match origin_form(buf, target, base) {
         // What `RequestHeader::build_no_case` makes of it, with the target left where it was
         // read rather than checked for UTF-8 and copied.
         Some(uri) => {
@@ -116,13 +117,12 @@ fn request(parsed: &httparse::Request, buf: &Bytes) -> Option<RequestHeader> {
             parts.method = http::Method::from_bytes(parsed.method?.as_bytes()).ok()?;
             parts.uri = uri;
             parts.headers.reserve(parsed.headers.len());
-            parts
+            (parts, true)
         }
         None => {
             let hint = Some(parsed.headers.len());
-            http::request::Parts::from(
-                RequestHeader::build_no_case(parsed.method?, target, hint).ok()?,
-            )
+            let req = RequestHeader::build_no_case(parsed.method?, target, hint).ok()?;
+            (http::request::Parts::from(req), false)
         }
     };
     // The headers go into the map itself: Pingora's `append_header` parses each name twice.
@@ -136,7 +136,7 @@ fn request(parsed: &httparse::Request, buf: &Bytes) -> Option<RequestHeader> {
     }
     let req = RequestHeader::from(parts);
     // A target the URI does not carry as received (which only Pingora's head keeps).
-    (req.raw_path() == target).then_some(req)
+    (exact || req.raw_path() == target).then_some(req)
 }
 
 /// Whether the request has one unambiguous authority, as Pingora's session checks it
@@ -161,9 +161,7 @@ fn origin_form(buf: &Bytes, target: &[u8], base: usize) -> Option<http::Uri> {
     }
     let at = target.as_ptr() as usize - base;
     let pq = http::uri::PathAndQuery::from_maybe_shared(buf.slice(at..at + target.len())).ok()?;
-    let mut uri = http::uri::Parts::default();
-    uri.path_and_query = Some(pq);
-    http::Uri::from_parts(uri).ok()
+    Some(http::Uri::from(pq))
 }
 
 /// Whether the client asked to keep the connection, as Pingora reads its first `Connection`
